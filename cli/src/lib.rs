@@ -1,0 +1,1 @@
+//! The `mesh` command line's library: everything the binary and the tests share.

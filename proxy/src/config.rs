@@ -1,0 +1,367 @@
+//! The proxy's configuration, read from `MESH_PROXY_*` environment variables.
+//!
+//! Parsing takes a lookup function rather than the process environment, so tests pass a map:
+//!
+//! ```
+//! use std::collections::HashMap;
+//! let env = HashMap::from([("MESH_PROXY_DETECT_TIMEOUT".to_string(), "2s".to_string())]);
+//! let config = mesh_proxy::config::Config::from_env(|k| env.get(k).cloned()).unwrap();
+//! assert_eq!(config.detect_timeout, std::time::Duration::from_secs(2));
+//! ```
+
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+/// Server-speaks-first (or otherwise detection-hostile) ports that are opaque by default: SMTP,
+/// MySQL and Galera, PostgreSQL, Redis, Elasticsearch transport, memcached and others. A client of
+/// these protocols waits for the server's greeting, so detection would only wait for its timeout.
+pub const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,4567,4568,5432,6379,9300,11211";
+
+/// Everything `mesh-proxy` needs to start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// `MESH_PROXY_INBOUND_ADDR`: where redirected inbound connections arrive.
+    pub inbound_addr: SocketAddr,
+    /// `MESH_PROXY_OUTBOUND_ADDR`: where redirected outbound connections arrive.
+    pub outbound_addr: SocketAddr,
+    /// `MESH_PROXY_ADMIN_ADDR`: metrics, readiness, liveness and shutdown.
+    pub admin_addr: SocketAddr,
+    /// `MESH_PROXY_INBOUND_OPAQUE_PORTS`: inbound ports that skip protocol detection.
+    pub inbound_opaque_ports: PortSet,
+    /// `MESH_PROXY_OUTBOUND_OPAQUE_PORTS`: outbound ports that skip protocol detection.
+    pub outbound_opaque_ports: PortSet,
+    /// `MESH_PROXY_DETECT_TIMEOUT`: how long to wait for a client's first bytes.
+    pub detect_timeout: Duration,
+    /// `MESH_PROXY_HEADER_READ_TIMEOUT`: how long an HTTP/1 client may take to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// `MESH_PROXY_MAX_HEADER_BYTES`: the largest request head (HTTP/1) or header list (HTTP/2) accepted.
+    pub max_header_bytes: usize,
+    /// `MESH_PROXY_CONNECT_TIMEOUT`: how long to wait for an upstream TCP connection.
+    pub connect_timeout: Duration,
+    /// `MESH_PROXY_POOL_IDLE_TIMEOUT`: how long an idle upstream HTTP/1 connection is kept.
+    pub pool_idle_timeout: Duration,
+    /// `MESH_PROXY_SHUTDOWN_GRACE_PERIOD`: how long in-flight work may take after a shutdown begins.
+    pub shutdown_grace_period: Duration,
+    /// `MESH_PROXY_WORKER_THREADS`: the runtime's worker threads (default: the available cores).
+    pub worker_threads: Option<usize>,
+    /// `MESH_PROXY_MAX_AUTHORITY_LABELS`: how many distinct `authority` label values are kept
+    /// before further ones are counted under `authority="overflow"`.
+    pub max_authority_labels: usize,
+    /// `MESH_PROXY_LOG`: a tracing filter.
+    pub log: String,
+    /// `MESH_PROXY_LOG_FORMAT`: `plain` or `json`.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// A configuration variable held an invalid value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid {var}={value:?}: expected {expected}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub expected: String,
+}
+
+/// A set of TCP ports, written as `25,587,8000-8100`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortSet {
+    ranges: Vec<(u16, u16)>,
+}
+
+impl Config {
+    /// Reads the configuration through `get` (a variable's value, if set).
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env(&get);
+        Ok(Self {
+            inbound_addr: env.parse(
+                "MESH_PROXY_INBOUND_ADDR",
+                "0.0.0.0:4143",
+                "a socket address like 0.0.0.0:4143",
+            )?,
+            outbound_addr: env.parse(
+                "MESH_PROXY_OUTBOUND_ADDR",
+                "127.0.0.1:4140",
+                "a socket address like 127.0.0.1:4140",
+            )?,
+            admin_addr: env.parse(
+                "MESH_PROXY_ADMIN_ADDR",
+                "0.0.0.0:4191",
+                "a socket address like 0.0.0.0:4191",
+            )?,
+            inbound_opaque_ports: env.parse(
+                "MESH_PROXY_INBOUND_OPAQUE_PORTS",
+                DEFAULT_OPAQUE_PORTS,
+                PORTS_EXPECTED,
+            )?,
+            outbound_opaque_ports: env.parse(
+                "MESH_PROXY_OUTBOUND_OPAQUE_PORTS",
+                DEFAULT_OPAQUE_PORTS,
+                PORTS_EXPECTED,
+            )?,
+            detect_timeout: env.duration("MESH_PROXY_DETECT_TIMEOUT", "10s")?,
+            header_read_timeout: env.duration("MESH_PROXY_HEADER_READ_TIMEOUT", "10s")?,
+            max_header_bytes: env.bounded(
+                "MESH_PROXY_MAX_HEADER_BYTES",
+                65_536,
+                8_192..=16 << 20,
+            )?,
+            connect_timeout: env.duration("MESH_PROXY_CONNECT_TIMEOUT", "3s")?,
+            pool_idle_timeout: env.duration("MESH_PROXY_POOL_IDLE_TIMEOUT", "30s")?,
+            shutdown_grace_period: env.duration("MESH_PROXY_SHUTDOWN_GRACE_PERIOD", "30s")?,
+            worker_threads: match get("MESH_PROXY_WORKER_THREADS") {
+                None => None,
+                Some(_) => Some(env.bounded("MESH_PROXY_WORKER_THREADS", 1, 1..=1024)?),
+            },
+            max_authority_labels: env.bounded(
+                "MESH_PROXY_MAX_AUTHORITY_LABELS",
+                1_000,
+                1..=1_000_000,
+            )?,
+            log: get("MESH_PROXY_LOG").unwrap_or_else(|| "warn,mesh_proxy=info".to_string()),
+            log_format: env.parse("MESH_PROXY_LOG_FORMAT", "plain", "plain or json")?,
+        })
+    }
+}
+
+const PORTS_EXPECTED: &str = "a comma-separated list of ports and ranges like 25,587,8000-8100";
+
+/// Reads one variable at a time, turning parse failures into [`ConfigError`]s that name it.
+struct Env<'a, F>(&'a F);
+
+impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
+    fn parse<T: FromStr>(
+        &self,
+        var: &'static str,
+        default: &str,
+        expected: &str,
+    ) -> Result<T, ConfigError> {
+        let value = (self.0)(var).unwrap_or_else(|| default.to_string());
+        value.trim().parse().map_err(|_| ConfigError {
+            var,
+            value,
+            expected: expected.to_string(),
+        })
+    }
+
+    fn duration(&self, var: &'static str, default: &str) -> Result<Duration, ConfigError> {
+        let value = (self.0)(var).unwrap_or_else(|| default.to_string());
+        parse_duration(&value).ok_or_else(|| ConfigError {
+            var,
+            value,
+            expected: "a duration like 500ms, 10s, 1m or 1h".to_string(),
+        })
+    }
+
+    fn bounded(
+        &self,
+        var: &'static str,
+        default: usize,
+        range: std::ops::RangeInclusive<usize>,
+    ) -> Result<usize, ConfigError> {
+        let expected = format!("a whole number from {} to {}", range.start(), range.end());
+        let n: usize = self.parse(var, &default.to_string(), &expected)?;
+        if range.contains(&n) {
+            Ok(n)
+        } else {
+            Err(ConfigError {
+                var,
+                value: n.to_string(),
+                expected,
+            })
+        }
+    }
+}
+
+/// Parses `500ms`, `10s`, `2m` or `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let ms = match unit {
+        "ms" => n,
+        "" | "s" => n.checked_mul(1_000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        _ => return None,
+    };
+    Some(Duration::from_millis(ms))
+}
+
+// === impl LogFormat ===
+
+impl FromStr for LogFormat {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "plain" => Ok(Self::Plain),
+            "json" => Ok(Self::Json),
+            _ => Err(()),
+        }
+    }
+}
+
+// === impl PortSet ===
+
+impl PortSet {
+    /// Whether `port` is in the set.
+    pub fn contains(&self, port: u16) -> bool {
+        self.ranges
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&port))
+    }
+
+    /// The ranges, each inclusive, in the order written.
+    pub fn ranges(&self) -> &[(u16, u16)] {
+        &self.ranges
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+}
+
+/// Why a port list did not parse.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0:?} is not a port (1-65535) or a range like 8000-8100")]
+pub struct InvalidPorts(pub String);
+
+impl FromStr for PortSet {
+    type Err = InvalidPorts;
+    fn from_str(s: &str) -> Result<Self, InvalidPorts> {
+        let port = |p: &str| match p.trim().parse::<u16>() {
+            Ok(0) | Err(_) => None,
+            Ok(p) => Some(p),
+        };
+        let mut ranges = Vec::new();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let range = match item.split_once('-') {
+                None => port(item).map(|p| (p, p)),
+                Some((lo, hi)) => match (port(lo), port(hi)) {
+                    (Some(lo), Some(hi)) if lo <= hi => Some((lo, hi)),
+                    _ => None,
+                },
+            };
+            ranges.push(range.ok_or_else(|| InvalidPorts(item.to_string()))?);
+        }
+        Ok(Self { ranges })
+    }
+}
+
+impl fmt::Display for PortSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (lo, hi)) in self.ranges.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if lo == hi {
+                write!(f, "{lo}")?;
+            } else {
+                write!(f, "{lo}-{hi}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_env(|k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.inbound_addr, "0.0.0.0:4143".parse().unwrap());
+        assert_eq!(c.outbound_addr, "127.0.0.1:4140".parse().unwrap());
+        assert_eq!(c.admin_addr, "0.0.0.0:4191".parse().unwrap());
+        assert_eq!(c.detect_timeout, Duration::from_secs(10));
+        assert_eq!(c.log_format, LogFormat::Plain);
+        for port in [25, 587, 3306, 5432, 6379, 11211] {
+            assert!(c.inbound_opaque_ports.contains(port), "{port}");
+            assert!(c.outbound_opaque_ports.contains(port), "{port}");
+        }
+        assert!(!c.inbound_opaque_ports.contains(80));
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable() {
+        fn check(var: &'static str, value: &str, expected_fragment: &str) {
+            let err = config(&[(var, value)]).unwrap_err();
+            assert_eq!(err.var, var);
+            let msg = err.to_string();
+            assert!(
+                msg.contains(var) && msg.contains(expected_fragment),
+                "{msg}"
+            );
+        }
+        check("MESH_PROXY_INBOUND_ADDR", "4143", "socket address");
+        check("MESH_PROXY_ADMIN_ADDR", "localhost:x", "socket address");
+        check(
+            "MESH_PROXY_INBOUND_OPAQUE_PORTS",
+            "25,x",
+            "ports and ranges",
+        );
+        check("MESH_PROXY_INBOUND_OPAQUE_PORTS", "0", "ports and ranges");
+        check(
+            "MESH_PROXY_OUTBOUND_OPAQUE_PORTS",
+            "9-1",
+            "ports and ranges",
+        );
+        check("MESH_PROXY_DETECT_TIMEOUT", "10 parsecs", "duration");
+        check("MESH_PROXY_DETECT_TIMEOUT", "", "duration");
+        check("MESH_PROXY_LOG_FORMAT", "xml", "plain or json");
+        check("MESH_PROXY_MAX_HEADER_BYTES", "100", "8192");
+        check("MESH_PROXY_WORKER_THREADS", "0", "1 to 1024");
+    }
+
+    #[test]
+    fn durations() {
+        fn check(s: &str, expected: Option<u64>) {
+            assert_eq!(
+                parse_duration(s),
+                expected.map(Duration::from_millis),
+                "{s}"
+            );
+        }
+        check("500ms", Some(500));
+        check("10s", Some(10_000));
+        check("10", Some(10_000));
+        check("2m", Some(120_000));
+        check("1h", Some(3_600_000));
+        check("1.5s", None);
+        check("s", None);
+        check("-1s", None);
+        check("99999999999999999999h", None);
+    }
+
+    #[test]
+    fn port_sets() {
+        fn check(s: &str, expected: Result<&str, &str>) {
+            let got = s.parse::<PortSet>().map(|p| p.to_string()).map_err(|e| e.0);
+            assert_eq!(got, expected.map(String::from).map_err(String::from), "{s}");
+        }
+        check("25, 587,8000-8100", Ok("25,587,8000-8100"));
+        check("", Ok(""));
+        check("80,", Ok("80"));
+        check("65536", Err("65536"));
+        check("1-2-3", Err("1-2-3"));
+        check("abc", Err("abc"));
+        let set: PortSet = "8000-8100".parse().unwrap();
+        assert!(set.contains(8000) && set.contains(8100) && !set.contains(8101));
+    }
+}

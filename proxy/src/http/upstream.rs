@@ -1,0 +1,207 @@
+//! Connections to upstream servers: a keep-alive pool for HTTP/1, one multiplexed connection per
+//! target for HTTP/2, and a fresh connection for each upgrade (WebSocket) or CONNECT tunnel.
+
+use hyper::{body::Incoming, client::conn, Request, Response};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+};
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::net::TcpStream;
+
+/// Why a request could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connecting to {target}: {source}")]
+    Connect {
+        target: SocketAddr,
+        source: io::Error,
+    },
+    #[error("connecting to {target}: timed out after {timeout:?}")]
+    ConnectTimeout {
+        target: SocketAddr,
+        timeout: Duration,
+    },
+    #[error("HTTP handshake with {target}: {source}")]
+    Handshake {
+        target: SocketAddr,
+        source: hyper::Error,
+    },
+    #[error("forwarding to {target}: {source}")]
+    Request {
+        target: SocketAddr,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl UpstreamError {
+    /// The `error` metric label for this failure.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } | Self::Handshake { .. } => "connect",
+            Self::ConnectTimeout { .. } => "connect_timeout",
+            Self::Request { .. } => "upstream",
+        }
+    }
+}
+
+/// The one HTTP/2 connection to a target, opened by whichever request needs it first.
+type Http2Slot = Arc<tokio::sync::Mutex<Option<conn::http2::SendRequest<Incoming>>>>;
+
+/// The proxy's upstream connections, shared by every client connection of one direction.
+pub struct Upstream {
+    h1: Client<HttpConnector, Incoming>,
+    h2: Mutex<HashMap<SocketAddr, Http2Slot>>,
+    connect_timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(connect_timeout: Duration, pool_idle_timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let h1 = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(pool_idle_timeout)
+            .pool_max_idle_per_host(128)
+            .set_host(false)
+            .build(connector);
+        Self {
+            h1,
+            h2: Mutex::default(),
+            connect_timeout,
+        }
+    }
+
+    /// Sends an HTTP/1 request over a pooled keep-alive connection to `target`. The request's URI
+    /// names the target (the pool's key); its `Host` header is sent as the client wrote it.
+    pub async fn send_http1(
+        &self,
+        target: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        self.h1.request(req).await.map_err(|e| {
+            if e.is_connect() {
+                let source = io::Error::other(error_chain(&e));
+                UpstreamError::Connect { target, source }
+            } else {
+                UpstreamError::Request {
+                    target,
+                    source: e.into(),
+                }
+            }
+        })
+    }
+
+    /// Sends an HTTP/2 request on the one multiplexed connection to `target`, opening it first
+    /// when there is none or it closed.
+    pub async fn send_http2(
+        &self,
+        target: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut sender = self.http2_sender(target).await?;
+        let request = |e: hyper::Error| UpstreamError::Request {
+            target,
+            source: e.into(),
+        };
+        sender.ready().await.map_err(request)?;
+        sender.send_request(req).await.map_err(request)
+    }
+
+    /// Sends an HTTP/1 request that asks to upgrade (WebSocket) or tunnel (CONNECT) on a
+    /// connection of its own, which the upgrade then takes over.
+    pub async fn send_upgrade(
+        &self,
+        target: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let io = self.connect(target).await?;
+        let (mut sender, connection) = conn::http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| UpstreamError::Handshake { target, source })?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%target, %error, "upgrade connection failed");
+            }
+        });
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| UpstreamError::Request {
+                target,
+                source: e.into(),
+            })
+    }
+
+    async fn http2_sender(
+        &self,
+        target: SocketAddr,
+    ) -> Result<conn::http2::SendRequest<Incoming>, UpstreamError> {
+        // A poisoned lock only means a thread panicked while holding it; the map stays valid.
+        let slot = self
+            .h2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(target)
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(sender.clone());
+        }
+        let io = self.connect(target).await?;
+        let (sender, connection) = conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| UpstreamError::Handshake { target, source })?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%target, %error, "HTTP/2 upstream connection failed");
+            }
+        });
+        *slot = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// Opens a TCP connection to `target` within the connect timeout.
+    pub async fn connect(&self, target: SocketAddr) -> Result<TcpStream, UpstreamError> {
+        connect(target, self.connect_timeout).await
+    }
+}
+
+/// Opens a TCP connection to `target` within `timeout`, with Nagle's algorithm off.
+pub async fn connect(target: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+    let io = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+        Err(_) => return Err(UpstreamError::ConnectTimeout { target, timeout }),
+        Ok(Err(source)) => return Err(UpstreamError::Connect { target, source }),
+        Ok(Ok(io)) => io,
+    };
+    let _ = io.set_nodelay(true);
+    Ok(io)
+}
+
+/// An error's message followed by its sources', `: `-separated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
+}

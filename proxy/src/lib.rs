@@ -1,0 +1,172 @@
+//! The mesh data plane: a transparent sidecar proxy (`mesh-proxy`) and the pod's redirect rules
+//! (`mesh-init`).
+//!
+//! [`run`] is the whole proxy: it binds the inbound, outbound and admin listeners, serves until
+//! SIGTERM, SIGINT or `POST /shutdown`, then drains in-flight work within the grace period.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod detect;
+pub mod drain;
+pub mod http;
+pub mod init;
+pub mod io;
+pub mod metrics;
+pub mod orig_dst;
+pub mod serve;
+pub mod tcp;
+
+use crate::{
+    admin::Admin,
+    config::{Config, PortSet},
+    drain::Drain,
+    http::{upstream::Upstream, HttpForwarder, HttpSettings},
+    metrics::{Direction, Metrics},
+    orig_dst::OriginalDst,
+    serve::Listener,
+};
+use std::{
+    net::SocketAddr,
+    sync::{atomic::AtomicBool, Arc},
+};
+use tokio::net::TcpListener;
+
+/// The proxy could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("binding {var}={addr}: {source}")]
+pub struct BindError {
+    pub var: &'static str,
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// Runs the proxy until shutdown completes.
+pub async fn run(config: Config) -> Result<(), BindError> {
+    let drain = Drain::new();
+    let proxy = start(&config, drain.clone()).await?;
+    tracing::info!(
+        inbound = %proxy.inbound, outbound = %proxy.outbound, admin = %proxy.admin,
+        "proxy ready"
+    );
+    wait_for_shutdown(&drain).await;
+    drain.start();
+    tracing::info!(in_flight = drain.in_flight(), grace = ?config.shutdown_grace_period, "draining");
+    if drain.wait(config.shutdown_grace_period).await {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!(
+            in_flight = drain.in_flight(),
+            "grace period over; exiting with work in flight"
+        );
+    }
+    Ok(())
+}
+
+/// The addresses a started proxy listens on.
+#[derive(Clone, Copy, Debug)]
+pub struct Started {
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Binds the listeners and spawns their accept loops; the proxy then serves until `drain` starts.
+pub async fn start(config: &Config, drain: Drain) -> Result<Started, BindError> {
+    start_with(config, drain, [OriginalDst::Socket; 2]).await
+}
+
+/// [`start`], with where the inbound and outbound listeners learn original destinations.
+pub async fn start_with(
+    config: &Config,
+    drain: Drain,
+    original_dst: [OriginalDst; 2],
+) -> Result<Started, BindError> {
+    let bind = |var: &'static str, addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| BindError { var, addr, source })
+    };
+    let inbound = bind("MESH_PROXY_INBOUND_ADDR", config.inbound_addr).await?;
+    let outbound = bind("MESH_PROXY_OUTBOUND_ADDR", config.outbound_addr).await?;
+    let admin = bind("MESH_PROXY_ADMIN_ADDR", config.admin_addr).await?;
+    let local = |l: &TcpListener, var, addr| {
+        l.local_addr()
+            .map_err(|source| BindError { var, addr, source })
+    };
+    let started = Started {
+        inbound: local(&inbound, "MESH_PROXY_INBOUND_ADDR", config.inbound_addr)?,
+        outbound: local(&outbound, "MESH_PROXY_OUTBOUND_ADDR", config.outbound_addr)?,
+        admin: local(&admin, "MESH_PROXY_ADMIN_ADDR", config.admin_addr)?,
+    };
+
+    let metrics = Metrics::new(config.max_authority_labels);
+    let own_ports = vec![
+        started.inbound.port(),
+        started.outbound.port(),
+        started.admin.port(),
+    ];
+    let listener = |direction, original_dst, opaque_ports: &PortSet| {
+        let settings = HttpSettings {
+            header_read_timeout: config.header_read_timeout,
+            max_header_bytes: config.max_header_bytes,
+        };
+        let upstream = Upstream::new(config.connect_timeout, config.pool_idle_timeout);
+        Arc::new(Listener {
+            direction,
+            original_dst,
+            opaque_ports: opaque_ports.clone(),
+            detect_timeout: config.detect_timeout,
+            detect_capacity: config.max_header_bytes,
+            connect_timeout: config.connect_timeout,
+            own_ports: own_ports.clone(),
+            http: HttpForwarder::new(direction, upstream, metrics.clone(), settings),
+            metrics: metrics.clone(),
+        })
+    };
+    tokio::spawn(
+        listener(
+            Direction::Inbound,
+            original_dst[0],
+            &config.inbound_opaque_ports,
+        )
+        .run(inbound, drain.clone()),
+    );
+    tokio::spawn(
+        listener(
+            Direction::Outbound,
+            original_dst[1],
+            &config.outbound_opaque_ports,
+        )
+        .run(outbound, drain.clone()),
+    );
+
+    let ready = Arc::new(AtomicBool::new(true));
+    tokio::spawn(
+        Admin {
+            metrics,
+            ready,
+            drain,
+        }
+        .run(admin),
+    );
+    Ok(started)
+}
+
+/// Completes on SIGTERM, SIGINT, or a shutdown begun elsewhere (the admin server).
+async fn wait_for_shutdown(drain: &Drain) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (term, int) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
+    let (Ok(mut term), Ok(mut int)) = (term, int) else {
+        tracing::warn!("cannot watch for signals; only POST /shutdown stops the proxy");
+        return drain.signaled().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+        () = drain.signaled() => {}
+    }
+}

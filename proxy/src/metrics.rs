@@ -1,0 +1,311 @@
+//! The proxy's golden metrics, in Prometheus text format.
+//!
+//! Every family carries `direction` (`inbound` or `outbound`) and `target_addr`; HTTP families
+//! add `authority`. Label values come only from bounded sets: no paths, and at most
+//! `MESH_PROXY_MAX_AUTHORITY_LABELS` distinct authorities (further ones count as `overflow`).
+
+use prometheus_client::{
+    encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+/// Which side of the pod a connection or request belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => "inbound",
+            Self::Outbound => "outbound",
+        }
+    }
+}
+
+/// Labels of a TCP connection.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TcpLabels {
+    pub direction: Direction,
+    pub target_addr: SocketAddr,
+}
+
+/// Labels of an HTTP request.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RequestLabels {
+    pub direction: Direction,
+    pub authority: Arc<str>,
+    pub target_addr: SocketAddr,
+}
+
+/// Labels of an HTTP response: the request's, plus how it was classified.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ResponseLabels {
+    pub request: RequestLabels,
+    pub classification: Classification,
+    pub status_code: Option<u16>,
+    pub grpc_status: Option<u32>,
+    /// Why the proxy failed the request itself (`connect`, `upstream`, `timeout` …).
+    pub error: Option<&'static str>,
+}
+
+/// Whether a response counts as a success.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Classification {
+    Success,
+    Failure,
+}
+
+/// The families the proxy exports, and the registry that renders them.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub request_total: Family<RequestLabels, Counter>,
+    pub response_total: Family<ResponseLabels, Counter>,
+    pub response_latency_ms: Family<ResponseLabels, Histogram>,
+    pub tcp_open_total: Family<TcpLabels, Counter>,
+    pub tcp_close_total: Family<TcpLabels, Counter>,
+    pub tcp_open_connections: Family<TcpLabels, Gauge>,
+    pub tcp_read_bytes_total: Family<TcpLabels, Counter>,
+    pub tcp_write_bytes_total: Family<TcpLabels, Counter>,
+    /// Connections refused before any forwarding, by reason (`loop`, `detect`, …).
+    pub tcp_refused_total: Family<RefusedLabels, Counter>,
+    authorities: Arc<AuthorityBudget>,
+}
+
+/// Labels of a connection the proxy refused.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RefusedLabels {
+    pub direction: Direction,
+    pub reason: &'static str,
+}
+
+/// Latency buckets in milliseconds, from 1 ms to a minute.
+const LATENCY_BUCKETS_MS: [f64; 22] = [
+    1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0,
+    1_000.0, 2_000.0, 3_000.0, 5_000.0, 10_000.0, 30_000.0, 60_000.0,
+];
+
+impl Metrics {
+    pub fn new(max_authority_labels: usize) -> Self {
+        let mut registry = Registry::default();
+        let m = Self {
+            registry: Arc::new(Registry::default()),
+            request_total: Family::default(),
+            response_total: Family::default(),
+            response_latency_ms: Family::new_with_constructor(|| {
+                Histogram::new(LATENCY_BUCKETS_MS.into_iter())
+            }),
+            tcp_open_total: Family::default(),
+            tcp_close_total: Family::default(),
+            tcp_open_connections: Family::default(),
+            tcp_read_bytes_total: Family::default(),
+            tcp_write_bytes_total: Family::default(),
+            tcp_refused_total: Family::default(),
+            authorities: Arc::new(AuthorityBudget::new(max_authority_labels)),
+        };
+        registry.register("request", "HTTP requests received", m.request_total.clone());
+        registry.register(
+            "response",
+            "HTTP responses completed, by classification",
+            m.response_total.clone(),
+        );
+        registry.register(
+            "response_latency_ms",
+            "Time from a request's headers to the end of its response, in milliseconds",
+            m.response_latency_ms.clone(),
+        );
+        registry.register(
+            "tcp_open",
+            "TCP connections accepted",
+            m.tcp_open_total.clone(),
+        );
+        registry.register(
+            "tcp_close",
+            "TCP connections closed",
+            m.tcp_close_total.clone(),
+        );
+        registry.register(
+            "tcp_open_connections",
+            "TCP connections open now",
+            m.tcp_open_connections.clone(),
+        );
+        registry.register(
+            "tcp_read_bytes",
+            "Bytes read from clients",
+            m.tcp_read_bytes_total.clone(),
+        );
+        registry.register(
+            "tcp_write_bytes",
+            "Bytes written to clients",
+            m.tcp_write_bytes_total.clone(),
+        );
+        registry.register(
+            "tcp_refused",
+            "TCP connections refused by the proxy, by reason",
+            m.tcp_refused_total.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            ..m
+        }
+    }
+
+    /// The text exposition of every family.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The `authority` label value for a request's authority, within the label budget.
+    pub fn authority_label(&self, authority: &str) -> Arc<str> {
+        self.authorities.label(authority)
+    }
+}
+
+/// Interns authority label values, up to a fixed number of distinct ones.
+struct AuthorityBudget {
+    max: usize,
+    seen: Mutex<HashSet<Arc<str>>>,
+    overflow: Arc<str>,
+}
+
+impl AuthorityBudget {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            seen: Mutex::new(HashSet::new()),
+            overflow: Arc::from("overflow"),
+        }
+    }
+
+    fn label(&self, authority: &str) -> Arc<str> {
+        let authority = authority.to_ascii_lowercase();
+        // A poisoned lock only means another thread panicked mid-insert; the set is still valid.
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(label) = seen.get(authority.as_str()) {
+            return label.clone();
+        }
+        if seen.len() >= self.max {
+            return self.overflow.clone();
+        }
+        let label: Arc<str> = Arc::from(authority);
+        seen.insert(label.clone());
+        label
+    }
+}
+
+// === label encoding ===
+
+fn label(encoder: &mut LabelSetEncoder, key: &str, value: &str) -> Result<(), std::fmt::Error> {
+    (key, value).encode(encoder.encode_label())
+}
+
+impl EncodeLabelSet for TcpLabels {
+    fn encode(&self, mut e: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        label(&mut e, "direction", self.direction.as_str())?;
+        label(&mut e, "target_addr", &self.target_addr.to_string())
+    }
+}
+
+impl EncodeLabelSet for RefusedLabels {
+    fn encode(&self, mut e: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        label(&mut e, "direction", self.direction.as_str())?;
+        label(&mut e, "reason", self.reason)
+    }
+}
+
+impl EncodeLabelSet for RequestLabels {
+    fn encode(&self, mut e: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        label(&mut e, "direction", self.direction.as_str())?;
+        label(&mut e, "authority", &self.authority)?;
+        label(&mut e, "target_addr", &self.target_addr.to_string())
+    }
+}
+
+impl EncodeLabelSet for ResponseLabels {
+    fn encode(&self, mut e: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        label(&mut e, "direction", self.request.direction.as_str())?;
+        label(&mut e, "authority", &self.request.authority)?;
+        label(&mut e, "target_addr", &self.request.target_addr.to_string())?;
+        let classification = match self.classification {
+            Classification::Success => "success",
+            Classification::Failure => "failure",
+        };
+        label(&mut e, "classification", classification)?;
+        if let Some(status) = self.status_code {
+            label(&mut e, "status_code", &status.to_string())?;
+        }
+        if let Some(grpc) = self.grpc_status {
+            label(&mut e, "grpc_status", &grpc.to_string())?;
+        }
+        if let Some(error) = self.error {
+            label(&mut e, "error", error)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_render_with_the_contract_names() {
+        let m = Metrics::new(10);
+        let request = RequestLabels {
+            direction: Direction::Outbound,
+            authority: m.authority_label("Web.Demo:80"),
+            target_addr: "10.244.0.7:80".parse().unwrap(),
+        };
+        m.request_total.get_or_create(&request).inc();
+        let rsp = ResponseLabels {
+            request,
+            classification: Classification::Failure,
+            status_code: Some(200),
+            grpc_status: Some(2),
+            error: None,
+        };
+        m.response_total.get_or_create(&rsp).inc();
+        m.response_latency_ms.get_or_create(&rsp).observe(3.0);
+        let tcp = TcpLabels {
+            direction: Direction::Inbound,
+            target_addr: "127.0.0.1:8080".parse().unwrap(),
+        };
+        m.tcp_open_total.get_or_create(&tcp).inc();
+        m.tcp_close_total.get_or_create(&tcp).inc();
+        m.tcp_read_bytes_total.get_or_create(&tcp).inc_by(10);
+        m.tcp_write_bytes_total.get_or_create(&tcp).inc_by(20);
+        let text = m.encode();
+        for line in [
+            r#"request_total{direction="outbound",authority="web.demo:80",target_addr="10.244.0.7:80"} 1"#,
+            r#"response_total{direction="outbound",authority="web.demo:80",target_addr="10.244.0.7:80",classification="failure",status_code="200",grpc_status="2"} 1"#,
+            r#"response_latency_ms_bucket{le="5.0",direction="outbound",authority="web.demo:80",target_addr="10.244.0.7:80",classification="failure",status_code="200",grpc_status="2"} 1"#,
+            r#"tcp_open_total{direction="inbound",target_addr="127.0.0.1:8080"} 1"#,
+            r#"tcp_close_total{direction="inbound",target_addr="127.0.0.1:8080"} 1"#,
+            r#"tcp_read_bytes_total{direction="inbound",target_addr="127.0.0.1:8080"} 10"#,
+            r#"tcp_write_bytes_total{direction="inbound",target_addr="127.0.0.1:8080"} 20"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn authority_labels_are_bounded() {
+        let m = Metrics::new(2);
+        assert_eq!(&*m.authority_label("a:80"), "a:80");
+        assert_eq!(&*m.authority_label("B:80"), "b:80");
+        assert_eq!(&*m.authority_label("c:80"), "overflow");
+        assert_eq!(&*m.authority_label("A:80"), "a:80", "known values stay");
+    }
+}

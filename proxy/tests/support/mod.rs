@@ -1,0 +1,225 @@
+//! In-process test fixtures: the real proxy on ephemeral loopback ports with a fixed original
+//! destination, a test application server (HTTP/1, HTTP/2, gRPC-shaped responses, WebSocket-style
+//! upgrades), and small clients.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_proxy::{config::Config, drain::Drain, orig_dst::OriginalDst, Started};
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A running in-process proxy.
+pub struct TestProxy {
+    pub addrs: Started,
+    pub drain: Drain,
+}
+
+/// Starts the proxy on ephemeral loopback ports; every connection is taken as redirected from
+/// `original_dst` (inbound forwards to 127.0.0.1 at its port).
+pub async fn proxy(original_dst: SocketAddr, tweak: impl FnOnce(&mut Config)) -> TestProxy {
+    let mut config = Config::from_env(|_| None).expect("defaults are valid");
+    config.inbound_addr = "127.0.0.1:0".parse().unwrap();
+    config.outbound_addr = "127.0.0.1:0".parse().unwrap();
+    config.admin_addr = "127.0.0.1:0".parse().unwrap();
+    tweak(&mut config);
+    let drain = Drain::new();
+    let addrs = mesh_proxy::start_with(
+        &config,
+        drain.clone(),
+        [OriginalDst::Fixed(original_dst); 2],
+    )
+    .await
+    .expect("proxy starts");
+    TestProxy { addrs, drain }
+}
+
+impl TestProxy {
+    pub async fn metrics(&self) -> String {
+        let (status, body) = get_h1(self.addrs.admin, "/metrics").await;
+        assert_eq!(status, 200);
+        body
+    }
+}
+
+/// Starts the test application on an ephemeral loopback port; it speaks HTTP/1 and HTTP/2.
+pub async fn app() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((io, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(handle);
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(io), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let rsp = match path.as_str() {
+        "/slow" => {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            text(200, "slow")
+        }
+        "/fail" => text(500, "failed"),
+        "/headers" => {
+            let mut seen: Vec<String> = req.headers().keys().map(|k| k.to_string()).collect();
+            seen.sort();
+            text(200, &seen.join(","))
+        }
+        "/echo" => {
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Response::new(Full::new(body).boxed())
+        }
+        "/grpc/ok" | "/grpc/fail" => {
+            let status = if path == "/grpc/ok" { "0" } else { "2" };
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", status.parse().unwrap());
+            let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+                Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            let mut rsp =
+                Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed());
+            rsp.headers_mut()
+                .insert("content-type", "application/grpc".parse().unwrap());
+            rsp
+        }
+        "/grpc/trailers-only" => {
+            let mut rsp = Response::new(Empty::new().boxed());
+            rsp.headers_mut()
+                .insert("content-type", "application/grpc".parse().unwrap());
+            rsp.headers_mut()
+                .insert("grpc-status", "5".parse().unwrap());
+            rsp
+        }
+        "/ws" => {
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = upgrade.await {
+                    let mut io = TokioIo::new(upgraded);
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            let mut rsp = Response::new(Empty::new().boxed());
+            *rsp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            rsp.headers_mut()
+                .insert("connection", "upgrade".parse().unwrap());
+            rsp.headers_mut()
+                .insert("upgrade", "websocket".parse().unwrap());
+            rsp
+        }
+        _ => text(200, "hello"),
+    };
+    Ok(rsp)
+}
+
+fn text(status: u16, body: &str) -> Response<Body> {
+    let mut rsp = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *rsp.status_mut() = StatusCode::from_u16(status).unwrap();
+    rsp
+}
+
+/// An HTTP/1 client connection.
+pub async fn h1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Body> {
+    let io = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    sender
+}
+
+/// An HTTP/2 (prior knowledge) client connection.
+pub async fn h2(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Body> {
+    let io = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+pub fn request(version: http::Version, path: &str) -> Request<Body> {
+    let uri = match version {
+        http::Version::HTTP_2 => format!("http://app.test:8080{path}"),
+        _ => path.to_string(),
+    };
+    Request::builder()
+        .uri(uri)
+        .header("host", "app.test:8080")
+        .body(Empty::new().boxed())
+        .unwrap()
+}
+
+/// A one-shot HTTP/1 GET: status and body.
+pub async fn get_h1(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut sender = h1(addr).await;
+    let rsp = sender
+        .send_request(request(http::Version::HTTP_11, path))
+        .await
+        .unwrap();
+    let status = rsp.status().as_u16();
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Sends raw bytes and reads until the peer closes: what the proxy answered. Fails when the
+/// connection is not closed within 5 s.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut io = TcpStream::connect(addr).await.unwrap();
+    io.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut out)).await;
+    assert!(
+        closed.is_ok(),
+        "the connection was not closed; read so far: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Polls `f` until it is true or `deadline` passes.
+pub async fn eventually<F, Fut>(deadline: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,1 @@
+//! End-to-end tests of the mesh on network-namespace pods; see `tests/tests/`.
