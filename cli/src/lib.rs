@@ -1,1 +1,2 @@
 //! The `mesh` command line's library: everything the binary and the tests share.
+pub mod local;

@@ -9,7 +9,8 @@
 //! assert_eq!(config.detect_timeout, std::time::Duration::from_secs(2));
 //! ```
 
-use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+use crate::ports::PortList;
+use std::{net::SocketAddr, str::FromStr, time::Duration};
 
 /// Server-speaks-first (or otherwise detection-hostile) ports that are opaque by default: SMTP,
 /// MySQL and Galera, PostgreSQL, Redis, Elasticsearch transport, memcached and others. A client of
@@ -26,9 +27,9 @@ pub struct Config {
     /// `MESH_PROXY_ADMIN_ADDR`: metrics, readiness, liveness and shutdown.
     pub admin_addr: SocketAddr,
     /// `MESH_PROXY_INBOUND_OPAQUE_PORTS`: inbound ports that skip protocol detection.
-    pub inbound_opaque_ports: PortSet,
+    pub inbound_opaque_ports: PortList,
     /// `MESH_PROXY_OUTBOUND_OPAQUE_PORTS`: outbound ports that skip protocol detection.
-    pub outbound_opaque_ports: PortSet,
+    pub outbound_opaque_ports: PortList,
     /// `MESH_PROXY_DETECT_TIMEOUT`: how long to wait for a client's first bytes.
     pub detect_timeout: Duration,
     /// `MESH_PROXY_HEADER_READ_TIMEOUT`: how long an HTTP/1 client may take to send a request's headers.
@@ -66,12 +67,6 @@ pub struct ConfigError {
     pub var: &'static str,
     pub value: String,
     pub expected: String,
-}
-
-/// A set of TCP ports, written as `25,587,8000-8100`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PortSet {
-    ranges: Vec<(u16, u16)>,
 }
 
 impl Config {
@@ -207,69 +202,6 @@ impl FromStr for LogFormat {
     }
 }
 
-// === impl PortSet ===
-
-impl PortSet {
-    /// Whether `port` is in the set.
-    pub fn contains(&self, port: u16) -> bool {
-        self.ranges
-            .iter()
-            .any(|&(lo, hi)| (lo..=hi).contains(&port))
-    }
-
-    /// The ranges, each inclusive, in the order written.
-    pub fn ranges(&self) -> &[(u16, u16)] {
-        &self.ranges
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
-    }
-}
-
-/// Why a port list did not parse.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{0:?} is not a port (1-65535) or a range like 8000-8100")]
-pub struct InvalidPorts(pub String);
-
-impl FromStr for PortSet {
-    type Err = InvalidPorts;
-    fn from_str(s: &str) -> Result<Self, InvalidPorts> {
-        let port = |p: &str| match p.trim().parse::<u16>() {
-            Ok(0) | Err(_) => None,
-            Ok(p) => Some(p),
-        };
-        let mut ranges = Vec::new();
-        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            let range = match item.split_once('-') {
-                None => port(item).map(|p| (p, p)),
-                Some((lo, hi)) => match (port(lo), port(hi)) {
-                    (Some(lo), Some(hi)) if lo <= hi => Some((lo, hi)),
-                    _ => None,
-                },
-            };
-            ranges.push(range.ok_or_else(|| InvalidPorts(item.to_string()))?);
-        }
-        Ok(Self { ranges })
-    }
-}
-
-impl fmt::Display for PortSet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, (lo, hi)) in self.ranges.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            if lo == hi {
-                write!(f, "{lo}")?;
-            } else {
-                write!(f, "{lo}-{hi}")?;
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,21 +279,5 @@ mod tests {
         check("s", None);
         check("-1s", None);
         check("99999999999999999999h", None);
-    }
-
-    #[test]
-    fn port_sets() {
-        fn check(s: &str, expected: Result<&str, &str>) {
-            let got = s.parse::<PortSet>().map(|p| p.to_string()).map_err(|e| e.0);
-            assert_eq!(got, expected.map(String::from).map_err(String::from), "{s}");
-        }
-        check("25, 587,8000-8100", Ok("25,587,8000-8100"));
-        check("", Ok(""));
-        check("80,", Ok("80"));
-        check("65536", Err("65536"));
-        check("1-2-3", Err("1-2-3"));
-        check("abc", Err("abc"));
-        let set: PortSet = "8000-8100".parse().unwrap();
-        assert!(set.contains(8000) && set.contains(8100) && !set.contains(8101));
     }
 }

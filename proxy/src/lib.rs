@@ -14,16 +14,18 @@ pub mod init;
 pub mod io;
 pub mod metrics;
 pub mod orig_dst;
+pub mod ports;
 pub mod serve;
 pub mod tcp;
 
 use crate::{
     admin::Admin,
-    config::{Config, PortSet},
+    config::Config,
     drain::Drain,
     http::{upstream::Upstream, HttpForwarder, HttpSettings},
     metrics::{Direction, Metrics},
     orig_dst::OriginalDst,
+    ports::PortList,
     serve::Listener,
 };
 use std::{
@@ -106,7 +108,7 @@ pub async fn start_with(
         started.outbound.port(),
         started.admin.port(),
     ];
-    let listener = |direction, original_dst, opaque_ports: &PortSet| {
+    let listener = |direction, original_dst, opaque_ports: &PortList| {
         let settings = HttpSettings {
             header_read_timeout: config.header_read_timeout,
             max_header_bytes: config.max_header_bytes,

@@ -2,13 +2,13 @@
 //! protocol, and hands it to the HTTP forwarder or copies it as opaque TCP.
 
 use crate::{
-    config::PortSet,
     detect::{self, Protocol},
     drain::Drain,
     http::{HttpForwarder, Route},
     io::{CountingIo, PrefixedIo},
     metrics::{Direction, Metrics, RefusedLabels, TcpLabels},
     orig_dst::OriginalDst,
+    ports::PortList,
     tcp,
 };
 use bytes::Bytes;
@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct Listener {
     pub direction: Direction,
     pub original_dst: OriginalDst,
-    pub opaque_ports: PortSet,
+    pub opaque_ports: PortList,
     pub detect_timeout: Duration,
     /// The most bytes read while detecting (the HTTP header limit).
     pub detect_capacity: usize,

@@ -30,12 +30,12 @@ struct Args {
     outbound_port: u16,
 
     /// Local ports whose inbound connections bypass the proxy, e.g. `22,8000-8100`.
-    #[arg(long, value_name = "PORTS", default_value = "", hide_default_value = true)]
-    skip_inbound_ports: PortList,
+    #[arg(long, value_name = "PORTS")]
+    skip_inbound_ports: Option<PortList>,
 
     /// Remote ports whose outbound connections bypass the proxy, e.g. `25,3306,8000-8100`.
-    #[arg(long, value_name = "PORTS", default_value = "", hide_default_value = true)]
-    skip_outbound_ports: PortList,
+    #[arg(long, value_name = "PORTS")]
+    skip_outbound_ports: Option<PortList>,
 
     /// Prints the iptables-restore input for a fresh network namespace and changes nothing.
     #[arg(long)]
@@ -62,8 +62,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         proxy_uid: args.proxy_uid,
         inbound_port: args.inbound_port,
         outbound_port: args.outbound_port,
-        skip_inbound_ports: args.skip_inbound_ports,
-        skip_outbound_ports: args.skip_outbound_ports,
+        skip_inbound_ports: args.skip_inbound_ports.unwrap_or_default(),
+        skip_outbound_ports: args.skip_outbound_ports.unwrap_or_default(),
     };
     match (args.dry_run, args.remove) {
         (true, false) => print!("{}", init::render_install(&config, &NatState::default())),

@@ -1,28 +1,14 @@
-//! The real proxy, in process, against a test application on loopback: HTTP/1 and HTTP/2 (one
+//! The real proxy, in process (no root needed), against a test application on loopback: HTTP/1 and HTTP/2 (one
 //! body for both), gRPC classification, upgrades, opaque TCP, bad input and graceful shutdown.
-
-mod support;
 
 use http::Version;
 use http_body_util::BodyExt;
+use mesh_tests::fixtures::*;
 use std::{net::SocketAddr, time::Duration};
-use support::*;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
-
-async fn send(version: Version, addr: SocketAddr, path: &str) -> (u16, String, http::HeaderMap) {
-    let req = request(version, path);
-    let rsp = match version {
-        Version::HTTP_2 => h2(addr).await.send_request(req).await.unwrap(),
-        _ => h1(addr).await.send_request(req).await.unwrap(),
-    };
-    let status = rsp.status().as_u16();
-    let headers = rsp.headers().clone();
-    let body = rsp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned(), headers)
-}
 
 #[tokio::test]
 async fn http1_and_http2_are_forwarded_and_counted() {

@@ -1,7 +1,6 @@
-//! In-process test fixtures: the real proxy on ephemeral loopback ports with a fixed original
-//! destination, a test application server (HTTP/1, HTTP/2, gRPC-shaped responses, WebSocket-style
-//! upgrades), and small clients.
-#![allow(dead_code)]
+//! Test fixtures shared by the in-process and the end-to-end tests: the real proxy on ephemeral
+//! loopback ports with a fixed original destination, a test application (HTTP/1, HTTP/2,
+//! gRPC-shaped responses, WebSocket-style upgrades), and small clients.
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -52,7 +51,15 @@ impl TestProxy {
 
 /// Starts the test application on an ephemeral loopback port; it speaks HTTP/1 and HTTP/2.
 pub async fn app() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    app_on("127.0.0.1:0".parse().unwrap()).await
+}
+
+/// Starts the test application on `addr`. Paths: `/` says hello, `/slow` answers after 300 ms (`/slow?ms=N`: N ms),
+/// `/fail` is a 500, `/headers` lists the request's header names, `/echo` returns the body,
+/// `/grpc/ok`, `/grpc/fail` (grpc-status 2 in trailers), `/grpc/trailers-only` (grpc-status 5 in
+/// headers), and `/ws` switches protocols and echoes bytes.
+pub async fn app_on(addr: SocketAddr) -> SocketAddr {
+    let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
@@ -74,7 +81,12 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible
     let path = req.uri().path().to_string();
     let rsp = match path.as_str() {
         "/slow" => {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            let ms = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|ms| ms.parse().ok());
+            tokio::time::sleep(Duration::from_millis(ms.unwrap_or(300))).await;
             text(200, "slow")
         }
         "/fail" => text(500, "failed"),
@@ -177,6 +189,23 @@ pub fn request(version: http::Version, path: &str) -> Request<Body> {
         .header("host", "app.test:8080")
         .body(Empty::new().boxed())
         .unwrap()
+}
+
+/// Sends one request on a new HTTP/1 or HTTP/2 connection: status, body and headers.
+pub async fn send(
+    version: http::Version,
+    addr: SocketAddr,
+    path: &str,
+) -> (u16, String, http::HeaderMap) {
+    let req = request(version, path);
+    let rsp = match version {
+        http::Version::HTTP_2 => h2(addr).await.send_request(req).await.unwrap(),
+        _ => h1(addr).await.send_request(req).await.unwrap(),
+    };
+    let status = rsp.status().as_u16();
+    let headers = rsp.headers().clone();
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned(), headers)
 }
 
 /// A one-shot HTTP/1 GET: status and body.

@@ -1,0 +1,24 @@
+# mesh: common tasks. `just --list` shows them.
+
+# Run every test (unit, integration, end-to-end on network-namespace pods; needs root).
+test *args:
+    ./scripts/test {{args}}
+
+# Only the end-to-end tests on network-namespace pods (needs root).
+e2e *args:
+    cargo build --workspace --bins
+    cargo test -p mesh-tests {{args}}
+
+# Benchmarks: the mesh against direct calls and haproxy, written to BENCHMARKS.md (needs root).
+bench *args:
+    ./scripts/setup-bench.sh
+    cargo run --release -p mesh-bench -- --out BENCHMARKS.md {{args}}
+
+# Formatting and lints, as CI would want them.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# The local mesh: meshed pods on this machine (needs root).
+demo *args:
+    cargo run --release -p mesh-cli -- demo {{args}}
