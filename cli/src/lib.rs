@@ -1,2 +1,4 @@
 //! The `mesh` command line's library: everything the binary and the tests share.
+
+pub mod demo;
 pub mod local;

@@ -224,6 +224,30 @@ mod tests {
         check(b"", None);
     }
 
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A small xorshift generator: deterministic, no dependency.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let alphabet = b"GET POST HTTP/1.1\r\n PRI * HTTP/2.0 \x16\x03\x01\x00";
+        for _ in 0..20_000 {
+            let len = (next() % 64) as usize;
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| match next() % 3 {
+                    0 => alphabet[(next() % alphabet.len() as u64) as usize],
+                    _ => next() as u8,
+                })
+                .collect();
+            let _ = classify(&bytes);
+            let _ = http1_prefix_plausible(&bytes);
+        }
+    }
+
     #[tokio::test]
     async fn silent_client_is_opaque_after_the_timeout() {
         let (_client, mut server) = tokio::io::duplex(64);
