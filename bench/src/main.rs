@@ -1,2 +1,499 @@
-//! The benchmark harness (filled in by the data-plane issue's benchmark step).
-fn main() {}
+//! `mesh-bench`: the mesh proxy against direct calls and HAProxy on network-namespace pods, reported as ratios to the direct call.
+//!
+//! ```text
+//! scripts/setup-bench.sh && cargo run --release -p mesh-bench -- --out BENCHMARKS.md   # just bench
+//! cargo run --release -p mesh-bench -- --quick                                           # smoke run
+//! ```
+//!
+//! It needs root (it builds pods out of network namespaces), stops by itself (every run is
+//! bounded in time), and removes its pods when it ends.
+#![forbid(unsafe_code)]
+
+mod haproxy;
+mod oha;
+mod report;
+mod resources;
+mod server;
+mod testbed;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+
+use crate::haproxy::Haproxy;
+use crate::oha::{Load, Oha, Protocol, Run};
+use crate::report::{Machine, Measurement, Report, Round};
+use crate::resources::Meter;
+use crate::testbed::{Scenario, Testbed};
+
+/// Benchmarks the mesh proxy against direct calls and HAProxy on network-namespace pods.
+///
+/// Measures latency at a fixed rate (corrected for coordinated omission) and maximum
+/// throughput, for HTTP/1.1 and HTTP/2, for four scenarios: direct, 1-hop (outbound proxy),
+/// 2-hop (outbound and inbound proxy) and haproxy. Needs root.
+#[derive(Debug, Parser)]
+#[command(name = "mesh-bench", version)]
+struct Args {
+    /// Write the Markdown report to this file, and oha's raw JSON of every run to a dated file
+    /// in --results-dir. Without it the report only goes to stdout.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+
+    /// The length of each fixed-rate (latency) run.
+    #[arg(long, value_name = "DURATION", default_value = "6s", value_parser = parse_duration)]
+    duration: Duration,
+
+    /// The length of each maximum-throughput run.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    throughput_duration: Duration,
+
+    /// How many times each run is repeated; rounds interleave the scenarios, and the report
+    /// shows the median round and the range.
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
+
+    /// The fixed rate of the latency runs, in requests per second.
+    #[arg(long, value_name = "REQ/S", default_value_t = report::TARGET_RATE,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    rate: u32,
+
+    /// A short smoke run: two rounds of 2-second latency runs and 1-second throughput runs.
+    #[arg(long)]
+    quick: bool,
+
+    /// The load generator; by default `target/bench-tools/bin/oha` (installed by
+    /// scripts/setup-bench.sh), else `oha` on the PATH.
+    #[arg(long, value_name = "PATH")]
+    oha: Option<PathBuf>,
+
+    /// The peer proxy's executable.
+    #[arg(long, value_name = "PATH", default_value = "haproxy")]
+    haproxy: PathBuf,
+
+    /// Where the raw results go (with --out).
+    #[arg(long, value_name = "DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+    results_dir: PathBuf,
+}
+
+/// Concurrency of the fixed-rate runs: (protocol, connections, HTTP/2 streams per connection).
+const RATE_CONCURRENCY: [(Protocol, u32, u32); 2] =
+    [(Protocol::Http1, 16, 1), (Protocol::Http2, 4, 4)];
+/// Concurrency of the maximum-throughput runs: 32 requests in flight either way.
+const MAX_CONCURRENCY: [(Protocol, u32, u32); 2] =
+    [(Protocol::Http1, 32, 1), (Protocol::Http2, 4, 8)];
+/// The warm-up before each fixed-rate run: connections open, pools fill, caches warm.
+const WARM_UP: Duration = Duration::from_secs(1);
+/// How many runs may be measured again because other processes took more than
+/// [`report::BUSY_ELSEWHERE`] of the CPU meanwhile (bounded, so that the benchmark still ends).
+const MAX_REDOS: u32 = 8;
+/// The longest run accepted, so that a benchmark always stops in reasonable time.
+const MAX_RUN: Duration = Duration::from_secs(120);
+
+/// Set by Ctrl-C: the benchmark stops before its next run and removes its pods.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Err(err) = watch_interrupts() {
+        eprintln!("mesh: {err:#}");
+        return ExitCode::from(2);
+    }
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("mesh: {err:#}");
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                ExitCode::from(130)
+            } else {
+                ExitCode::from(2)
+            }
+        }
+    }
+}
+
+fn run(mut args: Args) -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "mesh-bench needs root: it builds pods out of network namespaces, veth links and \
+             iptables rules. Run it as root, e.g. `sudo -E just bench`"
+        );
+    }
+    mesh_cli::local::require_root()?;
+    if args.quick {
+        args.duration = Duration::from_secs(2);
+        args.throughput_duration = Duration::from_secs(1);
+        args.rounds = 2;
+    }
+    for (flag, d) in [
+        ("--duration", args.duration),
+        ("--throughput-duration", args.throughput_duration),
+    ] {
+        if d < Duration::from_secs(1) || d > MAX_RUN {
+            bail!(
+                "{flag} {}: expected 1s to {}",
+                humantime::format_duration(d),
+                humantime::format_duration(MAX_RUN)
+            );
+        }
+    }
+
+    let date = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let oha = Oha::new(&oha_path(args.oha.as_deref()))?;
+    let haproxy_version = Haproxy::version(&args.haproxy)?;
+    let clock_ticks = resources::clock_ticks()?;
+    let results_file = args.out.as_ref().map(|_| {
+        args.results_dir
+            .join(format!("{}.json", date.replace(':', "-")))
+    });
+
+    eprintln!("mesh-bench: building the pods");
+    // The report promises quiet proxies, whatever this shell exports.
+    let proxy_env = [("MESH_PROXY_LOG".to_string(), "warn".to_string())];
+    let testbed = Testbed::start(&args.haproxy, &proxy_env)?;
+    let measurements = measure(&testbed, &oha, &args, clock_ticks);
+    let log_dir = testbed.log_dir().to_path_buf();
+    if measurements.is_err() && !INTERRUPTED.load(Ordering::Relaxed) {
+        // Keep the proxies' logs for the post-mortem: copy them before the cluster goes.
+        keep_logs(&log_dir);
+    }
+    drop(testbed);
+    let measurements = measurements?;
+
+    let report = Report {
+        date,
+        machine: machine(),
+        command: command_line(),
+        oha: oha.version.clone(),
+        haproxy: haproxy_version,
+        results_file: results_file
+            .as_ref()
+            .map(|f| relative_to_report(f, args.out.as_deref())),
+        measurements,
+    };
+    let markdown = report.markdown();
+    println!("{markdown}");
+    if let (Some(out), Some(results)) = (&args.out, &results_file) {
+        if let Some(dir) = results.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let json = serde_json::to_string_pretty(&report).context("serializing the results")?;
+        std::fs::write(results, json + "\n")
+            .with_context(|| format!("writing {}", results.display()))?;
+        std::fs::write(out, &markdown).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!(
+            "mesh-bench: wrote {} and {}",
+            out.display(),
+            results.display()
+        );
+    }
+    Ok(())
+}
+
+/// Every run, in order: per protocol, the fixed-rate runs, then the maximum-throughput runs,
+/// each in rounds that interleave the scenarios.
+fn measure(
+    testbed: &Testbed,
+    oha: &Oha,
+    args: &Args,
+    clock_ticks: u64,
+) -> anyhow::Result<Vec<Measurement>> {
+    let cores = machine().cores;
+    let mut redos_left = MAX_REDOS;
+    let mut measurements: Vec<Measurement> = Vec::new();
+    for protocol in [Protocol::Http1, Protocol::Http2] {
+        for rate in [true, false] {
+            let first = measurements.len();
+            for scenario in Scenario::ALL {
+                let url = testbed.target(scenario, protocol).url;
+                measurements.push(Measurement {
+                    scenario,
+                    run: plan(args, url, protocol, rate),
+                    rounds: Vec::new(),
+                    redone: 0,
+                });
+            }
+            for round in 0..args.rounds {
+                for m in &mut measurements[first..] {
+                    let what = format!(
+                        "{} {:?} {} run, round {}",
+                        m.scenario.name(),
+                        protocol,
+                        if rate { "fixed-rate" } else { "throughput" },
+                        round + 1
+                    );
+                    let mut warm_up = rate && round == 0;
+                    loop {
+                        if INTERRUPTED.load(Ordering::Relaxed) {
+                            bail!("interrupted");
+                        }
+                        let r =
+                            measure_round(testbed, oha, clock_ticks, m.scenario, &m.run, warm_up)
+                                .with_context(|| what.clone())?;
+                        warm_up = false;
+                        let others = r.others_cpu_share(cores);
+                        eprintln!(
+                            "mesh-bench: {what:<42} {:>7.0} req/s  p50 {:.3}  p99 {:.3}  \
+                             p99.9 {:.3} ms  errors {}  others' CPU {:.0} %",
+                            r.rps(),
+                            r.p50_ms,
+                            r.p99_ms,
+                            r.p999_ms,
+                            r.failed,
+                            others * 100.0
+                        );
+                        if others > report::BUSY_ELSEWHERE && redos_left > 0 {
+                            // Someone else took the CPU: this run measured them, not us.
+                            redos_left -= 1;
+                            m.redone += 1;
+                            eprintln!("mesh-bench: the machine was busy; measuring again");
+                            continue;
+                        }
+                        m.rounds.push(r);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(measurements)
+}
+
+/// The load-generator run of one scenario: fixed-rate or maximum throughput.
+fn plan(args: &Args, url: String, protocol: Protocol, rate: bool) -> Run {
+    let (table, load, duration) = if rate {
+        (RATE_CONCURRENCY, Load::Rate(args.rate), args.duration)
+    } else {
+        (MAX_CONCURRENCY, Load::Max, args.throughput_duration)
+    };
+    let (connections, streams) = table
+        .iter()
+        .find(|(p, _, _)| *p == protocol)
+        .map_or((1, 1), |&(_, c, s)| (c, s));
+    Run {
+        url,
+        protocol,
+        load,
+        connections,
+        streams,
+        duration,
+    }
+}
+
+/// One run of one scenario, measuring the proxies on its path.
+fn measure_round(
+    testbed: &Testbed,
+    oha: &Oha,
+    clock_ticks: u64,
+    scenario: Scenario,
+    run: &Run,
+    warm_up: bool,
+) -> anyhow::Result<Round> {
+    let target = testbed.target(scenario, run.protocol);
+    if warm_up {
+        let warm_up = Run {
+            duration: WARM_UP,
+            ..run.clone()
+        };
+        oha.run(target.pod, &warm_up).context("warming up")?;
+    }
+    let meter = Meter::start(clock_ticks, &target.watched)?;
+    let outcome = oha.run(target.pod, run)?;
+    let metered = meter.finish()?;
+    if outcome.ok == 0 {
+        bail!(
+            "no request succeeded ({} failed); oha's output: {}",
+            outcome.failed,
+            outcome.raw
+        );
+    }
+    Ok(Round {
+        ok: outcome.ok,
+        failed: outcome.failed,
+        aborted: outcome.aborted,
+        seconds: outcome.seconds,
+        p50_ms: outcome.p50 * 1e3,
+        p99_ms: outcome.p99 * 1e3,
+        p999_ms: outcome.p999 * 1e3,
+        // Proxy usage is reported for fixed-rate runs only, where the load is the same for all.
+        usage: if matches!(run.load, Load::Rate(_)) {
+            metered.usage
+        } else {
+            Vec::new()
+        },
+        others_cpu_seconds: metered.others_cpu_seconds,
+        oha: outcome.raw,
+    })
+}
+
+// === helpers ===
+
+/// Catches Ctrl-C on a thread of its own: the first sets [`INTERRUPTED`] (the load generator,
+/// the proxies and HAProxy get it from the terminal too and stop), a second exits at once.
+fn watch_interrupts() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the signal runtime")?;
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+            INTERRUPTED.store(true, Ordering::Relaxed);
+            eprintln!("mesh-bench: interrupted: removing the pods (Ctrl-C again to quit now)");
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        });
+    });
+    Ok(())
+}
+
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value).map_err(|err| format!("{err} (expected e.g. 10s or 1m)"))
+}
+
+/// `--oha`, else the one scripts/setup-bench.sh installs, else `oha` on the PATH.
+fn oha_path(flag: Option<&Path>) -> PathBuf {
+    if let Some(path) = flag {
+        return path.to_path_buf();
+    }
+    let tools = std::env::var_os("MESH_BENCH_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+                .join("bench-tools")
+        });
+    let installed = tools.join("bin").join("oha");
+    if installed.is_file() {
+        installed
+    } else {
+        PathBuf::from("oha")
+    }
+}
+
+/// The command that produced the report, as someone would type it again.
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).map(|a| shell_quote(&a)).collect();
+    let mut line = "scripts/setup-bench.sh && cargo run --release -p mesh-bench --".to_string();
+    for arg in args {
+        line.push(' ');
+        line.push_str(&arg);
+    }
+    line
+}
+
+fn shell_quote(arg: &str) -> String {
+    let plain = arg
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+".contains(c));
+    if plain && !arg.is_empty() {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+/// `file` relative to the report's folder when it lies below it, else as given.
+fn relative_to_report(file: &Path, report: Option<&Path>) -> String {
+    let base = report
+        .and_then(|r| r.parent())
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
+        .and_then(|p| p.canonicalize().ok());
+    let file_abs = file
+        .parent()
+        .and_then(|p| {
+            std::fs::create_dir_all(p).ok()?;
+            p.canonicalize().ok()
+        })
+        .and_then(|dir| Some(dir.join(file.file_name()?)));
+    match (base, file_abs) {
+        (Some(base), Some(abs)) => abs
+            .strip_prefix(&base)
+            .map(|rel| rel.display().to_string())
+            .unwrap_or_else(|_| abs.display().to_string()),
+        _ => file.display().to_string(),
+    }
+}
+
+/// Cores, kernel, CPU model and memory of this machine.
+fn machine() -> Machine {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let meminfo = read("/proc/meminfo");
+    Machine {
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+        cpu: cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, name)| name.trim().to_string()),
+        memory_bytes: meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024),
+    }
+}
+
+/// Copies the cluster's logs to a folder that outlives it, and says where.
+fn keep_logs(log_dir: &Path) {
+    let kept = std::env::temp_dir().join(format!("mesh-bench-logs-{}", std::process::id()));
+    let copied = std::fs::create_dir_all(&kept).and_then(|()| {
+        for entry in std::fs::read_dir(log_dir)? {
+            let entry = entry?;
+            std::fs::copy(entry.path(), kept.join(entry.file_name()))?;
+        }
+        Ok(())
+    });
+    match copied {
+        Ok(()) => eprintln!(
+            "mesh-bench: proxy and haproxy logs kept in {}",
+            kept.display()
+        ),
+        Err(err) => eprintln!(
+            "mesh-bench: keeping the logs of {}: {err}",
+            log_dir.display()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        let check = |arg: &str, expected: &str| assert_eq!(shell_quote(arg), expected);
+        check("--out", "--out");
+        check("BENCHMARKS.md", "BENCHMARKS.md");
+        check("a b", "'a b'");
+        check("it's", r"'it'\''s'");
+        check("", "''");
+    }
+
+    #[test]
+    fn arguments_parse() {
+        let args = Args::try_parse_from(["mesh-bench", "--duration", "15s", "--rate", "500"])
+            .expect("valid arguments");
+        assert_eq!(args.duration, Duration::from_secs(15));
+        assert_eq!(args.rate, 500);
+        assert!(Args::try_parse_from(["mesh-bench", "--duration", "soon"]).is_err());
+        assert!(Args::try_parse_from(["mesh-bench", "--rate", "0"]).is_err());
+    }
+}

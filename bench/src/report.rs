@@ -1,0 +1,816 @@
+//! The results of one benchmark run and their Markdown report: tables of absolute values and ratios to the direct call, and the targets, met or not.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::oha::{Load, Protocol, Run};
+use crate::resources::Usage;
+use crate::testbed::Scenario;
+
+/// Two hops may add at most this much to the direct call's p99 at the fixed rate, in ms.
+pub const TARGET_ADDED_P99_MS: f64 = 0.5;
+/// A proxy's peak RSS at the fixed rate must stay under this, in bytes (12 MB).
+pub const TARGET_PEAK_RSS_BYTES: u64 = 12_000_000;
+/// A share of the machine's CPU used by others during a run above which the report calls the
+/// machine busy; `mesh-bench` measures such a run again (a few times at most).
+pub const BUSY_ELSEWHERE: f64 = 0.10;
+/// The request rate the latency and memory targets are defined at.
+pub const TARGET_RATE: u32 = 2_000;
+
+/// Everything one run of `mesh-bench` measured, and how; serialized as the raw results file.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// When the run started, RFC 3339 in UTC.
+    pub date: String,
+    pub machine: Machine,
+    /// The command line that produced the report.
+    pub command: String,
+    /// `oha --version`.
+    pub oha: String,
+    /// `haproxy -v`.
+    pub haproxy: String,
+    /// Where the raw results were written, relative to the report when possible.
+    pub results_file: Option<String>,
+    pub measurements: Vec<Measurement>,
+}
+
+/// The machine the numbers come from.
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    /// Available cores (`nproc`).
+    pub cores: usize,
+    /// `uname -r`.
+    pub kernel: String,
+    /// The CPU's model name, when `/proc/cpuinfo` has one.
+    pub cpu: Option<String>,
+    /// Total memory in bytes.
+    pub memory_bytes: Option<u64>,
+}
+
+/// One scenario under one load, measured in rounds interleaved with the other scenarios.
+#[derive(Debug, Serialize)]
+pub struct Measurement {
+    pub scenario: Scenario,
+    pub run: Run,
+    pub rounds: Vec<Round>,
+    /// Runs thrown away and measured again because other processes were busy meanwhile.
+    pub redone: u32,
+}
+
+/// One load-generator run.
+#[derive(Debug, Serialize)]
+pub struct Round {
+    /// Requests answered with a 200.
+    pub ok: u64,
+    /// Requests that failed or got another status.
+    pub failed: u64,
+    /// Requests cut off by the end of the run (oha cancels them on HTTP/2): not failures.
+    pub aborted: u64,
+    /// The run's length, in seconds.
+    pub seconds: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    /// What each proxy on the path used during the run (fixed-rate runs only).
+    pub usage: Vec<Usage>,
+    /// CPU seconds spent meanwhile by processes that are not the benchmark's.
+    pub others_cpu_seconds: f64,
+    /// `oha`'s whole JSON output.
+    pub oha: serde_json::Value,
+}
+
+impl Round {
+    /// The share of the machine's CPU (all `cores`) that others used during the run.
+    pub fn others_cpu_share(&self, cores: usize) -> f64 {
+        let available = self.seconds * cores.max(1) as f64;
+        if available > 0.0 {
+            self.others_cpu_seconds / available
+        } else {
+            0.0
+        }
+    }
+
+    /// Successful requests per second.
+    pub fn rps(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.ok as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// CPU seconds per 10,000 requests of each proxy on the path.
+    fn cpu_per_10k(&self) -> Vec<f64> {
+        self.usage
+            .iter()
+            .map(|u| {
+                if self.ok == 0 {
+                    0.0
+                } else {
+                    u.cpu_seconds / self.ok as f64 * 10_000.0
+                }
+            })
+            .collect()
+    }
+}
+
+impl Measurement {
+    /// The median over the rounds of `value`.
+    pub fn median(&self, value: impl Fn(&Round) -> f64) -> f64 {
+        median(self.rounds.iter().map(value).collect())
+    }
+
+    /// The lowest and highest `value` over the rounds.
+    pub fn spread(&self, value: impl Fn(&Round) -> f64) -> (f64, f64) {
+        self.rounds
+            .iter()
+            .map(value)
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(v), hi.max(v))
+            })
+    }
+
+    pub fn p50_ms(&self) -> f64 {
+        self.median(|r| r.p50_ms)
+    }
+
+    pub fn p99_ms(&self) -> f64 {
+        self.median(|r| r.p99_ms)
+    }
+
+    pub fn p999_ms(&self) -> f64 {
+        self.median(|r| r.p999_ms)
+    }
+
+    /// Successful requests per second (the median round).
+    pub fn rps(&self) -> f64 {
+        self.median(Round::rps)
+    }
+
+    /// Failed requests over all rounds.
+    pub fn failed(&self) -> u64 {
+        self.rounds.iter().map(|r| r.failed).sum()
+    }
+
+    /// CPU seconds per 10,000 requests of each proxy on the path (the median round), and
+    /// their sum; `None` without proxies.
+    pub fn cpu_per_10k(&self) -> Option<(f64, Vec<f64>)> {
+        let proxies = self.rounds.first()?.usage.len();
+        if proxies == 0 {
+            return None;
+        }
+        let parts: Vec<f64> = (0..proxies)
+            .map(|i| self.median(|r| r.cpu_per_10k().get(i).copied().unwrap_or(0.0)))
+            .collect();
+        Some((self.median(|r| r.cpu_per_10k().iter().sum()), parts))
+    }
+
+    /// The peak RSS of each proxy on the path: the highest over the rounds, in bytes.
+    pub fn peak_rss(&self) -> Vec<u64> {
+        let proxies = self.rounds.first().map_or(0, |r| r.usage.len());
+        (0..proxies)
+            .map(|i| {
+                self.rounds
+                    .iter()
+                    .filter_map(|r| r.usage.get(i).map(|u| u.peak_rss_bytes))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+}
+
+/// A target to design for, and whether this run met it.
+#[derive(Debug, PartialEq)]
+pub struct Verdict {
+    pub target: String,
+    /// One cell per protocol: the measured value and met / not met.
+    pub cells: Vec<String>,
+}
+
+impl Report {
+    /// The measurement of `scenario` in `protocol`, fixed-rate (`rate`) or maximum throughput.
+    pub fn find(&self, protocol: Protocol, rate: bool, scenario: Scenario) -> Option<&Measurement> {
+        self.measurements.iter().find(|m| {
+            m.run.protocol == protocol
+                && matches!(m.run.load, Load::Rate(_)) == rate
+                && m.scenario == scenario
+        })
+    }
+
+    /// The rate of the fixed-rate runs.
+    fn rate(&self) -> Option<u32> {
+        self.measurements.iter().find_map(|m| match m.run.load {
+            Load::Rate(rate) => Some(rate),
+            Load::Max => None,
+        })
+    }
+
+    /// The targets, evaluated on this run.
+    pub fn verdicts(&self) -> Vec<Verdict> {
+        let rate = self.rate().unwrap_or(TARGET_RATE);
+        let at = if rate == TARGET_RATE {
+            format!("{} req/s", thousands(f64::from(rate)))
+        } else {
+            format!(
+                "{} req/s (the target is defined at {} req/s)",
+                thousands(f64::from(rate)),
+                thousands(f64::from(TARGET_RATE))
+            )
+        };
+        let per_protocol = |cell: &dyn Fn(Protocol) -> Option<String>| -> Vec<String> {
+            PROTOCOLS
+                .iter()
+                .map(|&p| cell(p).unwrap_or_else(|| "not measured".to_string()))
+                .collect()
+        };
+        let latency = per_protocol(&|p| {
+            let direct = self.find(p, true, Scenario::Direct)?;
+            let two = self.find(p, true, Scenario::TwoHop)?;
+            let added = two.p99_ms() - direct.p99_ms();
+            // The verdict means little when the baseline moves more than the margin.
+            let (lo, hi) = direct.spread(|r| r.p99_ms);
+            let margin = (added - TARGET_ADDED_P99_MS).abs();
+            let noise = if direct.rounds.len() > 1 && hi - lo > margin {
+                format!(" (within noise: direct p99 ranged over {} ms)", ms(hi - lo))
+            } else {
+                String::new()
+            };
+            Some(format!(
+                "{} ms: {}{noise}",
+                signed_ms(added),
+                met(added < TARGET_ADDED_P99_MS)
+            ))
+        });
+        let memory = per_protocol(&|p| {
+            let peak = [Scenario::OneHop, Scenario::TwoHop]
+                .iter()
+                .filter_map(|&s| self.find(p, true, s))
+                .flat_map(Measurement::peak_rss)
+                .max()?;
+            Some(format!(
+                "{} MB: {}",
+                mb(peak),
+                met(peak < TARGET_PEAK_RSS_BYTES)
+            ))
+        });
+        let throughput = per_protocol(&|p| {
+            let one = self.find(p, false, Scenario::OneHop)?.rps();
+            let peer = self.find(p, false, Scenario::Haproxy)?.rps();
+            Some(format!(
+                "{} vs {} req/s ({}): {}",
+                thousands(one),
+                thousands(peer),
+                ratio(one, peer),
+                met(one >= peer)
+            ))
+        });
+        vec![
+            Verdict {
+                target: format!("p99 added by two hops at {at} under {TARGET_ADDED_P99_MS} ms"),
+                cells: latency,
+            },
+            Verdict {
+                target: format!(
+                    "proxy peak RSS at {at} under {} MB",
+                    TARGET_PEAK_RSS_BYTES / 1_000_000
+                ),
+                cells: memory,
+            },
+            Verdict {
+                target: "maximum throughput of one hop at least HAProxy's (1-hop vs haproxy)"
+                    .to_string(),
+                cells: throughput,
+            },
+        ]
+    }
+
+    /// The report as Markdown.
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        // Invariant: formatting into a `String` never fails.
+        self.write_markdown(&mut out)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    fn write_markdown(&self, out: &mut String) -> std::fmt::Result {
+        writeln!(out, "# Benchmarks\n")?;
+        writeln!(
+            out,
+            "Written by `mesh-bench` (bench/); do not edit by hand: `just bench` measures again \
+             and rewrites this file.\n"
+        )?;
+        let m = &self.machine;
+        writeln!(out, "- date: {}", self.date)?;
+        let mut machine = format!("{} cores (nproc), Linux {}", m.cores, m.kernel);
+        if let Some(cpu) = &m.cpu {
+            write!(machine, ", {cpu}")?;
+        }
+        if let Some(mem) = m.memory_bytes {
+            write!(machine, ", {:.1} GB memory", mem as f64 / 1e9)?;
+        }
+        writeln!(out, "- machine: {machine}")?;
+        writeln!(out, "- command: `{}`", self.command)?;
+        writeln!(out, "- tools: {}; {}", self.oha, self.haproxy)?;
+        if let Some(file) = &self.results_file {
+            writeln!(out, "- raw results (oha's JSON of every run): `{file}`")?;
+        }
+        writeln!(out)?;
+        writeln!(
+            out,
+            "{}",
+            METHOD.replace("{body}", &crate::server::BODY.len().to_string())
+        )?;
+
+        writeln!(out, "## Targets\n")?;
+        writeln!(out, "| target | HTTP/1.1 | HTTP/2 |")?;
+        writeln!(out, "|---|---|---|")?;
+        for verdict in self.verdicts() {
+            writeln!(
+                out,
+                "| {} | {} |",
+                verdict.target,
+                verdict.cells.join(" | ")
+            )?;
+        }
+        writeln!(out)?;
+
+        for protocol in PROTOCOLS {
+            self.write_protocol(out, protocol)?;
+        }
+        self.write_noise(out)
+    }
+
+    fn write_protocol(&self, out: &mut String, protocol: Protocol) -> std::fmt::Result {
+        writeln!(out, "## {}\n", protocol_name(protocol))?;
+        let direct = self.find(protocol, true, Scenario::Direct);
+        if let Some(first) = self.rows(protocol, true).next() {
+            writeln!(
+                out,
+                "### Latency at a fixed rate\n\n{}, {}, corrected for coordinated omission; \
+                 each value is the median of {} rounds. \"added\" is the difference to the \
+                 direct call, \"×\" the ratio to it. Proxy CPU is user + system time of the \
+                 proxies on the path per 10,000 requests (for two hops: the sum, then client + \
+                 server); peak RSS is `VmHWM` during the runs (1 MB = 10⁶ bytes; for two hops: \
+                 client / server).\n",
+                rate_text(&first.run),
+                concurrency_text(&first.run),
+                first.rounds.len(),
+            )?;
+        }
+        writeln!(
+            out,
+            "| scenario | p50 ms | p99 ms | p99.9 ms | p50 added | p99 added | p99.9 added | \
+             p99 × direct | req/s | errors | proxy CPU s / 10k req | proxy peak RSS MB |"
+        )?;
+        writeln!(
+            out,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        )?;
+        for m in self.rows(protocol, true) {
+            let added = |value: f64, base: Option<f64>| match base {
+                Some(base) => signed_ms(value - base),
+                None => "–".to_string(),
+            };
+            writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                m.scenario.name(),
+                ms(m.p50_ms()),
+                ms(m.p99_ms()),
+                ms(m.p999_ms()),
+                added(m.p50_ms(), direct.map(Measurement::p50_ms)),
+                added(m.p99_ms(), direct.map(Measurement::p99_ms)),
+                added(m.p999_ms(), direct.map(Measurement::p999_ms)),
+                direct.map_or("–".to_string(), |d| ratio(m.p99_ms(), d.p99_ms())),
+                thousands(m.rps()),
+                m.failed(),
+                cpu_cell(m),
+                rss_cell(m),
+            )?;
+        }
+        writeln!(out)?;
+
+        let direct = self.find(protocol, false, Scenario::Direct);
+        if let Some(first) = self.rows(protocol, false).next() {
+            writeln!(
+                out,
+                "### Maximum throughput\n\nNo rate limit, {}, {} per run; the median of {} \
+                 rounds. Latency here is mostly queueing.\n",
+                concurrency_text(&first.run),
+                humantime::format_duration(first.run.duration),
+                first.rounds.len(),
+            )?;
+        }
+        writeln!(
+            out,
+            "| scenario | req/s | × direct | p50 ms | p99 ms | errors |"
+        )?;
+        writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
+        for m in self.rows(protocol, false) {
+            writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                m.scenario.name(),
+                thousands(m.rps()),
+                direct.map_or("–".to_string(), |d| ratio(m.rps(), d.rps())),
+                ms(m.p50_ms()),
+                ms(m.p99_ms()),
+                m.failed(),
+            )?;
+        }
+        writeln!(out)
+    }
+
+    /// How far the rounds of each scenario are apart: differences smaller than that are noise.
+    fn write_noise(&self, out: &mut String) -> std::fmt::Result {
+        writeln!(out, "## Noise\n")?;
+        writeln!(
+            out,
+            "Every scenario ran in rounds, interleaved with the others (direct, 1-hop, 2-hop, \
+             haproxy, direct, …), so slow drifts of the machine hit all of them alike. The \
+             range over the rounds is the run-to-run noise; differences smaller than it mean \
+             nothing.\n"
+        )?;
+        writeln!(
+            out,
+            "| scenario | HTTP/1.1 p99 ms | HTTP/1.1 max req/s | HTTP/2 p99 ms | HTTP/2 max req/s |"
+        )?;
+        writeln!(out, "|---|---:|---:|---:|---:|")?;
+        let mut noisy = false;
+        for scenario in Scenario::ALL {
+            let mut cells = Vec::new();
+            for protocol in PROTOCOLS {
+                cells.push(match self.find(protocol, true, scenario) {
+                    Some(m) => {
+                        let (lo, hi) = m.spread(|r| r.p99_ms);
+                        noisy |= hi - lo >= TARGET_ADDED_P99_MS / 2.0;
+                        format!("{}–{}", ms(lo), ms(hi))
+                    }
+                    None => "–".to_string(),
+                });
+                cells.push(match self.find(protocol, false, scenario) {
+                    Some(m) => {
+                        let (lo, hi) = m.spread(Round::rps);
+                        noisy |= (hi - lo) >= 0.1 * m.rps();
+                        format!("{}–{}", thousands(lo), thousands(hi))
+                    }
+                    None => "–".to_string(),
+                });
+            }
+            writeln!(out, "| {} | {} |", scenario.name(), cells.join(" | "))?;
+        }
+        writeln!(out)?;
+        let shares: Vec<f64> = self
+            .measurements
+            .iter()
+            .flat_map(|m| &m.rounds)
+            .map(|r| r.others_cpu_share(self.machine.cores))
+            .collect();
+        let busiest = shares.iter().copied().fold(0.0, f64::max);
+        if !shares.is_empty() {
+            writeln!(
+                out,
+                "Other processes on the machine (not the benchmark's) used {:.0} % of its CPU \
+                 on average during the runs, at most {:.0} % in one run{}.\n",
+                shares.iter().sum::<f64>() / shares.len() as f64 * 100.0,
+                busiest * 100.0,
+                if busiest >= BUSY_ELSEWHERE {
+                    ": the machine was not quiet, which alone can explain outliers"
+                } else {
+                    ""
+                }
+            )?;
+        }
+        let redone: u32 = self.measurements.iter().map(|m| m.redone).sum();
+        if redone > 0 {
+            writeln!(
+                out,
+                "{redone} run(s) were thrown away and measured again because other processes \
+                 used more than {:.0} % of the CPU meanwhile (the raw results keep only the runs \
+                 shown).\n",
+                BUSY_ELSEWHERE * 100.0
+            )?;
+        }
+        let rounds = self.measurements.first().map_or(0, |m| m.rounds.len());
+        if rounds < 2 {
+            writeln!(
+                out,
+                "One round only: there is no measure of the noise. Run with more rounds before \
+                 trusting a small difference."
+            )?;
+        } else if noisy {
+            writeln!(
+                out,
+                "**These numbers are noisy**: some p99 moves by half the latency target or more \
+                 between rounds, or some throughput by a tenth. The load generator, the proxies, \
+                 HAProxy and the server share {} cores, so every scenario also measures how they \
+                 compete for them; take the small differences with a grain of salt.",
+                self.machine.cores
+            )?;
+        } else {
+            writeln!(
+                out,
+                "The rounds agree closely against the targets. Still, the load generator, the \
+                 proxies and the server share {} cores, so the proxies' numbers include competing \
+                 with the load generator for CPU.",
+                self.machine.cores
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The measurements of `protocol`, fixed-rate or max, in the order they ran.
+    fn rows(&self, protocol: Protocol, rate: bool) -> impl Iterator<Item = &Measurement> {
+        self.measurements.iter().filter(move |m| {
+            m.run.protocol == protocol && matches!(m.run.load, Load::Rate(_)) == rate
+        })
+    }
+}
+
+// === helpers ===
+
+const PROTOCOLS: [Protocol; 2] = [Protocol::Http1, Protocol::Http2];
+
+/// How the benchmark measures, for the report's reader.
+const METHOD: &str = "\
+## How it is measured
+
+Every scenario runs on network-namespace pods of one local cluster (`10.244.0.0/16`; nothing \
+leaves the machine). The server application is a small hyper server (HTTP/1.1 and HTTP/2 with \
+prior knowledge) answering every request with a {body}-byte 200; the load generator is `oha`, run \
+inside the client pod.
+
+- **direct**: unmeshed client pod → unmeshed server pod; the baseline of every ratio.
+- **1-hop**: meshed client pod (`mesh-init` redirect + `mesh-proxy` outbound) → unmeshed server pod.
+- **2-hop**: meshed client pod → meshed server pod (outbound proxy, then inbound proxy).
+- **haproxy**: HAProxy (`mode http`, default threads) in the unmeshed client pod, forwarding to \
+the server pod; the load generator targets it on the pod's loopback. HTTP/1.1 is forwarded as \
+HTTP/1.1 and HTTP/2 as HTTP/2, like the mesh proxy does.
+
+Each protocol first gets fixed-rate runs, measuring latency and the proxies' CPU and memory, \
+then maximum-throughput runs. Each kind of run is repeated in rounds that interleave the \
+scenarios, and the tables show the median round; the first round of each scenario is preceded \
+by a one-second warm-up at the same rate. The proxies run with their defaults (one worker \
+thread per core, log level `warn`); nothing is pinned to a core.
+";
+
+fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Http1 => "HTTP/1.1",
+        Protocol::Http2 => "HTTP/2",
+    }
+}
+
+fn rate_text(run: &Run) -> String {
+    match run.load {
+        Load::Rate(rate) => format!(
+            "{} requests per second for {}",
+            thousands(f64::from(rate)),
+            humantime::format_duration(run.duration)
+        ),
+        Load::Max => "no rate limit".to_string(),
+    }
+}
+
+fn concurrency_text(run: &Run) -> String {
+    match run.protocol {
+        Protocol::Http1 => format!("{} connections", run.connections),
+        Protocol::Http2 => format!("{} connections × {} streams", run.connections, run.streams),
+    }
+}
+
+fn cpu_cell(m: &Measurement) -> String {
+    match m.cpu_per_10k() {
+        None => "–".to_string(),
+        Some((total, parts)) if parts.len() < 2 => format!("{total:.2}"),
+        Some((total, parts)) => {
+            let parts: Vec<String> = parts.iter().map(|p| format!("{p:.2}")).collect();
+            format!("{total:.2} ({})", parts.join(" + "))
+        }
+    }
+}
+
+fn rss_cell(m: &Measurement) -> String {
+    let peaks = m.peak_rss();
+    if peaks.is_empty() {
+        return "–".to_string();
+    }
+    peaks.iter().map(|&p| mb(p)).collect::<Vec<_>>().join(" / ")
+}
+
+/// The middle value (the mean of the middle two for an even count); 0 for none.
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**not met**"
+    }
+}
+
+fn ms(value: f64) -> String {
+    format!("{value:.3}")
+}
+
+fn signed_ms(value: f64) -> String {
+    format!("{value:+.3}")
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / 1e6)
+}
+
+fn ratio(value: f64, base: f64) -> String {
+    if base > 0.0 {
+        format!("{:.2}×", value / base)
+    } else {
+        "–".to_string()
+    }
+}
+
+/// `12345.6` → `12,346`.
+fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A measurement whose rounds have these p99s (ms), `ok` requests each in 10 s, and proxies
+    /// that used (CPU seconds, peak RSS bytes).
+    fn measurement(
+        scenario: Scenario,
+        protocol: Protocol,
+        load: Load,
+        p99s: &[f64],
+        ok: u64,
+        usage: &[(f64, u64)],
+    ) -> Measurement {
+        let round = |p99_ms: f64| Round {
+            ok,
+            failed: 0,
+            aborted: 0,
+            seconds: 10.0,
+            p50_ms: p99_ms / 2.0,
+            p99_ms,
+            p999_ms: p99_ms * 2.0,
+            others_cpu_seconds: 0.0,
+            usage: usage
+                .iter()
+                .map(|&(cpu_seconds, peak_rss_bytes)| Usage {
+                    name: "proxy".to_string(),
+                    cpu_seconds,
+                    peak_rss_bytes,
+                })
+                .collect(),
+            oha: serde_json::Value::Null,
+        };
+        Measurement {
+            scenario,
+            run: Run {
+                url: "http://10.244.0.2:8080/".to_string(),
+                protocol,
+                load,
+                connections: 16,
+                streams: 1,
+                duration: Duration::from_secs(10),
+            },
+            rounds: p99s.iter().map(|&p| round(p)).collect(),
+            redone: 0,
+        }
+    }
+
+    fn report(measurements: Vec<Measurement>) -> Report {
+        Report {
+            date: "2026-01-01T00:00:00Z".to_string(),
+            machine: Machine {
+                cores: 2,
+                kernel: "6.1.0".to_string(),
+                cpu: None,
+                memory_bytes: None,
+            },
+            command: "mesh-bench".to_string(),
+            oha: "oha 1.16.0".to_string(),
+            haproxy: "HAProxy version 2.6".to_string(),
+            results_file: None,
+            measurements,
+        }
+    }
+
+    #[test]
+    fn numbers() {
+        let check = |value: f64, expected: &str| assert_eq!(thousands(value), expected);
+        check(0.0, "0");
+        check(999.4, "999");
+        check(1000.0, "1,000");
+        check(123_456.7, "123,457");
+        check(1_234_567.0, "1,234,567");
+        assert_eq!(ratio(3.0, 2.0), "1.50×");
+        assert_eq!(ratio(3.0, 0.0), "–");
+        assert_eq!(mb(11_999_999), "12.0");
+        assert_eq!(signed_ms(0.25), "+0.250");
+        assert_eq!(signed_ms(-0.25), "-0.250");
+    }
+
+    #[test]
+    fn medians() {
+        let check = |values: &[f64], expected: f64| assert_eq!(median(values.to_vec()), expected);
+        check(&[], 0.0);
+        check(&[3.0], 3.0);
+        check(&[3.0, 1.0, 2.0], 2.0);
+        check(&[4.0, 1.0, 3.0, 2.0], 2.5);
+    }
+
+    #[test]
+    fn verdicts() {
+        use Protocol::*;
+        use Scenario::*;
+        let rate = Load::Rate(2_000);
+        let r = report(vec![
+            measurement(Direct, Http1, rate, &[0.2, 0.21, 0.19], 20_000, &[]),
+            measurement(
+                TwoHop,
+                Http1,
+                rate,
+                &[0.6, 0.5, 0.7],
+                20_000,
+                &[(1.0, 8_000_000), (1.0, 13_000_000)],
+            ),
+            measurement(OneHop, Http1, Load::Max, &[1.0], 100_000, &[]),
+            measurement(Haproxy, Http1, Load::Max, &[1.0], 90_000, &[]),
+            measurement(Direct, Http2, rate, &[0.2, 1.5, 0.25], 20_000, &[]),
+            measurement(TwoHop, Http2, rate, &[0.9], 20_000, &[(1.0, 8_000_000)]),
+        ]);
+        let cells: Vec<Vec<String>> = r.verdicts().into_iter().map(|v| v.cells).collect();
+        assert_eq!(
+            cells,
+            [
+                vec![
+                    "+0.400 ms: met",
+                    "+0.650 ms: **not met** (within noise: direct p99 ranged over 1.300 ms)"
+                ],
+                vec!["13.0 MB: **not met**", "8.0 MB: met"],
+                vec!["10,000 vs 9,000 req/s (1.11×): met", "not measured"],
+            ]
+        );
+        let two = r.find(Http1, true, TwoHop).expect("measured");
+        assert_eq!(two.cpu_per_10k(), Some((1.0, vec![0.5, 0.5])));
+        assert_eq!(cpu_cell(two), "1.00 (0.50 + 0.50)");
+        assert_eq!(rss_cell(two), "8.0 / 13.0");
+        assert_eq!(two.p99_ms(), 0.6);
+        assert_eq!(two.spread(|r| r.p99_ms), (0.5, 0.7));
+    }
+
+    #[test]
+    fn markdown_has_tables_per_protocol() {
+        use Protocol::*;
+        use Scenario::*;
+        let rate = Load::Rate(2_000);
+        let r = report(vec![
+            measurement(Direct, Http1, rate, &[0.2], 20_000, &[]),
+            measurement(OneHop, Http1, rate, &[0.3], 20_000, &[(1.0, 8_000_000)]),
+            measurement(Direct, Http2, Load::Max, &[1.0], 50_000, &[]),
+        ]);
+        let md = r.markdown();
+        assert!(md.contains("## HTTP/1.1\n"), "{md}");
+        assert!(md.contains("## HTTP/2\n"), "{md}");
+        assert!(
+            md.contains(
+                "| 1-hop | 0.150 | 0.300 | 0.600 | +0.050 | +0.100 | +0.200 | 1.50× | 2,000 | 0 \
+                 | 0.50 | 8.0 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| direct | 5,000 | 1.00× | 0.500 | 1.000 | 0 |"),
+            "{md}"
+        );
+        assert!(md.contains("One round only"), "{md}");
+    }
+}
