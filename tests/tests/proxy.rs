@@ -358,3 +358,49 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
     .await;
     assert_eq!(refused, Ok(true));
 }
+
+#[tokio::test]
+async fn post_shutdown_from_loopback_starts_a_graceful_shutdown() {
+    let app = app().await;
+    let proxy = proxy(app, |_| {}).await;
+    assert_eq!(get_h1(proxy.addrs.admin, "/ready").await.0, 200);
+    let mut admin = h1(proxy.addrs.admin).await;
+    let req = http::Request::post("/shutdown")
+        .header("host", "localhost")
+        .body(http_body_util::Empty::new().boxed())
+        .unwrap();
+    assert_eq!(admin.send_request(req).await.unwrap().status(), 202);
+    assert!(proxy.drain.is_draining());
+    assert_eq!(
+        get_h1(proxy.addrs.admin, "/ready").await.0,
+        503,
+        "not ready while draining"
+    );
+    assert!(proxy.drain.wait(Duration::from_secs(5)).await);
+}
+
+#[test]
+fn the_binary_refuses_an_invalid_variable_and_names_it() {
+    let proxy = mesh_cli::local::binary("mesh-proxy").expect("the mesh-proxy binary");
+    for (var, value, expected) in [
+        ("MESH_PROXY_DETECT_TIMEOUT", "soon", "expected a duration"),
+        (
+            "MESH_PROXY_INBOUND_OPAQUE_PORTS",
+            "25,mysql",
+            "expected a comma-separated list",
+        ),
+        ("MESH_PROXY_LOG_FORMAT", "yaml", "expected plain or json"),
+        ("MESH_PROXY_LOG", "info,[", "expected a tracing filter"),
+    ] {
+        let out = std::process::Command::new(&proxy)
+            .env(var, value)
+            .output()
+            .expect("run mesh-proxy");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {stderr}");
+        assert!(
+            stderr.contains(var) && stderr.contains(expected),
+            "{var}={value}: {stderr}"
+        );
+    }
+}
