@@ -75,9 +75,22 @@ struct Args {
     #[arg(long, value_name = "PATH", default_value = "haproxy")]
     haproxy: PathBuf,
 
+    /// Extra environment of the mesh proxies, `KEY=VALUE` (repeatable), e.g.
+    /// `--proxy-env MESH_PROXY_WORKER_THREADS=1` to compare proxy settings.
+    #[arg(long = "proxy-env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    proxy_env: Vec<(String, String)>,
+
     /// Where the raw results go (with --out).
     #[arg(long, value_name = "DIR", default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
     results_dir: PathBuf,
+}
+
+/// Parses `KEY=VALUE`.
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
 }
 
 /// Concurrency of the fixed-rate runs: (protocol, connections, HTTP/2 streams per connection).
@@ -153,7 +166,8 @@ fn run(mut args: Args) -> anyhow::Result<()> {
 
     eprintln!("mesh-bench: building the pods");
     // The report promises quiet proxies, whatever this shell exports.
-    let proxy_env = [("MESH_PROXY_LOG".to_string(), "warn".to_string())];
+    let mut proxy_env = vec![("MESH_PROXY_LOG".to_string(), "warn".to_string())];
+    proxy_env.extend(args.proxy_env.iter().cloned());
     let testbed = Testbed::start(&args.haproxy, &proxy_env)?;
     let measurements = measure(&testbed, &oha, &args, clock_ticks);
     let log_dir = testbed.log_dir().to_path_buf();

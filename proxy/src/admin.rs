@@ -51,14 +51,7 @@ impl Admin {
                     .timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10))
                     .serve_connection(TokioIo::new(stream), service);
-                tokio::pin!(conn);
-                let result = tokio::select! {
-                    res = conn.as_mut() => res,
-                    () = drain.signaled() => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                };
+                let result = drain.serve(conn, |c| c.graceful_shutdown()).await;
                 if let Err(error) = result {
                     tracing::debug!(%peer, %error, "admin connection failed");
                 }

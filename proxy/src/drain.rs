@@ -1,7 +1,7 @@
 //! Graceful shutdown: a signal every listener and connection watches, and a tracker of the
 //! work in flight so the process exits only when it is done or the grace period is over.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, pin::Pin, time::Duration};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// A cloneable handle to the proxy's shutdown state.
@@ -32,6 +32,28 @@ impl Drain {
 
     pub fn is_draining(&self) -> bool {
         self.signal.is_cancelled()
+    }
+
+    /// Drives a server connection to its end; once shutdown begins, calls `begin_shutdown` on it
+    /// (hyper's `graceful_shutdown`: finish the requests in flight, accept no more) and drives it
+    /// on until it closes. For example, `drain.serve(conn, |c| c.graceful_shutdown())` with a
+    /// hyper `http1::Connection`.
+    pub fn serve<C: Future>(
+        &self,
+        conn: C,
+        begin_shutdown: impl FnOnce(Pin<&mut C>),
+    ) -> impl Future<Output = C::Output> {
+        let signal = self.signal.clone();
+        async move {
+            tokio::pin!(conn);
+            tokio::select! {
+                out = conn.as_mut() => out,
+                () = signal.cancelled() => {
+                    begin_shutdown(conn.as_mut());
+                    conn.await
+                }
+            }
+        }
     }
 
     /// Begins shutdown: listeners stop accepting, connections finish what they have in flight.

@@ -82,6 +82,9 @@ impl HttpForwarder {
             async move { Ok::<_, Infallible>(this.forward(req, route, &tunnels).await) }
         });
         let io = TokioIo::new(io);
+        // Inline rather than through `Drain::serve`: passing these connection futures through a
+        // generic function trips the compiler's higher-ranked `Send` inference for the
+        // request futures they hold.
         let result = match protocol {
             Protocol::Http2 => {
                 let mut builder = conn::http2::Builder::new(TokioExecutor::new());
