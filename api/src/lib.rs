@@ -1,6 +1,10 @@
-//! The control-plane API's wire types and clients (not built yet).
+//! The control-plane API's wire types and clients, shared by the proxy, the controller and the CLI.
 //!
-//! `mesh-api` will hold what the proxy, the controller, the CLI and viz share: the JSON-lines
-//! messages of `GET /v1/destination/watch` (`add`, `remove`, `noEndpoints`) and of
-//! `POST /v1/identity/certify`, and small HTTP/2 clients for them. The proxy never depends on the
-//! controller; everything the two sides agree on lives here.
+//! The API is HTTP/2 with JSON-lines bodies, versioned under `/v1` (see `api/README.md` for the
+//! protocol). Today it holds the destination watch: [`destination::Update`] and its client
+//! [`destination::watch`]. The proxy never depends on the controller; everything the two sides
+//! agree on lives here.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod destination;

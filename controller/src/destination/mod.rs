@@ -1,0 +1,291 @@
+//! The destination service: the shared index, the per-target fan-out to watchers, and the
+//! HTTP server (`server.rs`) that streams it.
+//!
+//! Every distinct [`Target`] being watched has one `tokio::sync::watch` channel holding its
+//! current [`Resolution`]. A source change updates the index, then recomputes each affected
+//! target once and publishes it if it changed; every watcher of that target reads the latest
+//! value and diffs it against what it last sent. A slow watcher only ever skips to the latest
+//! state: there is no queue to grow.
+
+mod server;
+
+pub use server::{serve, ServeError};
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
+
+use mesh_api::destination::{Add, Endpoint, NoEndpoints, Remove, Update};
+use tokio::sync::watch;
+
+use crate::index::{Index, IndexConfig, Resolution, Target};
+use crate::metrics::Metrics;
+
+/// The shared state of the destination service; cheap to clone.
+#[derive(Clone)]
+pub struct Destination {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    index: RwLock<Index>,
+    targets: Mutex<HashMap<Target, watch::Sender<Arc<Resolution>>>>,
+    ready: watch::Sender<bool>,
+    metrics: Metrics,
+}
+
+impl Destination {
+    /// A destination service over an empty index.
+    pub fn new(config: IndexConfig, metrics: Metrics) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                index: RwLock::new(Index::new(config)),
+                targets: Mutex::new(HashMap::new()),
+                ready: watch::Sender::new(false),
+                metrics,
+            }),
+        }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The cluster DNS domain.
+    pub fn cluster_domain(&self) -> String {
+        self.read_index().config().cluster_domain.clone()
+    }
+
+    /// Marks the source as synced (its first full state is in the index).
+    pub fn set_ready(&self) {
+        self.inner.ready.send_replace(true);
+    }
+
+    /// Whether the source has synced.
+    pub fn is_ready(&self) -> bool {
+        *self.inner.ready.borrow()
+    }
+
+    /// Changes the index with `change`, then pushes the new state of every affected target.
+    /// `namespaces` limits the targets recomputed (`None`: all). `started` is when the source
+    /// saw the event, for the latency histogram.
+    pub fn update(
+        &self,
+        started: Instant,
+        namespaces: Option<&BTreeSet<String>>,
+        change: impl FnOnce(&mut Index),
+    ) {
+        let mut index = self
+            .inner
+            .index
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        change(&mut index);
+        self.inner.metrics.set_sizes(index.sizes());
+        let mut targets = self.lock_targets();
+        // Forget targets nobody watches any more.
+        targets.retain(|_, tx| tx.receiver_count() > 0);
+        let mut pushed = 0usize;
+        for (target, tx) in targets.iter() {
+            let affected =
+                namespaces.is_none_or(|set| set.iter().any(|ns| Index::affects(target, ns)));
+            if !affected {
+                continue;
+            }
+            let resolution = index.resolve(target);
+            tx.send_if_modified(|current| {
+                if **current == resolution {
+                    return false;
+                }
+                *current = Arc::new(resolution);
+                pushed += 1;
+                true
+            });
+        }
+        drop(targets);
+        drop(index);
+        self.inner
+            .metrics
+            .update_latency
+            .observe(started.elapsed().as_secs_f64());
+        tracing::debug!(pushed, "index updated");
+    }
+
+    /// Subscribes to a target's resolution; the receiver's current value is the current state.
+    pub fn subscribe(&self, target: Target) -> watch::Receiver<Arc<Resolution>> {
+        let index = self.read_index();
+        let mut targets = self.lock_targets();
+        if let Some(tx) = targets.get(&target) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(Arc::new(index.resolve(&target)));
+        targets.insert(target, tx);
+        rx
+    }
+
+    /// How many distinct targets are watched.
+    pub fn watched_targets(&self) -> usize {
+        self.lock_targets()
+            .values()
+            .filter(|tx| tx.receiver_count() > 0)
+            .count()
+    }
+
+    fn read_index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        // A panic while holding the lock cannot leave the index half-updated in a way that
+        // matters more than stopping service: keep serving.
+        self.inner
+            .index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_targets(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<Target, watch::Sender<Arc<Resolution>>>> {
+        self.inner
+            .targets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The updates that take a watcher from `last` (what it was sent; `None` before the first
+/// message) to `current`. The first message is always the full state.
+pub fn diff(last: Option<&Resolution>, current: &Resolution) -> Vec<Update> {
+    let empty = BTreeMap::new();
+    let (last_eps, current_eps) = match (last, current) {
+        (Some(l), c) if l == c => return Vec::new(),
+        (_, Resolution::Unknown) => return vec![no_endpoints(false)],
+        (_, Resolution::Endpoints(c)) if c.is_empty() => return vec![no_endpoints(true)],
+        (Some(Resolution::Endpoints(l)), Resolution::Endpoints(c)) => (l, c),
+        (_, Resolution::Endpoints(c)) => (&empty, c),
+    };
+    let mut updates = Vec::new();
+    let removed: Vec<SocketAddr> = last_eps
+        .keys()
+        .filter(|a| !current_eps.contains_key(a))
+        .copied()
+        .collect();
+    if !removed.is_empty() {
+        updates.push(Update::Remove(Remove { addrs: removed }));
+    }
+    let added: Vec<Endpoint> = current_eps
+        .iter()
+        .filter(|(a, e)| last_eps.get(a) != Some(e))
+        .map(|(_, e)| e.clone())
+        .collect();
+    if !added.is_empty() {
+        updates.push(Update::Add(Add { endpoints: added }));
+    }
+    updates
+}
+
+fn no_endpoints(exists: bool) -> Update {
+    Update::NoEndpoints(NoEndpoints { exists })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eps(addrs: &[(&str, &str)]) -> Resolution {
+        Resolution::Endpoints(
+            addrs
+                .iter()
+                .map(|(a, pod)| {
+                    let addr: SocketAddr = a.parse().expect("addr");
+                    let labels = BTreeMap::from([("pod".to_owned(), (*pod).to_owned())]);
+                    let e = Endpoint {
+                        addr,
+                        weight: mesh_api::destination::DEFAULT_WEIGHT,
+                        labels,
+                        identity: None,
+                        protocol_hint: None,
+                    };
+                    (addr, e)
+                })
+                .collect(),
+        )
+    }
+
+    /// Renders the updates as compact JSON lines.
+    fn check(last: Option<&Resolution>, current: &Resolution, expected: &[&str]) {
+        let got: Vec<String> = diff(last, current)
+            .iter()
+            .map(|u| {
+                let v = serde_json::to_value(u).expect("json");
+                match u {
+                    Update::Add(a) => format!(
+                        "add {}",
+                        a.endpoints
+                            .iter()
+                            .map(|e| format!("{}={}", e.addr, e.labels["pod"]))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ),
+                    _ => v.to_string(),
+                }
+            })
+            .collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn diffs() {
+        let a = eps(&[("10.0.0.1:80", "a"), ("10.0.0.2:80", "b")]);
+        let b = eps(&[("10.0.0.2:80", "b2"), ("10.0.0.3:80", "c")]);
+        let empty = eps(&[]);
+        check(
+            None,
+            &Resolution::Unknown,
+            &[r#"{"noEndpoints":{"exists":false}}"#],
+        );
+        check(None, &empty, &[r#"{"noEndpoints":{"exists":true}}"#]);
+        check(None, &a, &["add 10.0.0.1:80=a 10.0.0.2:80=b"]);
+        check(Some(&a), &a, &[]);
+        check(
+            Some(&a),
+            &b,
+            &[
+                r#"{"remove":{"addrs":["10.0.0.1:80"]}}"#,
+                "add 10.0.0.2:80=b2 10.0.0.3:80=c",
+            ],
+        );
+        check(Some(&a), &empty, &[r#"{"noEndpoints":{"exists":true}}"#]);
+        check(
+            Some(&a),
+            &Resolution::Unknown,
+            &[r#"{"noEndpoints":{"exists":false}}"#],
+        );
+        check(Some(&empty), &a, &["add 10.0.0.1:80=a 10.0.0.2:80=b"]);
+        check(
+            Some(&Resolution::Unknown),
+            &empty,
+            &[r#"{"noEndpoints":{"exists":true}}"#],
+        );
+    }
+
+    #[tokio::test]
+    async fn one_channel_per_target_and_latest_state_only() {
+        let dest = Destination::new(IndexConfig::default(), Metrics::default());
+        let target = Target::Addr("10.0.0.9:80".parse().expect("addr"));
+        let mut rx1 = dest.subscribe(target.clone());
+        let rx2 = dest.subscribe(target.clone());
+        assert_eq!(dest.watched_targets(), 1);
+        assert_eq!(**rx1.borrow_and_update(), Resolution::Unknown);
+        // Many changes while the watcher does not read: it sees only the latest.
+        for _ in 0..100 {
+            dest.update(Instant::now(), None, |_| {});
+        }
+        assert!(
+            !rx1.has_changed().expect("open"),
+            "unchanged state is not pushed"
+        );
+        drop((rx1, rx2));
+        dest.update(Instant::now(), None, |_| {});
+        assert_eq!(dest.watched_targets(), 0, "unwatched targets are dropped");
+    }
+}

@@ -1,0 +1,188 @@
+//! The HTTP server of the destination service: the watch, health and metrics endpoints.
+//!
+//! Plaintext HTTP/2 (prior knowledge) and HTTP/1.1 on one port (hyper-util's auto builder).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_api::destination::WATCH_PATH;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::{diff, Destination};
+use crate::index::{Resolution, Target};
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Why the server stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("accepting connections: {0}")]
+pub struct ServeError(#[from] std::io::Error);
+
+/// Serves the destination API on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, dest: Destination) -> Result<(), ServeError> {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // Per-connection failures (e.g. the peer reset before accept) are not fatal.
+            Err(error) if is_transient(&error) => {
+                tracing::debug!(%error, "accept failed");
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let _ = stream.set_nodelay(true);
+        let dest = dest.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let dest = dest.clone();
+                async move { Ok::<_, Infallible>(route(&dest, req)) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(error) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+}
+
+fn is_transient(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        error.kind(),
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
+    )
+}
+
+fn route(dest: &Destination, req: Request<Incoming>) -> Response<Body> {
+    if req.method() != Method::GET {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET is served\n".into(),
+        );
+    }
+    match req.uri().path() {
+        WATCH_PATH => watch_response(dest, req.uri().query().unwrap_or("")),
+        "/ready" if dest.is_ready() => text(StatusCode::OK, "ready\n".into()),
+        "/ready" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the source has not synced yet\n".into(),
+        ),
+        "/live" => text(StatusCode::OK, "live\n".into()),
+        "/metrics" => {
+            let mut response = text(StatusCode::OK, dest.metrics().encode());
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
+        path => text(StatusCode::NOT_FOUND, format!("no such path: {path}\n")),
+    }
+}
+
+fn watch_response(dest: &Destination, query: &str) -> Response<Body> {
+    let mut authority = None;
+    let mut ns = None;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "authority" => authority = Some(v.into_owned()),
+            "ns" => ns = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let Some(authority) = authority.filter(|a| !a.is_empty()) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "missing authority: use ?authority=HOST:PORT\n".into(),
+        );
+    };
+    let target = match Target::parse(&authority, ns.as_deref(), &dest.cluster_domain()) {
+        Ok(target) => target,
+        Err(error) => return text(StatusCode::BAD_REQUEST, format!("{error}\n")),
+    };
+    tracing::debug!(%authority, ?target, "watch started");
+    let rx = dest.subscribe(target);
+    let watcher = Watcher {
+        rx,
+        last: None,
+        _gauge: GaugeGuard::new(dest.metrics().watchers.clone()),
+    };
+    let stream = futures_util::stream::unfold(watcher, Watcher::next);
+    let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/jsonl"),
+    );
+    response
+}
+
+fn text(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)).boxed_unsync());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+// === impl Watcher ===
+
+/// One watch: reads the latest state of its target and sends the difference to what it sent.
+/// The body is only polled as fast as the client reads (HTTP/2 flow control), so a slow client
+/// skips intermediate states instead of queueing them.
+struct Watcher {
+    rx: watch::Receiver<Arc<Resolution>>,
+    last: Option<Arc<Resolution>>,
+    _gauge: GaugeGuard,
+}
+
+impl Watcher {
+    async fn next(mut self) -> Option<(Result<Frame<Bytes>, Infallible>, Self)> {
+        loop {
+            if self.last.is_some() && self.rx.changed().await.is_err() {
+                // The target was dropped (the controller is shutting down).
+                return None;
+            }
+            let current = self.rx.borrow_and_update().clone();
+            let updates = diff(self.last.as_deref(), &current);
+            self.last = Some(current);
+            if updates.is_empty() {
+                continue;
+            }
+            let mut buf = BytesMut::new();
+            for update in &updates {
+                buf.extend_from_slice(&update.to_line());
+            }
+            return Some((Ok(Frame::data(buf.freeze())), self));
+        }
+    }
+}
+
+/// Counts a watcher in the gauge while it lives.
+struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    fn new(gauge: Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,173 @@
+//! Helpers of the controller's integration tests: a watch that records what it was sent,
+//! plain HTTP requests, and polling with a deadline.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_api::destination::{Endpoint, Update};
+
+/// Polls `cond` every 20 ms until it holds, or panics after `deadline` with `what`.
+pub async fn eventually(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < deadline,
+            "not true within {deadline:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What a watch client holds after applying every update it received.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// The current endpoints.
+    pub endpoints: BTreeMap<SocketAddr, Endpoint>,
+    /// The last `noEndpoints` since the last add (`None` after an add).
+    pub no_endpoints: Option<bool>,
+    /// Every update, in order.
+    pub updates: Vec<Update>,
+    /// The error that ended the watch, if any.
+    pub error: Option<String>,
+}
+
+/// A watch running in the background through `mesh_api::destination::watch`.
+#[derive(Clone)]
+pub struct Watch(pub Arc<Mutex<Seen>>);
+
+impl Watch {
+    pub fn start(addr: SocketAddr, authority: &str) -> Self {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let state = seen.clone();
+        let stream = mesh_api::destination::watch(addr, authority);
+        tokio::spawn(async move {
+            futures_util::pin_mut!(stream);
+            while let Some(update) = stream.next().await {
+                let mut s = state.lock().expect("lock");
+                match update {
+                    Ok(update) => {
+                        match &update {
+                            Update::Add(add) => {
+                                s.no_endpoints = None;
+                                for e in &add.endpoints {
+                                    s.endpoints.insert(e.addr, e.clone());
+                                }
+                            }
+                            Update::Remove(r) => {
+                                for a in &r.addrs {
+                                    s.endpoints.remove(a);
+                                }
+                            }
+                            Update::NoEndpoints(n) => {
+                                s.endpoints.clear();
+                                s.no_endpoints = Some(n.exists);
+                            }
+                        }
+                        s.updates.push(update);
+                    }
+                    Err(e) => s.error = Some(e.to_string()),
+                }
+            }
+        });
+        Watch(seen)
+    }
+
+    /// The current endpoint addresses, as strings.
+    pub fn addrs(&self) -> Vec<String> {
+        let s = self.0.lock().expect("lock");
+        s.endpoints.keys().map(ToString::to_string).collect()
+    }
+
+    pub fn no_endpoints(&self) -> Option<bool> {
+        self.0.lock().expect("lock").no_endpoints
+    }
+
+    pub fn endpoint(&self, addr: &str) -> Option<Endpoint> {
+        let addr: SocketAddr = addr.parse().ok()?;
+        self.0.lock().expect("lock").endpoints.get(&addr).cloned()
+    }
+
+    /// Waits until the endpoint addresses are `expected`.
+    pub async fn wait_addrs(&self, expected: &[&str]) {
+        let what = format!("endpoints are {expected:?}");
+        eventually(&what, Duration::from_secs(10), || {
+            let got = self.addrs();
+            got == expected && (!expected.is_empty() || self.no_endpoints().is_some())
+        })
+        .await;
+    }
+
+    /// Waits until the watch says `noEndpoints{exists}`.
+    pub async fn wait_no_endpoints(&self, exists: bool) {
+        let what = format!("noEndpoints{{exists:{exists}}}");
+        eventually(&what, Duration::from_secs(10), || {
+            self.no_endpoints() == Some(exists) && self.addrs().is_empty()
+        })
+        .await;
+    }
+}
+
+/// An HTTP/1.1 GET, for health, metrics and bad requests.
+pub async fn get(addr: SocketAddr, path: &str) -> (http::StatusCode, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header("host", addr.to_string())
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("response");
+    let status = resp.status();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The same GET over HTTP/2 prior knowledge.
+pub async fn get_h2(addr: SocketAddr, path: &str) -> (http::StatusCode, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{addr}{path}"))
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("response");
+    let status = resp.status();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Waits until `/ready` answers 200.
+pub async fn wait_ready(addr: SocketAddr) {
+    let start = tokio::time::Instant::now();
+    loop {
+        if get(addr, "/ready").await.0 == http::StatusCode::OK {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "not ready within 15s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A recorded fixture from `shared/k8s-fixtures`.
+pub fn fixture(name: &str) -> String {
+    let path = format!(
+        "{}/../../shared/k8s-fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+}
