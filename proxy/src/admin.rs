@@ -47,11 +47,20 @@ impl Admin {
                     let admin = admin.clone();
                     async move { Ok::<_, Infallible>(admin.handle(&req, peer)) }
                 });
+                // Once shutdown has begun, a new connection still gets its answer (`/ready` says
+                // 503, `/metrics` a last scrape), then closes: no keep-alive. Connections from
+                // before close after their current request.
+                let draining = drain.is_draining();
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10))
+                    .keep_alive(!draining)
                     .serve_connection(TokioIo::new(stream), service);
-                let result = drain.serve(conn, |c| c.graceful_shutdown()).await;
+                let result = if draining {
+                    conn.await
+                } else {
+                    drain.serve(conn, |c| c.graceful_shutdown()).await
+                };
                 if let Err(error) = result {
                     tracing::debug!(%peer, %error, "admin connection failed");
                 }

@@ -47,6 +47,18 @@ pub struct Config {
     /// `MESH_PROXY_MAX_AUTHORITY_LABELS`: how many distinct `authority` label values are kept
     /// before further ones are counted under `authority="overflow"`.
     pub max_authority_labels: usize,
+    /// `MESH_PROXY_DESTINATION_ADDR`: the destination controller (`host:port`); unset, outbound
+    /// traffic goes to its original destination.
+    pub destination_addr: Option<String>,
+    /// `MESH_PROXY_DESTINATION_NAMESPACE`: the pod's namespace, which completes short names.
+    pub destination_namespace: String,
+    /// `MESH_PROXY_CLUSTER_DOMAIN`: the cluster's DNS domain.
+    pub cluster_domain: String,
+    /// `MESH_PROXY_OUTBOUND_FAILFAST_TIMEOUT`: how long a request waits for a service's first
+    /// endpoints before it fails with 503.
+    pub failfast_timeout: Duration,
+    /// `MESH_PROXY_DESTINATION_IDLE_TIMEOUT`: how long an unused resolution is kept.
+    pub destination_idle_timeout: Duration,
     /// `MESH_PROXY_LOG`: a tracing filter.
     pub log: String,
     /// `MESH_PROXY_LOG_FORMAT`: `plain` or `json`.
@@ -118,6 +130,22 @@ impl Config {
                 1_000,
                 1..=1_000_000,
             )?,
+            destination_addr: match get("MESH_PROXY_DESTINATION_ADDR") {
+                None => None,
+                Some(addr) if is_host_port(&addr) => Some(addr),
+                Some(value) => {
+                    return Err(ConfigError {
+                        var: "MESH_PROXY_DESTINATION_ADDR",
+                        value,
+                        expected: "host:port, like mesh-destination.mesh.svc.cluster.local:8086 or 127.0.0.1:8086"
+                            .to_string(),
+                    })
+                }
+            },
+            destination_namespace: get("MESH_PROXY_DESTINATION_NAMESPACE").unwrap_or_else(|| "default".to_string()),
+            cluster_domain: get("MESH_PROXY_CLUSTER_DOMAIN").unwrap_or_else(|| "cluster.local".to_string()),
+            failfast_timeout: env.duration("MESH_PROXY_OUTBOUND_FAILFAST_TIMEOUT", "3s")?,
+            destination_idle_timeout: env.duration("MESH_PROXY_DESTINATION_IDLE_TIMEOUT", "60s")?,
             log: get("MESH_PROXY_LOG").unwrap_or_else(|| "warn,mesh_proxy=info".to_string()),
             log_format: env.parse("MESH_PROXY_LOG_FORMAT", "plain", "plain or json")?,
         })
@@ -170,6 +198,16 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
                 expected,
             })
         }
+    }
+}
+
+/// `host:port` with a non-empty host and a numeric port (an IPv6 host in brackets).
+fn is_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty() && !host.contains(char::is_whitespace) && port.parse::<u16>().is_ok()
+        }
+        None => false,
     }
 }
 
@@ -228,6 +266,19 @@ mod tests {
             assert!(c.outbound_opaque_ports.contains(port), "{port}");
         }
         assert!(!c.inbound_opaque_ports.contains(80));
+        assert_eq!(
+            c.destination_addr, None,
+            "discovery is off unless configured"
+        );
+        let c = config(&[(
+            "MESH_PROXY_DESTINATION_ADDR",
+            "mesh-destination.mesh.svc.cluster.local:8086",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.destination_addr.as_deref(),
+            Some("mesh-destination.mesh.svc.cluster.local:8086")
+        );
     }
 
     #[test]
@@ -259,6 +310,13 @@ mod tests {
         check("MESH_PROXY_LOG_FORMAT", "xml", "plain or json");
         check("MESH_PROXY_MAX_HEADER_BYTES", "100", "8192");
         check("MESH_PROXY_WORKER_THREADS", "0", "1 to 1024");
+        check("MESH_PROXY_DESTINATION_ADDR", "controller", "host:port");
+        check(
+            "MESH_PROXY_DESTINATION_ADDR",
+            "controller:http",
+            "host:port",
+        );
+        check("MESH_PROXY_OUTBOUND_FAILFAST_TIMEOUT", "3 s", "duration");
     }
 
     #[test]

@@ -6,8 +6,10 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod balance;
 pub mod config;
 pub mod detect;
+pub mod discover;
 pub mod drain;
 pub mod http;
 pub mod init;
@@ -20,7 +22,9 @@ pub mod tcp;
 
 use crate::{
     admin::Admin,
+    balance::BalanceConfig,
     config::Config,
+    discover::{DiscoveryConfig, Resolver},
     drain::Drain,
     http::{upstream::Upstream, HttpForwarder, HttpSettings},
     metrics::{Direction, Metrics},
@@ -103,12 +107,27 @@ pub async fn start_with(
     };
 
     let metrics = Metrics::new(config.max_authority_labels);
+    let discovery = config.destination_addr.as_ref().map(|controller| {
+        Resolver::new(DiscoveryConfig {
+            controller: controller.clone(),
+            namespace: config.destination_namespace.clone(),
+            cluster_domain: config.cluster_domain.clone(),
+            failfast_timeout: config.failfast_timeout,
+            idle_timeout: config.destination_idle_timeout,
+            balance: BalanceConfig::default(),
+        })
+    });
     let own_ports = vec![
         started.inbound.port(),
         started.outbound.port(),
         started.admin.port(),
     ];
     let listener = |direction, original_dst, opaque_ports: &PortList| {
+        // Discovery applies to what the application calls, not to what calls it.
+        let discovery = match direction {
+            Direction::Outbound => discovery.clone(),
+            Direction::Inbound => None,
+        };
         let settings = HttpSettings {
             header_read_timeout: config.header_read_timeout,
             max_header_bytes: config.max_header_bytes,
@@ -122,7 +141,14 @@ pub async fn start_with(
             detect_capacity: config.max_header_bytes,
             connect_timeout: config.connect_timeout,
             own_ports: own_ports.clone(),
-            http: HttpForwarder::new(direction, upstream, metrics.clone(), settings),
+            http: HttpForwarder::new(
+                direction,
+                discovery.clone(),
+                upstream,
+                metrics.clone(),
+                settings,
+            ),
+            discovery,
             metrics: metrics.clone(),
         })
     };

@@ -4,6 +4,7 @@
 //! add `authority`. Label values come only from bounded sets: no paths, and at most
 //! `MESH_PROXY_MAX_AUTHORITY_LABELS` distinct authorities (further ones count as `overflow`).
 
+use crate::discover::DstLabels;
 use prometheus_client::{
     encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -44,6 +45,9 @@ pub struct RequestLabels {
     pub direction: Direction,
     pub authority: Arc<str>,
     pub target_addr: SocketAddr,
+    /// The endpoint's labels from discovery (`dst_namespace`, `dst_service`, `dst_deployment`,
+    /// `dst_pod`), when the target was discovered.
+    pub dst: Option<Arc<DstLabels>>,
 }
 
 /// Labels of an HTTP response: the request's, plus how it was classified.
@@ -227,17 +231,32 @@ impl EncodeLabelSet for RefusedLabels {
 
 impl EncodeLabelSet for RequestLabels {
     fn encode(&self, mut e: LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        label(&mut e, "direction", self.direction.as_str())?;
-        label(&mut e, "authority", &self.authority)?;
-        label(&mut e, "target_addr", &self.target_addr.to_string())
+        encode_request(self, &mut e)
     }
+}
+
+fn encode_request(r: &RequestLabels, e: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+    label(e, "direction", r.direction.as_str())?;
+    label(e, "authority", &r.authority)?;
+    label(e, "target_addr", &r.target_addr.to_string())?;
+    if let Some(dst) = &r.dst {
+        for (key, value) in [
+            ("dst_namespace", &dst.namespace),
+            ("dst_service", &dst.service),
+            ("dst_deployment", &dst.deployment),
+            ("dst_pod", &dst.pod),
+        ] {
+            if let Some(value) = value {
+                label(e, key, value)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl EncodeLabelSet for ResponseLabels {
     fn encode(&self, mut e: LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        label(&mut e, "direction", self.request.direction.as_str())?;
-        label(&mut e, "authority", &self.request.authority)?;
-        label(&mut e, "target_addr", &self.request.target_addr.to_string())?;
+        encode_request(&self.request, &mut e)?;
         let classification = match self.classification {
             Classification::Success => "success",
             Classification::Failure => "failure",
@@ -267,6 +286,7 @@ mod tests {
             direction: Direction::Outbound,
             authority: m.authority_label("Web.Demo:80"),
             target_addr: "10.244.0.7:80".parse().unwrap(),
+            dst: None,
         };
         m.request_total.get_or_create(&request).inc();
         let rsp = ResponseLabels {
@@ -298,6 +318,26 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
+    }
+
+    #[test]
+    fn destination_labels_follow_the_target() {
+        let m = Metrics::new(10);
+        let dst = DstLabels {
+            namespace: Some("demo".into()),
+            service: Some("web-svc".into()),
+            deployment: Some("web".into()),
+            pod: Some("web-1".into()),
+        };
+        let labels = RequestLabels {
+            direction: Direction::Outbound,
+            authority: m.authority_label("web-svc.demo.svc.cluster.local:80"),
+            target_addr: "10.244.0.5:8080".parse().unwrap(),
+            dst: Some(Arc::new(dst)),
+        };
+        m.request_total.get_or_create(&labels).inc();
+        let line = r#"request_total{direction="outbound",authority="web-svc.demo.svc.cluster.local:80",target_addr="10.244.0.5:8080",dst_namespace="demo",dst_service="web-svc",dst_deployment="web",dst_pod="web-1"} 1"#;
+        assert!(m.encode().contains(line), "{}", m.encode());
     }
 
     #[test]

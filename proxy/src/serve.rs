@@ -2,7 +2,9 @@
 //! protocol, and hands it to the HTTP forwarder or copies it as opaque TCP.
 
 use crate::{
+    balance::{self, InFlight},
     detect::{self, Protocol},
+    discover::{Resolution, Resolver},
     drain::Drain,
     http::{HttpForwarder, Route},
     io::{CountingIo, PrefixedIo},
@@ -15,7 +17,7 @@ use bytes::Bytes;
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 use tokio::net::{TcpListener, TcpStream};
 
@@ -31,6 +33,8 @@ pub struct Listener {
     /// The proxy's own ports: a connection that was going to one of them would loop.
     pub own_ports: Vec<u16>,
     pub http: Arc<HttpForwarder>,
+    /// Discovery for opaque connections, resolved by their original destination.
+    pub discovery: Option<Arc<Resolver>>,
     pub metrics: Metrics,
 }
 
@@ -111,19 +115,75 @@ impl Listener {
             Protocol::Http1 | Protocol::Http2 => {
                 self.http.serve(io, protocol, Route { target }, drain).await
             }
-            Protocol::Tls | Protocol::Opaque => {
-                if let Err(error) = tcp::forward(&mut io, target, self.connect_timeout).await {
-                    tracing::info!(direction = self.direction.as_str(), %client, %error, "TCP forwarding failed");
-                    if let tcp::TcpError::Connect(_) = error {
-                        // An unreachable upstream is a reset for the client, as if it had dialed
-                        // the upstream itself.
-                        let _ = io.get_ref().get_ref().set_zero_linger();
+            Protocol::Tls | Protocol::Opaque => match self.discover(orig_dst).await {
+                Err(name) => {
+                    tracing::info!(%client, %name, "no endpoints; resetting the connection");
+                    let _ = io.get_ref().get_ref().set_zero_linger();
+                }
+                Ok(picked) => {
+                    let mut _open_on_endpoint = None;
+                    let (target, in_flight) = match picked {
+                        Some((endpoint, in_flight)) => (endpoint, Some(in_flight)),
+                        None => (target, None),
+                    };
+                    let connected = tcp::connect(target, self.connect_timeout).await;
+                    if let (Some(mut in_flight), Some(resolver)) = (in_flight, &self.discovery) {
+                        let now = Instant::now();
+                        in_flight.record(&resolver.config().balance, connected.is_ok(), now);
+                        // Until it closes, the connection counts as load on its endpoint.
+                        _open_on_endpoint = Some(in_flight);
+                    }
+                    let result = match connected {
+                        Ok(server) => tcp::copy(&mut io, server, target).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(error) = result {
+                        tracing::info!(direction = self.direction.as_str(), %client, %error, "TCP forwarding failed");
+                        if let tcp::TcpError::Connect(_) = error {
+                            // An unreachable upstream is a reset for the client, as if it had
+                            // dialed the upstream itself.
+                            let _ = io.get_ref().get_ref().set_zero_linger();
+                        }
                     }
                 }
-            }
+            },
         }
         open.dec();
         m.tcp_close_total.get_or_create(&labels).inc();
+    }
+
+    /// Picks an endpoint for an opaque connection by its original destination (a ClusterIP):
+    /// `Ok(None)` when discovery is off or the address is not a mesh service, `Err` with the
+    /// name when the service has no endpoints.
+    async fn discover(
+        &self,
+        orig_dst: SocketAddr,
+    ) -> Result<Option<(SocketAddr, InFlight)>, String> {
+        let Some(resolver) = &self.discovery else {
+            return Ok(None);
+        };
+        let name = orig_dst.to_string();
+        match resolver
+            .resolve(&name)
+            .ready(resolver.config().failfast_timeout)
+            .await
+        {
+            Resolution::Pending | Resolution::Unknown => Ok(None),
+            Resolution::Endpoints(endpoints) => {
+                let now = Instant::now();
+                let config = &resolver.config().balance;
+                match balance::pick(
+                    &endpoints,
+                    |e| &e.balance,
+                    config,
+                    now,
+                    |n| fastrand::usize(..n),
+                ) {
+                    Some(ep) => Ok(Some((ep.balance.addr, ep.balance.start(now)))),
+                    None => Err(name),
+                }
+            }
+        }
     }
 
     /// Why a connection to `orig_dst` would come back to the proxy, if it would.

@@ -18,9 +18,26 @@ pub async fn forward<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut server: TcpStream = upstream::connect(target, connect_timeout)
+    let server = connect(target, connect_timeout).await?;
+    copy(client, server, target).await
+}
+
+/// Opens the upstream connection.
+pub async fn connect(target: SocketAddr, connect_timeout: Duration) -> Result<TcpStream, TcpError> {
+    upstream::connect(target, connect_timeout)
         .await
-        .map_err(TcpError::Connect)?;
+        .map_err(TcpError::Connect)
+}
+
+/// Copies bytes between `client` and `server` until both directions end.
+pub async fn copy<I>(
+    client: &mut I,
+    mut server: TcpStream,
+    target: SocketAddr,
+) -> Result<(u64, u64), TcpError>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
     // copy_bidirectional shuts down each write side when the other side's read ends, so a
     // client's half-close reaches the server while the server's answer still flows back.
     tokio::io::copy_bidirectional(client, &mut server)

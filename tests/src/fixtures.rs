@@ -57,8 +57,14 @@ pub async fn app() -> SocketAddr {
 /// Starts the test application on `addr`. Paths: `/` says hello, `/slow` answers after 300 ms (`/slow?ms=N`: N ms),
 /// `/fail` is a 500, `/headers` lists the request's header names, `/echo` returns the body,
 /// `/grpc/ok`, `/grpc/fail` (grpc-status 2 in trailers), `/grpc/trailers-only` (grpc-status 5 in
-/// headers), and `/ws` switches protocols and echoes bytes.
+/// headers), and `/ws` switches protocols and echoes bytes. Every response names the server in
+/// a `server-addr` header.
 pub async fn app_on(addr: SocketAddr) -> SocketAddr {
+    app_with_delay(addr, Duration::ZERO).await
+}
+
+/// [`app_on`], answering every request `delay` late: a slow endpoint.
+pub async fn app_with_delay(addr: SocketAddr, delay: Duration) -> SocketAddr {
     let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -67,7 +73,13 @@ pub async fn app_on(addr: SocketAddr) -> SocketAddr {
                 return;
             };
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(handle);
+                let service = hyper::service::service_fn(move |req| async move {
+                    tokio::time::sleep(delay).await;
+                    let mut rsp = handle(req).await?;
+                    rsp.headers_mut()
+                        .insert("server-addr", addr.to_string().parse().unwrap());
+                    Ok::<_, Infallible>(rsp)
+                });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(io), service)
                     .await;

@@ -27,7 +27,11 @@ pub struct ServeError(#[from] std::io::Error);
 
 /// Serves the destination API on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, dest: Destination) -> Result<(), ServeError> {
+    // The connections belong to the server: when it stops (or is aborted), so do they, and every
+    // watch ends, which tells the proxies to reconnect.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             // Per-connection failures (e.g. the peer reset before accept) are not fatal.
@@ -39,7 +43,7 @@ pub async fn serve(listener: TcpListener, dest: Destination) -> Result<(), Serve
         };
         let _ = stream.set_nodelay(true);
         let dest = dest.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let dest = dest.clone();
                 async move { Ok::<_, Infallible>(route(&dest, req)) }

@@ -213,6 +213,7 @@ mod tests {
             direction: Direction::Inbound,
             authority: m.authority_label("svc:80"),
             target_addr: "127.0.0.1:80".parse().unwrap(),
+            dst: None,
         }
     }
 

@@ -11,7 +11,9 @@ pub mod classify;
 pub mod upstream;
 
 use crate::{
+    balance::{self, InFlight},
     detect::Protocol,
+    discover::{DstLabels, Endpoint, Resolution, Resolver},
     drain::Drain,
     metrics::{Direction, Metrics, RequestLabels},
 };
@@ -41,9 +43,21 @@ pub struct HttpSettings {
 /// Forwards HTTP for one direction of the proxy.
 pub struct HttpForwarder {
     direction: Direction,
+    /// Discovery and balancing (outbound, when a destination controller is configured).
+    discovery: Option<Arc<Resolver>>,
     upstream: Upstream,
     metrics: Metrics,
     settings: HttpSettings,
+}
+
+/// Where discovery sends one request.
+enum Target {
+    /// Not a mesh destination (or no answer from the controller): the original destination.
+    Original,
+    /// A discovered endpoint, with the request counted in its load.
+    Endpoint(Endpoint, InFlight),
+    /// A mesh service with no endpoints, even after waiting the failfast timeout.
+    NoEndpoints(String),
 }
 
 /// Where one client connection's requests go.
@@ -56,12 +70,14 @@ pub struct Route {
 impl HttpForwarder {
     pub fn new(
         direction: Direction,
+        discovery: Option<Arc<Resolver>>,
         upstream: Upstream,
         metrics: Metrics,
         settings: HttpSettings,
     ) -> Arc<Self> {
         Arc::new(Self {
             direction,
+            discovery,
             upstream,
             metrics,
             settings,
@@ -133,25 +149,42 @@ impl HttpForwarder {
         tunnels: &Drain,
     ) -> Response<BoxBody> {
         let start = Instant::now();
-        let labels = RequestLabels {
-            direction: self.direction,
-            authority: self.metrics.authority_label(&authority(&req, route.target)),
-            target_addr: route.target,
+        let authority = authority(&req, route.target);
+        let target = match &self.discovery {
+            Some(resolver) => self.discover(resolver, &authority, route).await,
+            None => Target::Original,
         };
+        let (addr, dst, in_flight) = match target {
+            Target::Original => (route.target, None, None),
+            Target::Endpoint(ep, in_flight) => (ep.balance.addr, Some(ep.labels), Some(in_flight)),
+            Target::NoEndpoints(name) => {
+                let labels = self.labels(&authority, route.target, None);
+                self.metrics.request_total.get_or_create(&labels).inc();
+                let msg = format!("no endpoints for {name}");
+                return self.error(
+                    labels,
+                    start,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_endpoints",
+                    &msg,
+                );
+            }
+        };
+        let labels = self.labels(&authority, addr, dst);
         self.metrics.request_total.get_or_create(&labels).inc();
 
         let tunnel = req.version() != Version::HTTP_2
             && (req.method() == Method::CONNECT || wants_upgrade(req.headers()));
         strip_hop_by_hop(req.headers_mut(), tunnel);
         let result = if tunnel {
-            self.forward_tunnel(req, route.target, tunnels).await
+            self.forward_tunnel(req, addr, tunnels).await
         } else if req.version() == Version::HTTP_2 {
-            self.upstream.send_http2(route.target, req).await
+            self.upstream.send_http2(addr, req).await
         } else {
-            match origin_uri(req.uri(), route.target) {
+            match origin_uri(req.uri(), addr) {
                 Ok(uri) => {
                     *req.uri_mut() = uri;
-                    self.upstream.send_http1(route.target, req).await
+                    self.upstream.send_http1(addr, req).await
                 }
                 Err(_) => {
                     return self.error(
@@ -164,6 +197,10 @@ impl HttpForwarder {
                 }
             }
         };
+        if let (Some(mut in_flight), Some(resolver)) = (in_flight, &self.discovery) {
+            let success = matches!(&result, Ok(rsp) if !rsp.status().is_server_error());
+            in_flight.record(&resolver.config().balance, success, Instant::now());
+        }
         match result {
             Ok(mut rsp) => {
                 let upgraded = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -190,6 +227,45 @@ impl HttpForwarder {
                 };
                 self.error(labels, start, status, error.label(), &msg)
             }
+        }
+    }
+
+    /// Resolves the request's logical destination and picks one of its endpoints.
+    async fn discover(&self, resolver: &Resolver, authority: &str, route: Route) -> Target {
+        let name = resolver
+            .logical_name(authority, route.target.port())
+            .unwrap_or_else(|| route.target.to_string());
+        let destination = resolver.resolve(&name);
+        match destination.ready(resolver.config().failfast_timeout).await {
+            Resolution::Pending | Resolution::Unknown => Target::Original,
+            Resolution::Endpoints(endpoints) => {
+                let now = Instant::now();
+                let config = &resolver.config().balance;
+                match balance::pick(
+                    &endpoints,
+                    |e| &e.balance,
+                    config,
+                    now,
+                    |n| fastrand::usize(..n),
+                ) {
+                    Some(ep) => Target::Endpoint(ep.clone(), ep.balance.start(now)),
+                    None => Target::NoEndpoints(name),
+                }
+            }
+        }
+    }
+
+    fn labels(
+        &self,
+        authority: &str,
+        target: SocketAddr,
+        dst: Option<Arc<DstLabels>>,
+    ) -> RequestLabels {
+        RequestLabels {
+            direction: self.direction,
+            authority: self.metrics.authority_label(authority),
+            target_addr: target,
+            dst,
         }
     }
 
