@@ -65,20 +65,32 @@ pub async fn app_on(addr: SocketAddr) -> SocketAddr {
 
 /// [`app_on`], answering every request `delay` late: a slow endpoint.
 pub async fn app_with_delay(addr: SocketAddr, delay: Duration) -> SocketAddr {
+    named_app(addr, delay, None).await
+}
+
+/// [`app_with_delay`], naming itself `name` in the `server-addr` header (default: its address).
+pub async fn named_app(addr: SocketAddr, delay: Duration, name: Option<&str>) -> SocketAddr {
     let listener = TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let name: http::HeaderValue = name
+        .map_or_else(|| addr.to_string(), str::to_string)
+        .parse()
+        .unwrap();
     tokio::spawn(async move {
         loop {
             let Ok((io, _)) = listener.accept().await else {
                 return;
             };
+            let name = name.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| async move {
-                    tokio::time::sleep(delay).await;
-                    let mut rsp = handle(req).await?;
-                    rsp.headers_mut()
-                        .insert("server-addr", addr.to_string().parse().unwrap());
-                    Ok::<_, Infallible>(rsp)
+                let service = hyper::service::service_fn(move |req| {
+                    let name = name.clone();
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        let mut rsp = handle(req).await?;
+                        rsp.headers_mut().insert("server-addr", name);
+                        Ok::<_, Infallible>(rsp)
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection_with_upgrades(TokioIo::new(io), service)

@@ -1,4 +1,4 @@
-//! Finding the mesh's own binaries (`mesh-proxy`, `mesh-init`) next to the running executable, built fresh under cargo.
+//! Finding the mesh's own binaries (`mesh-proxy`, `mesh-init`, `mesh-controller`) next to the running executable, built fresh under cargo.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -10,12 +10,12 @@ use anyhow::{anyhow, bail, Context as _};
 /// Overrides where the binaries are looked for (and turns off the build under cargo).
 const BIN_DIR_ENV: &str = "MESH_BIN_DIR";
 
-/// The path of the mesh binary `name` (`mesh-proxy`, `mesh-init`).
+/// The path of the mesh binary `name` (`mesh-proxy`, `mesh-init`, `mesh-controller`).
 ///
 /// Looks in `$MESH_BIN_DIR` when set; otherwise next to the running executable (for a test,
 /// `target/<profile>/`, the parent of its `deps/`). When this process runs under cargo (`CARGO`
 /// is set, as in `cargo test`), it first builds the binaries once per process with
-/// `$CARGO build -p mesh-proxy --bins` in the same profile, so they are never stale.
+/// `$CARGO build -p mesh-proxy -p mesh-controller --bins` in the same profile, so they are never stale.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let dir = match std::env::var_os(BIN_DIR_ENV) {
         Some(dir) => PathBuf::from(dir),
@@ -62,7 +62,15 @@ fn build_once(cargo: OsString, profile_dir: &Path) -> anyhow::Result<()> {
 
 fn build(cargo: &OsString, profile_dir: &Path) -> anyhow::Result<()> {
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "mesh-proxy", "--bins"]);
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "mesh-proxy",
+        "-p",
+        "mesh-controller",
+        "--bins",
+    ]);
     // The profile folder is named after the profile, except `dev` (and `test`) build into `debug`.
     match profile_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") | None => {}
@@ -91,10 +99,10 @@ fn build(cargo: &OsString, profile_dir: &Path) -> anyhow::Result<()> {
     let output = cmd
         .stdin(Stdio::null())
         .output()
-        .context("running `cargo build -p mesh-proxy --bins`")?;
+        .context("running `cargo build -p mesh-proxy -p mesh-controller --bins`")?;
     if !output.status.success() {
         bail!(
-            "`cargo build -p mesh-proxy --bins` failed ({}): {}",
+            "`cargo build -p mesh-proxy -p mesh-controller --bins` failed ({}): {}",
             output.status,
             String::from_utf8_lossy(&output.stderr).trim()
         );

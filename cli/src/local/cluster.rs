@@ -206,6 +206,27 @@ impl Pod {
         cmd
     }
 
+    /// Gives the pod a hosts file: commands run with [`Pod::command`] resolve these names
+    /// (`ip netns exec` mounts it over `/etc/hosts`), as a pod's DNS would answer a service's
+    /// ClusterIP. Threads of [`Pod::run_in`] keep the host's files.
+    pub fn set_hosts(&self, entries: &[(std::net::IpAddr, &str)]) -> anyhow::Result<()> {
+        let dir = netns::etc_dir(&self.netns);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut hosts = String::from("127.0.0.1 localhost\n::1 localhost\n");
+        for (ip, name) in entries {
+            hosts.push_str(&format!("{ip} {name}\n"));
+        }
+        let path = dir.join("hosts");
+        std::fs::write(&path, hosts).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Routes `cidr` (e.g. the service network `10.96.0.0/12`) out of the pod's `eth0`, on
+    /// link: connections to a ClusterIP then get past routing to the pod's redirect rules, as
+    /// in a cluster. Nothing answers there on the bridge, so nothing leaves the pod network.
+    pub fn route(&self, cidr: &str) -> anyhow::Result<()> {
+        netns::ip(&["-n", &self.netns, "route", "replace", cidr, "dev", "eth0"]).map(drop)
+    }
+
     /// Runs `f` on a new thread that has entered the pod's network namespace: every socket it
     /// (and any thread it starts) opens lives in the pod.
     ///

@@ -103,7 +103,17 @@ pub(crate) fn kill_all(namespaces: &[String], grace: Duration) -> Vec<String> {
         .collect()
 }
 
-/// Deletes namespace `name` (its veths go with it).
+/// Deletes namespace `name` (its veths go with it) and its `/etc/netns/<name>` files.
 pub(crate) fn delete(name: &str) -> anyhow::Result<()> {
+    let etc = etc_dir(name);
+    if etc.exists() {
+        std::fs::remove_dir_all(&etc).with_context(|| format!("removing {}", etc.display()))?;
+    }
     ip(&["netns", "delete", name]).map(drop)
+}
+
+/// Where `ip netns exec` finds files it bind-mounts over `/etc` for namespace `name`
+/// (`hosts`, `resolv.conf`).
+pub(crate) fn etc_dir(name: &str) -> std::path::PathBuf {
+    std::path::Path::new("/etc/netns").join(name)
 }

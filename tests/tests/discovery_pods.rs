@@ -1,0 +1,265 @@
+//! Discovery end to end on pods: the destination controller runs in a pod of its own on a folder
+//! of YAML; a meshed client pod calls `web-svc.demo.svc.cluster.local` by name (its resolver
+//! answers the ClusterIP from the pod's hosts file) and its proxy balances over three meshed
+//! server pods. Needs root.
+
+use mesh_cli::local::{binary, require_root, Cluster, MeshOptions, Pod, Proxy};
+use mesh_tests::fixtures::named_app;
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    path::Path,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+const SERVICE: &str = "web-svc.demo.svc.cluster.local";
+const CLUSTER_IP: [u8; 4] = [10, 96, 0, 10];
+const APP_PORT: u16 = 8080;
+const CONTROLLER_PORT: u16 = 8086;
+
+struct Demo {
+    client: Pod,
+    servers: Vec<Pod>,
+    state: tempfile::TempDir,
+    controller: Child,
+    _proxies: Vec<Proxy>,
+    _apps: Vec<std::thread::JoinHandle<anyhow::Result<()>>>,
+    _cluster: Cluster,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.controller.kill();
+        let _ = self.controller.wait();
+    }
+}
+
+/// The cluster: a controller pod, three meshed server pods (the last one `slow` late on every
+/// request), and a meshed client pod that resolves the service by name.
+fn demo(name: &str, slow: Duration) -> Demo {
+    require_root().expect("end-to-end tests need root and network namespaces");
+    let mut cluster = Cluster::new(name).expect("cluster");
+    let control = cluster.add_pod("control").expect("control pod");
+    let servers: Vec<Pod> = (0..3)
+        .map(|i| cluster.add_pod(&format!("web-{i}")).expect("server pod"))
+        .collect();
+    let client = cluster.add_pod("client").expect("client pod");
+
+    let state = tempfile::tempdir().expect("state folder");
+    write_service(state.path(), &servers);
+    let controller = control
+        .command(binary("mesh-controller").expect("mesh-controller"))
+        .args([
+            "destination",
+            "--listen",
+            &format!("0.0.0.0:{CONTROLLER_PORT}"),
+        ])
+        .arg("--source")
+        .arg(format!("dir:{}", state.path().display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the controller");
+    wait_ready(&control, CONTROLLER_PORT);
+
+    let mut apps = Vec::new();
+    let mut proxies = Vec::new();
+    for (i, pod) in servers.iter().enumerate() {
+        let delay = if i == 2 { slow } else { Duration::ZERO };
+        let name = pod.name.clone();
+        let (up, is_up) = std::sync::mpsc::channel();
+        apps.push(pod.run_in(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                named_app(
+                    SocketAddr::from(([0, 0, 0, 0], APP_PORT)),
+                    delay,
+                    Some(&name),
+                )
+                .await;
+                let _ = up.send(());
+                std::future::pending::<()>().await;
+                Ok(())
+            })
+        }));
+        is_up
+            .recv_timeout(Duration::from_secs(10))
+            .expect("server app starts");
+        proxies.push(pod.mesh(MeshOptions::default()).expect("mesh a server pod"));
+    }
+
+    client
+        .set_hosts(&[(IpAddr::from(CLUSTER_IP), SERVICE)])
+        .expect("hosts file");
+    client.route("10.96.0.0/12").expect("service route");
+    let env = [
+        (
+            "MESH_PROXY_DESTINATION_ADDR",
+            format!("{}:{CONTROLLER_PORT}", control.ip),
+        ),
+        ("MESH_PROXY_DESTINATION_NAMESPACE", "demo".to_string()),
+    ];
+    let opts = MeshOptions {
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+        ..MeshOptions::default()
+    };
+    proxies.push(client.mesh(opts).expect("mesh the client pod"));
+    Demo {
+        client,
+        servers,
+        state,
+        controller,
+        _proxies: proxies,
+        _apps: apps,
+        _cluster: cluster,
+    }
+}
+
+/// The Service, one EndpointSlice with `servers`, and their Pods (meshed: a `mesh-proxy` container).
+fn write_service(dir: &Path, servers: &[Pod]) {
+    let ip = IpAddr::from(CLUSTER_IP);
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web-svc, namespace: demo}}\n\
+         spec: {{clusterIP: {ip}, ports: [{{name: http, port: 80, targetPort: {APP_PORT}}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: web-svc-1, namespace: demo, labels: {{kubernetes.io/service-name: web-svc}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: {APP_PORT}}}]\nendpoints:\n"
+    );
+    for pod in servers {
+        yaml.push_str(&format!(
+            "- {{addresses: [\"{}\"], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: {}, namespace: demo}}}}\n",
+            pod.ip, pod.name
+        ));
+    }
+    let tmp = dir.join(".web.yaml.tmp");
+    std::fs::write(&tmp, yaml).expect("write the state");
+    std::fs::rename(&tmp, dir.join("web.yaml")).expect("rename the state");
+}
+
+/// Polls `GET /ready` on the controller from inside its pod.
+fn wait_ready(pod: &Pod, port: u16) {
+    let ready = pod
+        .run_in(move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(mut io) = TcpStream::connect(("127.0.0.1", port)) {
+                    let _ = io.write_all(b"GET /ready HTTP/1.0\r\n\r\n");
+                    let mut answer = String::new();
+                    let _ = io.read_to_string(&mut answer);
+                    if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
+                        return Ok(true);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(false)
+        })
+        .join()
+        .expect("the readiness probe does not panic")
+        .expect("it enters the pod");
+    assert!(ready, "the destination controller gets ready");
+}
+
+/// `mesh-load` in the client pod, calling the service by name for `duration`.
+fn start_load(client: &Pod, duration: Duration) -> Child {
+    client
+        .command(env!("CARGO_BIN_EXE_mesh-load"))
+        .arg(format!("http://{SERVICE}/"))
+        .args([
+            "--concurrency",
+            "4",
+            "--duration-ms",
+            &duration.as_millis().to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mesh-load")
+}
+
+/// Requests answered per server and failures, from `mesh-load`'s output.
+fn finish_load(load: Child) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    let out = load.wait_with_output().expect("mesh-load runs");
+    assert!(
+        out.status.success(),
+        "mesh-load: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("mesh-load prints JSON");
+    let map = |key: &str| -> BTreeMap<String, u64> {
+        json[key]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    (map("servers"), map("failures"))
+}
+
+#[test]
+fn a_slow_server_pod_gets_a_clearly_smaller_share() {
+    let demo = demo("disc-share", Duration::from_millis(25));
+    let (servers, failures) = finish_load(start_load(&demo.client, Duration::from_secs(3)));
+    assert!(failures.is_empty(), "failures: {failures:?}");
+    let total: u64 = servers.values().sum();
+    let slow = servers.get("web-2").copied().unwrap_or(0);
+    assert!(total > 300, "enough traffic to judge: {servers:?}");
+    assert!(
+        slow * 10 < total,
+        "the slow pod got {slow} of {total}: {servers:?}"
+    );
+    for fast in ["web-0", "web-1"] {
+        assert!(
+            servers.get(fast).copied().unwrap_or(0) * 4 > total,
+            "{fast} carries its share: {servers:?}"
+        );
+    }
+}
+
+#[test]
+fn a_server_pod_removed_from_the_endpoint_slice_under_load_fails_no_request() {
+    let demo = demo("disc-remove", Duration::ZERO);
+    let load = start_load(&demo.client, Duration::from_secs(4));
+    std::thread::sleep(Duration::from_millis(1_500));
+    write_service(demo.state.path(), &demo.servers[..2]);
+    let (servers, failures) = finish_load(load);
+    assert!(failures.is_empty(), "failures: {failures:?}");
+    assert!(
+        servers.contains_key("web-2"),
+        "web-2 served before its removal: {servers:?}"
+    );
+
+    // After the change, web-2 gets nothing.
+    let (after, failures) = finish_load(start_load(&demo.client, Duration::from_secs(1)));
+    assert!(
+        failures.is_empty() && !after.contains_key("web-2"),
+        "{after:?} {failures:?}"
+    );
+}
+
+#[test]
+fn the_controller_stopped_under_load_fails_no_request() {
+    let mut demo = demo("disc-ctl", Duration::ZERO);
+    let load = start_load(&demo.client, Duration::from_secs(4));
+    std::thread::sleep(Duration::from_millis(1_500));
+    demo.controller.kill().expect("stop the controller");
+    let _ = demo.controller.wait();
+    let (servers, failures) = finish_load(load);
+    assert!(failures.is_empty(), "failures: {failures:?}");
+    assert_eq!(
+        servers.len(),
+        3,
+        "every server pod kept serving: {servers:?}"
+    );
+}
