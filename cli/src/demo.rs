@@ -1,8 +1,10 @@
 //! `mesh demo`: meshed pods with live traffic on this machine, as far as the mesh exists today.
 //!
-//! Two pods on a local bridge, `web` (an HTTP application) and `client` (a steady caller of
-//! `web` that fails one call in ten on purpose), both meshed by the real `mesh-init` and
-//! `mesh-proxy`. The demo prints what runs and how to look at it, then a line of golden metrics
+//! Pods on a local bridge: `control` runs the destination controller on a folder of the
+//! cluster's objects; `web-1` and `web-2` serve an HTTP application behind the Service
+//! `web-svc`; `client` calls `web-svc` by name (one call in ten fails on purpose), and its proxy
+//! discovers and balances over the web pods. All but `control` are meshed by the real
+//! `mesh-init` and `mesh-proxy`. The demo prints what runs and how to look at it, then a line of golden metrics
 //! from the client's proxy every few seconds, until Ctrl-C; everything is torn down on the way
 //! out, and the namespaces of a demo that crashed are removed by the next one.
 
@@ -22,6 +24,11 @@ use std::{
 /// The port `web` serves on.
 const WEB_PORT: u16 = 8080;
 
+/// The service's virtual address; the client's proxy resolves it by name, not by this IP.
+const CLUSTER_IP: [u8; 4] = [10, 96, 0, 10];
+/// The destination controller's port.
+const CONTROLLER_PORT: u16 = 8086;
+
 /// Runs the demo in the foreground until Ctrl-C (or SIGTERM).
 pub fn run(summary_every: Duration) -> anyhow::Result<()> {
     local::require_root().context("mesh demo needs root")?;
@@ -30,29 +37,67 @@ pub fn run(summary_every: Duration) -> anyhow::Result<()> {
         "creating the pod network (bridge, 10.244.0.0/16, no route off it)",
         || Cluster::new("demo"),
     )?;
-    let web = step("creating pod web", || cluster.add_pod("web"))?;
+    let control = step("creating pod control", || cluster.add_pod("control"))?;
+    let webs = [
+        step("creating pod web-1", || cluster.add_pod("web-1"))?,
+        step("creating pod web-2", || cluster.add_pod("web-2"))?,
+    ];
     let client = step("creating pod client", || cluster.add_pod("client"))?;
-    let _web_app = step("starting the web application in pod web", || {
-        serve_web(&web)
+    let state = cluster.log_dir().join("state");
+    step(
+        "writing the cluster's objects (Service web-svc, its EndpointSlice)",
+        || write_state(&state, &webs),
+    )?;
+    let mut controller = step("starting the destination controller in pod control", || {
+        start_controller(&control, &state)
     })?;
-    let web_proxy = step("meshing pod web (mesh-init, mesh-proxy)", || {
-        web.mesh(MeshOptions::default())
+    let mut proxies = Vec::new();
+    for web in &webs {
+        step(
+            &format!("starting the web application in pod {}", web.name),
+            || serve_web(web),
+        )?;
+        proxies.push(step(
+            &format!("meshing pod {} (mesh-init, mesh-proxy)", web.name),
+            || web.mesh(MeshOptions::default()),
+        )?);
+    }
+    let client_proxy = step("meshing pod client, with discovery", || {
+        client.set_hosts(&[(
+            std::net::IpAddr::from(CLUSTER_IP),
+            "web-svc.demo.svc.cluster.local",
+        )])?;
+        client.route("10.96.0.0/12")?;
+        let env = [
+            (
+                "MESH_PROXY_DESTINATION_ADDR".to_string(),
+                format!("{}:{CONTROLLER_PORT}", control.ip),
+            ),
+            (
+                "MESH_PROXY_DESTINATION_NAMESPACE".to_string(),
+                "demo".to_string(),
+            ),
+        ];
+        client.mesh(MeshOptions {
+            env: env.to_vec(),
+            ..MeshOptions::default()
+        })
     })?;
-    let client_proxy = step("meshing pod client (mesh-init, mesh-proxy)", || {
-        client.mesh(MeshOptions::default())
-    })?;
-    let web_addr = SocketAddr::from((web.ip, WEB_PORT));
-    let _load = step("starting traffic from client to web", || {
-        Ok(drive_load(&client, web_addr))
+    let _load = step("starting traffic from client to web-svc", || {
+        Ok(drive_load(&client, SocketAddr::from((CLUSTER_IP, 80))))
     })?;
 
     println!(
         "\nThe local mesh is up ({:.1?}). Running:",
         started.elapsed()
     );
-    for (pod, proxy) in [(&web, &web_proxy), (&client, &client_proxy)] {
+    println!(
+        "  pod control  {:<15} netns {}  mesh-controller destination",
+        control.ip, control.netns
+    );
+    for (pod, proxy) in webs.iter().zip(&proxies).chain([(&client, &client_proxy)]) {
         println!(
-            "  pod {:<7} {:<15} netns {}  mesh-proxy pid {}",
+            "  pod {:<8} {:<15} netns {}  mesh-proxy pid {}",
             pod.name,
             pod.ip,
             pod.netns,
@@ -61,16 +106,16 @@ pub fn run(summary_every: Duration) -> anyhow::Result<()> {
     }
     println!("\nLook around (as root):");
     println!(
-        "  ip netns exec {} curl -s localhost:4191/metrics | grep -E '^(request|response)_total'",
-        client.netns
-    );
-    println!(
         "  ip netns exec {} curl -s localhost:4191/metrics | grep -E '^response_total'",
-        web.netns
+        client.netns
     );
     println!(
-        "  ip netns exec {} curl -s http://{web_addr}/",
+        "  ip netns exec {} curl -s http://web-svc.demo.svc.cluster.local/",
         client.netns
+    );
+    println!(
+        "  ip netns exec {} curl -sN --http2-prior-knowledge 'http://127.0.0.1:{CONTROLLER_PORT}/v1/destination/watch?authority=web-svc.demo.svc.cluster.local:80'",
+        control.netns
     );
     println!(
         "  ip netns exec {} iptables -t nat -S    # the redirect rules of mesh-init",
@@ -97,11 +142,79 @@ pub fn run(summary_every: Duration) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })?;
-    println!("\nstopping: removing the pods and their proxies");
-    drop((client_proxy, web_proxy));
+    println!("\nstopping: removing the pods, their proxies and the controller");
+    drop((client_proxy, proxies));
+    let _ = controller.kill();
+    let _ = controller.wait();
     drop(cluster);
     println!("✔ done");
     Ok(())
+}
+
+/// Writes the Service `web-svc` (ClusterIP, port 80 → 8080) and its EndpointSlice with the web
+/// pods, as the controller's folder source reads them.
+fn write_state(dir: &std::path::Path, webs: &[Pod]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let ip = std::net::Ipv4Addr::from(CLUSTER_IP);
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web-svc, namespace: demo}}\n\
+         spec: {{clusterIP: {ip}, ports: [{{name: http, port: 80, targetPort: {WEB_PORT}}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: web-svc-1, namespace: demo, labels: {{kubernetes.io/service-name: web-svc}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: {WEB_PORT}}}]\nendpoints:\n"
+    );
+    for web in webs {
+        yaml.push_str(&format!(
+            "- {{addresses: [\"{}\"], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: {}, namespace: demo}}}}\n",
+            web.ip, web.name
+        ));
+    }
+    std::fs::write(dir.join("web-svc.yaml"), yaml)?;
+    Ok(())
+}
+
+/// Starts `mesh-controller destination` on the state folder in `pod` and waits until it is ready.
+fn start_controller(pod: &Pod, state: &std::path::Path) -> anyhow::Result<std::process::Child> {
+    let mut child = pod
+        .command(local::binary("mesh-controller")?)
+        .args([
+            "destination",
+            "--listen",
+            &format!("0.0.0.0:{CONTROLLER_PORT}"),
+        ])
+        .arg("--source")
+        .arg(format!("dir:{}", state.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(
+            state.with_file_name("controller.log"),
+        )?)
+        .spawn()
+        .context("starting mesh-controller")?;
+    let ready = pod
+        .run_in(|| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(mut io) = std::net::TcpStream::connect(("127.0.0.1", CONTROLLER_PORT)) {
+                    use std::io::Read as _;
+                    let _ = io.write_all(b"GET /ready HTTP/1.0\r\n\r\n");
+                    let mut answer = String::new();
+                    let _ = io.read_to_string(&mut answer);
+                    if answer.split(' ').nth(1) == Some("200") {
+                        return Ok(true);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(false)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the readiness probe panicked"))??;
+    if !ready {
+        let _ = child.kill();
+        anyhow::bail!("the destination controller did not get ready within 20 s");
+    }
+    Ok(child)
 }
 
 /// Runs one setup step, printing it with a tick (or a cross) and how long it took.
@@ -130,9 +243,10 @@ fn summary(proxy: &Proxy) -> String {
     }
 }
 
-/// Sums outbound `response_total` by classification.
+/// Sums outbound `response_total` by classification, and the share of each `dst_pod`.
 fn summarize(metrics: &str) -> String {
     let (mut ok, mut failed) = (0u64, 0u64);
+    let mut by_pod: std::collections::BTreeMap<String, u64> = Default::default();
     for line in metrics
         .lines()
         .filter(|l| l.starts_with(r#"response_total{direction="outbound""#))
@@ -147,6 +261,13 @@ fn summarize(metrics: &str) -> String {
         } else {
             failed += n;
         }
+        if let Some(pod) = line
+            .split(r#"dst_pod=""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+        {
+            *by_pod.entry(pod.to_string()).or_default() += n;
+        }
     }
     let total = ok + failed;
     let rate = if total == 0 {
@@ -154,7 +275,16 @@ fn summarize(metrics: &str) -> String {
     } else {
         ok as f64 * 100.0 / total as f64
     };
-    format!("client → web: {total} responses, {failed} failed, success rate {rate:.1}%")
+    let mut line =
+        format!("client → web-svc: {total} responses, {failed} failed, success rate {rate:.1}%");
+    if total > 0 && !by_pod.is_empty() {
+        let shares: Vec<String> = by_pod
+            .iter()
+            .map(|(pod, n)| format!("{pod} {:.0}%", *n as f64 * 100.0 / total as f64))
+            .collect();
+        line.push_str(&format!(" ({})", shares.join(", ")));
+    }
+    line
 }
 
 /// Serves the web application in `pod` on a thread inside it: `/` answers with the pod's name,
@@ -208,8 +338,8 @@ fn serve_web(pod: &Pod) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result
     Ok(handle)
 }
 
-/// Calls `web` from inside `pod` five times a second over one keep-alive connection; every tenth
-/// call goes to `/error`. The thread ends with the pod.
+/// Calls `web-svc` (its ClusterIP, `Host: web-svc`) from inside `pod` five times a second over
+/// one keep-alive connection; every tenth call goes to `/error`. The thread ends with the pod.
 fn drive_load(pod: &Pod, web: SocketAddr) -> std::thread::JoinHandle<anyhow::Result<()>> {
     pod.run_in(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -226,7 +356,7 @@ fn drive_load(pod: &Pod, web: SocketAddr) -> std::thread::JoinHandle<anyhow::Res
                 let Some(s) = sender.as_mut() else { continue };
                 let path = if n % 10 == 9 { "/error" } else { "/" };
                 let req = Request::get(path)
-                    .header("host", format!("web.demo:{WEB_PORT}"))
+                    .header("host", "web-svc")
                     .body(Empty::<Bytes>::new())?;
                 match s.send_request(req).await {
                     Ok(rsp) => {
@@ -260,11 +390,20 @@ response_total{direction="inbound",authority="x",target_addr="127.0.0.1:1",class
 "#;
         assert_eq!(
             super::summarize(metrics),
-            "client → web: 20 responses, 2 failed, success rate 90.0%"
+            "client → web-svc: 20 responses, 2 failed, success rate 90.0%"
         );
         assert_eq!(
             super::summarize(""),
-            "client → web: 0 responses, 0 failed, success rate 100.0%"
+            "client → web-svc: 0 responses, 0 failed, success rate 100.0%"
+        );
+        let balanced = r#"
+response_total{direction="outbound",authority="web-svc",target_addr="10.244.0.3:8080",dst_namespace="demo",dst_service="web-svc",dst_pod="web-1",classification="success",status_code="200"} 6
+response_total{direction="outbound",authority="web-svc",target_addr="10.244.0.4:8080",dst_namespace="demo",dst_service="web-svc",dst_pod="web-2",classification="success",status_code="200"} 3
+response_total{direction="outbound",authority="web-svc",target_addr="10.244.0.4:8080",dst_namespace="demo",dst_service="web-svc",dst_pod="web-2",classification="failure",status_code="500"} 1
+"#;
+        assert_eq!(
+            super::summarize(balanced),
+            "client → web-svc: 10 responses, 1 failed, success rate 90.0% (web-1 60%, web-2 40%)"
         );
     }
 }
