@@ -82,13 +82,24 @@ pub fn parse_yaml(text: &str) -> (Vec<Object>, Vec<ParseError>) {
     (objects, errors)
 }
 
+/// Whether a watch event only reports that something was read (opened, accessed, closed
+/// without writing).
+fn is_read_only(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    matches!(kind, notify::EventKind::Access(access) if *access != AccessKind::Close(AccessMode::Write))
+}
+
 /// Loads the folder, then follows its changes until the destination is dropped.
 /// The destination is marked ready after the first load.
 pub async fn run(dir: PathBuf, dest: Destination) -> Result<(), FolderError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let handler = move |event: notify::Result<notify::Event>| {
-        if let Err(error) = &event {
-            tracing::warn!(%error, "folder watch error");
+        match &event {
+            Err(error) => tracing::warn!(%error, "folder watch error"),
+            // Reading a file is no change: without this, the rescan's own reads would trigger
+            // the next rescan, forever. A close after writing is one (an in-place write ends so).
+            Ok(e) if is_read_only(&e.kind) => return,
+            Ok(_) => {}
         }
         // A full channel already holds a pending rescan: nothing is lost.
         let _ = tx.try_send(());
