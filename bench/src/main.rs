@@ -1,14 +1,19 @@
-//! `mesh-bench`: the mesh proxy against direct calls and HAProxy on network-namespace pods, reported as ratios to the direct call.
+//! `mesh-bench`: the mesh proxy against direct calls and HAProxy on network-namespace pods (reported as ratios to the direct call), discovery's propagation and memory, and load balancing between a fast and a slow endpoint.
 //!
 //! ```text
 //! scripts/setup-bench.sh && cargo run --release -p mesh-bench -- --out BENCHMARKS.md   # just bench
 //! cargo run --release -p mesh-bench -- --quick                                           # smoke run
+//! cargo run --release -p mesh-bench -- --only discovery --out BENCHMARKS.md              # one part
 //! ```
 //!
-//! It needs root (it builds pods out of network namespaces), stops by itself (every run is
-//! bounded in time), and removes its pods when it ends.
+//! The proxy and balancing parts need root (they build pods out of network namespaces); the
+//! discovery part runs the controller on loopback. It stops by itself (every run is bounded in
+//! time), and removes its pods when it ends.
 #![forbid(unsafe_code)]
 
+mod balance;
+mod controller;
+mod discovery;
 mod haproxy;
 mod oha;
 mod report;
@@ -26,18 +31,27 @@ use clap::Parser;
 
 use crate::haproxy::Haproxy;
 use crate::oha::{Load, Oha, Protocol, Run};
-use crate::report::{Machine, Measurement, Report, Round};
+use crate::report::{Machine, Measurement, Part, Report, Round};
 use crate::resources::Meter;
 use crate::testbed::{Scenario, Testbed};
 
-/// Benchmarks the mesh proxy against direct calls and HAProxy on network-namespace pods.
+/// Benchmarks the mesh: the proxy, discovery and load balancing.
 ///
-/// Measures latency at a fixed rate (corrected for coordinated omission) and maximum
-/// throughput, for HTTP/1.1 and HTTP/2, for four scenarios: direct, 1-hop (outbound proxy),
-/// 2-hop (outbound and inbound proxy) and haproxy. Needs root.
+/// The proxy part measures latency at a fixed rate (corrected for coordinated omission) and
+/// maximum throughput, for HTTP/1.1 and HTTP/2, for four scenarios on network-namespace pods:
+/// direct, 1-hop (outbound proxy), 2-hop (outbound and inbound proxy) and haproxy. The
+/// discovery part measures how fast an endpoint change reaches 1,000 watchers of the
+/// destination controller, and the controller's memory with 10,000 endpoints. The balance part
+/// compares the proxy's load split between a fast and a slow endpoint with round-robin's. The
+/// proxy and balance parts need root.
 #[derive(Debug, Parser)]
 #[command(name = "mesh-bench", version)]
 struct Args {
+    /// Measure only these parts (comma-separated or repeated); with --out, the report keeps
+    /// the other parts' sections from the file it replaces.
+    #[arg(long, value_name = "PART", value_delimiter = ',')]
+    only: Vec<Part>,
+
     /// Write the Markdown report to this file, and oha's raw JSON of every run to a dated file
     /// in --results-dir. Without it the report only goes to stdout.
     #[arg(long, value_name = "FILE")]
@@ -62,9 +76,29 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     rate: u32,
 
-    /// A short smoke run: two rounds of 2-second latency runs and 1-second throughput runs.
+    /// A short smoke run of every part: two rounds of 2-second latency runs and 1-second
+    /// throughput runs, 5 discovery changes, 2-second balancing runs.
     #[arg(long)]
     quick: bool,
+
+    /// Discovery: the watchers of one service that each change must reach.
+    #[arg(long, value_name = "N", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    watchers: u32,
+
+    /// Discovery: how many endpoint changes to write, one after the other.
+    #[arg(long, value_name = "N", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    changes: u32,
+
+    /// Load balancing: the request rate through each balancer.
+    #[arg(long, value_name = "REQ/S", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(2..=100_000))]
+    balance_rate: u32,
+
+    /// Load balancing: the length of each run.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    balance_duration: Duration,
 
     /// The load generator; by default `target/bench-tools/bin/oha` (installed by
     /// scripts/setup-bench.sh), else `oha` on the PATH.
@@ -107,6 +141,17 @@ const MAX_REDOS: u32 = 8;
 /// The longest run accepted, so that a benchmark always stops in reasonable time.
 const MAX_RUN: Duration = Duration::from_secs(120);
 
+/// Discovery: the time from one endpoint change to the next (at least).
+const CHANGE_SPACING: Duration = Duration::from_millis(300);
+/// Discovery's memory benchmark: 100 services × 100 endpoints = 10,000 endpoints (and pods).
+const LARGE_SERVICES: usize = 100;
+const LARGE_ENDPOINTS_PER_SERVICE: usize = 100;
+/// Load balancing: how long the slow endpoint waits before answering.
+const SLOW_DELAY: Duration = Duration::from_millis(10);
+/// Load balancing: the load generator's HTTP/1.1 connections through the proxy (half of them
+/// to each endpoint for round-robin).
+const BALANCE_CONNECTIONS: u32 = 16;
+
 /// Set by Ctrl-C: the benchmark stops before its next run and removes its pods.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -130,21 +175,36 @@ fn main() -> ExitCode {
 }
 
 fn run(mut args: Args) -> anyhow::Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!(
-            "mesh-bench needs root: it builds pods out of network namespaces, veth links and \
-             iptables rules. Run it as root, e.g. `sudo -E just bench`"
-        );
+    let parts: Vec<Part> = if args.only.is_empty() {
+        Part::ALL.to_vec()
+    } else {
+        Part::ALL
+            .into_iter()
+            .filter(|p| args.only.contains(p))
+            .collect()
+    };
+    let pods = parts.contains(&Part::Proxy) || parts.contains(&Part::Balance);
+    if pods {
+        if !nix::unistd::geteuid().is_root() {
+            bail!(
+                "mesh-bench needs root for the proxy and balance parts: they build pods out of \
+                 network namespaces, veth links and iptables rules. Run it as root, e.g. \
+                 `sudo -E just bench`, or measure only discovery with `--only discovery`"
+            );
+        }
+        mesh_cli::local::require_root()?;
     }
-    mesh_cli::local::require_root()?;
     if args.quick {
         args.duration = Duration::from_secs(2);
         args.throughput_duration = Duration::from_secs(1);
         args.rounds = 2;
+        args.changes = args.changes.min(5);
+        args.balance_duration = Duration::from_secs(2);
     }
     for (flag, d) in [
         ("--duration", args.duration),
         ("--throughput-duration", args.throughput_duration),
+        ("--balance-duration", args.balance_duration),
     ] {
         if d < Duration::from_secs(1) || d > MAX_RUN {
             bail!(
@@ -156,38 +216,103 @@ fn run(mut args: Args) -> anyhow::Result<()> {
     }
 
     let date = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    let oha = Oha::new(&oha_path(args.oha.as_deref()))?;
-    let haproxy_version = Haproxy::version(&args.haproxy)?;
+    let oha = if pods {
+        Some(Oha::new(&oha_path(args.oha.as_deref()))?)
+    } else {
+        None
+    };
+    let haproxy_version = if parts.contains(&Part::Proxy) {
+        Some(Haproxy::version(&args.haproxy)?)
+    } else {
+        None
+    };
     let clock_ticks = resources::clock_ticks()?;
     let results_file = args.out.as_ref().map(|_| {
         args.results_dir
             .join(format!("{}.json", date.replace(':', "-")))
     });
-
-    eprintln!("mesh-bench: building the pods");
     // The report promises quiet proxies, whatever this shell exports.
     let mut proxy_env = vec![("MESH_PROXY_LOG".to_string(), "warn".to_string())];
     proxy_env.extend(args.proxy_env.iter().cloned());
-    let testbed = Testbed::start(&args.haproxy, &proxy_env)?;
-    let measurements = measure(&testbed, &oha, &args, clock_ticks);
-    let log_dir = testbed.log_dir().to_path_buf();
-    if measurements.is_err() && !INTERRUPTED.load(Ordering::Relaxed) {
-        // Keep the proxies' logs for the post-mortem: copy them before the cluster goes.
-        keep_logs(&log_dir);
-    }
-    drop(testbed);
-    let measurements = measurements?;
+    let work = tempfile::Builder::new()
+        .prefix("mesh-bench-")
+        .tempdir()
+        .context("creating a work folder")?;
 
+    let mut measurements = Vec::new();
+    if let (true, Some(oha)) = (parts.contains(&Part::Proxy), &oha) {
+        eprintln!("mesh-bench: building the pods");
+        let testbed = Testbed::start(&args.haproxy, &proxy_env)?;
+        let measured = measure(&testbed, oha, &args, clock_ticks);
+        let log_dir = testbed.log_dir().to_path_buf();
+        if measured.is_err() && !INTERRUPTED.load(Ordering::Relaxed) {
+            // Keep the proxies' logs for the post-mortem: copy them before the cluster goes.
+            keep_logs(&log_dir);
+        }
+        drop(testbed);
+        measurements = measured?;
+    }
+    let discovery = if parts.contains(&Part::Discovery) {
+        eprintln!("mesh-bench: discovery");
+        let plan = discovery::Plan {
+            watchers: args.watchers as usize,
+            changes: args.changes as usize,
+            spacing: CHANGE_SPACING,
+            services: LARGE_SERVICES,
+            endpoints_per_service: LARGE_ENDPOINTS_PER_SERVICE,
+            memory_watchers: args.watchers as usize,
+        };
+        match discovery::run(&plan, work.path()) {
+            Ok(results) => Some(results),
+            Err(err) => {
+                // Keep the controllers' logs and folders for the post-mortem.
+                eprintln!(
+                    "mesh-bench: discovery's folders and logs kept in {}",
+                    work.keep().display()
+                );
+                return Err(err.context("discovery"));
+            }
+        }
+    } else {
+        None
+    };
+    let balance = match (parts.contains(&Part::Balance), &oha) {
+        (true, Some(oha)) => {
+            eprintln!("mesh-bench: load balancing");
+            let plan = balance::Plan {
+                rate: args.balance_rate,
+                duration: args.balance_duration,
+                delay: SLOW_DELAY,
+                connections: BALANCE_CONNECTIONS,
+            };
+            Some(balance::run(&plan, oha, &proxy_env, work.path()).context("load balancing")?)
+        }
+        _ => None,
+    };
+
+    // With --only, the parts not measured keep their sections of the report being replaced.
+    let carried = match &args.out {
+        Some(out) if parts.len() < Part::ALL.len() => match std::fs::read_to_string(out) {
+            Ok(old) => report::sections(&old),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(err) => return Err(err).with_context(|| format!("reading {}", out.display())),
+        },
+        _ => Default::default(),
+    };
     let report = Report {
         date,
         machine: machine(),
         command: command_line(),
-        oha: oha.version.clone(),
+        oha: oha.map(|o| o.version.clone()),
         haproxy: haproxy_version,
         results_file: results_file
             .as_ref()
             .map(|f| relative_to_report(f, args.out.as_deref())),
+        parts,
         measurements,
+        discovery,
+        balance,
+        carried,
     };
     let markdown = report.markdown();
     println!("{markdown}");
@@ -295,6 +420,7 @@ fn plan(args: &Args, url: String, protocol: Protocol, rate: bool) -> Run {
         connections,
         streams,
         duration,
+        host: None,
     }
 }
 
@@ -507,6 +633,11 @@ mod tests {
             .expect("valid arguments");
         assert_eq!(args.duration, Duration::from_secs(15));
         assert_eq!(args.rate, 500);
+        assert!(args.only.is_empty());
+        let args = Args::try_parse_from(["mesh-bench", "--only", "discovery,balance"])
+            .expect("valid arguments");
+        assert_eq!(args.only, [Part::Discovery, Part::Balance]);
+        assert!(Args::try_parse_from(["mesh-bench", "--only", "everything"]).is_err());
         assert!(Args::try_parse_from(["mesh-bench", "--duration", "soon"]).is_err());
         assert!(Args::try_parse_from(["mesh-bench", "--rate", "0"]).is_err());
     }

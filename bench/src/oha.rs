@@ -43,6 +43,10 @@ pub struct Run {
     pub streams: u32,
     #[serde(with = "humantime_serde")]
     pub duration: Duration,
+    /// The `Host` header to send instead of the URL's (`--host`), e.g. a service name when
+    /// the URL is its ClusterIP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// What the report needs from a run; `raw` is oha's whole JSON output, kept for the record.
@@ -60,6 +64,9 @@ pub struct Outcome {
     pub p50: f64,
     pub p99: f64,
     pub p999: f64,
+    /// Every latency percentile oha printed, as (quantile in 0..=1, seconds), in order; the
+    /// fastest and slowest request are quantiles 0 and 1.
+    pub percentiles: Vec<(f64, f64)>,
     pub raw: serde_json::Value,
 }
 
@@ -120,6 +127,9 @@ impl Oha {
                 rate.to_string(),
                 "--latency-correction".to_string(),
             ]);
+        }
+        if let Some(host) = &run.host {
+            args.extend(["--host".to_string(), host.clone()]);
         }
         args.push(run.url.clone());
         args
@@ -191,6 +201,9 @@ struct Json {
 struct JsonSummary {
     /// The run's length in seconds.
     total: f64,
+    /// The fastest and slowest request, in seconds (absent without requests).
+    fastest: Option<f64>,
+    slowest: Option<f64>,
 }
 
 /// Parses oha's `--output-format json` output.
@@ -208,11 +221,23 @@ fn parse(stdout: &str) -> anyhow::Result<Outcome> {
             .flatten()
             .ok_or_else(|| anyhow!("no {key} latency: no request succeeded?"))
     };
+    let mut percentiles: Vec<(f64, f64)> = json
+        .latency_percentiles
+        .iter()
+        .filter_map(|(key, value)| {
+            let quantile = key.strip_prefix('p')?.parse::<f64>().ok()? / 100.0;
+            Some((quantile, (*value)?))
+        })
+        .chain(json.summary.fastest.map(|v| (0.0, v)))
+        .chain(json.summary.slowest.map(|v| (1.0, v)))
+        .collect();
+    percentiles.sort_by(|a, b| a.0.total_cmp(&b.0));
     Ok(Outcome {
         ok,
         failed,
         aborted,
         seconds: json.summary.total,
+        percentiles,
         p50: percentile("p50")?,
         p99: percentile("p99")?,
         p999: percentile("p99.9")?,
@@ -258,6 +283,7 @@ mod tests {
             connections: 16,
             streams: 4,
             duration: Duration::from_secs(15),
+            host: None,
         }
     }
 
@@ -273,12 +299,21 @@ mod tests {
             run(Protocol::Http2, Load::Max),
             "--no-tui --output-format json -z 15000ms -w -c 16 --http2 -p 4 http://10.244.0.2:8080/",
         );
+        check(
+            Run {
+                host: Some("web-svc.demo.svc.cluster.local".to_string()),
+                ..run(Protocol::Http1, Load::Max)
+            },
+            "--no-tui --output-format json -z 15000ms -w -c 16 --host \
+             web-svc.demo.svc.cluster.local http://10.244.0.2:8080/",
+        );
     }
 
     #[test]
     fn outcomes() {
         let json = r#"{
-            "summary": {"successRate": 1.0, "total": 2.0, "requestsPerSec": 10.0},
+            "summary": {"successRate": 1.0, "total": 2.0, "requestsPerSec": 10.0,
+                        "fastest": 0.00005, "slowest": 0.0004},
             "latencyPercentiles": {"p50": 0.0001, "p99": 0.0002, "p99.9": 0.0003, "p99.99": null},
             "statusCodeDistribution": {"200": 18, "503": 1},
             "errorDistribution": {"connection closed": 1, "aborted due to deadline": 3}
@@ -289,6 +324,22 @@ mod tests {
         assert_eq!(
             (outcome.p50, outcome.p99, outcome.p999),
             (0.0001, 0.0002, 0.0003)
+        );
+        // Quantiles in per mille, to compare without rounding noise (99.9 / 100).
+        let points: Vec<(u32, f64)> = outcome
+            .percentiles
+            .iter()
+            .map(|&(q, v)| ((q * 1000.0).round() as u32, v))
+            .collect();
+        assert_eq!(
+            points,
+            [
+                (0, 0.00005),
+                (500, 0.0001),
+                (990, 0.0002),
+                (999, 0.0003),
+                (1000, 0.0004)
+            ]
         );
 
         let err = |json: &str| format!("{:#}", parse(json).expect_err("invalid output"));

@@ -1,5 +1,6 @@
 //! The results of one benchmark run and their Markdown report: tables of absolute values and ratios to the direct call, and the targets, met or not.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -26,13 +27,93 @@ pub struct Report {
     pub machine: Machine,
     /// The command line that produced the report.
     pub command: String,
-    /// `oha --version`.
-    pub oha: String,
-    /// `haproxy -v`.
-    pub haproxy: String,
+    /// `oha --version`, when a part that uses it ran.
+    pub oha: Option<String>,
+    /// `haproxy -v`, when the proxy part ran.
+    pub haproxy: Option<String>,
     /// Where the raw results were written, relative to the report when possible.
     pub results_file: Option<String>,
+    /// The parts measured in this run.
+    pub parts: Vec<Part>,
+    /// The proxy part: every scenario's runs (empty when it did not run).
     pub measurements: Vec<Measurement>,
+    /// The discovery part, when it ran.
+    pub discovery: Option<crate::discovery::Results>,
+    /// The load-balancing part, when it ran.
+    pub balance: Option<crate::balance::Results>,
+    /// The report's sections of parts that did not run, carried over from the previous report
+    /// (see [`sections`]).
+    #[serde(skip)]
+    pub carried: BTreeMap<Part, String>,
+}
+
+/// A part of the benchmark, which `--only` selects and which has its own report section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Part {
+    /// The proxy against direct calls and HAProxy, on pods.
+    Proxy,
+    /// Discovery: update propagation to 1,000 watchers and the controller's memory.
+    Discovery,
+    /// Load balancing between a fast and a slow endpoint, on pods.
+    Balance,
+}
+
+impl Part {
+    /// Every part, in the report's order.
+    pub const ALL: [Part; 3] = [Part::Proxy, Part::Discovery, Part::Balance];
+
+    /// The part's name in markers and flags.
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::Proxy => "proxy",
+            Part::Discovery => "discovery",
+            Part::Balance => "balance",
+        }
+    }
+
+    /// The heading of the part's section.
+    pub fn title(self) -> &'static str {
+        match self {
+            Part::Proxy => "Proxy: direct, one hop, two hops and HAProxy",
+            Part::Discovery => "Discovery: update propagation and controller memory",
+            Part::Balance => "Load balancing: a fast and a slow endpoint",
+        }
+    }
+
+    /// The heading's anchor, as GitHub makes it: lowercase, punctuation dropped, spaces to `-`.
+    fn anchor(self) -> String {
+        self.title()
+            .chars()
+            .filter_map(|c| match c {
+                ' ' => Some('-'),
+                c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c.to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The HTML comment that opens the part's section in the report.
+    fn marker(self) -> String {
+        format!("<!-- mesh-bench part: {} -->", self.name())
+    }
+}
+
+/// The sections of a previous report, by part: from each part's marker to the next marker (or
+/// the end). A report written before the markers existed has none.
+pub fn sections(markdown: &str) -> BTreeMap<Part, String> {
+    let mut found: Vec<(usize, Part)> = Part::ALL
+        .iter()
+        .filter_map(|&part| Some((markdown.find(&part.marker())?, part)))
+        .collect();
+    found.sort();
+    let mut sections = BTreeMap::new();
+    for (i, &(start, part)) in found.iter().enumerate() {
+        let end = found.get(i + 1).map_or(markdown.len(), |&(next, _)| next);
+        let text = markdown[start..end].trim_end();
+        sections.insert(part, format!("{text}\n\n"));
+    }
+    sections
 }
 
 /// The machine the numbers come from.
@@ -300,10 +381,10 @@ impl Report {
         writeln!(
             out,
             "Written by `mesh-bench` (bench/); do not edit by hand: `just bench` measures again \
-             and rewrites this file.\n"
+             and rewrites this file (`--only PART` measures some parts and keeps the others' \
+             sections as they were, each with its own date).\n"
         )?;
         let m = &self.machine;
-        writeln!(out, "- date: {}", self.date)?;
         let mut machine = format!("{} cores (nproc), Linux {}", m.cores, m.kernel);
         if let Some(cpu) = &m.cpu {
             write!(machine, ", {cpu}")?;
@@ -312,19 +393,63 @@ impl Report {
             write!(machine, ", {:.1} GB memory", mem as f64 / 1e9)?;
         }
         writeln!(out, "- machine: {machine}")?;
-        writeln!(out, "- command: `{}`", self.command)?;
-        writeln!(out, "- tools: {}; {}", self.oha, self.haproxy)?;
-        if let Some(file) = &self.results_file {
-            writeln!(out, "- raw results (oha's JSON of every run): `{file}`")?;
+        writeln!(out, "- last run: {}, `{}`", self.date, self.command)?;
+        let sections: Vec<String> = Part::ALL
+            .iter()
+            .filter(|p| self.parts.contains(p) || self.carried.contains_key(p))
+            .map(|p| format!("[{}](#{})", p.title(), p.anchor()))
+            .collect();
+        writeln!(out, "- parts: {}\n", sections.join(", "))?;
+
+        for part in Part::ALL {
+            if !self.parts.contains(&part) {
+                if let Some(text) = self.carried.get(&part) {
+                    out.push_str(text);
+                }
+                continue;
+            }
+            writeln!(out, "{}\n", part.marker())?;
+            writeln!(out, "## {}\n", part.title())?;
+            let mut provenance = format!("Measured {} by `{}`", self.date, self.command);
+            if part == Part::Proxy {
+                if let (Some(oha), Some(haproxy)) = (&self.oha, &self.haproxy) {
+                    write!(provenance, " with {oha} and {haproxy}")?;
+                }
+            } else if part == Part::Balance {
+                if let Some(oha) = &self.oha {
+                    write!(provenance, " with {oha}")?;
+                }
+            }
+            if let Some(file) = &self.results_file {
+                write!(provenance, "; raw results in `{file}`")?;
+            }
+            writeln!(out, "_{provenance}._\n")?;
+            match part {
+                Part::Proxy => self.write_proxy(out)?,
+                Part::Discovery => {
+                    if let Some(d) = &self.discovery {
+                        d.write_markdown(out)?;
+                    }
+                }
+                Part::Balance => {
+                    if let Some(b) = &self.balance {
+                        b.write_markdown(out)?;
+                    }
+                }
+            }
         }
-        writeln!(out)?;
+        Ok(())
+    }
+
+    /// The proxy part: how it is measured, the targets, both protocols, the noise.
+    fn write_proxy(&self, out: &mut String) -> std::fmt::Result {
         writeln!(
             out,
             "{}",
             METHOD.replace("{body}", &crate::server::BODY.len().to_string())
         )?;
 
-        writeln!(out, "## Targets\n")?;
+        writeln!(out, "### Targets\n")?;
         writeln!(out, "| target | HTTP/1.1 | HTTP/2 |")?;
         writeln!(out, "|---|---|---|")?;
         for verdict in self.verdicts() {
@@ -344,12 +469,12 @@ impl Report {
     }
 
     fn write_protocol(&self, out: &mut String, protocol: Protocol) -> std::fmt::Result {
-        writeln!(out, "## {}\n", protocol_name(protocol))?;
+        writeln!(out, "### {}\n", protocol_name(protocol))?;
         let direct = self.find(protocol, true, Scenario::Direct);
         if let Some(first) = self.rows(protocol, true).next() {
             writeln!(
                 out,
-                "### Latency at a fixed rate\n\n{}, {}, corrected for coordinated omission; \
+                "#### Latency at a fixed rate\n\n{}, {}, corrected for coordinated omission; \
                  each value is the median of {} rounds. \"added\" is the difference to the \
                  direct call, \"×\" the ratio to it. Proxy CPU is user + system time of the \
                  proxies on the path per 10,000 requests (for two hops: the sum, then client + \
@@ -397,7 +522,7 @@ impl Report {
         if let Some(first) = self.rows(protocol, false).next() {
             writeln!(
                 out,
-                "### Maximum throughput\n\nNo rate limit, {}, {} per run; the median of {} \
+                "#### Maximum throughput\n\nNo rate limit, {}, {} per run; the median of {} \
                  rounds. Latency here is mostly queueing.\n",
                 concurrency_text(&first.run),
                 humantime::format_duration(first.run.duration),
@@ -426,7 +551,7 @@ impl Report {
 
     /// How far the rounds of each scenario are apart: differences smaller than that are noise.
     fn write_noise(&self, out: &mut String) -> std::fmt::Result {
-        writeln!(out, "## Noise\n")?;
+        writeln!(out, "### Noise\n")?;
         writeln!(
             out,
             "Every scenario ran in rounds, interleaved with the others (direct, 1-hop, 2-hop, \
@@ -499,7 +624,7 @@ impl Report {
             writeln!(
                 out,
                 "One round only: there is no measure of the noise. Run with more rounds before \
-                 trusting a small difference."
+                 trusting a small difference.\n"
             )?;
         } else if noisy {
             writeln!(
@@ -507,7 +632,7 @@ impl Report {
                 "**These numbers are noisy**: some p99 moves by half the latency target or more \
                  between rounds, or some throughput by a tenth. The load generator, the proxies, \
                  HAProxy and the server share {} cores, so every scenario also measures how they \
-                 compete for them; take the small differences with a grain of salt.",
+                 compete for them; take the small differences with a grain of salt.\n",
                 self.machine.cores
             )?;
         } else {
@@ -515,7 +640,7 @@ impl Report {
                 out,
                 "The rounds agree closely against the targets. Still, the load generator, the \
                  proxies and the server share {} cores, so the proxies' numbers include competing \
-                 with the load generator for CPU.",
+                 with the load generator for CPU.\n",
                 self.machine.cores
             )?;
         }
@@ -536,7 +661,7 @@ const PROTOCOLS: [Protocol; 2] = [Protocol::Http1, Protocol::Http2];
 
 /// How the benchmark measures, for the report's reader.
 const METHOD: &str = "\
-## How it is measured
+### How it is measured
 
 Every scenario runs on network-namespace pods of one local cluster (`10.244.0.0/16`; nothing \
 leaves the machine). The server application is a small hyper server (HTTP/1.1 and HTTP/2 with \
@@ -623,7 +748,7 @@ fn met(ok: bool) -> &'static str {
     }
 }
 
-fn ms(value: f64) -> String {
+pub(crate) fn ms(value: f64) -> String {
     format!("{value:.3}")
 }
 
@@ -631,7 +756,7 @@ fn signed_ms(value: f64) -> String {
     format!("{value:+.3}")
 }
 
-fn mb(bytes: u64) -> String {
+pub(crate) fn mb(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / 1e6)
 }
 
@@ -644,7 +769,7 @@ fn ratio(value: f64, base: f64) -> String {
 }
 
 /// `12345.6` → `12,346`.
-fn thousands(value: f64) -> String {
+pub(crate) fn thousands(value: f64) -> String {
     let digits = format!("{:.0}", value.max(0.0));
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, c) in digits.chars().enumerate() {
@@ -700,6 +825,7 @@ mod tests {
                 connections: 16,
                 streams: 1,
                 duration: Duration::from_secs(10),
+                host: None,
             },
             rounds: p99s.iter().map(|&p| round(p)).collect(),
             redone: 0,
@@ -716,10 +842,14 @@ mod tests {
                 memory_bytes: None,
             },
             command: "mesh-bench".to_string(),
-            oha: "oha 1.16.0".to_string(),
-            haproxy: "HAProxy version 2.6".to_string(),
+            oha: Some("oha 1.16.0".to_string()),
+            haproxy: Some("HAProxy version 2.6".to_string()),
             results_file: None,
+            parts: vec![Part::Proxy],
             measurements,
+            discovery: None,
+            balance: None,
+            carried: BTreeMap::new(),
         }
     }
 
@@ -798,8 +928,12 @@ mod tests {
             measurement(Direct, Http2, Load::Max, &[1.0], 50_000, &[]),
         ]);
         let md = r.markdown();
-        assert!(md.contains("## HTTP/1.1\n"), "{md}");
-        assert!(md.contains("## HTTP/2\n"), "{md}");
+        assert!(md.contains("### HTTP/1.1\n"), "{md}");
+        assert!(md.contains("### HTTP/2\n"), "{md}");
+        assert!(
+            md.contains("[Proxy: direct, one hop, two hops and HAProxy](#proxy-direct-one-hop-two-hops-and-haproxy)"),
+            "{md}"
+        );
         assert!(
             md.contains(
                 "| 1-hop | 0.150 | 0.300 | 0.600 | +0.050 | +0.100 | +0.200 | 1.50× | 2,000 | 0 \
@@ -812,5 +946,34 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("One round only"), "{md}");
+    }
+
+    #[test]
+    fn other_parts_are_carried_over() {
+        let old = "# Benchmarks\n\nintro\n\n<!-- mesh-bench part: proxy -->\n\n## Proxy\n\nold \
+                   proxy\n\n<!-- mesh-bench part: balance -->\n\n## Load balancing\n\nold lb\n";
+        let carried = sections(old);
+        assert_eq!(
+            carried.get(&Part::Proxy).map(String::as_str),
+            Some("<!-- mesh-bench part: proxy -->\n\n## Proxy\n\nold proxy\n\n")
+        );
+        assert_eq!(
+            carried.get(&Part::Balance).map(String::as_str),
+            Some("<!-- mesh-bench part: balance -->\n\n## Load balancing\n\nold lb\n\n")
+        );
+        assert!(sections("# Benchmarks\n\nno markers\n").is_empty());
+
+        let mut r = report(Vec::new());
+        r.parts = vec![Part::Discovery];
+        r.carried = carried;
+        let md = r.markdown();
+        // The proxy section comes first, as it was; the (empty) discovery part follows; the
+        // balancing section last, as it was.
+        let proxy = md.find("old proxy").expect("proxy carried");
+        let discovery = md
+            .find("<!-- mesh-bench part: discovery -->")
+            .expect("discovery written");
+        let lb = md.find("old lb").expect("balancing carried");
+        assert!(proxy < discovery && discovery < lb, "{md}");
     }
 }

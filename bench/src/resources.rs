@@ -104,6 +104,21 @@ pub fn clock_ticks() -> anyhow::Result<u64> {
         })
 }
 
+/// The memory of process `pid` now: (`VmHWM`, `VmRSS`), in bytes.
+pub fn memory(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let path = proc_file(pid, "status");
+    let status =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let field =
+        |name| status_bytes(&status, name).with_context(|| format!("parsing {}", path.display()));
+    Ok((field("VmHWM")?, field("VmRSS")?))
+}
+
+/// The CPU time process `pid` has used so far (user + system, all threads), in clock ticks.
+pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    Ok(stat(pid)?.cpu_ticks)
+}
+
 // === helpers ===
 
 /// The fields of `/proc/<pid>/stat` the benchmark reads.
@@ -203,15 +218,20 @@ fn parse_stat(stat: &str) -> anyhow::Result<Stat> {
 
 /// `VmHWM` from `/proc/<pid>/status`, which the kernel writes in kB (KiB).
 fn parse_peak_rss(status: &str) -> anyhow::Result<u64> {
+    status_bytes(status, "VmHWM")
+}
+
+/// The field `name` of `/proc/<pid>/status` (written in kB, i.e. KiB), in bytes.
+fn status_bytes(status: &str, name: &str) -> anyhow::Result<u64> {
     let line = status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .ok_or_else(|| anyhow!("no VmHWM line"))?;
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .ok_or_else(|| anyhow!("no {name} line"))?;
     let kib = line
         .trim()
         .strip_suffix("kB")
         .and_then(|n| n.trim().parse::<u64>().ok())
-        .ok_or_else(|| anyhow!("VmHWM is {:?}, expected `<n> kB`", line.trim()))?;
+        .ok_or_else(|| anyhow!("{name} is {:?}, expected `<n> kB`", line.trim()))?;
     Ok(kib * 1024)
 }
 
@@ -275,6 +295,8 @@ mod tests {
             Ok(6144 * 1024),
         );
         check("Name:\tx\n", Err("no VmHWM line"));
+        let status = "VmHWM:\t    6144 kB\nVmRSS:\t 5000 kB\n";
+        assert_eq!(status_bytes(status, "VmRSS").ok(), Some(5000 * 1024));
         check(
             "VmHWM:\t lots\n",
             Err("VmHWM is \"lots\", expected `<n> kB`"),

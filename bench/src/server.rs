@@ -1,15 +1,16 @@
-//! The application under the benchmark: a small, fast HTTP/1 and HTTP/2 server that answers every request with a short 200.
+//! The application under the benchmark: a small HTTP/1 and HTTP/2 server that answers every request with a short 200, at once or after a fixed delay, and counts the requests.
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{service::service_fn, Request, Response};
+use hyper::{service::service_fn, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use mesh_cli::local::Pod;
@@ -31,6 +32,7 @@ const WORKER_THREADS: usize = 2;
 
 /// A running server in a pod. Dropping it stops the server and joins its thread.
 pub struct Server {
+    requests: Arc<AtomicU64>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<anyhow::Result<()>>>,
     pod: String,
@@ -40,10 +42,19 @@ impl Server {
     /// Starts the server in `pod` on `0.0.0.0:`[`PORT`] (HTTP/1.1, and HTTP/2 with prior
     /// knowledge, detected per connection) and returns once it listens.
     pub fn start(pod: &Pod) -> anyhow::Result<Server> {
+        Self::start_with_delay(pod, Duration::ZERO)
+    }
+
+    /// Like [`Server::start`], but every response waits `delay` first (without holding a
+    /// thread): a slow endpoint for the load-balancing benchmark.
+    pub fn start_with_delay(pod: &Pod, delay: Duration) -> anyhow::Result<Server> {
         let (stop_tx, stop_rx) = oneshot::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
-        let thread = pod.run_in(move || serve(stop_rx, ready_tx));
+        let requests = Arc::new(AtomicU64::new(0));
+        let counter = requests.clone();
+        let thread = pod.run_in(move || serve(stop_rx, ready_tx, delay, counter));
         let mut server = Server {
+            requests,
             stop: Some(stop_tx),
             thread: Some(thread),
             pod: pod.name.clone(),
@@ -61,6 +72,11 @@ impl Server {
                 Err(err.context(format!("starting the server in pod {}", pod.name)))
             }
         }
+    }
+
+    /// How many requests the server has received so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 }
 
@@ -83,7 +99,12 @@ impl Drop for Server {
 // === helpers ===
 
 /// The server thread's body: a runtime, the listener, one task per connection until `stop`.
-fn serve(stop: oneshot::Receiver<()>, ready: mpsc::Sender<()>) -> anyhow::Result<()> {
+fn serve(
+    stop: oneshot::Receiver<()>,
+    ready: mpsc::Sender<()>,
+    delay: Duration,
+    requests: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKER_THREADS)
         .enable_all()
@@ -114,10 +135,15 @@ fn serve(stop: oneshot::Receiver<()>, ready: mpsc::Sender<()>) -> anyhow::Result
             // Small responses must not wait for Nagle.
             let _ = stream.set_nodelay(true);
             let builder = builder.clone();
+            let requests = requests.clone();
             tokio::spawn(async move {
+                let service = service_fn(move |_req| {
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    hello(delay)
+                });
                 // A client that goes away mid-request is not the server's problem.
                 let _ = builder
-                    .serve_connection(TokioIo::new(stream), service_fn(hello))
+                    .serve_connection(TokioIo::new(stream), service)
                     .await;
             });
         }
@@ -125,7 +151,10 @@ fn serve(stop: oneshot::Receiver<()>, ready: mpsc::Sender<()>) -> anyhow::Result
     // Dropping the runtime here cancels the connection tasks.
 }
 
-/// Answers every request with 200 and [`BODY`].
-async fn hello(_req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// Answers with 200 and [`BODY`], after `delay`.
+async fn hello(delay: Duration) -> Result<Response<Full<Bytes>>, Infallible> {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     Ok(Response::new(Full::new(Bytes::from_static(BODY))))
 }
