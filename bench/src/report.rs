@@ -679,7 +679,9 @@ Each protocol first gets fixed-rate runs, measuring latency and the proxies' CPU
 then maximum-throughput runs. Each kind of run is repeated in rounds that interleave the \
 scenarios, and the tables show the median round; the first round of each scenario is preceded \
 by a one-second warm-up at the same rate. The proxies run with their defaults (one worker \
-thread per core, log level `warn`); nothing is pinned to a core.
+thread on the single-threaded scheduler, log level `warn`) unless the command says otherwise \
+(`--proxy-env`); HAProxy runs with its default of one thread per core; nothing is pinned to a \
+core.
 ";
 
 fn protocol_name(protocol: Protocol) -> &'static str {

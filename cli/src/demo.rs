@@ -31,8 +31,15 @@ const CONTROLLER_PORT: u16 = 8086;
 
 /// Runs the demo in the foreground until Ctrl-C (or SIGTERM).
 pub fn run(summary_every: Duration) -> anyhow::Result<()> {
-    local::require_root().context("mesh demo needs root")?;
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!("mesh demo needs root: it creates network namespaces and iptables rules (run it with sudo)");
+    }
     let started = Instant::now();
+    step(
+        "checking the tools local mode needs (iproute2, iptables, util-linux)",
+        || local::ensure_tools(|what| print!("{what} … ")),
+    )?;
+    local::require_root().context("mesh demo needs root")?;
     let mut cluster = step(
         "creating the pod network (bridge, 10.244.0.0/16, no route off it)",
         || Cluster::new("demo"),

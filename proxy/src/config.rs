@@ -42,8 +42,10 @@ pub struct Config {
     pub pool_idle_timeout: Duration,
     /// `MESH_PROXY_SHUTDOWN_GRACE_PERIOD`: how long in-flight work may take after a shutdown begins.
     pub shutdown_grace_period: Duration,
-    /// `MESH_PROXY_WORKER_THREADS`: the runtime's worker threads (default: the available cores).
-    pub worker_threads: Option<usize>,
+    /// `MESH_PROXY_WORKER_THREADS`: the runtime's worker threads. The default, 1, runs tokio's
+    /// single-threaded scheduler: the least CPU and memory per request for a sidecar (see
+    /// BENCHMARKS.md); set it to the pod's CPU limit to use more cores.
+    pub worker_threads: usize,
     /// `MESH_PROXY_MAX_AUTHORITY_LABELS`: how many distinct `authority` label values are kept
     /// before further ones are counted under `authority="overflow"`.
     pub max_authority_labels: usize,
@@ -121,10 +123,7 @@ impl Config {
             connect_timeout: env.duration("MESH_PROXY_CONNECT_TIMEOUT", "3s")?,
             pool_idle_timeout: env.duration("MESH_PROXY_POOL_IDLE_TIMEOUT", "30s")?,
             shutdown_grace_period: env.duration("MESH_PROXY_SHUTDOWN_GRACE_PERIOD", "30s")?,
-            worker_threads: match get("MESH_PROXY_WORKER_THREADS") {
-                None => None,
-                Some(_) => Some(env.bounded("MESH_PROXY_WORKER_THREADS", 1, 1..=1024)?),
-            },
+            worker_threads: env.bounded("MESH_PROXY_WORKER_THREADS", 1, 1..=1024)?,
             max_authority_labels: env.bounded(
                 "MESH_PROXY_MAX_AUTHORITY_LABELS",
                 1_000,

@@ -45,6 +45,58 @@ pub use proxy::{MeshOptions, Proxy};
 /// The uid `mesh-proxy` runs as in a pod; `mesh-init` exempts its traffic from the redirect.
 pub const PROXY_UID: u32 = 2102;
 
+/// The tools local mode runs, and the Debian packages that provide them.
+const TOOLS: [(&str, &str); 3] = [
+    ("ip", "iproute2"),
+    ("iptables-restore", "iptables"),
+    ("setpriv", "util-linux"),
+];
+
+/// Makes sure the tools local mode needs are installed: as root on a machine with `apt-get`,
+/// installs the missing Debian packages (`iproute2`, `iptables`, `util-linux`), reporting each
+/// through `progress`; elsewhere fails with what to install. Returns what it installed.
+pub fn ensure_tools(progress: impl Fn(&str)) -> anyhow::Result<Vec<&'static str>> {
+    let missing: Vec<&'static str> = TOOLS
+        .iter()
+        .filter(|(tool, _)| !on_path(tool))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(missing);
+    }
+    if !nix::unistd::geteuid().is_root() || !on_path("apt-get") {
+        bail!(
+            "local mode needs the packages {}: install them (e.g. `apt-get install {}`)",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    progress(&format!("installing {} with apt-get", missing.join(", ")));
+    let apt = |args: &[&str]| -> anyhow::Result<()> {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .context("running apt-get")?;
+        if !status.success() {
+            bail!("`apt-get {}` failed ({status})", args.join(" "));
+        }
+        Ok(())
+    };
+    apt(&["update", "-qq"])?;
+    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    install.extend(missing.iter().copied());
+    apt(&install)?;
+    Ok(missing)
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+}
+
 /// Fails with a clear message unless this process can build pods: it must be root, and `ip netns`
 /// and `setpriv` must work.
 pub fn require_root() -> anyhow::Result<()> {

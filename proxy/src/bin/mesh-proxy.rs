@@ -31,16 +31,15 @@ fn main() -> ExitCode {
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
 
-    // One worker gets tokio's single-threaded scheduler: no work stealing and no cross-thread
-    // wake-ups, which costs a sidecar less CPU per request than a one-worker thread pool.
+    // One worker (the default) gets tokio's single-threaded scheduler: no work stealing and no
+    // cross-thread wake-ups, which costs a sidecar less CPU per request than a thread pool.
     let mut runtime = match config.worker_threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
             let mut rt = tokio::runtime::Builder::new_multi_thread();
             rt.worker_threads(n);
             rt
         }
-        None => tokio::runtime::Builder::new_multi_thread(),
     };
     runtime.enable_all().thread_name("mesh-proxy");
     let runtime = match runtime.build() {
