@@ -5,7 +5,7 @@ use crate::source::folder::parse_yaml;
 
 fn fixture(name: &str) -> String {
     let path = format!(
-        "{}/../../shared/k8s-fixtures/{name}",
+        "{}/../testdata/k8s-fixtures/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))

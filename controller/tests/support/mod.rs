@@ -163,10 +163,10 @@ pub async fn wait_ready(addr: SocketAddr) {
     }
 }
 
-/// A recorded fixture from `shared/k8s-fixtures`.
+/// A recorded fixture from `testdata/k8s-fixtures` (responses of a real API server).
 pub fn fixture(name: &str) -> String {
     let path = format!(
-        "{}/../../shared/k8s-fixtures/{name}",
+        "{}/../testdata/k8s-fixtures/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
