@@ -6,7 +6,6 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
@@ -168,19 +167,9 @@ pub fn http_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
     })
 }
 
-/// The path of the `mesh-controller` binary, found like [`mesh_cli::local::binary`] finds the
-/// proxy's: under cargo (`CARGO` set, `MESH_BIN_DIR` not), it is built first, once, with
-/// `$CARGO build -p mesh-controller --bins` in the profile of this executable.
+/// The path of the `mesh-controller` binary ([`mesh_cli::local::binary`] builds it, fresh,
+/// with the proxy's binaries when running under cargo).
 pub fn binary() -> anyhow::Result<PathBuf> {
-    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
-    if std::env::var_os("MESH_BIN_DIR").is_none() {
-        if let Some(cargo) = std::env::var_os("CARGO") {
-            BUILT
-                .get_or_init(|| build(&cargo).map_err(|err| format!("{err:#}")))
-                .clone()
-                .map_err(|err| anyhow!(err))?;
-        }
-    }
     mesh_cli::local::binary("mesh-controller")
 }
 
@@ -199,50 +188,6 @@ fn parse_status(response: &[u8]) -> Option<u16> {
     let mut parts = line.split_whitespace();
     parts.next().filter(|v| v.starts_with("HTTP/"))?;
     parts.next()?.parse().ok()
-}
-
-/// `$CARGO build -p mesh-controller --bins`, in the profile (and target folder) this
-/// executable was built in.
-fn build(cargo: &OsString) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("locating the running executable")?;
-    let mut profile_dir = exe
-        .parent()
-        .ok_or_else(|| anyhow!("the running executable {} has no folder", exe.display()))?
-        .to_path_buf();
-    if profile_dir.file_name().is_some_and(|n| n == "deps") {
-        profile_dir.pop();
-    }
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "mesh-controller", "--bins"]);
-    match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => {}
-        Some("release") => {
-            cmd.arg("--release");
-        }
-        Some(other) => {
-            cmd.args(["--profile", other]);
-        }
-    }
-    if let Some(target) = profile_dir
-        .parent()
-        .filter(|p| p.join("CACHEDIR.TAG").is_file())
-    {
-        cmd.arg("--target-dir").arg(target);
-    }
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    eprintln!("mesh-bench: building mesh-controller");
-    let output = cmd
-        .stdin(Stdio::null())
-        .output()
-        .context("running `cargo build -p mesh-controller --bins`")?;
-    if !output.status.success() {
-        bail!(
-            "`cargo build -p mesh-controller --bins` failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

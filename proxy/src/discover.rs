@@ -7,7 +7,7 @@
 //! the controller does not know falls back to the original destination, as does everything
 //! while the controller has never answered.
 
-use crate::balance::{BalanceConfig, EndpointState};
+use crate::balance::{self, BalanceConfig, EndpointState, InFlight};
 use futures_util::StreamExt;
 use mesh_api::destination::{self, Update};
 use std::{
@@ -46,6 +46,17 @@ pub struct Destination {
     state: watch::Receiver<Resolution>,
     last_used: Mutex<Instant>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Where [`Resolver::pick`] sends a request or connection.
+#[derive(Debug)]
+pub enum Picked {
+    /// Not a mesh destination (or no answer from the controller): the original destination.
+    Original,
+    /// A discovered endpoint, with the request counted in its load until dropped.
+    Endpoint(Endpoint, InFlight),
+    /// A mesh service with no endpoints, even after waiting the failfast timeout.
+    NoEndpoints(String),
 }
 
 /// What the controller said about a destination.
@@ -115,6 +126,32 @@ impl Resolver {
         });
         cache.insert(authority.to_string(), dst.clone());
         dst
+    }
+
+    /// Where to send one request or connection for `name`: waits for the destination's
+    /// endpoints (at most the failfast timeout), then picks one by P2C over peak-EWMA load.
+    pub async fn pick(&self, name: String) -> Picked {
+        match self
+            .resolve(&name)
+            .ready(self.config.failfast_timeout)
+            .await
+        {
+            Resolution::Pending | Resolution::Unknown => Picked::Original,
+            Resolution::Endpoints(endpoints) => {
+                let now = Instant::now();
+                let picked = balance::pick(
+                    &endpoints,
+                    |e| &e.balance,
+                    &self.config.balance,
+                    now,
+                    |n| fastrand::usize(..n),
+                );
+                match picked {
+                    Some(ep) => Picked::Endpoint(ep.clone(), ep.balance.start(now)),
+                    None => Picked::NoEndpoints(name),
+                }
+            }
+        }
     }
 
     /// The logical name to resolve for an HTTP authority (`host[:port]`), or `None` when the host

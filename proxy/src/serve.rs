@@ -2,9 +2,9 @@
 //! protocol, and hands it to the HTTP forwarder or copies it as opaque TCP.
 
 use crate::{
-    balance::{self, InFlight},
+    balance::InFlight,
     detect::{self, Protocol},
-    discover::{Resolution, Resolver},
+    discover::{Picked, Resolver},
     drain::Drain,
     http::{HttpForwarder, Route},
     io::{CountingIo, PrefixedIo},
@@ -162,27 +162,10 @@ impl Listener {
         let Some(resolver) = &self.discovery else {
             return Ok(None);
         };
-        let name = orig_dst.to_string();
-        match resolver
-            .resolve(&name)
-            .ready(resolver.config().failfast_timeout)
-            .await
-        {
-            Resolution::Pending | Resolution::Unknown => Ok(None),
-            Resolution::Endpoints(endpoints) => {
-                let now = Instant::now();
-                let config = &resolver.config().balance;
-                match balance::pick(
-                    &endpoints,
-                    |e| &e.balance,
-                    config,
-                    now,
-                    |n| fastrand::usize(..n),
-                ) {
-                    Some(ep) => Ok(Some((ep.balance.addr, ep.balance.start(now)))),
-                    None => Err(name),
-                }
-            }
+        match resolver.pick(orig_dst.to_string()).await {
+            Picked::Original => Ok(None),
+            Picked::Endpoint(ep, in_flight) => Ok(Some((ep.balance.addr, in_flight))),
+            Picked::NoEndpoints(name) => Err(name),
         }
     }
 

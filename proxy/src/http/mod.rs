@@ -11,9 +11,8 @@ pub mod classify;
 pub mod upstream;
 
 use crate::{
-    balance::{self, InFlight},
     detect::Protocol,
-    discover::{DstLabels, Endpoint, Resolution, Resolver},
+    discover::{DstLabels, Picked, Resolver},
     drain::Drain,
     metrics::{Direction, Metrics, RequestLabels},
 };
@@ -48,16 +47,6 @@ pub struct HttpForwarder {
     upstream: Upstream,
     metrics: Metrics,
     settings: HttpSettings,
-}
-
-/// Where discovery sends one request.
-enum Target {
-    /// Not a mesh destination (or no answer from the controller): the original destination.
-    Original,
-    /// A discovered endpoint, with the request counted in its load.
-    Endpoint(Endpoint, InFlight),
-    /// A mesh service with no endpoints, even after waiting the failfast timeout.
-    NoEndpoints(String),
 }
 
 /// Where one client connection's requests go.
@@ -151,13 +140,18 @@ impl HttpForwarder {
         let start = Instant::now();
         let authority = authority(&req, route.target);
         let target = match &self.discovery {
-            Some(resolver) => self.discover(resolver, &authority, route).await,
-            None => Target::Original,
+            Some(resolver) => {
+                let name = resolver
+                    .logical_name(&authority, route.target.port())
+                    .unwrap_or_else(|| route.target.to_string());
+                resolver.pick(name).await
+            }
+            None => Picked::Original,
         };
         let (addr, dst, in_flight) = match target {
-            Target::Original => (route.target, None, None),
-            Target::Endpoint(ep, in_flight) => (ep.balance.addr, Some(ep.labels), Some(in_flight)),
-            Target::NoEndpoints(name) => {
+            Picked::Original => (route.target, None, None),
+            Picked::Endpoint(ep, in_flight) => (ep.balance.addr, Some(ep.labels), Some(in_flight)),
+            Picked::NoEndpoints(name) => {
                 let labels = self.labels(&authority, route.target, None);
                 self.metrics.request_total.get_or_create(&labels).inc();
                 let msg = format!("no endpoints for {name}");
@@ -226,31 +220,6 @@ impl HttpForwarder {
                     _ => StatusCode::BAD_GATEWAY,
                 };
                 self.error(labels, start, status, error.label(), &msg)
-            }
-        }
-    }
-
-    /// Resolves the request's logical destination and picks one of its endpoints.
-    async fn discover(&self, resolver: &Resolver, authority: &str, route: Route) -> Target {
-        let name = resolver
-            .logical_name(authority, route.target.port())
-            .unwrap_or_else(|| route.target.to_string());
-        let destination = resolver.resolve(&name);
-        match destination.ready(resolver.config().failfast_timeout).await {
-            Resolution::Pending | Resolution::Unknown => Target::Original,
-            Resolution::Endpoints(endpoints) => {
-                let now = Instant::now();
-                let config = &resolver.config().balance;
-                match balance::pick(
-                    &endpoints,
-                    |e| &e.balance,
-                    config,
-                    now,
-                    |n| fastrand::usize(..n),
-                ) {
-                    Some(ep) => Target::Endpoint(ep.clone(), ep.balance.start(now)),
-                    None => Target::NoEndpoints(name),
-                }
             }
         }
     }
