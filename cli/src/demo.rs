@@ -198,28 +198,10 @@ fn start_controller(pod: &Pod, state: &std::path::Path) -> anyhow::Result<std::p
         )?)
         .spawn()
         .context("starting mesh-controller")?;
-    let ready = pod
-        .run_in(|| {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(mut io) = std::net::TcpStream::connect(("127.0.0.1", CONTROLLER_PORT)) {
-                    use std::io::Read as _;
-                    let _ = io.write_all(b"GET /ready HTTP/1.0\r\n\r\n");
-                    let mut answer = String::new();
-                    let _ = io.read_to_string(&mut answer);
-                    if answer.split(' ').nth(1) == Some("200") {
-                        return Ok(true);
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Ok(false)
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the readiness probe panicked"))??;
-    if !ready {
+    let addr = SocketAddr::from(([127, 0, 0, 1], CONTROLLER_PORT));
+    if let Err(error) = pod.wait_http_ok(addr, "/ready", Duration::from_secs(20)) {
         let _ = child.kill();
-        anyhow::bail!("the destination controller did not get ready within 20 s");
+        return Err(error.context("the destination controller did not get ready"));
     }
     Ok(child)
 }

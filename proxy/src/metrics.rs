@@ -194,16 +194,21 @@ impl AuthorityBudget {
     }
 
     fn label(&self, authority: &str) -> Arc<str> {
-        let authority = authority.to_ascii_lowercase();
+        // Called on every request: copy only an authority that is not lower case already.
+        let authority = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(authority.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(authority)
+        };
         // A poisoned lock only means another thread panicked mid-insert; the set is still valid.
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(label) = seen.get(authority.as_str()) {
+        if let Some(label) = seen.get(authority.as_ref()) {
             return label.clone();
         }
         if seen.len() >= self.max {
             return self.overflow.clone();
         }
-        let label: Arc<str> = Arc::from(authority);
+        let label: Arc<str> = Arc::from(authority.as_ref());
         seen.insert(label.clone());
         label
     }

@@ -7,11 +7,10 @@ use mesh_cli::local::{binary, require_root, Cluster, MeshOptions, Pod, Proxy};
 use mesh_tests::fixtures::named_app;
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr},
     path::Path,
     process::{Child, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 const SERVICE: &str = "web-svc.demo.svc.cluster.local";
@@ -62,7 +61,13 @@ fn demo(name: &str, slow: Duration) -> Demo {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the controller");
-    wait_ready(&control, CONTROLLER_PORT);
+    control
+        .wait_http_ok(
+            SocketAddr::from(([127, 0, 0, 1], CONTROLLER_PORT)),
+            "/ready",
+            Duration::from_secs(20),
+        )
+        .expect("the destination controller gets ready");
 
     let mut apps = Vec::new();
     let mut proxies = Vec::new();
@@ -141,30 +146,6 @@ fn write_service(dir: &Path, servers: &[Pod]) {
     let tmp = dir.join(".web.yaml.tmp");
     std::fs::write(&tmp, yaml).expect("write the state");
     std::fs::rename(&tmp, dir.join("web.yaml")).expect("rename the state");
-}
-
-/// Polls `GET /ready` on the controller from inside its pod.
-fn wait_ready(pod: &Pod, port: u16) {
-    let ready = pod
-        .run_in(move || {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(mut io) = TcpStream::connect(("127.0.0.1", port)) {
-                    let _ = io.write_all(b"GET /ready HTTP/1.0\r\n\r\n");
-                    let mut answer = String::new();
-                    let _ = io.read_to_string(&mut answer);
-                    if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
-                        return Ok(true);
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Ok(false)
-        })
-        .join()
-        .expect("the readiness probe does not panic")
-        .expect("it enters the pod");
-    assert!(ready, "the destination controller gets ready");
 }
 
 /// `mesh-load` in the client pod, calling the service by name for `duration`.

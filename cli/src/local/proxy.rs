@@ -67,6 +67,53 @@ impl Default for MeshOptions {
 // === impl Pod ===
 
 impl Pod {
+    /// `GET path` on `addr` from inside the pod: the status code and body. Plain HTTP/1.0 over
+    /// one TCP connection (the body ends when the server closes), with 5 s timeouts.
+    pub fn http_get(&self, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        let response = self
+            .run_in(move || {
+                let timeout = Duration::from_secs(5);
+                let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+                stream.set_read_timeout(Some(timeout))?;
+                stream.set_write_timeout(Some(timeout))?;
+                stream.write_all(request.as_bytes())?;
+                let mut response = Vec::new();
+                stream.read_to_end(&mut response)?;
+                Ok(response)
+            })
+            .join()
+            .map_err(|_| anyhow!("the HTTP request thread panicked"))?
+            .with_context(|| format!("GET http://{addr}{path} in pod {}", self.name))?;
+        parse_response(&response)
+            .with_context(|| format!("GET http://{addr}{path} in pod {}", self.name))
+    }
+
+    /// Polls `GET path` on `addr` from inside the pod until it answers 200 or `timeout` passes;
+    /// the error says what it answered last.
+    pub fn wait_http_ok(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match self.http_get(addr, path) {
+                Ok((200, _)) => return Ok(()),
+                Ok((status, body)) => format!("status {status}: {}", body.trim()),
+                Err(err) => format!("{err:#}"),
+            };
+            if Instant::now() >= deadline {
+                bail!(
+                    "GET http://{addr}{path} in pod {} not 200 after {timeout:?} (last: {last})",
+                    self.name
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// Meshes the pod: runs `mesh-init` in it (as root), then `mesh-proxy` as uid
     /// [`PROXY_UID`], and waits until the proxy answers `GET /ready` with 200.
     ///
@@ -201,28 +248,8 @@ impl Proxy {
     }
 
     /// `GET path` on the proxy's admin server from inside the pod: the status code and body.
-    ///
-    /// Plain HTTP/1.0 over one TCP connection, so the body ends when the server closes.
     pub fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        let admin = self.admin;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {admin}\r\n\r\n");
-        let response = self
-            .pod
-            .run_in(move || {
-                let timeout = Duration::from_secs(5);
-                let mut stream = TcpStream::connect_timeout(&admin, timeout)?;
-                stream.set_read_timeout(Some(timeout))?;
-                stream.set_write_timeout(Some(timeout))?;
-                stream.write_all(request.as_bytes())?;
-                let mut response = Vec::new();
-                stream.read_to_end(&mut response)?;
-                Ok(response)
-            })
-            .join()
-            .map_err(|_| anyhow!("the admin request thread panicked"))?
-            .with_context(|| format!("GET http://{admin}{path} in pod {}", self.pod.name))?;
-        parse_response(&response)
-            .with_context(|| format!("GET http://{admin}{path} in pod {}", self.pod.name))
+        self.pod.http_get(self.admin, path)
     }
 
     /// Polls `GET /ready` until it answers 200, the proxy exits, or `timeout` passes.
