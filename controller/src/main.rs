@@ -61,20 +61,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Command::Destination(args) = cli.command;
-    let source = match Source::parse(&args.source, args.kubeconfig.clone()) {
-        Ok(source) => source,
-        Err(e) => {
-            eprintln!("mesh-controller: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if args.kubeconfig.is_some() && !matches!(source, Source::Kube { .. }) {
-        eprintln!("mesh-controller: --kubeconfig only applies to --source kube");
-        return ExitCode::from(2);
+    match cli.command {
+        Command::Destination(args) => destination(args),
     }
+}
+
+/// Logs to stderr through `log_level` (RUST_LOG overrides it).
+fn init_logging(log_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_level));
     // Colour only on a terminal, and never with NO_COLOR.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
@@ -83,6 +78,28 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .init();
+}
+
+/// Parses `--source` (and checks `--kubeconfig` goes with `kube`), or says why on stderr.
+fn parse_source(source: &str, kubeconfig: Option<PathBuf>) -> Result<Source, ExitCode> {
+    let has_kubeconfig = kubeconfig.is_some();
+    let source = Source::parse(source, kubeconfig).map_err(|e| {
+        eprintln!("mesh-controller: {e}");
+        ExitCode::from(2)
+    })?;
+    if has_kubeconfig && !matches!(source, Source::Kube { .. }) {
+        eprintln!("mesh-controller: --kubeconfig only applies to --source kube");
+        return Err(ExitCode::from(2));
+    }
+    Ok(source)
+}
+
+fn destination(args: DestinationArgs) -> ExitCode {
+    let source = match parse_source(&args.source, args.kubeconfig.clone()) {
+        Ok(source) => source,
+        Err(code) => return code,
+    };
+    init_logging(&args.log_level);
     let config = DestinationConfig {
         listen: args.listen,
         source,
@@ -91,7 +108,12 @@ fn main() -> ExitCode {
             cluster_domain: args.cluster_domain,
         },
     };
-    match run(config) {
+    exit(run_destination(config))
+}
+
+/// The exit status of a controller's run: 0, or 2 with the error on stderr.
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mesh-controller: {e:#}");
@@ -100,7 +122,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: DestinationConfig) -> anyhow::Result<()> {
+fn run_destination(config: DestinationConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {
         let mut running = mesh_controller::start(config)

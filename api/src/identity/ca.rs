@@ -1,0 +1,537 @@
+//! The mesh CA's certificates: making them (rcgen), reading them (PEM), checking them (webpki).
+//!
+//! Every key is ECDSA P-256: small certificates, fast handshakes. A trust anchor signs an issuer
+//! (a CA limited to one level below it), the issuer signs leaves. Leaves carry both the server
+//! and the client usage, because every proxy is both.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
+};
+use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use std::time::{Duration, SystemTime};
+use time::OffsetDateTime;
+
+use super::Identity;
+
+/// Why a certificate could not be made, read or trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// rcgen refused to make or parse something.
+    #[error("{what}: {source}")]
+    Rcgen {
+        /// What was being done.
+        what: &'static str,
+        /// rcgen's reason.
+        source: rcgen::Error,
+    },
+    /// PEM without the expected blocks, or blocks that do not decode.
+    #[error("{what}: {reason}")]
+    Pem {
+        /// What was being read.
+        what: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A chain that does not verify.
+    #[error("certificate for {name} does not verify: {reason}")]
+    Untrusted {
+        /// The name the chain was checked for.
+        name: String,
+        /// webpki's reason, in words.
+        reason: String,
+    },
+}
+
+fn rcgen(what: &'static str) -> impl FnOnce(rcgen::Error) -> CaError {
+    move |source| CaError::Rcgen { what, source }
+}
+
+/// A certificate and its private key, both PEM.
+#[derive(Clone)]
+pub struct CertAndKey {
+    /// The certificate (one PEM block).
+    pub cert_pem: String,
+    /// The PKCS#8 private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CertAndKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertAndKey")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A fresh P-256 key.
+pub fn new_key() -> Result<KeyPair, CaError> {
+    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(rcgen("generating a key"))
+}
+
+/// A random positive 128-bit serial, from ring's CSPRNG (serials must be unpredictable).
+fn new_serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .expect("the system's random source works");
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01;
+    SerialNumber::from_slice(&bytes)
+}
+
+fn window(lifetime: Duration, skew: Duration) -> (OffsetDateTime, OffsetDateTime) {
+    let now = OffsetDateTime::now_utc();
+    (now - skew, now + lifetime)
+}
+
+/// A self-signed root for `trust_domain`, valid for `lifetime`.
+pub fn new_trust_anchor(trust_domain: &str, lifetime: Duration) -> Result<CertAndKey, CaError> {
+    let key = new_key()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = common_name(&format!("root.identity.mesh.{trust_domain}"));
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    (params.not_before, params.not_after) = window(lifetime, Duration::from_secs(300));
+    params.serial_number = Some(new_serial());
+    let cert = params
+        .self_signed(&key)
+        .map_err(rcgen("signing the trust anchor"))?;
+    Ok(CertAndKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// An issuer for `trust_domain` signed by `anchor`, valid for `lifetime`: a CA that may sign
+/// leaves only.
+pub fn new_issuer(
+    anchor: &CertAndKey,
+    trust_domain: &str,
+    lifetime: Duration,
+) -> Result<CertAndKey, CaError> {
+    let signer = Signer::from_pem(&anchor.cert_pem, &anchor.key_pem)?;
+    let key = new_key()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = common_name(&format!("identity.mesh.{trust_domain}"));
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    (params.not_before, params.not_after) = window(lifetime, Duration::from_secs(300));
+    params.serial_number = Some(new_serial());
+    params.use_authority_key_identifier_extension = true;
+    let cert = params
+        .signed_by(&key, &signer.issuer)
+        .map_err(rcgen("signing the issuer"))?;
+    Ok(CertAndKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+fn common_name(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+/// What a leaf is for: the names it carries.
+#[derive(Clone, Debug, Default)]
+pub struct LeafNames {
+    /// DNS SANs; the first is also the common name.
+    pub dns: Vec<String>,
+    /// URI SANs.
+    pub uris: Vec<String>,
+}
+
+impl LeafNames {
+    /// The names of a workload identity: its DNS name and its SPIFFE ID.
+    pub fn identity(id: &Identity) -> Self {
+        Self {
+            dns: vec![id.dns_name()],
+            uris: vec![id.spiffe_id()],
+        }
+    }
+}
+
+/// A leaf as issued.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    /// The leaf, PEM.
+    pub cert_pem: String,
+    /// The leaf then the issuer, PEM.
+    pub chain_pem: String,
+    /// The leaf's `notAfter`.
+    pub not_after: SystemTime,
+    /// The serial, lowercase hex.
+    pub serial: String,
+}
+
+/// A CA certificate and its key, ready to sign.
+pub struct Signer {
+    cert_pem: String,
+    issuer: rcgen::Issuer<'static, KeyPair>,
+}
+
+impl Signer {
+    /// Loads a CA from its certificate and key (PEM); the certificate must be a CA.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CaError> {
+        let key = KeyPair::from_pem(key_pem).map_err(rcgen("reading the issuer key"))?;
+        let der = certs_from_pem(cert_pem, "the issuer certificate")?
+            .into_iter()
+            .next()
+            .expect("certs_from_pem returns at least one");
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).map_err(|e| CaError::Pem {
+            what: "the issuer certificate".into(),
+            reason: e.to_string(),
+        })?;
+        if !parsed.is_ca() {
+            return Err(CaError::Pem {
+                what: "the issuer certificate".into(),
+                reason: "it is not a CA certificate (basicConstraints cA is not set)".into(),
+            });
+        }
+        if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(CaError::Pem {
+                what: "the issuer key".into(),
+                reason: "it does not belong to the issuer certificate".into(),
+            });
+        }
+        let issuer = rcgen::Issuer::from_ca_cert_der(&der, key)
+            .map_err(rcgen("reading the issuer certificate"))?;
+        Ok(Self {
+            cert_pem: pem_of(&der),
+            issuer,
+        })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Signs a leaf for `public_key` carrying `names`, valid from `skew` ago for `lifetime`.
+    pub fn issue(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        names: &LeafNames,
+        lifetime: Duration,
+        skew: Duration,
+    ) -> Result<Issued, CaError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = common_name(names.dns.first().map_or("", String::as_str));
+        for dns in &names.dns {
+            let name = dns.clone().try_into().map_err(rcgen("a DNS name"))?;
+            params.subject_alt_names.push(SanType::DnsName(name));
+        }
+        for uri in &names.uris {
+            let name = uri.clone().try_into().map_err(rcgen("a URI name"))?;
+            params.subject_alt_names.push(SanType::URI(name));
+        }
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let (not_before, not_after) = window(lifetime, skew);
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let serial = new_serial();
+        params.serial_number = Some(serial.clone());
+        params.use_authority_key_identifier_extension = true;
+        let cert = params
+            .signed_by(public_key, &self.issuer)
+            .map_err(rcgen("signing a leaf"))?;
+        let cert_pem = cert.pem();
+        Ok(Issued {
+            chain_pem: format!("{cert_pem}{}", self.cert_pem),
+            cert_pem,
+            not_after: not_after.into(),
+            serial: hex(serial.as_ref()),
+        })
+    }
+
+    /// A leaf with a fresh key: for servers the CA vouches for directly (the injector webhook,
+    /// the identity controller itself) and for tests.
+    pub fn issue_with_key(
+        &self,
+        names: &LeafNames,
+        lifetime: Duration,
+    ) -> Result<(Issued, String), CaError> {
+        let key = new_key()?;
+        let issued = self.issue(&key, names, lifetime, Duration::from_secs(60))?;
+        Ok((issued, key.serialize_pem()))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn pem_of(der: &CertificateDer<'_>) -> String {
+    pem_block("CERTIFICATE", der)
+}
+
+/// One PEM block of `label` around `der`.
+pub fn pem_block(label: &str, der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new(label, der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
+/// Every certificate in `pem`, in order; at least one.
+pub fn certs_from_pem(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, CaError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CaError::Pem {
+            what: what.to_string(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(CaError::Pem {
+            what: what.to_string(),
+            reason: "no CERTIFICATE block".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The private key in `pem` (PKCS#8, SEC1 or PKCS#1).
+pub fn key_from_pem(pem: &str, what: &str) -> Result<PrivateKeyDer<'static>, CaError> {
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| CaError::Pem {
+        what: what.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// The signature algorithms webpki accepts in mesh chains.
+pub static SIGNATURE_ALGORITHMS: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm] = &[
+    webpki::ring::ECDSA_P256_SHA256,
+    webpki::ring::ECDSA_P384_SHA384,
+    webpki::ring::ECDSA_P256_SHA384,
+    webpki::ring::ECDSA_P384_SHA256,
+    webpki::ring::ED25519,
+    webpki::ring::RSA_PKCS1_2048_8192_SHA256,
+    webpki::ring::RSA_PKCS1_2048_8192_SHA384,
+    webpki::ring::RSA_PKCS1_2048_8192_SHA512,
+];
+
+/// Checks that `chain` (leaf first) chains to one of `anchors` at `now` and names `name`.
+pub fn verify_chain(
+    chain: &[CertificateDer<'_>],
+    anchors: &[CertificateDer<'_>],
+    name: &str,
+    now: SystemTime,
+) -> Result<(), CaError> {
+    let untrusted = |reason: String| CaError::Untrusted {
+        name: name.to_string(),
+        reason,
+    };
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or_else(|| untrusted("the chain is empty".into()))?;
+    let anchors = anchors
+        .iter()
+        .map(|a| webpki::anchor_from_trusted_cert(a).map(|a| a.to_owned()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| untrusted(format!("a trust anchor does not parse: {e}")))?;
+    let cert = webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| untrusted(format!("the leaf does not parse: {e}")))?;
+    let since = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    cert.verify_for_usage(
+        SIGNATURE_ALGORITHMS,
+        &anchors,
+        intermediates,
+        UnixTime::since_unix_epoch(since),
+        webpki::KeyUsage::server_auth(),
+        None,
+        None,
+    )
+    .map_err(|e| untrusted(describe(&e)))?;
+    let server_name = ServerName::try_from(name)
+        .map_err(|e| untrusted(format!("{name:?} is not a server name: {e}")))?;
+    cert.verify_is_valid_for_subject_name(&server_name)
+        .map_err(|e| untrusted(describe(&e)))?;
+    Ok(())
+}
+
+fn describe(e: &webpki::Error) -> String {
+    match e {
+        webpki::Error::UnknownIssuer => "it is not signed by a trusted CA (unknown issuer)".into(),
+        webpki::Error::InvalidSignatureForPublicKey => {
+            "it is not signed by a trusted CA (a signature does not match)".into()
+        }
+        webpki::Error::CertExpired { .. } => "it has expired".into(),
+        webpki::Error::CertNotValidYet { .. } => "it is not valid yet".into(),
+        webpki::Error::CertNotValidForName(_) => "it is for another name".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// What a certificate says of itself.
+#[derive(Clone, Debug)]
+pub struct CertInfo {
+    /// The subject's common name, if any.
+    pub common_name: Option<String>,
+    /// The DNS SANs.
+    pub dns_names: Vec<String>,
+    /// The URI SANs.
+    pub uris: Vec<String>,
+    /// `notBefore`.
+    pub not_before: SystemTime,
+    /// `notAfter`.
+    pub not_after: SystemTime,
+    /// The serial, lowercase hex.
+    pub serial: String,
+    /// Whether basicConstraints says CA.
+    pub is_ca: bool,
+}
+
+/// Reads the facts of one DER certificate.
+pub fn cert_info(der: &[u8]) -> Result<CertInfo, CaError> {
+    use x509_parser::extensions::GeneralName;
+    let bad = |reason: String| CaError::Pem {
+        what: "a certificate".into(),
+        reason,
+    };
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| bad(e.to_string()))?;
+    let mut dns_names = Vec::new();
+    let mut uris = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(d) => dns_names.push(d.to_string()),
+                GeneralName::URI(u) => uris.push(u.to_string()),
+                _ => {}
+            }
+        }
+    }
+    let ts = |t: x509_parser::time::ASN1Time| {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64)
+    };
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_string);
+    Ok(CertInfo {
+        common_name,
+        dns_names,
+        uris,
+        not_before: ts(cert.validity().not_before),
+        not_after: ts(cert.validity().not_after),
+        serial: hex(cert.raw_serial()),
+        is_ca: cert.is_ca(),
+    })
+}
+
+/// `t` as RFC 3339, UTC, whole seconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    let t = OffsetDateTime::from(t)
+        .replace_nanosecond(0)
+        .expect("0 is a valid nanosecond");
+    t.format(&time::format_description::well_known::Rfc3339)
+        .expect("a UTC time formats as RFC 3339")
+}
+
+/// Parses an RFC 3339 time.
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(SystemTime::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn ca() -> (CertAndKey, Signer) {
+        let anchor = new_trust_anchor("cluster.local", 365 * DAY).unwrap();
+        let issuer = new_issuer(&anchor, "cluster.local", 30 * DAY).unwrap();
+        let signer = Signer::from_pem(&issuer.cert_pem, &issuer.key_pem).unwrap();
+        (anchor, signer)
+    }
+
+    fn web() -> Identity {
+        Identity::new("web", "demo", "cluster.local").unwrap()
+    }
+
+    #[test]
+    fn a_leaf_verifies_for_its_name_only() {
+        let (anchor, signer) = ca();
+        let (issued, _key) = signer
+            .issue_with_key(&LeafNames::identity(&web()), DAY)
+            .unwrap();
+        let chain = certs_from_pem(&issued.chain_pem, "chain").unwrap();
+        assert_eq!(chain.len(), 2);
+        let anchors = certs_from_pem(&anchor.cert_pem, "anchor").unwrap();
+        verify_chain(&chain, &anchors, &web().dns_name(), SystemTime::now()).unwrap();
+        let e = verify_chain(
+            &chain,
+            &anchors,
+            "db.demo.serviceaccount.identity.mesh.cluster.local",
+            SystemTime::now(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("another name"), "{e}");
+        let info = cert_info(&chain[0]).unwrap();
+        assert_eq!(info.dns_names, vec![web().dns_name()]);
+        assert_eq!(info.uris, vec![web().spiffe_id()]);
+        assert_eq!(info.serial, issued.serial);
+        assert!(!info.is_ca);
+        assert!(cert_info(&chain[1]).unwrap().is_ca);
+    }
+
+    #[test]
+    fn another_ca_is_an_unknown_issuer() {
+        let (_, signer) = ca();
+        let (other_anchor, _) = ca();
+        let (issued, _) = signer
+            .issue_with_key(&LeafNames::identity(&web()), DAY)
+            .unwrap();
+        let chain = certs_from_pem(&issued.chain_pem, "chain").unwrap();
+        let anchors = certs_from_pem(&other_anchor.cert_pem, "anchor").unwrap();
+        let e = verify_chain(&chain, &anchors, &web().dns_name(), SystemTime::now()).unwrap_err();
+        assert!(e.to_string().contains("not signed by a trusted CA"), "{e}");
+    }
+
+    #[test]
+    fn an_expired_leaf_is_refused() {
+        let (anchor, signer) = ca();
+        let (issued, _) = signer
+            .issue_with_key(&LeafNames::identity(&web()), DAY)
+            .unwrap();
+        let chain = certs_from_pem(&issued.chain_pem, "chain").unwrap();
+        let anchors = certs_from_pem(&anchor.cert_pem, "anchor").unwrap();
+        let later = SystemTime::now() + 2 * DAY;
+        let e = verify_chain(&chain, &anchors, &web().dns_name(), later).unwrap_err();
+        assert!(e.to_string().contains("expired"), "{e}");
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused() {
+        let anchor = new_trust_anchor("cluster.local", DAY).unwrap();
+        let issuer = new_issuer(&anchor, "cluster.local", DAY).unwrap();
+        let e = Signer::from_pem(&issuer.cert_pem, &anchor.key_pem)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("does not belong"), "{e}");
+        let e = Signer::from_pem("not pem", &issuer.key_pem).err().unwrap();
+        assert!(e.to_string().contains("issuer certificate"), "{e}");
+    }
+
+    #[test]
+    fn times_round_trip_as_rfc3339() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(rfc3339(t), "2027-01-15T08:00:00Z");
+        assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t));
+    }
+}
