@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 pub mod ca;
+pub mod client;
 
 /// Where a proxy asks for a certificate (`POST`, JSON [`CertifyRequest`] → [`CertifyResponse`]).
 pub const CERTIFY_PATH: &str = "/v1/identity/certify";

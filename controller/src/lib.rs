@@ -8,9 +8,13 @@
 //!
 //! Map: [`index`] (objects and resolution), [`source`] (Kubernetes and folder feeds),
 //! [`destination`] (fan-out to watchers and the HTTP server), [`metrics`].
+//! [`identity`] is the identity controller (`mesh-controller identity`): the mesh CA's issuer,
+//! certifying workloads whose token proves their service account; it shares the sources but
+//! not the index.
 #![forbid(unsafe_code)]
 
 pub mod destination;
+pub mod identity;
 pub mod index;
 pub mod metrics;
 pub mod source;

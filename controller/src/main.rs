@@ -4,9 +4,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use mesh_controller::identity::{self, IdentityConfig};
 use mesh_controller::index::IndexConfig;
 use mesh_controller::source::Source;
 use mesh_controller::DestinationConfig;
@@ -23,6 +25,48 @@ struct Cli {
 enum Command {
     /// Runs the destination controller: streams the endpoints of services to proxies.
     Destination(DestinationArgs),
+    /// Runs the identity controller: certifies workloads whose token proves their service
+    /// account, with the mesh CA's issuer.
+    Identity(IdentityArgs),
+}
+
+#[derive(clap::Args)]
+struct IdentityArgs {
+    /// The issuer certificate (PEM), signed by a trust anchor.
+    #[arg(long)]
+    issuer_cert: PathBuf,
+    /// The issuer's private key (PEM).
+    #[arg(long)]
+    issuer_key: PathBuf,
+    /// The trust anchors (PEM) proxies verify against.
+    #[arg(long)]
+    trust_anchors: PathBuf,
+    /// The address to serve the identity API (TLS), health and metrics on.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Where tokens are checked: `kube` (TokenReviews) or `dir:PATH` (service-account token
+    /// Secrets in a folder of YAML).
+    #[arg(long, default_value = "kube")]
+    source: String,
+    /// The kubeconfig file for `--source kube`; by default KUBECONFIG, ~/.kube/config or the
+    /// in-cluster configuration.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The trust domain of workload identities.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// How long issued certificates live (e.g. 24h, 90m); never past the issuer's expiry.
+    #[arg(long, default_value = "24h", value_parser = identity::parse_duration)]
+    leaf_lifetime: Duration,
+    /// How far back a certificate's validity starts, for clocks that run behind (e.g. 1m).
+    #[arg(long, default_value = "1m", value_parser = identity::parse_duration)]
+    clock_skew: Duration,
+    /// The audience a projected service-account token must be for.
+    #[arg(long, default_value = mesh_api::identity::TOKEN_AUDIENCE)]
+    token_audience: String,
+    /// The log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    log_level: String,
 }
 
 #[derive(clap::Args)]
@@ -63,6 +107,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Destination(args) => destination(args),
+        Command::Identity(args) => identity(args),
     }
 }
 
@@ -133,4 +178,47 @@ fn run_destination(config: DestinationConfig) -> anyhow::Result<()> {
             r = tokio::signal::ctrl_c() => r.context("waiting for a signal"),
         }
     })
+}
+
+fn identity(args: IdentityArgs) -> ExitCode {
+    let source = match parse_source(&args.source, args.kubeconfig.clone()) {
+        Ok(source) => source,
+        Err(code) => return code,
+    };
+    init_logging(&args.log_level);
+    let mut config = IdentityConfig::new(
+        args.issuer_cert,
+        args.issuer_key,
+        args.trust_anchors,
+        source,
+    );
+    config.listen = args.listen;
+    config.trust_domain = args.trust_domain;
+    config.leaf_lifetime = args.leaf_lifetime;
+    config.clock_skew = args.clock_skew;
+    config.token_audience = args.token_audience;
+    exit(run_identity(config))
+}
+
+fn run_identity(config: IdentityConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async {
+        let mut running = identity::start(config)
+            .await
+            .context("starting the identity controller")?;
+        tokio::select! {
+            r = running.wait() => return r.context("identity controller stopped"),
+            r = terminated() => r.context("waiting for a signal")?,
+        }
+        running.shutdown().await.context("shutting down")
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM (what Kubernetes sends to stop a pod).
+async fn terminated() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
 }

@@ -60,17 +60,9 @@ pub enum ParseError {
 /// Documents of other kinds are skipped silently; invalid ones are returned as errors.
 pub fn parse_yaml(text: &str) -> (Vec<Object>, Vec<ParseError>) {
     let mut objects = Vec::new();
-    let mut errors = Vec::new();
-    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let value = match serde_json::Value::deserialize(document) {
-            Ok(serde_json::Value::Null) => continue,
-            Ok(value) => value,
-            Err(e) => {
-                errors.push(ParseError::Yaml(e));
-                // The parser cannot resynchronise after a syntax error.
-                break;
-            }
-        };
+    let (documents, error) = documents(text);
+    let mut errors: Vec<ParseError> = error.into_iter().map(ParseError::Yaml).collect();
+    for (index, value) in documents {
         for result in decode(index, value) {
             match result {
                 Ok(object) => objects.push(object),
@@ -80,6 +72,36 @@ pub fn parse_yaml(text: &str) -> (Vec<Object>, Vec<ParseError>) {
         }
     }
     (objects, errors)
+}
+
+/// The documents of a multi-document YAML (or JSON) text as JSON values, with their position in
+/// the text (empty documents skipped); parsing stops at the first syntax error, which is
+/// returned with the documents before it. Used for every kind read from the folder (the
+/// identity controller reads its Secrets through it too).
+pub fn documents(
+    text: &str,
+) -> (
+    Vec<(usize, serde_json::Value)>,
+    Option<serde_yaml_ng::Error>,
+) {
+    let mut values = Vec::new();
+    for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        match serde_json::Value::deserialize(document) {
+            Ok(serde_json::Value::Null) => {}
+            Ok(value) => values.push((index, value)),
+            // The parser cannot resynchronise after a syntax error.
+            Err(e) => return (values, Some(e)),
+        }
+    }
+    (values, None)
+}
+
+/// The YAML/JSON files under `dir` (subfolders included, hidden entries skipped), sorted.
+pub fn files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    list(dir, &mut paths)?;
+    paths.sort();
+    Ok(paths)
 }
 
 /// Whether a watch event only reports that something was read (opened, accessed, closed
@@ -160,12 +182,10 @@ struct FileState {
 impl Folder {
     /// Reads every file, keeping the last good objects of broken ones; returns all objects.
     fn rescan(&mut self, dir: &Path) -> Result<Vec<Object>, FolderError> {
-        let mut paths = Vec::new();
-        list(dir, &mut paths).map_err(|source| FolderError::Read {
+        let paths = files(dir).map_err(|source| FolderError::Read {
             path: dir.to_owned(),
             source,
         })?;
-        paths.sort();
         let mut next = HashMap::with_capacity(paths.len());
         for path in paths {
             let text = match std::fs::read_to_string(&path) {
