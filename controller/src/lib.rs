@@ -1,9 +1,10 @@
-//! The mesh control plane: the destination controller over one index of Kubernetes objects.
+//! The mesh control plane: the destination controller over one index of Kubernetes objects,
+//! and the identity controller.
 //!
 //! `mesh-controller` owns the servers that share one index of Kubernetes objects. Today that is
 //! *destination* (service discovery: resolves a logical name or a ClusterIP to endpoints with
 //! their labels, expected TLS identity and protocol hint, and streams changes to proxies); the
-//! identity CA and the injector come later. The index is fed by kube-rs watchers in a cluster
+//! injector comes later. The index is fed by kube-rs watchers in a cluster
 //! and by a folder of the same objects as YAML on one machine; everything above it is shared.
 //!
 //! Map: [`index`] (objects and resolution), [`source`] (Kubernetes and folder feeds),
