@@ -9,3 +9,5 @@
 
 pub mod destination;
 pub mod identity;
+#[cfg(feature = "inject")]
+pub mod inject;

@@ -1,4 +1,8 @@
 //! The `mesh` command line's library: everything the binary and the tests share.
 
 pub mod demo;
+pub mod inject;
+pub mod install;
+pub mod kube;
 pub mod local;
+pub mod manifest;

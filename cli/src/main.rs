@@ -9,6 +9,8 @@ use std::{process::ExitCode, time::Duration};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    cluster: mesh_cli::kube::ClusterArgs,
 }
 
 #[derive(Subcommand)]
@@ -19,18 +21,94 @@ enum Command {
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
         every: u64,
     },
+    /// Prints the control plane as YAML: `mesh install | kubectl apply -f -`.
+    Install(mesh_cli::install::InstallArgs),
+    /// Prints what to delete to remove the control plane: `mesh uninstall | kubectl delete -f -`.
+    Uninstall,
+    /// Adds the mesh to workload manifests (the mesh.io/inject annotation, or the whole proxy
+    /// with --manual) and writes them to stdout.
+    Inject(mesh_cli::inject::InjectArgs),
+    /// Takes the mesh out of workload manifests and writes them to stdout.
+    Uninject {
+        /// Files, folders, or `-` for stdin.
+        #[arg(required = true, value_name = "FILE")]
+        inputs: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo { every } => mesh_cli::demo::run(Duration::from_secs(every)),
+        Command::Install(args) => {
+            return finish(block_on(mesh_cli::install::install(&args, &cli.cluster)));
+        }
+        Command::Uninstall => return finish(mesh_cli::install::uninstall()),
+        Command::Inject(args) => return inject(&args, &cli.cluster),
+        Command::Uninject { inputs } => {
+            let report = mesh_cli::inject::read_inputs(&inputs)
+                .and_then(|i| mesh_cli::inject::run(&i, &mesh_cli::inject::Mode::Uninject));
+            return finish_report(report);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("mesh: {error:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn inject(args: &mesh_cli::inject::InjectArgs, cluster: &mesh_cli::kube::ClusterArgs) -> ExitCode {
+    use mesh_cli::inject::{read_inputs, run, Mode};
+    let report = read_inputs(&args.inputs).and_then(|inputs| {
+        let mode = if args.manual {
+            Mode::Manual(block_on(mesh_cli::inject::manual_config(args, cluster))?)
+        } else {
+            Mode::Annotate
+        };
+        run(&inputs, &mode)
+    });
+    finish_report(report)
+}
+
+/// Runs a future on a fresh runtime.
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+/// The summary on stderr, then the output on stdout; on error only the error (exit 1).
+fn finish_report(report: anyhow::Result<mesh_cli::inject::Report>) -> ExitCode {
+    match report {
+        Ok(report) => {
+            for line in &report.summary {
+                eprintln!("{line}");
+            }
+            finish(Ok(report.output))
+        }
+        Err(e) => finish(Err(e)),
+    }
+}
+
+/// Writes `output` to stdout (a closed pipe is not an error), or the error to stderr (exit 1).
+fn finish(output: anyhow::Result<String>) -> ExitCode {
+    use std::io::Write as _;
+    match output {
+        Ok(text) => match std::io::stdout().lock().write_all(text.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mesh: writing the output: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Err(error) => {
+            eprintln!("mesh: {error:#}");
+            ExitCode::from(1)
         }
     }
 }

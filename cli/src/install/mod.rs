@@ -1,0 +1,397 @@
+//! `mesh install` and `mesh uninstall`: the control plane rendered from the templates in
+//! `manifests/control-plane/` (embedded at build time) with minijinja.
+
+pub mod certs;
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context as _};
+use base64::Engine as _;
+use mesh_api::inject::{self, ProxyConfig};
+use serde_json::{json, Value};
+
+use crate::manifest;
+use certs::{CertFiles, Certs};
+
+/// The control plane's namespace: fixed, because the identity controller's certificate names
+/// it (`mesh-identity.mesh.serviceaccount.identity.mesh.<td>`).
+pub const NAMESPACE: &str = mesh_api::identity::CONTROL_PLANE_NAMESPACE;
+
+/// The templates, in the order their objects are applied.
+const TEMPLATES: &[(&str, &str)] = &[
+    (
+        "namespace.yaml",
+        include_str!("../../../manifests/control-plane/namespace.yaml"),
+    ),
+    (
+        "rbac.yaml",
+        include_str!("../../../manifests/control-plane/rbac.yaml"),
+    ),
+    (
+        "config.yaml",
+        include_str!("../../../manifests/control-plane/config.yaml"),
+    ),
+    (
+        "identity.yaml",
+        include_str!("../../../manifests/control-plane/identity.yaml"),
+    ),
+    (
+        "destination.yaml",
+        include_str!("../../../manifests/control-plane/destination.yaml"),
+    ),
+    (
+        "injector.yaml",
+        include_str!("../../../manifests/control-plane/injector.yaml"),
+    ),
+];
+
+/// The defaults `--set` overrides.
+const VALUES: &str = include_str!("../../../manifests/control-plane/values.yaml");
+
+/// The version of this CLI, which is also the default image tag.
+pub fn version() -> String {
+    format!("v{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// `mesh install`'s flags.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct InstallArgs {
+    /// Renders for high availability: 3 replicas of each controller spread over nodes, and
+    /// disruption budgets.
+    #[arg(long)]
+    pub ha: bool,
+    /// The proxy image, without its tag.
+    #[arg(long, value_name = "IMAGE")]
+    pub proxy_image: Option<String>,
+    /// The controller image, without its tag.
+    #[arg(long, value_name = "IMAGE")]
+    pub controller_image: Option<String>,
+    /// The tag of both images; by default this CLI's version.
+    #[arg(long, value_name = "TAG")]
+    pub image_tag: Option<String>,
+    /// Overrides a value of manifests/control-plane/values.yaml, e.g. `controller.logLevel=debug`;
+    /// may be repeated.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Renders without contacting a cluster (by default install refuses to render over an
+    /// existing installation).
+    #[arg(long)]
+    pub ignore_cluster: bool,
+    #[command(flatten)]
+    pub certs: CertFiles,
+}
+
+/// The values the templates see: the defaults with the flags and `--set` applied.
+pub fn values(args: &InstallArgs) -> anyhow::Result<Value> {
+    let mut values: Value =
+        serde_yaml_ng::from_str(VALUES).context("reading the default values (a bug)")?;
+    let mut overrides: Vec<(String, String)> = Vec::new();
+    if args.ha {
+        overrides.push(("ha".into(), "true".into()));
+        overrides.push(("controller.replicas".into(), "3".into()));
+    }
+    for (key, flag) in [
+        ("proxy.image", &args.proxy_image),
+        ("controller.image", &args.controller_image),
+        ("imageTag", &args.image_tag),
+    ] {
+        if let Some(v) = flag {
+            overrides.push((key.into(), v.clone()));
+        }
+    }
+    for pair in &args.set {
+        let (k, v) = pair
+            .split_once('=')
+            .with_context(|| format!("--set {pair:?}: expected KEY=VALUE"))?;
+        overrides.push((k.trim().into(), v.into()));
+    }
+    for (key, raw) in overrides {
+        set(&mut values, &key, &raw).with_context(|| format!("--set {key}={raw}"))?;
+    }
+    if values["imageTag"].as_str().unwrap_or_default().is_empty() {
+        values["imageTag"] = Value::String(version());
+    }
+    validate(&values)?;
+    Ok(values)
+}
+
+/// Sets one dotted key; the key must exist and the value have the default's type.
+fn set(values: &mut Value, key: &str, raw: &str) -> anyhow::Result<()> {
+    let mut at = &mut *values;
+    for part in key.split('.') {
+        at = match at.get_mut(part) {
+            Some(next) => next,
+            None => bail!("no value {key:?} (see manifests/control-plane/values.yaml)"),
+        };
+    }
+    *at = match at {
+        Value::Bool(_) => Value::Bool(
+            raw.parse()
+                .map_err(|_| anyhow::anyhow!("{raw:?} is not true or false"))?,
+        ),
+        Value::Number(_) => Value::Number(
+            raw.parse::<u64>()
+                .map_err(|_| anyhow::anyhow!("{raw:?} is not a whole number"))?
+                .into(),
+        ),
+        Value::String(_) => Value::String(raw.to_string()),
+        _ => bail!("{key:?} is a group of values; set one of its keys"),
+    };
+    Ok(())
+}
+
+/// Refuses values that would not make valid YAML or a working install.
+fn validate(values: &Value) -> anyhow::Result<()> {
+    let word = |key: &str, ok: &dyn Fn(char) -> bool| -> anyhow::Result<()> {
+        let mut at = values;
+        for part in key.split('.') {
+            at = &at[part];
+        }
+        let v = at.as_str().unwrap_or_default();
+        if v.is_empty() || !v.chars().all(ok) {
+            bail!("{key}: {v:?} is not allowed here");
+        }
+        Ok(())
+    };
+    let dns = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+    let image = |c: char| c.is_ascii_alphanumeric() || "._-/:@".contains(c);
+    let filter = |c: char| c.is_ascii_alphanumeric() || "_-=,.:".contains(c);
+    word("trustDomain", &dns)?;
+    word("clusterDomain", &dns)?;
+    word("proxy.image", &image)?;
+    word("controller.image", &image)?;
+    word("imageTag", &image)?;
+    word("proxy.logLevel", &filter)?;
+    word("controller.logLevel", &filter)?;
+    word("controller.cpuRequest", &image)?;
+    word("controller.memoryRequest", &image)?;
+    word("controller.memoryLimit", &image)?;
+    let policy = values["imagePullPolicy"].as_str().unwrap_or_default();
+    if !["Always", "IfNotPresent", "Never"].contains(&policy) {
+        bail!("imagePullPolicy: {policy:?} is not Always, IfNotPresent or Never");
+    }
+    if values["webhook"]["timeoutSeconds"]
+        .as_u64()
+        .is_none_or(|t| !(1..=30).contains(&t))
+    {
+        bail!("webhook.timeoutSeconds: the API server allows 1 to 30");
+    }
+    Ok(())
+}
+
+/// The proxy configuration the values describe (the injector gets the same through its flags).
+pub fn proxy_config(values: &Value, trust_anchors_pem: &str) -> ProxyConfig {
+    let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    ProxyConfig {
+        proxy_image: s(&values["proxy"]["image"]),
+        version: s(&values["imageTag"]),
+        image_pull_policy: s(&values["imagePullPolicy"]),
+        control_plane_namespace: NAMESPACE.into(),
+        trust_domain: s(&values["trustDomain"]),
+        cluster_domain: s(&values["clusterDomain"]),
+        trust_anchors_pem: trust_anchors_pem.into(),
+        native_sidecar: values["proxy"]["nativeSidecar"].as_bool().unwrap_or(true),
+        log_level: s(&values["proxy"]["logLevel"]),
+    }
+}
+
+/// Renders the control plane's objects.
+pub fn render(values: &Value, certs: &Certs) -> anyhow::Result<Vec<Value>> {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    let ns = NAMESPACE.to_string();
+    let labels_ns = ns.clone();
+    env.add_function(
+        "labels",
+        move |component: Option<String>, extra: Option<minijinja::Value>| {
+            let mut labels = BTreeMap::from([
+                ("app.kubernetes.io/part-of".to_string(), "mesh".to_string()),
+                ("mesh.io/control-plane-ns".to_string(), labels_ns.clone()),
+            ]);
+            if let Some(c) = component {
+                labels.insert("mesh.io/control-plane-component".into(), c);
+            }
+            if let Some(extra) = extra {
+                for key in extra.try_iter()? {
+                    let value = extra.get_item(&key)?;
+                    labels.insert(key.to_string(), value.to_string());
+                }
+            }
+            Ok::<_, minijinja::Error>(json!(labels).to_string())
+        },
+    );
+    env.add_function("pod_security_context", || {
+        json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}}).to_string()
+    });
+    env.add_function("container_security_context", || {
+        json!({
+            "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": true,
+            "runAsNonRoot": true,
+            "runAsUser": 2103,
+            "runAsGroup": 2103,
+        })
+        .to_string()
+    });
+    let controller = values["controller"].clone();
+    env.add_function("controller_resources", move || {
+        json!({
+            "requests": {"cpu": controller["cpuRequest"], "memory": controller["memoryRequest"]},
+            "limits": {"memory": controller["memoryLimit"]},
+        })
+        .to_string()
+    });
+    env.add_function("anti_affinity", |component: String| {
+        let selector = json!({"matchLabels": {"mesh.io/control-plane-component": component}});
+        json!({"podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": selector, "topologyKey": "kubernetes.io/hostname"},
+            ],
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 100, "podAffinityTerm":
+                    {"labelSelector": selector, "topologyKey": "topology.kubernetes.io/zone"}},
+            ],
+        }})
+        .to_string()
+    });
+    let image_tag = values["imageTag"].as_str().unwrap_or_default().to_string();
+    let controller_image = format!(
+        "{}:{image_tag}",
+        values["controller"]["image"].as_str().unwrap_or_default()
+    );
+    let context = minijinja::context! {
+        namespace => ns,
+        values => minijinja::Value::from_serialize(values),
+        image_tag => image_tag,
+        controller_image => controller_image,
+        trust_anchors_pem => json!(certs.trust_anchors_pem).to_string(),
+        issuer_cert_b64 => b64(&certs.issuer.cert_pem),
+        issuer_key_b64 => b64(&certs.issuer.key_pem),
+        webhook_cert_b64 => b64(&certs.webhook.cert_pem),
+        webhook_key_b64 => b64(&certs.webhook.key_pem),
+        webhook_ca_b64 => b64(&certs.webhook_ca_pem),
+    };
+    let proxy = proxy_config(values, &certs.trust_anchors_pem);
+    let mut objects = Vec::new();
+    for (name, template) in TEMPLATES {
+        let text = env
+            .render_str(template, &context)
+            .with_context(|| format!("rendering manifests/control-plane/{name} (a bug)"))?;
+        let (_, docs) = manifest::parse(&text, name)
+            .with_context(|| format!("manifests/control-plane/{name} renders invalid YAML"))?;
+        for mut doc in docs {
+            mesh_control_plane_pod(&mut doc, &proxy)
+                .with_context(|| format!("meshing {}", manifest::describe(&doc)))?;
+            manifest::check_typed(&doc).map_err(|e| {
+                anyhow::anyhow!(
+                    "manifests/control-plane/{name}: {}: {e}",
+                    manifest::describe(&doc)
+                )
+            })?;
+            objects.push(doc);
+        }
+    }
+    Ok(objects)
+}
+
+/// Gives a control-plane Deployment annotated `mesh.io/inject: enabled` its proxy, the same
+/// way `mesh inject --manual` would (the webhook never sees the control plane's namespace).
+fn mesh_control_plane_pod(doc: &mut Value, proxy: &ProxyConfig) -> anyhow::Result<()> {
+    if doc["kind"] != "Deployment" {
+        return Ok(());
+    }
+    let template = &mut doc["spec"]["template"];
+    let annotations = inject::annotations(template);
+    if inject::wants_injection(&annotations, &BTreeMap::new()) {
+        inject::inject(template, &BTreeMap::new(), proxy)?;
+    }
+    Ok(())
+}
+
+/// `mesh install`: the whole stream of YAML, or an error before anything is written.
+pub async fn install(
+    args: &InstallArgs,
+    cluster: &crate::kube::ClusterArgs,
+) -> anyhow::Result<String> {
+    let values = values(args)?;
+    if !args.ignore_cluster {
+        refuse_existing(cluster).await?;
+    }
+    let days = |k: &str, g: &str| values[g][k].as_u64().unwrap_or(365);
+    let certs = Certs::load_or_generate(
+        &args.certs,
+        values["trustDomain"].as_str().unwrap_or_default(),
+        NAMESPACE,
+        values["clusterDomain"].as_str().unwrap_or_default(),
+        days("trustAnchorLifetimeDays", "identity"),
+        days("issuerLifetimeDays", "identity"),
+        days("certificateLifetimeDays", "webhook"),
+    )?;
+    let objects = render(&values, &certs)?;
+    Ok(format!(
+        "# mesh {} control plane: mesh install | kubectl apply -f -\n{}",
+        values["imageTag"].as_str().unwrap_or_default(),
+        manifest::write(manifest::Format::Yaml, &objects)
+    ))
+}
+
+/// Fails when the cluster already has a control plane (or cannot be reached).
+async fn refuse_existing(cluster: &crate::kube::ClusterArgs) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let hint = "pass --ignore-cluster to render without contacting a cluster";
+    let client = cluster.client().await.with_context(|| hint.to_string())?;
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, NAMESPACE);
+    match api.get_opt("mesh-trust-anchors").await {
+        Ok(None) => Ok(()),
+        Ok(Some(_)) => bail!(
+            "the control plane is already installed in namespace {NAMESPACE}: \
+             `mesh uninstall | kubectl delete -f -` first, or {hint}"
+        ),
+        Err(e) => {
+            Err(anyhow::Error::new(e)
+                .context(format!("looking for an existing installation ({hint})")))
+        }
+    }
+}
+
+/// `mesh uninstall`: what to delete, as YAML for `kubectl delete -f -`: the webhook first (so
+/// no pod is injected meanwhile), the cluster-wide RBAC, then the namespace with everything in it.
+pub fn uninstall() -> anyhow::Result<String> {
+    let args = InstallArgs::default();
+    let values = values(&args)?;
+    let certs = Certs::load_or_generate(
+        &args.certs,
+        "cluster.local",
+        NAMESPACE,
+        "cluster.local",
+        1,
+        1,
+        1,
+    )?;
+    let objects = render(&values, &certs)?;
+    let rank = |kind: &str| match kind {
+        "MutatingWebhookConfiguration" => 0,
+        "ClusterRoleBinding" => 1,
+        "ClusterRole" => 2,
+        "Namespace" => 3,
+        _ => 4,
+    };
+    let mut deletions: Vec<Value> = objects
+        .iter()
+        .filter(|o| rank(o["kind"].as_str().unwrap_or_default()) < 4)
+        .map(|o| {
+            json!({
+                "apiVersion": o["apiVersion"],
+                "kind": o["kind"],
+                "metadata": {"name": o["metadata"]["name"]},
+            })
+        })
+        .collect();
+    deletions.sort_by_key(|o| rank(o["kind"].as_str().unwrap_or_default()));
+    Ok(format!(
+        "# mesh uninstall | kubectl delete -f -\n{}",
+        manifest::write(manifest::Format::Yaml, &deletions)
+    ))
+}

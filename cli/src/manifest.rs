@@ -1,0 +1,240 @@
+//! Kubernetes manifests as documents: reading YAML streams and JSON (with the document and line
+//! of any error), writing them back in the same format, and checking objects against the API's
+//! types.
+
+use serde::Deserialize as _;
+use serde_json::Value;
+
+/// The format a manifest was written in; output keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// A YAML stream of documents separated by `---`.
+    Yaml,
+    /// One JSON value, or several one after the other.
+    Json,
+}
+
+/// A manifest that could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: document {document}{}: {message}", line.map(|l| format!(", line {l}")).unwrap_or_default())]
+pub struct ParseError {
+    /// The file (or `<stdin>`).
+    pub source_name: String,
+    /// The document's position in the stream, from 1.
+    pub document: usize,
+    /// The line in the file, from 1, when known.
+    pub line: Option<usize>,
+    /// What was wrong.
+    pub message: String,
+}
+
+/// Reads the documents of `text`: JSON when it starts with `{` or `[`, YAML otherwise. Empty
+/// YAML documents are dropped.
+pub fn parse(text: &str, source_name: &str) -> Result<(Format, Vec<Value>), ParseError> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        let mut docs = Vec::new();
+        let stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
+        for (i, doc) in stream.enumerate() {
+            match doc {
+                Ok(doc) => docs.push(doc),
+                Err(e) => {
+                    return Err(ParseError {
+                        source_name: source_name.into(),
+                        document: i + 1,
+                        line: Some(e.line()),
+                        message: strip_position(&e.to_string()),
+                    })
+                }
+            }
+        }
+        return Ok((Format::Json, docs));
+    }
+    let mut docs = Vec::new();
+    for (i, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        match Value::deserialize(de) {
+            Ok(Value::Null) => {}
+            Ok(doc) => docs.push(doc),
+            Err(e) => {
+                return Err(ParseError {
+                    source_name: source_name.into(),
+                    document: i + 1,
+                    line: e.location().map(|l| l.line()),
+                    message: strip_position(&e.to_string()),
+                })
+            }
+        }
+    }
+    Ok((Format::Yaml, docs))
+}
+
+/// serde's messages end with their own "at line L column C"; the error says it once.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// Writes documents: YAML separated by `---`, or JSON (pretty, one value per document).
+pub fn write(format: Format, docs: &[Value]) -> String {
+    let mut out = String::new();
+    for doc in docs {
+        match format {
+            Format::Yaml => {
+                out.push_str("---\n");
+                // Invariant: a serde_json::Value always serializes to YAML.
+                out.push_str(&serde_yaml_ng::to_string(doc).expect("a JSON value is YAML"));
+            }
+            Format::Json => {
+                out.push_str(&serde_json::to_string_pretty(doc).expect("a JSON value serializes"));
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// `kind/name` (with the namespace when there is one), for messages.
+pub fn describe(doc: &Value) -> String {
+    let kind = doc["kind"].as_str().unwrap_or("<no kind>");
+    let name = doc["metadata"]["name"]
+        .as_str()
+        .or_else(|| doc["metadata"]["generateName"].as_str())
+        .unwrap_or("<no name>");
+    match doc["metadata"]["namespace"].as_str() {
+        Some(ns) => format!("{}/{name} in {ns}", kind.to_lowercase()),
+        None => format!("{}/{name}", kind.to_lowercase()),
+    }
+}
+
+/// Checks that `doc` is an object of the Kubernetes API: it deserializes into its k8s-openapi
+/// type and serializes back to the same value (so no field is misspelt or misplaced). Nulls are
+/// ignored, as the API server ignores them.
+pub fn check_typed(doc: &Value) -> Result<(), String> {
+    use k8s_openapi::api::{
+        admissionregistration::v1 as admission, apps::v1 as apps, batch::v1 as batch,
+        core::v1 as core, policy::v1 as policy, rbac::v1 as rbac,
+    };
+    fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
+        doc: &Value,
+    ) -> Result<(), String> {
+        let typed: T = serde_json::from_value(doc.clone()).map_err(|e| e.to_string())?;
+        let back = serde_json::to_value(typed).map_err(|e| e.to_string())?;
+        let (want, got) = (without_nulls(doc), without_nulls(&back));
+        if want != got {
+            return Err(format!(
+                "fields the type does not have: {}",
+                first_difference(&want, &got, String::new())
+            ));
+        }
+        Ok(())
+    }
+    let api_version = doc["apiVersion"].as_str().unwrap_or_default();
+    let kind = doc["kind"].as_str().unwrap_or_default();
+    match (api_version, kind) {
+        ("v1", "Namespace") => round_trip::<core::Namespace>(doc),
+        ("v1", "ServiceAccount") => round_trip::<core::ServiceAccount>(doc),
+        ("v1", "Service") => round_trip::<core::Service>(doc),
+        ("v1", "ConfigMap") => round_trip::<core::ConfigMap>(doc),
+        ("v1", "Secret") => round_trip::<core::Secret>(doc),
+        ("v1", "Pod") => round_trip::<core::Pod>(doc),
+        ("v1", "ReplicationController") => round_trip::<core::ReplicationController>(doc),
+        ("apps/v1", "Deployment") => round_trip::<apps::Deployment>(doc),
+        ("apps/v1", "StatefulSet") => round_trip::<apps::StatefulSet>(doc),
+        ("apps/v1", "DaemonSet") => round_trip::<apps::DaemonSet>(doc),
+        ("apps/v1", "ReplicaSet") => round_trip::<apps::ReplicaSet>(doc),
+        ("batch/v1", "Job") => round_trip::<batch::Job>(doc),
+        ("batch/v1", "CronJob") => round_trip::<batch::CronJob>(doc),
+        ("policy/v1", "PodDisruptionBudget") => round_trip::<policy::PodDisruptionBudget>(doc),
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => round_trip::<rbac::ClusterRole>(doc),
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+            round_trip::<rbac::ClusterRoleBinding>(doc)
+        }
+        ("rbac.authorization.k8s.io/v1", "Role") => round_trip::<rbac::Role>(doc),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => round_trip::<rbac::RoleBinding>(doc),
+        ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
+            round_trip::<admission::MutatingWebhookConfiguration>(doc)
+        }
+        _ => Err(format!(
+            "{api_version} {kind} is not a type this check knows"
+        )),
+    }
+}
+
+fn without_nulls(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(without_nulls).collect()),
+        other => other.clone(),
+    }
+}
+
+fn first_difference(want: &Value, got: &Value, path: String) -> String {
+    match (want, got) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in a {
+                match b.get(k) {
+                    None => return format!("{path}/{k}"),
+                    Some(w) if w != v => return first_difference(v, w, format!("{path}/{k}")),
+                    _ => {}
+                }
+            }
+            format!("{path} (extra fields)")
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (i, (v, w)) in a.iter().zip(b).enumerate() {
+                if v != w {
+                    return first_difference(v, w, format!("{path}/{i}"));
+                }
+            }
+            path
+        }
+        _ => format!("{path}: {want} became {got}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_errors_name_the_document_and_line() {
+        let text = "kind: A\n---\nkind: B\n---\nkind: [unclosed\n";
+        let e = parse(text, "app.yaml").unwrap_err();
+        assert_eq!(e.document, 3);
+        assert_eq!(e.line, Some(6));
+        assert!(
+            e.to_string().starts_with("app.yaml: document 3, line 6: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn json_errors_name_the_line() {
+        let e = parse("{\"kind\": \"A\"}\n{\"kind\": \n}", "x.json").unwrap_err();
+        assert_eq!((e.document, e.line), (2, Some(3)));
+    }
+
+    #[test]
+    fn empty_yaml_documents_are_dropped_and_order_is_kept() {
+        let (format, docs) = parse("---\n---\nz: 1\na: 2\n", "-").unwrap();
+        assert_eq!(format, Format::Yaml);
+        assert_eq!(write(format, &docs), "---\nz: 1\na: 2\n");
+    }
+
+    #[test]
+    fn a_misplaced_field_fails_the_typed_check() {
+        let good = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "x"}, "data": {"a": "b"}});
+        check_typed(&good).unwrap();
+        let bad = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "x", "data": {"a": "b"}}});
+        assert!(check_typed(&bad).unwrap_err().contains("/metadata/data"));
+    }
+}
