@@ -75,14 +75,14 @@ impl IdentityConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A file could not be read.
-    #[error("reading {what} {path}: {source}")]
+    #[error("reading {what} {path}: {error}")]
     Read {
         /// Which file.
         what: &'static str,
         /// Its path.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, so not a separate source).
+        error: std::io::Error,
     },
     /// The PEM or the certificates are unusable (no certificate, no key, a key that is not the
     /// issuer's, an issuer that is not a CA).
@@ -98,7 +98,7 @@ pub enum StartError {
     },
     /// The issuer does not chain to the trust anchors: every leaf would be refused by proxies.
     #[error(
-        "the issuer certificate {issuer} does not chain to the trust anchors {anchors}: {source}"
+        "the issuer certificate {issuer} does not chain to the trust anchors {anchors}: {error}"
     )]
     NotChained {
         /// The issuer file.
@@ -106,7 +106,7 @@ pub enum StartError {
         /// The anchors file.
         anchors: PathBuf,
         /// The verification failure of a certificate it issued.
-        source: CaError,
+        error: CaError,
     },
     /// A configuration value is unusable.
     #[error("{0}")]
@@ -115,12 +115,12 @@ pub enum StartError {
     #[error("invalid trust domain: {0}")]
     TrustDomain(#[from] NameError),
     /// The listener could not bind.
-    #[error("listening on {addr}: {source}")]
+    #[error("listening on {addr}: {error}")]
     Bind {
         /// The address.
         addr: SocketAddr,
         /// The cause.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The Kubernetes client could not be configured.
     #[error(transparent)]
@@ -159,10 +159,10 @@ impl Ca {
             ));
         }
         let read = |what, path: &Path| {
-            std::fs::read_to_string(path).map_err(|source| StartError::Read {
+            std::fs::read_to_string(path).map_err(|error| StartError::Read {
                 what,
                 path: path.to_owned(),
-                source,
+                error,
             })
         };
         let issuer_pem = read("the issuer certificate", &config.issuer_cert)?;
@@ -209,11 +209,11 @@ impl Ca {
         let controller = Identity::controller(&config.trust_domain)?;
         let (issued, _key) = ca.issue_with_key(&controller)?;
         let chain = ca::certs_from_pem(&issued.chain_pem, "the serving certificate")?;
-        ca::verify_chain(&chain, &ca.anchors, &controller.dns_name(), now).map_err(|source| {
+        ca::verify_chain(&chain, &ca.anchors, &controller.dns_name(), now).map_err(|error| {
             StartError::NotChained {
                 issuer: config.issuer_cert.clone(),
                 anchors: config.trust_anchors.clone(),
-                source,
+                error,
             }
         })?;
         if info.not_after < now + config.leaf_lifetime {
@@ -340,13 +340,13 @@ pub async fn start(config: IdentityConfig) -> Result<Running, StartError> {
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| StartError::Bind {
+        .map_err(|error| StartError::Bind {
             addr: config.listen,
-            source,
+            error,
         })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+    let addr = listener.local_addr().map_err(|error| StartError::Bind {
         addr: config.listen,
-        source,
+        error,
     })?;
     let state = server::State::new(Arc::new(ca), reviewer, controller.clone())?;
     let (shutdown, stop) = tokio::sync::watch::channel(false);

@@ -45,7 +45,13 @@ const RENEW_RETRY: Duration = Duration::from_secs(10);
 /// Why the server stopped.
 #[derive(Debug, thiserror::Error)]
 #[error("accepting connections: {0}")]
-pub struct ServeError(#[from] std::io::Error);
+pub struct ServeError(std::io::Error);
+
+impl From<std::io::Error> for ServeError {
+    fn from(e: std::io::Error) -> Self {
+        Self(e)
+    }
+}
 
 /// Everything a request needs.
 pub struct State {
