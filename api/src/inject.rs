@@ -235,10 +235,8 @@ pub fn inject(
     }
     let settings = Settings::read(&own, inherited, config)?;
 
-    let proxy =
-        serde_json::to_value(proxy_container(config, &settings)).expect("a Container serializes");
-    let init =
-        serde_json::to_value(init_container(config, &settings)).expect("a Container serializes");
+    let proxy = name_first(proxy_container(config, &settings));
+    let init = name_first(init_container(config, &settings));
     let spec = template["spec"]
         .as_object_mut()
         .expect("checked to be an object above");
@@ -322,6 +320,10 @@ pub fn remove_annotations(object: &mut Value, names: &[&str]) -> bool {
     let changed = annotations.len() != before;
     if changed && annotations.is_empty() {
         metadata.shift_remove("annotations");
+        if metadata.is_empty() {
+            // A pod template's metadata that only held what inject added.
+            object.as_object_mut().map(|o| o.shift_remove("metadata"));
+        }
     }
     changed
 }

@@ -68,12 +68,18 @@ pub fn parse(text: &str, source_name: &str) -> Result<(Format, Vec<Value>), Pars
     Ok((Format::Yaml, docs))
 }
 
-/// serde's messages end with their own "at line L column C"; the error says it once.
+/// serde's messages carry their own "at line L column C"; the error says it once.
 fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_string(),
-        None => message.to_string(),
+    let Some(start) = message.find(" at line ") else {
+        return message.to_string();
+    };
+    let rest = &message[start + " at line ".len()..];
+    let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let mut end = digits(rest);
+    if let Some(col) = rest[end..].strip_prefix(" column ") {
+        end += " column ".len() + digits(col);
     }
+    format!("{}{}", &message[..start], &rest[end..])
 }
 
 /// Writes documents: YAML separated by `---`, or JSON (pretty, one value per document).
@@ -122,10 +128,9 @@ pub fn check_typed(doc: &Value) -> Result<(), String> {
         let typed: T = serde_json::from_value(doc.clone()).map_err(|e| e.to_string())?;
         let back = serde_json::to_value(typed).map_err(|e| e.to_string())?;
         let (want, got) = (without_nulls(doc), without_nulls(&back));
-        if want != got {
+        if let Some(path) = lost(&want, &got, String::new()) {
             return Err(format!(
-                "fields the type does not have: {}",
-                first_difference(&want, &got, String::new())
+                "a field the type does not have or reads otherwise: {path}"
             ));
         }
         Ok(())
@@ -175,27 +180,21 @@ fn without_nulls(v: &Value) -> Value {
     }
 }
 
-fn first_difference(want: &Value, got: &Value, path: String) -> String {
+/// The first place where `want` has something `got` lacks or differs on (the type may add
+/// fields of its own, like `kind` on a claim template).
+fn lost(want: &Value, got: &Value, path: String) -> Option<String> {
     match (want, got) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in a {
-                match b.get(k) {
-                    None => return format!("{path}/{k}"),
-                    Some(w) if w != v => return first_difference(v, w, format!("{path}/{k}")),
-                    _ => {}
-                }
-            }
-            format!("{path} (extra fields)")
-        }
-        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
-            for (i, (v, w)) in a.iter().zip(b).enumerate() {
-                if v != w {
-                    return first_difference(v, w, format!("{path}/{i}"));
-                }
-            }
-            path
-        }
-        _ => format!("{path}: {want} became {got}"),
+        (Value::Object(a), Value::Object(b)) => a.iter().find_map(|(k, v)| match b.get(k) {
+            None => Some(format!("{path}/{k}")),
+            Some(w) => lost(v, w, format!("{path}/{k}")),
+        }),
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (v, w))| lost(v, w, format!("{path}/{i}"))),
+        _ if want == got => None,
+        _ => Some(format!("{path}: {want} became {got}")),
     }
 }
 
@@ -236,5 +235,8 @@ mod tests {
         let bad = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "x", "data": {"a": "b"}}});
         assert!(check_typed(&bad).unwrap_err().contains("/metadata/data"));
+        let wrong_type = serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "x"}, "spec": {"ports": [{"port": "80"}]}});
+        assert!(check_typed(&wrong_type).is_err());
     }
 }

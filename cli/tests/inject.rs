@@ -1,0 +1,235 @@
+//! `mesh inject` / `mesh uninject` on a realistic application: golden output, idempotence,
+//! round trips, JSON and Lists, skips, and errors that name the document and line.
+
+mod support;
+
+use serde_json::Value;
+use support::*;
+
+const SHOP: &str = "inject/shop.yaml";
+const LIST: &str = "inject/list.json";
+
+fn path(name: &str) -> String {
+    testdata(name).display().to_string()
+}
+
+fn manual_flags() -> Vec<String> {
+    vec![
+        "--manual".into(),
+        "--image-tag".into(),
+        "v0.1.0".into(),
+        "--identity-trust-anchors-file".into(),
+        path("certs/trust-anchors.pem"),
+    ]
+}
+
+fn run(args: &[String], stdin: Option<&str>) -> (String, String) {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = mesh(&args, stdin);
+    assert!(out.status.success(), "mesh {args:?}: {}", stderr(&out));
+    (stdout(&out), stderr(&out))
+}
+
+fn inject(extra: &[String], input: &str) -> (String, String) {
+    let mut args = vec!["inject".to_string()];
+    args.extend(extra.iter().cloned());
+    args.push(input.to_string());
+    run(&args, None)
+}
+
+fn inject_stdin(extra: &[String], text: &str) -> String {
+    let mut args = vec!["inject".to_string()];
+    args.extend(extra.iter().cloned());
+    args.push("-".into());
+    run(&args, Some(text)).0
+}
+
+fn uninject_stdin(text: &str) -> String {
+    run(&["uninject".into(), "-".into()], Some(text)).0
+}
+
+#[test]
+fn inject_annotates_workloads_and_passes_the_rest_through() {
+    let (out, summary) = inject(&[], &path(SHOP));
+    golden("inject-shop.yaml", &out);
+    golden("inject-shop.summary", &summary);
+    let docs = docs(&out);
+    assert_typed(&docs);
+    let original = support::docs(&std::fs::read_to_string(testdata(SHOP)).unwrap());
+    for (before, after) in original.iter().zip(&docs) {
+        if ["Service", "ServiceAccount"].contains(&before["kind"].as_str().unwrap()) {
+            assert_eq!(before, after, "passed through unchanged");
+        }
+    }
+    assert!(summary.contains("daemonset/node-exporter in shop skipped: it uses the host network"));
+    assert!(summary.contains("cronjob/nightly-report in shop injected"));
+}
+
+#[test]
+fn manual_inject_writes_the_proxy_into_every_workload() {
+    let (out, summary) = inject(&manual_flags(), &path(SHOP));
+    golden("inject-shop-manual.yaml", &out);
+    golden("inject-shop-manual.summary", &summary);
+    let docs = docs(&out);
+    assert_typed(&docs);
+    let cart = docs
+        .iter()
+        .find(|d| d["metadata"]["name"] == "cart" && d["kind"] == "Deployment")
+        .unwrap();
+    let inits: Vec<&str> = cart["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(inits, ["mesh-init", "mesh-proxy", "migrate"]);
+    let cron = docs.iter().find(|d| d["kind"] == "CronJob").unwrap();
+    let job_pod = &cron["spec"]["jobTemplate"]["spec"]["template"];
+    assert_eq!(
+        job_pod["spec"]["initContainers"][1]["restartPolicy"], "Always",
+        "Jobs complete"
+    );
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    assert!(ds["spec"]["template"]["spec"]
+        .get("initContainers")
+        .is_none());
+}
+
+#[test]
+fn regular_sidecars_on_request() {
+    let mut flags = manual_flags();
+    flags.push("--native-sidecar=false".into());
+    let (out, _) = inject(&flags, &path(SHOP));
+    let docs = docs(&out);
+    assert_typed(&docs);
+    let web = docs
+        .iter()
+        .find(|d| d["metadata"]["name"] == "web" && d["kind"] == "Deployment")
+        .unwrap();
+    let spec = &web["spec"]["template"]["spec"];
+    assert_eq!(spec["containers"][0]["name"], "mesh-proxy");
+    assert!(spec["containers"][0]["lifecycle"]["postStart"].is_object());
+    assert_eq!(spec["initContainers"][0]["name"], "mesh-init");
+}
+
+#[test]
+fn injecting_twice_is_injecting_once() {
+    let text = std::fs::read_to_string(testdata(SHOP)).unwrap();
+    for flags in [vec![], manual_flags()] {
+        let once = inject_stdin(&flags, &text);
+        let twice = inject_stdin(&flags, &once);
+        assert_eq!(once, twice, "{flags:?}");
+    }
+}
+
+#[test]
+fn uninject_restores_the_input() {
+    let text = std::fs::read_to_string(testdata(SHOP)).unwrap();
+    // The input as mesh writes it (same values, its own YAML style).
+    let normalized = run(&["uninject".into(), "-".into()], Some(&text)).0;
+    assert_eq!(docs(&normalized), docs(&text));
+    for flags in [vec![], manual_flags()] {
+        let injected = inject_stdin(&flags, &text);
+        assert_ne!(injected, normalized);
+        assert_eq!(uninject_stdin(&injected), normalized, "{flags:?}");
+    }
+}
+
+#[test]
+fn json_lists_stay_json_with_every_item_handled() {
+    let (out, summary) = inject(&manual_flags(), &path(LIST));
+    let doc: Value = serde_json::from_str(&out).expect("JSON output");
+    assert_eq!(doc["kind"], "List");
+    let items = doc["items"].as_array().unwrap();
+    assert_eq!(items[0]["spec"]["initContainers"][1]["name"], "mesh-proxy");
+    assert_eq!(
+        items[1]["spec"]["template"]["spec"]["initContainers"][1]["name"],
+        "mesh-proxy"
+    );
+    assert_eq!(items[2]["data"]["LOG"], "info");
+    assert!(summary.contains("pod/debug in shop injected"), "{summary}");
+    assert!(
+        summary.contains("configmap/settings in shop unchanged"),
+        "{summary}"
+    );
+    let back = uninject_stdin(&out);
+    let original: Value =
+        serde_json::from_str(&std::fs::read_to_string(testdata(LIST)).unwrap()).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&back).unwrap(), original);
+}
+
+#[test]
+fn folders_are_read_in_name_order() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(testdata(SHOP), dir.path().join("b.yaml")).unwrap();
+    std::fs::write(dir.path().join("a.yml"), "apiVersion: v1\nkind: Pod\nmetadata: {name: first}\nspec: {containers: [{name: a, image: a}]}\n").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a manifest").unwrap();
+    let (out, _) = inject(&[], &dir.path().display().to_string());
+    let docs = docs(&out);
+    assert_eq!(docs[0]["metadata"]["name"], "first");
+    assert_eq!(docs.len(), 11);
+}
+
+#[test]
+fn bad_input_is_an_error_naming_the_document_and_line_with_nothing_on_stdout() {
+    let good = std::fs::read_to_string(testdata(SHOP)).unwrap();
+    // The stream ends inside the flow sequence: the error is on the line after the last.
+    let end = good.lines().count() + 4;
+    let unclosed = format!("<stdin>: document 11, line {end}: did not find expected");
+    let cases = [
+        (format!("{good}---\nkind: Pod\nmetadata: {{name: [oops\n"), unclosed.as_str()),
+        ("{\"kind\": \"Pod\",\n \"metadata\": }\n".to_string(), "<stdin>: document 1, line 2"),
+        (
+            format!("{good}---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: bad\n  annotations:\n    config.mesh.io/opaque-ports: mysql\nspec:\n  containers: [{{name: a, image: a}}]\n"),
+            "<stdin>: document 11 (pod/bad): annotation config.mesh.io/opaque-ports",
+        ),
+        ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {}\n".to_string(), "a Deployment without a pod template"),
+    ];
+    for (input, message) in cases {
+        let out = mesh(
+            &[
+                "inject",
+                "--manual",
+                "--identity-trust-anchors-file",
+                &path("certs/trust-anchors.pem"),
+                "-",
+            ],
+            Some(&input),
+        );
+        assert_eq!(out.status.code(), Some(1), "{message}");
+        assert!(out.stdout.is_empty(), "{message}");
+        assert!(
+            stderr(&out).contains(message),
+            "want {message:?} in {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn manual_inject_without_trust_anchors_or_cluster_says_what_to_do() {
+    let out = mesh(
+        &[
+            "inject",
+            "--manual",
+            "--kubeconfig",
+            "/nonexistent",
+            &path(SHOP),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr(&out).contains("--identity-trust-anchors-file"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn unknown_kinds_pass_through() {
+    let text = "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w\nspec:\n  template:\n    spec: {}\n";
+    let out = inject_stdin(&[], text);
+    assert_eq!(docs(&out), docs(text));
+}
