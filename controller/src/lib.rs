@@ -17,6 +17,7 @@
 pub mod destination;
 pub mod identity;
 pub mod index;
+pub mod injector;
 pub mod metrics;
 pub mod source;
 

@@ -28,6 +28,57 @@ enum Command {
     /// Runs the identity controller: certifies workloads whose token proves their service
     /// account, with the mesh CA's issuer.
     Identity(IdentityArgs),
+    /// Runs the injector webhook: adds the proxy to pods that ask for it (AdmissionReview v1
+    /// over TLS).
+    Injector(InjectorArgs),
+}
+
+#[derive(clap::Args)]
+struct InjectorArgs {
+    /// The address to serve the webhook, health and metrics on (TLS).
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// The serving certificate chain (PEM), valid for mesh-injector.<namespace>.svc.
+    #[arg(long, value_name = "PATH")]
+    tls_cert: PathBuf,
+    /// The serving certificate's private key (PEM).
+    #[arg(long, value_name = "PATH")]
+    tls_key: PathBuf,
+    /// The trust anchors (PEM) injected proxies verify against.
+    #[arg(long, value_name = "PATH")]
+    trust_anchors: PathBuf,
+    /// The proxy image, without its tag.
+    #[arg(long)]
+    proxy_image: String,
+    /// The proxy image's tag, also written as mesh.io/proxy-version.
+    #[arg(long)]
+    proxy_version: String,
+    /// The proxy's log filter unless a pod's config.mesh.io/proxy-log-level says otherwise.
+    #[arg(long, default_value = "warn,mesh_proxy=info")]
+    proxy_log_level: String,
+    /// Whether the proxy is a native sidecar unless a pod's config.mesh.io/native-sidecar says
+    /// otherwise.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    native_sidecar: bool,
+    /// The image pull policy of the injected containers.
+    #[arg(long, default_value = "IfNotPresent")]
+    image_pull_policy: String,
+    /// The control plane's namespace.
+    #[arg(long, default_value = mesh_api::identity::CONTROL_PLANE_NAMESPACE)]
+    control_plane_namespace: String,
+    /// The trust domain of workload identities.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// The kubeconfig file (for reading namespaces); by default KUBECONFIG, ~/.kube/config or
+    /// the in-cluster configuration.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    log_level: String,
 }
 
 #[derive(clap::Args)]
@@ -108,6 +159,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Destination(args) => destination(args),
         Command::Identity(args) => identity(args),
+        Command::Injector(args) => injector(args),
     }
 }
 
@@ -154,6 +206,43 @@ fn destination(args: DestinationArgs) -> ExitCode {
         },
     };
     exit(run_destination(config))
+}
+
+fn injector(args: InjectorArgs) -> ExitCode {
+    init_logging(&args.log_level);
+    exit(run_injector(args))
+}
+
+fn run_injector(args: InjectorArgs) -> anyhow::Result<()> {
+    use mesh_controller::injector::{self, InjectorConfig, Namespaces};
+    let anchors = std::fs::read_to_string(&args.trust_anchors)
+        .with_context(|| format!("reading the trust anchors {}", args.trust_anchors.display()))?;
+    mesh_api::identity::ca::certs_from_pem(&anchors, "the trust anchors")?;
+    let mut proxy =
+        mesh_api::inject::ProxyConfig::new(&args.proxy_image, &args.proxy_version, &anchors);
+    proxy.log_level = args.proxy_log_level;
+    proxy.native_sidecar = args.native_sidecar;
+    proxy.image_pull_policy = args.image_pull_policy;
+    proxy.control_plane_namespace = args.control_plane_namespace;
+    proxy.trust_domain = args.trust_domain;
+    proxy.cluster_domain = args.cluster_domain;
+    let config = InjectorConfig {
+        listen: args.listen,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        proxy,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async {
+        let client = mesh_controller::source::kube::client(args.kubeconfig.as_deref()).await?;
+        let mut running = injector::start(config, Namespaces::Kube(client))
+            .await
+            .context("starting the injector")?;
+        tokio::select! {
+            e = running.wait() => Err(anyhow::Error::new(e).context("injector stopped")),
+            r = tokio::signal::ctrl_c() => r.context("waiting for a signal"),
+        }
+    })
 }
 
 /// The exit status of a controller's run: 0, or 2 with the error on stderr.

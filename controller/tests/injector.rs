@@ -1,0 +1,223 @@
+//! The injector webhook over real TLS, with the recorded AdmissionReviews and a fake API server
+//! that serves the recorded namespace (annotated `mesh.io/inject: enabled`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_api::identity::ca::{self, LeafNames, Signer};
+use mesh_api::inject::ProxyConfig;
+use mesh_controller::injector::{self, InjectorConfig, Namespaces};
+use serde_json::Value;
+
+fn fixture(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/k8s-fixtures")
+        .join(name);
+    std::fs::read_to_string(path).expect("fixture")
+}
+
+/// Serves `GET /api/v1/namespaces/demo` from the recording, 404 for anything else.
+async fn fake_api_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|req: http::Request<_>| async move {
+                    let (status, body) = match req.uri().path() {
+                        "/api/v1/namespaces/demo" => (200, fixture("namespace-demo.json")),
+                        _ => (404, fixture("notfound-404.json")),
+                    };
+                    let mut r = http::Response::new(Full::new(Bytes::from(body)));
+                    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                    r.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    Ok::<_, Infallible>(r)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+struct Webhook {
+    addr: SocketAddr,
+    ca_pem: String,
+    _running: injector::Running,
+    _dir: tempfile::TempDir,
+}
+
+async fn webhook() -> Webhook {
+    let api = fake_api_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: 'http://{api}'}}}}]\n\
+             users: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n\
+             current-context: fake\n"
+        ),
+    )
+    .unwrap();
+    let client = mesh_controller::source::kube::client(Some(&kubeconfig))
+        .await
+        .unwrap();
+    let anchor = ca::new_trust_anchor("cluster.local", Duration::from_secs(3600)).unwrap();
+    let signer = Signer::from_pem(&anchor.cert_pem, &anchor.key_pem).unwrap();
+    let names = LeafNames {
+        dns: vec!["mesh-injector.mesh.svc".into()],
+        uris: vec![],
+    };
+    let (issued, key) = signer
+        .issue_with_key(&names, Duration::from_secs(3600))
+        .unwrap();
+    let cert = dir.path().join("tls.crt");
+    let key_path = dir.path().join("tls.key");
+    std::fs::write(&cert, &issued.chain_pem).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let config = InjectorConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls_cert: cert,
+        tls_key: key_path,
+        proxy: ProxyConfig::new("ghcr.io/mesh/proxy", "v0.1.0", &anchor.cert_pem),
+    };
+    let running = injector::start(config, Namespaces::Kube(client))
+        .await
+        .unwrap();
+    Webhook {
+        addr: running.addr,
+        ca_pem: anchor.cert_pem,
+        _running: running,
+        _dir: dir,
+    }
+}
+
+/// One request over TLS, verifying the server as the API server would (the CA bundle and the
+/// service's name).
+async fn call(hook: &Webhook, method: &str, path: &str, body: String) -> (u16, String) {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in ca::certs_from_pem(&hook.ca_pem, "ca").unwrap() {
+        roots.add(cert).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(hook.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("mesh-injector.mesh.svc").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the CA bundle");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "mesh-injector.mesh.svc")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+fn patched(review: &str, answer: &str) -> Option<Value> {
+    let review: Value = serde_json::from_str(review).unwrap();
+    let answer: Value = serde_json::from_str(answer).unwrap();
+    assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(answer["kind"], "AdmissionReview");
+    assert_eq!(answer["response"]["uid"], review["request"]["uid"]);
+    assert_eq!(answer["response"]["allowed"], true);
+    let patch = answer["response"]["patch"].as_str()?;
+    assert_eq!(answer["response"]["patchType"], "JSONPatch");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(patch)
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+    let mut pod = review["request"]["object"].clone();
+    json_patch::patch(&mut pod, &patch).unwrap();
+    Some(pod)
+}
+
+fn container_names(pod: &Value, list: &str) -> Vec<String> {
+    pod["spec"][list]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_annotated_pod_is_injected_over_tls() {
+    let hook = webhook().await;
+    let review = fixture("admissionreview-pod-create-bare-pod.json");
+    let (status, answer) = call(&hook, "POST", "/inject", review.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    let pod = patched(&review, &answer).expect("a patch");
+    assert_eq!(
+        container_names(&pod, "initContainers"),
+        ["mesh-init", "mesh-proxy"]
+    );
+    assert_eq!(container_names(&pod, "containers"), ["app"]);
+    let _: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod).unwrap();
+}
+
+#[tokio::test]
+async fn a_pod_of_an_annotated_namespace_is_injected() {
+    let hook = webhook().await;
+    // The ReplicaSet's pod has no annotation; namespace demo (read from the API) has one.
+    let review = fixture("admissionreview-pod-create-from-replicaset.json");
+    let (status, answer) = call(&hook, "POST", "/inject", review.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    let pod = patched(&review, &answer).expect("a patch");
+    assert!(container_names(&pod, "initContainers").contains(&"mesh-proxy".to_string()));
+}
+
+#[tokio::test]
+async fn an_unannotated_pod_in_an_unknown_namespace_is_allowed_unchanged() {
+    let hook = webhook().await;
+    let mut review: Value =
+        serde_json::from_str(&fixture("admissionreview-pod-create-from-replicaset.json")).unwrap();
+    review["request"]["namespace"] = "elsewhere".into();
+    let review = review.to_string();
+    let (status, answer) = call(&hook, "POST", "/inject", review.clone()).await;
+    assert_eq!(status, 200);
+    assert!(patched(&review, &answer).is_none(), "{answer}");
+}
+
+#[tokio::test]
+async fn health_metrics_and_bad_requests() {
+    let hook = webhook().await;
+    assert_eq!(call(&hook, "GET", "/ready", String::new()).await.0, 200);
+    assert_eq!(call(&hook, "GET", "/live", String::new()).await.0, 200);
+    assert_eq!(call(&hook, "POST", "/inject", "{}".into()).await.0, 400);
+    let review = fixture("admissionreview-pod-create-bare-pod.json");
+    call(&hook, "POST", "/inject", review).await;
+    let (status, metrics) = call(&hook, "GET", "/metrics", String::new()).await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("injector_admissions_total{decision=\"injected\"} 1"),
+        "{metrics}"
+    );
+}
