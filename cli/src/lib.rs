@@ -6,3 +6,4 @@ pub mod install;
 pub mod kube;
 pub mod local;
 pub mod manifest;
+pub mod check;

@@ -28,6 +28,8 @@ enum Command {
     /// Adds the mesh to workload manifests (the mesh.io/inject annotation, or the whole proxy
     /// with --manual) and writes them to stdout.
     Inject(mesh_cli::inject::InjectArgs),
+    /// Checks the cluster (--pre), the control plane (the default) or the proxies (--proxy).
+    Check(mesh_cli::check::CheckArgs),
     /// Takes the mesh out of workload manifests and writes them to stdout.
     Uninject {
         /// Files, folders, or `-` for stdin.
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
             return finish(block_on(mesh_cli::install::install(&args, &cli.cluster)));
         }
         Command::Uninstall => return finish(mesh_cli::install::uninstall()),
+        Command::Check(args) => return check(&args, &cli.cluster),
         Command::Inject(args) => return inject(&args, &cli.cluster),
         Command::Uninject { inputs } => {
             let report = mesh_cli::inject::read_inputs(&inputs)
@@ -71,6 +74,24 @@ fn inject(args: &mesh_cli::inject::InjectArgs, cluster: &mesh_cli::kube::Cluster
         run(&inputs, &mode)
     });
     finish_report(report)
+}
+
+/// Prints the checklist (or JSON); exit 1 when a check failed.
+fn check(args: &mesh_cli::check::CheckArgs, cluster: &mesh_cli::kube::ClusterArgs) -> ExitCode {
+    let report = block_on(async { Ok(mesh_cli::check::check(args, cluster).await) });
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => return finish(Err(e)),
+    };
+    let text = if args.output == "json" {
+        report.json()
+    } else {
+        report.human()
+    };
+    match (finish(Ok(text)), report.success) {
+        (code, true) => code,
+        (_, false) => ExitCode::from(1),
+    }
 }
 
 /// Runs a future on a fresh runtime.

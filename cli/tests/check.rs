@@ -1,0 +1,486 @@
+//! `mesh check` against an in-process fake API server that serves the recorded responses
+//! (`testdata/k8s-fixtures`) and the control plane `mesh install` renders: a healthy cluster,
+//! a missing deployment, an expiring issuer, RBAC denials, and the proxies of meshed pods.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_api::identity::ca;
+use mesh_api::inject::{self as core, ProxyConfig};
+use serde_json::{json, Value};
+use support::*;
+
+/// What the fake cluster looks like.
+#[derive(Clone, Default)]
+struct Cluster {
+    /// The control plane's objects by "Kind/name" (from `mesh install`); empty: not installed.
+    installed: BTreeMap<String, Value>,
+    /// The deployment that is missing, if any.
+    missing_deployment: Option<&'static str>,
+    /// Reads of ConfigMaps and Secrets are refused (403), and access reviews say no.
+    rbac_denied: bool,
+    /// The proxies' pods (namespace demo).
+    meshed_pods: Vec<Value>,
+}
+
+fn json_response(status: u16, body: String) -> http::Response<Full<Bytes>> {
+    let mut r = http::Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn not_found(kind: &str, name: &str) -> (u16, String) {
+    // The recorded 404, for the object asked about.
+    let mut status: Value = serde_json::from_str(&fixture("notfound-404.json")).unwrap();
+    status["message"] = format!("{kind} \"{name}\" not found").into();
+    status["details"]["name"] = name.into();
+    (404, status.to_string())
+}
+
+/// The recorded Deployment `web`, renamed into the control plane (ready, 2 of 2).
+fn deployment(name: &str) -> Value {
+    let list: Value = serde_json::from_str(&fixture("deployments-list.json")).unwrap();
+    let mut d = list["items"][0].clone();
+    d["apiVersion"] = "apps/v1".into();
+    d["kind"] = "Deployment".into();
+    d["metadata"]["name"] = name.into();
+    d["metadata"]["namespace"] = "mesh".into();
+    d
+}
+
+/// The recorded pods, renamed into the control plane with its labels.
+fn control_plane_pods() -> Value {
+    let mut list: Value = serde_json::from_str(&fixture("pods-list.json")).unwrap();
+    for (i, pod) in list["items"].as_array_mut().unwrap().iter_mut().enumerate() {
+        pod["metadata"]["namespace"] = "mesh".into();
+        pod["metadata"]["name"] = format!("mesh-destination-85489d9c68-{i}").into();
+        pod["metadata"]["labels"]["mesh.io/control-plane-ns"] = "mesh".into();
+    }
+    list
+}
+
+/// The recorded pods of namespace demo, injected as the webhook would, with their proxy ready.
+fn meshed_pods(anchors: &str, version: &str) -> Vec<Value> {
+    let list: Value = serde_json::from_str(&fixture("pods-list.json")).unwrap();
+    let config = ProxyConfig::new("ghcr.io/mesh/proxy", version, anchors);
+    list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pod| {
+            let mut pod = pod.clone();
+            core::inject(&mut pod, &BTreeMap::new(), &config).unwrap();
+            pod["status"]["initContainerStatuses"] = json!([
+                {"name": "mesh-init", "ready": true, "restartCount": 0, "image": "", "imageID": "",
+                 "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+                {"name": "mesh-proxy", "ready": true, "restartCount": 0, "image": "", "imageID": "",
+                 "started": true, "state": {"running": {}}},
+            ]);
+            pod
+        })
+        .collect()
+}
+
+fn respond(
+    cluster: &Cluster,
+    method: &http::Method,
+    path: &str,
+    query: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let installed = |key: &str| cluster.installed.get(key).map(|v| (200, v.to_string()));
+    let forbidden = || (403, fixture("forbidden-403.json"));
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (method.as_str(), segments.as_slice()) {
+        ("GET", ["version"]) => (200, fixture("version.json")),
+        ("GET", ["api", "v1", "namespaces", "demo"]) => (200, fixture("namespace-demo.json")),
+        ("GET", ["api", "v1", "namespaces", name]) => {
+            installed(&format!("Namespace/{name}")).unwrap_or_else(|| not_found("namespaces", name))
+        }
+        ("GET", ["apis", "apps", "v1", "namespaces", "mesh", "deployments", name]) => {
+            if cluster.installed.is_empty() || cluster.missing_deployment == Some(*name) {
+                not_found("deployments.apps", name)
+            } else {
+                (200, deployment(name).to_string())
+            }
+        }
+        ("GET", ["api", "v1", "namespaces", "mesh", "pods"]) => {
+            assert!(query.contains("labelSelector"), "{query}");
+            (200, control_plane_pods().to_string())
+        }
+        ("GET", ["api", "v1", "namespaces", "mesh", "configmaps" | "secrets", _])
+            if cluster.rbac_denied =>
+        {
+            forbidden()
+        }
+        ("GET", ["api", "v1", "namespaces", "mesh", "configmaps", name]) => {
+            installed(&format!("ConfigMap/{name}")).unwrap_or_else(|| not_found("configmaps", name))
+        }
+        ("GET", ["api", "v1", "namespaces", "mesh", "secrets", name]) => {
+            installed(&format!("Secret/{name}")).unwrap_or_else(|| not_found("secrets", name))
+        }
+        (
+            "GET",
+            ["apis", "admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", name],
+        ) => installed(&format!("MutatingWebhookConfiguration/{name}")).unwrap_or_else(|| {
+            not_found(
+                "mutatingwebhookconfigurations.admissionregistration.k8s.io",
+                name,
+            )
+        }),
+        ("GET", ["apis", "rbac.authorization.k8s.io", "v1", "clusterroles", name]) => {
+            installed(&format!("ClusterRole/{name}"))
+                .unwrap_or_else(|| not_found("clusterroles.rbac.authorization.k8s.io", name))
+        }
+        ("POST", ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"]) => {
+            // The recorded answer, for the attributes asked about.
+            let name = if cluster.rbac_denied {
+                "selfsubjectaccessreview-denied.json"
+            } else {
+                "selfsubjectaccessreview-allowed.json"
+            };
+            let mut answer: Value = serde_json::from_str(&fixture(name)).unwrap();
+            let asked: Value = serde_json::from_slice(body).unwrap();
+            answer["spec"] = asked["spec"].clone();
+            (201, answer.to_string())
+        }
+        ("POST", ["api", "v1", "namespaces", "default", "pods"]) => {
+            assert!(
+                query.contains("dryRun=All"),
+                "a real pod must never be created: {query}"
+            );
+            let mut pod: Value = serde_json::from_slice(body).unwrap();
+            pod["metadata"]["name"] = "mesh-check-x7k2p".into();
+            pod["metadata"]["namespace"] = "default".into();
+            (201, pod.to_string())
+        }
+        (
+            "POST",
+            ["api", "v1", "namespaces", "mesh", "services", "https:mesh-injector:443", "proxy", "inject"],
+        ) => {
+            // What the injector answers: the proxy added to the reviewed pod.
+            let review: Value = serde_json::from_slice(body).unwrap();
+            let mut pod = review["request"]["object"].clone();
+            let anchors = cluster.installed["ConfigMap/mesh-trust-anchors"]["data"]
+                ["ca-bundle.crt"]
+                .as_str()
+                .unwrap();
+            core::inject(
+                &mut pod,
+                &BTreeMap::new(),
+                &ProxyConfig::new("ghcr.io/mesh/proxy", "v0.1.0", anchors),
+            )
+            .unwrap();
+            let patch = json!([{"op": "add", "path": "/spec/initContainers", "value": pod["spec"]["initContainers"]}]);
+            use base64::Engine as _;
+            let patch = base64::engine::general_purpose::STANDARD.encode(patch.to_string());
+            (200, json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "response": {"uid": review["request"]["uid"], "allowed": true, "patchType": "JSONPatch", "patch": patch}}).to_string())
+        }
+        ("GET", ["api", "v1", "pods"]) | ("GET", ["api", "v1", "namespaces", "demo", "pods"]) => {
+            let mut list: Value = serde_json::from_str(&fixture("pods-list.json")).unwrap();
+            let mut items = cluster.meshed_pods.clone();
+            if segments.len() == 3 {
+                items.extend(
+                    control_plane_pods()["items"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .cloned(),
+                );
+            }
+            list["items"] = items.into();
+            (200, list.to_string())
+        }
+        ("GET", ["api", "v1", "namespaces", "demo", "pods", pod, "proxy", "metrics"]) => {
+            assert!(pod.ends_with(":4191"), "{pod}");
+            let expiry = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 86_400;
+            (200, format!("# TYPE identity_cert_expiration_timestamp_seconds gauge\nidentity_cert_expiration_timestamp_seconds {expiry}\n# EOF\n"))
+        }
+        _ => (404, fixture("notfound-404.json")),
+    }
+}
+
+async fn fake_api_server(cluster: Cluster) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cluster = Arc::new(cluster);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let cluster = cluster.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let cluster = cluster.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let (status, text) = respond(
+                                &cluster,
+                                &parts.method,
+                                parts.uri.path(),
+                                parts.uri.query().unwrap_or(""),
+                                &body,
+                            );
+                            Ok::<_, Infallible>(json_response(status, text))
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// The control plane as `mesh install` renders it with these certificate flags.
+fn installed(cert_flags: &[String]) -> BTreeMap<String, Value> {
+    let mut args = vec!["install", "--ignore-cluster"];
+    args.extend(cert_flags.iter().map(String::as_str));
+    let out = mesh(&args, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    docs(&stdout(&out))
+        .into_iter()
+        .map(|d| {
+            (
+                format!(
+                    "{}/{}",
+                    d["kind"].as_str().unwrap(),
+                    d["metadata"]["name"].as_str().unwrap()
+                ),
+                d,
+            )
+        })
+        .collect()
+}
+
+/// Runs `mesh check ARGS` against the fake cluster: (exit code, stdout).
+async fn check(cluster: Cluster, args: &[&str]) -> (i32, String, String) {
+    let api = fake_api_server(cluster).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: 'http://{api}'}}}}]\n\
+             users: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n\
+             current-context: fake\n"
+        ),
+    )
+    .unwrap();
+    let kubeconfig = kubeconfig.display().to_string();
+    let mut all = vec!["check", "--kubeconfig", kubeconfig.as_str()];
+    all.extend(args);
+    // The binary blocks; run it off the runtime that serves the fake.
+    let all: Vec<String> = all.into_iter().map(String::from).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        mesh(&all, None)
+    })
+    .await
+    .unwrap();
+    (out.status.code().unwrap_or(-1), stdout(&out), stderr(&out))
+}
+
+fn healthy() -> Cluster {
+    Cluster {
+        installed: installed(&cert_flags()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_healthy_control_plane_passes() {
+    let (code, out, err) = check(healthy(), &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    golden("check.txt", &out);
+    let (code, json, _) = check(healthy(), &["-o", "json"]).await;
+    assert_eq!(code, 0);
+    golden("check.json", &json);
+    let report: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(report["success"], true);
+}
+
+#[tokio::test]
+async fn a_missing_deployment_fails_with_the_api_message() {
+    let cluster = Cluster {
+        missing_deployment: Some("mesh-destination"),
+        ..healthy()
+    };
+    let (code, out, _) = check(cluster, &[]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("× the destination controller is ready\n    deployments.apps \"mesh-destination\" not found\n    hint: "), "{out}");
+    assert!(out.contains("✔ the identity controller is ready"), "{out}");
+    assert!(out.ends_with("Status check results are ×\n"), "{out}");
+}
+
+#[tokio::test]
+async fn an_issuer_expiring_within_60_days_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let anchor = ca::new_trust_anchor("cluster.local", Duration::from_secs(3650 * 86_400)).unwrap();
+    let issuer =
+        ca::new_issuer(&anchor, "cluster.local", Duration::from_secs(30 * 86_400)).unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let mut flags = vec![
+        "--identity-trust-anchors-file".to_string(),
+        write("anchors.pem", &anchor.cert_pem),
+        "--identity-issuer-certificate-file".into(),
+        write("issuer.crt", &issuer.cert_pem),
+        "--identity-issuer-key-file".into(),
+        write("issuer.key", &issuer.key_pem),
+    ];
+    flags.extend(cert_flags().into_iter().skip(6));
+    let cluster = Cluster {
+        installed: installed(&flags),
+        ..Default::default()
+    };
+    let (code, out, _) = check(cluster, &[]).await;
+    assert_eq!(code, 0, "a warning does not fail the run: {out}");
+    assert!(
+        out.contains("‼ the issuer certificate is not expiring within 60 days\n    it expires on "),
+        "{out}"
+    );
+    assert!(out.contains("(in 29 days)"), "{out}");
+    assert!(
+        out.contains("✔ the trust anchor is not expiring within 60 days"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn rbac_denials_fail_with_a_hint() {
+    let cluster = Cluster {
+        rbac_denied: true,
+        ..healthy()
+    };
+    let (code, out, _) = check(cluster.clone(), &[]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("× the trust anchors are valid\n    pods is forbidden"),
+        "{out}"
+    );
+    assert!(
+        out.contains("hint: your user lacks the permission"),
+        "{out}"
+    );
+    let (code, out, _) = check(
+        Cluster {
+            installed: BTreeMap::new(),
+            ..cluster
+        },
+        &["--pre"],
+    )
+    .await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("× can create the cluster-wide resources install needs\n    not allowed to create namespaces, clusterroles.rbac.authorization.k8s.io"), "{out}");
+}
+
+#[tokio::test]
+async fn pre_passes_on_an_empty_cluster_and_fails_on_an_installed_one() {
+    let (code, out, err) = check(Cluster::default(), &["--pre"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    golden("check-pre.txt", &out);
+    assert!(
+        out.contains("‼ the Kubernetes version is supported\n    the cluster runs 1.28"),
+        "{out}"
+    );
+    let (code, out, _) = check(healthy(), &["--pre"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("× the control plane namespace does not exist yet"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "found mutatingwebhookconfiguration/mesh-proxy-injector, clusterrole/mesh-destination"
+        ),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn proxies_are_ready_current_and_certified() {
+    let mut cluster = healthy();
+    let anchors = std::fs::read_to_string(testdata("certs/trust-anchors.pem")).unwrap();
+    cluster.meshed_pods = meshed_pods(&anchors, &mesh_cli::install::version());
+    let (code, out, err) = check(cluster.clone(), &["--proxy", "-n", "demo"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    golden("check-proxy.txt", &out);
+
+    // An old proxy with other trust anchors, and one not ready.
+    let other = ca::new_trust_anchor("cluster.local", Duration::from_secs(86_400)).unwrap();
+    let mut pods = meshed_pods(&other.cert_pem, "v0.0.9");
+    pods[1]["status"]["initContainerStatuses"][1]["ready"] = false.into();
+    cluster.meshed_pods = pods;
+    let (code, out, _) = check(cluster.clone(), &["--proxy"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("× the proxies are ready\n    not ready: demo/web-85489d9c68-"),
+        "{out}"
+    );
+    assert!(
+        out.contains("‼ the proxies run this CLI's version"),
+        "{out}"
+    );
+    assert!(
+        out.contains("× the proxies trust the current trust anchors"),
+        "{out}"
+    );
+
+    cluster.meshed_pods.clear();
+    let (code, out, _) = check(cluster, &["--proxy", "-n", "demo"]).await;
+    assert_eq!(code, 1);
+    assert!(out.contains("× there are meshed pods"), "{out}");
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_fails_at_once_and_wait_retries_until_its_deadline() {
+    let start = std::time::Instant::now();
+    let out = mesh(
+        &[
+            "check",
+            "--kubeconfig",
+            "/nonexistent/kubeconfig",
+            "--wait",
+            "3s",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        start.elapsed() >= Duration::from_secs(3),
+        "waited {:?}",
+        start.elapsed()
+    );
+    assert!(
+        stdout(&out).contains("× can initialize the client"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stderr(&out).contains("waiting for the checks to pass"));
+}
