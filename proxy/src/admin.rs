@@ -133,7 +133,7 @@ mod tests {
 
     fn admin() -> Admin {
         Admin {
-            metrics: Metrics::new(10),
+            metrics: Metrics::new(10, false),
             ready: Arc::default(),
             drain: Drain::new(),
         }

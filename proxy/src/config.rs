@@ -10,7 +10,9 @@
 //! ```
 
 use crate::ports::PortList;
-use std::{net::SocketAddr, str::FromStr, time::Duration};
+use mesh_api::identity::{ca, Identity};
+use rustls_pki_types::CertificateDer;
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 /// Server-speaks-first (or otherwise detection-hostile) ports that are opaque by default: SMTP,
 /// MySQL and Galera, PostgreSQL, Redis, Elasticsearch transport, memcached and others. A client of
@@ -61,10 +63,36 @@ pub struct Config {
     pub failfast_timeout: Duration,
     /// `MESH_PROXY_DESTINATION_IDLE_TIMEOUT`: how long an unused resolution is kept.
     pub destination_idle_timeout: Duration,
+    /// The proxy's identity and where it gets its certificate; `None` only with
+    /// `MESH_PROXY_IDENTITY_DISABLED=true`.
+    pub identity: Option<IdentityConfig>,
+    /// `MESH_PROXY_INBOUND_REQUIRE_IDENTITY_PORTS`: inbound ports that refuse connections
+    /// without a verified client identity (mutual TLS from another proxy).
+    pub inbound_require_identity_ports: PortList,
     /// `MESH_PROXY_LOG`: a tracing filter.
     pub log: String,
     /// `MESH_PROXY_LOG_FORMAT`: `plain` or `json`.
     pub log_format: LogFormat,
+}
+
+/// The proxy's identity, and how it gets and checks certificates.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IdentityConfig {
+    /// `MESH_PROXY_IDENTITY_NAME`: the workload's identity, its certificate's name.
+    pub name: Identity,
+    /// `MESH_PROXY_IDENTITY_ADDR`: the identity controller, `host:port`.
+    pub addr: String,
+    /// `MESH_PROXY_IDENTITY_SERVER_NAME`: the identity controller's own identity, verified
+    /// before the token is sent; by default `mesh-identity.mesh` in the proxy's trust domain.
+    pub server_name: Identity,
+    /// `MESH_PROXY_IDENTITY_TOKEN_FILE`: the service-account token, read afresh for every
+    /// request (projected tokens rotate).
+    pub token_file: PathBuf,
+    /// `MESH_PROXY_TRUST_ANCHORS`: the roots peers' and the controller's chains must lead to
+    /// (PEM, given inline or as a file path).
+    pub trust_anchors: Vec<CertificateDer<'static>>,
+    /// `MESH_PROXY_IDENTITY_DIR`: where the private key is generated and kept.
+    pub dir: PathBuf,
 }
 
 /// How log lines are written.
@@ -145,10 +173,136 @@ impl Config {
             cluster_domain: get("MESH_PROXY_CLUSTER_DOMAIN").unwrap_or_else(|| "cluster.local".to_string()),
             failfast_timeout: env.duration("MESH_PROXY_OUTBOUND_FAILFAST_TIMEOUT", "3s")?,
             destination_idle_timeout: env.duration("MESH_PROXY_DESTINATION_IDLE_TIMEOUT", "60s")?,
+            identity: identity(&get)?,
+            inbound_require_identity_ports: env.parse(
+                "MESH_PROXY_INBOUND_REQUIRE_IDENTITY_PORTS",
+                "",
+                PORTS_EXPECTED,
+            )?,
             log: get("MESH_PROXY_LOG").unwrap_or_else(|| "warn,mesh_proxy=info".to_string()),
             log_format: env.parse("MESH_PROXY_LOG_FORMAT", "plain", "plain or json")?,
         })
     }
+}
+
+/// The identity variables: all of them, unless `MESH_PROXY_IDENTITY_DISABLED=true`.
+const IDENTITY_VARS: [&str; 5] = [
+    "MESH_PROXY_IDENTITY_NAME",
+    "MESH_PROXY_IDENTITY_ADDR",
+    "MESH_PROXY_IDENTITY_TOKEN_FILE",
+    "MESH_PROXY_TRUST_ANCHORS",
+    "MESH_PROXY_IDENTITY_DIR",
+];
+
+fn identity(get: &impl Fn(&str) -> Option<String>) -> Result<Option<IdentityConfig>, ConfigError> {
+    let err = |var: &'static str, value: String, expected: &str| ConfigError {
+        var,
+        value,
+        expected: expected.to_string(),
+    };
+    match get("MESH_PROXY_IDENTITY_DISABLED")
+        .as_deref()
+        .map(str::trim)
+    {
+        Some("true") => return Ok(None),
+        None | Some("false") => {}
+        Some(other) => {
+            return Err(err(
+                "MESH_PROXY_IDENTITY_DISABLED",
+                other.to_string(),
+                "true or false",
+            ))
+        }
+    }
+    let [name, addr, token_file, anchors, dir] = IDENTITY_VARS.map(get);
+    if let Some(missing) = IDENTITY_VARS
+        .iter()
+        .zip([&name, &addr, &token_file, &anchors, &dir])
+        .find_map(|(var, value)| value.is_none().then_some(*var))
+    {
+        return Err(err(
+            missing,
+            String::new(),
+            "a value: identity (mutual TLS) is on unless MESH_PROXY_IDENTITY_DISABLED=true, and \
+             then MESH_PROXY_IDENTITY_NAME, _ADDR, _TOKEN_FILE, _DIR and MESH_PROXY_TRUST_ANCHORS \
+             are all needed",
+        ));
+    }
+    let (name, addr, token_file, anchors, dir) = (
+        name.unwrap_or_default(),
+        addr.unwrap_or_default(),
+        token_file.unwrap_or_default(),
+        anchors.unwrap_or_default(),
+        dir.unwrap_or_default(),
+    );
+    let name = Identity::parse(name.trim()).map_err(|e| {
+        err(
+            "MESH_PROXY_IDENTITY_NAME",
+            name.clone(),
+            &format!("<sa>.<ns>.serviceaccount.identity.mesh.<trust-domain> ({e})"),
+        )
+    })?;
+    if !is_host_port(&addr) {
+        return Err(err(
+            "MESH_PROXY_IDENTITY_ADDR",
+            addr,
+            "host:port, like mesh-identity.mesh.svc.cluster.local:8080",
+        ));
+    }
+    let server_name = match get("MESH_PROXY_IDENTITY_SERVER_NAME") {
+        None => Identity::controller(name.trust_domain()).expect("a valid trust domain"),
+        Some(value) => Identity::parse(value.trim()).map_err(|e| {
+            err(
+                "MESH_PROXY_IDENTITY_SERVER_NAME",
+                value.clone(),
+                &format!("the identity controller's identity ({e})"),
+            )
+        })?,
+    };
+    // Inline PEM, or the path of a PEM file.
+    let pem = if anchors.contains("-----BEGIN") {
+        anchors.clone()
+    } else {
+        std::fs::read_to_string(anchors.trim()).map_err(|e| {
+            err(
+                "MESH_PROXY_TRUST_ANCHORS",
+                anchors.clone(),
+                &format!("PEM certificates, or a readable file of them ({e})"),
+            )
+        })?
+    };
+    let trust_anchors = ca::certs_from_pem(&pem, "the trust anchors").map_err(|e| {
+        err(
+            "MESH_PROXY_TRUST_ANCHORS",
+            anchors.clone(),
+            &format!("PEM certificates ({e})"),
+        )
+    })?;
+    for anchor in &trust_anchors {
+        if let Err(e) = webpki::anchor_from_trusted_cert(anchor) {
+            return Err(err(
+                "MESH_PROXY_TRUST_ANCHORS",
+                anchors,
+                &format!("certificates that parse as trust anchors ({e})"),
+            ));
+        }
+    }
+    for (var, value) in [
+        ("MESH_PROXY_IDENTITY_TOKEN_FILE", &token_file),
+        ("MESH_PROXY_IDENTITY_DIR", &dir),
+    ] {
+        if value.trim().is_empty() {
+            return Err(err(var, value.clone(), "a path"));
+        }
+    }
+    Ok(Some(IdentityConfig {
+        name,
+        addr,
+        server_name,
+        token_file: PathBuf::from(token_file),
+        trust_anchors,
+        dir: PathBuf::from(dir),
+    }))
 }
 
 const PORTS_EXPECTED: &str = "a comma-separated list of ports and ranges like 25,587,8000-8100";
@@ -244,12 +398,101 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// The configuration from `vars`, with identity disabled unless `vars` say otherwise.
     fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let env: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let mut env: HashMap<String, String> = HashMap::from([(
+            "MESH_PROXY_IDENTITY_DISABLED".to_string(),
+            "true".to_string(),
+        )]);
+        env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         Config::from_env(|k| env.get(k).cloned())
+    }
+
+    fn anchor_pem() -> String {
+        ca::new_trust_anchor("cluster.local", Duration::from_secs(3600))
+            .unwrap()
+            .cert_pem
+    }
+
+    fn identity_vars(anchors: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("MESH_PROXY_IDENTITY_DISABLED", "false".into()),
+            (
+                "MESH_PROXY_IDENTITY_NAME",
+                "web.demo.serviceaccount.identity.mesh.cluster.local".into(),
+            ),
+            ("MESH_PROXY_IDENTITY_ADDR", "10.244.0.2:8080".into()),
+            ("MESH_PROXY_IDENTITY_TOKEN_FILE", "/var/run/token".into()),
+            ("MESH_PROXY_TRUST_ANCHORS", anchors.into()),
+            ("MESH_PROXY_IDENTITY_DIR", "/var/run/mesh".into()),
+        ]
+    }
+
+    fn with(vars: &[(&'static str, String)]) -> Result<Config, ConfigError> {
+        let borrowed: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        config(&borrowed)
+    }
+
+    #[test]
+    fn identity_is_required_unless_disabled() {
+        let err = Config::from_env(|_| None).unwrap_err();
+        assert_eq!(err.var, "MESH_PROXY_IDENTITY_NAME");
+        assert!(
+            err.to_string()
+                .contains("MESH_PROXY_IDENTITY_DISABLED=true"),
+            "{err}"
+        );
+        assert_eq!(config(&[]).unwrap().identity, None);
+
+        let pem = anchor_pem();
+        let c = with(&identity_vars(&pem)).unwrap();
+        let id = c.identity.unwrap();
+        assert_eq!(id.name.service_account(), "web");
+        assert_eq!(
+            id.server_name.to_string(),
+            "mesh-identity.mesh.serviceaccount.identity.mesh.cluster.local"
+        );
+        assert_eq!(id.trust_anchors.len(), 1);
+
+        // Every variable is needed, and each is checked.
+        for skip in 1..6 {
+            let mut vars = identity_vars(&pem);
+            let var = vars.remove(skip).0;
+            assert_eq!(with(&vars).unwrap_err().var, var);
+        }
+        for (var, value, fragment) in [
+            ("MESH_PROXY_IDENTITY_NAME", "web.demo.svc", "serviceaccount"),
+            ("MESH_PROXY_IDENTITY_ADDR", "identity", "host:port"),
+            (
+                "MESH_PROXY_TRUST_ANCHORS",
+                "/nonexistent.pem",
+                "readable file",
+            ),
+            (
+                "MESH_PROXY_TRUST_ANCHORS",
+                "-----BEGIN CERTIFICATE-----\nxx",
+                "PEM",
+            ),
+            (
+                "MESH_PROXY_IDENTITY_SERVER_NAME",
+                "controller",
+                "identity controller",
+            ),
+            ("MESH_PROXY_IDENTITY_DISABLED", "yes", "true or false"),
+        ] {
+            let mut vars = identity_vars(&pem);
+            vars.push((var, value.into()));
+            let err = with(&vars).unwrap_err();
+            assert_eq!(err.var, var);
+            assert!(err.to_string().contains(fragment), "{err}");
+        }
+
+        // A path to the anchors works as well as the PEM itself.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("anchors.pem");
+        std::fs::write(&path, &pem).unwrap();
+        let c = with(&identity_vars(path.to_str().unwrap())).unwrap();
+        assert_eq!(c.identity.unwrap().trust_anchors.len(), 1);
     }
 
     #[test]
@@ -316,6 +559,11 @@ mod tests {
             "host:port",
         );
         check("MESH_PROXY_OUTBOUND_FAILFAST_TIMEOUT", "3 s", "duration");
+        check(
+            "MESH_PROXY_INBOUND_REQUIRE_IDENTITY_PORTS",
+            "http",
+            "ports and ranges",
+        );
     }
 
     #[test]

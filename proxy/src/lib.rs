@@ -1,8 +1,9 @@
 //! The mesh data plane: a transparent sidecar proxy (`mesh-proxy`) and the pod's redirect rules
 //! (`mesh-init`).
 //!
-//! [`run`] is the whole proxy: it binds the inbound, outbound and admin listeners, serves until
-//! SIGTERM, SIGINT or `POST /shutdown`, then drains in-flight work within the grace period.
+//! [`run`] is the whole proxy: it binds the inbound, outbound and admin listeners, gets its
+//! certificate (identity on), serves until SIGTERM, SIGINT or `POST /shutdown`, then drains
+//! in-flight work within the grace period.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -12,6 +13,7 @@ pub mod detect;
 pub mod discover;
 pub mod drain;
 pub mod http;
+pub mod identity;
 pub mod init;
 pub mod io;
 pub mod metrics;
@@ -27,6 +29,7 @@ use crate::{
     discover::{DiscoveryConfig, Resolver},
     drain::Drain,
     http::{upstream::Upstream, HttpForwarder, HttpSettings},
+    identity::{IdentityError, LocalIdentity},
     metrics::{Direction, Metrics},
     orig_dst::OriginalDst,
     ports::PortList,
@@ -40,15 +43,19 @@ use tokio::net::TcpListener;
 
 /// The proxy could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("binding {var}={addr}: {source}")]
-pub struct BindError {
-    pub var: &'static str,
-    pub addr: SocketAddr,
-    pub source: std::io::Error,
+pub enum StartError {
+    #[error("binding {var}={addr}: {source}")]
+    Bind {
+        var: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
 }
 
 /// Runs the proxy until shutdown completes.
-pub async fn run(config: Config) -> Result<(), BindError> {
+pub async fn run(config: Config) -> Result<(), StartError> {
     let drain = Drain::new();
     let proxy = start(&config, drain.clone()).await?;
     tracing::info!(
@@ -78,7 +85,7 @@ pub struct Started {
 }
 
 /// Binds the listeners and spawns their accept loops; the proxy then serves until `drain` starts.
-pub async fn start(config: &Config, drain: Drain) -> Result<Started, BindError> {
+pub async fn start(config: &Config, drain: Drain) -> Result<Started, StartError> {
     start_with(config, drain, [OriginalDst::Socket; 2]).await
 }
 
@@ -87,18 +94,18 @@ pub async fn start_with(
     config: &Config,
     drain: Drain,
     original_dst: [OriginalDst; 2],
-) -> Result<Started, BindError> {
+) -> Result<Started, StartError> {
     let bind = |var: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
-            .map_err(|source| BindError { var, addr, source })
+            .map_err(|source| StartError::Bind { var, addr, source })
     };
     let inbound = bind("MESH_PROXY_INBOUND_ADDR", config.inbound_addr).await?;
     let outbound = bind("MESH_PROXY_OUTBOUND_ADDR", config.outbound_addr).await?;
     let admin = bind("MESH_PROXY_ADMIN_ADDR", config.admin_addr).await?;
     let local = |l: &TcpListener, var, addr| {
         l.local_addr()
-            .map_err(|source| BindError { var, addr, source })
+            .map_err(|source| StartError::Bind { var, addr, source })
     };
     let started = Started {
         inbound: local(&inbound, "MESH_PROXY_INBOUND_ADDR", config.inbound_addr)?,
@@ -106,7 +113,14 @@ pub async fn start_with(
         admin: local(&admin, "MESH_PROXY_ADMIN_ADDR", config.admin_addr)?,
     };
 
-    let metrics = Metrics::new(config.max_authority_labels);
+    let metrics = Metrics::new(config.max_authority_labels, config.identity.is_some());
+    let identity = match &config.identity {
+        Some(identity) => Some(LocalIdentity::new(
+            identity.clone(),
+            metrics.identity.clone(),
+        )?),
+        None => None,
+    };
     let discovery = config.destination_addr.as_ref().map(|controller| {
         Resolver::new(DiscoveryConfig {
             controller: controller.clone(),
@@ -132,7 +146,11 @@ pub async fn start_with(
             header_read_timeout: config.header_read_timeout,
             max_header_bytes: config.max_header_bytes,
         };
-        let upstream = Upstream::new(config.connect_timeout, config.pool_idle_timeout);
+        let upstream = Upstream::new(
+            config.connect_timeout,
+            config.pool_idle_timeout,
+            identity.clone(),
+        );
         Arc::new(Listener {
             direction,
             original_dst,
@@ -147,9 +165,15 @@ pub async fn start_with(
                 upstream,
                 metrics.clone(),
                 settings,
+                identity.is_some(),
             ),
             discovery,
             metrics: metrics.clone(),
+            identity: identity.clone(),
+            require_identity_ports: match direction {
+                Direction::Inbound => config.inbound_require_identity_ports.clone(),
+                Direction::Outbound => PortList::default(),
+            },
         })
     };
     tokio::spawn(
@@ -169,7 +193,12 @@ pub async fn start_with(
         .run(outbound, drain.clone()),
     );
 
-    let ready = Arc::new(AtomicBool::new(true));
+    // Ready at once without identity; with it, once the first certificate is in.
+    let ready = Arc::new(AtomicBool::new(identity.is_none()));
+    if let Some(identity) = identity {
+        tracing::info!(identity = identity.name(), "requesting a certificate");
+        tokio::spawn(identity.run(ready.clone()));
+    }
     tokio::spawn(
         Admin {
             metrics,

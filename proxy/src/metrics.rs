@@ -1,10 +1,14 @@
 //! The proxy's golden metrics, in Prometheus text format.
 //!
 //! Every family carries `direction` (`inbound` or `outbound`) and `target_addr`; HTTP families
-//! add `authority`. Label values come only from bounded sets: no paths, and at most
-//! `MESH_PROXY_MAX_AUTHORITY_LABELS` distinct authorities (further ones count as `overflow`).
+//! add `authority`. Where it is known, `tls` says whether the hop is mutual TLS between proxies:
+//! `tls="true"` with the peer's verified identity (`client_id` inbound, `server_id` outbound), or
+//! `tls="no_identity"` with a `no_tls_reason`. Label values come only from bounded sets: no
+//! paths, and at most `MESH_PROXY_MAX_AUTHORITY_LABELS` distinct authorities (further ones count
+//! as `overflow`).
 
 use crate::discover::DstLabels;
+use crate::identity::IdentityMetrics;
 use prometheus_client::{
     encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -32,11 +36,29 @@ impl Direction {
     }
 }
 
+/// Whether a hop is mutual TLS between proxies.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Tls {
+    /// Mutual TLS; the peer's verified identity.
+    Established(Arc<str>),
+    /// No mesh identity on this hop, and why (a `no_tls_reason` below).
+    NoIdentity(&'static str),
+}
+
+/// `no_tls_reason`: the proxy runs with `MESH_PROXY_IDENTITY_DISABLED=true`.
+pub const NO_TLS_DISABLED: &str = "disabled";
+/// `no_tls_reason`: the client did not open mesh TLS (plaintext, or TLS for another name).
+pub const NO_TLS_FROM_REMOTE: &str = "not_provided_by_remote";
+/// `no_tls_reason`: discovery gave no identity for the endpoint (or did not know it).
+pub const NO_TLS_FROM_DISCOVERY: &str = "not_provided_by_service_discovery";
+
 /// Labels of a TCP connection.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TcpLabels {
     pub direction: Direction,
     pub target_addr: SocketAddr,
+    /// Absent where one client connection's requests may go over different hops (outbound HTTP).
+    pub tls: Option<Tls>,
 }
 
 /// Labels of an HTTP request.
@@ -48,6 +70,7 @@ pub struct RequestLabels {
     /// The endpoint's labels from discovery (`dst_namespace`, `dst_service`, `dst_deployment`,
     /// `dst_pod`), when the target was discovered.
     pub dst: Option<Arc<DstLabels>>,
+    pub tls: Tls,
 }
 
 /// Labels of an HTTP response: the request's, plus how it was classified.
@@ -82,6 +105,8 @@ pub struct Metrics {
     pub tcp_write_bytes_total: Family<TcpLabels, Counter>,
     /// Connections refused before any forwarding, by reason (`loop`, `detect`, …).
     pub tcp_refused_total: Family<RefusedLabels, Counter>,
+    /// The certificate's expiry and refreshes (registered when identity is on).
+    pub identity: IdentityMetrics,
     authorities: Arc<AuthorityBudget>,
 }
 
@@ -99,7 +124,8 @@ const LATENCY_BUCKETS_MS: [f64; 22] = [
 ];
 
 impl Metrics {
-    pub fn new(max_authority_labels: usize) -> Self {
+    /// The families; the identity ones only when `identity` is on.
+    pub fn new(max_authority_labels: usize, identity: bool) -> Self {
         let mut registry = Registry::default();
         let m = Self {
             registry: Arc::new(Registry::default()),
@@ -114,6 +140,7 @@ impl Metrics {
             tcp_read_bytes_total: Family::default(),
             tcp_write_bytes_total: Family::default(),
             tcp_refused_total: Family::default(),
+            identity: IdentityMetrics::default(),
             authorities: Arc::new(AuthorityBudget::new(max_authority_labels)),
         };
         registry.register("request", "HTTP requests received", m.request_total.clone());
@@ -157,6 +184,9 @@ impl Metrics {
             "TCP connections refused by the proxy, by reason",
             m.tcp_refused_total.clone(),
         );
+        if identity {
+            m.identity.register(&mut registry);
+        }
         Self {
             registry: Arc::new(registry),
             ..m
@@ -223,7 +253,32 @@ fn label(encoder: &mut LabelSetEncoder, key: &str, value: &str) -> Result<(), st
 impl EncodeLabelSet for TcpLabels {
     fn encode(&self, mut e: LabelSetEncoder) -> Result<(), std::fmt::Error> {
         label(&mut e, "direction", self.direction.as_str())?;
-        label(&mut e, "target_addr", &self.target_addr.to_string())
+        label(&mut e, "target_addr", &self.target_addr.to_string())?;
+        match &self.tls {
+            Some(tls) => encode_tls(tls, self.direction, &mut e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn encode_tls(
+    tls: &Tls,
+    direction: Direction,
+    e: &mut LabelSetEncoder,
+) -> Result<(), std::fmt::Error> {
+    match tls {
+        Tls::Established(peer) => {
+            label(e, "tls", "true")?;
+            let key = match direction {
+                Direction::Inbound => "client_id",
+                Direction::Outbound => "server_id",
+            };
+            label(e, key, peer)
+        }
+        Tls::NoIdentity(reason) => {
+            label(e, "tls", "no_identity")?;
+            label(e, "no_tls_reason", reason)
+        }
     }
 }
 
@@ -256,7 +311,7 @@ fn encode_request(r: &RequestLabels, e: &mut LabelSetEncoder) -> Result<(), std:
             }
         }
     }
-    Ok(())
+    encode_tls(&r.tls, r.direction, e)
 }
 
 impl EncodeLabelSet for ResponseLabels {
@@ -286,12 +341,15 @@ mod tests {
 
     #[test]
     fn families_render_with_the_contract_names() {
-        let m = Metrics::new(10);
+        let m = Metrics::new(10, false);
         let request = RequestLabels {
             direction: Direction::Outbound,
             authority: m.authority_label("Web.Demo:80"),
             target_addr: "10.244.0.7:80".parse().unwrap(),
             dst: None,
+            tls: Tls::Established(Arc::from(
+                "web.demo.serviceaccount.identity.mesh.cluster.local",
+            )),
         };
         m.request_total.get_or_create(&request).inc();
         let rsp = ResponseLabels {
@@ -306,6 +364,7 @@ mod tests {
         let tcp = TcpLabels {
             direction: Direction::Inbound,
             target_addr: "127.0.0.1:8080".parse().unwrap(),
+            tls: Some(Tls::NoIdentity(NO_TLS_FROM_REMOTE)),
         };
         m.tcp_open_total.get_or_create(&tcp).inc();
         m.tcp_close_total.get_or_create(&tcp).inc();
@@ -313,13 +372,13 @@ mod tests {
         m.tcp_write_bytes_total.get_or_create(&tcp).inc_by(20);
         let text = m.encode();
         for line in [
-            r#"request_total{direction="outbound",authority="web.demo:80",target_addr="10.244.0.7:80"} 1"#,
-            r#"response_total{direction="outbound",authority="web.demo:80",target_addr="10.244.0.7:80",classification="failure",status_code="200",grpc_status="2"} 1"#,
-            r#"response_latency_ms_bucket{le="5.0",direction="outbound",authority="web.demo:80",target_addr="10.244.0.7:80",classification="failure",status_code="200",grpc_status="2"} 1"#,
-            r#"tcp_open_total{direction="inbound",target_addr="127.0.0.1:8080"} 1"#,
-            r#"tcp_close_total{direction="inbound",target_addr="127.0.0.1:8080"} 1"#,
-            r#"tcp_read_bytes_total{direction="inbound",target_addr="127.0.0.1:8080"} 10"#,
-            r#"tcp_write_bytes_total{direction="inbound",target_addr="127.0.0.1:8080"} 20"#,
+            r#"request_total{direction="outbound",authority="web.demo:80",target_addr="10.244.0.7:80",tls="true",server_id="web.demo.serviceaccount.identity.mesh.cluster.local"} 1"#,
+            r#"response_total{direction="outbound",authority="web.demo:80",target_addr="10.244.0.7:80",tls="true",server_id="web.demo.serviceaccount.identity.mesh.cluster.local",classification="failure",status_code="200",grpc_status="2"} 1"#,
+            r#"response_latency_ms_bucket{le="5.0",direction="outbound",authority="web.demo:80",target_addr="10.244.0.7:80",tls="true",server_id="web.demo.serviceaccount.identity.mesh.cluster.local",classification="failure",status_code="200",grpc_status="2"} 1"#,
+            r#"tcp_open_total{direction="inbound",target_addr="127.0.0.1:8080",tls="no_identity",no_tls_reason="not_provided_by_remote"} 1"#,
+            r#"tcp_close_total{direction="inbound",target_addr="127.0.0.1:8080",tls="no_identity",no_tls_reason="not_provided_by_remote"} 1"#,
+            r#"tcp_read_bytes_total{direction="inbound",target_addr="127.0.0.1:8080",tls="no_identity",no_tls_reason="not_provided_by_remote"} 10"#,
+            r#"tcp_write_bytes_total{direction="inbound",target_addr="127.0.0.1:8080",tls="no_identity",no_tls_reason="not_provided_by_remote"} 20"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
@@ -327,7 +386,7 @@ mod tests {
 
     #[test]
     fn destination_labels_follow_the_target() {
-        let m = Metrics::new(10);
+        let m = Metrics::new(10, false);
         let dst = DstLabels {
             namespace: Some("demo".into()),
             service: Some("web-svc".into()),
@@ -339,15 +398,16 @@ mod tests {
             authority: m.authority_label("web-svc.demo.svc.cluster.local:80"),
             target_addr: "10.244.0.5:8080".parse().unwrap(),
             dst: Some(Arc::new(dst)),
+            tls: Tls::NoIdentity(NO_TLS_FROM_DISCOVERY),
         };
         m.request_total.get_or_create(&labels).inc();
-        let line = r#"request_total{direction="outbound",authority="web-svc.demo.svc.cluster.local:80",target_addr="10.244.0.5:8080",dst_namespace="demo",dst_service="web-svc",dst_deployment="web",dst_pod="web-1"} 1"#;
+        let line = r#"request_total{direction="outbound",authority="web-svc.demo.svc.cluster.local:80",target_addr="10.244.0.5:8080",dst_namespace="demo",dst_service="web-svc",dst_deployment="web",dst_pod="web-1",tls="no_identity",no_tls_reason="not_provided_by_service_discovery"} 1"#;
         assert!(m.encode().contains(line), "{}", m.encode());
     }
 
     #[test]
     fn authority_labels_are_bounded() {
-        let m = Metrics::new(2);
+        let m = Metrics::new(2, false);
         assert_eq!(&*m.authority_label("a:80"), "a:80");
         assert_eq!(&*m.authority_label("B:80"), "b:80");
         assert_eq!(&*m.authority_label("c:80"), "overflow");

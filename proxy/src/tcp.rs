@@ -30,13 +30,14 @@ pub async fn connect(target: SocketAddr, connect_timeout: Duration) -> Result<Tc
 }
 
 /// Copies bytes between `client` and `server` until both directions end.
-pub async fn copy<I>(
+pub async fn copy<I, S>(
     client: &mut I,
-    mut server: TcpStream,
+    mut server: S,
     target: SocketAddr,
 ) -> Result<(u64, u64), TcpError>
 where
     I: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     // copy_bidirectional shuts down each write side when the other side's read ends, so a
     // client's half-close reaches the server while the server's answer still flows back.

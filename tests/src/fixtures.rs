@@ -23,9 +23,12 @@ pub struct TestProxy {
 }
 
 /// Starts the proxy on ephemeral loopback ports; every connection is taken as redirected from
-/// `original_dst` (inbound forwards to 127.0.0.1 at its port).
+/// `original_dst` (inbound forwards to 127.0.0.1 at its port). Identity is off unless `tweak`
+/// sets it.
 pub async fn proxy(original_dst: SocketAddr, tweak: impl FnOnce(&mut Config)) -> TestProxy {
-    let mut config = Config::from_env(|_| None).expect("defaults are valid");
+    let mut config =
+        Config::from_env(|var| (var == "MESH_PROXY_IDENTITY_DISABLED").then(|| "true".to_string()))
+            .expect("defaults are valid");
     config.inbound_addr = "127.0.0.1:0".parse().unwrap();
     config.outbound_addr = "127.0.0.1:0".parse().unwrap();
     config.admin_addr = "127.0.0.1:0".parse().unwrap();
@@ -55,7 +58,8 @@ pub async fn app() -> SocketAddr {
 }
 
 /// Starts the test application on `addr`. Paths: `/` says hello, `/slow` answers after 300 ms (`/slow?ms=N`: N ms),
-/// `/fail` is a 500, `/headers` lists the request's header names, `/echo` returns the body,
+/// `/fail` is a 500, `/headers` lists the request's header names, `/header?name=N` returns the
+/// value of header N, `/echo` returns the body,
 /// `/grpc/ok`, `/grpc/fail` (grpc-status 2 in trailers), `/grpc/trailers-only` (grpc-status 5 in
 /// headers), and `/ws` switches protocols and echoes bytes. Every response names the server in
 /// a `server-addr` header.
@@ -114,6 +118,20 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible
             text(200, "slow")
         }
         "/fail" => text(500, "failed"),
+        "/header" => {
+            // `/header?name=N`: the value of request header N (empty when absent).
+            let name = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("name="))
+                .unwrap_or("");
+            let value = req
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            text(200, value)
+        }
         "/headers" => {
             let mut seen: Vec<String> = req.headers().keys().map(|k| k.to_string()).collect();
             seen.sort();

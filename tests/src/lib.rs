@@ -91,6 +91,89 @@ pub fn read_marker(pod: &Pod, addr: SocketAddr) -> anyhow::Result<String> {
     .with_context(|| format!("reading a marker from {addr} in pod {}", pod.name))
 }
 
+/// Starts the test application ([`fixtures::named_app`]) in `pod` on `0.0.0.0:port`, naming
+/// itself `name`, every answer `delay` late; returns once it listens. It serves until the
+/// process ends.
+pub fn serve_app(
+    pod: &Pod,
+    port: u16,
+    delay: Duration,
+    name: &str,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let name = name.to_string();
+    let (up, is_up) = mpsc::channel();
+    let thread = pod.run_in(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            fixtures::named_app(SocketAddr::from(([0, 0, 0, 0], port)), delay, Some(&name)).await;
+            let _ = up.send(());
+            std::future::pending::<()>().await;
+            Ok(())
+        })
+    });
+    is_up
+        .recv_timeout(TIMEOUT)
+        .map_err(|_| anyhow!("the app in pod {} did not start on port {port}", pod.name))?;
+    Ok(thread)
+}
+
+/// `mesh-load` running in a pod (see `src/bin/mesh-load.rs`).
+pub struct Load(std::process::Child);
+
+/// What a `mesh-load` run saw: answers per server, and failures by reason.
+#[derive(Debug)]
+pub struct LoadResult {
+    pub servers: std::collections::BTreeMap<String, u64>,
+    pub failures: std::collections::BTreeMap<String, u64>,
+}
+
+impl Load {
+    /// Starts `mesh_load` (the binary's path: `env!("CARGO_BIN_EXE_mesh-load")` in a test) in
+    /// `pod`, calling `url` on `concurrency` connections for `duration`.
+    pub fn start(
+        pod: &Pod,
+        mesh_load: &str,
+        url: &str,
+        concurrency: usize,
+        duration: Duration,
+    ) -> anyhow::Result<Load> {
+        let child = pod
+            .command(mesh_load)
+            .arg(url)
+            .args(["--concurrency", &concurrency.to_string()])
+            .args(["--duration-ms", &duration.as_millis().to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting mesh-load")?;
+        Ok(Load(child))
+    }
+
+    /// Waits for the run to end and reads its report.
+    pub fn finish(self) -> anyhow::Result<LoadResult> {
+        let out = self.0.wait_with_output().context("waiting for mesh-load")?;
+        let stdout = success(out).context("mesh-load")?;
+        let json: serde_json::Value =
+            serde_json::from_str(&stdout).context("mesh-load prints JSON")?;
+        let map = |key: &str| {
+            json[key]
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Ok(LoadResult {
+            servers: map("servers"),
+            failures: map("failures"),
+        })
+    }
+}
+
 /// The pod's nat table as `iptables-save -t nat` prints it, without comments and counters, so
 /// two saves of the same rules compare equal.
 pub fn nat_table(pod: &Pod) -> anyhow::Result<String> {

@@ -4,9 +4,8 @@
 //! server pods. Needs root.
 
 use mesh_cli::local::{binary, require_root, Cluster, MeshOptions, Pod, Proxy};
-use mesh_tests::fixtures::named_app;
+use mesh_tests::{serve_app, Load, LoadResult};
 use std::{
-    collections::BTreeMap,
     net::{IpAddr, SocketAddr},
     path::Path,
     process::{Child, Stdio},
@@ -73,27 +72,7 @@ fn demo(name: &str, slow: Duration) -> Demo {
     let mut proxies = Vec::new();
     for (i, pod) in servers.iter().enumerate() {
         let delay = if i == 2 { slow } else { Duration::ZERO };
-        let name = pod.name.clone();
-        let (up, is_up) = std::sync::mpsc::channel();
-        apps.push(pod.run_in(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
-                named_app(
-                    SocketAddr::from(([0, 0, 0, 0], APP_PORT)),
-                    delay,
-                    Some(&name),
-                )
-                .await;
-                let _ = up.send(());
-                std::future::pending::<()>().await;
-                Ok(())
-            })
-        }));
-        is_up
-            .recv_timeout(Duration::from_secs(10))
-            .expect("server app starts");
+        apps.push(serve_app(pod, APP_PORT, delay, &pod.name).expect("server app starts"));
         proxies.push(pod.mesh(MeshOptions::default()).expect("mesh a server pod"));
     }
 
@@ -149,43 +128,21 @@ fn write_service(dir: &Path, servers: &[Pod]) {
 }
 
 /// `mesh-load` in the client pod, calling the service by name for `duration`.
-fn start_load(client: &Pod, duration: Duration) -> Child {
-    client
-        .command(env!("CARGO_BIN_EXE_mesh-load"))
-        .arg(format!("http://{SERVICE}/"))
-        .args([
-            "--concurrency",
-            "4",
-            "--duration-ms",
-            &duration.as_millis().to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+fn start_load(client: &Pod, duration: Duration) -> Load {
+    let url = format!("http://{SERVICE}/");
+    Load::start(client, env!("CARGO_BIN_EXE_mesh-load"), &url, 4, duration)
         .expect("start mesh-load")
 }
 
-/// Requests answered per server and failures, from `mesh-load`'s output.
-fn finish_load(load: Child) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
-    let out = load.wait_with_output().expect("mesh-load runs");
-    assert!(
-        out.status.success(),
-        "mesh-load: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("mesh-load prints JSON");
-    let map = |key: &str| -> BTreeMap<String, u64> {
-        json[key]
-            .as_object()
-            .map(|o| {
-                o.iter()
-                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    (map("servers"), map("failures"))
+/// Requests answered per server and failures.
+fn finish_load(
+    load: Load,
+) -> (
+    std::collections::BTreeMap<String, u64>,
+    std::collections::BTreeMap<String, u64>,
+) {
+    let LoadResult { servers, failures } = load.finish().expect("mesh-load runs");
+    (servers, failures)
 }
 
 #[test]

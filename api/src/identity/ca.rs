@@ -82,6 +82,16 @@ fn new_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
+/// A fresh unguessable token (256 bits, hex): what `mesh demo` hands a service account.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .expect("the system's random source works");
+    hex(&bytes)
+}
+
 fn window(lifetime: Duration, skew: Duration) -> (OffsetDateTime, OffsetDateTime) {
     let now = OffsetDateTime::now_utc();
     (now - skew, now + lifetime)
@@ -390,6 +400,8 @@ pub struct CertInfo {
     pub serial: String,
     /// Whether basicConstraints says CA.
     pub is_ca: bool,
+    /// The subject public key's bits (for an EC key, the encoded point), to match a key pair.
+    pub public_key: Vec<u8>,
 }
 
 /// Reads the facts of one DER certificate.
@@ -428,6 +440,7 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, CaError> {
         not_after: ts(cert.validity().not_after),
         serial: hex(cert.raw_serial()),
         is_ca: cert.is_ca(),
+        public_key: cert.public_key().subject_public_key.data.to_vec(),
     })
 }
 

@@ -29,6 +29,7 @@
 
 mod binary;
 mod cluster;
+mod control;
 mod netns;
 mod proxy;
 
@@ -39,8 +40,9 @@ use anyhow::{bail, Context as _};
 
 pub use binary::binary;
 pub use cluster::{Cluster, Pod};
+pub use control::{ControlOptions, ControlPlane, DESTINATION_PORT, IDENTITY_PORT, TRUST_DOMAIN};
 pub use nix::sys::signal::Signal;
-pub use proxy::{MeshOptions, Proxy};
+pub use proxy::{MeshOptions, PodIdentity, Proxy};
 
 /// The uid `mesh-proxy` runs as in a pod; `mesh-init` exempts its traffic from the redirect.
 pub const PROXY_UID: u32 = 2102;

@@ -37,6 +37,22 @@ pub struct MeshOptions {
     /// The program to run instead of [`binary`]`("mesh-proxy")`: a peer proxy in a benchmark,
     /// a stand-in in tests. It must serve `GET /ready` on the admin address like `mesh-proxy`.
     pub proxy_program: Option<PathBuf>,
+    /// Who the pod is, for mutual TLS; `None` runs the proxy with
+    /// `MESH_PROXY_IDENTITY_DISABLED=true` (unless `env` says otherwise).
+    pub identity: Option<PodIdentity>,
+}
+
+/// A pod's identity in the local mesh, and how its proxy gets a certificate.
+#[derive(Clone, Debug)]
+pub struct PodIdentity {
+    /// `<sa>.<ns>.serviceaccount.identity.mesh.<trust-domain>`.
+    pub name: String,
+    /// The identity controller, reachable from the pod.
+    pub controller: SocketAddr,
+    /// The trust anchors, PEM.
+    pub trust_anchors_pem: String,
+    /// The token the identity controller knows the service account by.
+    pub token: String,
 }
 
 /// A `mesh-proxy` running in a pod. Dropping it kills it (SIGKILL) and reaps it.
@@ -60,6 +76,7 @@ impl Default for MeshOptions {
             skip_outbound_ports: Vec::new(),
             ready_timeout: Duration::from_secs(10),
             proxy_program: None,
+            identity: None,
         }
     }
 }
@@ -164,6 +181,7 @@ impl Pod {
         let admin = admin_addr(env_value("MESH_PROXY_ADMIN_ADDR").as_deref())?;
         let log_level = env_value("MESH_PROXY_LOG").unwrap_or_else(|| "warn".to_string());
 
+        let identity_env = self.identity_env(&opts)?;
         let log_path = self.log_dir.join(format!("{}-proxy.log", self.name));
         let log = OpenOptions::new()
             .create(true)
@@ -174,6 +192,7 @@ impl Pod {
         let child = self
             .command_as(PROXY_UID, &proxy)
             .env("MESH_PROXY_LOG", log_level)
+            .envs(identity_env)
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicating the log file")?)
@@ -192,6 +211,42 @@ impl Pod {
         // On an error `proxy` is dropped, which kills it.
         proxy.wait_ready(opts.ready_timeout)?;
         Ok(proxy)
+    }
+}
+
+impl Pod {
+    /// The proxy's identity variables: the token and trust anchors written where the proxy's user
+    /// can read them, and a key folder it owns.
+    fn identity_env(&self, opts: &MeshOptions) -> anyhow::Result<Vec<(String, String)>> {
+        let Some(id) = &opts.identity else {
+            return Ok(vec![("MESH_PROXY_IDENTITY_DISABLED".into(), "true".into())]);
+        };
+        let dir = self.log_dir.join(format!("{}-identity", self.name));
+        let key_dir = dir.join("key");
+        std::fs::create_dir_all(&key_dir)
+            .with_context(|| format!("creating {}", key_dir.display()))?;
+        let token = dir.join("token");
+        let anchors = dir.join("trust-anchors.pem");
+        std::fs::write(&token, &id.token)
+            .with_context(|| format!("writing {}", token.display()))?;
+        std::fs::write(&anchors, &id.trust_anchors_pem)
+            .with_context(|| format!("writing {}", anchors.display()))?;
+        let owner = Some(nix::unistd::Uid::from_raw(PROXY_UID));
+        for path in [&dir, &key_dir, &token, &anchors] {
+            nix::unistd::chown(path.as_path(), owner, None)
+                .with_context(|| format!("giving {} to uid {PROXY_UID}", path.display()))?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(&key_dir, std::fs::Permissions::from_mode(0o700))?;
+        let path = |p: &std::path::Path| p.display().to_string();
+        Ok(vec![
+            ("MESH_PROXY_IDENTITY_NAME".into(), id.name.clone()),
+            ("MESH_PROXY_IDENTITY_ADDR".into(), id.controller.to_string()),
+            ("MESH_PROXY_IDENTITY_TOKEN_FILE".into(), path(&token)),
+            ("MESH_PROXY_TRUST_ANCHORS".into(), path(&anchors)),
+            ("MESH_PROXY_IDENTITY_DIR".into(), path(&key_dir)),
+        ])
     }
 }
 

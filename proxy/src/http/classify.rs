@@ -214,6 +214,7 @@ mod tests {
             authority: m.authority_label("svc:80"),
             target_addr: "127.0.0.1:80".parse().unwrap(),
             dst: None,
+            tls: crate::metrics::Tls::NoIdentity(crate::metrics::NO_TLS_FROM_REMOTE),
         }
     }
 
@@ -243,7 +244,7 @@ mod tests {
 
     #[tokio::test]
     async fn grpc_status_in_trailers_decides() {
-        let m = Metrics::new(10);
+        let m = Metrics::new(10, false);
         drain_with_trailers(&m, grpc_headers(None), Some(grpc_headers(Some("7")))).await;
         let text = m.encode();
         assert!(
@@ -254,7 +255,7 @@ mod tests {
 
     #[tokio::test]
     async fn trailers_only_grpc_response_decides_by_headers() {
-        let m = Metrics::new(10);
+        let m = Metrics::new(10, false);
         drain_with_trailers(&m, grpc_headers(Some("0")), None).await;
         let text = m.encode();
         assert!(
@@ -265,7 +266,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_body_is_still_recorded_once() {
-        let m = Metrics::new(10);
+        let m = Metrics::new(10, false);
         let meter = ResponseMeter::new(
             m.clone(),
             labels(&m),

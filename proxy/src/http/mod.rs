@@ -6,6 +6,11 @@
 //! target's one HTTP/2 connection, or a dedicated connection for upgrades and CONNECT); wrap the
 //! response body so that its end records `response_total` and `response_latency_ms`. A request
 //! the proxy cannot forward gets a 502 with a `mesh-proxy-error` header saying why.
+//!
+//! Between proxies (an outbound request to an endpoint with an identity) requests travel as
+//! HTTP/2 over mutual TLS; an HTTP/1 request carries `mesh-orig-proto` so the inbound proxy
+//! restores its version. Inbound, `mesh-client-id` is always removed, then set to the identity
+//! the client's certificate proved, so it cannot be forged from outside the mesh.
 
 pub mod classify;
 pub mod upstream;
@@ -14,7 +19,7 @@ use crate::{
     detect::Protocol,
     discover::{DstLabels, Picked, Resolver},
     drain::Drain,
-    metrics::{Direction, Metrics, RequestLabels},
+    metrics::{Direction, Metrics, RequestLabels, Tls, NO_TLS_DISABLED, NO_TLS_FROM_DISCOVERY},
 };
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -32,6 +37,13 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The header on responses the proxy made itself, saying why forwarding failed.
 pub const PROXY_ERROR_HEADER: &str = "mesh-proxy-error";
 
+/// The request header carrying the client's verified identity to the application (inbound).
+pub const CLIENT_ID_HEADER: &str = "mesh-client-id";
+
+/// The request header that tells the inbound proxy an HTTP/2 request between proxies was
+/// HTTP/1 (`HTTP/1.1` or `HTTP/1.0`) in the client application.
+pub const ORIG_PROTO_HEADER: &str = "mesh-orig-proto";
+
 /// Limits of the HTTP servers.
 #[derive(Clone, Debug)]
 pub struct HttpSettings {
@@ -47,13 +59,17 @@ pub struct HttpForwarder {
     upstream: Upstream,
     metrics: Metrics,
     settings: HttpSettings,
+    /// Whether identity is on: requests to meshed endpoints then go over mutual TLS.
+    identity: bool,
 }
 
-/// Where one client connection's requests go.
-#[derive(Clone, Copy, Debug)]
+/// Where one client connection's requests go, and what is known of the client.
+#[derive(Clone, Debug)]
 pub struct Route {
     /// The upstream address every request of the connection is sent to.
     pub target: SocketAddr,
+    /// Inbound: whether the client connection is mutual TLS, and the identity it proved.
+    pub tls: Tls,
 }
 
 impl HttpForwarder {
@@ -63,6 +79,7 @@ impl HttpForwarder {
         upstream: Upstream,
         metrics: Metrics,
         settings: HttpSettings,
+        identity: bool,
     ) -> Arc<Self> {
         Arc::new(Self {
             direction,
@@ -70,7 +87,13 @@ impl HttpForwarder {
             upstream,
             metrics,
             settings,
+            identity,
         })
+    }
+
+    /// The upstream connections (opaque forwarding shares their mutual TLS).
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
     }
 
     /// Serves one client connection that speaks `protocol` (HTTP/1 or HTTP/2) until it closes,
@@ -81,10 +104,12 @@ impl HttpForwarder {
     {
         let this = self.clone();
         let tunnels = drain.clone();
+        let route = Arc::new(route);
         let service = service_fn(move |req| {
             let this = this.clone();
             let tunnels = tunnels.clone();
-            async move { Ok::<_, Infallible>(this.forward(req, route, &tunnels).await) }
+            let route = route.clone();
+            async move { Ok::<_, Infallible>(this.forward(req, &route, &tunnels).await) }
         });
         let io = TokioIo::new(io);
         // Inline rather than through `Drain::serve`: passing these connection futures through a
@@ -134,10 +159,23 @@ impl HttpForwarder {
     async fn forward(
         &self,
         mut req: Request<Incoming>,
-        route: Route,
+        route: &Route,
         tunnels: &Drain,
     ) -> Response<BoxBody> {
         let start = Instant::now();
+        if self.direction == Direction::Inbound {
+            let orig_proto = req.headers_mut().remove(ORIG_PROTO_HEADER);
+            req.headers_mut().remove(CLIENT_ID_HEADER);
+            if let Tls::Established(client_id) = &route.tls {
+                if let Ok(value) = HeaderValue::from_str(client_id) {
+                    req.headers_mut().insert(CLIENT_ID_HEADER, value);
+                }
+                // Only a peer proxy's word on the original protocol is taken.
+                if let Some(proto) = orig_proto {
+                    restore_http1(&mut req, &proto);
+                }
+            }
+        }
         let authority = authority(&req, route.target);
         let target = match &self.discovery {
             Some(resolver) => {
@@ -148,11 +186,17 @@ impl HttpForwarder {
             }
             None => Picked::Original,
         };
-        let (addr, dst, in_flight) = match target {
-            Picked::Original => (route.target, None, None),
-            Picked::Endpoint(ep, in_flight) => (ep.balance.addr, Some(ep.labels), Some(in_flight)),
+        let (addr, dst, in_flight, server_id) = match target {
+            Picked::Original => (route.target, None, None, None),
+            Picked::Endpoint(ep, in_flight) => (
+                ep.balance.addr,
+                Some(ep.labels),
+                Some(in_flight),
+                ep.identity.filter(|_| self.identity),
+            ),
             Picked::NoEndpoints(name) => {
-                let labels = self.labels(&authority, route.target, None);
+                let tls = self.request_tls(route, None);
+                let labels = self.labels(&authority, route.target, None, tls);
                 self.metrics.request_total.get_or_create(&labels).inc();
                 let msg = format!("no endpoints for {name}");
                 return self.error(
@@ -164,16 +208,39 @@ impl HttpForwarder {
                 );
             }
         };
-        let labels = self.labels(&authority, addr, dst);
+        let labels = self.labels(
+            &authority,
+            addr,
+            dst,
+            self.request_tls(route, server_id.as_ref()),
+        );
         self.metrics.request_total.get_or_create(&labels).inc();
 
         let tunnel = req.version() != Version::HTTP_2
             && (req.method() == Method::CONNECT || wants_upgrade(req.headers()));
         strip_hop_by_hop(req.headers_mut(), tunnel);
+        if self.direction == Direction::Outbound {
+            req.headers_mut().remove(ORIG_PROTO_HEADER);
+        }
         let result = if tunnel {
-            self.forward_tunnel(req, addr, tunnels).await
+            self.forward_tunnel(req, addr, server_id.as_ref(), tunnels)
+                .await
+        } else if let Some(server_id) = &server_id {
+            // Between proxies every request is HTTP/2 on the endpoint's one connection.
+            match to_http2(req, &authority) {
+                Ok(req) => self.upstream.send_http2(addr, Some(server_id), req).await,
+                Err(_) => {
+                    return self.error(
+                        labels,
+                        start,
+                        StatusCode::BAD_REQUEST,
+                        "invalid_uri",
+                        "invalid request URI",
+                    )
+                }
+            }
         } else if req.version() == Version::HTTP_2 {
-            self.upstream.send_http2(addr, req).await
+            self.upstream.send_http2(addr, None, req).await
         } else {
             match origin_uri(req.uri(), addr) {
                 Ok(uri) => {
@@ -224,17 +291,30 @@ impl HttpForwarder {
         }
     }
 
+    /// The `tls` label of a request: the client connection's inbound, the hop to the chosen
+    /// endpoint outbound.
+    fn request_tls(&self, route: &Route, server_id: Option<&Arc<str>>) -> Tls {
+        match (self.direction, server_id) {
+            (Direction::Inbound, _) => route.tls.clone(),
+            (Direction::Outbound, Some(id)) => Tls::Established(id.clone()),
+            (Direction::Outbound, None) if self.identity => Tls::NoIdentity(NO_TLS_FROM_DISCOVERY),
+            (Direction::Outbound, None) => Tls::NoIdentity(NO_TLS_DISABLED),
+        }
+    }
+
     fn labels(
         &self,
         authority: &str,
         target: SocketAddr,
         dst: Option<Arc<DstLabels>>,
+        tls: Tls,
     ) -> RequestLabels {
         RequestLabels {
             direction: self.direction,
             authority: self.metrics.authority_label(authority),
             target_addr: target,
             dst,
+            tls,
         }
     }
 
@@ -244,11 +324,12 @@ impl HttpForwarder {
         &self,
         mut req: Request<Incoming>,
         target: SocketAddr,
+        server_id: Option<&Arc<str>>,
         tunnels: &Drain,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let connect = req.method() == Method::CONNECT;
         let client = hyper::upgrade::on(&mut req);
-        let mut rsp = self.upstream.send_upgrade(target, req).await?;
+        let mut rsp = self.upstream.send_upgrade(target, server_id, req).await?;
         let accepted = rsp.status() == StatusCode::SWITCHING_PROTOCOLS
             || (connect && rsp.status().is_success());
         if accepted {
@@ -314,6 +395,46 @@ fn authority<B>(req: &Request<B>, target: SocketAddr) -> String {
     {
         Some(host) => host.to_string(),
         None => target.to_string(),
+    }
+}
+
+/// Turns a request into HTTP/2 for the hop between proxies: an absolute URI from its authority,
+/// and `mesh-orig-proto` when it was HTTP/1.
+fn to_http2<B>(mut req: Request<B>, authority: &str) -> Result<Request<B>, http::Error> {
+    let orig = match req.version() {
+        Version::HTTP_2 => return Ok(req),
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    };
+    if req.uri().authority().is_none() {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        *req.uri_mut() = Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(path)
+            .build()?;
+    }
+    *req.version_mut() = Version::HTTP_2;
+    req.headers_mut()
+        .insert(ORIG_PROTO_HEADER, HeaderValue::from_static(orig));
+    Ok(req)
+}
+
+/// Restores an HTTP/1 request that a peer proxy carried as HTTP/2: its version, and its `Host`
+/// from the `:authority` when the client's header did not travel.
+fn restore_http1<B>(req: &mut Request<B>, proto: &HeaderValue) {
+    *req.version_mut() = match proto.as_bytes() {
+        b"HTTP/1.0" => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    if !req.headers().contains_key(header::HOST) {
+        if let Some(host) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(header::HOST, host);
+        }
     }
 }
 
@@ -478,6 +599,33 @@ mod tests {
         assert_eq!(authority(&req, target), "web");
         let req = Request::builder().uri("/x").body(()).unwrap();
         assert_eq!(authority(&req, target), "10.0.0.1:80");
+    }
+
+    #[test]
+    fn http1_travels_as_http2_between_proxies_and_comes_back() {
+        let req = Request::builder()
+            .version(Version::HTTP_10)
+            .uri("/a?b=1")
+            .header("host", "web.demo:8080")
+            .body(())
+            .unwrap();
+        let mut h2 = to_http2(req, "web.demo:8080").unwrap();
+        assert_eq!(h2.version(), Version::HTTP_2);
+        assert_eq!(h2.uri(), "http://web.demo:8080/a?b=1");
+        assert_eq!(h2.headers()[ORIG_PROTO_HEADER], "HTTP/1.0");
+        h2.headers_mut().remove(header::HOST);
+        let proto = h2.headers_mut().remove(ORIG_PROTO_HEADER).unwrap();
+        restore_http1(&mut h2, &proto);
+        assert_eq!(h2.version(), Version::HTTP_10);
+        assert_eq!(h2.headers()[header::HOST], "web.demo:8080");
+
+        let grpc = Request::builder()
+            .version(Version::HTTP_2)
+            .uri("http://web:80/pkg.Svc/Call")
+            .body(())
+            .unwrap();
+        let grpc = to_http2(grpc, "web:80").unwrap();
+        assert!(!grpc.headers().contains_key(ORIG_PROTO_HEADER));
     }
 
     #[test]

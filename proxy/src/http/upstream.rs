@@ -1,6 +1,11 @@
 //! Connections to upstream servers: a keep-alive pool for HTTP/1, one multiplexed connection per
 //! target for HTTP/2, and a fresh connection for each upgrade (WebSocket) or CONNECT tunnel.
+//!
+//! To a meshed endpoint (one whose discovery record names its identity) every connection is
+//! mutual TLS with that identity as server name: requests go on one HTTP/2 connection per
+//! endpoint, upgrades and tunnels on HTTP/1.1 connections of their own.
 
+use crate::identity::{Alpn, LocalIdentity};
 use hyper::{body::Incoming, client::conn, Request, Response};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
@@ -13,6 +18,7 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// Why a request could not be forwarded.
@@ -27,6 +33,12 @@ pub enum UpstreamError {
     ConnectTimeout {
         target: SocketAddr,
         timeout: Duration,
+    },
+    #[error("mutual TLS with {target} as {server_id}: {source}")]
+    Tls {
+        target: SocketAddr,
+        server_id: Arc<str>,
+        source: io::Error,
     },
     #[error("HTTP handshake with {target}: {source}")]
     Handshake {
@@ -46,6 +58,7 @@ impl UpstreamError {
         match self {
             Self::Connect { .. } | Self::Handshake { .. } => "connect",
             Self::ConnectTimeout { .. } => "connect_timeout",
+            Self::Tls { .. } => "tls",
             Self::Request { .. } => "upstream",
         }
     }
@@ -54,15 +67,24 @@ impl UpstreamError {
 /// The one HTTP/2 connection to a target, opened by whichever request needs it first.
 type Http2Slot = Arc<tokio::sync::Mutex<Option<conn::http2::SendRequest<Incoming>>>>;
 
+/// A target and the identity it must prove (`None`: plaintext).
+type Http2Key = (SocketAddr, Option<Arc<str>>);
+
 /// The proxy's upstream connections, shared by every client connection of one direction.
 pub struct Upstream {
     h1: Client<HttpConnector, Incoming>,
-    h2: Mutex<HashMap<SocketAddr, Http2Slot>>,
+    h2: Mutex<HashMap<Http2Key, Http2Slot>>,
     connect_timeout: Duration,
+    identity: Option<Arc<LocalIdentity>>,
 }
 
 impl Upstream {
-    pub fn new(connect_timeout: Duration, pool_idle_timeout: Duration) -> Self {
+    /// Upstream connections; with `identity`, meshed endpoints are reached over mutual TLS.
+    pub fn new(
+        connect_timeout: Duration,
+        pool_idle_timeout: Duration,
+        identity: Option<Arc<LocalIdentity>>,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
@@ -77,6 +99,7 @@ impl Upstream {
             h1,
             h2: Mutex::default(),
             connect_timeout,
+            identity,
         }
     }
 
@@ -100,14 +123,15 @@ impl Upstream {
         })
     }
 
-    /// Sends an HTTP/2 request on the one multiplexed connection to `target`, opening it first
-    /// when there is none or it closed.
+    /// Sends an HTTP/2 request on the one multiplexed connection to `target` (mutual TLS when
+    /// `server_id` is given), opening it first when there is none or it closed.
     pub async fn send_http2(
         &self,
         target: SocketAddr,
+        server_id: Option<&Arc<str>>,
         req: Request<Incoming>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut sender = self.http2_sender(target).await?;
+        let mut sender = self.http2_sender(target, server_id).await?;
         let request = |e: hyper::Error| UpstreamError::Request {
             target,
             source: e.into(),
@@ -117,22 +141,21 @@ impl Upstream {
     }
 
     /// Sends an HTTP/1 request that asks to upgrade (WebSocket) or tunnel (CONNECT) on a
-    /// connection of its own, which the upgrade then takes over.
+    /// connection of its own (mutual TLS when `server_id` is given), which the upgrade then takes
+    /// over.
     pub async fn send_upgrade(
         &self,
         target: SocketAddr,
+        server_id: Option<&Arc<str>>,
         req: Request<Incoming>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let io = self.connect(target).await?;
-        let (mut sender, connection) = conn::http1::Builder::new()
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|source| UpstreamError::Handshake { target, source })?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(%target, %error, "upgrade connection failed");
+        let mut sender = match server_id {
+            None => http1_handshake(self.connect(target).await?, target).await?,
+            Some(id) => {
+                let io = self.connect_tls(target, id, Alpn::Http1).await?;
+                http1_handshake(io, target).await?
             }
-        });
+        };
         sender
             .send_request(req)
             .await
@@ -145,31 +168,26 @@ impl Upstream {
     async fn http2_sender(
         &self,
         target: SocketAddr,
+        server_id: Option<&Arc<str>>,
     ) -> Result<conn::http2::SendRequest<Incoming>, UpstreamError> {
         // A poisoned lock only means a thread panicked while holding it; the map stays valid.
         let slot = self
             .h2
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(target)
+            .entry((target, server_id.cloned()))
             .or_default()
             .clone();
         let mut slot = slot.lock().await;
         if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
             return Ok(sender.clone());
         }
-        let io = self.connect(target).await?;
-        let (sender, connection) = conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|source| UpstreamError::Handshake { target, source })?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%target, %error, "HTTP/2 upstream connection failed");
+        let sender = match server_id {
+            None => http2_handshake(self.connect(target).await?, target).await?,
+            Some(id) => {
+                http2_handshake(self.connect_tls(target, id, Alpn::H2).await?, target).await?
             }
-        });
+        };
         *slot = Some(sender.clone());
         Ok(sender)
     }
@@ -178,6 +196,74 @@ impl Upstream {
     pub async fn connect(&self, target: SocketAddr) -> Result<TcpStream, UpstreamError> {
         connect(target, self.connect_timeout).await
     }
+
+    /// Opens mutual TLS to the proxy of a meshed endpoint, which must prove `server_id`; the TLS
+    /// handshake gets a connect timeout of its own.
+    pub async fn connect_tls(
+        &self,
+        target: SocketAddr,
+        server_id: &Arc<str>,
+        alpn: Alpn,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
+        let tls_error = |source| UpstreamError::Tls {
+            target,
+            server_id: server_id.clone(),
+            source,
+        };
+        let Some(identity) = &self.identity else {
+            return Err(tls_error(io::Error::other("identity is disabled")));
+        };
+        let io = self.connect(target).await?;
+        let handshake = identity.connect(io, server_id, alpn);
+        match tokio::time::timeout(self.connect_timeout, handshake).await {
+            Ok(Ok(tls)) => Ok(tls),
+            Ok(Err(source)) => Err(tls_error(source)),
+            Err(_) => Err(tls_error(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("handshake timed out after {:?}", self.connect_timeout),
+            ))),
+        }
+    }
+}
+
+async fn http2_handshake<I>(
+    io: I,
+    target: SocketAddr,
+) -> Result<conn::http2::SendRequest<Incoming>, UpstreamError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|source| UpstreamError::Handshake { target, source })?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%target, %error, "HTTP/2 upstream connection failed");
+        }
+    });
+    Ok(sender)
+}
+
+async fn http1_handshake<I>(
+    io: I,
+    target: SocketAddr,
+) -> Result<conn::http1::SendRequest<Incoming>, UpstreamError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = conn::http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|source| UpstreamError::Handshake { target, source })?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.with_upgrades().await {
+            tracing::debug!(%target, %error, "upgrade connection failed");
+        }
+    });
+    Ok(sender)
 }
 
 /// Opens a TCP connection to `target` within `timeout`, with Nagle's algorithm off.

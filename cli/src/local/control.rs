@@ -1,0 +1,269 @@
+//! The control plane of a local mesh: the destination and identity controllers in a pod, on a
+//! folder of Kubernetes objects (the state folder), with a CA made fresh for the run.
+//!
+//! The state folder holds what a cluster's API server would: Services and EndpointSlices for
+//! discovery, Pods (a meshed one has a `mesh-proxy` container and a service account, which
+//! gives its identity), and a `kubernetes.io/service-account-token` Secret per service account,
+//! whose token the pod's proxy presents for its certificate.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use base64::Engine as _;
+use mesh_api::identity::{ca, Identity};
+
+use super::binary;
+use super::cluster::Pod;
+use super::proxy::{MeshOptions, PodIdentity};
+
+/// The destination controller's port.
+pub const DESTINATION_PORT: u16 = 8086;
+/// The identity controller's port.
+pub const IDENTITY_PORT: u16 = 8080;
+/// The trust domain of the local mesh.
+pub const TRUST_DOMAIN: &str = "cluster.local";
+
+/// The trust anchor's lifetime: longer than any local run.
+const ANCHOR_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
+/// The issuer's lifetime.
+const ISSUER_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
+
+/// How the controllers run.
+#[derive(Clone, Debug, Default)]
+pub struct ControlOptions {
+    /// `mesh-controller identity --leaf-lifetime` (default: the controller's, 24 h).
+    pub leaf_lifetime: Option<Duration>,
+}
+
+/// The controllers running in a pod. Dropping it stops them.
+#[derive(Debug)]
+pub struct ControlPlane {
+    pod: Pod,
+    state: PathBuf,
+    trust_anchors_pem: String,
+    destination: Child,
+    identity: Child,
+}
+
+impl ControlPlane {
+    /// Makes a CA and the state folder under `dir`, starts both controllers in `pod`, and
+    /// waits until they serve.
+    pub fn start(pod: &Pod, dir: &Path, opts: &ControlOptions) -> anyhow::Result<ControlPlane> {
+        let state = dir.join("state");
+        let ca_dir = dir.join("ca");
+        for d in [&state, &ca_dir] {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let anchor = ca::new_trust_anchor(TRUST_DOMAIN, ANCHOR_LIFETIME)?;
+        let issuer = ca::new_issuer(&anchor, TRUST_DOMAIN, ISSUER_LIFETIME)?;
+        let write = |name: &str, text: &str| -> anyhow::Result<PathBuf> {
+            let path = ca_dir.join(name);
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            Ok(path)
+        };
+        let anchors = write("trust-anchors.pem", &anchor.cert_pem)?;
+        let issuer_cert = write("issuer.crt", &issuer.cert_pem)?;
+        let issuer_key = write("issuer.key", &issuer.key_pem)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&issuer_key, std::fs::Permissions::from_mode(0o600))?;
+
+        let source = format!("dir:{}", state.display());
+        let log = |name: &str| std::fs::File::create(dir.join(name));
+        let destination = pod
+            .command(binary("mesh-controller")?)
+            .args(["destination", "--listen"])
+            .arg(format!("0.0.0.0:{DESTINATION_PORT}"))
+            .args(["--source", &source])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log("destination.log")?)
+            .spawn()
+            .context("starting mesh-controller destination")?;
+        let mut identity_cmd = pod.command(binary("mesh-controller")?);
+        identity_cmd
+            .args(["identity", "--listen"])
+            .arg(format!("0.0.0.0:{IDENTITY_PORT}"))
+            .args(["--source", &source])
+            .arg("--issuer-cert")
+            .arg(&issuer_cert)
+            .arg("--issuer-key")
+            .arg(&issuer_key)
+            .arg("--trust-anchors")
+            .arg(&anchors)
+            .args(["--trust-domain", TRUST_DOMAIN]);
+        if let Some(lifetime) = opts.leaf_lifetime {
+            identity_cmd
+                .arg("--leaf-lifetime")
+                .arg(format!("{}s", lifetime.as_secs().max(1)));
+        }
+        let identity = match identity_cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log("identity.log")?)
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) => {
+                let mut destination = destination;
+                let _ = destination.kill();
+                let _ = destination.wait();
+                return Err(e).context("starting mesh-controller identity");
+            }
+        };
+        let mut control = ControlPlane {
+            pod: pod.clone(),
+            state,
+            trust_anchors_pem: anchor.cert_pem,
+            destination,
+            identity,
+        };
+        let deadline = Duration::from_secs(20);
+        pod.wait_http_ok(control.destination_addr(), "/ready", deadline)
+            .map_err(|e| e.context(control.log_tail(dir, "destination.log")))?;
+        control
+            .wait_identity(deadline)
+            .map_err(|e| e.context(control.log_tail(dir, "identity.log")))?;
+        Ok(control)
+    }
+
+    fn log_tail(&self, dir: &Path, name: &str) -> String {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(20).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!("{name}:\n{}", tail.join("\n"))
+    }
+
+    /// Waits until the identity controller accepts connections (it binds only after it has
+    /// loaded and checked its CA), or fails if it exits.
+    fn wait_identity(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let addr = self.identity_addr();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.identity.try_wait()? {
+                bail!("mesh-controller identity exited ({status})");
+            }
+            let connected = self
+                .pod
+                .run_in(move || {
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+                    Ok(())
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("the connect thread panicked"))?;
+            if connected.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("the identity controller does not accept connections on {addr} after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The destination controller, as pods reach it.
+    pub fn destination_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.pod.ip, DESTINATION_PORT))
+    }
+
+    /// The identity controller, as pods reach it.
+    pub fn identity_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.pod.ip, IDENTITY_PORT))
+    }
+
+    /// The trust anchor, PEM.
+    pub fn trust_anchors_pem(&self) -> &str {
+        &self.trust_anchors_pem
+    }
+
+    /// The folder both controllers read.
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
+    /// Writes `yaml` as `file` in the state folder, atomically (the controllers never see half).
+    pub fn write(&self, file: &str, yaml: &str) -> anyhow::Result<()> {
+        let tmp = self.state.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, yaml).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, self.state.join(file))
+            .with_context(|| format!("writing {file} in {}", self.state.display()))
+    }
+
+    /// Registers `pod` as a meshed Pod of `namespace` running as `service_account` with `labels`
+    /// (its Pod object and its service account's token Secret), and returns the options that
+    /// mesh it with discovery and identity.
+    pub fn enroll(
+        &self,
+        pod: &Pod,
+        namespace: &str,
+        service_account: &str,
+        labels: &[(&str, &str)],
+    ) -> anyhow::Result<MeshOptions> {
+        let identity = Identity::new(service_account, namespace, TRUST_DOMAIN)?;
+        let token = ca::random_token();
+        self.write(
+            &format!("pod-{namespace}-{}.yaml", pod.name),
+            &pod_yaml(pod, namespace, service_account, labels),
+        )?;
+        self.write(
+            &format!("sa-{namespace}-{service_account}.yaml"),
+            &token_secret_yaml(namespace, service_account, &token),
+        )?;
+        Ok(MeshOptions {
+            env: vec![
+                (
+                    "MESH_PROXY_DESTINATION_ADDR".into(),
+                    self.destination_addr().to_string(),
+                ),
+                ("MESH_PROXY_DESTINATION_NAMESPACE".into(), namespace.into()),
+            ],
+            identity: Some(PodIdentity {
+                name: identity.dns_name(),
+                controller: self.identity_addr(),
+                trust_anchors_pem: self.trust_anchors_pem.clone(),
+                token,
+            }),
+            ..MeshOptions::default()
+        })
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        for child in [&mut self.destination, &mut self.identity] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A meshed Pod object: running, with its IP, a `mesh-proxy` container and its service account.
+pub fn pod_yaml(
+    pod: &Pod,
+    namespace: &str,
+    service_account: &str,
+    labels: &[(&str, &str)],
+) -> String {
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{{labels}}}}}\n\
+         spec: {{serviceAccountName: {service_account}, containers: [{{name: app, image: app}}, {{name: mesh-proxy, image: mesh-proxy}}]}}\n\
+         status: {{phase: Running, podIP: \"{ip}\", podIPs: [{{ip: \"{ip}\"}}]}}\n",
+        name = pod.name,
+        labels = labels.join(", "),
+        ip = pod.ip,
+    )
+}
+
+/// A service account's token Secret, as the identity controller's folder source reads it.
+pub fn token_secret_yaml(namespace: &str, service_account: &str, token: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\ntype: kubernetes.io/service-account-token\n\
+         metadata:\n  name: {service_account}-token\n  namespace: {namespace}\n  \
+         annotations: {{kubernetes.io/service-account.name: {service_account}}}\n\
+         data: {{token: {}}}\n",
+        base64::engine::general_purpose::STANDARD.encode(token)
+    )
+}

@@ -1,0 +1,574 @@
+//! The proxy's identity: its private key, its certificate from the identity controller, and the
+//! mutual-TLS configurations that present it.
+//!
+//! At start the proxy generates a P-256 key in `MESH_PROXY_IDENTITY_DIR` (it never leaves the
+//! proxy) and sends a CSR for its identity with its service-account token to the identity
+//! controller, whose own certificate it verifies first. It becomes ready once it holds a
+//! certificate that chains to the trust anchors, names it, and matches its key. It renews at
+//! 70 % of the lifetime; a failed renewal is retried with backoff while the old certificate
+//! keeps serving. The TLS configurations read the current certificate at every handshake, so a
+//! renewal needs no restart of anything.
+
+use crate::config::IdentityConfig;
+use mesh_api::identity::{ca, client, CertifyRequest, Identity};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use rustls::{
+    client::ResolvesClientCert,
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName},
+    server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
+    sign::CertifiedKey,
+    ClientConfig, RootCertStore, ServerConfig, SignatureScheme,
+};
+use std::{
+    io,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, RwLock,
+    },
+    time::{Duration, SystemTime},
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// ALPN between proxies: HTTP/2 for requests, HTTP/1.1 for upgrades and CONNECT.
+const ALPN_H2: &[u8] = b"h2";
+const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// How long one certify call may take.
+const CERTIFY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The retry backoff after a failed certify call: doubling from the first to the last.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
+/// Renew when this share of the certificate's remaining lifetime has passed.
+const RENEW_AT: f64 = 0.7;
+
+/// Why the identity could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("MESH_PROXY_IDENTITY_DIR={dir}: {source}")]
+    Dir { dir: String, source: io::Error },
+    #[error("generating the identity key: {0}")]
+    Key(String),
+    #[error("building the TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("the trust anchors: {0}")]
+    Anchors(String),
+}
+
+/// Why one certificate refresh failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error("reading the token {path}: {source}")]
+    Token { path: String, source: io::Error },
+    #[error(transparent)]
+    Certify(#[from] client::CertifyError),
+    #[error("the identity controller sent an unusable certificate: {0}")]
+    Certificate(String),
+}
+
+/// What the proxy knows of who it is.
+pub struct LocalIdentity {
+    config: IdentityConfig,
+    name: String,
+    csr_pem: String,
+    key: Arc<dyn rustls::sign::SigningKey>,
+    public_key: Vec<u8>,
+    store: Arc<CertStore>,
+    server: Arc<ServerConfig>,
+    client_h2: Arc<ClientConfig>,
+    client_http1: Arc<ClientConfig>,
+    client_opaque: Arc<ClientConfig>,
+    metrics: IdentityMetrics,
+}
+
+/// The current certificate, read at every handshake.
+#[derive(Debug, Default)]
+struct CertStore {
+    current: RwLock<Option<Arc<CertifiedKey>>>,
+}
+
+impl CertStore {
+    fn get(&self) -> Option<Arc<CertifiedKey>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set(&self, key: Arc<CertifiedKey>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.get()
+    }
+}
+
+impl ResolvesClientCert for CertStore {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.get()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.get().is_some()
+    }
+}
+
+/// The identity metric families.
+#[derive(Clone, Default)]
+pub struct IdentityMetrics {
+    /// `identity_cert_expiration_timestamp_seconds`: when the current certificate expires.
+    pub expiration: Gauge,
+    /// `identity_cert_refresh_total{result}`: certify calls, by outcome.
+    pub refresh_total: Family<RefreshLabels, Counter>,
+}
+
+/// The outcome of a certify call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefreshLabels {
+    pub result: &'static str,
+}
+
+impl IdentityMetrics {
+    /// Adds the families to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "identity_cert_expiration_timestamp_seconds",
+            "When the proxy's current certificate expires, in seconds since the Unix epoch",
+            self.expiration.clone(),
+        );
+        registry.register(
+            "identity_cert_refresh",
+            "Certificate requests to the identity controller, by result",
+            self.refresh_total.clone(),
+        );
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl LocalIdentity {
+    /// Generates the key (written to the identity directory) and builds the TLS configurations;
+    /// no certificate yet: [`LocalIdentity::run`] gets it.
+    pub fn new(
+        config: IdentityConfig,
+        metrics: IdentityMetrics,
+    ) -> Result<Arc<Self>, IdentityError> {
+        let name = config.name.dns_name();
+        let key_pair = ca::new_key().map_err(|e| IdentityError::Key(e.to_string()))?;
+        write_key(&config.dir, &key_pair.serialize_pem())?;
+        let provider = provider();
+        let key = provider
+            .key_provider
+            .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                key_pair.serialize_der(),
+            )))?;
+        let csr_pem = csr(&config.name, &key_pair)?;
+
+        let mut roots = RootCertStore::empty();
+        for anchor in &config.trust_anchors {
+            roots
+                .add(anchor.clone())
+                .map_err(|e| IdentityError::Anchors(e.to_string()))?;
+        }
+        let roots = Arc::new(roots);
+        let store = Arc::new(CertStore::default());
+
+        let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| IdentityError::Anchors(e.to_string()))?;
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(store.clone());
+        server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
+
+        let client = |alpn: &[&[u8]]| -> Result<Arc<ClientConfig>, IdentityError> {
+            let mut c = ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13])?
+                .with_root_certificates(roots.clone())
+                .with_client_cert_resolver(store.clone());
+            c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Ok(Arc::new(c))
+        };
+        let (client_h2, client_http1, client_opaque) =
+            (client(&[ALPN_H2])?, client(&[ALPN_HTTP1])?, client(&[])?);
+        Ok(Arc::new(Self {
+            name,
+            csr_pem,
+            key,
+            public_key: key_pair.public_key_raw().to_vec(),
+            store,
+            server: Arc::new(server),
+            client_h2,
+            client_http1,
+            client_opaque,
+            metrics,
+            config,
+        }))
+    }
+
+    /// The proxy's identity, in its DNS form.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether a certificate is held.
+    pub fn has_certificate(&self) -> bool {
+        self.store.get().is_some()
+    }
+
+    /// Gets a certificate, then keeps renewing it; sets `ready` once the first arrives.
+    pub async fn run(self: Arc<Self>, ready: Arc<AtomicBool>) {
+        let mut backoff = BACKOFF.0;
+        loop {
+            let wait = match self.refresh().await {
+                Ok(not_after) => {
+                    self.metrics
+                        .refresh_total
+                        .get_or_create(&RefreshLabels { result: "ok" })
+                        .inc();
+                    ready.store(true, Ordering::Release);
+                    backoff = BACKOFF.0;
+                    let left = not_after
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default();
+                    tracing::info!(identity = %self.name, expires_in = ?left, "certificate obtained");
+                    left.mul_f64(RENEW_AT).max(Duration::from_secs(1))
+                }
+                Err(error) => {
+                    self.metrics
+                        .refresh_total
+                        .get_or_create(&RefreshLabels { result: "failure" })
+                        .inc();
+                    let serving = self.has_certificate();
+                    tracing::warn!(identity = %self.name, %error, retry_in = ?backoff, serving_old = serving, "certificate refresh failed");
+                    let wait = backoff;
+                    backoff = (backoff * 2).min(BACKOFF.1);
+                    // Jitter, so a fleet that failed together does not retry together.
+                    wait.mul_f64(0.75 + fastrand::f64() / 2.0)
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One certify call: on success the new certificate serves from the next handshake on.
+    async fn refresh(&self) -> Result<SystemTime, RefreshError> {
+        let path = &self.config.token_file;
+        let token =
+            tokio::fs::read_to_string(path)
+                .await
+                .map_err(|source| RefreshError::Token {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+        let request = CertifyRequest {
+            csr_pem: self.csr_pem.clone(),
+            token: token.trim().to_string(),
+        };
+        let response = client::certify(
+            &self.config.addr,
+            &self.config.server_name.dns_name(),
+            &self.config.trust_anchors,
+            &request,
+            CERTIFY_TIMEOUT,
+        )
+        .await?;
+        let (key, not_after) = self.check(&response.cert_chain_pem)?;
+        self.store.set(Arc::new(key));
+        let epoch = not_after
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.metrics.expiration.set(epoch.as_secs() as i64);
+        Ok(not_after)
+    }
+
+    /// Checks a chain from the controller: it must verify against the trust anchors for this
+    /// identity and carry this proxy's public key.
+    fn check(&self, chain_pem: &str) -> Result<(CertifiedKey, SystemTime), RefreshError> {
+        let bad = |e: String| RefreshError::Certificate(e);
+        let chain = ca::certs_from_pem(chain_pem, "the certificate chain")
+            .map_err(|e| bad(e.to_string()))?;
+        ca::verify_chain(
+            &chain,
+            &self.config.trust_anchors,
+            &self.name,
+            SystemTime::now(),
+        )
+        .map_err(|e| bad(e.to_string()))?;
+        let info = ca::cert_info(&chain[0]).map_err(|e| bad(e.to_string()))?;
+        if info.public_key != self.public_key {
+            return Err(bad("it is for another key".into()));
+        }
+        Ok((CertifiedKey::new(chain, self.key.clone()), info.not_after))
+    }
+
+    /// The mutual-TLS server configuration for connections to this identity.
+    pub fn server_config(&self) -> Arc<ServerConfig> {
+        self.server.clone()
+    }
+
+    /// Opens mutual TLS to a peer proxy that must prove `server_id`.
+    pub async fn connect<I>(
+        &self,
+        io: I,
+        server_id: &str,
+        alpn: Alpn,
+    ) -> io::Result<tokio_rustls::client::TlsStream<I>>
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        let config = match alpn {
+            Alpn::H2 => &self.client_h2,
+            Alpn::Http1 => &self.client_http1,
+            Alpn::None => &self.client_opaque,
+        };
+        let name = ServerName::try_from(server_id.to_string())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        tokio_rustls::TlsConnector::from(config.clone())
+            .connect(name, io)
+            .await
+    }
+}
+
+/// Which application protocol a connection between proxies carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alpn {
+    H2,
+    Http1,
+    None,
+}
+
+/// The verified identity in a peer's certificate chain: the first DNS name that is an identity.
+pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Option<Arc<str>> {
+    let leaf = certs?.first()?;
+    let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
+    let name = cert
+        .valid_dns_names()
+        .find(|name| Identity::parse(name).is_ok())?;
+    Some(Arc::from(name))
+}
+
+/// What a connection's first bytes say of TLS.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Hello {
+    /// A complete ClientHello, with its server name if it sent one.
+    ServerName(Option<String>),
+    /// A ClientHello so far: more bytes are needed.
+    Incomplete,
+    /// Not a TLS ClientHello.
+    NotTls,
+}
+
+/// Reads the server name of the ClientHello in `prefix` without answering it.
+pub fn client_hello(prefix: &[u8]) -> Hello {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut rest = prefix;
+    while !rest.is_empty() {
+        match acceptor.read_tls(&mut rest) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => return Hello::NotTls,
+        }
+    }
+    match acceptor.accept() {
+        Ok(Some(accepted)) => {
+            Hello::ServerName(accepted.client_hello().server_name().map(str::to_string))
+        }
+        Ok(None) => Hello::Incomplete,
+        Err(_) => Hello::NotTls,
+    }
+}
+
+/// Writes the key where the proxy keeps it, readable by the proxy's user only.
+fn write_key(dir: &Path, pem: &str) -> Result<(), IdentityError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |source| IdentityError::Dir {
+        dir: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let path = dir.join("key.pem");
+    let tmp = dir.join(".key.pem.tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(fail)?;
+    file.write_all(pem.as_bytes()).map_err(fail)?;
+    file.sync_all().map_err(fail)?;
+    std::fs::rename(&tmp, &path).map_err(fail)
+}
+
+/// A CSR for `identity` (its DNS name and SPIFFE ID) signed by `key`.
+fn csr(identity: &Identity, key: &rcgen::KeyPair) -> Result<String, IdentityError> {
+    let fail = |e: rcgen::Error| IdentityError::Key(e.to_string());
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, identity.dns_name());
+    params.subject_alt_names = vec![
+        rcgen::SanType::DnsName(identity.dns_name().try_into().map_err(fail)?),
+        rcgen::SanType::URI(identity.spiffe_id().try_into().map_err(fail)?),
+    ];
+    params
+        .serialize_request(key)
+        .map_err(fail)?
+        .pem()
+        .map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ca::{LeafNames, Signer};
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn web() -> Identity {
+        Identity::new("web", "demo", "cluster.local").unwrap()
+    }
+
+    fn local(anchor_pem: &str, dir: &Path) -> Arc<LocalIdentity> {
+        let config = IdentityConfig {
+            name: web(),
+            addr: "127.0.0.1:1".into(),
+            server_name: Identity::controller("cluster.local").unwrap(),
+            token_file: dir.join("token"),
+            trust_anchors: ca::certs_from_pem(anchor_pem, "anchors").unwrap(),
+            dir: dir.to_path_buf(),
+        };
+        LocalIdentity::new(config, IdentityMetrics::default()).unwrap()
+    }
+
+    fn new_ca() -> (String, Signer) {
+        let anchor = ca::new_trust_anchor("cluster.local", DAY).unwrap();
+        let issuer = ca::new_issuer(&anchor, "cluster.local", DAY).unwrap();
+        (
+            anchor.cert_pem,
+            Signer::from_pem(&issuer.cert_pem, &issuer.key_pem).unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_key_stays_in_the_identity_dir_and_the_csr_names_the_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let (anchor, _) = new_ca();
+        let id = local(&anchor, dir.path());
+        let meta = std::fs::metadata(dir.path().join("key.pem")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(&id.csr_pem).unwrap();
+        let names: Vec<String> = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .map(|n| format!("{n:?}"))
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names[0].contains(&web().dns_name()), "{names:?}");
+        assert!(names[1].contains(&web().spiffe_id()), "{names:?}");
+        assert!(!id.has_certificate());
+    }
+
+    #[test]
+    fn only_a_trusted_certificate_for_this_key_and_name_is_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let (anchor, signer) = new_ca();
+        let id = local(&anchor, dir.path());
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(&id.csr_pem).unwrap();
+        let good = signer
+            .issue(
+                &csr.public_key,
+                &LeafNames::identity(&web()),
+                DAY,
+                Duration::ZERO,
+            )
+            .unwrap();
+        assert!(id.check(&good.chain_pem).is_ok());
+
+        // Right name, wrong key.
+        let (other_key, _) = signer
+            .issue_with_key(&LeafNames::identity(&web()), DAY)
+            .unwrap();
+        let e = id.check(&other_key.chain_pem).err().unwrap();
+        assert!(e.to_string().contains("another key"), "{e}");
+        // Right key, wrong name.
+        let db = Identity::new("db", "demo", "cluster.local").unwrap();
+        let wrong = signer
+            .issue(
+                &csr.public_key,
+                &LeafNames::identity(&db),
+                DAY,
+                Duration::ZERO,
+            )
+            .unwrap();
+        let e = id.check(&wrong.chain_pem).err().unwrap();
+        assert!(e.to_string().contains("another name"), "{e}");
+        // Another CA.
+        let (_, stranger) = new_ca();
+        let foreign = stranger
+            .issue(
+                &csr.public_key,
+                &LeafNames::identity(&web()),
+                DAY,
+                Duration::ZERO,
+            )
+            .unwrap();
+        let e = id.check(&foreign.chain_pem).err().unwrap();
+        assert!(e.to_string().contains("trusted CA"), "{e}");
+        assert!(id.check("garbage").is_err());
+    }
+
+    #[test]
+    fn client_hellos_are_read_without_answering() {
+        assert_eq!(client_hello(b"GET / HTTP/1.1\r\n"), Hello::NotTls);
+        assert_eq!(client_hello(&[0x16, 0x03, 0x01]), Hello::Incomplete);
+        // A real ClientHello, from rustls, with and without a server name.
+        let hello = |name: &str| {
+            let config = ClientConfig::builder_with_provider(provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(RootCertStore::empty())
+                .with_no_client_auth();
+            let mut conn = rustls::ClientConnection::new(
+                Arc::new(config),
+                ServerName::try_from(name.to_string()).unwrap(),
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            conn.write_tls(&mut out).unwrap();
+            out
+        };
+        let bytes = hello("web.demo.serviceaccount.identity.mesh.cluster.local");
+        assert_eq!(
+            client_hello(&bytes),
+            Hello::ServerName(Some(
+                "web.demo.serviceaccount.identity.mesh.cluster.local".into()
+            ))
+        );
+        assert_eq!(client_hello(&bytes[..bytes.len() / 2]), Hello::Incomplete);
+        assert_eq!(
+            client_hello(&hello("10.0.0.1")),
+            Hello::ServerName(None),
+            "IP addresses are not sent as SNI"
+        );
+    }
+}
