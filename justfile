@@ -22,3 +22,8 @@ lint:
 # The local mesh: meshed pods on this machine (needs root).
 demo *args:
     cargo run --release -p mesh-cli -- demo {{args}}
+
+# The proxy and controller images, tagged as `mesh install` references them (ghcr.io/mesh/…:v<version>).
+images engine="podman" registry="ghcr.io/mesh":
+    {{engine}} build -f images/proxy.Containerfile -t {{registry}}/proxy:v$(cargo pkgid -p mesh-cli | sed 's/.*[#@]//') .
+    {{engine}} build -f images/controller.Containerfile -t {{registry}}/controller:v$(cargo pkgid -p mesh-cli | sed 's/.*[#@]//') .
