@@ -1,9 +1,9 @@
 //! The `mesh` command line's library: everything the binary and the tests share.
 
+pub mod check;
 pub mod demo;
 pub mod inject;
 pub mod install;
 pub mod kube;
 pub mod local;
 pub mod manifest;
-pub mod check;
