@@ -1,14 +1,14 @@
 //! `mesh demo`: meshed pods with live traffic on this machine, as far as the mesh exists today.
 //!
-//! Pods on a local bridge: `control` runs the destination controller on a folder of the
-//! cluster's objects; `web-1` and `web-2` serve an HTTP application behind the Service
-//! `web-svc`; `client` calls `web-svc` by name (one call in ten fails on purpose), and its proxy
-//! discovers and balances over the web pods. All but `control` are meshed by the real
-//! `mesh-init` and `mesh-proxy`. The demo prints what runs and how to look at it, then a line of golden metrics
+//! Pods on a local bridge: `control` runs the destination and identity controllers on a folder
+//! of the cluster's objects, with a CA made for the run; `web-1` and `web-2` serve an HTTP
+//! application behind the Service `web-svc`; `client` calls `web-svc` by name (one call in ten
+//! fails on purpose), and its proxy discovers and balances over the web pods, over mutual TLS.
+//! All but `control` are meshed by the real `mesh-init` and `mesh-proxy`. The demo prints what runs and how to look at it, then a line of golden metrics
 //! from the client's proxy every few seconds, until Ctrl-C; everything is torn down on the way
 //! out, and the namespaces of a demo that crashed are removed by the next one.
 
-use crate::local::{self, Cluster, MeshOptions, Pod, Proxy};
+use crate::local::{self, Cluster, ControlOptions, ControlPlane, Pod, Proxy};
 use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
@@ -26,8 +26,6 @@ const WEB_PORT: u16 = 8080;
 
 /// The service's virtual address; the client's proxy resolves it by name, not by this IP.
 const CLUSTER_IP: [u8; 4] = [10, 96, 0, 10];
-/// The destination controller's port.
-const CONTROLLER_PORT: u16 = 8086;
 
 /// Runs the demo in the foreground until Ctrl-C (or SIGTERM).
 pub fn run(summary_every: Duration) -> anyhow::Result<()> {
@@ -50,14 +48,14 @@ pub fn run(summary_every: Duration) -> anyhow::Result<()> {
         step("creating pod web-2", || cluster.add_pod("web-2"))?,
     ];
     let client = step("creating pod client", || cluster.add_pod("client"))?;
-    let state = cluster.log_dir().join("state");
+    let control_plane = step(
+        "starting the destination and identity controllers in pod control (fresh CA)",
+        || ControlPlane::start(&control, cluster.log_dir(), &ControlOptions::default()),
+    )?;
     step(
         "writing the cluster's objects (Service web-svc, its EndpointSlice)",
-        || write_state(&state, &webs),
+        || control_plane.write("web-svc.yaml", &service_yaml(&webs)),
     )?;
-    let mut controller = step("starting the destination controller in pod control", || {
-        start_controller(&control, &state)
-    })?;
     let mut proxies = Vec::new();
     for web in &webs {
         step(
@@ -65,31 +63,24 @@ pub fn run(summary_every: Duration) -> anyhow::Result<()> {
             || serve_web(web),
         )?;
         proxies.push(step(
-            &format!("meshing pod {} (mesh-init, mesh-proxy)", web.name),
-            || web.mesh(MeshOptions::default()),
+            &format!(
+                "meshing pod {} (mesh-init, mesh-proxy, certificate for web.demo)",
+                web.name
+            ),
+            || web.mesh(control_plane.enroll(web, "demo", "web", &[("app", "web")])?),
         )?);
     }
-    let client_proxy = step("meshing pod client, with discovery", || {
-        client.set_hosts(&[(
-            std::net::IpAddr::from(CLUSTER_IP),
-            "web-svc.demo.svc.cluster.local",
-        )])?;
-        client.route("10.96.0.0/12")?;
-        let env = [
-            (
-                "MESH_PROXY_DESTINATION_ADDR".to_string(),
-                format!("{}:{CONTROLLER_PORT}", control.ip),
-            ),
-            (
-                "MESH_PROXY_DESTINATION_NAMESPACE".to_string(),
-                "demo".to_string(),
-            ),
-        ];
-        client.mesh(MeshOptions {
-            env: env.to_vec(),
-            ..MeshOptions::default()
-        })
-    })?;
+    let client_proxy = step(
+        "meshing pod client (discovery, certificate for client.demo)",
+        || {
+            client.set_hosts(&[(
+                std::net::IpAddr::from(CLUSTER_IP),
+                "web-svc.demo.svc.cluster.local",
+            )])?;
+            client.route("10.96.0.0/12")?;
+            client.mesh(control_plane.enroll(&client, "demo", "client", &[("app", "client")])?)
+        },
+    )?;
     let _load = step("starting traffic from client to web-svc", || {
         Ok(drive_load(&client, SocketAddr::from((CLUSTER_IP, 80))))
     })?;
@@ -99,7 +90,7 @@ pub fn run(summary_every: Duration) -> anyhow::Result<()> {
         started.elapsed()
     );
     println!(
-        "  pod control  {:<15} netns {}  mesh-controller destination",
+        "  pod control  {:<15} netns {}  mesh-controller destination, mesh-controller identity",
         control.ip, control.netns
     );
     for (pod, proxy) in webs.iter().zip(&proxies).chain([(&client, &client_proxy)]) {
@@ -121,8 +112,13 @@ pub fn run(summary_every: Duration) -> anyhow::Result<()> {
         client.netns
     );
     println!(
-        "  ip netns exec {} curl -sN --http2-prior-knowledge 'http://127.0.0.1:{CONTROLLER_PORT}/v1/destination/watch?authority=web-svc.demo.svc.cluster.local:80'",
-        control.netns
+        "  ip netns exec {} curl -sN --http2-prior-knowledge 'http://127.0.0.1:{}/v1/destination/watch?authority=web-svc.demo.svc.cluster.local:80'",
+        control.netns,
+        local::DESTINATION_PORT
+    );
+    println!(
+        "  ip netns exec {} curl -s localhost:4191/metrics | grep -E '^request_total.*client_id'    # mutual TLS, by client identity",
+        webs[0].netns
     );
     println!(
         "  ip netns exec {} iptables -t nat -S    # the redirect rules of mesh-init",
@@ -151,17 +147,15 @@ pub fn run(summary_every: Duration) -> anyhow::Result<()> {
     })?;
     println!("\nstopping: removing the pods, their proxies and the controller");
     drop((client_proxy, proxies));
-    let _ = controller.kill();
-    let _ = controller.wait();
+    drop(control_plane);
     drop(cluster);
     println!("✔ done");
     Ok(())
 }
 
-/// Writes the Service `web-svc` (ClusterIP, port 80 → 8080) and its EndpointSlice with the web
-/// pods, as the controller's folder source reads them.
-fn write_state(dir: &std::path::Path, webs: &[Pod]) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
+/// The Service `web-svc` (ClusterIP, port 80 → 8080) and its EndpointSlice with the web pods,
+/// as the controllers' folder source reads them.
+fn service_yaml(webs: &[Pod]) -> String {
     let ip = std::net::Ipv4Addr::from(CLUSTER_IP);
     let mut yaml = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: web-svc, namespace: demo}}\n\
@@ -176,34 +170,7 @@ fn write_state(dir: &std::path::Path, webs: &[Pod]) -> anyhow::Result<()> {
             web.ip, web.name
         ));
     }
-    std::fs::write(dir.join("web-svc.yaml"), yaml)?;
-    Ok(())
-}
-
-/// Starts `mesh-controller destination` on the state folder in `pod` and waits until it is ready.
-fn start_controller(pod: &Pod, state: &std::path::Path) -> anyhow::Result<std::process::Child> {
-    let mut child = pod
-        .command(local::binary("mesh-controller")?)
-        .args([
-            "destination",
-            "--listen",
-            &format!("0.0.0.0:{CONTROLLER_PORT}"),
-        ])
-        .arg("--source")
-        .arg(format!("dir:{}", state.display()))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(
-            state.with_file_name("controller.log"),
-        )?)
-        .spawn()
-        .context("starting mesh-controller")?;
-    let addr = SocketAddr::from(([127, 0, 0, 1], CONTROLLER_PORT));
-    if let Err(error) = pod.wait_http_ok(addr, "/ready", Duration::from_secs(20)) {
-        let _ = child.kill();
-        return Err(error.context("the destination controller did not get ready"));
-    }
-    Ok(child)
+    yaml
 }
 
 /// Runs one setup step, printing it with a tick (or a cross) and how long it took.
