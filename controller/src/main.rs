@@ -240,7 +240,7 @@ fn run_injector(args: InjectorArgs) -> anyhow::Result<()> {
             .context("starting the injector")?;
         tokio::select! {
             e = running.wait() => Err(anyhow::Error::new(e).context("injector stopped")),
-            r = tokio::signal::ctrl_c() => r.context("waiting for a signal"),
+            r = terminated() => r.context("waiting for a signal"),
         }
     })
 }
@@ -264,7 +264,7 @@ fn run_destination(config: DestinationConfig) -> anyhow::Result<()> {
             .context("starting the destination controller")?;
         tokio::select! {
             r = running.wait() => r.context("destination controller stopped"),
-            r = tokio::signal::ctrl_c() => r.context("waiting for a signal"),
+            r = terminated() => r.context("waiting for a signal"),
         }
     })
 }

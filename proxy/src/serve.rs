@@ -34,6 +34,10 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
+/// How long an opaque inbound port waits for a ClientHello (identity on) before it takes the
+/// connection as plaintext: a peer proxy sends it at once.
+const OPAQUE_TLS_PEEK: Duration = Duration::from_secs(1);
+
 /// How one direction's listener treats its connections.
 pub struct Listener {
     pub direction: Direction,
@@ -111,7 +115,20 @@ impl Listener {
             target,
             tls: None,
         };
-        let (protocol, mut prefix) = self.detect(&mut stream, &conn).await;
+        let opaque = self.opaque_ports.contains(orig_dst.port());
+        let (protocol, mut prefix) = match (self.direction, &self.identity, opaque) {
+            // Another proxy wraps even opaque traffic in mutual TLS, so an opaque inbound port
+            // still looks for a ClientHello; only briefly, for clients of protocols whose server
+            // speaks first.
+            (Direction::Inbound, Some(_), true) => {
+                let timeout = self.detect_timeout.min(OPAQUE_TLS_PEEK);
+                match self.sniff(&mut stream, &conn, timeout).await {
+                    (Protocol::Tls, prefix) => (Protocol::Tls, prefix),
+                    (_, prefix) => (Protocol::Opaque, prefix),
+                }
+            }
+            _ => self.detect(&mut stream, &conn).await,
+        };
         if self.direction == Direction::Inbound {
             if let (Some(identity), Protocol::Tls) = (&self.identity, protocol) {
                 let (hello, read) = self.read_client_hello(&mut stream, prefix).await;
@@ -169,7 +186,17 @@ impl Listener {
         if self.opaque_ports.contains(conn.orig_dst.port()) {
             return (Protocol::Opaque, Bytes::new());
         }
-        match detect::detect(io, self.detect_timeout, self.detect_capacity).await {
+        self.sniff(io, conn, self.detect_timeout).await
+    }
+
+    /// Reads a connection's first bytes (within `timeout`) and says what they are.
+    async fn sniff<I: AsyncRead + Unpin>(
+        &self,
+        io: &mut I,
+        conn: &Conn,
+        timeout: Duration,
+    ) -> (Protocol, Bytes) {
+        match detect::detect(io, timeout, self.detect_capacity).await {
             Ok(d) => {
                 if let Some(fallback) = d.fallback {
                     tracing::debug!(client = %conn.client, target = %conn.target, ?fallback, "no protocol detected; forwarding as opaque TCP");

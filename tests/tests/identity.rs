@@ -1,0 +1,557 @@
+//! Mutual TLS between proxies, in process: the real identity and destination controllers on a
+//! folder of YAML with a fresh CA, a client proxy and a server proxy in front of the test app on
+//! loopback addresses. What the end-to-end tests cannot reach easily lives here: gRPC, upgrades
+//! and opaque TCP over mutual TLS, a foreign client certificate, the application's own TLS,
+//! readiness before the first certificate. No root needed.
+
+use http::Version;
+use http_body_util::BodyExt;
+use mesh_api::identity::{ca, Identity};
+use mesh_controller::identity::IdentityConfig;
+use mesh_controller::{index::IndexConfig, source::Source, DestinationConfig};
+use mesh_proxy::config::IdentityConfig as ProxyIdentity;
+use mesh_tests::fixtures::{self, app_on, eventually, TestProxy};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const DAY: Duration = Duration::from_secs(86_400);
+const SERVICE: &str = "web-svc.demo.svc.cluster.local";
+/// Where the client application "dials": the service's ClusterIP.
+const CLUSTER_IP: &str = "10.96.0.10:80";
+
+fn web() -> Identity {
+    Identity::new("web", "demo", "cluster.local").unwrap()
+}
+
+fn client_id() -> Identity {
+    Identity::new("client", "demo", "cluster.local").unwrap()
+}
+
+/// A CA on disk, and the issuer to make test certificates with.
+struct Ca {
+    anchor_pem: String,
+    signer: ca::Signer,
+    dir: tempfile::TempDir,
+}
+
+fn new_ca() -> Ca {
+    let dir = tempfile::tempdir().unwrap();
+    let anchor = ca::new_trust_anchor("cluster.local", 365 * DAY).unwrap();
+    let issuer = ca::new_issuer(&anchor, "cluster.local", 30 * DAY).unwrap();
+    std::fs::write(dir.path().join("anchors.pem"), &anchor.cert_pem).unwrap();
+    std::fs::write(dir.path().join("issuer.crt"), &issuer.cert_pem).unwrap();
+    std::fs::write(dir.path().join("issuer.key"), &issuer.key_pem).unwrap();
+    Ca {
+        signer: ca::Signer::from_pem(&issuer.cert_pem, &issuer.key_pem).unwrap(),
+        anchor_pem: anchor.cert_pem,
+        dir,
+    }
+}
+
+fn write(dir: &Path, file: &str, yaml: &str) {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(tmp, dir.join(file)).unwrap();
+}
+
+/// The token Secret of a service account in `demo`.
+fn token_secret(sa: &str, token: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "apiVersion: v1\nkind: Secret\ntype: kubernetes.io/service-account-token\n\
+         metadata: {{name: {sa}-token, namespace: demo, annotations: {{kubernetes.io/service-account.name: {sa}}}}}\n\
+         data: {{token: {}}}\n",
+        base64::engine::general_purpose::STANDARD.encode(token)
+    )
+}
+
+/// `web-svc` with one endpoint, `endpoint` (the server proxy's inbound), on meshed pod `web-0`
+/// of service account `web`.
+fn service(endpoint: SocketAddr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web-svc, namespace: demo}}\n\
+         spec: {{clusterIP: 10.96.0.10, ports: [{{name: http, port: 80, targetPort: {port}}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: web-svc-1, namespace: demo, labels: {{kubernetes.io/service-name: web-svc}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: {port}}}]\n\
+         endpoints: [{{addresses: [\"{ip}\"], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: web-0, namespace: demo}}}}]\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: web-0, namespace: demo}}\n\
+         spec: {{serviceAccountName: web, containers: [{{name: app, image: app}}, {{name: mesh-proxy, image: proxy}}]}}\n\
+         status: {{phase: Running, podIP: \"{ip}\"}}\n",
+        port = endpoint.port(),
+        ip = endpoint.ip(),
+    )
+}
+
+struct Mesh {
+    ca: Ca,
+    state: tempfile::TempDir,
+    identity: mesh_controller::identity::Running,
+    client: TestProxy,
+    server: TestProxy,
+    _destination: mesh_controller::Running,
+}
+
+impl Mesh {
+    /// The proxy identity configuration of `sa`, with its token file in the state folder.
+    fn proxy_identity(&self, id: &Identity, token: &str) -> ProxyIdentity {
+        let dir = self
+            .state
+            .path()
+            .join(format!("proxy-{}", id.service_account()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("token"), token).unwrap();
+        ProxyIdentity {
+            name: id.clone(),
+            addr: self.identity.addr.to_string(),
+            server_name: Identity::controller("cluster.local").unwrap(),
+            token_file: dir.join("token"),
+            trust_anchors: ca::certs_from_pem(&self.ca.anchor_pem, "anchors").unwrap(),
+            dir: dir.join("key"),
+        }
+    }
+}
+
+/// The controllers, a server proxy (`web`) in front of the test app, and a client proxy
+/// (`client`) that discovers `web-svc`; `tweak` adjusts the server proxy.
+async fn mesh(tweak: impl FnOnce(&mut mesh_proxy::config::Config)) -> Mesh {
+    let ca = new_ca();
+    let state = tempfile::tempdir().unwrap();
+    let folder = state.path().join("objects");
+    std::fs::create_dir_all(&folder).unwrap();
+    write(&folder, "web-sa.yaml", &token_secret("web", "web-token"));
+    write(
+        &folder,
+        "client-sa.yaml",
+        &token_secret("client", "client-token"),
+    );
+
+    let mut config = IdentityConfig::new(
+        ca.dir.path().join("issuer.crt"),
+        ca.dir.path().join("issuer.key"),
+        ca.dir.path().join("anchors.pem"),
+        Source::Dir(folder.clone()),
+    );
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let identity = mesh_controller::identity::start(config)
+        .await
+        .expect("the identity controller starts");
+    let destination = mesh_controller::start(DestinationConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        source: Source::Dir(folder.clone()),
+        index: IndexConfig::default(),
+    })
+    .await
+    .expect("the destination controller starts");
+
+    let mut m = Mesh {
+        ca,
+        state,
+        identity,
+        client: placeholder().await,
+        server: placeholder().await,
+        _destination: destination,
+    };
+    let app = app_on("127.0.0.1:0".parse().unwrap()).await;
+    let server_identity = m.proxy_identity(&web(), "web-token");
+    m.server = fixtures::proxy(app, |c| {
+        c.inbound_addr = "127.0.0.2:0".parse().unwrap();
+        c.identity = Some(server_identity);
+        tweak(c);
+    })
+    .await;
+    write(&folder, "web-svc.yaml", &service(m.server.addrs.inbound));
+    let client_identity = m.proxy_identity(&client_id(), "client-token");
+    let destination_addr = m._destination.addr;
+    m.client = fixtures::proxy(CLUSTER_IP.parse().unwrap(), |c| {
+        c.identity = Some(client_identity);
+        c.destination_addr = Some(destination_addr.to_string());
+        c.destination_namespace = "demo".into();
+    })
+    .await;
+    for proxy in [&m.client, &m.server] {
+        assert!(
+            ready(proxy, Duration::from_secs(10)).await,
+            "the proxy gets its certificate: {}",
+            proxy.metrics().await
+        );
+    }
+    m
+}
+
+/// A proxy without identity, to fill a field until the real one starts.
+async fn placeholder() -> TestProxy {
+    fixtures::proxy("127.0.0.1:9".parse().unwrap(), |_| {}).await
+}
+
+async fn ready(proxy: &TestProxy, within: Duration) -> bool {
+    let admin = proxy.addrs.admin;
+    eventually(within, || async move {
+        fixtures::get_h1(admin, "/ready").await.0 == 200
+    })
+    .await
+}
+
+fn request(version: Version, path: &str) -> http::Request<fixtures::Body> {
+    let mut req = fixtures::request(version, path);
+    let uri = match version {
+        Version::HTTP_2 => format!("http://{SERVICE}{path}"),
+        _ => path.to_string(),
+    };
+    *req.uri_mut() = uri.parse().unwrap();
+    req.headers_mut().insert("host", SERVICE.parse().unwrap());
+    req
+}
+
+fn count(metrics: &str, name: &str, must: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && must.iter().all(|m| l.contains(m)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test]
+async fn http1_http2_and_grpc_go_over_mutual_tls_and_carry_the_client_identity() {
+    let m = mesh(|_| {}).await;
+    for version in [Version::HTTP_11, Version::HTTP_2] {
+        let req = request(version, "/header?name=mesh-client-id");
+        let rsp = match version {
+            Version::HTTP_2 => {
+                fixtures::h2(m.client.addrs.outbound)
+                    .await
+                    .send_request(req)
+                    .await
+            }
+            _ => {
+                fixtures::h1(m.client.addrs.outbound)
+                    .await
+                    .send_request(req)
+                    .await
+            }
+        }
+        .unwrap();
+        assert_eq!(rsp.status(), 200, "{version:?}");
+        let body = rsp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, client_id().dns_name(), "{version:?}");
+    }
+    // gRPC: trailers survive the hop between proxies and classify the response.
+    let mut h2 = fixtures::h2(m.client.addrs.outbound).await;
+    let mut req = request(Version::HTTP_2, "/grpc/fail");
+    req.headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    req.headers_mut().insert("te", "trailers".parse().unwrap());
+    let rsp = h2.send_request(req).await.unwrap();
+    let collected = rsp.into_body().collect().await.unwrap();
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "2");
+
+    let server = m.server.metrics().await;
+    let client = m.client.metrics().await;
+    let client_label = format!("client_id=\"{}\"", client_id());
+    let server_label = format!("server_id=\"{}\"", web());
+    assert_eq!(
+        count(&server, "request_total", &["tls=\"true\"", &client_label]),
+        3,
+        "{server}"
+    );
+    assert_eq!(
+        count(
+            &client,
+            "response_total",
+            &["tls=\"true\"", &server_label, "grpc_status=\"2\""]
+        ),
+        1,
+        "{client}"
+    );
+    assert!(
+        count(
+            &server,
+            "tcp_open_total",
+            &["direction=\"inbound\"", "tls=\"true\"", &client_label]
+        ) >= 1,
+        "{server}"
+    );
+    assert!(count(&client, "identity_cert_expiration_timestamp_seconds", &[]) > 1_700_000_000);
+}
+
+#[tokio::test]
+async fn websocket_upgrades_cross_the_mutual_tls_hop() {
+    let m = mesh(|_| {}).await;
+    let mut io = TcpStream::connect(m.client.addrs.outbound).await.unwrap();
+    io.write_all(
+        format!("GET /ws HTTP/1.1\r\nHost: {SERVICE}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        io.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    io.write_all(b"frames both ways").await.unwrap();
+    let mut echo = [0u8; 16];
+    io.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"frames both ways");
+    let server = m.server.metrics().await;
+    assert!(
+        count(&server, "request_total", &["tls=\"true\""]) >= 1,
+        "{server}"
+    );
+}
+
+#[tokio::test]
+async fn opaque_tcp_is_wrapped_in_mutual_tls() {
+    let m = mesh(|c| c.inbound_opaque_ports = "1-65535".parse().unwrap()).await;
+    // The client proxy takes port 80 as opaque: bytes go by the ClusterIP, through mutual TLS.
+    let opaque_client = fixtures::proxy(CLUSTER_IP.parse().unwrap(), |c| {
+        c.identity = Some(m.proxy_identity(&client_id(), "client-token"));
+        c.destination_addr = Some(m._destination.addr.to_string());
+        c.destination_namespace = "demo".into();
+        c.outbound_opaque_ports = "80".parse().unwrap();
+    })
+    .await;
+    assert!(ready(&opaque_client, Duration::from_secs(10)).await);
+    let reply = fixtures::raw(
+        opaque_client.addrs.outbound,
+        b"GET /header?name=mesh-client-id HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        reply.starts_with("HTTP/1.1 200"),
+        "{reply}\n{}\n{}",
+        opaque_client.metrics().await,
+        m.server.metrics().await
+    );
+    assert!(
+        !reply.contains("serviceaccount"),
+        "opaque bytes are not HTTP to the proxies: no header is added: {reply}"
+    );
+    let client = opaque_client.metrics().await;
+    assert!(
+        count(
+            &client,
+            "tcp_open_total",
+            &[
+                "direction=\"outbound\"",
+                "tls=\"true\"",
+                &format!("server_id=\"{}\"", web())
+            ]
+        ) >= 1,
+        "{client}"
+    );
+    let server = m.server.metrics().await;
+    assert!(
+        count(
+            &server,
+            "tcp_open_total",
+            &[
+                "direction=\"inbound\"",
+                &format!("client_id=\"{}\"", client_id())
+            ]
+        ) >= 1,
+        "{server}"
+    );
+}
+
+/// A TLS client that trusts the mesh's anchors and presents `cert_chain` / `key`.
+async fn tls_client(
+    anchors: &str,
+    chain_pem: &str,
+    key_pem: &str,
+    addr: SocketAddr,
+    server_name: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for anchor in ca::certs_from_pem(anchors, "anchors").unwrap() {
+        roots.add(anchor).unwrap();
+    }
+    let chain: Vec<CertificateDer<'static>> = ca::certs_from_pem(chain_pem, "chain").unwrap();
+    let key: PrivateKeyDer<'static> = ca::key_from_pem(key_pem, "key").unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let io = TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(server_name.to_string()).unwrap(), io)
+        .await
+}
+
+#[tokio::test]
+async fn a_client_certificate_from_another_ca_is_refused_and_the_mesh_one_taken() {
+    let m = mesh(|_| {}).await;
+    let request =
+        b"GET /header?name=mesh-client-id HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n";
+
+    // Another CA's certificate for the same client identity: refused.
+    let other = new_ca();
+    let (foreign, foreign_key) = other
+        .signer
+        .issue_with_key(&ca::LeafNames::identity(&client_id()), DAY)
+        .unwrap();
+    let outcome = async {
+        let mut tls = tls_client(
+            &m.ca.anchor_pem,
+            &foreign.chain_pem,
+            &foreign_key,
+            m.server.addrs.inbound,
+            &web().dns_name(),
+        )
+        .await?;
+        // TLS 1.3: the server checks the client's certificate after the client is done; the
+        // refusal shows on the first read.
+        tls.write_all(request).await?;
+        let mut out = Vec::new();
+        tls.read_to_end(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    }
+    .await;
+    assert!(
+        outcome.as_ref().map_or(true, |out| out.is_empty()),
+        "a foreign certificate must not get an answer: {:?}",
+        outcome.map(|o| String::from_utf8_lossy(&o).into_owned())
+    );
+
+    // The same client with a certificate of the mesh's CA gets through, and is named.
+    let (ours, our_key) =
+        m.ca.signer
+            .issue_with_key(&ca::LeafNames::identity(&client_id()), DAY)
+            .unwrap();
+    let mut tls = tls_client(
+        &m.ca.anchor_pem,
+        &ours.chain_pem,
+        &our_key,
+        m.server.addrs.inbound,
+        &web().dns_name(),
+    )
+    .await
+    .unwrap();
+    tls.write_all(request).await.unwrap();
+    let mut out = String::new();
+    tls.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with(&client_id().dns_name()), "{out}");
+
+    // A certificate of the mesh's CA that names no identity proves none: refused.
+    let (nameless, nameless_key) =
+        m.ca.signer
+            .issue_with_key(
+                &ca::LeafNames {
+                    dns: vec!["client.example".into()],
+                    uris: vec![],
+                },
+                DAY,
+            )
+            .unwrap();
+    let outcome = async {
+        let mut tls = tls_client(
+            &m.ca.anchor_pem,
+            &nameless.chain_pem,
+            &nameless_key,
+            m.server.addrs.inbound,
+            &web().dns_name(),
+        )
+        .await?;
+        tls.write_all(request).await?;
+        let mut out = Vec::new();
+        tls.read_to_end(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    }
+    .await;
+    assert!(outcome.map_or(true, |out| out.is_empty()));
+
+    let server = m.server.metrics().await;
+    assert!(
+        count(&server, "tcp_refused_total", &["reason=\"tls_handshake\""]) >= 1,
+        "{server}"
+    );
+    assert!(
+        count(
+            &server,
+            "tcp_refused_total",
+            &["reason=\"no_client_identity\""]
+        ) >= 1,
+        "{server}"
+    );
+}
+
+#[tokio::test]
+async fn the_application_s_own_tls_passes_through_and_a_forged_client_id_is_removed() {
+    let m = mesh(|_| {}).await;
+    // Plaintext from outside the mesh: the forged header does not reach the app.
+    let reply = fixtures::raw(
+        m.server.addrs.inbound,
+        b"GET /header?name=mesh-client-id HTTP/1.1\r\nHost: web\r\nmesh-client-id: admin.demo.serviceaccount.identity.mesh.cluster.local\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        reply.ends_with("\r\n\r\n"),
+        "the app saw no client id: {reply}"
+    );
+
+    // TLS for another name is the application's: the proxy does not answer it. (The app here
+    // speaks plain HTTP, so it answers the ClientHello with an HTTP 400, which the client
+    // sees as a TLS failure: the point is that the proxy did not terminate it.)
+    let (ours, our_key) =
+        m.ca.signer
+            .issue_with_key(&ca::LeafNames::identity(&client_id()), DAY)
+            .unwrap();
+    let passthrough = tls_client(
+        &m.ca.anchor_pem,
+        &ours.chain_pem,
+        &our_key,
+        m.server.addrs.inbound,
+        "app.example.com",
+    )
+    .await;
+    assert!(
+        passthrough.is_err(),
+        "the proxy must not terminate TLS for another name"
+    );
+    let server = m.server.metrics().await;
+    assert!(
+        count(
+            &server,
+            "tcp_open_total",
+            &["no_tls_reason=\"not_provided_by_remote\""]
+        ) >= 2,
+        "{server}"
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_is_not_ready_until_it_has_a_certificate() {
+    let m = mesh(|_| {}).await;
+    // A wrong token: the controller refuses, the proxy retries and stays unready.
+    let mut identity = m.proxy_identity(&client_id(), "client-token");
+    std::fs::write(&identity.token_file, "not-the-token").unwrap();
+    identity.dir = m.state.path().join("unready-key");
+    let token_file = identity.token_file.clone();
+    let proxy = fixtures::proxy("127.0.0.1:9".parse().unwrap(), |c| {
+        c.identity = Some(identity)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(fixtures::get_h1(proxy.addrs.admin, "/ready").await.0, 503);
+    let metrics = proxy.metrics().await;
+    assert!(
+        count(
+            &metrics,
+            "identity_cert_refresh_total",
+            &["result=\"failure\""]
+        ) >= 2,
+        "it retries: {metrics}"
+    );
+    // The right token (token files are read afresh): ready at the next attempt.
+    std::fs::write(&token_file, "client-token").unwrap();
+    assert!(ready(&proxy, Duration::from_secs(40)).await);
+}
