@@ -14,6 +14,7 @@
 mod balance;
 mod controller;
 mod discovery;
+mod handshake;
 mod haproxy;
 mod oha;
 mod report;
@@ -240,10 +241,22 @@ fn run(mut args: Args) -> anyhow::Result<()> {
         .context("creating a work folder")?;
 
     let mut measurements = Vec::new();
+    let mut handshakes = None;
     if let (true, Some(oha)) = (parts.contains(&Part::Proxy), &oha) {
         eprintln!("mesh-bench: building the pods");
         let testbed = Testbed::start(&args.haproxy, &proxy_env)?;
-        let measured = measure(&testbed, oha, &args, clock_ticks);
+        let measured = measure(&testbed, oha, &args, clock_ticks).and_then(|m| {
+            eprintln!("mesh-bench: mutual-TLS handshakes");
+            let h = handshake::run(
+                &testbed,
+                args.throughput_duration,
+                args.rounds as usize,
+                clock_ticks,
+            )
+            .context("handshakes")?;
+            handshakes = Some(h);
+            Ok(m)
+        });
         let log_dir = testbed.log_dir().to_path_buf();
         if measured.is_err() && !INTERRUPTED.load(Ordering::Relaxed) {
             // Keep the proxies' logs for the post-mortem: copy them before the cluster goes.
@@ -310,6 +323,7 @@ fn run(mut args: Args) -> anyhow::Result<()> {
             .map(|f| relative_to_report(f, args.out.as_deref())),
         parts,
         measurements,
+        handshakes,
         discovery,
         balance,
         carried,

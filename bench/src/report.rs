@@ -37,6 +37,8 @@ pub struct Report {
     pub parts: Vec<Part>,
     /// The proxy part: every scenario's runs (empty when it did not run).
     pub measurements: Vec<Measurement>,
+    /// Mutual-TLS handshakes per second of the inbound listener (the proxy part).
+    pub handshakes: Option<crate::handshake::Results>,
     /// The discovery part, when it ran.
     pub discovery: Option<crate::discovery::Results>,
     /// The load-balancing part, when it ran.
@@ -75,7 +77,7 @@ impl Part {
     /// The heading of the part's section.
     pub fn title(self) -> &'static str {
         match self {
-            Part::Proxy => "Proxy: direct, one hop, two hops and HAProxy",
+            Part::Proxy => "Proxy: direct, one hop, two hops (plain and mTLS) and HAProxy",
             Part::Discovery => "Discovery: update propagation and controller memory",
             Part::Balance => "Load balancing: a fast and a slow endpoint",
         }
@@ -465,6 +467,9 @@ impl Report {
         for protocol in PROTOCOLS {
             self.write_protocol(out, protocol)?;
         }
+        if let Some(handshakes) = &self.handshakes {
+            handshakes.write_markdown(out)?;
+        }
         self.write_noise(out)
     }
 
@@ -555,7 +560,7 @@ impl Report {
         writeln!(
             out,
             "Every scenario ran in rounds, interleaved with the others (direct, 1-hop, 2-hop, \
-             haproxy, direct, …), so slow drifts of the machine hit all of them alike. The \
+             2-hop mTLS, haproxy, direct, …), so slow drifts of the machine hit all of them alike. The \
              range over the rounds is the run-to-run noise; differences smaller than it mean \
              nothing.\n"
         )?;
@@ -670,7 +675,12 @@ inside the client pod.
 
 - **direct**: unmeshed client pod → unmeshed server pod; the baseline of every ratio.
 - **1-hop**: meshed client pod (`mesh-init` redirect + `mesh-proxy` outbound) → unmeshed server pod.
-- **2-hop**: meshed client pod → meshed server pod (outbound proxy, then inbound proxy).
+- **2-hop**: meshed client pod → meshed server pod (outbound proxy, then inbound proxy), \
+plaintext, by the server's IP (no discovery, no identity).
+- **2-hop mTLS**: the same with identity: the client calls the server's ClusterIP, its proxy \
+resolves it through the destination controller, then opens mutual TLS (TLS 1.3, ECDSA P-256 \
+certificates from the identity controller) and carries the requests as HTTP/2 to the server's \
+proxy, which restores HTTP/1.1 where the client spoke it.
 - **haproxy**: HAProxy (`mode http`, default threads) in the unmeshed client pod, forwarding to \
 the server pod; the load generator targets it on the pod's loopback. HTTP/1.1 is forwarded as \
 HTTP/1.1 and HTTP/2 as HTTP/2, like the mesh proxy does.
@@ -849,6 +859,7 @@ mod tests {
             results_file: None,
             parts: vec![Part::Proxy],
             measurements,
+            handshakes: None,
             discovery: None,
             balance: None,
             carried: BTreeMap::new(),
@@ -933,7 +944,7 @@ mod tests {
         assert!(md.contains("### HTTP/1.1\n"), "{md}");
         assert!(md.contains("### HTTP/2\n"), "{md}");
         assert!(
-            md.contains("[Proxy: direct, one hop, two hops and HAProxy](#proxy-direct-one-hop-two-hops-and-haproxy)"),
+            md.contains("[Proxy: direct, one hop, two hops (plain and mTLS) and HAProxy](#proxy-direct-one-hop-two-hops-plain-and-mtls-and-haproxy)"),
             "{md}"
         );
         assert!(

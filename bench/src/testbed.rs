@@ -5,7 +5,12 @@
 //! client         (plain)  ─▶ haproxy 127.0.0.1:8081/8082 ────▶ server        app :8080
 //! client-meshed  (proxy)  ─▶ outbound 4140 ──────────────────▶ server        app :8080
 //! client-meshed  (proxy)  ─▶ outbound 4140 ─▶ inbound 4143 ──▶ server-meshed app :8080 (proxy)
+//! client-mtls    (proxy)  ─▶ outbound 4140 ═▶ inbound 4143 ──▶ server-mtls   app :8080 (proxy)
+//!                            (discovery by ClusterIP, mutual TLS, HTTP/2 between the proxies)
+//! client         (plain)  ─▶ mutual-TLS handshakes ══════════▶ server-mtls   inbound / server :8443
 //! ```
+//!
+//! The `control` pod runs the destination and identity controllers for the mTLS pair.
 //!
 //! Everything lives in one [`Cluster`] on `10.244.0.0/16`; dropping the testbed stops the
 //! processes and servers, then the cluster removes the namespaces.
@@ -14,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::Context as _;
-use mesh_cli::local::{Cluster, MeshOptions, Pod, Proxy};
+use mesh_cli::local::{Cluster, ControlOptions, ControlPlane, MeshOptions, Pod, Proxy};
 
 use crate::haproxy::{self, Haproxy};
 use crate::oha::Protocol;
@@ -30,16 +35,19 @@ pub enum Scenario {
     OneHop,
     /// The client's outbound proxy and the server's inbound proxy.
     TwoHop,
+    /// Two hops with identity: discovery, then mutual TLS and HTTP/2 between the proxies.
+    TwoHopMtls,
     /// The peer: HAProxy in the client pod as a one-hop HTTP proxy.
     Haproxy,
 }
 
 impl Scenario {
     /// Every scenario, baseline first.
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 5] = [
         Scenario::Direct,
         Scenario::OneHop,
         Scenario::TwoHop,
+        Scenario::TwoHopMtls,
         Scenario::Haproxy,
     ];
 
@@ -49,6 +57,7 @@ impl Scenario {
             Scenario::Direct => "direct",
             Scenario::OneHop => "1-hop",
             Scenario::TwoHop => "2-hop",
+            Scenario::TwoHopMtls => "2-hop mTLS",
             Scenario::Haproxy => "haproxy",
         }
     }
@@ -69,13 +78,21 @@ pub struct Testbed {
     haproxy: Haproxy,
     client_proxy: Proxy,
     server_proxy: Proxy,
-    _servers: [Server; 2],
+    mtls_client_proxy: Proxy,
+    mtls_server_proxy: Proxy,
+    _servers: [Server; 3],
+    control: ControlPlane,
     client: Pod,
     client_meshed: Pod,
+    client_mtls: Pod,
     server: Pod,
     server_meshed: Pod,
+    server_mtls: Pod,
     cluster: Cluster,
 }
+
+/// The mTLS server's service address (its proxies find it through discovery).
+pub const MTLS_CLUSTER_IP: [u8; 4] = [10, 96, 0, 20];
 
 impl Testbed {
     /// Builds the pods, starts the server application in both server pods, meshes the meshed
@@ -86,8 +103,15 @@ impl Testbed {
         let server_meshed = cluster.add_pod("server-meshed")?;
         let client = cluster.add_pod("client")?;
         let client_meshed = cluster.add_pod("client-meshed")?;
+        let control_pod = cluster.add_pod("control")?;
+        let server_mtls = cluster.add_pod("server-mtls")?;
+        let client_mtls = cluster.add_pod("client-mtls")?;
 
-        let servers = [Server::start(&server)?, Server::start(&server_meshed)?];
+        let servers = [
+            Server::start(&server)?,
+            Server::start(&server_meshed)?,
+            Server::start(&server_mtls)?,
+        ];
         let options = MeshOptions {
             env: proxy_env.to_vec(),
             ..MeshOptions::default()
@@ -98,6 +122,26 @@ impl Testbed {
         let client_proxy = client_meshed
             .mesh(options)
             .context("meshing the client pod")?;
+
+        let control = ControlPlane::start(
+            &control_pod,
+            &cluster.log_dir().join("control"),
+            &ControlOptions::default(),
+        )
+        .context("starting the control plane")?;
+        control.write("server-mtls.yaml", &mtls_service_yaml(&server_mtls))?;
+        let enroll = |pod: &Pod, sa: &str| -> anyhow::Result<MeshOptions> {
+            let mut options = control.enroll(pod, "bench", sa, &[])?;
+            options.env.extend(proxy_env.iter().cloned());
+            Ok(options)
+        };
+        let mtls_server_proxy = server_mtls
+            .mesh(enroll(&server_mtls, "server")?)
+            .context("meshing the mTLS server pod")?;
+        client_mtls.route("10.96.0.0/12")?;
+        let mtls_client_proxy = client_mtls
+            .mesh(enroll(&client_mtls, "client")?)
+            .context("meshing the mTLS client pod")?;
         let upstream = SocketAddr::from((server.ip, server::PORT));
         let haproxy = Haproxy::start(haproxy_program, &client, upstream, cluster.log_dir())
             .context("starting haproxy")?;
@@ -105,11 +149,16 @@ impl Testbed {
             haproxy,
             client_proxy,
             server_proxy,
+            mtls_client_proxy,
+            mtls_server_proxy,
             _servers: servers,
+            control,
             client,
             client_meshed,
+            client_mtls,
             server,
             server_meshed,
+            server_mtls,
             cluster,
         })
     }
@@ -140,6 +189,18 @@ impl Testbed {
                     watch("server proxy", self.server_proxy.pid()),
                 ],
             },
+            Scenario::TwoHopMtls => Target {
+                pod: &self.client_mtls,
+                url: format!(
+                    "http://{}:{}/",
+                    std::net::Ipv4Addr::from(MTLS_CLUSTER_IP),
+                    server::PORT
+                ),
+                watched: vec![
+                    watch("client proxy", self.mtls_client_proxy.pid()),
+                    watch("server proxy", self.mtls_server_proxy.pid()),
+                ],
+            },
             Scenario::Haproxy => Target {
                 pod: &self.client,
                 url: format!(
@@ -154,8 +215,36 @@ impl Testbed {
         }
     }
 
+    /// The unmeshed client pod, the meshed mTLS server pod and its proxy, the plain server pod,
+    /// and the control plane: what the handshake benchmark needs.
+    pub fn handshake_pods(&self) -> (&Pod, &Pod, &Proxy, &Pod, &ControlPlane) {
+        (
+            &self.client,
+            &self.server_mtls,
+            &self.mtls_server_proxy,
+            &self.server,
+            &self.control,
+        )
+    }
+
     /// The cluster's log folder (proxy logs, HAProxy's configuration and log).
     pub fn log_dir(&self) -> &Path {
         self.cluster.log_dir()
     }
+}
+
+/// The Service of the mTLS server (ClusterIP [`MTLS_CLUSTER_IP`], port 8080) and its
+/// EndpointSlice; the pod itself is registered by [`ControlPlane::enroll`].
+fn mtls_service_yaml(pod: &Pod) -> String {
+    let ip = std::net::Ipv4Addr::from(MTLS_CLUSTER_IP);
+    let port = server::PORT;
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: server-mtls, namespace: bench}}\n\
+         spec: {{clusterIP: {ip}, ports: [{{name: http, port: {port}, targetPort: {port}}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: server-mtls-1, namespace: bench, labels: {{kubernetes.io/service-name: server-mtls}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: {port}}}]\n\
+         endpoints: [{{addresses: [\"{}\"], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: {}, namespace: bench}}}}]\n",
+        pod.ip, pod.name
+    )
 }

@@ -4,7 +4,10 @@
 //!
 //! ```
 //! use std::collections::HashMap;
-//! let env = HashMap::from([("MESH_PROXY_DETECT_TIMEOUT".to_string(), "2s".to_string())]);
+//! let env = HashMap::from([
+//!     ("MESH_PROXY_DETECT_TIMEOUT".to_string(), "2s".to_string()),
+//!     ("MESH_PROXY_IDENTITY_DISABLED".to_string(), "true".to_string()),
+//! ]);
 //! let config = mesh_proxy::config::Config::from_env(|k| env.get(k).cloned()).unwrap();
 //! assert_eq!(config.detect_timeout, std::time::Duration::from_secs(2));
 //! ```

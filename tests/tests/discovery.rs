@@ -133,7 +133,7 @@ async fn a_slow_endpoint_gets_a_clearly_smaller_share() {
     let metrics = proxy.metrics().await;
     assert!(
         metrics.contains(&format!(
-            r#"request_total{{direction="outbound",authority="web-svc",target_addr="{fast1}",dst_namespace="demo",dst_service="web-svc",dst_pod="web-0"}}"#
+            r#"request_total{{direction="outbound",authority="web-svc",target_addr="{fast1}",dst_namespace="demo",dst_service="web-svc",dst_pod="web-0",tls="no_identity",no_tls_reason="disabled"}}"#
         )),
         "destination labels: {metrics}"
     );

@@ -180,7 +180,7 @@ fn http1_keep_alive_through_two_proxies() {
     assert_has(
         &out,
         &format!(
-            r#"request_total{{direction="outbound",authority="app.test:8080",target_addr="{server}"}} 5"#
+            r#"request_total{{direction="outbound",authority="app.test:8080",target_addr="{server}",tls="no_identity",no_tls_reason="disabled"}} 5"#
         ),
     );
     assert_has(
@@ -190,7 +190,7 @@ fn http1_keep_alive_through_two_proxies() {
     let inbound = Mesh::metrics(&mesh.server_proxy);
     assert_has(
         &inbound,
-        r#"response_total{direction="inbound",authority="app.test:8080",target_addr="127.0.0.1:8080",classification="success",status_code="200"} 5"#,
+        r#"response_total{direction="inbound",authority="app.test:8080",target_addr="127.0.0.1:8080",tls="no_identity",no_tls_reason="disabled",classification="success",status_code="200"} 5"#,
     );
 }
 
@@ -236,8 +236,9 @@ fn http2_and_grpc_through_two_proxies() {
         ),
     ] {
         let m = Mesh::metrics(proxy);
-        let labels =
-            format!(r#"direction="{direction}",authority="app.test:8080",target_addr="{target}""#);
+        let labels = format!(
+            r#"direction="{direction}",authority="app.test:8080",target_addr="{target}",tls="no_identity",no_tls_reason="disabled""#
+        );
         assert_has(
             &m,
             &format!(
@@ -306,11 +307,15 @@ fn opaque_tcp_with_a_server_that_speaks_first() {
     let m = Mesh::metrics(&mesh.client_proxy);
     assert_has(
         &m,
-        &format!(r#"tcp_read_bytes_total{{direction="outbound",target_addr="{server}"}} 8"#),
+        &format!(
+            r#"tcp_read_bytes_total{{direction="outbound",target_addr="{server}",tls="no_identity",no_tls_reason="disabled"}} 8"#
+        ),
     );
     assert_has(
         &m,
-        &format!(r#"tcp_write_bytes_total{{direction="outbound",target_addr="{server}"}} 27"#),
+        &format!(
+            r#"tcp_write_bytes_total{{direction="outbound",target_addr="{server}",tls="no_identity",no_tls_reason="disabled"}} 27"#
+        ),
     );
 }
 

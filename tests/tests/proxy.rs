@@ -21,7 +21,9 @@ async fn http1_and_http2_are_forwarded_and_counted() {
         assert_eq!(status, 500);
 
         let metrics = proxy.metrics().await;
-        let target = format!(r#"authority="app.test:8080",target_addr="{app}""#);
+        let target = format!(
+            r#"authority="app.test:8080",target_addr="{app}",tls="no_identity",no_tls_reason="disabled""#
+        );
         for line in [
             format!(r#"request_total{{direction="outbound",{target}}} 2"#),
             format!(
@@ -327,7 +329,7 @@ async fn graceful_shutdown_finishes_requests_in_flight() {
     }
     // Both requests are in flight (the handler takes 300 ms) once the proxy counted them.
     let both = format!(
-        r#"request_total{{direction="outbound",authority="app.test:8080",target_addr="{app}"}} 2"#
+        r#"request_total{{direction="outbound",authority="app.test:8080",target_addr="{app}",tls="no_identity",no_tls_reason="disabled"}} 2"#
     );
     assert!(
         eventually(Duration::from_secs(5), || async {
@@ -393,6 +395,7 @@ fn the_binary_refuses_an_invalid_variable_and_names_it() {
         ("MESH_PROXY_LOG", "info,[", "expected a tracing filter"),
     ] {
         let out = std::process::Command::new(&proxy)
+            .env("MESH_PROXY_IDENTITY_DISABLED", "true")
             .env(var, value)
             .output()
             .expect("run mesh-proxy");
@@ -403,4 +406,16 @@ fn the_binary_refuses_an_invalid_variable_and_names_it() {
             "{var}={value}: {stderr}"
         );
     }
+    // Without identity configured, and without saying it is off, the proxy does not start.
+    let out = std::process::Command::new(&proxy)
+        .env_remove("MESH_PROXY_IDENTITY_DISABLED")
+        .output()
+        .expect("run mesh-proxy");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("MESH_PROXY_IDENTITY_NAME")
+            && stderr.contains("MESH_PROXY_IDENTITY_DISABLED=true"),
+        "{stderr}"
+    );
 }

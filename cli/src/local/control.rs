@@ -44,6 +44,7 @@ pub struct ControlPlane {
     pod: Pod,
     state: PathBuf,
     trust_anchors_pem: String,
+    issuer: ca::CertAndKey,
     destination: Child,
     identity: Child,
 }
@@ -117,6 +118,7 @@ impl ControlPlane {
             pod: pod.clone(),
             state,
             trust_anchors_pem: anchor.cert_pem,
+            issuer,
             destination,
             identity,
         };
@@ -176,6 +178,18 @@ impl ControlPlane {
     /// The trust anchor, PEM.
     pub fn trust_anchors_pem(&self) -> &str {
         &self.trust_anchors_pem
+    }
+
+    /// A certificate for `identity` from this control plane's issuer, with a fresh key: for
+    /// clients the tests and benchmarks drive by hand. Returns the chain and the key, PEM.
+    pub fn issue(
+        &self,
+        identity: &Identity,
+        lifetime: Duration,
+    ) -> anyhow::Result<(String, String)> {
+        let signer = ca::Signer::from_pem(&self.issuer.cert_pem, &self.issuer.key_pem)?;
+        let (issued, key) = signer.issue_with_key(&ca::LeafNames::identity(identity), lifetime)?;
+        Ok((issued.chain_pem, key))
     }
 
     /// The folder both controllers read.
