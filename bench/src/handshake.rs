@@ -235,6 +235,9 @@ fn drive(
                     while Instant::now() < deadline {
                         let attempt = async {
                             let io = tokio::net::TcpStream::connect(addr).await?;
+                            // Close with a reset: thousands of connections a second would
+                            // otherwise fill the pod's ephemeral ports with TIME_WAIT.
+                            io.set_zero_linger()?;
                             let mut tls = connector.connect(name.clone(), io).await?;
                             tls.shutdown().await?;
                             let mut sink = Vec::new();

@@ -20,6 +20,7 @@ pub mod index;
 pub mod injector;
 pub mod metrics;
 pub mod source;
+pub mod tls;
 
 use std::net::SocketAddr;
 

@@ -385,6 +385,29 @@ async fn tls_client(
         .await
 }
 
+/// Sends `request` over mutual TLS with `chain_pem` / `key_pem` to the server proxy's inbound,
+/// as the web identity, and reads until it closes. TLS 1.3: the server checks the client's
+/// certificate after the client is done, so a refusal shows on the read.
+async fn exchange(
+    m: &Mesh,
+    chain_pem: &str,
+    key_pem: &str,
+    request: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    let mut tls = tls_client(
+        &m.ca.anchor_pem,
+        chain_pem,
+        key_pem,
+        m.server.addrs.inbound,
+        &web().dns_name(),
+    )
+    .await?;
+    tls.write_all(request).await?;
+    let mut out = Vec::new();
+    tls.read_to_end(&mut out).await?;
+    Ok(out)
+}
+
 #[tokio::test]
 async fn a_client_certificate_from_another_ca_is_refused_and_the_mesh_one_taken() {
     let m = mesh(|_| {}).await;
@@ -397,23 +420,7 @@ async fn a_client_certificate_from_another_ca_is_refused_and_the_mesh_one_taken(
         .signer
         .issue_with_key(&ca::LeafNames::identity(&client_id()), DAY)
         .unwrap();
-    let outcome = async {
-        let mut tls = tls_client(
-            &m.ca.anchor_pem,
-            &foreign.chain_pem,
-            &foreign_key,
-            m.server.addrs.inbound,
-            &web().dns_name(),
-        )
-        .await?;
-        // TLS 1.3: the server checks the client's certificate after the client is done; the
-        // refusal shows on the first read.
-        tls.write_all(request).await?;
-        let mut out = Vec::new();
-        tls.read_to_end(&mut out).await?;
-        Ok::<_, std::io::Error>(out)
-    }
-    .await;
+    let outcome = exchange(&m, &foreign.chain_pem, &foreign_key, request).await;
     assert!(
         outcome.as_ref().map_or(true, |out| out.is_empty()),
         "a foreign certificate must not get an answer: {:?}",
@@ -425,18 +432,10 @@ async fn a_client_certificate_from_another_ca_is_refused_and_the_mesh_one_taken(
         m.ca.signer
             .issue_with_key(&ca::LeafNames::identity(&client_id()), DAY)
             .unwrap();
-    let mut tls = tls_client(
-        &m.ca.anchor_pem,
-        &ours.chain_pem,
-        &our_key,
-        m.server.addrs.inbound,
-        &web().dns_name(),
-    )
-    .await
-    .unwrap();
-    tls.write_all(request).await.unwrap();
-    let mut out = String::new();
-    tls.read_to_string(&mut out).await.unwrap();
+    let out = exchange(&m, &ours.chain_pem, &our_key, request)
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(out.ends_with(&client_id().dns_name()), "{out}");
 
@@ -451,21 +450,7 @@ async fn a_client_certificate_from_another_ca_is_refused_and_the_mesh_one_taken(
                 DAY,
             )
             .unwrap();
-    let outcome = async {
-        let mut tls = tls_client(
-            &m.ca.anchor_pem,
-            &nameless.chain_pem,
-            &nameless_key,
-            m.server.addrs.inbound,
-            &web().dns_name(),
-        )
-        .await?;
-        tls.write_all(request).await?;
-        let mut out = Vec::new();
-        tls.read_to_end(&mut out).await?;
-        Ok::<_, std::io::Error>(out)
-    }
-    .await;
+    let outcome = exchange(&m, &nameless.chain_pem, &nameless_key, request).await;
     assert!(outcome.map_or(true, |out| out.is_empty()));
 
     let server = m.server.metrics().await;

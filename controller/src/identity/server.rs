@@ -130,16 +130,9 @@ pub async fn serve(
         let state = state.clone();
         let watcher = graceful.watcher();
         handshakes.spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
+            let Some(tls) = crate::tls::accept(&acceptor, tcp, peer, HANDSHAKE_TIMEOUT).await
+            else {
+                return;
             };
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();

@@ -233,16 +233,9 @@ async fn serve(
         let acceptor = acceptor.clone();
         let state = state.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
+            let Some(tls) = crate::tls::accept(&acceptor, tcp, peer, HANDSHAKE_TIMEOUT).await
+            else {
+                return;
             };
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();

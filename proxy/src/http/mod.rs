@@ -222,41 +222,36 @@ impl HttpForwarder {
         if self.direction == Direction::Outbound {
             req.headers_mut().remove(ORIG_PROTO_HEADER);
         }
+        // The request as it goes upstream: HTTP/2 between proxies (on the endpoint's one
+        // connection), else as the client sent it, HTTP/1 in origin form for the pool.
+        let prepared = if tunnel || req.version() == Version::HTTP_2 && server_id.is_none() {
+            Ok(req)
+        } else if server_id.is_some() {
+            to_http2(req, &authority)
+        } else {
+            origin_uri(req.uri(), addr).map(|uri| {
+                *req.uri_mut() = uri;
+                req
+            })
+        };
+        let Ok(req) = prepared else {
+            return self.error(
+                labels,
+                start,
+                StatusCode::BAD_REQUEST,
+                "invalid_uri",
+                "invalid request URI",
+            );
+        };
         let result = if tunnel {
             self.forward_tunnel(req, addr, server_id.as_ref(), tunnels)
                 .await
-        } else if let Some(server_id) = &server_id {
-            // Between proxies every request is HTTP/2 on the endpoint's one connection.
-            match to_http2(req, &authority) {
-                Ok(req) => self.upstream.send_http2(addr, Some(server_id), req).await,
-                Err(_) => {
-                    return self.error(
-                        labels,
-                        start,
-                        StatusCode::BAD_REQUEST,
-                        "invalid_uri",
-                        "invalid request URI",
-                    )
-                }
-            }
         } else if req.version() == Version::HTTP_2 {
-            self.upstream.send_http2(addr, None, req).await
+            self.upstream
+                .send_http2(addr, server_id.as_ref(), req)
+                .await
         } else {
-            match origin_uri(req.uri(), addr) {
-                Ok(uri) => {
-                    *req.uri_mut() = uri;
-                    self.upstream.send_http1(addr, req).await
-                }
-                Err(_) => {
-                    return self.error(
-                        labels,
-                        start,
-                        StatusCode::BAD_REQUEST,
-                        "invalid_uri",
-                        "invalid request URI",
-                    )
-                }
-            }
+            self.upstream.send_http1(addr, req).await
         };
         if let (Some(mut in_flight), Some(resolver)) = (in_flight, &self.discovery) {
             let success = matches!(&result, Ok(rsp) if !rsp.status().is_server_error());
