@@ -92,6 +92,20 @@ pub fn run(
         .with_single_cert(chain(&server_chain)?, key(&server_key)?)?;
     server_config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     let _baseline = serve_baseline(plain, Arc::new(server_config))?;
+    // Thousands of new connections a second from one pod: let it reuse ports in TIME_WAIT and
+    // use the whole port range, or later rounds measure port exhaustion instead of TLS.
+    let sysctl = client
+        .command("sysctl")
+        .args([
+            "-qw",
+            "net.ipv4.tcp_tw_reuse=1",
+            "net.ipv4.ip_local_port_range=1024 65535",
+        ])
+        .status()
+        .context("running sysctl in the client pod")?;
+    if !sysctl.success() {
+        anyhow::bail!("sysctl in the client pod failed ({sysctl})");
+    }
 
     let targets = [
         (
@@ -235,9 +249,6 @@ fn drive(
                     while Instant::now() < deadline {
                         let attempt = async {
                             let io = tokio::net::TcpStream::connect(addr).await?;
-                            // Close with a reset: thousands of connections a second would
-                            // otherwise fill the pod's ephemeral ports with TIME_WAIT.
-                            io.set_zero_linger()?;
                             let mut tls = connector.connect(name.clone(), io).await?;
                             tls.shutdown().await?;
                             let mut sink = Vec::new();
