@@ -11,3 +11,4 @@ pub mod destination;
 pub mod identity;
 #[cfg(feature = "inject")]
 pub mod inject;
+pub mod tap;
