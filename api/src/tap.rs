@@ -44,7 +44,9 @@ pub struct Filter {
 /// A request's id within one proxy: its connection and its stream on it, written `3:1`.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamId {
+    /// The client connection, numbered by the proxy from 1.
     pub connection: u64,
+    /// The request on that connection, from 1.
     pub stream: u64,
 }
 
@@ -68,6 +70,7 @@ pub enum ProxyDirection {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Peer {
+    /// Its address.
     pub addr: SocketAddr,
     /// The verified mesh identity, when the hop is mutual TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -78,21 +81,31 @@ pub struct Peer {
 }
 
 /// One tap event.
+// A request start is much larger than the others, but an event lives only until it is written
+// out; boxing it would cost an allocation per event for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", tag = "event")]
 pub enum Event {
     /// A request's headers arrived.
     #[serde(rename_all = "camelCase")]
     RequestStart {
+        /// The request's id.
         id: StreamId,
+        /// The side of the pod the proxy saw it on.
         direction: ProxyDirection,
+        /// The client.
         source: Peer,
+        /// Where the proxy sent it.
         destination: Peer,
         /// Whether the hop this proxy saw (inbound: from the client; outbound: to the endpoint)
         /// is mutual TLS.
         tls: bool,
+        /// The method.
         method: String,
+        /// `Host` or `:authority`.
         authority: String,
+        /// The path, without the query.
         path: String,
         /// Request headers worth seeing (content-type, user-agent, grpc ones …); never the
         /// sensitive ones (authorization, cookie …).
@@ -104,7 +117,9 @@ pub enum Event {
     /// The response's headers went back.
     #[serde(rename_all = "camelCase")]
     ResponseStart {
+        /// The request's id.
         id: StreamId,
+        /// The HTTP status.
         status: u16,
         /// From the request's headers to the response's, in milliseconds.
         since_request_ms: f64,
@@ -112,7 +127,9 @@ pub enum Event {
     /// The response ended (or failed).
     #[serde(rename_all = "camelCase")]
     ResponseEnd {
+        /// The request's id.
         id: StreamId,
+        /// The `grpc-status` of a gRPC response.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         grpc_status: Option<u32>,
         /// Response body bytes.
@@ -128,7 +145,10 @@ pub enum Event {
     },
     /// Events not sent since the last event because of the tap's rate limit.
     #[serde(rename_all = "camelCase")]
-    Dropped { count: u64 },
+    Dropped {
+        /// How many.
+        count: u64,
+    },
 }
 
 impl Filter {
