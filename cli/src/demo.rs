@@ -67,7 +67,15 @@ pub fn run(summary_every: Duration) -> anyhow::Result<()> {
                 "meshing pod {} (mesh-init, mesh-proxy, certificate for web.demo)",
                 web.name
             ),
-            || web.mesh(control_plane.enroll(web, "demo", "web", &[("app", "web")])?),
+            || {
+                web.mesh(control_plane.enroll_in(
+                    web,
+                    "demo",
+                    "web",
+                    &[("app", "web")],
+                    Some("web"),
+                )?)
+            },
         )?);
     }
     let client_proxy = step(
@@ -78,7 +86,13 @@ pub fn run(summary_every: Duration) -> anyhow::Result<()> {
                 "web-svc.demo.svc.cluster.local",
             )])?;
             client.route("10.96.0.0/12")?;
-            client.mesh(control_plane.enroll(&client, "demo", "client", &[("app", "client")])?)
+            client.mesh(control_plane.enroll_in(
+                &client,
+                "demo",
+                "client",
+                &[("app", "client")],
+                Some("client"),
+            )?)
         },
     )?;
     let _load = step("starting traffic from client to web-svc", || {

@@ -207,7 +207,8 @@ impl ControlPlane {
 
     /// Registers `pod` as a meshed Pod of `namespace` running as `service_account` with `labels`
     /// (its Pod object and its service account's token Secret), and returns the options that
-    /// mesh it with discovery and identity.
+    /// mesh it with discovery and identity. The pod belongs to no workload: see
+    /// [`ControlPlane::enroll_in`].
     pub fn enroll(
         &self,
         pod: &Pod,
@@ -215,11 +216,33 @@ impl ControlPlane {
         service_account: &str,
         labels: &[(&str, &str)],
     ) -> anyhow::Result<MeshOptions> {
+        self.enroll_in(pod, namespace, service_account, labels, None)
+    }
+
+    /// [`ControlPlane::enroll`], with the pod owned by Deployment `deployment` the way Kubernetes
+    /// does it: the Pod's controller is the ReplicaSet `<deployment>-<hash>` (label
+    /// `pod-template-hash`), whose controller is the Deployment; both objects are written to the
+    /// state folder (`deploy-<ns>-<deployment>.yaml`), so discovery labels the pod's endpoints
+    /// `deployment=<deployment>` and `mesh viz` finds `deploy/<deployment>`.
+    pub fn enroll_in(
+        &self,
+        pod: &Pod,
+        namespace: &str,
+        service_account: &str,
+        labels: &[(&str, &str)],
+        deployment: Option<&str>,
+    ) -> anyhow::Result<MeshOptions> {
+        if let Some(deployment) = deployment {
+            self.write(
+                &format!("deploy-{namespace}-{deployment}.yaml"),
+                &deployment_yaml(namespace, deployment, labels),
+            )?;
+        }
         let identity = Identity::new(service_account, namespace, TRUST_DOMAIN)?;
         let token = ca::random_token();
         self.write(
             &format!("pod-{namespace}-{}.yaml", pod.name),
-            &pod_yaml(pod, namespace, service_account, labels),
+            &pod_yaml(pod, namespace, service_account, labels, deployment),
         )?;
         self.write(
             &format!("sa-{namespace}-{service_account}.yaml"),
@@ -253,22 +276,94 @@ impl Drop for ControlPlane {
     }
 }
 
-/// A meshed Pod object: running, with its IP, a `mesh-proxy` container and its service account.
+/// The annotation of a local Pod object that names its network namespace (`ip netns exec …`):
+/// how `mesh viz` reaches the pod's proxy from the state folder alone.
+pub const NETNS_ANNOTATION: &str = "mesh.io/local-netns";
+
+/// A meshed Pod object: running, with its IP, a `mesh-proxy` container, its service account, its
+/// network namespace ([`NETNS_ANNOTATION`]) and, with `deployment`, its ReplicaSet as owner.
 pub fn pod_yaml(
     pod: &Pod,
     namespace: &str,
     service_account: &str,
     labels: &[(&str, &str)],
+    deployment: Option<&str>,
 ) -> String {
-    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    let mut labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    let mut owners = String::new();
+    if let Some(deployment) = deployment {
+        let hash = template_hash(namespace, deployment);
+        labels.push(format!("pod-template-hash: {hash}"));
+        owners = format!(
+            ", ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: {deployment}-{hash}, \
+             uid: {}, controller: true, blockOwnerDeletion: true}}]",
+            uid("rs", namespace, deployment)
+        );
+    }
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{{labels}}}}}\n\
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{{labels}}}, \
+         annotations: {{{NETNS_ANNOTATION}: {netns}}}{owners}}}\n\
          spec: {{serviceAccountName: {service_account}, containers: [{{name: app, image: app}}, {{name: mesh-proxy, image: mesh-proxy}}]}}\n\
          status: {{phase: Running, podIP: \"{ip}\", podIPs: [{{ip: \"{ip}\"}}]}}\n",
         name = pod.name,
         labels = labels.join(", "),
+        netns = pod.netns,
         ip = pod.ip,
     )
+}
+
+/// A Deployment and its ReplicaSet `<deployment>-<hash>` (owned by it), selecting `labels`.
+pub fn deployment_yaml(namespace: &str, deployment: &str, labels: &[(&str, &str)]) -> String {
+    let hash = template_hash(namespace, deployment);
+    let selector: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    let selector = selector.join(", ");
+    let template = |extra: &str| {
+        format!("{{metadata: {{labels: {{{selector}{extra}}}}}, spec: {{containers: [{{name: app, image: app}}]}}}}")
+    };
+    let rs_extra = if selector.is_empty() {
+        format!("pod-template-hash: {hash}")
+    } else {
+        format!(", pod-template-hash: {hash}")
+    };
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {deployment}, namespace: {namespace}, uid: {deploy_uid}}}\n\
+         spec: {{selector: {{matchLabels: {{{selector}}}}}, template: {template}}}\n---\n\
+         apiVersion: apps/v1\nkind: ReplicaSet\n\
+         metadata: {{name: {deployment}-{hash}, namespace: {namespace}, uid: {rs_uid}, labels: {{{rs_labels}}}, \
+         ownerReferences: [{{apiVersion: apps/v1, kind: Deployment, name: {deployment}, uid: {deploy_uid}, controller: true, blockOwnerDeletion: true}}]}}\n\
+         spec: {{selector: {{matchLabels: {{{rs_labels}}}}}, template: {rs_template}}}\n",
+        deploy_uid = uid("deploy", namespace, deployment),
+        rs_uid = uid("rs", namespace, deployment),
+        template = template(""),
+        rs_labels = format!("{selector}{rs_extra}"),
+        rs_template = template(&rs_extra),
+    )
+}
+
+/// The `pod-template-hash` of a local Deployment: stable per name, in the alphabet Kubernetes
+/// uses for it (no vowels, so it never spells a word).
+fn template_hash(namespace: &str, deployment: &str) -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut h = fnv1a(&format!("{namespace}/{deployment}"));
+    (0..10)
+        .map(|_| {
+            let c = ALPHABET[(h % ALPHABET.len() as u64) as usize] as char;
+            h /= ALPHABET.len() as u64;
+            c
+        })
+        .collect()
+}
+
+/// A stable uid for a local object (the state folder is rewritten on every run).
+fn uid(kind: &str, namespace: &str, name: &str) -> String {
+    let h = fnv1a(&format!("{kind}/{namespace}/{name}"));
+    format!("00000000-0000-4000-8000-{:012x}", h & 0xffff_ffff_ffff)
+}
+
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// A service account's token Secret, as the identity controller's folder source reads it.
@@ -280,4 +375,70 @@ pub fn token_secret_yaml(namespace: &str, service_account: &str, token: &str) ->
          data: {{token: {}}}\n",
         base64::engine::general_purpose::STANDARD.encode(token)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+    use k8s_openapi::api::core::v1::Pod as PodObject;
+
+    fn pod() -> Pod {
+        Pod {
+            name: "web-1".into(),
+            netns: "mesh-1-0-demo-web-1".into(),
+            ip: std::net::Ipv4Addr::new(10, 244, 0, 3),
+            log_dir: Default::default(),
+        }
+    }
+
+    #[test]
+    fn pods_name_their_netns_and_owner_chain() {
+        let yaml = pod_yaml(&pod(), "demo", "web", &[("app", "web")], Some("web"));
+        let object: PodObject = serde_yaml_ng::from_str(&yaml).expect("a Pod");
+        let meta = &object.metadata;
+        assert_eq!(
+            meta.annotations.as_ref().unwrap()[NETNS_ANNOTATION],
+            "mesh-1-0-demo-web-1"
+        );
+        let hash = meta.labels.as_ref().unwrap()["pod-template-hash"].clone();
+        assert_eq!(hash.len(), 10);
+        let owner = &meta.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.clone(), owner.controller),
+            ("ReplicaSet", format!("web-{hash}"), Some(true))
+        );
+
+        let docs: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(&deployment_yaml(
+            "demo",
+            "web",
+            &[("app", "web")],
+        ))
+        .map(|d| serde::Deserialize::deserialize(d).expect("a document"))
+        .collect();
+        let deploy: Deployment = serde_json::from_value(docs[0].clone()).expect("a Deployment");
+        let rs: ReplicaSet = serde_json::from_value(docs[1].clone()).expect("a ReplicaSet");
+        assert_eq!(rs.metadata.name, Some(owner.name.clone()));
+        assert_eq!(rs.metadata.uid.as_ref(), Some(&owner.uid));
+        let rs_owner = &rs.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (rs_owner.kind.as_str(), rs_owner.name.as_str()),
+            ("Deployment", "web")
+        );
+        assert_eq!(deploy.metadata.uid.as_ref(), Some(&rs_owner.uid));
+    }
+
+    #[test]
+    fn pods_without_a_deployment_have_no_owner() {
+        let yaml = pod_yaml(&pod(), "demo", "client", &[], None);
+        let object: PodObject = serde_yaml_ng::from_str(&yaml).expect("a Pod");
+        assert!(object.metadata.owner_references.is_none());
+        assert!(object.metadata.labels.unwrap_or_default().is_empty());
+    }
+
+    #[test]
+    fn template_hashes_are_stable_and_distinct() {
+        assert_eq!(template_hash("demo", "web"), template_hash("demo", "web"));
+        assert_ne!(template_hash("demo", "web"), template_hash("demo", "emoji"));
+    }
 }

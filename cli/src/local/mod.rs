@@ -40,7 +40,9 @@ use anyhow::{bail, Context as _};
 
 pub use binary::binary;
 pub use cluster::{Cluster, Pod};
-pub use control::{ControlOptions, ControlPlane, DESTINATION_PORT, IDENTITY_PORT, TRUST_DOMAIN};
+pub use control::{
+    ControlOptions, ControlPlane, DESTINATION_PORT, IDENTITY_PORT, NETNS_ANNOTATION, TRUST_DOMAIN,
+};
 pub use nix::sys::signal::Signal;
 pub use proxy::{MeshOptions, PodIdentity, Proxy};
 
