@@ -217,7 +217,8 @@ enum State {
     Done,
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// Aborts a connection task when dropped (shared with the tap client).
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -343,23 +344,23 @@ fn decode(authority: &str, line: &[u8]) -> Result<Update, WatchError> {
 
 /// The current line is longer than [`MAX_LINE`].
 #[derive(Debug, PartialEq, Eq)]
-struct TooLong;
+pub(crate) struct TooLong;
 
 /// Splits a byte stream into lines, whatever the frame boundaries; skips blank lines.
 #[derive(Default)]
-struct LineDecoder {
+pub(crate) struct LineDecoder {
     buf: BytesMut,
     /// How far `buf` is known to hold no newline.
     scanned: usize,
 }
 
 impl LineDecoder {
-    fn push(&mut self, data: &[u8]) {
+    pub(crate) fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
     }
 
     /// The next complete, non-blank line (without its newline), if one is buffered.
-    fn next_line(&mut self) -> Result<Option<Bytes>, TooLong> {
+    pub(crate) fn next_line(&mut self) -> Result<Option<Bytes>, TooLong> {
         loop {
             let Some(pos) = self.buf[self.scanned..].iter().position(|b| *b == b'\n') else {
                 self.scanned = self.buf.len();

@@ -5,11 +5,36 @@
 //! [`Event::RequestStart`], [`Event::ResponseStart`] (headers back: status and time to first
 //! byte) and [`Event::ResponseEnd`] (grpc-status, bytes, duration, failure reason). Events over
 //! the filter's rate are dropped, never queued, and reported by [`Event::Dropped`].
+//!
+//! [`stream`] is the client: one `GET` over a connection the caller opened (plain TCP to a
+//! proxy's admin port from inside its pod, or mutual TLS as the tap identity from elsewhere):
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), mesh_api::tap::TapError> {
+//! use futures_util::StreamExt;
+//! use mesh_api::tap::{self, Filter};
+//! let tcp = tokio::net::TcpStream::connect("127.0.0.1:4191").await?;
+//! let filter = Filter { method: Some("POST".into()), ..Filter::default() };
+//! let events = tap::stream(tcp, "127.0.0.1:4191", &filter).await?;
+//! futures_util::pin_mut!(events);
+//! while let Some(event) = events.next().await {
+//!     println!("{:?}", event?);
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
+use crate::destination::{AbortOnDrop, LineDecoder, TooLong, MAX_LINE};
+use bytes::Bytes;
+use futures_util::Stream;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Where a proxy serves taps (admin port).
 pub const TAP_PATH: &str = "/v1/tap";
@@ -151,6 +176,16 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// Encodes the event as one line of the tap stream (JSON and a trailing `\n`).
+    pub fn to_line(&self) -> Bytes {
+        // Serializing these plain types (string keys, no maps with non-string keys) cannot fail.
+        let mut line = serde_json::to_vec(self).unwrap_or_default();
+        line.push(b'\n');
+        Bytes::from(line)
+    }
+}
+
 impl Filter {
     /// The filter as the query string of [`TAP_PATH`]: `method=`, `authority=`, `path=`,
     /// `src.<label>=`, `dst.<label>=`, `rate=`.
@@ -214,6 +249,193 @@ impl Filter {
 #[error("{0}")]
 pub struct FilterError(pub String);
 
+/// Why a tap could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    /// The connection could not be opened (only from callers that use `?` on their connect).
+    #[error("connecting: {0}")]
+    Connect(#[from] std::io::Error),
+    /// The request could not be built (an authority that is not valid in a URI).
+    #[error("tap request to {authority}: {source}")]
+    Request {
+        /// The proxy's admin authority.
+        authority: String,
+        /// The cause.
+        source: http::Error,
+    },
+    /// The HTTP exchange failed.
+    #[error("tap request to {authority}: {source}")]
+    Http {
+        /// The proxy's admin authority.
+        authority: String,
+        /// The cause.
+        source: hyper::Error,
+    },
+    /// The proxy refused the caller (403): not on the pod's loopback and not the tap identity
+    /// over mutual TLS. The message is the proxy's reason.
+    #[error("tap forbidden by {authority}: {message}")]
+    Forbidden {
+        /// The proxy's admin authority.
+        authority: String,
+        /// The proxy's one-line reason.
+        message: String,
+    },
+    /// Any other error status (400: a bad filter, 503: shutting down, 404: an older proxy).
+    #[error("tap at {authority}: the proxy answered {status}: {message}")]
+    Status {
+        /// The proxy's admin authority.
+        authority: String,
+        /// The HTTP status.
+        status: http::StatusCode,
+        /// The start of the response body.
+        message: String,
+    },
+    /// Reading the stream failed.
+    #[error("reading the tap stream of {authority}: {source}")]
+    Body {
+        /// The proxy's admin authority.
+        authority: String,
+        /// The cause.
+        source: hyper::Error,
+    },
+    /// A line was longer than [`MAX_LINE`](crate::destination::MAX_LINE).
+    #[error("tap stream of {authority}: a line is longer than {MAX_LINE} bytes")]
+    LineTooLong {
+        /// The proxy's admin authority.
+        authority: String,
+    },
+    /// A line was not an [`Event`].
+    #[error("tap stream of {authority}: invalid event {line:?}: {source}")]
+    Decode {
+        /// The proxy's admin authority.
+        authority: String,
+        /// The start of the line.
+        line: String,
+        /// The cause.
+        source: serde_json::Error,
+    },
+}
+
+/// Starts a tap over `io`, a connection to a proxy's admin server (`authority` is its
+/// `host:port`, sent as `Host`), and yields its events as they come.
+///
+/// The request is an HTTP/1.1 `GET` [`TAP_PATH`] with the filter as its query, so `io` may be
+/// a plain TCP stream (to `127.0.0.1:4191` from inside the pod's network namespace) or a TLS
+/// stream the caller opened with its own client certificate. A refusal is
+/// [`TapError::Forbidden`] and any other status [`TapError::Status`], both with the proxy's
+/// words. The stream ends after an error or when the proxy ends the tap (it shuts down);
+/// dropping it closes the connection, which removes the tap at the proxy at once.
+pub async fn stream<I>(
+    io: I,
+    authority: &str,
+    filter: &Filter,
+) -> Result<impl Stream<Item = Result<Event, TapError>> + Send + 'static, TapError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let http = |source| TapError::Http {
+        authority: authority.to_owned(),
+        source,
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(http)?;
+    let conn = AbortOnDrop(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+    let query = filter.to_query();
+    let uri = if query.is_empty() {
+        TAP_PATH.to_string()
+    } else {
+        format!("{TAP_PATH}?{query}")
+    };
+    let request = http::Request::get(uri)
+        .header(http::header::HOST, authority)
+        .body(Empty::<Bytes>::new())
+        .map_err(|source| TapError::Request {
+            authority: authority.to_owned(),
+            source,
+        })?;
+    let response = sender.send_request(request).await.map_err(http)?;
+    let status = response.status();
+    if status != http::StatusCode::OK {
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let message = String::from_utf8_lossy(&body[..body.len().min(1024)])
+            .trim()
+            .to_owned();
+        let authority = authority.to_owned();
+        return Err(if status == http::StatusCode::FORBIDDEN {
+            TapError::Forbidden { authority, message }
+        } else {
+            TapError::Status {
+                authority,
+                status,
+                message,
+            }
+        });
+    }
+    let state = Some(Streaming {
+        authority: authority.to_owned(),
+        body: response.into_body(),
+        lines: LineDecoder::default(),
+        _conn: conn,
+        _sender: sender,
+    });
+    Ok(futures_util::stream::unfold(state, next_event))
+}
+
+/// A tap being read.
+struct Streaming {
+    authority: String,
+    body: Incoming,
+    lines: LineDecoder,
+    /// The connection's task, aborted when the stream is dropped.
+    _conn: AbortOnDrop,
+    /// Kept so the client side of the connection stays open.
+    _sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+}
+
+async fn next_event(
+    state: Option<Streaming>,
+) -> Option<(Result<Event, TapError>, Option<Streaming>)> {
+    let mut s = state?;
+    loop {
+        match s.lines.next_line() {
+            Ok(Some(line)) => {
+                let event = serde_json::from_slice(&line).map_err(|source| TapError::Decode {
+                    authority: s.authority.clone(),
+                    line: String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned(),
+                    source,
+                });
+                let next = event.is_ok().then_some(s);
+                return Some((event, next));
+            }
+            Ok(None) => {}
+            Err(TooLong) => {
+                let authority = s.authority;
+                return Some((Err(TapError::LineTooLong { authority }), None));
+            }
+        }
+        match s.body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    s.lines.push(&data);
+                }
+            }
+            Some(Err(source)) => {
+                let authority = s.authority;
+                return Some((Err(TapError::Body { authority, source }), None));
+            }
+            None => return None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,10 +473,103 @@ mod tests {
             failure: None,
         };
         let line = serde_json::to_string(&e).unwrap();
+        assert_eq!(e.to_line(), format!("{line}\n"));
         assert_eq!(
             line,
             r#"{"event":"responseEnd","id":{"connection":3,"stream":1},"grpcStatus":2,"bytes":5,"durationMs":1.5,"success":false}"#
         );
         assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), e);
+    }
+
+    /// Serves one raw HTTP response to whatever request arrives; returns the request head.
+    async fn client_against(
+        response: &'static [u8],
+        filter: &Filter,
+    ) -> (Result<Vec<Result<Event, String>>, TapError>, String) {
+        use futures_util::StreamExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                let mut byte = [0u8; 1];
+                if server.read(&mut byte).await.unwrap() == 0 {
+                    break;
+                }
+                head.push(byte[0]);
+            }
+            // In small pieces: lines must be rebuilt across reads.
+            // (The client may be gone once it has read what it needs.)
+            for chunk in response.chunks(7) {
+                let _ = server.write_all(chunk).await;
+                tokio::task::yield_now().await;
+            }
+            let _ = server.shutdown().await;
+            String::from_utf8(head).unwrap()
+        });
+        let events = match stream(client, "127.0.0.1:4191", filter).await {
+            Ok(events) => Ok(events
+                .map(|e| e.map_err(|e| e.to_string()))
+                .collect::<Vec<_>>()
+                .await),
+            Err(e) => Err(e),
+        };
+        (events, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_client_streams_events_and_says_why_it_was_refused() {
+        let filter = Filter {
+            method: Some("GET".into()),
+            ..Filter::default()
+        };
+        let (events, head) = client_against(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+              1e\r\n{\"event\":\"dropped\",\"count\":3}\n\r\n\
+              1f\r\n{\"event\":\"dropped\",\"count\":4}\n\n\r\n\
+              3\r\nxx\n\r\n0\r\n\r\n",
+            &filter,
+        )
+        .await;
+        assert!(
+            head.starts_with("GET /v1/tap?method=GET HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase().contains("host: 127.0.0.1:4191"),
+            "{head}"
+        );
+        let events = events.unwrap();
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert_eq!(events[0], Ok(Event::Dropped { count: 3 }));
+        assert_eq!(events[1], Ok(Event::Dropped { count: 4 }));
+        assert!(
+            events[2]
+                .as_ref()
+                .unwrap_err()
+                .contains("invalid event \"xx\""),
+            "{events:?}"
+        );
+
+        let (refused, _) = client_against(
+            b"HTTP/1.1 403 Forbidden\r\ncontent-length: 20\r\n\r\nonly the tap may.\n\n\n",
+            &Filter::default(),
+        )
+        .await;
+        match refused {
+            Err(TapError::Forbidden { message, .. }) => assert_eq!(message, "only the tap may."),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        let (bad, _) = client_against(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 11\r\n\r\nbad filter\n",
+            &Filter::default(),
+        )
+        .await;
+        let err = bad.expect_err("an error");
+        assert!(matches!(err, TapError::Status { status, .. } if status == 400));
+        assert!(
+            err.to_string().contains("400 Bad Request: bad filter"),
+            "{err}"
+        );
     }
 }

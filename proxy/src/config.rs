@@ -12,7 +12,7 @@
 //! assert_eq!(config.detect_timeout, std::time::Duration::from_secs(2));
 //! ```
 
-use crate::ports::PortList;
+use crate::{ports::PortList, tap::TapConfig};
 use mesh_api::identity::{ca, Identity};
 use rustls_pki_types::CertificateDer;
 use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
@@ -72,6 +72,10 @@ pub struct Config {
     /// `MESH_PROXY_INBOUND_REQUIRE_IDENTITY_PORTS`: inbound ports that refuse connections
     /// without a verified client identity (mutual TLS from another proxy).
     pub inbound_require_identity_ports: PortList,
+    /// Tap: who may tap (`MESH_PROXY_TAP_IDENTITY`), which request headers are streamed
+    /// (`MESH_PROXY_TAP_HEADERS`, `MESH_PROXY_TAP_SENSITIVE_HEADERS`), and the pod's own labels
+    /// (`MESH_PROXY_POD_NAME`, `MESH_PROXY_POD_NAMESPACE`, `MESH_PROXY_WORKLOAD`).
+    pub tap: TapConfig,
     /// `MESH_PROXY_LOG`: a tracing filter.
     pub log: String,
     /// `MESH_PROXY_LOG_FORMAT`: `plain` or `json`.
@@ -118,6 +122,8 @@ impl Config {
     /// Reads the configuration through `get` (a variable's value, if set).
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env(&get);
+        let identity = identity(&get)?;
+        let tap = tap(&get, identity.as_ref())?;
         Ok(Self {
             inbound_addr: env.parse(
                 "MESH_PROXY_INBOUND_ADDR",
@@ -176,7 +182,8 @@ impl Config {
             cluster_domain: get("MESH_PROXY_CLUSTER_DOMAIN").unwrap_or_else(|| "cluster.local".to_string()),
             failfast_timeout: env.duration("MESH_PROXY_OUTBOUND_FAILFAST_TIMEOUT", "3s")?,
             destination_idle_timeout: env.duration("MESH_PROXY_DESTINATION_IDLE_TIMEOUT", "60s")?,
-            identity: identity(&get)?,
+            identity,
+            tap,
             inbound_require_identity_ports: env.parse(
                 "MESH_PROXY_INBOUND_REQUIRE_IDENTITY_PORTS",
                 "",
@@ -307,6 +314,93 @@ fn identity(get: &impl Fn(&str) -> Option<String>) -> Result<Option<IdentityConf
         dir: PathBuf::from(dir),
     }))
 }
+
+/// The tap variables.
+fn tap(
+    get: &impl Fn(&str) -> Option<String>,
+    identity: Option<&IdentityConfig>,
+) -> Result<TapConfig, ConfigError> {
+    let tap_identity = match (identity, get("MESH_PROXY_TAP_IDENTITY")) {
+        (None, _) => None,
+        (Some(_), Some(value)) => Some(
+            Identity::parse(value.trim())
+                .map_err(|e| ConfigError {
+                    var: "MESH_PROXY_TAP_IDENTITY",
+                    value: value.clone(),
+                    expected: format!("the identity allowed to tap ({e})"),
+                })?
+                .dns_name(),
+        ),
+        (Some(identity), None) => Some(
+            Identity::new(
+                TAP_SERVICE_ACCOUNT,
+                TAP_NAMESPACE,
+                identity.name.trust_domain(),
+            )
+            .expect("the trust domain of a valid identity is valid")
+            .dns_name(),
+        ),
+    };
+    let mut config = TapConfig {
+        identity: tap_identity,
+        ..TapConfig::default()
+    };
+    for (var, list) in [
+        ("MESH_PROXY_TAP_HEADERS", &mut config.headers),
+        (
+            "MESH_PROXY_TAP_SENSITIVE_HEADERS",
+            &mut config.sensitive_headers,
+        ),
+    ] {
+        let Some(value) = get(var) else { continue };
+        for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(ConfigError {
+                    var,
+                    value: value.clone(),
+                    expected: "a comma-separated list of header names".to_string(),
+                });
+            }
+            let name = name.to_ascii_lowercase();
+            if !list.contains(&name) {
+                list.push(name);
+            }
+        }
+    }
+    let labels = &mut config.pod_labels;
+    if let Some(pod) = get("MESH_PROXY_POD_NAME").filter(|p| !p.trim().is_empty()) {
+        labels.insert("pod".to_string(), pod.trim().to_string());
+    }
+    if let Some(ns) = get("MESH_PROXY_POD_NAMESPACE")
+        .or_else(|| get("MESH_PROXY_DESTINATION_NAMESPACE"))
+        .filter(|ns| !ns.trim().is_empty())
+    {
+        labels.insert("namespace".to_string(), ns.trim().to_string());
+    }
+    if let Some(value) = get("MESH_PROXY_WORKLOAD") {
+        let workload = value.trim().split_once('/').filter(|(kind, name)| {
+            !kind.is_empty()
+                && kind
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !name.is_empty()
+                && !name.contains(['/', ' '])
+        });
+        let Some((kind, name)) = workload else {
+            return Err(ConfigError {
+                var: "MESH_PROXY_WORKLOAD",
+                value,
+                expected: "the pod's workload as kind/name, like deployment/web".to_string(),
+            });
+        };
+        labels.insert(kind.to_string(), name.to_string());
+    }
+    Ok(config)
+}
+
+/// The viz component's tap identity: `mesh-tap.mesh-viz` in the proxy's trust domain.
+const TAP_SERVICE_ACCOUNT: &str = "mesh-tap";
+const TAP_NAMESPACE: &str = "mesh-viz";
 
 const PORTS_EXPECTED: &str = "a comma-separated list of ports and ranges like 25,587,8000-8100";
 
@@ -527,6 +621,70 @@ mod tests {
     }
 
     #[test]
+    fn tap_variables() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.tap.identity, None, "identity off: only the loopback taps");
+        assert!(c.tap.headers.contains(&"user-agent".to_string()));
+        assert!(c
+            .tap
+            .sensitive_headers
+            .contains(&"authorization".to_string()));
+        assert!(c.tap.pod_labels.is_empty());
+
+        let c = config(&[
+            ("MESH_PROXY_TAP_HEADERS", "X-Team, x-request-id"),
+            ("MESH_PROXY_TAP_SENSITIVE_HEADERS", "x-api-key"),
+            ("MESH_PROXY_POD_NAME", "web-5d9f-abcde"),
+            ("MESH_PROXY_DESTINATION_NAMESPACE", "demo"),
+            ("MESH_PROXY_WORKLOAD", "deployment/web"),
+        ])
+        .unwrap();
+        assert!(c.tap.headers.contains(&"x-team".to_string()));
+        assert_eq!(
+            c.tap
+                .headers
+                .iter()
+                .filter(|h| *h == "x-request-id")
+                .count(),
+            1
+        );
+        assert!(
+            c.tap.sensitive_headers.contains(&"x-api-key".to_string())
+                && c.tap.sensitive_headers.contains(&"cookie".to_string()),
+            "the variable adds to the default"
+        );
+        let labels: Vec<_> = c.tap.pod_labels.iter().collect();
+        assert_eq!(
+            format!("{labels:?}"),
+            r#"[("deployment", "web"), ("namespace", "demo"), ("pod", "web-5d9f-abcde")]"#
+        );
+        let c = config(&[
+            ("MESH_PROXY_DESTINATION_NAMESPACE", "demo"),
+            ("MESH_PROXY_POD_NAMESPACE", "shop"),
+        ])
+        .unwrap();
+        assert_eq!(c.tap.pod_labels["namespace"], "shop");
+
+        let anchors = anchor_pem();
+        let mut vars = identity_vars(&anchors);
+        let c = with(&vars).unwrap();
+        assert_eq!(
+            c.tap.identity.as_deref(),
+            Some("mesh-tap.mesh-viz.serviceaccount.identity.mesh.cluster.local"),
+            "the viz component's identity in the proxy's trust domain"
+        );
+        vars.push((
+            "MESH_PROXY_TAP_IDENTITY",
+            "tap.ops.serviceaccount.identity.mesh.cluster.local".to_string(),
+        ));
+        let c = with(&vars).unwrap();
+        assert_eq!(
+            c.tap.identity.as_deref(),
+            Some("tap.ops.serviceaccount.identity.mesh.cluster.local")
+        );
+    }
+
+    #[test]
     fn invalid_values_name_the_variable() {
         fn check(var: &'static str, value: &str, expected_fragment: &str) {
             let err = config(&[(var, value)]).unwrap_err();
@@ -567,6 +725,15 @@ mod tests {
             "http",
             "ports and ranges",
         );
+        check(
+            "MESH_PROXY_TAP_HEADERS",
+            "x-ok, not a header",
+            "header names",
+        );
+        check("MESH_PROXY_TAP_SENSITIVE_HEADERS", "a:b", "header names");
+        check("MESH_PROXY_WORKLOAD", "web", "kind/name");
+        check("MESH_PROXY_WORKLOAD", "Deployment/web", "kind/name");
+        check("MESH_PROXY_WORKLOAD", "deployment/", "kind/name");
     }
 
     #[test]

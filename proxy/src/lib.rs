@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod orig_dst;
 pub mod ports;
 pub mod serve;
+pub mod tap;
 pub mod tcp;
 
 use crate::{
@@ -34,6 +35,7 @@ use crate::{
     orig_dst::OriginalDst,
     ports::PortList,
     serve::Listener,
+    tap::Taps,
 };
 use std::{
     net::SocketAddr,
@@ -121,6 +123,11 @@ pub async fn start_with(
         )?),
         None => None,
     };
+    let taps = Taps::new(
+        &config.tap,
+        identity.as_ref().map(|i| Arc::from(i.name())),
+        metrics.clone(),
+    );
     let discovery = config.destination_addr.as_ref().map(|controller| {
         Resolver::new(DiscoveryConfig {
             controller: controller.clone(),
@@ -166,6 +173,7 @@ pub async fn start_with(
                 metrics.clone(),
                 settings,
                 identity.is_some(),
+                taps.clone(),
             ),
             discovery,
             metrics: metrics.clone(),
@@ -195,6 +203,7 @@ pub async fn start_with(
 
     // Ready at once without identity; with it, once the first certificate is in.
     let ready = Arc::new(AtomicBool::new(identity.is_none()));
+    let admin_identity = identity.clone();
     if let Some(identity) = identity {
         tracing::info!(identity = identity.name(), "requesting a certificate");
         tokio::spawn(identity.run(ready.clone()));
@@ -204,6 +213,10 @@ pub async fn start_with(
             metrics,
             ready,
             drain,
+            taps,
+            identity: admin_identity,
+            tap_identity: config.tap.identity.clone(),
+            header_read_timeout: config.header_read_timeout,
         }
         .run(admin),
     );

@@ -105,6 +105,11 @@ pub struct Metrics {
     pub tcp_write_bytes_total: Family<TcpLabels, Counter>,
     /// Connections refused before any forwarding, by reason (`loop`, `detect`, …).
     pub tcp_refused_total: Family<RefusedLabels, Counter>,
+    /// Tap events not delivered, by reason (`rate`: over the tap's rate; `full`: its channel
+    /// was full).
+    pub tap_events_dropped_total: Family<TapDropLabels, Counter>,
+    /// Taps streaming now.
+    pub tap_active: Gauge,
     /// The certificate's expiry and refreshes (registered when identity is on).
     pub identity: IdentityMetrics,
     authorities: Arc<AuthorityBudget>,
@@ -114,6 +119,12 @@ pub struct Metrics {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RefusedLabels {
     pub direction: Direction,
+    pub reason: &'static str,
+}
+
+/// Labels of a dropped tap event.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TapDropLabels {
     pub reason: &'static str,
 }
 
@@ -140,6 +151,8 @@ impl Metrics {
             tcp_read_bytes_total: Family::default(),
             tcp_write_bytes_total: Family::default(),
             tcp_refused_total: Family::default(),
+            tap_events_dropped_total: Family::default(),
+            tap_active: Gauge::default(),
             identity: IdentityMetrics::default(),
             authorities: Arc::new(AuthorityBudget::new(max_authority_labels)),
         };
@@ -184,6 +197,12 @@ impl Metrics {
             "TCP connections refused by the proxy, by reason",
             m.tcp_refused_total.clone(),
         );
+        registry.register(
+            "tap_events_dropped",
+            "Tap events not delivered, by reason (rate: over the tap's rate; full: its buffer was full)",
+            m.tap_events_dropped_total.clone(),
+        );
+        registry.register("tap_active", "Taps streaming now", m.tap_active.clone());
         if identity {
             m.identity.register(&mut registry);
         }
@@ -285,6 +304,12 @@ fn encode_tls(
 impl EncodeLabelSet for RefusedLabels {
     fn encode(&self, mut e: LabelSetEncoder) -> Result<(), std::fmt::Error> {
         label(&mut e, "direction", self.direction.as_str())?;
+        label(&mut e, "reason", self.reason)
+    }
+}
+
+impl EncodeLabelSet for TapDropLabels {
+    fn encode(&self, mut e: LabelSetEncoder) -> Result<(), std::fmt::Error> {
         label(&mut e, "reason", self.reason)
     }
 }

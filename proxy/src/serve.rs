@@ -241,6 +241,8 @@ impl Listener {
                 let route = Route {
                     target: conn.target,
                     tls: conn.tls.unwrap_or(Tls::NoIdentity(NO_TLS_FROM_REMOTE)),
+                    client: conn.client,
+                    orig_dst: conn.orig_dst,
                 };
                 self.http.serve(io, protocol, route, drain).await
             }

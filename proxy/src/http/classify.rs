@@ -3,8 +3,12 @@
 //! HTTP 5xx is a failure. A gRPC response (content type `application/grpc…`) is decided by its
 //! `grpc-status`: in the trailers, or in the headers of a trailers-only response; `0` is a
 //! success, anything else (or no status at all) a failure.
+//!
+//! The same places tell a tapped request's taps about its response: [`ResponseMeter::new`] its
+//! start, the body's end (or [`record_error`]) its end, so nothing is measured twice.
 
 use crate::metrics::{Classification, Metrics, RequestLabels, ResponseLabels};
+use crate::tap::Tapped;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
@@ -52,17 +56,23 @@ pub struct ResponseMeter {
     status: StatusCode,
     grpc: bool,
     grpc_status: Option<u32>,
+    /// The taps that took the request, and the body bytes they are told of.
+    tap: Option<(Tapped, u64)>,
 }
 
 impl ResponseMeter {
-    /// Starts metering a response whose headers just arrived.
+    /// Starts metering a response whose headers just arrived (and tells the taps).
     pub fn new(
         metrics: Metrics,
         labels: RequestLabels,
         start: Instant,
         status: StatusCode,
         headers: &HeaderMap,
+        tapped: Option<Tapped>,
     ) -> Self {
+        if let Some(tapped) = &tapped {
+            tapped.response_start(status);
+        }
         Self {
             metrics,
             labels,
@@ -70,6 +80,7 @@ impl ResponseMeter {
             status,
             grpc: is_grpc(headers),
             grpc_status: grpc_status(headers),
+            tap: tapped.map(|t| (t, 0)),
         }
     }
 
@@ -79,8 +90,13 @@ impl ResponseMeter {
         }
     }
 
-    fn finish(self) {
+    /// Records the response; `failure` says how its stream broke, if it did.
+    fn finish(self, failure: Option<&str>) {
         let classification = classify(self.status, self.grpc, self.grpc_status);
+        if let Some((tapped, bytes)) = self.tap {
+            let success = classification == Classification::Success;
+            tapped.response_end(self.grpc_status, bytes, success, failure);
+        }
         let labels = ResponseLabels {
             request: self.labels,
             classification,
@@ -92,14 +108,21 @@ impl ResponseMeter {
     }
 }
 
-/// Records a response the proxy made up itself because forwarding failed.
+/// Records a response the proxy made up itself because forwarding failed (`bytes` of body), and
+/// tells the taps that took the request.
 pub fn record_error(
     metrics: &Metrics,
     labels: RequestLabels,
     start: Instant,
     status: StatusCode,
     error: &'static str,
+    tapped: Option<Tapped>,
+    bytes: u64,
 ) {
+    if let Some(tapped) = tapped {
+        tapped.response_start(status);
+        tapped.response_end(None, bytes, false, Some(error));
+    }
     let labels = ResponseLabels {
         request: labels,
         classification: Classification::Failure,
@@ -126,20 +149,30 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         meter: Option<ResponseMeter>,
+        // Whether the inner body said it had ended (hyper may drop it then without polling on).
+        ended: bool,
     }
 
     impl<B> PinnedDrop for MeteredBody<B> {
         fn drop(this: Pin<&mut Self>) {
-            if let Some(meter) = this.project().meter.take() {
-                meter.finish();
+            let this = this.project();
+            if let Some(meter) = this.meter.take() {
+                // Dropped before its end: the client went away (or reset the stream).
+                meter.finish((!*this.ended).then_some(FAILURE_CANCELLED));
             }
         }
     }
 }
 
-impl<B> MeteredBody<B> {
+/// A tapped response's failure when its body failed mid-stream.
+pub const FAILURE_STREAM_RESET: &str = "stream_reset";
+/// A tapped response's failure when the client went away before its end.
+pub const FAILURE_CANCELLED: &str = "cancelled";
+
+impl<B: Body> MeteredBody<B> {
     pub fn new(inner: B, meter: ResponseMeter) -> Self {
         Self {
+            ended: inner.is_end_stream(),
             inner,
             meter: Some(meter),
         }
@@ -154,17 +187,29 @@ impl<B: Body<Data = Bytes>> Body for MeteredBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        let mut this = self.project();
+        let frame = std::task::ready!(this.inner.as_mut().poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
-                if let (Some(trailers), Some(meter)) = (frame.trailers_ref(), this.meter.as_mut()) {
-                    meter.trailers(trailers);
+                *this.ended = this.inner.is_end_stream();
+                if let Some(meter) = this.meter.as_mut() {
+                    if let Some(trailers) = frame.trailers_ref() {
+                        meter.trailers(trailers);
+                    } else if let (Some(data), Some((_, bytes))) =
+                        (frame.data_ref(), meter.tap.as_mut())
+                    {
+                        *bytes += data.len() as u64;
+                    }
                 }
             }
-            Some(Err(_)) | None => {
+            Some(Err(_)) => {
                 if let Some(meter) = this.meter.take() {
-                    meter.finish();
+                    meter.finish(Some(FAILURE_STREAM_RESET));
+                }
+            }
+            None => {
+                if let Some(meter) = this.meter.take() {
+                    meter.finish(None);
                 }
             }
         }
@@ -238,6 +283,7 @@ mod tests {
             Instant::now(),
             StatusCode::OK,
             &headers,
+            None,
         );
         MeteredBody::new(body, meter).collect().await.unwrap();
     }
@@ -273,6 +319,7 @@ mod tests {
             Instant::now(),
             StatusCode::OK,
             &HeaderMap::new(),
+            None,
         );
         drop(MeteredBody::new(
             http_body_util::Empty::<Bytes>::new(),

@@ -20,9 +20,11 @@ use crate::{
     discover::{DstLabels, Picked, Resolver},
     drain::Drain,
     metrics::{Direction, Metrics, RequestLabels, Tls, NO_TLS_DISABLED, NO_TLS_FROM_DISCOVERY},
+    tap::{ConnTap, RequestMeta, Tapped, Taps},
 };
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::{body::Incoming, server::conn, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -61,6 +63,7 @@ pub struct HttpForwarder {
     settings: HttpSettings,
     /// Whether identity is on: requests to meshed endpoints then go over mutual TLS.
     identity: bool,
+    taps: Taps,
 }
 
 /// Where one client connection's requests go, and what is known of the client.
@@ -70,6 +73,16 @@ pub struct Route {
     pub target: SocketAddr,
     /// Inbound: whether the client connection is mutual TLS, and the identity it proved.
     pub tls: Tls,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// Where the client's connection was going (inbound: the pod's address it dialed).
+    pub orig_dst: SocketAddr,
+}
+
+/// A client connection as its requests see it: its route and its number for tap.
+struct ConnState {
+    route: Route,
+    tap: ConnTap,
 }
 
 impl HttpForwarder {
@@ -80,6 +93,7 @@ impl HttpForwarder {
         metrics: Metrics,
         settings: HttpSettings,
         identity: bool,
+        taps: Taps,
     ) -> Arc<Self> {
         Arc::new(Self {
             direction,
@@ -88,6 +102,7 @@ impl HttpForwarder {
             metrics,
             settings,
             identity,
+            taps,
         })
     }
 
@@ -104,12 +119,15 @@ impl HttpForwarder {
     {
         let this = self.clone();
         let tunnels = drain.clone();
-        let route = Arc::new(route);
+        let conn = Arc::new(ConnState {
+            route,
+            tap: self.taps.connection(),
+        });
         let service = service_fn(move |req| {
             let this = this.clone();
             let tunnels = tunnels.clone();
-            let route = route.clone();
-            async move { Ok::<_, Infallible>(this.forward(req, &route, &tunnels).await) }
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(this.forward(req, &conn, &tunnels).await) }
         });
         let io = TokioIo::new(io);
         // Inline rather than through `Drain::serve`: passing these connection futures through a
@@ -159,10 +177,11 @@ impl HttpForwarder {
     async fn forward(
         &self,
         mut req: Request<Incoming>,
-        route: &Route,
+        conn: &ConnState,
         tunnels: &Drain,
     ) -> Response<BoxBody> {
         let start = Instant::now();
+        let route = &conn.route;
         if self.direction == Direction::Inbound {
             let orig_proto = req.headers_mut().remove(ORIG_PROTO_HEADER);
             req.headers_mut().remove(CLIENT_ID_HEADER);
@@ -198,6 +217,7 @@ impl HttpForwarder {
                 let tls = self.request_tls(route, None);
                 let labels = self.labels(&authority, route.target, None, tls);
                 self.metrics.request_total.get_or_create(&labels).inc();
+                let tapped = self.tap(conn, start, &req, &authority, &labels, None);
                 let msg = format!("no endpoints for {name}");
                 return self.error(
                     labels,
@@ -205,6 +225,7 @@ impl HttpForwarder {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "no_endpoints",
                     &msg,
+                    tapped,
                 );
             }
         };
@@ -215,6 +236,7 @@ impl HttpForwarder {
             self.request_tls(route, server_id.as_ref()),
         );
         self.metrics.request_total.get_or_create(&labels).inc();
+        let tapped = self.tap(conn, start, &req, &authority, &labels, server_id.as_ref());
 
         let tunnel = req.version() != Version::HTTP_2
             && (req.method() == Method::CONNECT || wants_upgrade(req.headers()));
@@ -241,6 +263,7 @@ impl HttpForwarder {
                 StatusCode::BAD_REQUEST,
                 "invalid_uri",
                 "invalid request URI",
+                tapped,
             );
         };
         let result = if tunnel {
@@ -267,6 +290,7 @@ impl HttpForwarder {
                     start,
                     rsp.status(),
                     rsp.headers(),
+                    tapped,
                 );
                 rsp.map(|body| {
                     classify::MeteredBody::new(body, meter)
@@ -281,9 +305,46 @@ impl HttpForwarder {
                     UpstreamError::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
                     _ => StatusCode::BAD_GATEWAY,
                 };
-                self.error(labels, start, status, error.label(), &msg)
+                self.error(labels, start, status, error.label(), &msg, tapped)
             }
         }
+    }
+
+    /// Offers a starting request to the taps: nothing but one atomic load when nobody taps.
+    fn tap(
+        &self,
+        conn: &ConnState,
+        start: Instant,
+        req: &Request<Incoming>,
+        authority: &str,
+        labels: &RequestLabels,
+        server_id: Option<&Arc<str>>,
+    ) -> Option<Tapped> {
+        if !self.taps.is_active() {
+            return None;
+        }
+        let route = &conn.route;
+        let client_id = match (&route.tls, self.direction) {
+            (Tls::Established(id), Direction::Inbound) => Some(id),
+            _ => None,
+        };
+        let meta = RequestMeta {
+            direction: self.direction,
+            method: req.method(),
+            authority,
+            path: req.uri().path(),
+            headers: req.headers(),
+            client: route.client,
+            client_id,
+            target: match self.direction {
+                Direction::Inbound => route.orig_dst,
+                Direction::Outbound => labels.target_addr,
+            },
+            dst: labels.dst.as_deref(),
+            server_id,
+            tls: matches!(labels.tls, Tls::Established(_)),
+        };
+        self.taps.start(&conn.tap, start, &meta)
     }
 
     /// The `tls` label of a request: the client connection's inbound, the hop to the chosen
@@ -353,9 +414,12 @@ impl HttpForwarder {
         status: StatusCode,
         label: &'static str,
         msg: &str,
+        tapped: Option<Tapped>,
     ) -> Response<BoxBody> {
-        classify::record_error(&self.metrics, labels, start, status, label);
-        error_response(status, msg)
+        let rsp = error_response(status, msg);
+        let bytes = rsp.body().size_hint().exact().unwrap_or(0);
+        classify::record_error(&self.metrics, labels, start, status, label, tapped, bytes);
+        rsp
     }
 }
 

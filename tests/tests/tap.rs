@@ -1,0 +1,940 @@
+//! Tap, in process: the real proxy (and, where it matters, the real destination and identity
+//! controllers) with the test app on loopback, tapped through `mesh_api::tap::stream` the way
+//! `mesh viz tap` does. Filters, the rate limit, who may tap (loopback, mutual TLS as the tap
+//! identity, anyone else), sensitive headers, a tap that goes away mid-stream, gRPC ends and the
+//! proxy's own failures. No root needed.
+
+use futures_util::{Stream, StreamExt};
+use http::Version;
+use http_body_util::BodyExt;
+use mesh_api::identity::{ca, Identity};
+use mesh_api::tap::{self, Event, Filter, ProxyDirection, TapError};
+use mesh_tests::fixtures::{self, app, eventually, h1, h2, TestProxy};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::{net::SocketAddr, path::Path, pin::Pin, sync::Arc, time::Duration};
+use tokio::net::{TcpSocket, TcpStream};
+
+type Events = Pin<Box<dyn Stream<Item = Result<Event, TapError>> + Send>>;
+
+/// Starts a tap on `admin` in plaintext (from 127.0.0.1) with the filter `query`.
+async fn tap_plain(admin: SocketAddr, query: &str) -> Result<Events, TapError> {
+    let tcp = TcpStream::connect(admin).await?;
+    open(tcp, admin, query).await
+}
+
+async fn open<I>(io: I, admin: SocketAddr, query: &str) -> Result<Events, TapError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let filter = Filter::from_query(query).expect("a valid filter");
+    let events = tap::stream(io, &admin.to_string(), &filter).await?;
+    Ok(Box::pin(events))
+}
+
+/// The events that arrive until none has for `quiet`.
+async fn events_until_quiet(events: &mut Events, quiet: Duration) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Ok(Some(event)) = tokio::time::timeout(quiet, events.next()).await {
+        out.push(event.expect("a valid event"));
+    }
+    out
+}
+
+const QUIET: Duration = Duration::from_millis(400);
+
+/// Sends a request and reads its whole response: the status.
+async fn call(version: Version, addr: SocketAddr, host: &str, method: &str, path: &str) -> u16 {
+    let mut req = fixtures::request(version, path);
+    *req.method_mut() = method.parse().unwrap();
+    if version == Version::HTTP_2 {
+        *req.uri_mut() = format!("http://{host}{path}").parse().unwrap();
+    }
+    req.headers_mut().insert("host", host.parse().unwrap());
+    req.headers_mut()
+        .insert("user-agent", "tap-test/1".parse().unwrap());
+    let rsp = match version {
+        Version::HTTP_2 => h2(addr).await.send_request(req).await.unwrap(),
+        _ => h1(addr).await.send_request(req).await.unwrap(),
+    };
+    let status = rsp.status().as_u16();
+    rsp.into_body().collect().await.unwrap();
+    status
+}
+
+fn starts(events: &[Event]) -> Vec<(String, String, String)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::RequestStart {
+                method,
+                authority,
+                path,
+                ..
+            } => Some((method.clone(), authority.clone(), path.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ends(events: &[Event]) -> Vec<&Event> {
+    events
+        .iter()
+        .filter(|e| matches!(e, Event::ResponseEnd { .. }))
+        .collect()
+}
+
+/// The value of a metric line with all of `must` in its labels (0 when absent).
+fn metric(metrics: &str, name: &str, must: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && must.iter().all(|m| l.contains(m)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+async fn tap_active(proxy: &TestProxy) -> u64 {
+    metric(&proxy.metrics().await, "tap_active", &[])
+}
+
+#[tokio::test]
+async fn filters_pick_requests_by_method_authority_and_path() {
+    let app = app().await;
+    let proxy = fixtures::proxy(app, |_| {}).await;
+    let out = proxy.addrs.outbound;
+    let mut all = tap_plain(proxy.addrs.admin, "").await.unwrap();
+    let mut posts = tap_plain(proxy.addrs.admin, "method=POST").await.unwrap();
+    let mut web = tap_plain(proxy.addrs.admin, "authority=WEB.demo:80")
+        .await
+        .unwrap();
+    let mut grpc = tap_plain(proxy.addrs.admin, "path=/grpc/").await.unwrap();
+    let mut both = tap_plain(
+        proxy.addrs.admin,
+        "method=GET&authority=web.demo:80&path=/slow",
+    )
+    .await
+    .unwrap();
+    assert_eq!(tap_active(&proxy).await, 5);
+
+    assert_eq!(
+        call(Version::HTTP_11, out, "app.test:8080", "GET", "/").await,
+        200
+    );
+    assert_eq!(
+        call(Version::HTTP_11, out, "app.test:8080", "POST", "/echo").await,
+        200
+    );
+    assert_eq!(
+        call(Version::HTTP_11, out, "web.demo:80", "GET", "/slow?ms=5").await,
+        200
+    );
+    assert_eq!(
+        call(Version::HTTP_2, out, "web.demo:80", "POST", "/grpc/ok").await,
+        200
+    );
+
+    let s = |m: &str, a: &str, p: &str| (m.to_string(), a.to_string(), p.to_string());
+    let all = events_until_quiet(&mut all, QUIET).await;
+    assert_eq!(
+        starts(&all),
+        [
+            s("GET", "app.test:8080", "/"),
+            s("POST", "app.test:8080", "/echo"),
+            s("GET", "web.demo:80", "/slow"),
+            s("POST", "web.demo:80", "/grpc/ok"),
+        ],
+        "the path comes without its query"
+    );
+    assert_eq!(ends(&all).len(), 4, "{all:?}");
+    let posts = events_until_quiet(&mut posts, QUIET).await;
+    assert_eq!(
+        starts(&posts),
+        [
+            s("POST", "app.test:8080", "/echo"),
+            s("POST", "web.demo:80", "/grpc/ok")
+        ]
+    );
+    let web = events_until_quiet(&mut web, QUIET).await;
+    assert_eq!(
+        starts(&web),
+        [
+            s("GET", "web.demo:80", "/slow"),
+            s("POST", "web.demo:80", "/grpc/ok")
+        ]
+    );
+    let grpc = events_until_quiet(&mut grpc, QUIET).await;
+    assert_eq!(starts(&grpc), [s("POST", "web.demo:80", "/grpc/ok")]);
+    let both = events_until_quiet(&mut both, QUIET).await;
+    assert_eq!(starts(&both), [s("GET", "web.demo:80", "/slow")]);
+
+    // One request's three events, in order, with what the tap promises.
+    let [Event::RequestStart {
+        id,
+        direction,
+        source,
+        destination,
+        tls,
+        headers,
+        ..
+    }, Event::ResponseStart {
+        id: id2,
+        status,
+        since_request_ms,
+    }, Event::ResponseEnd {
+        id: id3,
+        grpc_status,
+        bytes,
+        duration_ms,
+        success,
+        failure,
+    }] = &both[..]
+    else {
+        panic!("three events: {both:?}")
+    };
+    assert_eq!((id, id), (id2, id3));
+    assert_eq!(id.stream, 1, "the first request of its connection");
+    assert_eq!(*direction, ProxyDirection::Outbound);
+    assert!(source.addr.ip().is_loopback());
+    assert_eq!(destination.addr, app);
+    assert!(!tls);
+    assert!(
+        headers.contains(&("user-agent".to_string(), "tap-test/1".to_string())),
+        "{headers:?}"
+    );
+    assert_eq!(*status, 200);
+    assert!(
+        *since_request_ms >= 5.0,
+        "the app waited 5 ms: {since_request_ms}"
+    );
+    assert!(duration_ms >= since_request_ms);
+    assert_eq!(
+        (*grpc_status, *bytes, *success),
+        (None, 4, true),
+        "body \"slow\""
+    );
+    assert_eq!(*failure, None);
+}
+
+#[tokio::test]
+async fn grpc_ends_carry_the_grpc_status_and_the_classification() {
+    let app = app().await;
+    let proxy = fixtures::proxy(app, |_| {}).await;
+    let mut events = tap_plain(proxy.addrs.admin, "path=/grpc").await.unwrap();
+    for (path, expected_status) in [
+        ("/grpc/ok", 0),
+        ("/grpc/fail", 2),
+        ("/grpc/trailers-only", 5),
+    ] {
+        assert_eq!(
+            call(
+                Version::HTTP_2,
+                proxy.addrs.outbound,
+                "app.test:8080",
+                "POST",
+                path
+            )
+            .await,
+            200
+        );
+        let got = events_until_quiet(&mut events, QUIET).await;
+        let [Event::ResponseEnd {
+            grpc_status,
+            success,
+            failure,
+            ..
+        }] = &ends(&got)[..]
+        else {
+            panic!("one end for {path}: {got:?}")
+        };
+        assert_eq!(*grpc_status, Some(expected_status), "{path}");
+        assert_eq!(*success, expected_status == 0, "{path}");
+        assert_eq!(*failure, None, "{path}: the stream itself was fine");
+    }
+}
+
+#[tokio::test]
+async fn requests_the_proxy_fails_itself_show_their_reason() {
+    // Nothing listens at the original destination: the proxy answers 502 itself.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let proxy = fixtures::proxy(closed, |_| {}).await;
+    let mut events = tap_plain(proxy.addrs.admin, "").await.unwrap();
+    assert_eq!(
+        call(
+            Version::HTTP_11,
+            proxy.addrs.outbound,
+            "gone:80",
+            "GET",
+            "/x"
+        )
+        .await,
+        502
+    );
+    let got = events_until_quiet(&mut events, QUIET).await;
+    assert!(
+        matches!(&got[..], [Event::RequestStart { .. }, Event::ResponseStart { status: 502, .. }, Event::ResponseEnd { success: false, failure: Some(f), bytes, .. }] if f == "connect" && *bytes > 0),
+        "{got:?}"
+    );
+}
+
+/// The destination controller on a folder with `web-svc` (endpoints `web-0`, `web-1`) and
+/// `empty-svc` (no endpoints), and a proxy discovering through it.
+async fn discovering_proxy(
+    endpoints: [SocketAddr; 2],
+) -> (TestProxy, mesh_controller::Running, tempfile::TempDir) {
+    use mesh_controller::{index::IndexConfig, source::Source, DestinationConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let mut yaml = String::from(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web-svc, namespace: demo}\n\
+         spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80, targetPort: http}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: empty-svc, namespace: demo}\n\
+         spec: {clusterIP: 10.96.0.11, ports: [{name: http, port: 80, targetPort: http}]}\n",
+    );
+    for (i, ep) in endpoints.iter().enumerate() {
+        yaml.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: web-svc-{i}, namespace: demo, labels: {{kubernetes.io/service-name: web-svc}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: {}}}]\n\
+             endpoints: [{{addresses: [\"{}\"], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: web-{i}, namespace: demo}}}}]\n",
+            ep.port(),
+            ep.ip()
+        ));
+    }
+    std::fs::write(dir.path().join("svc.yaml"), yaml).unwrap();
+    let controller = mesh_controller::start(DestinationConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        source: Source::Dir(dir.path().to_path_buf()),
+        index: IndexConfig::default(),
+    })
+    .await
+    .expect("the controller starts");
+    let ready = eventually(Duration::from_secs(10), || async {
+        fixtures::get_h1(controller.addr, "/ready").await.0 == 200
+    })
+    .await;
+    assert!(ready, "the controller gets ready");
+    let addr = controller.addr;
+    let proxy = fixtures::proxy(endpoints[0], |c| {
+        c.destination_addr = Some(addr.to_string());
+        c.destination_namespace = "demo".into();
+        c.failfast_timeout = Duration::from_millis(300);
+        c.tap.pod_labels = [
+            ("deployment".to_string(), "client".to_string()),
+            ("namespace".to_string(), "demo".to_string()),
+        ]
+        .into();
+    })
+    .await;
+    (proxy, controller, dir)
+}
+
+#[tokio::test]
+async fn destination_labels_from_discovery_and_the_pod_s_own_labels_filter_taps() {
+    let web0 = fixtures::app_on("127.0.0.1:0".parse().unwrap()).await;
+    let web1 = fixtures::app_on("127.0.0.2:0".parse().unwrap()).await;
+    let (proxy, _controller, _dir) = discovering_proxy([web0, web1]).await;
+    let admin = proxy.addrs.admin;
+    let mut to_web1 = tap_plain(admin, "dst.pod=web-1&dst.service=web-svc")
+        .await
+        .unwrap();
+    let mut from_client = tap_plain(admin, "src.deployment=client").await.unwrap();
+    let mut from_other = tap_plain(admin, "src.deployment=other").await.unwrap();
+
+    for _ in 0..20 {
+        let status = call(
+            Version::HTTP_11,
+            proxy.addrs.outbound,
+            "web-svc.demo.svc.cluster.local:80",
+            "GET",
+            "/",
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let got = events_until_quiet(&mut to_web1, QUIET).await;
+    let dsts: Vec<_> = got
+        .iter()
+        .filter_map(|e| match e {
+            Event::RequestStart { destination, .. } => Some(destination.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(!dsts.is_empty(), "some of 20 requests went to web-1");
+    assert!(dsts.len() < 20, "and some to web-0");
+    for dst in &dsts {
+        assert_eq!(dst.addr, web1);
+        assert_eq!(dst.labels["pod"], "web-1");
+        assert_eq!(dst.labels["namespace"], "demo");
+        assert_eq!(dst.labels["service"], "web-svc");
+    }
+    let got = events_until_quiet(&mut from_client, QUIET).await;
+    assert_eq!(starts(&got).len(), 20);
+    assert!(events_until_quiet(&mut from_other, QUIET).await.is_empty());
+
+    // A service without endpoints: the proxy's own 503, with its reason.
+    let status = call(
+        Version::HTTP_11,
+        proxy.addrs.outbound,
+        "empty-svc.demo.svc.cluster.local:80",
+        "GET",
+        "/",
+    )
+    .await;
+    assert_eq!(status, 503);
+    let got = events_until_quiet(&mut from_client, QUIET).await;
+    assert!(
+        matches!(&got[..], [Event::RequestStart { .. }, Event::ResponseStart { status: 503, .. }, Event::ResponseEnd { success: false, failure: Some(f), .. }] if f == "no_endpoints"),
+        "{got:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_tap_gets_no_more_than_its_rate_and_is_told_what_it_missed() {
+    let app = app().await;
+    let proxy = fixtures::proxy(app, |_| {}).await;
+    let rate = 30.0;
+    let mut events = tap_plain(proxy.addrs.admin, "rate=30").await.unwrap();
+    let begin = std::time::Instant::now();
+    let mut client = h1(proxy.addrs.outbound).await;
+    let mut sent = 0;
+    while begin.elapsed() < Duration::from_secs(1) {
+        let rsp = client
+            .send_request(fixtures::request(Version::HTTP_11, "/"))
+            .await
+            .unwrap();
+        assert_eq!(rsp.status(), 200, "traffic is never refused for a tap");
+        rsp.into_body().collect().await.unwrap();
+        sent += 1;
+    }
+    let elapsed = begin.elapsed().as_secs_f64();
+    let got = events_until_quiet(&mut events, QUIET).await;
+    let delivered = got
+        .iter()
+        .filter(|e| !matches!(e, Event::Dropped { .. }))
+        .count();
+    let reported: u64 = got
+        .iter()
+        .map(|e| match e {
+            Event::Dropped { count } => *count,
+            _ => 0,
+        })
+        .sum();
+    assert!(sent > 100, "enough traffic to go over the rate: {sent}");
+    let bound = rate * elapsed + rate;
+    assert!(
+        (delivered as f64) <= bound,
+        "{delivered} events in {elapsed:.2} s at {rate}/s (bound {bound})"
+    );
+    assert!(delivered >= 30, "a second's burst at least: {delivered}");
+    assert_eq!(delivered % 3, 0, "requests are taken whole: {delivered}");
+    // The last drops are reported before the next event: make one.
+    let _ = tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        call(Version::HTTP_11, proxy.addrs.outbound, "a:80", "GET", "/").await,
+        200
+    );
+    let more = events_until_quiet(&mut events, QUIET).await;
+    let reported_later: u64 = more
+        .iter()
+        .map(|e| match e {
+            Event::Dropped { count } => *count,
+            _ => 0,
+        })
+        .sum();
+    let not_taken = sent as u64 - delivered as u64 / 3;
+    assert_eq!(
+        reported + reported_later,
+        not_taken,
+        "every request the tap did not take is reported: {got:?} {more:?}"
+    );
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric(&metrics, "tap_events_dropped_total", &["reason=\"rate\""]),
+        not_taken,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_tap_that_goes_away_mid_stream_is_removed_and_traffic_goes_on() {
+    let app = app().await;
+    let proxy = fixtures::proxy(app, |_| {}).await;
+    let mut events = tap_plain(proxy.addrs.admin, "").await.unwrap();
+    assert_eq!(tap_active(&proxy).await, 1);
+    assert_eq!(
+        call(Version::HTTP_11, proxy.addrs.outbound, "a:80", "GET", "/").await,
+        200
+    );
+    assert!(matches!(
+        events.next().await,
+        Some(Ok(Event::RequestStart { .. }))
+    ));
+    drop(events);
+    let removed = eventually(Duration::from_secs(2), || async {
+        tap_active(&proxy).await == 0
+    })
+    .await;
+    assert!(removed, "the tap is removed once its client closes");
+
+    // A tap that stops reading (its connection open) never holds traffic back.
+    let stalled = TcpStream::connect(proxy.addrs.admin).await.unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stalled = stalled;
+        stalled
+            .write_all(b"GET /v1/tap?rate=100000 HTTP/1.1\r\nHost: admin\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(
+            eventually(Duration::from_secs(2), || async {
+                tap_active(&proxy).await == 1
+            })
+            .await
+        );
+        let begin = std::time::Instant::now();
+        let mut client = h2(proxy.addrs.outbound).await;
+        let mut calls = Vec::new();
+        for _ in 0..500 {
+            let req = fixtures::request(Version::HTTP_2, "/");
+            calls.push(client.send_request(req));
+        }
+        for rsp in futures_util::future::join_all(calls).await {
+            assert_eq!(rsp.unwrap().status(), 200);
+        }
+        assert!(begin.elapsed() < Duration::from_secs(10));
+        drop(stalled);
+    }
+    let removed = eventually(Duration::from_secs(2), || async {
+        tap_active(&proxy).await == 0
+    })
+    .await;
+    assert!(removed, "the stalled tap goes when its connection does");
+}
+
+#[tokio::test]
+async fn sensitive_headers_are_never_streamed() {
+    let app = app().await;
+    let proxy = fixtures::proxy(app, |c| {
+        // Ask for them all; the sensitive ones still stay out.
+        for h in ["authorization", "cookie", "x-team", "x-secret"] {
+            c.tap.headers.push(h.to_string());
+        }
+        c.tap.sensitive_headers.push("x-secret".to_string());
+    })
+    .await;
+    let admin = proxy.addrs.admin;
+    // The raw stream, as a tap client would read it.
+    let mut raw = TcpStream::connect(admin).await.unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        raw.write_all(b"GET /v1/tap HTTP/1.1\r\nHost: admin\r\n\r\n")
+            .await
+            .unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            tap_active(&proxy).await == 1
+        })
+        .await
+    );
+    for version in [Version::HTTP_11, Version::HTTP_2] {
+        let mut req = fixtures::request(version, "/");
+        for (k, v) in [
+            ("authorization", "Bearer s3cret-1"),
+            ("proxy-authorization", "Basic s3cret-2"),
+            ("cookie", "session=s3cret-3"),
+            ("x-secret", "s3cret-4"),
+            ("x-team", "books"),
+        ] {
+            req.headers_mut().insert(k, v.parse().unwrap());
+        }
+        let rsp = match version {
+            Version::HTTP_2 => h2(proxy.addrs.outbound).await.send_request(req).await,
+            _ => h1(proxy.addrs.outbound).await.send_request(req).await,
+        };
+        assert_eq!(rsp.unwrap().status(), 200);
+    }
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while text.matches("responseEnd").count() < 2 && tokio::time::Instant::now() < deadline {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(1), raw.read(&mut buf))
+            .await
+            .map_or(0, |r| r.unwrap_or(0));
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert_eq!(text.matches("requestStart").count(), 2, "{text}");
+    assert_eq!(text.matches(r#"["x-team","books"]"#).count(), 2, "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(
+        !text.to_ascii_lowercase().contains("authorization"),
+        "{text}"
+    );
+}
+
+/// A local address that is not loopback, if the machine has one: where a caller from outside
+/// the pod would come from.
+fn non_loopback_ip() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    // No packet is sent: connecting a UDP socket only picks the route and source address.
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[tokio::test]
+async fn plaintext_taps_are_for_the_pod_s_loopback_only() {
+    let app = app().await;
+    let proxy = fixtures::proxy(app, |c| c.admin_addr = "0.0.0.0:0".parse().unwrap()).await;
+    let port = proxy.addrs.admin.port();
+    let admin: SocketAddr = ([127, 0, 0, 1], port).into();
+
+    // Any loopback address is the pod's own (its network namespace has its own loopback).
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let from_127_0_0_2 = socket.connect(admin).await.unwrap();
+    let _loopback_tap = open(from_127_0_0_2, admin, "")
+        .await
+        .expect("127.0.0.2 may tap");
+
+    let Some(ip) = non_loopback_ip() else {
+        // The refusal itself is covered by the admin server's unit tests.
+        eprintln!(
+            "no non-loopback address on this machine: the refusal over the network is not tried"
+        );
+        return;
+    };
+    let outside: SocketAddr = (ip, port).into();
+    let tcp = TcpStream::connect(outside).await.unwrap();
+    match open(tcp, outside, "").await {
+        Err(TapError::Forbidden { message, .. }) => {
+            assert!(message.contains("loopback"), "{message}");
+            assert!(!message.contains('\n'), "one line: {message}");
+        }
+        Err(other) => panic!("expected 403, got {other}"),
+        Ok(_) => panic!("a caller from {ip} must not tap"),
+    }
+    // The rest of the admin server still answers it.
+    assert_eq!(fixtures::get_h1(outside, "/ready").await.0, 200);
+    assert_eq!(tap_active(&proxy).await, 1, "only the loopback tap");
+}
+
+// === mutual TLS ===
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn web() -> Identity {
+    Identity::new("web", "demo", "cluster.local").unwrap()
+}
+
+fn client_identity() -> Identity {
+    Identity::new("client", "demo", "cluster.local").unwrap()
+}
+
+fn tap_identity() -> Identity {
+    Identity::new("mesh-tap", "mesh-viz", "cluster.local").unwrap()
+}
+
+fn write(dir: &Path, file: &str, yaml: &str) {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(tmp, dir.join(file)).unwrap();
+}
+
+fn token_secret(sa: &str, token: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "apiVersion: v1\nkind: Secret\ntype: kubernetes.io/service-account-token\n\
+         metadata: {{name: {sa}-token, namespace: demo, annotations: {{kubernetes.io/service-account.name: {sa}}}}}\n\
+         data: {{token: {}}}\n",
+        base64::engine::general_purpose::STANDARD.encode(token)
+    )
+}
+
+/// `web-svc` with one endpoint (the server proxy's inbound) on meshed pod `web-0`.
+fn service(endpoint: SocketAddr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web-svc, namespace: demo}}\n\
+         spec: {{clusterIP: 10.96.0.10, ports: [{{name: http, port: 80, targetPort: {port}}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: web-svc-1, namespace: demo, labels: {{kubernetes.io/service-name: web-svc}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: {port}}}]\n\
+         endpoints: [{{addresses: [\"{ip}\"], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: web-0, namespace: demo}}}}]\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: web-0, namespace: demo}}\n\
+         spec: {{serviceAccountName: web, containers: [{{name: app, image: app}}, {{name: mesh-proxy, image: proxy}}]}}\n\
+         status: {{phase: Running, podIP: \"{ip}\"}}\n",
+        port = endpoint.port(),
+        ip = endpoint.ip(),
+    )
+}
+
+struct Mesh {
+    anchor_pem: String,
+    signer: ca::Signer,
+    /// The app behind the server proxy (its connections are taken as dialed to it).
+    app: SocketAddr,
+    client: TestProxy,
+    server: TestProxy,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    _controllers: (mesh_controller::identity::Running, mesh_controller::Running),
+}
+
+/// Both controllers on a fresh CA, a server proxy (`web`, inbound on 127.0.0.2) in front of
+/// the test app and a client proxy (`client`) that discovers `web-svc`: every hop mutual TLS.
+async fn mesh() -> Mesh {
+    use mesh_controller::{identity::IdentityConfig, index::IndexConfig, source::Source};
+    let ca_dir = tempfile::tempdir().unwrap();
+    let anchor = ca::new_trust_anchor("cluster.local", 365 * DAY).unwrap();
+    let issuer = ca::new_issuer(&anchor, "cluster.local", 30 * DAY).unwrap();
+    for (file, pem) in [
+        ("anchors.pem", &anchor.cert_pem),
+        ("issuer.crt", &issuer.cert_pem),
+        ("issuer.key", &issuer.key_pem),
+    ] {
+        std::fs::write(ca_dir.path().join(file), pem).unwrap();
+    }
+    let state = tempfile::tempdir().unwrap();
+    let folder = state.path().join("objects");
+    std::fs::create_dir_all(&folder).unwrap();
+    write(&folder, "web-sa.yaml", &token_secret("web", "web-token"));
+    write(
+        &folder,
+        "client-sa.yaml",
+        &token_secret("client", "client-token"),
+    );
+    let mut config = IdentityConfig::new(
+        ca_dir.path().join("issuer.crt"),
+        ca_dir.path().join("issuer.key"),
+        ca_dir.path().join("anchors.pem"),
+        Source::Dir(folder.clone()),
+    );
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let identity = mesh_controller::identity::start(config).await.unwrap();
+    let destination = mesh_controller::start(mesh_controller::DestinationConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        source: Source::Dir(folder.clone()),
+        index: IndexConfig::default(),
+    })
+    .await
+    .unwrap();
+    let proxy_identity = |id: &Identity, token: &str| {
+        let dir = state.path().join(format!("proxy-{}", id.service_account()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("token"), token).unwrap();
+        mesh_proxy::config::IdentityConfig {
+            name: id.clone(),
+            addr: identity.addr.to_string(),
+            server_name: Identity::controller("cluster.local").unwrap(),
+            token_file: dir.join("token"),
+            trust_anchors: ca::certs_from_pem(&anchor.cert_pem, "anchors").unwrap(),
+            dir: dir.join("key"),
+        }
+    };
+    let tap_id = Some(tap_identity().dns_name());
+    let app = app().await;
+    let server_identity = proxy_identity(&web(), "web-token");
+    let server = fixtures::proxy(app, |c| {
+        c.inbound_addr = "127.0.0.2:0".parse().unwrap();
+        c.identity = Some(server_identity);
+        c.tap.identity = tap_id.clone();
+    })
+    .await;
+    write(&folder, "web-svc.yaml", &service(server.addrs.inbound));
+    let client_proxy_identity = proxy_identity(&client_identity(), "client-token");
+    let destination_addr = destination.addr;
+    let client = fixtures::proxy("10.96.0.10:80".parse().unwrap(), |c| {
+        c.identity = Some(client_proxy_identity);
+        c.destination_addr = Some(destination_addr.to_string());
+        c.destination_namespace = "demo".into();
+        c.tap.identity = tap_id.clone();
+    })
+    .await;
+    for proxy in [&client, &server] {
+        let admin = proxy.addrs.admin;
+        let ready = eventually(Duration::from_secs(10), || async move {
+            fixtures::get_h1(admin, "/ready").await.0 == 200
+        })
+        .await;
+        assert!(ready, "the proxy gets its certificate");
+    }
+    Mesh {
+        anchor_pem: anchor.cert_pem,
+        signer: ca::Signer::from_pem(&issuer.cert_pem, &issuer.key_pem).unwrap(),
+        app,
+        client,
+        server,
+        _dirs: (ca_dir, state),
+        _controllers: (identity, destination),
+    }
+}
+
+impl Mesh {
+    /// Mutual TLS to `admin` as `who` (a certificate of the mesh's CA), for `server_name`.
+    async fn tls(
+        &self,
+        admin: SocketAddr,
+        who: &Identity,
+        server_name: &Identity,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let (cert, key) = self
+            .signer
+            .issue_with_key(&ca::LeafNames::identity(who), DAY)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for anchor in ca::certs_from_pem(&self.anchor_pem, "anchors").unwrap() {
+            roots.add(anchor).unwrap();
+        }
+        let chain: Vec<CertificateDer<'static>> =
+            ca::certs_from_pem(&cert.chain_pem, "chain").unwrap();
+        let key: PrivateKeyDer<'static> = ca::key_from_pem(&key, "key").unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        // Offering h2 too: the admin server still picks HTTP/1.1.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let io = TcpStream::connect(admin).await?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from(server_name.dns_name()).unwrap(), io)
+            .await
+    }
+}
+
+#[tokio::test]
+async fn over_mutual_tls_only_the_tap_identity_may_tap() {
+    let m = mesh().await;
+    let server_admin = m.server.addrs.admin;
+
+    // The wrong identity, with a valid certificate of the mesh: refused, with the reason.
+    let tls = m
+        .tls(server_admin, &client_identity(), &web())
+        .await
+        .unwrap();
+    match open(tls, server_admin, "").await {
+        Err(TapError::Forbidden { message, .. }) => {
+            assert!(message.contains(&tap_identity().dns_name()), "{message}");
+            assert!(message.contains(&client_identity().dns_name()), "{message}");
+        }
+        Err(other) => panic!("expected 403, got {other}"),
+        Ok(_) => panic!("the client identity must not tap"),
+    }
+    // The rest of the admin server answers over the same TLS.
+    let tls = m
+        .tls(server_admin, &client_identity(), &web())
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let rsp = sender
+        .send_request(fixtures::request(Version::HTTP_11, "/ready"))
+        .await
+        .unwrap();
+    assert_eq!(rsp.status(), 200);
+
+    // The tap identity taps both proxies; the inbound side shows who called, verified.
+    let tls = m.tls(server_admin, &tap_identity(), &web()).await.unwrap();
+    let mut inbound = open(tls, server_admin, "")
+        .await
+        .expect("the tap identity may tap");
+    let client_admin = m.client.addrs.admin;
+    let tls = m
+        .tls(client_admin, &tap_identity(), &client_identity())
+        .await
+        .unwrap();
+    let mut outbound = open(tls, client_admin, "").await.unwrap();
+    let status = call(
+        Version::HTTP_11,
+        m.client.addrs.outbound,
+        "web-svc.demo.svc.cluster.local:80",
+        "GET",
+        "/",
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let got = events_until_quiet(&mut inbound, QUIET).await;
+    let Some(Event::RequestStart {
+        direction,
+        source,
+        destination,
+        tls,
+        ..
+    }) = got.first()
+    else {
+        panic!("{got:?}")
+    };
+    assert_eq!(*direction, ProxyDirection::Inbound);
+    assert!(tls);
+    assert_eq!(
+        source.identity.as_deref(),
+        Some(&*client_identity().dns_name())
+    );
+    assert_eq!(source.labels["serviceaccount"], "client");
+    assert_eq!(destination.addr, m.app, "the address the client dialed");
+    assert_eq!(destination.identity.as_deref(), Some(&*web().dns_name()));
+
+    let got = events_until_quiet(&mut outbound, QUIET).await;
+    let Some(Event::RequestStart {
+        direction,
+        source,
+        destination,
+        tls,
+        ..
+    }) = got.first()
+    else {
+        panic!("{got:?}")
+    };
+    assert_eq!(*direction, ProxyDirection::Outbound);
+    assert!(tls);
+    assert_eq!(
+        source.identity.as_deref(),
+        Some(&*client_identity().dns_name())
+    );
+    assert_eq!(destination.identity.as_deref(), Some(&*web().dns_name()));
+    assert_eq!(destination.labels["pod"], "web-0");
+
+    // TLS for another name than the proxy's is not the admin server's: closed.
+    assert!(
+        open_or_closed(
+            m.tls(server_admin, &tap_identity(), &client_identity())
+                .await,
+            server_admin
+        )
+        .await,
+        "a ClientHello for another name gets no answer"
+    );
+    // A certificate from another CA, even for the tap identity: no handshake.
+    let other_anchor = ca::new_trust_anchor("cluster.local", DAY).unwrap();
+    let other_issuer = ca::new_issuer(&other_anchor, "cluster.local", DAY).unwrap();
+    let foreign = Mesh {
+        signer: ca::Signer::from_pem(&other_issuer.cert_pem, &other_issuer.key_pem).unwrap(),
+        ..m
+    };
+    assert!(
+        open_or_closed(
+            foreign.tls(server_admin, &tap_identity(), &web()).await,
+            server_admin
+        )
+        .await,
+        "a foreign certificate gets no tap"
+    );
+}
+
+/// Whether a TLS attempt ended without a tap: the handshake or the request failed.
+async fn open_or_closed(
+    tls: std::io::Result<tokio_rustls::client::TlsStream<TcpStream>>,
+    admin: SocketAddr,
+) -> bool {
+    match tls {
+        Err(_) => true,
+        Ok(tls) => open(tls, admin, "").await.is_err(),
+    }
+}
