@@ -118,6 +118,10 @@ pub fn run(summary_every: Duration) -> anyhow::Result<()> {
     }
     println!("\nLook around (as root):");
     println!(
+        "  export MESH_LOCAL_STATE={}; mesh viz stat deploy; mesh viz edges deploy; mesh viz tap deploy/web",
+        control_plane.state_dir().display()
+    );
+    println!(
         "  ip netns exec {} curl -s localhost:4191/metrics | grep -E '^response_total'",
         client.netns
     );

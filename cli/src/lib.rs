@@ -7,3 +7,4 @@ pub mod install;
 pub mod kube;
 pub mod local;
 pub mod manifest;
+pub mod viz;

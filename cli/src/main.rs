@@ -30,6 +30,9 @@ enum Command {
     Inject(mesh_cli::inject::InjectArgs),
     /// Checks the cluster (--pre), the control plane (the default) or the proxies (--proxy).
     Check(mesh_cli::check::CheckArgs),
+    /// Watches the mesh: live requests (tap, top), golden metrics (stat), who talks to whom
+    /// (edges) and a full-screen dashboard.
+    Viz(mesh_cli::viz::VizArgs),
     /// Takes the mesh out of workload manifests and writes them to stdout.
     Uninject {
         /// Files, folders, or `-` for stdin.
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo { every } => mesh_cli::demo::run(Duration::from_secs(every)),
+        Command::Viz(args) => return finish(mesh_cli::viz::run(args).map(|()| String::new())),
         Command::Install(args) => {
             return finish(block_on(mesh_cli::install::install(&args, &cli.cluster)));
         }

@@ -43,6 +43,7 @@ pub use cluster::{Cluster, Pod};
 pub use control::{
     ControlOptions, ControlPlane, DESTINATION_PORT, IDENTITY_PORT, NETNS_ANNOTATION, TRUST_DOMAIN,
 };
+pub(crate) use netns::{enter as netns_enter, path as netns_path};
 pub use nix::sys::signal::Signal;
 pub use proxy::{MeshOptions, PodIdentity, Proxy};
 

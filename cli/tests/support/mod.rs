@@ -46,6 +46,7 @@ pub fn mesh(args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mesh"))
         .args(args)
         .env_remove("KUBECONFIG")
+        .env_remove("MESH_LOCAL_STATE")
         .env("HOME", "/nonexistent")
         .env("NO_COLOR", "1")
         .stdin(Stdio::piped())

@@ -1,0 +1,908 @@
+//! `mesh viz`: the observability commands (`tap`, `top`, `stat`, `edges`, `dashboard`) over a
+//! target: the local mesh today (its state folder, and its pods' network namespaces), a
+//! cluster's viz component later, behind the same [`mesh_viz::client::Transport`].
+
+pub mod local;
+pub mod resource;
+
+use std::collections::HashMap;
+use std::io::{IsTerminal as _, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use mesh_api::tap::Filter;
+use mesh_viz::client::{self, Transport};
+use mesh_viz::model::{Kind, PodInfo, Workload};
+use mesh_viz::stat::{Measure, Scrapes};
+use mesh_viz::tap::{Formatter, PodEvent};
+use mesh_viz::top::Top;
+use mesh_viz::views;
+use tokio::sync::mpsc;
+
+use self::local::State;
+use self::resource::Resource;
+
+/// `mesh viz` and its shared flags.
+#[derive(clap::Args, Debug)]
+pub struct VizArgs {
+    #[command(subcommand)]
+    pub command: VizCommand,
+    /// Where the mesh runs: `local` (a local mesh of network-namespace pods, read from its state
+    /// folder) or `kube` (a cluster; not available yet).
+    #[arg(long, global = true, value_enum, default_value_t = TargetKind::Local)]
+    pub target: TargetKind,
+    /// The local mesh's state folder (the objects its controllers read).
+    #[arg(long, global = true, env = "MESH_LOCAL_STATE", value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// The namespace of the resources.
+    #[arg(
+        short = 'n',
+        long,
+        global = true,
+        default_value = "demo",
+        value_name = "NAMESPACE"
+    )]
+    pub namespace: String,
+}
+
+/// Where `mesh viz` looks.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    Local,
+    Kube,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum VizCommand {
+    /// Streams the requests of a resource's pods as they happen, one line per event.
+    Tap(TapArgs),
+    /// Shows a live table of a resource's routes: counts, latencies and success rates.
+    Top(TopArgs),
+    /// Shows golden metrics per workload: meshed pods, success rate, RPS, latency, TCP.
+    Stat(StatArgs),
+    /// Shows who talks to whom, with identities and whether the hop is mutual TLS.
+    Edges(EdgesArgs),
+    /// Opens a full-screen dashboard: workloads, their edges and their live traffic.
+    Dashboard(DashboardArgs),
+}
+
+/// Which requests to tap.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TapFilterArgs {
+    /// The resource whose pods to tap, e.g. deploy/web, po/web-1, ns/demo.
+    pub resource: Resource,
+    /// Only requests to this resource, e.g. deploy/web.
+    #[arg(long, value_name = "RESOURCE")]
+    pub to: Option<Resource>,
+    /// Only requests with this method.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Only requests whose path starts with this.
+    #[arg(long)]
+    pub path: Option<String>,
+    /// Only requests for this authority.
+    #[arg(long)]
+    pub authority: Option<String>,
+    /// The most events per second each proxy sends (more are dropped and counted).
+    #[arg(long, value_name = "N")]
+    pub max_rps: Option<u32>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TapArgs {
+    #[command(flatten)]
+    pub filter: TapFilterArgs,
+    /// `wide` adds ports, identities and labels; `json` prints the events as JSON lines.
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<TapOutput>,
+    /// Stops after this long (e.g. 10s); by default runs until Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TapOutput {
+    Wide,
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub filter: TapFilterArgs,
+    /// When stdout is not a terminal: how long to watch before printing the table once.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub duration: Duration,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StatArgs {
+    /// The resources to show, e.g. deploy (all Deployments), deploy/web, po, ns/demo, svc/web-svc.
+    pub resource: Resource,
+    /// Only traffic the resources sent to this resource (read at the senders).
+    #[arg(long, value_name = "RESOURCE", conflicts_with = "from")]
+    pub to: Option<Resource>,
+    /// Only traffic this resource sent to the resources (read at the senders).
+    #[arg(long, value_name = "RESOURCE")]
+    pub from: Option<Resource>,
+    /// The window of rates: two scrapes this far apart; 0s reports everything since the proxies
+    /// started, without rates.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub window: Duration,
+    /// `json` for machines.
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<JsonOutput>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JsonOutput {
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct EdgesArgs {
+    /// The resources whose edges to show, e.g. deploy, deploy/web, po.
+    pub resource: Resource,
+    /// `json` for machines.
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<JsonOutput>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DashboardArgs {
+    /// The workload to select first, e.g. deploy/web (its namespace: -n).
+    pub select: Option<Resource>,
+    /// How often the metrics are read.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub refresh: Duration,
+    /// When stdout is not a terminal: how long to watch before printing one screen.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub duration: Duration,
+}
+
+/// What the commands work on: the pods and workloads of a target, and how to reach the proxies.
+#[derive(Clone)]
+pub struct Target {
+    pub state: Arc<State>,
+    pub transport: Arc<dyn Transport>,
+}
+
+/// Runs `mesh viz …` against the target the flags name.
+pub fn run(args: VizArgs) -> anyhow::Result<()> {
+    if args.target == TargetKind::Kube {
+        bail!(
+            "--target kube is not available yet: mesh viz reads a cluster through the viz \
+             component (tap aggregator and metrics API), which is not built; use --target local \
+             with a local mesh (`sudo mesh demo`), or read a cluster's proxies directly with \
+             `mesh check --proxy`"
+        );
+    }
+    let Some(dir) = args.state.clone() else {
+        bail!(
+            "no local mesh given: pass its state folder with --state DIR (or MESH_LOCAL_STATE); \
+             `sudo mesh demo` starts one and prints the folder"
+        );
+    };
+    let state = State::read(&dir)?;
+    if !nix::unistd::geteuid().is_root() {
+        bail!(
+            "local mode needs root: mesh viz enters the pods' network namespaces to reach their \
+             proxies (run it with sudo -E)"
+        );
+    }
+    let target = Target {
+        state: Arc::new(state),
+        transport: Arc::new(local::NetnsTransport),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let stdout = std::io::stdout();
+    let terminal = stdout.is_terminal();
+    let mut out = stdout.lock();
+    let result = match args.command {
+        VizCommand::Dashboard(d) if terminal => {
+            dashboard_live(&runtime, &target, &args.namespace, &d)
+        }
+        VizCommand::Top(t) if terminal => top_live(&runtime, &target, &args.namespace, &t),
+        command => runtime.block_on(run_command(&target, &args.namespace, command, &mut out)),
+    };
+    match result {
+        Err(e) if is_broken_pipe(&e) => Ok(()),
+        other => other,
+    }
+}
+
+/// Runs one command with its output to `out` (stdout not a terminal; the tests' entry point).
+pub async fn run_command(
+    target: &Target,
+    namespace: &str,
+    command: VizCommand,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    match command {
+        VizCommand::Stat(a) => stat(target, namespace, &a, out).await,
+        VizCommand::Edges(a) => edges(target, namespace, &a, out).await,
+        VizCommand::Tap(a) => tap(target, namespace, &a, out).await,
+        VizCommand::Top(a) => top_once(target, namespace, &a, out).await,
+        VizCommand::Dashboard(a) => dashboard_once(target, namespace, &a, out).await,
+    }
+}
+
+// === stat, edges ===
+
+async fn stat(
+    target: &Target,
+    namespace: &str,
+    args: &StatArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let groups = args.resource.resolve(&target.state, namespace)?;
+    let peers = |r: &Resource| -> anyhow::Result<Vec<PodInfo>> {
+        Ok(r.resolve(&target.state, namespace)?
+            .into_iter()
+            .flat_map(|(_, pods)| pods)
+            .collect())
+    };
+    let (measure, mut scraped): (Measure, Vec<PodInfo>) = match (&args.to, &args.from) {
+        (Some(to), _) => (
+            Measure::To(peers(to)?),
+            groups.iter().flat_map(|g| g.1.clone()).collect(),
+        ),
+        (_, Some(from)) => {
+            let from = peers(from)?;
+            (Measure::From(from.clone()), from)
+        }
+        _ => (
+            Measure::Inbound,
+            groups.iter().flat_map(|g| g.1.clone()).collect(),
+        ),
+    };
+    scraped.retain(|p| p.meshed);
+    scraped.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
+    let started = Instant::now();
+    let first = scrape_all(target, &scraped).await?;
+    let (before, after, window) = if args.window.is_zero() {
+        (None, first, 0.0)
+    } else {
+        tokio::time::sleep(args.window).await;
+        let second = scrape_all(target, &scraped).await?;
+        (Some(first), second, started.elapsed().as_secs_f64())
+    };
+    let rows = mesh_viz::stat::stat(&groups, before.as_ref(), &after, window, &measure);
+    let text = match args.output {
+        Some(JsonOutput::Json) => format!("{}\n", serde_json::to_string_pretty(&rows)?),
+        None => views::stat_text(&rows),
+    };
+    out.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+async fn edges(
+    target: &Target,
+    namespace: &str,
+    args: &EdgesArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let groups = args.resource.resolve(&target.state, namespace)?;
+    let selected: Vec<Workload> = groups.iter().map(|g| g.0.clone()).collect();
+    // Both ends of an edge matter: read every meshed pod of the target.
+    let pods: Vec<PodInfo> = target
+        .state
+        .pods
+        .iter()
+        .filter(|p| p.meshed)
+        .cloned()
+        .collect();
+    let scrapes = scrape_all(target, &pods).await?;
+    let mut all = mesh_viz::edges::edges(&target.state.pods, &scrapes, args.resource.kind);
+    all.retain(|e| selected.contains(&e.src) || selected.contains(&e.dst));
+    let text = match args.output {
+        Some(JsonOutput::Json) => format!("{}\n", serde_json::to_string_pretty(&all)?),
+        None => views::edges_text(&all),
+    };
+    out.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// Scrapes `pods` at once; a pod that fails is reported on stderr and left out, unless all fail.
+async fn scrape_all(target: &Target, pods: &[PodInfo]) -> anyhow::Result<Scrapes> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for pod in pods.iter().cloned() {
+        let transport = target.transport.clone();
+        tasks.spawn(async move {
+            let result = client::metrics(transport.as_ref(), &pod).await;
+            (pod, result)
+        });
+    }
+    let mut scrapes = Scrapes::new();
+    let mut errors = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (pod, result) = done.context("a scrape task failed")?;
+        match result {
+            Ok(samples) => {
+                scrapes.insert((pod.namespace, pod.name), samples);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() && scrapes.is_empty() {
+        bail!("{}; is the local mesh still running?", errors[0]);
+    }
+    for e in errors {
+        eprintln!("mesh: {e}");
+    }
+    Ok(scrapes)
+}
+
+// === tap, top ===
+
+/// Starts a tap of every meshed pod of the filter's resource; events arrive on the receiver,
+/// a tap's failure on stderr (all failing: the first error).
+async fn start_taps(
+    target: &Target,
+    namespace: &str,
+    args: &TapFilterArgs,
+) -> anyhow::Result<(
+    mpsc::Receiver<PodEvent>,
+    tokio::task::JoinSet<Result<(), client::Error>>,
+)> {
+    let groups = args.resource.resolve(&target.state, namespace)?;
+    let pods: Vec<PodInfo> = groups.iter().flat_map(|g| g.1.clone()).collect();
+    let meshed: Vec<PodInfo> = pods.iter().filter(|p| p.meshed).cloned().collect();
+    if meshed.is_empty() {
+        let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
+        bail!(
+            "{} has no meshed pod ({}): only meshed pods can be tapped; mesh them first \
+             (`mesh inject`, or enroll them in the local mesh)",
+            args.resource,
+            if names.is_empty() {
+                "no pods".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
+    let filter = filter(args, namespace)?;
+    let (tx, rx) = mpsc::channel(1024);
+    let mut tasks = tokio::task::JoinSet::new();
+    for pod in meshed {
+        let (transport, filter, tx) = (target.transport.clone(), filter.clone(), tx.clone());
+        tasks.spawn(async move { client::tap(transport.as_ref(), &pod, &filter, tx).await });
+    }
+    Ok((rx, tasks))
+}
+
+fn filter(args: &TapFilterArgs, namespace: &str) -> anyhow::Result<Filter> {
+    let mut filter = Filter {
+        method: args.method.clone(),
+        authority: args.authority.clone(),
+        path_prefix: args.path.clone(),
+        max_rate: args.max_rps,
+        ..Filter::default()
+    };
+    if let Some(to) = &args.to {
+        let Some(name) = &to.name else {
+            bail!("--to needs a named resource, e.g. --to deploy/web");
+        };
+        match to.kind {
+            Kind::Namespace => {
+                filter
+                    .destination_labels
+                    .insert("namespace".into(), name.clone());
+            }
+            kind => {
+                filter
+                    .destination_labels
+                    .insert("namespace".into(), namespace.into());
+                filter
+                    .destination_labels
+                    .insert(kind.label().into(), name.clone());
+            }
+        }
+    }
+    Ok(filter)
+}
+
+/// Ends when every tap ended, or at the deadline; the first tap error when all failed.
+async fn tap(
+    target: &Target,
+    namespace: &str,
+    args: &TapArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let (mut rx, mut tasks) = start_taps(target, namespace, &args.filter).await?;
+    let mut formatter = Formatter::new(args.output == Some(TapOutput::Wide));
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let sleep = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(sleep);
+    let mut failures = Vec::new();
+    let mut seen = 0usize;
+    loop {
+        tokio::select! {
+            event = rx.recv() => {
+                let Some(e) = event else {
+                    // Every tap ended (their senders are gone): collect how.
+                    finished(&mut tasks, &mut failures).await;
+                    break;
+                };
+                seen += 1;
+                let line = match args.output {
+                    Some(TapOutput::Json) => serde_json::to_string(&e)?,
+                    _ => formatter.line(&e.pod, &e.event),
+                };
+                writeln!(out, "{line}")?;
+                out.flush()?;
+            }
+            Some(done) = tasks.join_next() => {
+                if let Ok(Err(e)) = done {
+                    failures.push(e);
+                }
+                if tasks.is_empty() {
+                    // Drain what the taps sent before they ended.
+                    while let Ok(e) = rx.try_recv() {
+                        let line = match args.output {
+                            Some(TapOutput::Json) => serde_json::to_string(&e)?,
+                            _ => formatter.line(&e.pod, &e.event),
+                        };
+                        writeln!(out, "{line}")?;
+                    }
+                    break;
+                }
+            }
+            _ = &mut sleep => break,
+        }
+    }
+    tap_failures(failures, seen)
+}
+
+/// The errors of taps that ended.
+async fn finished(
+    tasks: &mut tokio::task::JoinSet<Result<(), client::Error>>,
+    failures: &mut Vec<client::Error>,
+) {
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(Err(e)) = done {
+            failures.push(e);
+        }
+    }
+}
+
+fn tap_failures(failures: Vec<client::Error>, seen: usize) -> anyhow::Result<()> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let forbidden = failures
+        .iter()
+        .any(|e| matches!(e, client::Error::Forbidden { .. }));
+    let hint = if forbidden {
+        "; local mode taps from the pod's own loopback: is mesh viz running as root inside the pod's network namespace?"
+    } else {
+        ""
+    };
+    if seen == 0 {
+        bail!("{}{hint}", failures[0]);
+    }
+    for e in failures {
+        eprintln!("mesh: {e}{hint}");
+    }
+    Ok(())
+}
+
+fn names(state: &State) -> HashMap<std::net::IpAddr, String> {
+    state
+        .pods
+        .iter()
+        .filter_map(|p| p.ip.map(|ip| (ip, p.name.clone())))
+        .collect()
+}
+
+async fn top_once(
+    target: &Target,
+    namespace: &str,
+    args: &TopArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let (mut rx, mut tasks) = start_taps(target, namespace, &args.filter).await?;
+    let mut top = Top::new(names(&target.state));
+    let sleep = tokio::time::sleep(args.duration);
+    tokio::pin!(sleep);
+    let mut failures = Vec::new();
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            event = rx.recv() => {
+                let Some(e) = event else {
+                    finished(&mut tasks, &mut failures).await;
+                    break;
+                };
+                seen += 1;
+                top.record(&e.pod, &e.event);
+            }
+            Some(done) = tasks.join_next() => {
+                if let Ok(Err(e)) = done {
+                    failures.push(e);
+                }
+                if tasks.is_empty() {
+                    while let Ok(e) = rx.try_recv() {
+                        top.record(&e.pod, &e.event);
+                    }
+                    break;
+                }
+            }
+            _ = &mut sleep => break,
+        }
+    }
+    tap_failures(failures, seen)?;
+    out.write_all(views::top_text(&top.rows()).as_bytes())?;
+    Ok(())
+}
+
+fn top_live(
+    runtime: &tokio::runtime::Runtime,
+    target: &Target,
+    namespace: &str,
+    args: &TopArgs,
+) -> anyhow::Result<()> {
+    let (mut rx, tasks) = runtime.block_on(start_taps(target, namespace, &args.filter))?;
+    let title = format!(" mesh viz top {} -n {namespace} ", args.filter.resource);
+    let mut top = Top::new(names(&target.state));
+    mesh_viz::live::run(
+        &mut top,
+        |top| {
+            while let Ok(e) = rx.try_recv() {
+                top.record(&e.pod, &e.event);
+            }
+        },
+        |frame, top| {
+            views::render_top(
+                frame,
+                frame.area(),
+                &title,
+                &top.rows(),
+                top.sort,
+                top.reversed,
+            )
+        },
+        |top, key| {
+            use ratatui::crossterm::event::KeyCode;
+            match key {
+                KeyCode::Left => top.sort_prev(),
+                KeyCode::Right => top.sort_next(),
+                KeyCode::Char('r') => top.reversed = !top.reversed,
+                _ => {}
+            }
+            mesh_viz::live::Flow::Continue
+        },
+    )?;
+    drop(tasks);
+    Ok(())
+}
+
+// === dashboard ===
+
+/// The dashboard's data: the workloads of the namespace, their stat history, edges and top.
+struct DashboardState {
+    groups: Vec<(Workload, Vec<PodInfo>)>,
+    pods: Vec<PodInfo>,
+    last: Option<(Instant, Scrapes)>,
+    model: views::Dashboard,
+    edges: Vec<mesh_viz::edges::Edge>,
+    tops: HashMap<Workload, Top>,
+    names: HashMap<std::net::IpAddr, String>,
+}
+
+impl DashboardState {
+    fn new(
+        target: &Target,
+        namespace: &str,
+        args: &DashboardArgs,
+    ) -> anyhow::Result<DashboardState> {
+        let groups = Resource {
+            kind: Kind::Deployment,
+            name: None,
+        }
+        .resolve(&target.state, namespace)
+        .or_else(|_| {
+            Resource {
+                kind: Kind::Pod,
+                name: None,
+            }
+            .resolve(&target.state, namespace)
+        })?;
+        let selected = match &args.select {
+            Some(r) => {
+                let wanted = r.resolve(&target.state, namespace)?;
+                groups.iter().position(|g| wanted.iter().any(|w| w.0 == g.0)).with_context(|| {
+                    format!("{r} is not a Deployment of namespace {namespace}: the dashboard lists Deployments")
+                })?
+            }
+            None => 0,
+        };
+        Ok(DashboardState {
+            pods: target
+                .state
+                .pods
+                .iter()
+                .filter(|p| p.meshed)
+                .cloned()
+                .collect(),
+            model: views::Dashboard {
+                title: format!("mesh viz · ns/{namespace}"),
+                selected,
+                ..Default::default()
+            },
+            groups,
+            last: None,
+            edges: Vec::new(),
+            tops: HashMap::new(),
+            names: names(&target.state),
+        })
+    }
+
+    /// Folds in a new round of scrapes.
+    fn scraped(&mut self, at: Instant, scrapes: Scrapes, status: String) {
+        let (before, window) = match &self.last {
+            Some((then, s)) => (Some(s), at.duration_since(*then).as_secs_f64()),
+            None => (None, 0.0),
+        };
+        let rows = mesh_viz::stat::stat(&self.groups, before, &scrapes, window, &Measure::Inbound);
+        let mut views: Vec<views::WorkloadView> = Vec::new();
+        for row in rows {
+            let mut view = self
+                .model
+                .workloads
+                .iter()
+                .find(|w| w.stat.workload == row.workload)
+                .cloned()
+                .unwrap_or(views::WorkloadView {
+                    stat: row.clone(),
+                    rps: vec![],
+                    p95: vec![],
+                });
+            if before.is_some() {
+                view.rps.push(row.rps.unwrap_or(0.0).round() as u64);
+                view.p95
+                    .push(row.latency_ms_p95.unwrap_or(0.0).round() as u64);
+                let keep = view.rps.len().saturating_sub(120);
+                view.rps.drain(..keep);
+                let keep = view.p95.len().saturating_sub(120);
+                view.p95.drain(..keep);
+            }
+            view.stat = row;
+            views.push(view);
+        }
+        self.model.workloads = views;
+        self.edges = mesh_viz::edges::edges(&self.pods, &scrapes, Kind::Deployment);
+        self.last = Some((at, scrapes));
+        self.model.status = status;
+        self.select(self.model.selected);
+    }
+
+    fn event(&mut self, e: &PodEvent) {
+        let Some(pod) = self
+            .pods
+            .iter()
+            .find(|p| p.name == e.pod && p.namespace == e.namespace)
+        else {
+            return;
+        };
+        for (w, members) in &self.groups {
+            if members.iter().any(|m| m.name == pod.name) {
+                let names = self.names.clone();
+                self.tops
+                    .entry(w.clone())
+                    .or_insert_with(|| Top::new(names))
+                    .record(&e.pod, &e.event);
+            }
+        }
+    }
+
+    fn select(&mut self, i: usize) {
+        let n = self.model.workloads.len();
+        self.model.selected = if n == 0 { 0 } else { i.min(n - 1) };
+        let Some(w) = self
+            .model
+            .workloads
+            .get(self.model.selected)
+            .map(|v| v.stat.workload.clone())
+        else {
+            return;
+        };
+        self.model.edges = self
+            .edges
+            .iter()
+            .filter(|e| e.src == w || e.dst == w)
+            .cloned()
+            .collect();
+        self.model.top = self.tops.get(&w).map(Top::rows).unwrap_or_default();
+    }
+}
+
+/// Scrapes the namespace's meshed pods every `refresh`, and taps them all; both go to channels.
+fn dashboard_feeds(
+    runtime: &tokio::runtime::Runtime,
+    target: &Target,
+    pods: Vec<PodInfo>,
+    refresh: Duration,
+) -> (
+    mpsc::Receiver<(Instant, Scrapes, String)>,
+    mpsc::Receiver<PodEvent>,
+) {
+    let (scrape_tx, scrape_rx) = mpsc::channel(4);
+    let (event_tx, event_rx) = mpsc::channel(4096);
+    let t = target.clone();
+    let scrape_pods = pods.clone();
+    runtime.spawn(async move {
+        let mut ticks = tokio::time::interval(refresh);
+        loop {
+            ticks.tick().await;
+            let (scrapes, status) = match scrape_all(&t, &scrape_pods).await {
+                Ok(s) => {
+                    let n = s.len();
+                    (s, format!(" {n} proxies read every {refresh:?} "))
+                }
+                Err(e) => (Scrapes::new(), format!(" {e:#} ")),
+            };
+            if scrape_tx
+                .send((Instant::now(), scrapes, status))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    for pod in pods {
+        let (transport, tx) = (target.transport.clone(), event_tx.clone());
+        runtime.spawn(async move {
+            let _ = client::tap(transport.as_ref(), &pod, &Filter::default(), tx).await;
+        });
+    }
+    (scrape_rx, event_rx)
+}
+
+fn dashboard_live(
+    runtime: &tokio::runtime::Runtime,
+    target: &Target,
+    namespace: &str,
+    args: &DashboardArgs,
+) -> anyhow::Result<()> {
+    let mut state = DashboardState::new(target, namespace, args)?;
+    let (mut scrapes, mut events) =
+        dashboard_feeds(runtime, target, state.pods.clone(), args.refresh);
+    mesh_viz::live::run(
+        &mut state,
+        |s| {
+            while let Ok((at, scraped, status)) = scrapes.try_recv() {
+                s.scraped(at, scraped, status);
+            }
+            let mut any = false;
+            while let Ok(e) = events.try_recv() {
+                s.event(&e);
+                any = true;
+            }
+            if any {
+                s.select(s.model.selected);
+            }
+        },
+        |frame, s| views::render_dashboard(frame, &s.model),
+        |s, key| {
+            use ratatui::crossterm::event::KeyCode;
+            match key {
+                KeyCode::Up => s.select(s.model.selected.saturating_sub(1)),
+                KeyCode::Down => s.select(s.model.selected + 1),
+                _ => {}
+            }
+            mesh_viz::live::Flow::Continue
+        },
+    )?;
+    Ok(())
+}
+
+/// The dashboard without a terminal: watch for `duration`, then print one 120×30 screen.
+async fn dashboard_once(
+    target: &Target,
+    namespace: &str,
+    args: &DashboardArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let mut state = DashboardState::new(target, namespace, args)?;
+    let pods = state.pods.clone();
+    let first = scrape_all(target, &pods).await?;
+    state.scraped(Instant::now(), first, String::new());
+    let (tx, mut rx) = mpsc::channel(4096);
+    let mut tasks = tokio::task::JoinSet::new();
+    for pod in pods.clone() {
+        let (transport, tx) = (target.transport.clone(), tx.clone());
+        tasks.spawn(
+            async move { client::tap(transport.as_ref(), &pod, &Filter::default(), tx).await },
+        );
+    }
+    drop(tx);
+    let _ = tokio::time::timeout(args.duration, async {
+        while let Some(e) = rx.recv().await {
+            state.event(&e);
+        }
+    })
+    .await;
+    tasks.abort_all();
+    let second = scrape_all(target, &pods).await?;
+    state.scraped(
+        Instant::now(),
+        second,
+        format!(" {} proxies, watched {:?} ", pods.len(), args.duration),
+    );
+    let mut terminal = ratatui::Terminal::new(ratatui::backend::TestBackend::new(120, 30))?;
+    let frame = terminal.draw(|f| views::render_dashboard(f, &state.model))?;
+    out.write_all(views::buffer_text(frame.buffer).as_bytes())?;
+    Ok(())
+}
+
+// === helpers ===
+
+/// `500ms`, `5s`, `2m`, `0s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (n, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 5s or 2m"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        _ => {
+            return Err(format!(
+                "invalid duration {s:?}: expected e.g. 500ms, 5s or 2m"
+            ))
+        }
+    })
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn to_filters_by_destination_labels() {
+        let args = TapFilterArgs {
+            resource: "deploy/client".parse().unwrap(),
+            to: Some("deploy/web".parse().unwrap()),
+            method: Some("GET".into()),
+            path: None,
+            authority: None,
+            max_rps: None,
+        };
+        assert_eq!(
+            filter(&args, "demo").unwrap().to_query(),
+            "method=GET&dst.deployment=web&dst.namespace=demo"
+        );
+    }
+}
