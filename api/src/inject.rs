@@ -534,6 +534,9 @@ fn proxy_container(config: &ProxyConfig, settings: &Settings) -> Container {
         ),
         env_field("MESH_PROXY_DESTINATION_NAMESPACE", "metadata.namespace"),
         env("MESH_PROXY_CLUSTER_DOMAIN", config.cluster_domain.clone()),
+        // The proxy's own pod, for the labels of its side of tap events.
+        env_field("MESH_PROXY_POD_NAME", "metadata.name"),
+        env_field("MESH_PROXY_POD_NAMESPACE", "metadata.namespace"),
     ];
     if let Some(ports) = &settings.opaque_ports {
         vars.push(env("MESH_PROXY_INBOUND_OPAQUE_PORTS", ports.clone()));

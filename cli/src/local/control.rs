@@ -248,14 +248,24 @@ impl ControlPlane {
             &format!("sa-{namespace}-{service_account}.yaml"),
             &token_secret_yaml(namespace, service_account, &token),
         )?;
+        // The proxy's own pod, for the labels of its side of tap events.
+        let mut env = vec![
+            (
+                "MESH_PROXY_DESTINATION_ADDR".to_string(),
+                self.destination_addr().to_string(),
+            ),
+            ("MESH_PROXY_DESTINATION_NAMESPACE".into(), namespace.into()),
+            ("MESH_PROXY_POD_NAME".into(), pod.name.clone()),
+            ("MESH_PROXY_POD_NAMESPACE".into(), namespace.into()),
+        ];
+        if let Some(deployment) = deployment {
+            env.push((
+                "MESH_PROXY_WORKLOAD".into(),
+                format!("deployment/{deployment}"),
+            ));
+        }
         Ok(MeshOptions {
-            env: vec![
-                (
-                    "MESH_PROXY_DESTINATION_ADDR".into(),
-                    self.destination_addr().to_string(),
-                ),
-                ("MESH_PROXY_DESTINATION_NAMESPACE".into(), namespace.into()),
-            ],
+            env,
             identity: Some(PodIdentity {
                 name: identity.dns_name(),
                 controller: self.identity_addr(),
