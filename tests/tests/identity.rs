@@ -11,8 +11,9 @@ use mesh_controller::identity::IdentityConfig;
 use mesh_controller::{index::IndexConfig, source::Source, DestinationConfig};
 use mesh_proxy::config::IdentityConfig as ProxyIdentity;
 use mesh_tests::fixtures::{self, app_on, eventually, TestProxy};
+use mesh_tests::state::{meshed_service, token_secret, write};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -48,41 +49,6 @@ fn new_ca() -> Ca {
         anchor_pem: anchor.cert_pem,
         dir,
     }
-}
-
-fn write(dir: &Path, file: &str, yaml: &str) {
-    let tmp = dir.join(format!(".{file}.tmp"));
-    std::fs::write(&tmp, yaml).unwrap();
-    std::fs::rename(tmp, dir.join(file)).unwrap();
-}
-
-/// The token Secret of a service account in `demo`.
-fn token_secret(sa: &str, token: &str) -> String {
-    use base64::Engine as _;
-    format!(
-        "apiVersion: v1\nkind: Secret\ntype: kubernetes.io/service-account-token\n\
-         metadata: {{name: {sa}-token, namespace: demo, annotations: {{kubernetes.io/service-account.name: {sa}}}}}\n\
-         data: {{token: {}}}\n",
-        base64::engine::general_purpose::STANDARD.encode(token)
-    )
-}
-
-/// `web-svc` with one endpoint, `endpoint` (the server proxy's inbound), on meshed pod `web-0`
-/// of service account `web`.
-fn service(endpoint: SocketAddr) -> String {
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web-svc, namespace: demo}}\n\
-         spec: {{clusterIP: 10.96.0.10, ports: [{{name: http, port: 80, targetPort: {port}}}]}}\n---\n\
-         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata: {{name: web-svc-1, namespace: demo, labels: {{kubernetes.io/service-name: web-svc}}}}\n\
-         addressType: IPv4\nports: [{{name: http, port: {port}}}]\n\
-         endpoints: [{{addresses: [\"{ip}\"], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: web-0, namespace: demo}}}}]\n---\n\
-         apiVersion: v1\nkind: Pod\nmetadata: {{name: web-0, namespace: demo}}\n\
-         spec: {{serviceAccountName: web, containers: [{{name: app, image: app}}, {{name: mesh-proxy, image: proxy}}]}}\n\
-         status: {{phase: Running, podIP: \"{ip}\"}}\n",
-        port = endpoint.port(),
-        ip = endpoint.ip(),
-    )
 }
 
 struct Mesh {
@@ -162,7 +128,11 @@ async fn mesh(tweak: impl FnOnce(&mut mesh_proxy::config::Config)) -> Mesh {
         tweak(c);
     })
     .await;
-    write(&folder, "web-svc.yaml", &service(m.server.addrs.inbound));
+    write(
+        &folder,
+        "web-svc.yaml",
+        &meshed_service(m.server.addrs.inbound),
+    );
     let client_identity = m.proxy_identity(&client_id(), "client-token");
     let destination_addr = m._destination.addr;
     m.client = fixtures::proxy(CLUSTER_IP.parse().unwrap(), |c| {

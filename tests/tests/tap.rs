@@ -10,8 +10,9 @@ use http_body_util::BodyExt;
 use mesh_api::identity::{ca, Identity};
 use mesh_api::tap::{self, Event, Filter, ProxyDirection, TapError};
 use mesh_tests::fixtures::{self, app, eventually, h1, h2, TestProxy};
+use mesh_tests::state::{meshed_service, token_secret, write};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use std::{net::SocketAddr, path::Path, pin::Pin, sync::Arc, time::Duration};
+use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 use tokio::net::{TcpSocket, TcpStream};
 
 type Events = Pin<Box<dyn Stream<Item = Result<Event, TapError>> + Send>>;
@@ -637,39 +638,6 @@ fn tap_identity() -> Identity {
     Identity::new("mesh-tap", "mesh-viz", "cluster.local").unwrap()
 }
 
-fn write(dir: &Path, file: &str, yaml: &str) {
-    let tmp = dir.join(format!(".{file}.tmp"));
-    std::fs::write(&tmp, yaml).unwrap();
-    std::fs::rename(tmp, dir.join(file)).unwrap();
-}
-
-fn token_secret(sa: &str, token: &str) -> String {
-    use base64::Engine as _;
-    format!(
-        "apiVersion: v1\nkind: Secret\ntype: kubernetes.io/service-account-token\n\
-         metadata: {{name: {sa}-token, namespace: demo, annotations: {{kubernetes.io/service-account.name: {sa}}}}}\n\
-         data: {{token: {}}}\n",
-        base64::engine::general_purpose::STANDARD.encode(token)
-    )
-}
-
-/// `web-svc` with one endpoint (the server proxy's inbound) on meshed pod `web-0`.
-fn service(endpoint: SocketAddr) -> String {
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web-svc, namespace: demo}}\n\
-         spec: {{clusterIP: 10.96.0.10, ports: [{{name: http, port: 80, targetPort: {port}}}]}}\n---\n\
-         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata: {{name: web-svc-1, namespace: demo, labels: {{kubernetes.io/service-name: web-svc}}}}\n\
-         addressType: IPv4\nports: [{{name: http, port: {port}}}]\n\
-         endpoints: [{{addresses: [\"{ip}\"], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: web-0, namespace: demo}}}}]\n---\n\
-         apiVersion: v1\nkind: Pod\nmetadata: {{name: web-0, namespace: demo}}\n\
-         spec: {{serviceAccountName: web, containers: [{{name: app, image: app}}, {{name: mesh-proxy, image: proxy}}]}}\n\
-         status: {{phase: Running, podIP: \"{ip}\"}}\n",
-        port = endpoint.port(),
-        ip = endpoint.ip(),
-    )
-}
-
 struct Mesh {
     anchor_pem: String,
     signer: ca::Signer,
@@ -741,7 +709,11 @@ async fn mesh() -> Mesh {
         c.tap.identity = tap_id.clone();
     })
     .await;
-    write(&folder, "web-svc.yaml", &service(server.addrs.inbound));
+    write(
+        &folder,
+        "web-svc.yaml",
+        &meshed_service(server.addrs.inbound),
+    );
     let client_proxy_identity = proxy_identity(&client_identity(), "client-token");
     let destination_addr = destination.addr;
     let client = fixtures::proxy("10.96.0.10:80".parse().unwrap(), |c| {
