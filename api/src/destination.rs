@@ -21,12 +21,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::Stream;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::{Deserialize, Serialize};
+
+use crate::wire::{error_text, AbortOnDrop, LineDecoder, TooLong};
 
 /// The path of the destination watch.
 pub const WATCH_PATH: &str = "/v1/destination/watch";
@@ -212,18 +214,9 @@ enum State {
         body: Incoming,
         lines: LineDecoder,
         /// Aborts the connection task when the stream is dropped.
-        _conn: AbortOnDrop,
+        _conn: AbortOnDrop<()>,
     },
     Done,
-}
-
-/// Aborts a connection task when dropped (shared with the tap client).
-pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 async fn step(state: State) -> Option<(Result<Update, WatchError>, State)> {
@@ -285,7 +278,10 @@ async fn step(state: State) -> Option<(Result<Update, WatchError>, State)> {
     }
 }
 
-async fn connect(addr: SocketAddr, authority: &str) -> Result<(Incoming, AbortOnDrop), WatchError> {
+async fn connect(
+    addr: SocketAddr,
+    authority: &str,
+) -> Result<(Incoming, AbortOnDrop<()>), WatchError> {
     let http_err = |source| WatchError::Http {
         addr,
         authority: authority.to_owned(),
@@ -314,15 +310,7 @@ async fn connect(addr: SocketAddr, authority: &str) -> Result<(Incoming, AbortOn
     let response = sender.send_request(request).await.map_err(http_err)?;
     let status = response.status();
     if !status.is_success() {
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let message = String::from_utf8_lossy(&body[..body.len().min(512)])
-            .trim()
-            .to_owned();
+        let message = error_text(response.into_body(), 512).await;
         return Err(WatchError::Status {
             authority: authority.to_owned(),
             status,
@@ -340,101 +328,9 @@ fn decode(authority: &str, line: &[u8]) -> Result<Update, WatchError> {
     })
 }
 
-// === impl LineDecoder ===
-
-/// The current line is longer than [`MAX_LINE`].
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct TooLong;
-
-/// Splits a byte stream into lines, whatever the frame boundaries; skips blank lines.
-#[derive(Default)]
-pub(crate) struct LineDecoder {
-    buf: BytesMut,
-    /// How far `buf` is known to hold no newline.
-    scanned: usize,
-}
-
-impl LineDecoder {
-    pub(crate) fn push(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
-    }
-
-    /// The next complete, non-blank line (without its newline), if one is buffered.
-    pub(crate) fn next_line(&mut self) -> Result<Option<Bytes>, TooLong> {
-        loop {
-            let Some(pos) = self.buf[self.scanned..].iter().position(|b| *b == b'\n') else {
-                self.scanned = self.buf.len();
-                if self.buf.len() > MAX_LINE {
-                    return Err(TooLong);
-                }
-                return Ok(None);
-            };
-            let end = self.scanned + pos;
-            self.scanned = 0;
-            if end > MAX_LINE {
-                return Err(TooLong);
-            }
-            let mut line = self.buf.split_to(end + 1);
-            line.truncate(end);
-            if line.last() == Some(&b'\r') {
-                line.truncate(end - 1);
-            }
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            return Ok(Some(line.freeze()));
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn check_lines(frames: &[&[u8]], expected: Result<Vec<&str>, TooLong>) {
-        let mut d = LineDecoder::default();
-        let mut got = Vec::new();
-        let mut result = Ok(());
-        for frame in frames {
-            d.push(frame);
-            loop {
-                match d.next_line() {
-                    Ok(Some(line)) => got.push(String::from_utf8_lossy(&line).into_owned()),
-                    Ok(None) => break,
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                }
-            }
-            if result.is_err() {
-                break;
-            }
-        }
-        match expected {
-            Ok(lines) => {
-                assert_eq!(result, Ok(()));
-                assert_eq!(got, lines);
-            }
-            Err(e) => assert_eq!(result, Err(e)),
-        }
-    }
-
-    #[test]
-    fn lines() {
-        check_lines(&[b"a\nb\n"], Ok(vec!["a", "b"]));
-        check_lines(&[b"a", b"b\nc", b"\n"], Ok(vec!["ab", "c"]));
-        check_lines(&[b"\n\r\n  \nx\r\n"], Ok(vec!["x"]));
-        check_lines(&[b"partial"], Ok(vec![]));
-        let big = vec![b'x'; MAX_LINE + 1];
-        check_lines(&[&big], Err(TooLong));
-        let mut exact = vec![b'x'; MAX_LINE];
-        exact.push(b'\n');
-        check_lines(
-            &[&exact[..10], &exact[10..]],
-            Ok(vec![&"x".repeat(MAX_LINE)]),
-        );
-    }
 
     fn check_wire(json: &str, update: Update) {
         let parsed: Update = serde_json::from_str(json).expect("valid update");

@@ -12,3 +12,4 @@ pub mod identity;
 #[cfg(feature = "inject")]
 pub mod inject;
 pub mod tap;
+mod wire;

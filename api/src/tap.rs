@@ -24,7 +24,8 @@
 //! # }
 //! ```
 
-use crate::destination::{AbortOnDrop, LineDecoder, TooLong, MAX_LINE};
+use crate::destination::MAX_LINE;
+use crate::wire::{error_text, AbortOnDrop, LineDecoder, TooLong};
 use bytes::Bytes;
 use futures_util::Stream;
 use http_body_util::{BodyExt, Empty};
@@ -359,15 +360,7 @@ where
     let response = sender.send_request(request).await.map_err(http)?;
     let status = response.status();
     if status != http::StatusCode::OK {
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let message = String::from_utf8_lossy(&body[..body.len().min(1024)])
-            .trim()
-            .to_owned();
+        let message = error_text(response.into_body(), 1024).await;
         let authority = authority.to_owned();
         return Err(if status == http::StatusCode::FORBIDDEN {
             TapError::Forbidden { authority, message }
@@ -395,7 +388,7 @@ struct Streaming {
     body: Incoming,
     lines: LineDecoder,
     /// The connection's task, aborted when the stream is dropped.
-    _conn: AbortOnDrop,
+    _conn: AbortOnDrop<()>,
     /// Kept so the client side of the connection stays open.
     _sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
 }

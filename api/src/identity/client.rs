@@ -36,6 +36,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::{CertificateDer, ServerName};
 
 use super::{ca, CertifyRequest, CertifyResponse, ErrorBody, CERTIFY_PATH};
+use crate::wire::AbortOnDrop;
 
 /// The largest response body read (a chain of a few certificates is ~2 KiB).
 const MAX_RESPONSE: usize = 256 * 1024;
@@ -284,15 +285,6 @@ async fn read(
         })?
         .to_bytes();
     Ok((status, body))
-}
-
-/// Aborts the connection task when the call ends (the connection is used once).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 #[cfg(test)]
