@@ -7,161 +7,20 @@
 use http::Version;
 use http_body_util::BodyExt;
 use mesh_api::identity::{ca, Identity};
-use mesh_controller::identity::IdentityConfig;
-use mesh_controller::{index::IndexConfig, source::Source, DestinationConfig};
-use mesh_proxy::config::IdentityConfig as ProxyIdentity;
-use mesh_tests::fixtures::{self, app_on, eventually, TestProxy};
-use mesh_tests::state::{meshed_service, token_secret, write};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use mesh_tests::fixtures;
+use mesh_tests::mtls::{identity, ready, MtlsMesh, TestCa, CLUSTER_IP, DAY};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const DAY: Duration = Duration::from_secs(86_400);
 const SERVICE: &str = "web-svc.demo.svc.cluster.local";
-/// Where the client application "dials": the service's ClusterIP.
-const CLUSTER_IP: &str = "10.96.0.10:80";
 
 fn web() -> Identity {
-    Identity::new("web", "demo", "cluster.local").unwrap()
+    identity("web")
 }
 
 fn client_id() -> Identity {
-    Identity::new("client", "demo", "cluster.local").unwrap()
-}
-
-/// A CA on disk, and the issuer to make test certificates with.
-struct Ca {
-    anchor_pem: String,
-    signer: ca::Signer,
-    dir: tempfile::TempDir,
-}
-
-fn new_ca() -> Ca {
-    let dir = tempfile::tempdir().unwrap();
-    let anchor = ca::new_trust_anchor("cluster.local", 365 * DAY).unwrap();
-    let issuer = ca::new_issuer(&anchor, "cluster.local", 30 * DAY).unwrap();
-    std::fs::write(dir.path().join("anchors.pem"), &anchor.cert_pem).unwrap();
-    std::fs::write(dir.path().join("issuer.crt"), &issuer.cert_pem).unwrap();
-    std::fs::write(dir.path().join("issuer.key"), &issuer.key_pem).unwrap();
-    Ca {
-        signer: ca::Signer::from_pem(&issuer.cert_pem, &issuer.key_pem).unwrap(),
-        anchor_pem: anchor.cert_pem,
-        dir,
-    }
-}
-
-struct Mesh {
-    ca: Ca,
-    state: tempfile::TempDir,
-    identity: mesh_controller::identity::Running,
-    client: TestProxy,
-    server: TestProxy,
-    _destination: mesh_controller::Running,
-}
-
-impl Mesh {
-    /// The proxy identity configuration of `sa`, with its token file in the state folder.
-    fn proxy_identity(&self, id: &Identity, token: &str) -> ProxyIdentity {
-        let dir = self
-            .state
-            .path()
-            .join(format!("proxy-{}", id.service_account()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("token"), token).unwrap();
-        ProxyIdentity {
-            name: id.clone(),
-            addr: self.identity.addr.to_string(),
-            server_name: Identity::controller("cluster.local").unwrap(),
-            token_file: dir.join("token"),
-            trust_anchors: ca::certs_from_pem(&self.ca.anchor_pem, "anchors").unwrap(),
-            dir: dir.join("key"),
-        }
-    }
-}
-
-/// The controllers, a server proxy (`web`) in front of the test app, and a client proxy
-/// (`client`) that discovers `web-svc`; `tweak` adjusts the server proxy.
-async fn mesh(tweak: impl FnOnce(&mut mesh_proxy::config::Config)) -> Mesh {
-    let ca = new_ca();
-    let state = tempfile::tempdir().unwrap();
-    let folder = state.path().join("objects");
-    std::fs::create_dir_all(&folder).unwrap();
-    write(&folder, "web-sa.yaml", &token_secret("web", "web-token"));
-    write(
-        &folder,
-        "client-sa.yaml",
-        &token_secret("client", "client-token"),
-    );
-
-    let mut config = IdentityConfig::new(
-        ca.dir.path().join("issuer.crt"),
-        ca.dir.path().join("issuer.key"),
-        ca.dir.path().join("anchors.pem"),
-        Source::Dir(folder.clone()),
-    );
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    let identity = mesh_controller::identity::start(config)
-        .await
-        .expect("the identity controller starts");
-    let destination = mesh_controller::start(DestinationConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        source: Source::Dir(folder.clone()),
-        index: IndexConfig::default(),
-    })
-    .await
-    .expect("the destination controller starts");
-
-    let mut m = Mesh {
-        ca,
-        state,
-        identity,
-        client: placeholder().await,
-        server: placeholder().await,
-        _destination: destination,
-    };
-    let app = app_on("127.0.0.1:0".parse().unwrap()).await;
-    let server_identity = m.proxy_identity(&web(), "web-token");
-    m.server = fixtures::proxy(app, |c| {
-        c.inbound_addr = "127.0.0.2:0".parse().unwrap();
-        c.identity = Some(server_identity);
-        tweak(c);
-    })
-    .await;
-    write(
-        &folder,
-        "web-svc.yaml",
-        &meshed_service(m.server.addrs.inbound),
-    );
-    let client_identity = m.proxy_identity(&client_id(), "client-token");
-    let destination_addr = m._destination.addr;
-    m.client = fixtures::proxy(CLUSTER_IP.parse().unwrap(), |c| {
-        c.identity = Some(client_identity);
-        c.destination_addr = Some(destination_addr.to_string());
-        c.destination_namespace = "demo".into();
-    })
-    .await;
-    for proxy in [&m.client, &m.server] {
-        assert!(
-            ready(proxy, Duration::from_secs(10)).await,
-            "the proxy gets its certificate: {}",
-            proxy.metrics().await
-        );
-    }
-    m
-}
-
-/// A proxy without identity, to fill a field until the real one starts.
-async fn placeholder() -> TestProxy {
-    fixtures::proxy("127.0.0.1:9".parse().unwrap(), |_| {}).await
-}
-
-async fn ready(proxy: &TestProxy, within: Duration) -> bool {
-    let admin = proxy.addrs.admin;
-    eventually(within, || async move {
-        fixtures::get_h1(admin, "/ready").await.0 == 200
-    })
-    .await
+    identity("client")
 }
 
 fn request(version: Version, path: &str) -> http::Request<fixtures::Body> {
@@ -185,7 +44,7 @@ fn count(metrics: &str, name: &str, must: &[&str]) -> u64 {
 
 #[tokio::test]
 async fn http1_http2_and_grpc_go_over_mutual_tls_and_carry_the_client_identity() {
-    let m = mesh(|_| {}).await;
+    let m = MtlsMesh::start(|_| {}).await;
     for version in [Version::HTTP_11, Version::HTTP_2] {
         let req = request(version, "/header?name=mesh-client-id");
         let rsp = match version {
@@ -248,7 +107,7 @@ async fn http1_http2_and_grpc_go_over_mutual_tls_and_carry_the_client_identity()
 
 #[tokio::test]
 async fn websocket_upgrades_cross_the_mutual_tls_hop() {
-    let m = mesh(|_| {}).await;
+    let m = MtlsMesh::start(|_| {}).await;
     let mut io = TcpStream::connect(m.client.addrs.outbound).await.unwrap();
     io.write_all(
         format!("GET /ws HTTP/1.1\r\nHost: {SERVICE}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").as_bytes(),
@@ -276,11 +135,11 @@ async fn websocket_upgrades_cross_the_mutual_tls_hop() {
 
 #[tokio::test]
 async fn opaque_tcp_is_wrapped_in_mutual_tls() {
-    let m = mesh(|c| c.inbound_opaque_ports = "1-65535".parse().unwrap()).await;
+    let m = MtlsMesh::start(|c| c.inbound_opaque_ports = "1-65535".parse().unwrap()).await;
     // The client proxy takes port 80 as opaque: bytes go by the ClusterIP, through mutual TLS.
     let opaque_client = fixtures::proxy(CLUSTER_IP.parse().unwrap(), |c| {
         c.identity = Some(m.proxy_identity(&client_id(), "client-token"));
-        c.destination_addr = Some(m._destination.addr.to_string());
+        c.destination_addr = Some(m.destination.addr.to_string());
         c.destination_namespace = "demo".into();
         c.outbound_opaque_ports = "80".parse().unwrap();
     })
@@ -328,50 +187,23 @@ async fn opaque_tcp_is_wrapped_in_mutual_tls() {
     );
 }
 
-/// A TLS client that trusts the mesh's anchors and presents `cert_chain` / `key`.
-async fn tls_client(
-    anchors: &str,
-    chain_pem: &str,
-    key_pem: &str,
-    addr: SocketAddr,
-    server_name: &str,
-) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for anchor in ca::certs_from_pem(anchors, "anchors").unwrap() {
-        roots.add(anchor).unwrap();
-    }
-    let chain: Vec<CertificateDer<'static>> = ca::certs_from_pem(chain_pem, "chain").unwrap();
-    let key: PrivateKeyDer<'static> = ca::key_from_pem(key_pem, "key").unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    let io = TcpStream::connect(addr).await?;
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from(server_name.to_string()).unwrap(), io)
-        .await
-}
-
 /// Sends `request` over mutual TLS with `chain_pem` / `key_pem` to the server proxy's inbound,
 /// as the web identity, and reads until it closes. TLS 1.3: the server checks the client's
 /// certificate after the client is done, so a refusal shows on the read.
 async fn exchange(
-    m: &Mesh,
+    m: &MtlsMesh,
     chain_pem: &str,
     key_pem: &str,
     request: &[u8],
 ) -> std::io::Result<Vec<u8>> {
-    let mut tls = tls_client(
-        &m.ca.anchor_pem,
-        chain_pem,
-        key_pem,
-        m.server.addrs.inbound,
-        &web().dns_name(),
-    )
-    .await?;
+    let mut tls = m
+        .tls_client(
+            m.server.addrs.inbound,
+            &web().dns_name(),
+            (chain_pem, key_pem),
+            &[],
+        )
+        .await?;
     tls.write_all(request).await?;
     let mut out = Vec::new();
     tls.read_to_end(&mut out).await?;
@@ -380,12 +212,12 @@ async fn exchange(
 
 #[tokio::test]
 async fn a_client_certificate_from_another_ca_is_refused_and_the_mesh_one_taken() {
-    let m = mesh(|_| {}).await;
+    let m = MtlsMesh::start(|_| {}).await;
     let request =
         b"GET /header?name=mesh-client-id HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n";
 
     // Another CA's certificate for the same client identity: refused.
-    let other = new_ca();
+    let other = TestCa::new();
     let (foreign, foreign_key) = other
         .signer
         .issue_with_key(&ca::LeafNames::identity(&client_id()), DAY)
@@ -440,7 +272,7 @@ async fn a_client_certificate_from_another_ca_is_refused_and_the_mesh_one_taken(
 
 #[tokio::test]
 async fn the_application_s_own_tls_passes_through_and_a_forged_client_id_is_removed() {
-    let m = mesh(|_| {}).await;
+    let m = MtlsMesh::start(|_| {}).await;
     // Plaintext from outside the mesh: the forged header does not reach the app.
     let reply = fixtures::raw(
         m.server.addrs.inbound,
@@ -460,14 +292,14 @@ async fn the_application_s_own_tls_passes_through_and_a_forged_client_id_is_remo
         m.ca.signer
             .issue_with_key(&ca::LeafNames::identity(&client_id()), DAY)
             .unwrap();
-    let passthrough = tls_client(
-        &m.ca.anchor_pem,
-        &ours.chain_pem,
-        &our_key,
-        m.server.addrs.inbound,
-        "app.example.com",
-    )
-    .await;
+    let passthrough = m
+        .tls_client(
+            m.server.addrs.inbound,
+            "app.example.com",
+            (&ours.chain_pem, &our_key),
+            &[],
+        )
+        .await;
     assert!(
         passthrough.is_err(),
         "the proxy must not terminate TLS for another name"
@@ -485,7 +317,7 @@ async fn the_application_s_own_tls_passes_through_and_a_forged_client_id_is_remo
 
 #[tokio::test]
 async fn a_proxy_is_not_ready_until_it_has_a_certificate() {
-    let m = mesh(|_| {}).await;
+    let m = MtlsMesh::start(|_| {}).await;
     // A wrong token: the controller refuses, the proxy retries and stays unready.
     let mut identity = m.proxy_identity(&client_id(), "client-token");
     std::fs::write(&identity.token_file, "not-the-token").unwrap();

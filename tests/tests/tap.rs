@@ -7,12 +7,11 @@
 use futures_util::{Stream, StreamExt};
 use http::Version;
 use http_body_util::BodyExt;
-use mesh_api::identity::{ca, Identity};
+use mesh_api::identity::Identity;
 use mesh_api::tap::{self, Event, Filter, ProxyDirection, TapError};
 use mesh_tests::fixtures::{self, app, eventually, h1, h2, TestProxy};
-use mesh_tests::state::{meshed_service, token_secret, write};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
+use mesh_tests::mtls::{identity, MtlsMesh, TestCa};
+use std::{net::SocketAddr, pin::Pin, time::Duration};
 use tokio::net::{TcpSocket, TcpStream};
 
 type Events = Pin<Box<dyn Stream<Item = Result<Event, TapError>> + Send>>;
@@ -624,157 +623,43 @@ async fn plaintext_taps_are_for_the_pod_s_loopback_only() {
 
 // === mutual TLS ===
 
-const DAY: Duration = Duration::from_secs(86_400);
-
 fn web() -> Identity {
-    Identity::new("web", "demo", "cluster.local").unwrap()
+    identity("web")
 }
 
 fn client_identity() -> Identity {
-    Identity::new("client", "demo", "cluster.local").unwrap()
+    identity("client")
 }
 
 fn tap_identity() -> Identity {
     Identity::new("mesh-tap", "mesh-viz", "cluster.local").unwrap()
 }
 
-struct Mesh {
-    anchor_pem: String,
-    signer: ca::Signer,
-    /// The app behind the server proxy (its connections are taken as dialed to it).
-    app: SocketAddr,
-    client: TestProxy,
-    server: TestProxy,
-    _dirs: (tempfile::TempDir, tempfile::TempDir),
-    _controllers: (mesh_controller::identity::Running, mesh_controller::Running),
-}
-
 /// Both controllers on a fresh CA, a server proxy (`web`, inbound on 127.0.0.2) in front of
-/// the test app and a client proxy (`client`) that discovers `web-svc`: every hop mutual TLS.
-async fn mesh() -> Mesh {
-    use mesh_controller::{identity::IdentityConfig, index::IndexConfig, source::Source};
-    let ca_dir = tempfile::tempdir().unwrap();
-    let anchor = ca::new_trust_anchor("cluster.local", 365 * DAY).unwrap();
-    let issuer = ca::new_issuer(&anchor, "cluster.local", 30 * DAY).unwrap();
-    for (file, pem) in [
-        ("anchors.pem", &anchor.cert_pem),
-        ("issuer.crt", &issuer.cert_pem),
-        ("issuer.key", &issuer.key_pem),
-    ] {
-        std::fs::write(ca_dir.path().join(file), pem).unwrap();
-    }
-    let state = tempfile::tempdir().unwrap();
-    let folder = state.path().join("objects");
-    std::fs::create_dir_all(&folder).unwrap();
-    write(&folder, "web-sa.yaml", &token_secret("web", "web-token"));
-    write(
-        &folder,
-        "client-sa.yaml",
-        &token_secret("client", "client-token"),
-    );
-    let mut config = IdentityConfig::new(
-        ca_dir.path().join("issuer.crt"),
-        ca_dir.path().join("issuer.key"),
-        ca_dir.path().join("anchors.pem"),
-        Source::Dir(folder.clone()),
-    );
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    let identity = mesh_controller::identity::start(config).await.unwrap();
-    let destination = mesh_controller::start(mesh_controller::DestinationConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        source: Source::Dir(folder.clone()),
-        index: IndexConfig::default(),
-    })
-    .await
-    .unwrap();
-    let proxy_identity = |id: &Identity, token: &str| {
-        let dir = state.path().join(format!("proxy-{}", id.service_account()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("token"), token).unwrap();
-        mesh_proxy::config::IdentityConfig {
-            name: id.clone(),
-            addr: identity.addr.to_string(),
-            server_name: Identity::controller("cluster.local").unwrap(),
-            token_file: dir.join("token"),
-            trust_anchors: ca::certs_from_pem(&anchor.cert_pem, "anchors").unwrap(),
-            dir: dir.join("key"),
-        }
-    };
+/// the test app and a client proxy (`client`) that discovers `web-svc`: every hop mutual TLS;
+/// both proxies take taps from the tap identity.
+async fn mesh() -> MtlsMesh {
     let tap_id = Some(tap_identity().dns_name());
-    let app = app().await;
-    let server_identity = proxy_identity(&web(), "web-token");
-    let server = fixtures::proxy(app, |c| {
-        c.inbound_addr = "127.0.0.2:0".parse().unwrap();
-        c.identity = Some(server_identity);
-        c.tap.identity = tap_id.clone();
-    })
-    .await;
-    write(
-        &folder,
-        "web-svc.yaml",
-        &meshed_service(server.addrs.inbound),
-    );
-    let client_proxy_identity = proxy_identity(&client_identity(), "client-token");
-    let destination_addr = destination.addr;
-    let client = fixtures::proxy("10.96.0.10:80".parse().unwrap(), |c| {
-        c.identity = Some(client_proxy_identity);
-        c.destination_addr = Some(destination_addr.to_string());
-        c.destination_namespace = "demo".into();
-        c.tap.identity = tap_id.clone();
-    })
-    .await;
-    for proxy in [&client, &server] {
-        let admin = proxy.addrs.admin;
-        let ready = eventually(Duration::from_secs(10), || async move {
-            fixtures::get_h1(admin, "/ready").await.0 == 200
-        })
-        .await;
-        assert!(ready, "the proxy gets its certificate");
-    }
-    Mesh {
-        anchor_pem: anchor.cert_pem,
-        signer: ca::Signer::from_pem(&issuer.cert_pem, &issuer.key_pem).unwrap(),
-        app,
-        client,
-        server,
-        _dirs: (ca_dir, state),
-        _controllers: (identity, destination),
-    }
+    MtlsMesh::start(|c| c.tap.identity = tap_id.clone()).await
 }
 
-impl Mesh {
-    /// Mutual TLS to `admin` as `who` (a certificate of the mesh's CA), for `server_name`.
-    async fn tls(
-        &self,
-        admin: SocketAddr,
-        who: &Identity,
-        server_name: &Identity,
-    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-        let (cert, key) = self
-            .signer
-            .issue_with_key(&ca::LeafNames::identity(who), DAY)
-            .unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        for anchor in ca::certs_from_pem(&self.anchor_pem, "anchors").unwrap() {
-            roots.add(anchor).unwrap();
-        }
-        let chain: Vec<CertificateDer<'static>> =
-            ca::certs_from_pem(&cert.chain_pem, "chain").unwrap();
-        let key: PrivateKeyDer<'static> = ca::key_from_pem(&key, "key").unwrap();
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .unwrap();
-        // Offering h2 too: the admin server still picks HTTP/1.1.
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let io = TcpStream::connect(admin).await?;
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from(server_name.dns_name()).unwrap(), io)
-            .await
-    }
+/// Mutual TLS to `admin` as `who` (a certificate of `ca`), for `server_name`. Offering h2 too:
+/// the admin server still picks HTTP/1.1.
+async fn tls_as(
+    m: &MtlsMesh,
+    ca: &TestCa,
+    admin: SocketAddr,
+    who: &Identity,
+    server_name: &Identity,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let (chain, key) = ca.issue(who);
+    m.tls_client(
+        admin,
+        &server_name.dns_name(),
+        (&chain, &key),
+        &[b"h2", b"http/1.1"],
+    )
+    .await
 }
 
 #[tokio::test]
@@ -783,8 +668,7 @@ async fn over_mutual_tls_only_the_tap_identity_may_tap() {
     let server_admin = m.server.addrs.admin;
 
     // The wrong identity, with a valid certificate of the mesh: refused, with the reason.
-    let tls = m
-        .tls(server_admin, &client_identity(), &web())
+    let tls = tls_as(&m, &m.ca, server_admin, &client_identity(), &web())
         .await
         .unwrap();
     match open(tls, server_admin, "").await {
@@ -796,8 +680,7 @@ async fn over_mutual_tls_only_the_tap_identity_may_tap() {
         Ok(_) => panic!("the client identity must not tap"),
     }
     // The rest of the admin server answers over the same TLS.
-    let tls = m
-        .tls(server_admin, &client_identity(), &web())
+    let tls = tls_as(&m, &m.ca, server_admin, &client_identity(), &web())
         .await
         .unwrap();
     let (mut sender, conn) =
@@ -812,13 +695,14 @@ async fn over_mutual_tls_only_the_tap_identity_may_tap() {
     assert_eq!(rsp.status(), 200);
 
     // The tap identity taps both proxies; the inbound side shows who called, verified.
-    let tls = m.tls(server_admin, &tap_identity(), &web()).await.unwrap();
+    let tls = tls_as(&m, &m.ca, server_admin, &tap_identity(), &web())
+        .await
+        .unwrap();
     let mut inbound = open(tls, server_admin, "")
         .await
         .expect("the tap identity may tap");
     let client_admin = m.client.addrs.admin;
-    let tls = m
-        .tls(client_admin, &tap_identity(), &client_identity())
+    let tls = tls_as(&m, &m.ca, client_admin, &tap_identity(), &client_identity())
         .await
         .unwrap();
     let mut outbound = open(tls, client_admin, "").await.unwrap();
@@ -876,23 +760,17 @@ async fn over_mutual_tls_only_the_tap_identity_may_tap() {
     // TLS for another name than the proxy's is not the admin server's: closed.
     assert!(
         open_or_closed(
-            m.tls(server_admin, &tap_identity(), &client_identity())
-                .await,
+            tls_as(&m, &m.ca, server_admin, &tap_identity(), &client_identity()).await,
             server_admin
         )
         .await,
         "a ClientHello for another name gets no answer"
     );
     // A certificate from another CA, even for the tap identity: no handshake.
-    let other_anchor = ca::new_trust_anchor("cluster.local", DAY).unwrap();
-    let other_issuer = ca::new_issuer(&other_anchor, "cluster.local", DAY).unwrap();
-    let foreign = Mesh {
-        signer: ca::Signer::from_pem(&other_issuer.cert_pem, &other_issuer.key_pem).unwrap(),
-        ..m
-    };
+    let other = TestCa::new();
     assert!(
         open_or_closed(
-            foreign.tls(server_admin, &tap_identity(), &web()).await,
+            tls_as(&m, &other, server_admin, &tap_identity(), &web()).await,
             server_admin
         )
         .await,
