@@ -19,7 +19,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::Context as _;
-use mesh_cli::local::{Cluster, ControlOptions, ControlPlane, MeshOptions, Pod, Proxy};
+use mesh_cli::local::{
+    service_yaml, Cluster, ControlOptions, ControlPlane, MeshOptions, Pod, Proxy,
+};
 
 use crate::haproxy::{self, Haproxy};
 use crate::oha::Protocol;
@@ -129,7 +131,17 @@ impl Testbed {
             &ControlOptions::default(),
         )
         .context("starting the control plane")?;
-        control.write("server-mtls.yaml", &mtls_service_yaml(&server_mtls))?;
+        control.write(
+            "server-mtls.yaml",
+            &service_yaml(
+                "bench",
+                "server-mtls",
+                MTLS_CLUSTER_IP.into(),
+                (server::PORT, server::PORT),
+                &[],
+                std::slice::from_ref(&server_mtls),
+            ),
+        )?;
         let enroll = |pod: &Pod, sa: &str| -> anyhow::Result<MeshOptions> {
             let mut options = control.enroll(pod, "bench", sa, &[])?;
             options.env.extend(proxy_env.iter().cloned());
@@ -231,20 +243,4 @@ impl Testbed {
     pub fn log_dir(&self) -> &Path {
         self.cluster.log_dir()
     }
-}
-
-/// The Service of the mTLS server (ClusterIP [`MTLS_CLUSTER_IP`], port 8080) and its
-/// EndpointSlice; the pod itself is registered by [`ControlPlane::enroll`].
-fn mtls_service_yaml(pod: &Pod) -> String {
-    let ip = std::net::Ipv4Addr::from(MTLS_CLUSTER_IP);
-    let port = server::PORT;
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: server-mtls, namespace: bench}}\n\
-         spec: {{clusterIP: {ip}, ports: [{{name: http, port: {port}, targetPort: {port}}}]}}\n---\n\
-         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata: {{name: server-mtls-1, namespace: bench, labels: {{kubernetes.io/service-name: server-mtls}}}}\n\
-         addressType: IPv4\nports: [{{name: http, port: {port}}}]\n\
-         endpoints: [{{addresses: [\"{}\"], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: {}, namespace: bench}}}}]\n",
-        pod.ip, pod.name
-    )
 }

@@ -54,7 +54,19 @@ pub fn run(summary_every: Duration) -> anyhow::Result<()> {
     )?;
     step(
         "writing the cluster's objects (Service web-svc, its EndpointSlice)",
-        || control_plane.write("web-svc.yaml", &service_yaml(&webs)),
+        || {
+            control_plane.write(
+                "web-svc.yaml",
+                &local::service_yaml(
+                    "demo",
+                    "web-svc",
+                    CLUSTER_IP.into(),
+                    (80, WEB_PORT),
+                    &[("app", "web")],
+                    &webs,
+                ),
+            )
+        },
     )?;
     let mut proxies = Vec::new();
     for web in &webs {
@@ -169,26 +181,6 @@ pub fn run(summary_every: Duration) -> anyhow::Result<()> {
     drop(cluster);
     println!("✔ done");
     Ok(())
-}
-
-/// The Service `web-svc` (ClusterIP, port 80 → 8080) and its EndpointSlice with the web pods,
-/// as the controllers' folder source reads them.
-fn service_yaml(webs: &[Pod]) -> String {
-    let ip = std::net::Ipv4Addr::from(CLUSTER_IP);
-    let mut yaml = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web-svc, namespace: demo}}\n\
-         spec: {{clusterIP: {ip}, ports: [{{name: http, port: 80, targetPort: {WEB_PORT}}}]}}\n---\n\
-         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata: {{name: web-svc-1, namespace: demo, labels: {{kubernetes.io/service-name: web-svc}}}}\n\
-         addressType: IPv4\nports: [{{name: http, port: {WEB_PORT}}}]\nendpoints:\n"
-    );
-    for web in webs {
-        yaml.push_str(&format!(
-            "- {{addresses: [\"{}\"], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: {}, namespace: demo}}}}\n",
-            web.ip, web.name
-        ));
-    }
-    yaml
 }
 
 /// Runs one setup step, printing it with a tick (or a cross) and how long it took.

@@ -3,7 +3,7 @@
 //! answers the ClusterIP from the pod's hosts file) and its proxy balances over three meshed
 //! server pods. Needs root.
 
-use mesh_cli::local::{binary, require_root, Cluster, MeshOptions, Pod, Proxy};
+use mesh_cli::local::{binary, require_root, service_yaml, Cluster, MeshOptions, Pod, Proxy};
 use mesh_tests::{serve_app, Load, LoadResult};
 use std::{
     net::{IpAddr, SocketAddr},
@@ -106,22 +106,16 @@ fn demo(name: &str, slow: Duration) -> Demo {
     }
 }
 
-/// The Service, one EndpointSlice with `servers`, and their Pods (meshed: a `mesh-proxy` container).
+/// The Service and one EndpointSlice with `servers`, written atomically.
 fn write_service(dir: &Path, servers: &[Pod]) {
-    let ip = IpAddr::from(CLUSTER_IP);
-    let mut yaml = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web-svc, namespace: demo}}\n\
-         spec: {{clusterIP: {ip}, ports: [{{name: http, port: 80, targetPort: {APP_PORT}}}]}}\n---\n\
-         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata: {{name: web-svc-1, namespace: demo, labels: {{kubernetes.io/service-name: web-svc}}}}\n\
-         addressType: IPv4\nports: [{{name: http, port: {APP_PORT}}}]\nendpoints:\n"
+    let yaml = service_yaml(
+        "demo",
+        "web-svc",
+        CLUSTER_IP.into(),
+        (80, APP_PORT),
+        &[],
+        servers,
     );
-    for pod in servers {
-        yaml.push_str(&format!(
-            "- {{addresses: [\"{}\"], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: {}, namespace: demo}}}}\n",
-            pod.ip, pod.name
-        ));
-    }
     let tmp = dir.join(".web.yaml.tmp");
     std::fs::write(&tmp, yaml).expect("write the state");
     std::fs::rename(&tmp, dir.join("web.yaml")).expect("rename the state");

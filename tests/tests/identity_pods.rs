@@ -2,7 +2,9 @@
 //! pod of their own on a folder of YAML with a fresh CA; meshed pods get certificates with their
 //! service accounts' tokens and talk mutual TLS. The wire is captured with tcpdump. Needs root.
 
-use mesh_cli::local::{require_root, Cluster, ControlOptions, ControlPlane, Pod, Proxy};
+use mesh_cli::local::{
+    require_root, service_yaml, Cluster, ControlOptions, ControlPlane, Pod, Proxy,
+};
 use mesh_tests::{serve_app, Load};
 use std::{
     io::{BufRead as _, Read as _, Write as _},
@@ -22,16 +24,14 @@ const WEB_ID: &str = "web.demo.serviceaccount.identity.mesh.cluster.local";
 const CLIENT_ID: &str = "client.demo.serviceaccount.identity.mesh.cluster.local";
 
 /// The Service `web-svc` (port 80 → 8080) with the web pod as its one endpoint.
-fn service_yaml(web: &Pod) -> String {
-    let ip = IpAddr::from(CLUSTER_IP);
-    format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web-svc, namespace: demo}}\n\
-         spec: {{clusterIP: {ip}, ports: [{{name: http, port: 80, targetPort: {APP_PORT}}}]}}\n---\n\
-         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata: {{name: web-svc-1, namespace: demo, labels: {{kubernetes.io/service-name: web-svc}}}}\n\
-         addressType: IPv4\nports: [{{name: http, port: {APP_PORT}}}]\n\
-         endpoints: [{{addresses: [\"{}\"], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: {}, namespace: demo}}}}]\n",
-        web.ip, web.name
+fn web_service(web: &Pod) -> String {
+    service_yaml(
+        "demo",
+        "web-svc",
+        CLUSTER_IP.into(),
+        (80, APP_PORT),
+        &[("app", "web")],
+        std::slice::from_ref(web),
     )
 }
 
@@ -57,7 +57,7 @@ fn mesh(name: &str, opts: ControlOptions) -> Mesh {
     let dir = tempfile::tempdir().expect("control folder");
     let control = ControlPlane::start(&control_pod, dir.path(), &opts).expect("control plane");
     control
-        .write("web-svc.yaml", &service_yaml(&web))
+        .write("web-svc.yaml", &web_service(&web))
         .expect("service");
 
     let apps = vec![
@@ -299,7 +299,7 @@ fn a_pod_with_a_certificate_from_another_ca_is_refused() {
     let rogue_control =
         ControlPlane::start(&rogue, rogue_dir.path(), &ControlOptions::default()).expect("rogue");
     rogue_control
-        .write("web-svc.yaml", &service_yaml(&m.web))
+        .write("web-svc.yaml", &web_service(&m.web))
         .unwrap();
     rogue_control
         .write(

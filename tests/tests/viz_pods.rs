@@ -4,7 +4,9 @@
 //! root.
 
 use http_body_util::BodyExt as _;
-use mesh_cli::local::{require_root, Cluster, ControlOptions, ControlPlane, Pod, Proxy};
+use mesh_cli::local::{
+    require_root, service_yaml, Cluster, ControlOptions, ControlPlane, Pod, Proxy,
+};
 use mesh_tests::{fixtures, serve_app};
 use std::{
     net::{IpAddr, SocketAddr},
@@ -17,25 +19,6 @@ use std::{
 const SERVICE: &str = "web-svc.demo.svc.cluster.local";
 const CLUSTER_IP: [u8; 4] = [10, 96, 0, 10];
 const APP_PORT: u16 = 8080;
-
-/// The Service `web-svc` (port 80 → 8080) with the web pods as endpoints.
-fn service_yaml(webs: &[Pod]) -> String {
-    let ip = IpAddr::from(CLUSTER_IP);
-    let mut yaml = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web-svc, namespace: demo}}\n\
-         spec: {{clusterIP: {ip}, selector: {{app: web}}, ports: [{{name: http, port: 80, targetPort: {APP_PORT}}}]}}\n---\n\
-         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata: {{name: web-svc-1, namespace: demo, labels: {{kubernetes.io/service-name: web-svc}}}}\n\
-         addressType: IPv4\nports: [{{name: http, port: {APP_PORT}}}]\nendpoints:\n"
-    );
-    for web in webs {
-        yaml.push_str(&format!(
-            "- {{addresses: [\"{}\"], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: {}, namespace: demo}}}}\n",
-            web.ip, web.name
-        ));
-    }
-    yaml
-}
 
 struct Mesh {
     _cluster: Cluster,
@@ -61,7 +44,17 @@ fn mesh(name: &str) -> Mesh {
     let control = ControlPlane::start(&control_pod, dir.path(), &ControlOptions::default())
         .expect("control plane");
     control
-        .write("web-svc.yaml", &service_yaml(&webs))
+        .write(
+            "web-svc.yaml",
+            &service_yaml(
+                "demo",
+                "web-svc",
+                CLUSTER_IP.into(),
+                (80, APP_PORT),
+                &[("app", "web")],
+                &webs,
+            ),
+        )
         .expect("service");
     let mut apps = Vec::new();
     let mut proxies = Vec::new();

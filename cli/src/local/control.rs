@@ -290,6 +290,39 @@ impl Drop for ControlPlane {
 /// how `mesh viz` reaches the pod's proxy from the state folder alone.
 pub const NETNS_ANNOTATION: &str = "mesh.io/local-netns";
 
+/// A Service (`<name>.<namespace>`, ClusterIP `cluster_ip`, port `port` → `target_port`,
+/// selecting `selector`) and its one EndpointSlice with `pods` ready on `target_port`, as the
+/// controllers' folder source reads them.
+pub fn service_yaml(
+    namespace: &str,
+    name: &str,
+    cluster_ip: std::net::Ipv4Addr,
+    (port, target_port): (u16, u16),
+    selector: &[(&str, &str)],
+    pods: &[Pod],
+) -> String {
+    let selector: Vec<String> = selector.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\n\
+         spec: {{clusterIP: {cluster_ip}, selector: {{{selector}}}, ports: [{{name: http, port: {port}, targetPort: {target_port}}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: {name}-1, namespace: {namespace}, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: {target_port}}}]\nendpoints:",
+        selector = selector.join(", "),
+    );
+    if pods.is_empty() {
+        yaml.push_str(" []");
+    }
+    yaml.push('\n');
+    for pod in pods {
+        yaml.push_str(&format!(
+            "- {{addresses: [\"{}\"], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: {}, namespace: {namespace}}}}}\n",
+            pod.ip, pod.name
+        ));
+    }
+    yaml
+}
+
 /// A meshed Pod object: running, with its IP, a `mesh-proxy` container, its service account, its
 /// network namespace ([`NETNS_ANNOTATION`]) and, with `deployment`, its ReplicaSet as owner.
 pub fn pod_yaml(
@@ -444,6 +477,43 @@ mod tests {
         let object: PodObject = serde_yaml_ng::from_str(&yaml).expect("a Pod");
         assert!(object.metadata.owner_references.is_none());
         assert!(object.metadata.labels.unwrap_or_default().is_empty());
+    }
+
+    #[test]
+    fn services_are_a_service_and_its_endpoint_slice() {
+        use k8s_openapi::api::core::v1::Service;
+        use k8s_openapi::api::discovery::v1::EndpointSlice;
+        let parse = |yaml: &str| -> Vec<serde_json::Value> {
+            serde_yaml_ng::Deserializer::from_str(yaml)
+                .map(|d| serde::Deserialize::deserialize(d).expect("a document"))
+                .collect()
+        };
+        let ip = std::net::Ipv4Addr::new(10, 96, 0, 10);
+        let yaml = service_yaml(
+            "demo",
+            "web-svc",
+            ip,
+            (80, 8080),
+            &[("app", "web")],
+            &[pod()],
+        );
+        let docs = parse(&yaml);
+        let svc: Service = serde_json::from_value(docs[0].clone()).expect("a Service");
+        let spec = svc.spec.expect("a spec");
+        assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.10"));
+        assert_eq!(spec.selector.expect("a selector")["app"], "web");
+        let slice: EndpointSlice = serde_json::from_value(docs[1].clone()).expect("a slice");
+        assert_eq!(slice.endpoints.len(), 1);
+        assert_eq!(slice.endpoints[0].addresses, vec!["10.244.0.3".to_string()]);
+        assert_eq!(
+            slice.metadata.labels.expect("labels")["kubernetes.io/service-name"],
+            "web-svc"
+        );
+
+        let empty = service_yaml("demo", "web-svc", ip, (80, 8080), &[], &[]);
+        let slice: EndpointSlice =
+            serde_json::from_value(parse(&empty)[1].clone()).expect("a slice");
+        assert!(slice.endpoints.is_empty());
     }
 
     #[test]

@@ -41,7 +41,8 @@ use anyhow::{bail, Context as _};
 pub use binary::binary;
 pub use cluster::{Cluster, Pod};
 pub use control::{
-    ControlOptions, ControlPlane, DESTINATION_PORT, IDENTITY_PORT, NETNS_ANNOTATION, TRUST_DOMAIN,
+    service_yaml, ControlOptions, ControlPlane, DESTINATION_PORT, IDENTITY_PORT, NETNS_ANNOTATION,
+    TRUST_DOMAIN,
 };
 pub(crate) use netns::{enter as netns_enter, path as netns_path};
 pub use nix::sys::signal::Signal;
