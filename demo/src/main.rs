@@ -1,0 +1,178 @@
+//! `mesh-demo-app`: parses the command line and runs one part of the demo application.
+
+use std::future::Future;
+use std::io::IsTerminal as _;
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use mesh_demo_app::net::{Resolve, Target};
+use mesh_demo_app::{bot, emoji, voting, web};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// The demo application of `mesh demo`: emoji and voting gRPC services, a web front end, and a
+/// bot that votes through it. Every vote for the doughnut fails on purpose.
+#[derive(Parser)]
+#[command(name = "mesh-demo-app", version)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serves the demo.Emoji gRPC service (ListAll, FindByShortcode).
+    Emoji {
+        /// The address to listen on.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+    },
+    /// Serves the demo.Voting gRPC service (Vote<Name> for every emoji, Results).
+    Voting {
+        /// The address to listen on.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// Every vote for this emoji fails with grpc-status 2 UNKNOWN; `none` fails nothing.
+        #[arg(long, default_value = voting::DEFAULT_FAIL)]
+        fail: String,
+    },
+    /// Serves the web front end (HTML page and JSON API), calling the emoji and voting services.
+    Web {
+        /// The address to listen on.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// The emoji service's URL; its authority is sent as :authority.
+        #[arg(long, default_value = "http://emoji-svc.demo.svc.cluster.local:8080")]
+        emoji: String,
+        /// The voting service's URL; its authority is sent as :authority.
+        #[arg(long, default_value = "http://voting-svc.demo.svc.cluster.local:8080")]
+        voting: String,
+        /// Connects to IP for HOST, keeping HOST as the authority (like curl's --resolve).
+        #[arg(long, value_name = "HOST=IP", value_parser = Resolve::parse_entry)]
+        resolve: Vec<(String, IpAddr)>,
+        /// The bound on each call to a back end, in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = web::DEFAULT_TIMEOUT.as_millis() as u64)]
+        timeout_ms: u64,
+    },
+    /// Sends a steady trickle of votes through the web front end, for ever.
+    VoteBot {
+        /// The web front end's URL; its authority is sent as Host.
+        #[arg(long, default_value = "http://web-svc.demo.svc.cluster.local:80")]
+        web: String,
+        /// Connects to IP for HOST, keeping HOST as the authority (like curl's --resolve).
+        #[arg(long, value_name = "HOST=IP", value_parser = Resolve::parse_entry)]
+        resolve: Vec<(String, IpAddr)>,
+        /// Votes per second; fractions are allowed (0.5 is one vote every two seconds).
+        #[arg(long, default_value_t = bot::DEFAULT_RATE, value_parser = parse_rate)]
+        rate: f64,
+    },
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && (0.001..=1000.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "expected votes per second between 0.001 and 1000, got {s:?}"
+        )),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    // Colour only on a terminal, and never with NO_COLOR.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mesh-demo-app: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mesh-demo-app: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal()?;
+    match command {
+        Command::Emoji { listen } => {
+            let listener = bind(listen).await?;
+            tracing::info!("emoji: listening on {listen}");
+            emoji::serve(listener, shutdown).await;
+        }
+        Command::Voting { listen, fail } => {
+            let listener = bind(listen).await?;
+            let fail = (fail != "none").then(|| emoji::shortcode(&fail));
+            tracing::info!(fail = ?fail, "voting: listening on {listen}");
+            voting::serve(listener, voting::Config { fail }, shutdown).await;
+        }
+        Command::Web {
+            listen,
+            emoji,
+            voting,
+            resolve,
+            timeout_ms,
+        } => {
+            let resolve = Resolve::new(resolve);
+            let config = web::Config {
+                emoji: Target::new(&emoji, &resolve).context("--emoji")?,
+                voting: Target::new(&voting, &resolve).context("--voting")?,
+                timeout: Duration::from_millis(timeout_ms.max(1)),
+            };
+            let listener = bind(listen).await?;
+            tracing::info!(
+                emoji = %config.emoji,
+                voting = %config.voting,
+                "web: listening on {listen}"
+            );
+            web::serve(listener, config, shutdown).await;
+        }
+        Command::VoteBot { web, resolve, rate } => {
+            let resolve = Resolve::new(resolve);
+            let mut config = bot::Config::new(Target::new(&web, &resolve).context("--web")?);
+            config.rate = rate;
+            tracing::info!(rate, "vote-bot: calling {}", config.web);
+            bot::run(config, shutdown).await;
+        }
+    }
+    tracing::info!("shut down");
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))
+}
+
+/// Completes on the first SIGTERM or SIGINT. The handlers are installed before it returns, so
+/// a signal that arrives during start-up is not lost.
+fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    })
+}
