@@ -21,6 +21,7 @@ pub mod injector;
 pub mod metrics;
 pub mod source;
 pub mod tls;
+pub mod viz;
 
 use std::net::SocketAddr;
 

@@ -31,6 +31,28 @@ enum Command {
     /// Runs the injector webhook: adds the proxy to pods that ask for it (AdmissionReview v1
     /// over TLS).
     Injector(InjectorArgs),
+    /// Runs the viz metrics API: answers `mesh viz stat|edges|dashboard` with the proxies'
+    /// samples, read from Prometheus.
+    MetricsApi(MetricsApiArgs),
+}
+
+#[derive(clap::Args)]
+struct MetricsApiArgs {
+    /// The address to serve the metrics API, health and readiness on (plain HTTP).
+    #[arg(long, default_value = "0.0.0.0:8085")]
+    listen: SocketAddr,
+    /// The Prometheus that scrapes the proxies (its `namespace` and `pod` labels name them).
+    #[arg(
+        long,
+        default_value = "http://prometheus.mesh-viz.svc.cluster.local:9090"
+    )]
+    prometheus_url: String,
+    /// How long one Prometheus query may take (e.g. 10s).
+    #[arg(long, default_value = "10s", value_parser = identity::parse_duration)]
+    query_timeout: Duration,
+    /// The log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    log_level: String,
 }
 
 #[derive(clap::Args)]
@@ -160,6 +182,7 @@ fn main() -> ExitCode {
         Command::Destination(args) => destination(args),
         Command::Identity(args) => identity(args),
         Command::Injector(args) => injector(args),
+        Command::MetricsApi(args) => metrics_api(args),
     }
 }
 
@@ -301,6 +324,25 @@ fn run_identity(config: IdentityConfig) -> anyhow::Result<()> {
         }
         running.shutdown().await.context("shutting down")
     })
+}
+
+fn metrics_api(args: MetricsApiArgs) -> ExitCode {
+    use mesh_controller::viz::metrics_api::{self, MetricsApiConfig};
+    init_logging(&args.log_level);
+    let config = MetricsApiConfig {
+        listen: args.listen,
+        prometheus_url: args.prometheus_url,
+        query_timeout: args.query_timeout,
+    };
+    exit((|| {
+        let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+        runtime.block_on(async {
+            tokio::select! {
+                r = metrics_api::run(config) => r.context("metrics API stopped"),
+                r = terminated() => r.context("waiting for a signal"),
+            }
+        })
+    })())
 }
 
 /// Resolves on SIGINT or SIGTERM (what Kubernetes sends to stop a pod).

@@ -6,10 +6,15 @@
 use std::collections::BTreeMap;
 
 /// One sample: `name{labels} value`.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// In JSON (the viz metrics API's answers) the value is text, as Prometheus' own API writes it,
+/// so that `+Inf` and `NaN` survive: `{"name":"up","labels":{},"value":"1"}`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sample {
     pub name: String,
+    #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    #[serde(with = "value_text")]
     pub value: f64,
 }
 
@@ -74,17 +79,42 @@ fn parse_line(line: &str) -> Result<Sample, String> {
         .split_whitespace()
         .next()
         .ok_or_else(|| format!("no value after {name}"))?;
-    let value = match value {
-        "+Inf" | "Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        "NaN" => f64::NAN,
-        v => v.parse().map_err(|_| format!("invalid value {v:?}"))?,
-    };
+    let value = parse_value(value).ok_or_else(|| format!("invalid value {value:?}"))?;
     Ok(Sample {
         name: name.to_string(),
         labels,
         value,
     })
+}
+
+/// A sample value as the text format (and Prometheus' API) writes it.
+pub fn parse_value(v: &str) -> Option<f64> {
+    match v {
+        "+Inf" | "Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
+        "NaN" => Some(f64::NAN),
+        v => v.parse().ok(),
+    }
+}
+
+/// A sample's value as text in JSON (see [`Sample`]).
+mod value_text {
+    pub fn serialize<S: serde::Serializer>(value: &f64, s: S) -> Result<S::Ok, S::Error> {
+        let text = if value.is_nan() {
+            "NaN".to_string()
+        } else if value.is_infinite() {
+            if *value > 0.0 { "+Inf" } else { "-Inf" }.to_string()
+        } else {
+            value.to_string()
+        };
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        let text: String = serde::Deserialize::deserialize(d)?;
+        super::parse_value(&text)
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid sample value {text:?}")))
+    }
 }
 
 /// Parses `a="b",c="d"}` and returns what follows the `}`.
@@ -187,6 +217,26 @@ mod tests {
             assert_eq!(e.line, 2, "{text}");
             assert!(e.reason.contains(reason), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn samples_round_trip_through_json_with_their_special_values() {
+        for value in [3.0, 0.25, f64::INFINITY, f64::NEG_INFINITY] {
+            let sample = Sample {
+                name: "x".into(),
+                labels: [("le".to_string(), "+Inf".to_string())].into(),
+                value,
+            };
+            let json = serde_json::to_string(&sample).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Sample>(&json).unwrap(),
+                sample,
+                "{json}"
+            );
+        }
+        let nan: Sample = serde_json::from_str(r#"{"name":"n","value":"NaN"}"#).unwrap();
+        assert!(nan.value.is_nan());
+        assert!(serde_json::from_str::<Sample>(r#"{"name":"n","value":"x"}"#).is_err());
     }
 
     #[test]

@@ -1,0 +1,425 @@
+//! Where the samples of `stat`, `edges` and the dashboard come from: the proxies themselves
+//! ([`Proxies`]: two scrapes through a [`Transport`], a window apart) or the viz component's
+//! metrics API ([`MetricsApi`]: Prometheus, read at now and now − window). Both answer a
+//! [`Window`], which the aggregations fold the same way: one code path above the source.
+//!
+//! The metrics API's wire format lives here too ([`SamplesResponse`], [`samples_query`]), so the
+//! server (`mesh-controller metrics-api`) and its clients cannot disagree.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::rt::TokioIo;
+
+use crate::client::{self, Transport};
+use crate::model::PodInfo;
+use crate::prom::Sample;
+use crate::stat::Scrapes;
+
+/// The metric families the aggregations read ([`crate::stat`], [`crate::edges`]); sources keep
+/// only these, so no view can come to depend on a family the metrics API does not query.
+pub const FAMILIES: &[&str] = &[
+    "response_total",
+    "response_latency_ms_bucket",
+    "request_total",
+    "tcp_open_connections",
+    "tcp_open_total",
+];
+
+/// The metrics API's samples endpoint: `GET /api/v1/samples?namespace=demo&window=5000ms`.
+pub const SAMPLES_PATH: &str = "/api/v1/samples";
+
+/// The samples of some pods at two instants.
+#[derive(Clone, Debug, Default)]
+pub struct Window {
+    /// The samples at the window's start; `None` for a zero window (counters since start).
+    pub before: Option<Scrapes>,
+    /// The samples now.
+    pub after: Scrapes,
+    /// The seconds between `before` and `after`.
+    pub seconds: f64,
+    /// Why some pods have no samples (the others are there); the caller reports them.
+    pub missing: Vec<String>,
+}
+
+/// What [`MetricsSource::samples`] returns.
+pub type Reading<'a> = Pin<Box<dyn Future<Output = Result<Window, SourceError>> + Send + 'a>>;
+
+/// A way to read the proxies' samples.
+pub trait MetricsSource: Send + Sync + 'static {
+    /// The samples of `pods` now and `window` ago (or now only, for a zero window).
+    fn samples<'a>(&'a self, pods: &'a [PodInfo], window: Duration) -> Reading<'a>;
+}
+
+/// Why no samples could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Every proxy failed; the first error.
+    #[error(transparent)]
+    Proxy(#[from] client::Error),
+    /// The metrics API answered 503 (it cannot reach Prometheus), with its message.
+    #[error("the viz metrics API is unavailable: {0}")]
+    Unavailable(String),
+    /// The metrics API could not be called, or answered something else.
+    #[error("calling the viz metrics API: {0}")]
+    Api(String),
+}
+
+// === Proxies ===
+
+/// Reads the proxies directly: one scrape each, and another `window` later.
+#[derive(Clone)]
+pub struct Proxies {
+    pub transport: Arc<dyn Transport>,
+}
+
+impl MetricsSource for Proxies {
+    fn samples<'a>(&'a self, pods: &'a [PodInfo], window: Duration) -> Reading<'a> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let (first, mut missing) = self.scrape(pods).await?;
+            if window.is_zero() {
+                return Ok(Window {
+                    before: None,
+                    after: first,
+                    seconds: 0.0,
+                    missing,
+                });
+            }
+            tokio::time::sleep(window).await;
+            let (second, later) = self.scrape(pods).await?;
+            missing.extend(later);
+            Ok(Window {
+                before: Some(first),
+                after: second,
+                seconds: started.elapsed().as_secs_f64(),
+                missing,
+            })
+        })
+    }
+}
+
+impl Proxies {
+    /// Scrapes `pods` at once; an error only when every one failed.
+    async fn scrape(&self, pods: &[PodInfo]) -> Result<(Scrapes, Vec<String>), SourceError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for pod in pods.iter().cloned() {
+            let transport = self.transport.clone();
+            tasks.spawn(async move {
+                let result = client::metrics(transport.as_ref(), &pod).await;
+                (pod, result)
+            });
+        }
+        let mut scrapes = Scrapes::new();
+        let mut errors = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            let Ok((pod, result)) = done else {
+                continue;
+            };
+            match result {
+                Ok(mut samples) => {
+                    samples.retain(|s| FAMILIES.contains(&s.name.as_str()));
+                    scrapes.insert((pod.namespace, pod.name), samples);
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if scrapes.is_empty() && !errors.is_empty() {
+            return Err(errors.swap_remove(0).into());
+        }
+        Ok((scrapes, errors.iter().map(ToString::to_string).collect()))
+    }
+}
+
+// === the metrics API ===
+
+/// The answer of [`SAMPLES_PATH`].
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SamplesResponse {
+    /// When `after` was read (Unix seconds).
+    pub time: f64,
+    /// The seconds between `before` and `after` (0: no `before`).
+    pub window: f64,
+    pub pods: Vec<PodSamples>,
+}
+
+/// One pod's samples in a [`SamplesResponse`].
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PodSamples {
+    pub namespace: String,
+    pub pod: String,
+    /// At `time - window`; absent for a zero window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Vec<Sample>>,
+    /// At `time`.
+    pub after: Vec<Sample>,
+}
+
+/// The body of the metrics API's (and the tap aggregator's) errors.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
+
+/// The query of [`SAMPLES_PATH`]: `namespace=a&namespace=b&window=5000ms`.
+///
+/// ```
+/// use std::time::Duration;
+/// let q = mesh_viz::source::samples_query(&["demo"], Duration::from_secs(5));
+/// assert_eq!(q, "namespace=demo&window=5000ms");
+/// ```
+pub fn samples_query(namespaces: &[&str], window: Duration) -> String {
+    let mut query = form_urlencoded_pairs(namespaces.iter().map(|n| ("namespace", *n)));
+    if !query.is_empty() {
+        query.push('&');
+    }
+    query.push_str(&format!("window={}ms", window.as_millis()));
+    query
+}
+
+/// `500ms`, `5s`, `2m`, `0s`, or plain seconds (`5`, `0.5`).
+pub fn parse_window(s: &str) -> Option<Duration> {
+    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let n: f64 = number.parse().ok()?;
+    (n.is_finite() && n >= 0.0)
+        .then(|| Duration::try_from_secs_f64(n * scale).ok())
+        .flatten()
+}
+
+/// What [`Api::get`] returns: the status and the body.
+pub type Getting<'a> = Pin<Box<dyn Future<Output = io::Result<(u16, Bytes)>> + Send + 'a>>;
+
+/// A way to call the viz component's HTTP APIs (directly, or through the Kubernetes API
+/// server's service proxy).
+pub trait Api: Send + Sync + 'static {
+    /// `GET path_and_query`, the whole body.
+    fn get<'a>(&'a self, path_and_query: &'a str) -> Getting<'a>;
+}
+
+/// Reads the samples from the viz metrics API (which reads Prometheus).
+#[derive(Clone)]
+pub struct MetricsApi {
+    pub api: Arc<dyn Api>,
+}
+
+impl MetricsSource for MetricsApi {
+    fn samples<'a>(&'a self, pods: &'a [PodInfo], window: Duration) -> Reading<'a> {
+        Box::pin(async move {
+            let namespaces: BTreeSet<&str> = pods.iter().map(|p| p.namespace.as_str()).collect();
+            let namespaces: Vec<&str> = namespaces.into_iter().collect();
+            let path = format!("{SAMPLES_PATH}?{}", samples_query(&namespaces, window));
+            let (status, body) = self
+                .api
+                .get(&path)
+                .await
+                .map_err(|e| SourceError::Api(format!("GET {path}: {e}")))?;
+            let message = || match serde_json::from_slice::<ApiError>(&body) {
+                Ok(e) => e.error,
+                Err(_) => String::from_utf8_lossy(&body).trim().to_string(),
+            };
+            match status {
+                200 => {}
+                503 => return Err(SourceError::Unavailable(message())),
+                status => {
+                    return Err(SourceError::Api(format!(
+                        "GET {path} answered {status}: {}",
+                        message()
+                    )))
+                }
+            }
+            let rsp: SamplesResponse = serde_json::from_slice(&body)
+                .map_err(|e| SourceError::Api(format!("GET {path}: invalid answer: {e}")))?;
+            Ok(window_of(pods, rsp))
+        })
+    }
+}
+
+/// The [`Window`] of `pods` in a metrics API answer.
+pub fn window_of(pods: &[PodInfo], rsp: SamplesResponse) -> Window {
+    let mut by_pod: HashMap<(String, String), PodSamples> = rsp
+        .pods
+        .into_iter()
+        .map(|p| ((p.namespace.clone(), p.pod.clone()), p))
+        .collect();
+    let mut window = Window {
+        before: (rsp.window > 0.0).then(Scrapes::new),
+        seconds: rsp.window,
+        ..Window::default()
+    };
+    for pod in pods {
+        let key = (pod.namespace.clone(), pod.name.clone());
+        let Some(samples) = by_pod.remove(&key) else {
+            window.missing.push(format!(
+                "no samples of pod {}/{} in Prometheus (yet): it scrapes meshed pods every few \
+                 seconds; is the pod meshed and running?",
+                pod.namespace, pod.name
+            ));
+            continue;
+        };
+        if let (Some(before), Some(samples)) = (window.before.as_mut(), samples.before) {
+            before.insert(key.clone(), samples);
+        }
+        window.after.insert(key, samples.after);
+    }
+    window
+}
+
+/// Calls an API at a plain-HTTP address (`mesh-controller metrics-api --listen`), one
+/// HTTP/1.1 connection per call.
+#[derive(Clone, Debug)]
+pub struct Direct {
+    pub addr: SocketAddr,
+    /// How long a call may take in all.
+    pub timeout: Duration,
+}
+
+impl Api for Direct {
+    fn get<'a>(&'a self, path_and_query: &'a str) -> Getting<'a> {
+        Box::pin(async move {
+            let call = async {
+                let stream = tokio::net::TcpStream::connect(self.addr).await?;
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                        .await
+                        .map_err(io::Error::other)?;
+                tokio::spawn(conn);
+                let req = hyper::Request::get(path_and_query)
+                    .header(http::header::HOST, self.addr.to_string())
+                    .body(Empty::<Bytes>::new())
+                    .map_err(io::Error::other)?;
+                let rsp = sender.send_request(req).await.map_err(io::Error::other)?;
+                let status = rsp.status().as_u16();
+                let body = rsp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(io::Error::other)?
+                    .to_bytes();
+                Ok((status, body))
+            };
+            tokio::time::timeout(self.timeout, call)
+                .await
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no answer from {} in {:?}", self.addr, self.timeout),
+                    )
+                })?
+        })
+    }
+}
+
+/// `k=v&k=v`, percent-encoded.
+fn form_urlencoded_pairs<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let encode = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                b => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    pairs
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Kind, Workload};
+
+    fn pod(name: &str) -> PodInfo {
+        PodInfo {
+            namespace: "demo".into(),
+            name: name.into(),
+            ip: None,
+            owner: Workload::new(Kind::Deployment, "demo", "web"),
+            services: vec![],
+            meshed: true,
+            identity: None,
+            address: String::new(),
+        }
+    }
+
+    fn sample(value: f64) -> Sample {
+        Sample {
+            name: "response_total".into(),
+            labels: [("direction".to_string(), "inbound".to_string())].into(),
+            value,
+        }
+    }
+
+    #[test]
+    fn windows() {
+        let check =
+            |s: &str, expected: Option<Duration>| assert_eq!(parse_window(s), expected, "{s}");
+        check("5000ms", Some(Duration::from_secs(5)));
+        check("5s", Some(Duration::from_secs(5)));
+        check("2m", Some(Duration::from_secs(120)));
+        check("0.5", Some(Duration::from_millis(500)));
+        check("0s", Some(Duration::ZERO));
+        check("-1s", None);
+        check("x", None);
+        check("", None);
+    }
+
+    #[test]
+    fn queries() {
+        assert_eq!(samples_query(&[], Duration::ZERO), "window=0ms");
+        assert_eq!(
+            samples_query(&["a", "b c"], Duration::from_millis(1500)),
+            "namespace=a&namespace=b%20c&window=1500ms"
+        );
+    }
+
+    #[test]
+    fn an_answer_becomes_the_window_of_the_pods_asked_for() {
+        let rsp = SamplesResponse {
+            time: 100.0,
+            window: 5.0,
+            pods: vec![
+                PodSamples {
+                    namespace: "demo".into(),
+                    pod: "web-1".into(),
+                    before: Some(vec![sample(1.0)]),
+                    after: vec![sample(3.0)],
+                },
+                PodSamples {
+                    namespace: "demo".into(),
+                    pod: "other".into(),
+                    before: None,
+                    after: vec![sample(9.0)],
+                },
+            ],
+        };
+        let json = serde_json::to_string(&rsp).unwrap();
+        let rsp: SamplesResponse = serde_json::from_str(&json).unwrap();
+        let w = window_of(&[pod("web-1"), pod("web-2")], rsp);
+        let key = ("demo".to_string(), "web-1".to_string());
+        assert_eq!(w.seconds, 5.0);
+        assert_eq!(w.after[&key], vec![sample(3.0)]);
+        assert_eq!(w.before.as_ref().unwrap()[&key], vec![sample(1.0)]);
+        assert_eq!(w.after.len(), 1, "only the pods asked for");
+        assert_eq!(w.missing.len(), 1);
+        assert!(w.missing[0].contains("demo/web-2"), "{:?}", w.missing);
+    }
+}
