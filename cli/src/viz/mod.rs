@@ -2,6 +2,7 @@
 //! target: the local mesh today (its state folder, and its pods' network namespaces), a
 //! cluster's viz component later, behind the same [`mesh_viz::client::Transport`].
 
+pub mod install;
 pub mod local;
 pub mod resource;
 
@@ -66,6 +67,12 @@ pub enum VizCommand {
     Edges(EdgesArgs),
     /// Opens a full-screen dashboard: workloads, their edges and their live traffic.
     Dashboard(DashboardArgs),
+    /// Prints the viz component (Prometheus, metrics API, tap aggregator) as YAML:
+    /// `mesh viz install | kubectl apply -f -`.
+    Install(install::VizInstallArgs),
+    /// Prints what to delete to remove the viz component:
+    /// `mesh viz uninstall | kubectl delete -f -`.
+    Uninstall,
 }
 
 /// Which requests to tap.
@@ -171,6 +178,18 @@ pub struct Target {
 
 /// Runs `mesh viz …` against the target the flags name.
 pub fn run(args: VizArgs) -> anyhow::Result<()> {
+    // The viz component's manifests need no target.
+    let manifests = match &args.command {
+        VizCommand::Install(a) => Some(install::install(a)?),
+        VizCommand::Uninstall => Some(install::uninstall()?),
+        _ => None,
+    };
+    if let Some(text) = manifests {
+        return match std::io::stdout().lock().write_all(text.as_bytes()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => Ok(other?),
+        };
+    }
     if args.target == TargetKind::Kube {
         bail!(
             "--target kube is not available yet: mesh viz reads a cluster through the viz \
@@ -229,6 +248,9 @@ pub async fn run_command(
         VizCommand::Tap(a) => tap(target, namespace, &a, out).await,
         VizCommand::Top(a) => top_once(target, namespace, &a, out).await,
         VizCommand::Dashboard(a) => dashboard_once(target, namespace, &a, out).await,
+        VizCommand::Install(_) | VizCommand::Uninstall => {
+            bail!("mesh viz install and uninstall print manifests: they need no target")
+        }
     }
 }
 
