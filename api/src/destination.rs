@@ -19,10 +19,12 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{future::BoxFuture, Stream};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -194,11 +196,69 @@ pub fn watch(
     addr: SocketAddr,
     authority: &str,
 ) -> impl Stream<Item = Result<Update, WatchError>> + Send + 'static {
+    watch_with(Connector::default(), addr, authority)
+}
+
+/// [`watch`], with the TCP connection opened by `connector`.
+pub fn watch_with(
+    connector: Connector,
+    addr: SocketAddr,
+    authority: &str,
+) -> impl Stream<Item = Result<Update, WatchError>> + Send + 'static {
     let state = State::Connect {
+        connector,
         addr,
         authority: authority.to_owned(),
     };
     futures_util::stream::unfold(state, step)
+}
+
+/// How a control-plane client (the destination watch, the certify client) opens its TCP
+/// connection: `TcpStream::connect` by default, or a function of the caller's. The proxy passes
+/// its own, which marks its sockets (`MESH_PROXY_SOCKET_MARK`) so that the pod's redirect rules
+/// let them out.
+///
+/// ```
+/// use mesh_api::destination::Connector;
+/// let plain = Connector::default();
+/// let custom = Connector::new(|addr| tokio::net::TcpStream::connect(addr));
+/// # let _ = (plain, custom);
+/// ```
+#[derive(Clone, Default)]
+pub struct Connector(Option<Arc<ConnectFn>>);
+
+/// The caller's connect function of a [`Connector`].
+type ConnectFn =
+    dyn Fn(SocketAddr) -> BoxFuture<'static, std::io::Result<tokio::net::TcpStream>> + Send + Sync;
+
+impl Connector {
+    /// A connector that opens connections with `connect`.
+    pub fn new<F, Fut>(connect: F) -> Self
+    where
+        F: Fn(SocketAddr) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::io::Result<tokio::net::TcpStream>> + Send + 'static,
+    {
+        Self(Some(Arc::new(move |addr| Box::pin(connect(addr)))))
+    }
+
+    /// Opens a TCP connection to `addr`, with Nagle's algorithm off.
+    pub async fn connect(&self, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+        let tcp = match &self.0 {
+            None => tokio::net::TcpStream::connect(addr).await?,
+            Some(connect) => connect(addr).await?,
+        };
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            None => "Connector(TcpStream::connect)",
+            Some(_) => "Connector(custom)",
+        })
+    }
 }
 
 // === impl the watch state machine ===
@@ -206,6 +266,7 @@ pub fn watch(
 /// Where a watch is: about to connect, streaming, or done.
 enum State {
     Connect {
+        connector: Connector,
         addr: SocketAddr,
         authority: String,
     },
@@ -224,7 +285,11 @@ async fn step(state: State) -> Option<(Result<Update, WatchError>, State)> {
     loop {
         state = match state {
             State::Done => return None,
-            State::Connect { addr, authority } => match connect(addr, &authority).await {
+            State::Connect {
+                connector,
+                addr,
+                authority,
+            } => match connect(&connector, addr, &authority).await {
                 Ok((body, conn)) => State::Streaming {
                     authority,
                     body,
@@ -279,6 +344,7 @@ async fn step(state: State) -> Option<(Result<Update, WatchError>, State)> {
 }
 
 async fn connect(
+    connector: &Connector,
     addr: SocketAddr,
     authority: &str,
 ) -> Result<(Incoming, AbortOnDrop<()>), WatchError> {
@@ -287,10 +353,10 @@ async fn connect(
         authority: authority.to_owned(),
         source,
     };
-    let tcp = tokio::net::TcpStream::connect(addr)
+    let tcp = connector
+        .connect(addr)
         .await
         .map_err(|source| WatchError::Connect { addr, source })?;
-    let _ = tcp.set_nodelay(true);
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
             .await

@@ -12,7 +12,7 @@
 //! assert_eq!(config.detect_timeout, std::time::Duration::from_secs(2));
 //! ```
 
-use crate::{ports::PortList, tap::TapConfig};
+use crate::{init::Mark, ports::PortList, tap::TapConfig};
 use mesh_api::identity::{ca, Identity};
 use rustls_pki_types::CertificateDer;
 use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
@@ -43,6 +43,12 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// `MESH_PROXY_CONNECT_TIMEOUT`: how long to wait for an upstream TCP connection.
     pub connect_timeout: Duration,
+    /// `MESH_PROXY_SOCKET_MARK`: a mark (`SO_MARK`; decimal or `0x` hex, nonzero) set on every
+    /// TCP connection the proxy opens: upstreams, mutual TLS, opaque forwarding, and the
+    /// destination and identity controllers. With `mesh-init --proxy-mark` of the same number,
+    /// the pod's redirect rules let those connections out even when the proxy shares the
+    /// application's uid (a rootless user namespace). Needs `CAP_NET_ADMIN`; unset, none.
+    pub socket_mark: Option<Mark>,
     /// `MESH_PROXY_POOL_IDLE_TIMEOUT`: how long an idle upstream HTTP/1 connection is kept.
     pub pool_idle_timeout: Duration,
     /// `MESH_PROXY_SHUTDOWN_GRACE_PERIOD`: how long in-flight work may take after a shutdown begins.
@@ -158,6 +164,15 @@ impl Config {
                 8_192..=16 << 20,
             )?,
             connect_timeout: env.duration("MESH_PROXY_CONNECT_TIMEOUT", "3s")?,
+            socket_mark: match get("MESH_PROXY_SOCKET_MARK") {
+                None => None,
+                Some(value) => Some(value.parse().map_err(|_| ConfigError {
+                    var: "MESH_PROXY_SOCKET_MARK",
+                    value,
+                    expected: "a nonzero 32-bit socket mark, decimal or 0x hex, like 0x66"
+                        .to_string(),
+                })?),
+            },
             pool_idle_timeout: env.duration("MESH_PROXY_POOL_IDLE_TIMEOUT", "30s")?,
             shutdown_grace_period: env.duration("MESH_PROXY_SHUTDOWN_GRACE_PERIOD", "30s")?,
             worker_threads: env.bounded("MESH_PROXY_WORKER_THREADS", 1, 1..=1024)?,
@@ -734,6 +749,19 @@ mod tests {
         check("MESH_PROXY_WORKLOAD", "web", "kind/name");
         check("MESH_PROXY_WORKLOAD", "Deployment/web", "kind/name");
         check("MESH_PROXY_WORKLOAD", "deployment/", "kind/name");
+        check("MESH_PROXY_SOCKET_MARK", "0", "nonzero 32-bit socket mark");
+        check("MESH_PROXY_SOCKET_MARK", "0x", "nonzero 32-bit socket mark");
+        check("MESH_PROXY_SOCKET_MARK", "4294967296", "0x hex");
+        check("MESH_PROXY_SOCKET_MARK", "mark", "0x hex");
+    }
+
+    #[test]
+    fn socket_mark() {
+        assert_eq!(config(&[]).unwrap().socket_mark, None, "unset: no mark");
+        for (value, expected) in [("102", 102), ("0x66", 0x66), (" 0xffffffff ", u32::MAX)] {
+            let c = config(&[("MESH_PROXY_SOCKET_MARK", value)]).unwrap();
+            assert_eq!(c.socket_mark.map(Mark::get), Some(expected), "{value:?}");
+        }
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct DiscoveryConfig {
     /// How long an unused resolution is kept.
     pub idle_timeout: Duration,
     pub balance: BalanceConfig,
+    /// How the watches connect to the controller (the proxy's socket mark).
+    pub connector: destination::Connector,
 }
 
 /// Resolutions shared by every connection of the proxy.
@@ -117,6 +119,7 @@ impl Resolver {
             authority.to_string(),
             tx,
             self.config.balance.clone(),
+            self.config.connector.clone(),
         ));
         let dst = Arc::new(Destination {
             authority: authority.to_string(),
@@ -236,6 +239,7 @@ async fn watch_destination(
     authority: String,
     tx: watch::Sender<Resolution>,
     config: BalanceConfig,
+    connector: destination::Connector,
 ) {
     let mut endpoints: HashMap<SocketAddr, Endpoint> = HashMap::new();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -245,7 +249,7 @@ async fn watch_destination(
             .map(|mut a| a.next())
         {
             Ok(Some(addr)) => {
-                let updates = destination::watch(addr, &authority);
+                let updates = destination::watch_with(connector.clone(), addr, &authority);
                 futures_util::pin_mut!(updates);
                 let mut first = true;
                 while let Some(update) = updates.next().await {

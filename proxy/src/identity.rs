@@ -83,6 +83,8 @@ pub struct LocalIdentity {
     client_http1: Arc<ClientConfig>,
     client_opaque: Arc<ClientConfig>,
     metrics: IdentityMetrics,
+    /// How certify calls connect to the controller (the proxy's socket mark).
+    connector: client::Connector,
 }
 
 /// The current certificate, read at every handshake.
@@ -161,10 +163,11 @@ fn provider() -> Arc<CryptoProvider> {
 
 impl LocalIdentity {
     /// Generates the key (written to the identity directory) and builds the TLS configurations;
-    /// no certificate yet: [`LocalIdentity::run`] gets it.
+    /// no certificate yet: [`LocalIdentity::run`] gets it, connecting with `connector`.
     pub fn new(
         config: IdentityConfig,
         metrics: IdentityMetrics,
+        connector: client::Connector,
     ) -> Result<Arc<Self>, IdentityError> {
         let name = config.name.dns_name();
         let key_pair = ca::new_key().map_err(|e| IdentityError::Key(e.to_string()))?;
@@ -217,6 +220,7 @@ impl LocalIdentity {
             client_opaque,
             metrics,
             config,
+            connector,
         }))
     }
 
@@ -279,7 +283,8 @@ impl LocalIdentity {
             csr_pem: self.csr_pem.clone(),
             token: token.trim().to_string(),
         };
-        let response = client::certify(
+        let response = client::certify_with(
+            &self.connector,
             &self.config.addr,
             &self.config.server_name.dns_name(),
             &self.config.trust_anchors,
@@ -455,7 +460,7 @@ mod tests {
             trust_anchors: ca::certs_from_pem(anchor_pem, "anchors").unwrap(),
             dir: dir.to_path_buf(),
         };
-        LocalIdentity::new(config, IdentityMetrics::default()).unwrap()
+        LocalIdentity::new(config, IdentityMetrics::default(), Default::default()).unwrap()
     }
 
     fn new_ca() -> (String, Signer) {

@@ -1,13 +1,22 @@
 //! `mesh-init`: renders a pod's traffic redirect rules (iptables nat table) and applies them atomically.
 //!
 //! Inbound TCP is redirected to the proxy's inbound port, outbound TCP to its outbound port,
-//! except the proxy's own traffic (its uid), the pod talking to itself (`-o lo`) and the ports
-//! the operator asks to skip. The rules live in four chains of our own, hooked from `PREROUTING`
-//! and `OUTPUT`:
+//! except the proxy's own traffic (its uid, and with `--proxy-mark` its socket mark), the pod
+//! talking to itself (`-o lo`) and the ports the operator asks to skip. The rules live in four
+//! chains of our own, hooked from `PREROUTING` and `OUTPUT`:
 //!
 //! ```text
 //! PREROUTING -> MESH_INBOUND  -> (skip ports: RETURN) -> MESH_INBOUND_REDIRECT  -> REDIRECT 4143
-//! OUTPUT     -> MESH_OUTBOUND -> (proxy uid, lo, skip ports: RETURN) -> MESH_OUTBOUND_REDIRECT -> REDIRECT 4140
+//! OUTPUT     -> MESH_OUTBOUND -> (proxy uid, proxy mark, lo, skip ports: RETURN) -> MESH_OUTBOUND_REDIRECT -> REDIRECT 4140
+//! ```
+//!
+//! The mark is for pods where the proxy cannot have a uid of its own: in a rootless user
+//! namespace only uid 0 exists, so proxy and application share it. The proxy then sets `SO_MARK`
+//! on every connection it opens (`MESH_PROXY_SOCKET_MARK`, the same number), and this rule lets
+//! them leave as they are:
+//!
+//! ```text
+//! -A MESH_OUTBOUND -m mark --mark 0x66 -j RETURN
 //! ```
 //!
 //! The whole rule set is rendered by pure functions ([`render_install`], [`render_remove`]) as
@@ -20,6 +29,7 @@ pub use crate::ports::{ParsePortsError, PortList, PortRange};
 
 use std::io::{self, Write};
 use std::process::{Command, ExitStatus, Stdio};
+use std::str::FromStr;
 
 /// The uid the proxy runs as; its own connections are never redirected.
 pub const DEFAULT_PROXY_UID: u32 = 2102;
@@ -53,6 +63,9 @@ const HOOKS: [(&str, &str); 2] = [("PREROUTING", INBOUND_CHAIN), ("OUTPUT", OUTB
 pub struct Config {
     /// Connections made by this uid (the proxy's) are never redirected.
     pub proxy_uid: u32,
+    /// Connections whose socket carries this mark (`SO_MARK`, set by the proxy with
+    /// `MESH_PROXY_SOCKET_MARK`) are never redirected either.
+    pub proxy_mark: Option<Mark>,
     /// Inbound TCP is redirected to this port.
     pub inbound_port: u16,
     /// Outbound TCP is redirected to this port.
@@ -67,6 +80,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             proxy_uid: DEFAULT_PROXY_UID,
+            proxy_mark: None,
             inbound_port: DEFAULT_INBOUND_PORT,
             outbound_port: DEFAULT_OUTBOUND_PORT,
             skip_inbound_ports: PortList::default(),
@@ -74,6 +88,25 @@ impl Default for Config {
         }
     }
 }
+
+/// A socket mark (`SO_MARK`): a nonzero `u32`, written in decimal (`102`) or hex (`0x66`);
+/// shown in hex, as `iptables-save` prints it.
+///
+/// ```
+/// use mesh_proxy::init::Mark;
+/// let mark: Mark = "0x66".parse().unwrap();
+/// assert_eq!(mark, "102".parse().unwrap());
+/// assert_eq!(mark.get(), 102);
+/// assert_eq!(mark.to_string(), "0x66");
+/// assert!("0".parse::<Mark>().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Mark(std::num::NonZeroU32);
+
+/// A socket mark did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a socket mark (expected a nonzero 32-bit number, decimal or 0x hex)")]
+pub struct ParseMarkError(String);
 
 /// The parts of the nat table that concern us, as read from `iptables-save -t nat`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -164,6 +197,11 @@ pub fn render_install(config: &Config, state: &NatState) -> String {
         "-A {OUTBOUND_CHAIN} -m owner --uid-owner {} -j RETURN\n",
         config.proxy_uid
     ));
+    if let Some(mark) = config.proxy_mark {
+        out.push_str(&format!(
+            "-A {OUTBOUND_CHAIN} -m mark --mark {mark} -j RETURN\n"
+        ));
+    }
     out.push_str(&format!("-A {OUTBOUND_CHAIN} -o lo -j RETURN\n"));
     for range in config.skip_outbound_ports.ranges() {
         out.push_str(&format!(
@@ -269,6 +307,37 @@ pub fn remove() -> Result<Outcome, Error> {
     }
 }
 
+// === impl Mark ===
+
+impl Mark {
+    /// The mark as a number.
+    pub fn get(self) -> u32 {
+        self.0.get()
+    }
+}
+
+impl FromStr for Mark {
+    type Err = ParseMarkError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let n = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+            Some(hex) => u32::from_str_radix(hex, 16),
+            None => t.parse(),
+        };
+        n.ok()
+            .and_then(std::num::NonZeroU32::new)
+            .map(Self)
+            .ok_or_else(|| ParseMarkError(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for Mark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#x}", self.0)
+    }
+}
+
 // === impl NatState ===
 
 impl NatState {
@@ -351,6 +420,7 @@ mod tests {
         for (flag, value) in flags {
             match *flag {
                 "proxy-uid" => config.proxy_uid = value.parse().expect("test uid"),
+                "proxy-mark" => config.proxy_mark = Some(value.parse().expect("test mark")),
                 "inbound-port" => config.inbound_port = value.parse().expect("test port"),
                 "outbound-port" => config.outbound_port = value.parse().expect("test port"),
                 "skip-inbound-ports" => {
@@ -443,6 +513,66 @@ COMMIT
         );
     }
 
+    #[test]
+    fn render_proxy_mark_next_to_the_uid() {
+        let with_mark = |mark: &str| {
+            rules(
+                &"-A MESH_INBOUND -p tcp -j MESH_INBOUND_REDIRECT
+-A MESH_INBOUND_REDIRECT -p tcp -j REDIRECT --to-ports 4143
+-A MESH_OUTBOUND -m owner --uid-owner 2102 -j RETURN
+-A MESH_OUTBOUND -m mark --mark MARK -j RETURN
+-A MESH_OUTBOUND -o lo -j RETURN
+-A MESH_OUTBOUND -p tcp -j MESH_OUTBOUND_REDIRECT
+-A MESH_OUTBOUND_REDIRECT -p tcp -j REDIRECT --to-ports 4140
+"
+                .replace("MARK", mark),
+            )
+        };
+        // Decimal or hex in, hex out (as iptables-save prints it).
+        check(&[("proxy-mark", "102")], &with_mark("0x66"));
+        check(&[("proxy-mark", "0x66")], &with_mark("0x66"));
+        check(&[("proxy-mark", "0xffffffff")], &with_mark("0xffffffff"));
+        check(
+            &[("proxy-mark", "1"), ("skip-outbound-ports", "25")],
+            &rules(
+                "-A MESH_INBOUND -p tcp -j MESH_INBOUND_REDIRECT
+-A MESH_INBOUND_REDIRECT -p tcp -j REDIRECT --to-ports 4143
+-A MESH_OUTBOUND -m owner --uid-owner 2102 -j RETURN
+-A MESH_OUTBOUND -m mark --mark 0x1 -j RETURN
+-A MESH_OUTBOUND -o lo -j RETURN
+-A MESH_OUTBOUND -p tcp -m tcp --dport 25 -j RETURN
+-A MESH_OUTBOUND -p tcp -j MESH_OUTBOUND_REDIRECT
+-A MESH_OUTBOUND_REDIRECT -p tcp -j REDIRECT --to-ports 4140
+",
+            ),
+        );
+    }
+
+    #[test]
+    fn marks() {
+        fn check_mark(input: &str, expected: Result<u32, ()>) {
+            let actual = input.parse::<Mark>().map(Mark::get).map_err(|e| {
+                assert!(e.to_string().contains("nonzero 32-bit number"), "{e}");
+            });
+            assert_eq!(actual, expected, "input: {input:?}");
+        }
+        check_mark("1", Ok(1));
+        check_mark("102", Ok(102));
+        check_mark(" 0x66 ", Ok(0x66));
+        check_mark("0X1f", Ok(0x1f));
+        check_mark("4294967295", Ok(u32::MAX));
+        check_mark("0xffffffff", Ok(u32::MAX));
+        check_mark("0", Err(()));
+        check_mark("0x0", Err(()));
+        check_mark("0x", Err(()));
+        check_mark("", Err(()));
+        check_mark("-1", Err(()));
+        check_mark("4294967296", Err(()));
+        check_mark("0x100000000", Err(()));
+        check_mark("mark", Err(()));
+        check_mark("0xg", Err(()));
+    }
+
     /// `iptables-save -t nat` after one install with default flags (nf_tables backend).
     const SAVED: &str =
         "# Generated by iptables-save v1.8.9 (nf_tables) on Sat Nov 21 22:16:49 2026
@@ -497,6 +627,16 @@ COMMIT
     #[test]
     fn remove_rendering() {
         assert_eq!(render_remove(&NatState::default()), None);
+        // The mark rule lives in our chain: flushing the chain removes it with the rest.
+        let marked = SAVED.replace(
+            "-A MESH_OUTBOUND -o lo -j RETURN\n",
+            "-A MESH_OUTBOUND -m mark --mark 0x66 -j RETURN\n-A MESH_OUTBOUND -o lo -j RETURN\n",
+        );
+        assert_eq!(NatState::parse(&marked), NatState::installed());
+        assert_eq!(
+            render_remove(&NatState::parse(&marked)),
+            render_remove(&NatState::parse(SAVED))
+        );
         assert_eq!(
             render_remove(&NatState::parse(SAVED)).as_deref(),
             Some(

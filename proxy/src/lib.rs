@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod connect;
 pub mod detect;
 pub mod discover;
 pub mod drain;
@@ -27,6 +28,7 @@ use crate::{
     admin::Admin,
     balance::BalanceConfig,
     config::Config,
+    connect::Connect,
     discover::{DiscoveryConfig, Resolver},
     drain::Drain,
     http::{upstream::Upstream, HttpForwarder, HttpSettings},
@@ -54,6 +56,11 @@ pub enum StartError {
     },
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error("MESH_PROXY_SOCKET_MARK={mark}: {source}")]
+    SocketMark {
+        mark: init::Mark,
+        source: std::io::Error,
+    },
 }
 
 /// Runs the proxy until shutdown completes.
@@ -115,11 +122,20 @@ pub async fn start_with(
         admin: local(&admin, "MESH_PROXY_ADMIN_ADDR", config.admin_addr)?,
     };
 
+    // Every connection the proxy opens goes through `connect`, which sets the socket mark.
+    let connect = Connect {
+        timeout: config.connect_timeout,
+        mark: config.socket_mark,
+    };
+    if let Some(mark) = config.socket_mark {
+        connect::check_mark(mark).map_err(|source| StartError::SocketMark { mark, source })?;
+    }
     let metrics = Metrics::new(config.max_authority_labels, config.identity.is_some());
     let identity = match &config.identity {
         Some(identity) => Some(LocalIdentity::new(
             identity.clone(),
             metrics.identity.clone(),
+            connect.control_plane(),
         )?),
         None => None,
     };
@@ -136,6 +152,7 @@ pub async fn start_with(
             failfast_timeout: config.failfast_timeout,
             idle_timeout: config.destination_idle_timeout,
             balance: BalanceConfig::default(),
+            connector: connect.control_plane(),
         })
     });
     let own_ports = vec![
@@ -153,18 +170,14 @@ pub async fn start_with(
             header_read_timeout: config.header_read_timeout,
             max_header_bytes: config.max_header_bytes,
         };
-        let upstream = Upstream::new(
-            config.connect_timeout,
-            config.pool_idle_timeout,
-            identity.clone(),
-        );
+        let upstream = Upstream::new(connect, config.pool_idle_timeout, identity.clone());
         Arc::new(Listener {
             direction,
             original_dst,
             opaque_ports: opaque_ports.clone(),
             detect_timeout: config.detect_timeout,
             detect_capacity: config.max_header_bytes,
-            connect_timeout: config.connect_timeout,
+            connect,
             own_ports: own_ports.clone(),
             http: HttpForwarder::new(
                 direction,

@@ -8,6 +8,7 @@
 
 use crate::{
     balance::InFlight,
+    connect::Connect,
     detect::{self, Protocol},
     discover::{Picked, Resolver},
     drain::Drain,
@@ -46,7 +47,8 @@ pub struct Listener {
     pub detect_timeout: Duration,
     /// The most bytes read while detecting (the HTTP header limit).
     pub detect_capacity: usize,
-    pub connect_timeout: Duration,
+    /// How upstream connections are opened (timeout, socket mark).
+    pub connect: Connect,
     /// The proxy's own ports: a connection that was going to one of them would loop.
     pub own_ports: Vec<u16>,
     pub http: Arc<HttpForwarder>,
@@ -283,7 +285,7 @@ impl Listener {
         let mut io = open.count(io);
         let upstream = self.http.upstream();
         let result = match &server_id {
-            None => match tcp::connect(target, self.connect_timeout).await {
+            None => match tcp::connect(target, &self.connect).await {
                 Ok(server) => {
                     self.record(&mut in_flight, true);
                     tcp::copy(&mut io, server, target).await

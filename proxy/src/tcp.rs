@@ -1,7 +1,7 @@
 //! Opaque TCP forwarding: bytes copied both ways, each direction's end (half-close) passed on.
 
-use crate::http::upstream::{self, UpstreamError};
-use std::{net::SocketAddr, time::Duration};
+use crate::{connect::Connect, http::upstream::UpstreamError};
+use std::net::SocketAddr;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
@@ -13,20 +13,18 @@ use tokio::{
 pub async fn forward<I>(
     client: &mut I,
     target: SocketAddr,
-    connect_timeout: Duration,
+    connect: &Connect,
 ) -> Result<(u64, u64), TcpError>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let server = connect(target, connect_timeout).await?;
+    let server = self::connect(target, connect).await?;
     copy(client, server, target).await
 }
 
 /// Opens the upstream connection.
-pub async fn connect(target: SocketAddr, connect_timeout: Duration) -> Result<TcpStream, TcpError> {
-    upstream::connect(target, connect_timeout)
-        .await
-        .map_err(TcpError::Connect)
+pub async fn connect(target: SocketAddr, connect: &Connect) -> Result<TcpStream, TcpError> {
+    connect.connect(target).await.map_err(TcpError::Connect)
 }
 
 /// Copies bytes between `client` and `server` until both directions end.
@@ -61,8 +59,14 @@ pub enum TcpError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+
+    const CONNECT: Connect = Connect {
+        timeout: Duration::from_secs(5),
+        mark: None,
+    };
 
     #[tokio::test]
     async fn half_close_reaches_the_server_and_its_reply_comes_back() {
@@ -76,10 +80,7 @@ mod tests {
             io.write_all(b"!").await.unwrap();
         });
         let (mut client, mut proxy_side) = tokio::io::duplex(1024);
-        let proxy =
-            tokio::spawn(
-                async move { forward(&mut proxy_side, target, Duration::from_secs(5)).await },
-            );
+        let proxy = tokio::spawn(async move { forward(&mut proxy_side, target, &CONNECT).await });
         client.write_all(b"ping").await.unwrap();
         client.shutdown().await.unwrap();
         let mut reply = String::new();
@@ -95,7 +96,7 @@ mod tests {
         let target = listener.local_addr().unwrap();
         drop(listener);
         let (_client, mut proxy_side) = tokio::io::duplex(64);
-        let err = forward(&mut proxy_side, target, Duration::from_secs(5))
+        let err = forward(&mut proxy_side, target, &CONNECT)
             .await
             .unwrap_err();
         assert!(

@@ -36,6 +36,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::{CertificateDer, ServerName};
 
 use super::{ca, CertifyRequest, CertifyResponse, ErrorBody, CERTIFY_PATH};
+pub use crate::destination::Connector;
 use crate::wire::AbortOnDrop;
 
 /// The largest response body read (a chain of a few certificates is ~2 KiB).
@@ -129,7 +130,28 @@ pub async fn certify(
     request: &CertifyRequest,
     timeout: Duration,
 ) -> Result<CertifyResponse, CertifyError> {
-    tokio::time::timeout(timeout, exchange(addr, server_name, anchors, request))
+    certify_with(
+        &Connector::default(),
+        addr,
+        server_name,
+        anchors,
+        request,
+        timeout,
+    )
+    .await
+}
+
+/// [`certify`], with the TCP connection opened by `connector`.
+pub async fn certify_with(
+    connector: &Connector,
+    addr: &str,
+    server_name: &str,
+    anchors: &[CertificateDer<'static>],
+    request: &CertifyRequest,
+    timeout: Duration,
+) -> Result<CertifyResponse, CertifyError> {
+    let exchange = exchange(connector, addr, server_name, anchors, request);
+    tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| CertifyError::Timeout {
             addr: addr.to_owned(),
@@ -138,6 +160,7 @@ pub async fn certify(
 }
 
 async fn exchange(
+    connector: &Connector,
     addr: &str,
     server_name: &str,
     anchors: &[CertificateDer<'static>],
@@ -153,7 +176,7 @@ async fn exchange(
     let body = serde_json::to_vec(request)
         .map_err(|e| config_err(format!("encoding the request: {e}")))?;
 
-    let tcp = connect(addr).await?;
+    let tcp = connect(connector, addr).await?;
     let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
         .connect(name, tcp)
         .await
@@ -244,18 +267,15 @@ fn tls_config(anchors: &[CertificateDer<'static>]) -> Result<rustls::ClientConfi
     Ok(config)
 }
 
-async fn connect(addr: &str) -> Result<tokio::net::TcpStream, CertifyError> {
+async fn connect(connector: &Connector, addr: &str) -> Result<tokio::net::TcpStream, CertifyError> {
     let connect_err = |source| CertifyError::Connect {
         addr: addr.to_owned(),
         source,
     };
     let mut last = None;
     for resolved in tokio::net::lookup_host(addr).await.map_err(connect_err)? {
-        match tokio::net::TcpStream::connect(resolved).await {
-            Ok(tcp) => {
-                let _ = tcp.set_nodelay(true);
-                return Ok(tcp);
-            }
+        match connector.connect(resolved).await {
+            Ok(tcp) => return Ok(tcp),
             Err(e) => last = Some(e),
         }
     }

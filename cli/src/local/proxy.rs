@@ -1,4 +1,5 @@
-//! Meshing a pod: `mesh-init`, then `mesh-proxy` as its own user, and a handle on the running proxy.
+//! Meshing a pod: `mesh-init`, then `mesh-proxy` as its own user (or, with a socket mark, as
+//! the current one), and a handle on the running proxy.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
@@ -40,6 +41,11 @@ pub struct MeshOptions {
     /// Who the pod is, for mutual TLS; `None` runs the proxy with
     /// `MESH_PROXY_IDENTITY_DISABLED=true` (unless `env` says otherwise).
     pub identity: Option<PodIdentity>,
+    /// Tells the proxy's traffic from the application's by this socket mark instead of by the
+    /// proxy's uid: `mesh-init --proxy-mark`, `MESH_PROXY_SOCKET_MARK` (unless `env` says
+    /// otherwise), and the proxy runs as the current user rather than as [`PROXY_UID`]. This is
+    /// what a user namespace with a single uid needs. `None`: uid [`PROXY_UID`], no mark.
+    pub proxy_mark: Option<u32>,
 }
 
 /// A pod's identity in the local mesh, and how its proxy gets a certificate.
@@ -77,6 +83,7 @@ impl Default for MeshOptions {
             ready_timeout: Duration::from_secs(10),
             proxy_program: None,
             identity: None,
+            proxy_mark: None,
         }
     }
 }
@@ -132,7 +139,8 @@ impl Pod {
     }
 
     /// Meshes the pod: runs `mesh-init` in it (as root), then `mesh-proxy` as uid
-    /// [`PROXY_UID`], and waits until the proxy answers `GET /ready` with 200.
+    /// [`PROXY_UID`] (as the current user with [`MeshOptions::proxy_mark`]), and waits until the
+    /// proxy answers `GET /ready` with 200.
     ///
     /// The proxy's stdout and stderr go to `<log_dir>/<pod>-proxy.log`; a proxy that exits or
     /// is not ready in time fails this call with the tail of that log.
@@ -145,6 +153,9 @@ impl Pod {
 
         let mut cmd = self.command(&init);
         cmd.arg(format!("--proxy-uid={PROXY_UID}"));
+        if let Some(mark) = opts.proxy_mark {
+            cmd.arg(format!("--proxy-mark={mark:#x}"));
+        }
         if !opts.skip_inbound_ports.is_empty() {
             cmd.arg(format!(
                 "--skip-inbound-ports={}",
@@ -189,9 +200,16 @@ impl Pod {
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
         let log_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
-        let child = self
-            .command_as(PROXY_UID, &proxy)
+        let (mut command, mark_env) = match opts.proxy_mark {
+            None => (self.command_as(PROXY_UID, &proxy), None),
+            Some(mark) => (
+                self.command(&proxy),
+                Some(("MESH_PROXY_SOCKET_MARK", format!("{mark:#x}"))),
+            ),
+        };
+        let child = command
             .env("MESH_PROXY_LOG", log_level)
+            .envs(mark_env)
             .envs(identity_env)
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -216,7 +234,8 @@ impl Pod {
 
 impl Pod {
     /// The proxy's identity variables: the token and trust anchors written where the proxy's user
-    /// can read them, and a key folder it owns.
+    /// (uid [`PROXY_UID`], or the current one with a socket mark) can read them, and a key folder
+    /// it owns.
     fn identity_env(&self, opts: &MeshOptions) -> anyhow::Result<Vec<(String, String)>> {
         let Some(id) = &opts.identity else {
             return Ok(vec![("MESH_PROXY_IDENTITY_DISABLED".into(), "true".into())]);
@@ -231,10 +250,13 @@ impl Pod {
             .with_context(|| format!("writing {}", token.display()))?;
         std::fs::write(&anchors, &id.trust_anchors_pem)
             .with_context(|| format!("writing {}", anchors.display()))?;
-        let owner = Some(nix::unistd::Uid::from_raw(PROXY_UID));
+        let uid = match opts.proxy_mark {
+            None => nix::unistd::Uid::from_raw(PROXY_UID),
+            Some(_) => nix::unistd::geteuid(),
+        };
         for path in [&dir, &key_dir, &token, &anchors] {
-            nix::unistd::chown(path.as_path(), owner, None)
-                .with_context(|| format!("giving {} to uid {PROXY_UID}", path.display()))?;
+            nix::unistd::chown(path.as_path(), Some(uid), None)
+                .with_context(|| format!("giving {} to uid {uid}", path.display()))?;
         }
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600))?;

@@ -5,13 +5,14 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use mesh_proxy::init::{self, Config, NatState, Outcome, PortList};
+use mesh_proxy::init::{self, Config, Mark, NatState, Outcome, PortList};
 
 /// Redirects the pod's TCP traffic through the mesh proxy, like the init container of a meshed
 /// pod.
 ///
 /// Inbound TCP goes to the proxy's inbound port and outbound TCP to its outbound port, except
-/// the proxy's own connections, the pod talking to itself and the ports to skip. The rules are
+/// the proxy's own connections (by uid, and by socket mark with --proxy-mark), the pod talking
+/// to itself and the ports to skip. The rules are
 /// applied to the current network namespace in one atomic iptables-restore call; running
 /// mesh-init again replaces them. Needs CAP_NET_ADMIN (root).
 #[derive(Debug, Parser)]
@@ -20,6 +21,12 @@ struct Args {
     /// The uid the proxy runs as: its own connections are never redirected.
     #[arg(long, value_name = "UID", default_value_t = init::DEFAULT_PROXY_UID)]
     proxy_uid: u32,
+
+    /// A socket mark (decimal or 0x hex, nonzero) whose connections are never redirected either:
+    /// the proxy sets it with MESH_PROXY_SOCKET_MARK. For pods where the proxy shares the
+    /// application's uid (a rootless user namespace has only uid 0).
+    #[arg(long, value_name = "MARK")]
+    proxy_mark: Option<Mark>,
 
     /// The proxy's inbound port, where inbound TCP is redirected.
     #[arg(long, value_name = "PORT", default_value_t = init::DEFAULT_INBOUND_PORT)]
@@ -60,6 +67,7 @@ fn main() -> ExitCode {
 fn run(args: Args) -> anyhow::Result<()> {
     let config = Config {
         proxy_uid: args.proxy_uid,
+        proxy_mark: args.proxy_mark,
         inbound_port: args.inbound_port,
         outbound_port: args.outbound_port,
         skip_inbound_ports: args.skip_inbound_ports.unwrap_or_default(),
@@ -73,9 +81,13 @@ fn run(args: Args) -> anyhow::Result<()> {
         ),
         (false, false) => {
             init::install(&config).context("installing the redirect rules")?;
+            let mark = config
+                .proxy_mark
+                .map(|m| format!(" and socket mark {m}"))
+                .unwrap_or_default();
             println!(
                 "mesh-init: redirecting inbound TCP to port {}, outbound TCP to port {} \
-                 (proxy uid {} exempt)",
+                 (proxy uid {}{mark} exempt)",
                 config.inbound_port, config.outbound_port, config.proxy_uid
             );
         }

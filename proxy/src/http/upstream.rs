@@ -5,10 +5,14 @@
 //! mutual TLS with that identity as server name: requests go on one HTTP/2 connection per
 //! endpoint, upgrades and tunnels on HTTP/1.1 connections of their own.
 
-use crate::identity::{Alpn, LocalIdentity};
-use hyper::{body::Incoming, client::conn, Request, Response};
+use crate::{
+    connect::Connect,
+    identity::{Alpn, LocalIdentity},
+};
+use futures_util::future::BoxFuture;
+use hyper::{body::Incoming, client::conn, Request, Response, Uri};
 use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
+    client::legacy::Client,
     rt::{TokioExecutor, TokioIo, TokioTimer},
 };
 use std::{
@@ -16,6 +20,7 @@ use std::{
     io,
     net::SocketAddr,
     sync::{Arc, Mutex},
+    task::{Context, Poll},
     time::Duration,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -72,33 +77,30 @@ type Http2Key = (SocketAddr, Option<Arc<str>>);
 
 /// The proxy's upstream connections, shared by every client connection of one direction.
 pub struct Upstream {
-    h1: Client<HttpConnector, Incoming>,
+    h1: Client<PoolConnector, Incoming>,
     h2: Mutex<HashMap<Http2Key, Http2Slot>>,
-    connect_timeout: Duration,
+    connect: Connect,
     identity: Option<Arc<LocalIdentity>>,
 }
 
 impl Upstream {
-    /// Upstream connections; with `identity`, meshed endpoints are reached over mutual TLS.
+    /// Upstream connections, all opened with `connect`; with `identity`, meshed endpoints are
+    /// reached over mutual TLS.
     pub fn new(
-        connect_timeout: Duration,
+        connect: Connect,
         pool_idle_timeout: Duration,
         identity: Option<Arc<LocalIdentity>>,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
         let h1 = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(pool_idle_timeout)
             .pool_max_idle_per_host(128)
             .set_host(false)
-            .build(connector);
+            .build(PoolConnector(connect));
         Self {
             h1,
             h2: Mutex::default(),
-            connect_timeout,
+            connect,
             identity,
         }
     }
@@ -192,9 +194,9 @@ impl Upstream {
         Ok(sender)
     }
 
-    /// Opens a TCP connection to `target` within the connect timeout.
+    /// Opens a TCP connection to `target` within the connect timeout (and with the socket mark).
     pub async fn connect(&self, target: SocketAddr) -> Result<TcpStream, UpstreamError> {
-        connect(target, self.connect_timeout).await
+        self.connect.connect(target).await
     }
 
     /// Opens mutual TLS to the proxy of a meshed endpoint, which must prove `server_id`; the TLS
@@ -215,12 +217,13 @@ impl Upstream {
         };
         let io = self.connect(target).await?;
         let handshake = identity.connect(io, server_id, alpn);
-        match tokio::time::timeout(self.connect_timeout, handshake).await {
+        let timeout = self.connect.timeout;
+        match tokio::time::timeout(timeout, handshake).await {
             Ok(Ok(tls)) => Ok(tls),
             Ok(Err(source)) => Err(tls_error(source)),
             Err(_) => Err(tls_error(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("handshake timed out after {:?}", self.connect_timeout),
+                format!("handshake timed out after {timeout:?}"),
             ))),
         }
     }
@@ -266,15 +269,40 @@ where
     Ok(sender)
 }
 
-/// Opens a TCP connection to `target` within `timeout`, with Nagle's algorithm off.
-pub async fn connect(target: SocketAddr, timeout: Duration) -> Result<TcpStream, UpstreamError> {
-    let io = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
-        Err(_) => return Err(UpstreamError::ConnectTimeout { target, timeout }),
-        Ok(Err(source)) => return Err(UpstreamError::Connect { target, source }),
-        Ok(Ok(io)) => io,
-    };
-    let _ = io.set_nodelay(true);
-    Ok(io)
+/// The HTTP/1 pool's connector: [`Connect`] to the target that the request's URI names
+/// (`http://IP:PORT/…`, set by the forwarder).
+#[derive(Clone, Copy, Debug)]
+pub struct PoolConnector(Connect);
+
+impl tower::Service<Uri> for PoolConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = BoxFuture<'static, io::Result<Self::Response>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connect = self.0;
+        Box::pin(async move {
+            let target: SocketAddr = uri
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{uri} does not name an IP address and port"),
+                    )
+                })?;
+            // `send_http1` adds the target; only the cause is wanted here.
+            match connect.connect(target).await {
+                Ok(io) => Ok(TokioIo::new(io)),
+                Err(UpstreamError::Connect { source, .. }) => Err(source),
+                Err(e) => Err(io::Error::new(io::ErrorKind::TimedOut, e.to_string())),
+            }
+        })
+    }
 }
 
 /// An error's message followed by its sources', `: `-separated.
