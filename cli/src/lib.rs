@@ -7,4 +7,5 @@ pub mod install;
 pub mod kube;
 pub mod local;
 pub mod manifest;
+pub mod target;
 pub mod viz;

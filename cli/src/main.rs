@@ -1,7 +1,7 @@
 //! `mesh`: the command line of the mesh.
 
 use clap::{Parser, Subcommand};
-use std::{process::ExitCode, time::Duration};
+use std::process::ExitCode;
 
 /// An ultralight service mesh for Kubernetes.
 #[derive(Parser)]
@@ -15,12 +15,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Runs meshed pods with live traffic on this machine (network namespaces; needs root).
-    Demo {
-        /// How often to print the client proxy's golden metrics, in seconds.
-        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
-        every: u64,
-    },
+    /// Runs a whole meshed application on this machine, with no cluster: `mesh demo [up|down]`.
+    Demo(mesh_cli::demo::DemoArgs),
     /// Prints the control plane as YAML: `mesh install | kubectl apply -f -`.
     Install(mesh_cli::install::InstallArgs),
     /// Prints what to delete to remove the control plane: `mesh uninstall | kubectl delete -f -`.
@@ -44,8 +40,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Demo { every } => mesh_cli::demo::run(Duration::from_secs(every)),
-        Command::Viz(args) => return finish(mesh_cli::viz::run(args).map(|()| String::new())),
+        Command::Demo(args) => mesh_cli::demo::run(args),
+        Command::Viz(args) => {
+            return finish(mesh_cli::viz::run(args, &cli.cluster).map(|()| String::new()))
+        }
         Command::Install(args) => {
             return finish(block_on(mesh_cli::install::install(&args, &cli.cluster)));
         }
@@ -82,7 +80,21 @@ fn inject(args: &mesh_cli::inject::InjectArgs, cluster: &mesh_cli::kube::Cluster
 
 /// Prints the checklist (or JSON); exit 1 when a check failed.
 fn check(args: &mesh_cli::check::CheckArgs, cluster: &mesh_cli::kube::ClusterArgs) -> ExitCode {
-    let report = block_on(async { Ok(mesh_cli::check::check(args, cluster).await) });
+    let local = if args.proxy {
+        match mesh_cli::target::resolve(args.target, args.state.as_deref(), cluster) {
+            Ok(mesh_cli::target::Target::Local(local)) => Some(local),
+            Ok(mesh_cli::target::Target::Kube) => None,
+            Err(e) => return finish(Err(e)),
+        }
+    } else {
+        None
+    };
+    // Into the local mesh's namespaces while no thread runs yet.
+    if let Some(Err(e)) = local.as_ref().map(|l| l.enter()) {
+        return finish(Err(e));
+    }
+    let report =
+        block_on(async { Ok(mesh_cli::check::check(args, cluster, local.as_ref()).await) });
     let report = match report {
         Ok(report) => report,
         Err(e) => return finish(Err(e)),

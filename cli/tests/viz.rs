@@ -243,9 +243,10 @@ fn the_binary_explains_a_missing_local_mesh() {
             stderr(&out)
         );
     };
+    check(&["viz", "stat", "deploy"], "no local mesh is running");
     check(
-        &["viz", "stat", "deploy"],
-        "no local mesh given: pass its state folder with --state DIR (or MESH_LOCAL_STATE)",
+        &["viz", "--target", "local", "stat", "deploy"],
+        "no local mesh is running (folder /nonexistent/.local/state/mesh/local): start one with `mesh demo`",
     );
     check(
         &["viz", "stat", "deploy", "--state", "/nonexistent"],

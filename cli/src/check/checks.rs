@@ -26,7 +26,7 @@ pub const EXPIRY_WARNING: Duration = Duration::from_secs(60 * 86_400);
 pub const MIN_VERSION: (u32, u32) = (1, 28);
 const COMPONENTS: [&str; 3] = ["destination", "identity", "injector"];
 
-fn ok(description: impl Into<String>) -> Check {
+pub(super) fn ok(description: impl Into<String>) -> Check {
     Check {
         description: description.into(),
         result: Outcome::Success,
@@ -35,7 +35,7 @@ fn ok(description: impl Into<String>) -> Check {
     }
 }
 
-fn fail(
+pub(super) fn fail(
     description: impl Into<String>,
     error: impl Into<String>,
     hint: impl Into<String>,
@@ -48,7 +48,7 @@ fn fail(
     }
 }
 
-fn warn(
+pub(super) fn warn(
     description: impl Into<String>,
     error: impl Into<String>,
     hint: impl Into<String>,
@@ -59,7 +59,7 @@ fn warn(
     }
 }
 
-fn category(name: &str, checks: Vec<Check>) -> Category {
+pub(super) fn category(name: &str, checks: Vec<Check>) -> Category {
     Category {
         name: name.into(),
         checks,

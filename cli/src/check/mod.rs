@@ -3,6 +3,7 @@
 //! its category: ✔ passed, ‼ a warning (does not fail the run), × failed, with a hint.
 
 mod checks;
+mod local;
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,13 @@ pub struct CheckArgs {
     /// Retries until every check passes or this much time has gone by (e.g. 30s, 5m).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub wait: Option<Duration>,
+    /// With --proxy: `local` (the local mesh of `mesh demo`) or `kube`; by default the local
+    /// mesh when one is running and no --context or --kubeconfig is given.
+    #[arg(long, value_enum, requires = "proxy")]
+    pub target: Option<crate::target::TargetKind>,
+    /// With --proxy: the local mesh's folder (default: where `mesh demo` keeps it).
+    #[arg(long, env = "MESH_LOCAL_STATE", value_name = "DIR")]
+    pub state: Option<std::path::PathBuf>,
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h`.
@@ -143,13 +151,19 @@ impl Report {
     }
 }
 
-/// Runs the checks `args` asks for, retrying failures until `--wait` runs out.
-pub async fn check(args: &CheckArgs, cluster: &crate::kube::ClusterArgs) -> Report {
+/// Runs the checks `args` asks for, retrying failures until `--wait` runs out. `local`: the
+/// local mesh `--proxy` looks at instead of the cluster (see [`crate::target`]).
+pub async fn check(
+    args: &CheckArgs,
+    cluster: &crate::kube::ClusterArgs,
+    local: Option<&crate::target::Local>,
+) -> Report {
     let deadline = args.wait.map(|w| Instant::now() + w);
     loop {
-        let report = match (args.pre, args.proxy) {
-            (true, _) => run_pre(cluster).await,
-            (_, true) => run_proxy(cluster, args.namespace.as_deref()).await,
+        let report = match (args.pre, args.proxy, local) {
+            (true, _, _) => run_pre(cluster).await,
+            (_, true, Some(local)) => local::run_proxy(local, args.namespace.as_deref()).await,
+            (_, true, None) => run_proxy(cluster, args.namespace.as_deref()).await,
             _ => run_control_plane(cluster).await,
         };
         match deadline {

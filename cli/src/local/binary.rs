@@ -1,4 +1,4 @@
-//! Finding the mesh's own binaries (`mesh-proxy`, `mesh-init`, `mesh-controller`) next to the running executable, built fresh under cargo.
+//! Finding the mesh's own binaries (`mesh-proxy`, `mesh-init`, `mesh-controller`, `mesh-demo-app`) next to the running executable, built fresh under cargo.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -10,7 +10,8 @@ use anyhow::{anyhow, bail, Context as _};
 /// Overrides where the binaries are looked for (and turns off the build under cargo).
 const BIN_DIR_ENV: &str = "MESH_BIN_DIR";
 
-/// The path of the mesh binary `name` (`mesh-proxy`, `mesh-init`, `mesh-controller`).
+/// The path of the mesh binary `name` (`mesh-proxy`, `mesh-init`, `mesh-controller`,
+/// `mesh-demo-app`).
 ///
 /// Looks in `$MESH_BIN_DIR` when set; otherwise next to the running executable (for a test,
 /// `target/<profile>/`, the parent of its `deps/`). When this process runs under cargo (`CARGO`
@@ -69,6 +70,10 @@ fn build(cargo: &OsString, profile_dir: &Path) -> anyhow::Result<()> {
         "mesh-proxy",
         "-p",
         "mesh-controller",
+        "-p",
+        "mesh-demo-app",
+        "-p",
+        "mesh-cli",
         "--bins",
     ]);
     // The profile folder is named after the profile, except `dev` (and `test`) build into `debug`.
@@ -99,10 +104,10 @@ fn build(cargo: &OsString, profile_dir: &Path) -> anyhow::Result<()> {
     let output = cmd
         .stdin(Stdio::null())
         .output()
-        .context("running `cargo build -p mesh-proxy -p mesh-controller --bins`")?;
+        .context("running `cargo build -p mesh-proxy -p mesh-controller -p mesh-demo-app -p mesh-cli --bins`")?;
     if !output.status.success() {
         bail!(
-            "`cargo build -p mesh-proxy -p mesh-controller --bins` failed ({}): {}",
+            "`cargo build -p mesh-proxy -p mesh-controller -p mesh-demo-app -p mesh-cli --bins` failed ({}): {}",
             output.status,
             String::from_utf8_lossy(&output.stderr).trim()
         );

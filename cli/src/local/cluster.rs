@@ -66,13 +66,25 @@ impl Cluster {
     /// Also removes the namespaces left behind by earlier runs that crashed (those whose
     /// creating process is gone), with any process still in them.
     pub fn new(name: &str) -> anyhow::Result<Cluster> {
+        Cluster::create(name, None)
+    }
+
+    /// [`Cluster::new`], with its logs in `log_dir` (created; removed with the cluster).
+    pub fn new_in(name: &str, log_dir: &Path) -> anyhow::Result<Cluster> {
+        Cluster::create(name, Some(log_dir))
+    }
+
+    fn create(name: &str, log_dir: Option<&Path>) -> anyhow::Result<Cluster> {
         super::require_root()?;
         check_name("cluster", name)?;
         remove_stale();
 
         let n = NEXT_CLUSTER.fetch_add(1, Ordering::Relaxed);
         let prefix = format!("{NAME_PREFIX}{}-{n}-{name}", std::process::id());
-        let log_dir = std::env::temp_dir().join(&prefix);
+        let log_dir = match log_dir {
+            Some(dir) => dir.to_path_buf(),
+            None => std::env::temp_dir().join(&prefix),
+        };
         std::fs::create_dir_all(&log_dir)
             .with_context(|| format!("creating log folder {}", log_dir.display()))?;
         let mut cluster = Cluster {

@@ -32,6 +32,7 @@ mod cluster;
 mod control;
 mod netns;
 mod proxy;
+pub mod running;
 
 use std::io;
 use std::process::{Command, Stdio};
@@ -96,6 +97,11 @@ pub fn ensure_tools(progress: impl Fn(&str)) -> anyhow::Result<Vec<&'static str>
     install.extend(missing.iter().copied());
     apt(&install)?;
     Ok(missing)
+}
+
+/// Now, as RFC 3339 in UTC.
+pub(crate) fn now_rfc3339() -> String {
+    mesh_api::identity::ca::rfc3339(std::time::SystemTime::now())
 }
 
 fn on_path(tool: &str) -> bool {

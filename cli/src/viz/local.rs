@@ -30,8 +30,8 @@ impl State {
     pub fn read(dir: &Path) -> anyhow::Result<State> {
         if !dir.is_dir() {
             bail!(
-                "no local mesh at {}: the state folder does not exist; start a local mesh \
-                 (`sudo mesh demo`) and point --state (or MESH_LOCAL_STATE) at its state folder",
+                "no local mesh at {}: the folder does not exist; start one with `mesh demo`, \
+                 or point --state (or MESH_LOCAL_STATE) at the folder of a local mesh",
                 dir.display()
             );
         }

@@ -30,11 +30,12 @@ use self::resource::Resource;
 pub struct VizArgs {
     #[command(subcommand)]
     pub command: VizCommand,
-    /// Where the mesh runs: `local` (a local mesh of network-namespace pods, read from its state
-    /// folder) or `kube` (a cluster; not available yet).
-    #[arg(long, global = true, value_enum, default_value_t = TargetKind::Local)]
-    pub target: TargetKind,
-    /// The local mesh's state folder (the objects its controllers read).
+    /// Where the mesh runs: `local` (the local mesh of `mesh demo`) or `kube` (the cluster of
+    /// the kubeconfig). By default the local mesh when one is running and no --context or
+    /// --kubeconfig is given, else the cluster.
+    #[arg(long, global = true, value_enum)]
+    pub target: Option<TargetKind>,
+    /// The local mesh's folder (default: where `mesh demo` keeps it), or a folder of objects.
     #[arg(long, global = true, env = "MESH_LOCAL_STATE", value_name = "DIR")]
     pub state: Option<PathBuf>,
     /// The namespace of the resources.
@@ -48,12 +49,7 @@ pub struct VizArgs {
     pub namespace: String,
 }
 
-/// Where `mesh viz` looks.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TargetKind {
-    Local,
-    Kube,
-}
+pub use crate::target::TargetKind;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum VizCommand {
@@ -177,7 +173,7 @@ pub struct Target {
 }
 
 /// Runs `mesh viz …` against the target the flags name.
-pub fn run(args: VizArgs) -> anyhow::Result<()> {
+pub fn run(args: VizArgs, cluster: &crate::kube::ClusterArgs) -> anyhow::Result<()> {
     // The viz component's manifests need no target.
     let manifests = match &args.command {
         VizCommand::Install(a) => Some(install::install(a)?),
@@ -190,21 +186,15 @@ pub fn run(args: VizArgs) -> anyhow::Result<()> {
             other => Ok(other?),
         };
     }
-    if args.target == TargetKind::Kube {
-        bail!(
-            "--target kube is not available yet: mesh viz reads a cluster through the viz \
-             component (tap aggregator and metrics API), which is not built; use --target local \
-             with a local mesh (`sudo mesh demo`), or read a cluster's proxies directly with \
-             `mesh check --proxy`"
-        );
-    }
-    let Some(dir) = args.state.clone() else {
-        bail!(
-            "no local mesh given: pass its state folder with --state DIR (or MESH_LOCAL_STATE); \
-             `sudo mesh demo` starts one and prints the folder"
-        );
+    let local = match crate::target::resolve(args.target, args.state.as_deref(), cluster)? {
+        crate::target::Target::Local(local) => local,
+        crate::target::Target::Kube => bail!(
+            "no local mesh is running, and --target kube is not available yet: mesh viz reads a              cluster through the viz component (tap aggregator and metrics API), which is not              built; start the local mesh with `mesh demo`, or read a cluster's proxies directly              with `mesh check --proxy`"
+        ),
     };
-    let state = State::read(&dir)?;
+    // Into the local mesh's namespaces first: the kernel allows it only while no thread runs.
+    local.enter()?;
+    let state = State::read(&local.objects)?;
     if !nix::unistd::geteuid().is_root() {
         bail!(
             "local mode needs root: mesh viz enters the pods' network namespaces to reach their \

@@ -1,0 +1,501 @@
+//! The demo's supervisor: PID 1 of the demo's namespaces. It builds the cluster, runs it until
+//! SIGTERM or SIGINT, tears it down and removes the demo's folder.
+//!
+//! What runs, in namespace `demo` (the same objects a cluster would hold, in the folder the
+//! controllers read):
+//!
+//! | pod | Deployment | service account | Service | what |
+//! |---|---|---|---|---|
+//! | `control` | | | | `mesh-controller destination` and `identity` (a CA made for the run) |
+//! | `emoji-1` | `emoji` | `emoji` | `emoji-svc:8080` | gRPC `demo.Emoji` |
+//! | `voting-1` | `voting` | `voting` | `voting-svc:8080` | gRPC `demo.Voting`; every doughnut vote fails |
+//! | `web-1`, `web-2` | `web` | `web` | `web-svc:80` | the HTTP front end, calling emoji and voting |
+//! | `vote-bot-1` | `vote-bot` | `vote-bot` | | votes through `web-svc` a few times a second |
+//!
+//! Every pod but `control` runs `mesh-init`, `mesh-proxy` (with a certificate for its service
+//! account) and its `mesh-demo-app` workload; every hop between them is mutual TLS. The pods
+//! have no DNS: the applications connect to a Service's ClusterIP with its name as authority
+//! (`--resolve`), and their proxies route by that name.
+
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use super::READY_LINE;
+use crate::local::running::{self, Mode};
+use crate::local::{self, Cluster, ControlOptions, ControlPlane, Pod, Proxy};
+
+/// The demo's Kubernetes namespace.
+const NAMESPACE: &str = "demo";
+/// The port every demo workload serves on.
+const APP_PORT: u16 = 8080;
+/// The service network, routed out of every pod (where the proxies intercept it).
+const SERVICE_NETWORK: &str = "10.96.0.0/12";
+/// The socket mark of the proxies' own traffic in a user namespace, where they cannot have a
+/// uid of their own.
+const PROXY_MARK: u32 = 0x2102;
+/// The pods' files (proxy keys and certificates, logs), on the tmpfs over `/run` that only the
+/// demo's mount namespace sees: they vanish with the demo, however it ends, and the proxies
+/// (uid 2102 when root) can read them whatever the permissions of the demo's folder.
+const PODS_DIR: &str = "/run/mesh/pods";
+/// The bot's votes per second.
+const BOT_RATE: &str = "5";
+
+/// `mesh demo supervise` (hidden): started by `mesh demo up` inside fresh namespaces.
+#[derive(clap::Args, Debug)]
+pub struct SuperviseArgs {
+    /// The demo's folder.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// How the demo is isolated (what `up` chose).
+    #[arg(long, value_enum)]
+    pub mode: Mode,
+    /// How often to print the workloads' traffic, in seconds.
+    #[arg(long, default_value_t = 5)]
+    pub every: u64,
+}
+
+/// A Service of the demo.
+struct Service {
+    name: &'static str,
+    cluster_ip: Ipv4Addr,
+    port: u16,
+}
+
+impl Service {
+    fn host(&self) -> String {
+        format!("{}.{NAMESPACE}.svc.cluster.local", self.name)
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}:{}", self.host(), self.port)
+    }
+
+    fn resolve(&self) -> String {
+        format!("{}={}", self.host(), self.cluster_ip)
+    }
+}
+
+const WEB_SVC: Service = Service {
+    name: "web-svc",
+    cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
+    port: 80,
+};
+const EMOJI_SVC: Service = Service {
+    name: "emoji-svc",
+    cluster_ip: Ipv4Addr::new(10, 96, 0, 11),
+    port: APP_PORT,
+};
+const VOTING_SVC: Service = Service {
+    name: "voting-svc",
+    cluster_ip: Ipv4Addr::new(10, 96, 0, 12),
+    port: APP_PORT,
+};
+
+/// A Deployment of the demo: its pods, and the Service that selects them (if any).
+struct Workload {
+    name: &'static str,
+    replicas: usize,
+    service: Option<&'static Service>,
+}
+
+const WORKLOADS: [Workload; 4] = [
+    Workload {
+        name: "emoji",
+        replicas: 1,
+        service: Some(&EMOJI_SVC),
+    },
+    Workload {
+        name: "voting",
+        replicas: 1,
+        service: Some(&VOTING_SVC),
+    },
+    Workload {
+        name: "web",
+        replicas: 2,
+        service: Some(&WEB_SVC),
+    },
+    Workload {
+        name: "vote-bot",
+        replicas: 1,
+        service: None,
+    },
+];
+
+impl Workload {
+    /// `mesh-demo-app` arguments.
+    fn args(&self) -> Vec<String> {
+        let listen = format!("0.0.0.0:{APP_PORT}");
+        let args: Vec<String> = match self.name {
+            "emoji" => vec!["emoji".into(), "--listen".into(), listen],
+            "voting" => vec!["voting".into(), "--listen".into(), listen],
+            "web" => vec![
+                "web".into(),
+                "--listen".into(),
+                listen,
+                "--emoji".into(),
+                EMOJI_SVC.url(),
+                "--voting".into(),
+                VOTING_SVC.url(),
+                "--resolve".into(),
+                EMOJI_SVC.resolve(),
+                "--resolve".into(),
+                VOTING_SVC.resolve(),
+            ],
+            _ => vec![
+                "vote-bot".into(),
+                "--web".into(),
+                WEB_SVC.url(),
+                "--resolve".into(),
+                WEB_SVC.resolve(),
+                "--rate".into(),
+                BOT_RATE.into(),
+            ],
+        };
+        args
+    }
+
+    fn labels(&self) -> [(&'static str, &'static str); 1] {
+        [("app", self.name)]
+    }
+}
+
+/// Runs the supervisor; the demo's folder is removed on the way out (unless `MESH_KEEP_LOGS`).
+pub fn supervise(args: SuperviseArgs) -> anyhow::Result<()> {
+    let record = running::start_supervisor(&args.dir, args.mode)?;
+    let result = Demo::start(&args, record).and_then(|demo| demo.run(&args));
+    if let Err(e) = &result {
+        say(&format!("× {e:#}"));
+        eprintln!("mesh demo: {e:#}");
+    }
+    if std::env::var_os("MESH_KEEP_LOGS").is_some() {
+        say(&format!("  logs kept in {}", args.dir.display()));
+    } else if let Err(e) = running::remove(&args.dir) {
+        say(&format!("  × {e:#}"));
+    }
+    result
+}
+
+/// A running demo; dropping it stops everything in the reverse order of starting.
+struct Demo {
+    apps: Vec<Child>,
+    proxies: Vec<(String, Proxy)>,
+    control: ControlPlane,
+    cluster: Cluster,
+    started: Instant,
+}
+
+impl Demo {
+    fn start(args: &SuperviseArgs, mut record: running::Record) -> anyhow::Result<Demo> {
+        let started = Instant::now();
+        let dir = &args.dir;
+        local::require_root().context("the supervisor is not root in its namespaces")?;
+        let mut cluster = step(
+            "creating the pod network (a bridge, 10.244.0.0/16, no route off it)",
+            || Cluster::new_in("demo", Path::new(PODS_DIR)),
+        )?;
+        let control_pod = step("creating pod control", || cluster.add_pod("control"))?;
+        let control = step(
+            "starting the destination and identity controllers in pod control (a fresh CA)",
+            || ControlPlane::start(&control_pod, dir, &ControlOptions::default()),
+        )?;
+        let mut pods: Vec<(&Workload, Pod)> = Vec::new();
+        step(
+            "creating pods emoji-1, voting-1, web-1, web-2, vote-bot-1",
+            || {
+                for w in &WORKLOADS {
+                    for n in 1..=w.replicas {
+                        let pod = cluster.add_pod(&format!("{}-{n}", w.name))?;
+                        pod.route(SERVICE_NETWORK)?;
+                        pods.push((w, pod));
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        step(
+            "writing the cluster's objects (Namespace demo, ServiceAccounts, Services, EndpointSlices)",
+            || {
+                control.write("namespace-demo.yaml", &namespace_yaml())?;
+                for w in &WORKLOADS {
+                    let Some(svc) = w.service else { continue };
+                    let members: Vec<Pod> = pods
+                        .iter()
+                        .filter(|(pw, _)| pw.name == w.name)
+                        .map(|(_, p)| p.clone())
+                        .collect();
+                    control.write(
+                        &format!("svc-{}.yaml", svc.name),
+                        &local::service_yaml(
+                            NAMESPACE,
+                            svc.name,
+                            svc.cluster_ip,
+                            (svc.port, APP_PORT),
+                            &w.labels(),
+                            &members,
+                        ),
+                    )?;
+                }
+                Ok(())
+            },
+        )?;
+        let mut demo = Demo {
+            apps: Vec::new(),
+            proxies: Vec::new(),
+            control,
+            cluster,
+            started,
+        };
+        for (w, pod) in &pods {
+            let what = format!(
+                "starting pod {}: mesh-init, mesh-proxy (identity {}.{NAMESPACE}), {}",
+                pod.name, w.name, w.name
+            );
+            let (proxy, app) = step(&what, || {
+                let mut opts =
+                    demo.control
+                        .enroll_in(pod, NAMESPACE, w.name, &w.labels(), Some(w.name))?;
+                if args.mode == Mode::UserNamespace {
+                    opts.proxy_mark = Some(PROXY_MARK);
+                }
+                let proxy = pod.mesh(opts)?;
+                let app = start_app(pod, w)?;
+                Ok((proxy, app))
+            })?;
+            demo.proxies.push((w.name.to_string(), proxy));
+            demo.apps.push(app);
+        }
+        record.ready = true;
+        running::write_record(dir, &record)?;
+        Ok(demo)
+    }
+
+    /// Prints what runs and what to try, then the workloads' traffic every `--every` seconds
+    /// until SIGTERM or SIGINT.
+    fn run(self, args: &SuperviseArgs) -> anyhow::Result<()> {
+        // Whoever started a root demo through sudo needs sudo to look at it.
+        let sudo = if args.mode == Mode::Root && std::env::var_os("SUDO_USER").is_some() {
+            "sudo "
+        } else {
+            ""
+        };
+        say(&format!(
+            "\nThe demo is up ({:.1?}): namespace {NAMESPACE}, Deployments web (2 pods), emoji, \
+             voting and vote-bot, every hop mutual TLS. Pods:",
+            self.started.elapsed()
+        ));
+        for pod in self.cluster.pods() {
+            say(&format!("  {:<11} {}", pod.name, pod.ip));
+        }
+        say(&format!(
+            "\nSomething is failing. Find it:\n\
+             \x20 {sudo}mesh viz stat deploy          golden metrics per Deployment\n\
+             \x20 {sudo}mesh viz top deploy/web       live routes through web\n\
+             \x20 {sudo}mesh viz tap deploy/web       live requests (add --path /api/vote)\n\
+             \x20 {sudo}mesh viz edges deploy         who talks to whom, with identities\n\
+             \x20 {sudo}mesh viz dashboard            all of it at once\n\
+             \x20 {sudo}mesh check --proxy            are the proxies healthy\n\
+             \x20 {sudo}mesh demo down                stop it (or Ctrl-C here)\n"
+        ));
+        say(READY_LINE);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate())?;
+            let mut interrupt = signal(SignalKind::interrupt())?;
+            let mut ticks = tokio::time::interval(Duration::from_secs(args.every));
+            ticks.tick().await;
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break,
+                    _ = interrupt.recv() => break,
+                    _ = ticks.tick() => say(&format!("  {}", self.summary())),
+                }
+            }
+            anyhow::Ok(())
+        })?;
+        say("\nstopping: the bot, the applications, the proxies, the controllers, the pods");
+        drop(self);
+        say("✔ the demo is down");
+        Ok(())
+    }
+
+    /// Each workload's inbound requests and success rate, from its proxies.
+    fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        for w in WORKLOADS.iter().filter(|w| w.service.is_some()) {
+            let (mut ok, mut failed) = (0u64, 0u64);
+            for (_, proxy) in self.proxies.iter().filter(|(n, _)| n == w.name) {
+                if let Ok((200, metrics)) = proxy.admin_get("/metrics") {
+                    let (o, f) = inbound_responses(&metrics);
+                    ok += o;
+                    failed += f;
+                }
+            }
+            let total = ok + failed;
+            let rate = if total == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.1}%", ok as f64 * 100.0 / total as f64)
+            };
+            parts.push(format!("{} {total} requests, {rate} success", w.name));
+        }
+        parts.join(" · ")
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        // The bot last started, first stopped; the cluster's drop ends whatever is left.
+        for app in self.apps.iter_mut().rev() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(app.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        for app in &mut self.apps {
+            let _ = app.wait();
+        }
+        self.proxies.clear();
+    }
+}
+
+/// Starts the workload's `mesh-demo-app` in `pod` (logging to `<PODS_DIR>/<pod>.app.log`) and
+/// waits until it listens (the bot listens on nothing: it is given a moment to fail).
+fn start_app(pod: &Pod, w: &Workload) -> anyhow::Result<Child> {
+    let log_path = Path::new(PODS_DIR).join(format!("{}.app.log", pod.name));
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let mut child = pod
+        .command(local::binary("mesh-demo-app")?)
+        .args(w.args())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting mesh-demo-app {} in pod {}", w.name, pod.name))?;
+    let exited = |child: &mut Child| -> anyhow::Result<()> {
+        match child.try_wait()? {
+            None => Ok(()),
+            Some(status) => {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                anyhow::bail!("mesh-demo-app {} exited ({status}): {}", w.name, log.trim())
+            }
+        }
+    };
+    if w.service.is_none() {
+        std::thread::sleep(Duration::from_millis(300));
+        exited(&mut child)?;
+        return Ok(child);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !listening(pod) {
+        exited(&mut child)?;
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            anyhow::bail!(
+                "mesh-demo-app {} does not listen on port {APP_PORT} after 10s",
+                w.name
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(child)
+}
+
+/// Whether something accepts connections on the pod's application port.
+fn listening(pod: &Pod) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, APP_PORT));
+    pod.run_in(move || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+        Ok(())
+    })
+    .join()
+    .is_ok_and(|r| r.is_ok())
+}
+
+/// Sums a proxy's inbound `response_total` by classification: (success, failure).
+fn inbound_responses(metrics: &str) -> (u64, u64) {
+    let (mut ok, mut failed) = (0u64, 0u64);
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with(r#"response_total{direction="inbound""#))
+    {
+        let n: u64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if line.contains(r#"classification="success""#) {
+            ok += n;
+        } else {
+            failed += n;
+        }
+    }
+    (ok, failed)
+}
+
+/// The Namespace and the ServiceAccounts of the demo.
+fn namespace_yaml() -> String {
+    let mut yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NAMESPACE}}}\n");
+    for w in &WORKLOADS {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {}, namespace: {NAMESPACE}}}\n",
+            w.name
+        ));
+    }
+    yaml
+}
+
+/// Runs one setup step, printing it with a tick (or a cross) and how long it took.
+fn step<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let start = Instant::now();
+    match f() {
+        Ok(t) => {
+            say(&format!("  ✔ {what} ({:.0?})", start.elapsed()));
+            Ok(t)
+        }
+        Err(e) => {
+            say(&format!("  × {what}"));
+            Err(e.context(what.to_string()))
+        }
+    }
+}
+
+/// Prints a line for `mesh demo up` to relay; once it has gone (`--detach`), nobody reads:
+/// that is not an error.
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn inbound_responses_are_summed_by_classification() {
+        let metrics = r#"
+response_total{direction="inbound",authority="web",classification="success",status_code="200"} 18
+response_total{direction="inbound",authority="web",classification="failure",status_code="500"} 2
+response_total{direction="outbound",authority="x",classification="failure",status_code="500"} 7
+"#;
+        assert_eq!(super::inbound_responses(metrics), (18, 2));
+        assert_eq!(super::inbound_responses(""), (0, 0));
+    }
+
+    #[test]
+    fn the_objects_parse_as_kubernetes_objects() {
+        let yaml = super::namespace_yaml();
+        let (_, docs) = crate::manifest::parse(&yaml, "namespace").unwrap();
+        assert_eq!(docs.len(), 5);
+        for doc in &docs {
+            crate::manifest::check_typed(doc).unwrap();
+        }
+    }
+}
