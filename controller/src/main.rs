@@ -34,6 +34,50 @@ enum Command {
     /// Runs the viz metrics API: answers `mesh viz stat|edges|dashboard` with the proxies'
     /// samples, read from Prometheus.
     MetricsApi(MetricsApiArgs),
+    /// Runs the viz tap aggregator: taps (and scrapes) a pod's proxy over mutual TLS as the viz
+    /// tap identity, for `mesh viz tap|top` in a cluster.
+    Tap(TapArgs),
+}
+
+#[derive(clap::Args)]
+struct TapArgs {
+    /// The address to serve the aggregator, health and readiness on (plain HTTP).
+    #[arg(long, default_value = "0.0.0.0:8089")]
+    listen: SocketAddr,
+    /// The identity controller, host:port.
+    #[arg(long, default_value = "mesh-identity.mesh.svc.cluster.local:8080")]
+    identity_addr: String,
+    /// The projected service-account token (audience identity.mesh.io) sent to the identity
+    /// controller.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/var/run/secrets/tokens/mesh-identity-token"
+    )]
+    token_file: PathBuf,
+    /// The trust domain of workload identities.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// The aggregator's own namespace: its identity is mesh-tap.<namespace>.
+    #[arg(long, default_value = "mesh-viz")]
+    namespace: String,
+    /// The control plane's namespace, whose ConfigMap mesh-trust-anchors holds the trust
+    /// anchors.
+    #[arg(long, default_value = mesh_api::identity::CONTROL_PLANE_NAMESPACE)]
+    control_plane_namespace: String,
+    /// The trust anchors (PEM) from a file instead of the ConfigMap.
+    #[arg(long, value_name = "PATH")]
+    trust_anchors: Option<PathBuf>,
+    /// The proxies' admin port.
+    #[arg(long, default_value_t = mesh_api::inject::ADMIN_PORT)]
+    proxy_admin_port: u16,
+    /// The kubeconfig file; by default KUBECONFIG, ~/.kube/config or the in-cluster
+    /// configuration.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// The log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    log_level: String,
 }
 
 #[derive(clap::Args)]
@@ -183,6 +227,7 @@ fn main() -> ExitCode {
         Command::Identity(args) => identity(args),
         Command::Injector(args) => injector(args),
         Command::MetricsApi(args) => metrics_api(args),
+        Command::Tap(args) => tap(args),
     }
 }
 
@@ -339,6 +384,34 @@ fn metrics_api(args: MetricsApiArgs) -> ExitCode {
         runtime.block_on(async {
             tokio::select! {
                 r = metrics_api::run(config) => r.context("metrics API stopped"),
+                r = terminated() => r.context("waiting for a signal"),
+            }
+        })
+    })())
+}
+
+fn tap(args: TapArgs) -> ExitCode {
+    use mesh_controller::viz::tap::{self, TapConfig};
+    init_logging(&args.log_level);
+    let config = TapConfig {
+        listen: args.listen,
+        identity_addr: args.identity_addr,
+        token_file: args.token_file,
+        trust_domain: args.trust_domain,
+        namespace: args.namespace,
+        control_plane_namespace: args.control_plane_namespace,
+        trust_anchors: args.trust_anchors,
+        proxy_admin_port: args.proxy_admin_port,
+    };
+    exit((|| {
+        let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+        runtime.block_on(async {
+            let client = mesh_controller::source::kube::client(args.kubeconfig.as_deref()).await?;
+            let mut running = tap::start(config, client)
+                .await
+                .context("starting the tap aggregator")?;
+            tokio::select! {
+                r = running.wait() => r.context("tap aggregator stopped"),
                 r = terminated() => r.context("waiting for a signal"),
             }
         })

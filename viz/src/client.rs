@@ -21,6 +21,20 @@ use crate::tap::PodEvent;
 /// The proxy's admin port.
 pub const ADMIN_PORT: u16 = 4191;
 
+/// Where the viz tap aggregator (`mesh-controller tap`) serves a pod's proxy:
+/// `GET /api/v1/pods/<namespace>/<pod>/tap?<filter>` and `…/metrics`, answered with the
+/// proxy's own body (errors: `{"error": …}`, [`crate::source::ApiError`]).
+pub const PODS_PATH: &str = "/api/v1/pods";
+
+/// The aggregator's path of `pod`'s `what` (`tap` or `metrics`).
+///
+/// ```
+/// assert_eq!(mesh_viz::client::pod_path("demo", "web-1", "tap"), "/api/v1/pods/demo/web-1/tap");
+/// ```
+pub fn pod_path(namespace: &str, pod: &str, what: &str) -> String {
+    format!("{PODS_PATH}/{namespace}/{pod}/{what}")
+}
+
 /// A connection to a proxy's admin port.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}

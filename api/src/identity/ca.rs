@@ -460,6 +460,56 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
         .map(SystemTime::from)
 }
 
+/// A CSR for `identity` (its DNS name and SPIFFE ID, nothing else: what the identity controller
+/// signs) signed by `key`, PEM.
+pub fn csr(identity: &Identity, key: &KeyPair) -> Result<String, CaError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, identity.dns_name());
+    params.subject_alt_names = vec![
+        SanType::DnsName(
+            identity
+                .dns_name()
+                .try_into()
+                .map_err(rcgen("the CSR's DNS name"))?,
+        ),
+        SanType::URI(
+            identity
+                .spiffe_id()
+                .try_into()
+                .map_err(rcgen("the CSR's SPIFFE ID"))?,
+        ),
+    ];
+    params
+        .serialize_request(key)
+        .map_err(rcgen("signing the CSR"))?
+        .pem()
+        .map_err(rcgen("encoding the CSR"))
+}
+
+/// Checks a chain the identity controller issued for a CSR of [`csr`]: it verifies against
+/// `anchors` for `name` now and its leaf carries `public_key` (the raw key of the CSR's key
+/// pair). Returns the chain and the leaf's expiry.
+pub fn check_issued(
+    chain_pem: &str,
+    anchors: &[CertificateDer<'_>],
+    name: &str,
+    public_key: &[u8],
+) -> Result<(Vec<CertificateDer<'static>>, SystemTime), CaError> {
+    let chain = certs_from_pem(chain_pem, "the certificate chain")?;
+    verify_chain(&chain, anchors, name, SystemTime::now())?;
+    let info = cert_info(&chain[0])?;
+    if info.public_key != public_key {
+        return Err(CaError::Untrusted {
+            name: name.to_string(),
+            reason: "it is for another key".into(),
+        });
+    }
+    Ok((chain, info.not_after))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,6 +589,48 @@ mod tests {
         assert!(e.to_string().contains("does not belong"), "{e}");
         let e = Signer::from_pem("not pem", &issuer.key_pem).err().unwrap();
         assert!(e.to_string().contains("issuer certificate"), "{e}");
+    }
+
+    #[test]
+    fn an_issued_csr_is_checked_for_its_name_and_key() {
+        let (anchor, signer) = ca();
+        let anchors = certs_from_pem(&anchor.cert_pem, "anchors").unwrap();
+        let key = new_key().unwrap();
+        let csr =
+            rcgen::CertificateSigningRequestParams::from_pem(&csr(&web(), &key).unwrap()).unwrap();
+        let names: Vec<String> = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .map(|n| format!("{n:?}"))
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        let issued = signer
+            .issue(
+                &csr.public_key,
+                &LeafNames::identity(&web()),
+                DAY,
+                Duration::ZERO,
+            )
+            .unwrap();
+        let name = web().dns_name();
+        let (chain, not_after) =
+            check_issued(&issued.chain_pem, &anchors, &name, key.public_key_raw()).unwrap();
+        assert_eq!(chain.len(), 2);
+        assert!(not_after > SystemTime::now());
+        let other = new_key().unwrap();
+        let e =
+            check_issued(&issued.chain_pem, &anchors, &name, other.public_key_raw()).unwrap_err();
+        assert!(e.to_string().contains("another key"), "{e}");
+        let db = Identity::new("db", "demo", "cluster.local").unwrap();
+        let e = check_issued(
+            &issued.chain_pem,
+            &anchors,
+            &db.dns_name(),
+            key.public_key_raw(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("another name"), "{e}");
     }
 
     #[test]

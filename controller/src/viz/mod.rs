@@ -1,12 +1,14 @@
 //! The viz component's servers: the metrics API (`mesh-controller metrics-api`, [`metrics_api`]),
 //! which answers `mesh viz stat|edges|dashboard` from Prometheus ([`prometheus`]), and the tap
-//! aggregator.
+//! aggregator ([`tap`], `mesh-controller tap`), which reaches a pod's proxy over mutual TLS as the
+//! viz tap identity.
 //!
 //! **Architecture Invariant:** both answer in the shapes of `mesh_viz::source` and
 //! `mesh_api::tap`, so the CLI folds their answers with the same code as the proxies' own.
 
 pub mod metrics_api;
 pub mod prometheus;
+pub mod tap;
 
 use std::convert::Infallible;
 use std::future::Future;
