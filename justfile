@@ -6,7 +6,7 @@ test *args:
 
 # Only the end-to-end tests on network-namespace pods (needs root).
 e2e *args:
-    cargo build --workspace --bins
+    cargo build -p mesh-proxy -p mesh-controller -p mesh-demo-app -p mesh-cli --bins
     cargo test -p mesh-tests {{args}}
 
 # Benchmarks: the mesh against direct calls and haproxy, written to BENCHMARKS.md (needs root).
@@ -19,7 +19,7 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# The local mesh: meshed pods on this machine (needs root).
+# The demo: a whole meshed application on this machine (`just demo down` stops a detached one).
 demo *args:
     cargo run --release -p mesh-cli -- demo {{args}}
 

@@ -61,8 +61,10 @@ const HOOKS: [(&str, &str); 2] = [("PREROUTING", INBOUND_CHAIN), ("OUTPUT", OUTB
 /// What to redirect where.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// Connections made by this uid (the proxy's) are never redirected.
-    pub proxy_uid: u32,
+    /// Connections made by this uid (the proxy's) are never redirected. `None` leaves the
+    /// exemption to [`Config::proxy_mark`]: in a user namespace where the proxy's uid does not
+    /// exist, the kernel refuses an owner match on it.
+    pub proxy_uid: Option<u32>,
     /// Connections whose socket carries this mark (`SO_MARK`, set by the proxy with
     /// `MESH_PROXY_SOCKET_MARK`) are never redirected either.
     pub proxy_mark: Option<Mark>,
@@ -79,7 +81,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            proxy_uid: DEFAULT_PROXY_UID,
+            proxy_uid: Some(DEFAULT_PROXY_UID),
             proxy_mark: None,
             inbound_port: DEFAULT_INBOUND_PORT,
             outbound_port: DEFAULT_OUTBOUND_PORT,
@@ -193,10 +195,11 @@ pub fn render_install(config: &Config, state: &NatState) -> String {
 
     // Outbound: the proxy's own traffic, the pod talking to itself and skip ports leave as
     // they are; everything else goes to the proxy.
-    out.push_str(&format!(
-        "-A {OUTBOUND_CHAIN} -m owner --uid-owner {} -j RETURN\n",
-        config.proxy_uid
-    ));
+    if let Some(uid) = config.proxy_uid {
+        out.push_str(&format!(
+            "-A {OUTBOUND_CHAIN} -m owner --uid-owner {uid} -j RETURN\n"
+        ));
+    }
     if let Some(mark) = config.proxy_mark {
         out.push_str(&format!(
             "-A {OUTBOUND_CHAIN} -m mark --mark {mark} -j RETURN\n"
@@ -419,7 +422,8 @@ mod tests {
         let mut config = Config::default();
         for (flag, value) in flags {
             match *flag {
-                "proxy-uid" => config.proxy_uid = value.parse().expect("test uid"),
+                "proxy-uid" => config.proxy_uid = Some(value.parse().expect("test uid")),
+                "no-proxy-uid" => config.proxy_uid = None,
                 "proxy-mark" => config.proxy_mark = Some(value.parse().expect("test mark")),
                 "inbound-port" => config.inbound_port = value.parse().expect("test port"),
                 "outbound-port" => config.outbound_port = value.parse().expect("test port"),
@@ -528,6 +532,19 @@ COMMIT
                 .replace("MARK", mark),
             )
         };
+        // By mark alone: no owner match on a uid that may not exist.
+        check(
+            &[("proxy-mark", "0x2102"), ("no-proxy-uid", "")],
+            &rules(
+                "-A MESH_INBOUND -p tcp -j MESH_INBOUND_REDIRECT
+-A MESH_INBOUND_REDIRECT -p tcp -j REDIRECT --to-ports 4143
+-A MESH_OUTBOUND -m mark --mark 0x2102 -j RETURN
+-A MESH_OUTBOUND -o lo -j RETURN
+-A MESH_OUTBOUND -p tcp -j MESH_OUTBOUND_REDIRECT
+-A MESH_OUTBOUND_REDIRECT -p tcp -j REDIRECT --to-ports 4140
+",
+            ),
+        );
         // Decimal or hex in, hex out (as iptables-save prints it).
         check(&[("proxy-mark", "102")], &with_mark("0x66"));
         check(&[("proxy-mark", "0x66")], &with_mark("0x66"));

@@ -16,7 +16,8 @@ const BIN_DIR_ENV: &str = "MESH_BIN_DIR";
 /// Looks in `$MESH_BIN_DIR` when set; otherwise next to the running executable (for a test,
 /// `target/<profile>/`, the parent of its `deps/`). When this process runs under cargo (`CARGO`
 /// is set, as in `cargo test`), it first builds the binaries once per process with
-/// `$CARGO build -p mesh-proxy -p mesh-controller --bins` in the same profile, so they are never stale.
+/// `$CARGO build -p mesh-proxy -p mesh-controller -p mesh-demo-app -p mesh-cli --bins` in the same
+/// profile, so they are never stale (`scripts/test` runs the same command first).
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let dir = match std::env::var_os(BIN_DIR_ENV) {
         Some(dir) => PathBuf::from(dir),

@@ -152,10 +152,14 @@ impl Pod {
         };
 
         let mut cmd = self.command(&init);
-        cmd.arg(format!("--proxy-uid={PROXY_UID}"));
-        if let Some(mark) = opts.proxy_mark {
-            cmd.arg(format!("--proxy-mark={mark:#x}"));
-        }
+        match opts.proxy_mark {
+            // The proxy runs as the current user then: exempt it by its mark alone (in a user
+            // namespace, uid PROXY_UID may not even exist).
+            Some(mark) => cmd
+                .arg(format!("--proxy-mark={mark:#x}"))
+                .arg("--no-proxy-uid"),
+            None => cmd.arg(format!("--proxy-uid={PROXY_UID}")),
+        };
         if !opts.skip_inbound_ports.is_empty() {
             cmd.arg(format!(
                 "--skip-inbound-ports={}",

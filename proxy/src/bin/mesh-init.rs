@@ -22,6 +22,12 @@ struct Args {
     #[arg(long, value_name = "UID", default_value_t = init::DEFAULT_PROXY_UID)]
     proxy_uid: u32,
 
+    /// Exempts the proxy by --proxy-mark alone, with no uid rule: for a user namespace where
+    /// the proxy shares the application's uid and uid --proxy-uid does not exist (the kernel
+    /// refuses a rule on an unmapped uid).
+    #[arg(long, requires = "proxy_mark", conflicts_with = "proxy_uid")]
+    no_proxy_uid: bool,
+
     /// A socket mark (decimal or 0x hex, nonzero) whose connections are never redirected either:
     /// the proxy sets it with MESH_PROXY_SOCKET_MARK. For pods where the proxy shares the
     /// application's uid (a rootless user namespace has only uid 0).
@@ -66,7 +72,7 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let config = Config {
-        proxy_uid: args.proxy_uid,
+        proxy_uid: (!args.no_proxy_uid).then_some(args.proxy_uid),
         proxy_mark: args.proxy_mark,
         inbound_port: args.inbound_port,
         outbound_port: args.outbound_port,
@@ -81,14 +87,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         ),
         (false, false) => {
             init::install(&config).context("installing the redirect rules")?;
-            let mark = config
-                .proxy_mark
-                .map(|m| format!(" and socket mark {m}"))
-                .unwrap_or_default();
+            let exempt: Vec<String> = config
+                .proxy_uid
+                .map(|uid| format!("proxy uid {uid}"))
+                .into_iter()
+                .chain(config.proxy_mark.map(|m| format!("socket mark {m}")))
+                .collect();
             println!(
                 "mesh-init: redirecting inbound TCP to port {}, outbound TCP to port {} \
-                 (proxy uid {}{mark} exempt)",
-                config.inbound_port, config.outbound_port, config.proxy_uid
+                 ({} exempt)",
+                config.inbound_port,
+                config.outbound_port,
+                exempt.join(" and ")
             );
         }
         (false, true) => match init::remove().context("removing the redirect rules")? {
