@@ -3,6 +3,7 @@
 pub mod fixtures;
 pub mod mtls;
 pub mod state;
+pub mod web_mesh;
 
 use std::io::Read as _;
 use std::net::{SocketAddr, TcpStream};

@@ -3,124 +3,9 @@
 //! binary reads the state folder, enters the pods and answers `stat`, `edges` and `tap`. Needs
 //! root.
 
-use http_body_util::BodyExt as _;
-use mesh_cli::local::{
-    require_root, service_yaml, Cluster, ControlOptions, ControlPlane, Pod, Proxy,
-};
-use mesh_tests::{fixtures, serve_app};
-use std::{
-    net::{IpAddr, SocketAddr},
-    path::Path,
-    process::Output,
-    thread::JoinHandle,
-    time::Duration,
-};
-
-const SERVICE: &str = "web-svc.demo.svc.cluster.local";
-const CLUSTER_IP: [u8; 4] = [10, 96, 0, 10];
-const APP_PORT: u16 = 8080;
-
-struct Mesh {
-    _cluster: Cluster,
-    control: ControlPlane,
-    webs: Vec<Pod>,
-    client: Pod,
-    _proxies: Vec<Proxy>,
-    _apps: Vec<JoinHandle<anyhow::Result<()>>>,
-    _dir: tempfile::TempDir,
-}
-
-/// Pods `web-1`, `web-2` (Deployment `web`) and `client` (Deployment `client`), all meshed.
-fn mesh(name: &str) -> Mesh {
-    require_root().expect("end-to-end tests need root and network namespaces");
-    let mut cluster = Cluster::new(name).expect("cluster");
-    let control_pod = cluster.add_pod("control").expect("control pod");
-    let webs = vec![
-        cluster.add_pod("web-1").expect("web-1"),
-        cluster.add_pod("web-2").expect("web-2"),
-    ];
-    let client = cluster.add_pod("client").expect("client pod");
-    let dir = tempfile::tempdir().expect("control folder");
-    let control = ControlPlane::start(&control_pod, dir.path(), &ControlOptions::default())
-        .expect("control plane");
-    control
-        .write(
-            "web-svc.yaml",
-            &service_yaml(
-                "demo",
-                "web-svc",
-                CLUSTER_IP.into(),
-                (80, APP_PORT),
-                &[("app", "web")],
-                &webs,
-            ),
-        )
-        .expect("service");
-    let mut apps = Vec::new();
-    let mut proxies = Vec::new();
-    for web in &webs {
-        apps.push(serve_app(web, APP_PORT, Duration::ZERO, &web.name).expect("web app"));
-        let opts = control
-            .enroll_in(web, "demo", "web", &[("app", "web")], Some("web"))
-            .expect("enroll web");
-        proxies.push(web.mesh(opts).expect("mesh web"));
-    }
-    client
-        .set_hosts(&[(IpAddr::from(CLUSTER_IP), SERVICE)])
-        .expect("hosts file");
-    client.route("10.96.0.0/12").expect("service route");
-    let opts = control
-        .enroll_in(
-            &client,
-            "demo",
-            "client",
-            &[("app", "client")],
-            Some("client"),
-        )
-        .expect("enroll client");
-    proxies.push(client.mesh(opts).expect("mesh client"));
-    Mesh {
-        _cluster: cluster,
-        control,
-        webs,
-        client,
-        _proxies: proxies,
-        _apps: apps,
-        _dir: dir,
-    }
-}
-
-/// Sends `paths` in order from the client pod to `web-svc` over one HTTP/2 connection; returns
-/// each answer's status and grpc-status.
-fn send(client: &Pod, paths: Vec<&'static str>) -> Vec<(u16, Option<String>)> {
-    client
-        .run_in(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
-                let mut h2 = fixtures::h2(SocketAddr::from((CLUSTER_IP, 80))).await;
-                let mut answers = Vec::new();
-                for path in paths {
-                    let req = http::Request::get(format!("http://{SERVICE}{path}"))
-                        .header("content-type", "application/grpc")
-                        .body(http_body_util::Empty::new().boxed())?;
-                    let rsp = h2.send_request(req).await?;
-                    let status = rsp.status().as_u16();
-                    let body = rsp.into_body().collect().await?;
-                    let grpc = body
-                        .trailers()
-                        .and_then(|t| t.get("grpc-status"))
-                        .map(|v| v.to_str().unwrap_or("?").to_string());
-                    answers.push((status, grpc));
-                }
-                Ok(answers)
-            })
-        })
-        .join()
-        .expect("client thread")
-        .expect("requests")
-}
+use mesh_tests::fixtures;
+use mesh_tests::web_mesh::WebMesh;
+use std::{path::Path, process::Output, time::Duration};
 
 /// Runs the real `mesh` binary.
 fn mesh_cmd(state: &Path, args: &[&str]) -> Output {
@@ -135,7 +20,7 @@ fn mesh_cmd(state: &Path, args: &[&str]) -> Output {
 }
 
 /// `MESH_VIZ_RECORD=DIR`: keeps the proxies' scrapes and the state folder as test data.
-fn record(mesh: &Mesh) {
+fn record(mesh: &WebMesh) {
     let Some(dir) = std::env::var_os("MESH_VIZ_RECORD") else {
         return;
     };
@@ -169,10 +54,10 @@ fn json(out: Output) -> serde_json::Value {
 
 #[test]
 fn stat_edges_and_tap_see_the_traffic() {
-    let mesh = mesh("viz");
+    let mesh = WebMesh::start("viz");
     let state = mesh.control.state_dir().to_path_buf();
     let paths = [["/"; 6].to_vec(), ["/grpc/fail"; 2].to_vec()].concat();
-    let answers = send(&mesh.client, paths);
+    let answers = mesh.send(paths);
     let failed = answers
         .iter()
         .filter(|(_, grpc)| grpc.as_deref() == Some("2"))
@@ -260,7 +145,7 @@ fn stat_edges_and_tap_see_the_traffic() {
         .expect("run mesh viz tap");
     let deadline = std::time::Instant::now() + Duration::from_secs(6);
     while std::time::Instant::now() < deadline {
-        send(&mesh.client, vec!["/", "/grpc/fail"]);
+        mesh.send(vec!["/", "/grpc/fail"]);
         std::thread::sleep(Duration::from_millis(200));
     }
     let out = tap.wait_with_output().expect("mesh viz tap");

@@ -5,18 +5,14 @@
 //! metrics-api` reads it; and the shared stat and edges code fold its answer into the same
 //! figures as the proxies' own scrapes. Needs root and `/usr/bin/prometheus`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use http_body_util::BodyExt as _;
-use mesh_cli::local::{
-    binary, require_root, service_yaml, Cluster, ControlOptions, ControlPlane, Pod, Proxy,
-};
-use mesh_tests::{fixtures, serve_app};
+use mesh_cli::local::{binary, require_root, Pod};
+use mesh_tests::web_mesh::WebMesh;
 use mesh_viz::model::{Kind, PodInfo, Workload};
 use mesh_viz::source::{Direct, MetricsApi, MetricsSource as _, SourceError, Window};
 use mesh_viz::stat::{stat, Measure, Scrapes, StatRow};
@@ -24,21 +20,12 @@ use mesh_viz::stat::{stat, Measure, Scrapes, StatRow};
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const PROMETHEUS_PORT: u16 = 9090;
 const METRICS_API_PORT: u16 = 8085;
-const SERVICE: &str = "web-svc.demo.svc.cluster.local";
-const CLUSTER_IP: [u8; 4] = [10, 96, 0, 10];
-const APP_PORT: u16 = 8080;
 const WAIT: Duration = Duration::from_secs(45);
 
 struct Mesh {
-    _cluster: Cluster,
-    _control: ControlPlane,
-    web_proxies: Vec<Proxy>,
-    client: Pod,
+    web: WebMesh,
     viz: Pod,
     pods: Vec<PodInfo>,
-    _proxies: Vec<Proxy>,
-    _apps: Vec<JoinHandle<anyhow::Result<()>>>,
-    dir: tempfile::TempDir,
 }
 
 /// A process of the test in a pod, killed (and reaped) on drop.
@@ -61,8 +48,7 @@ impl Killed {
     }
 }
 
-/// Pods `web-1`, `web-2` (Deployment `web`), `client` (Deployment `client`), all meshed, and an
-/// unmeshed `viz` pod for Prometheus and the metrics API.
+/// The web mesh, and an unmeshed `viz` pod for Prometheus and the metrics API.
 fn mesh() -> Mesh {
     require_root().expect("end-to-end tests need root and network namespaces");
     assert!(
@@ -70,53 +56,8 @@ fn mesh() -> Mesh {
         "{PROMETHEUS} not found: this test runs the Debian package `prometheus` \
          (`apt-get install prometheus`; scripts/test installs it when run as root)"
     );
-    let mut cluster = Cluster::new("vizprom").expect("cluster");
-    let control_pod = cluster.add_pod("control").expect("control pod");
-    let webs = vec![
-        cluster.add_pod("web-1").expect("web-1"),
-        cluster.add_pod("web-2").expect("web-2"),
-    ];
-    let client = cluster.add_pod("client").expect("client pod");
-    let viz = cluster.add_pod("viz").expect("viz pod");
-    let dir = tempfile::tempdir().expect("test folder");
-    let control = ControlPlane::start(&control_pod, dir.path(), &ControlOptions::default())
-        .expect("control plane");
-    control
-        .write(
-            "web-svc.yaml",
-            &service_yaml(
-                "demo",
-                "web-svc",
-                CLUSTER_IP.into(),
-                (80, APP_PORT),
-                &[("app", "web")],
-                &webs,
-            ),
-        )
-        .expect("service");
-    let mut apps = Vec::new();
-    let mut web_proxies = Vec::new();
-    for web in &webs {
-        apps.push(serve_app(web, APP_PORT, Duration::ZERO, &web.name).expect("web app"));
-        let opts = control
-            .enroll_in(web, "demo", "web", &[("app", "web")], Some("web"))
-            .expect("enroll web");
-        web_proxies.push(web.mesh(opts).expect("mesh web"));
-    }
-    client
-        .set_hosts(&[(IpAddr::from(CLUSTER_IP), SERVICE)])
-        .expect("hosts file");
-    client.route("10.96.0.0/12").expect("service route");
-    let opts = control
-        .enroll_in(
-            &client,
-            "demo",
-            "client",
-            &[("app", "client")],
-            Some("client"),
-        )
-        .expect("enroll client");
-    let proxies = vec![client.mesh(opts).expect("mesh client")];
+    let mut web = WebMesh::start("vizprom");
+    let viz = web.cluster.add_pod("viz").expect("viz pod");
     let identity = |sa: &str| {
         Some(format!(
             "{sa}.demo.serviceaccount.identity.mesh.cluster.local"
@@ -133,27 +74,17 @@ fn mesh() -> Mesh {
         address: pod.ip.to_string(),
     };
     let pods = vec![
-        info(&webs[0], "web", &["web-svc"]),
-        info(&webs[1], "web", &["web-svc"]),
-        info(&client, "client", &[]),
+        info(&web.webs[0], "web", &["web-svc"]),
+        info(&web.webs[1], "web", &["web-svc"]),
+        info(&web.client, "client", &[]),
     ];
-    Mesh {
-        _cluster: cluster,
-        _control: control,
-        web_proxies,
-        client,
-        viz,
-        pods,
-        _proxies: proxies,
-        _apps: apps,
-        dir,
-    }
+    Mesh { web, viz, pods }
 }
 
 /// Prometheus in the viz pod, scraping every proxy each second, each target labelled with its
 /// pod's `namespace` and `pod`.
 fn start_prometheus(mesh: &Mesh) -> (Killed, std::path::PathBuf) {
-    let dir = mesh.dir.path().join("prometheus");
+    let dir = mesh.web.dir.path().join("prometheus");
     std::fs::create_dir_all(dir.join("data")).expect("prometheus folder");
     let mut config = String::from(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: mesh-proxy\n    static_configs:\n",
@@ -193,7 +124,7 @@ fn start_prometheus(mesh: &Mesh) -> (Killed, std::path::PathBuf) {
 
 /// `mesh-controller metrics-api` in the viz pod, reading `prometheus_url`.
 fn start_metrics_api(mesh: &Mesh, prometheus_url: &str, port: u16) -> (Killed, std::path::PathBuf) {
-    let log = mesh.dir.path().join(format!("metrics-api-{port}.log"));
+    let log = mesh.web.dir.path().join(format!("metrics-api-{port}.log"));
     let child = mesh
         .viz
         .command(binary("mesh-controller").expect("mesh-controller binary"))
@@ -233,37 +164,6 @@ fn read(viz: &Pod, port: u16, pods: &[PodInfo], window: Duration) -> Result<Wind
     .join()
     .expect("metrics API thread")
     .expect("runtime")
-}
-
-/// Sends `paths` in order from the client pod to `web-svc` over one HTTP/2 connection; returns
-/// each answer's grpc-status.
-fn send(client: &Pod, paths: Vec<&'static str>) -> Vec<Option<String>> {
-    client
-        .run_in(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
-                let mut h2 = fixtures::h2(SocketAddr::from((CLUSTER_IP, 80))).await;
-                let mut answers = Vec::new();
-                for path in paths {
-                    let req = http::Request::get(format!("http://{SERVICE}{path}"))
-                        .header("content-type", "application/grpc")
-                        .body(http_body_util::Empty::new().boxed())?;
-                    let rsp = h2.send_request(req).await?;
-                    let body = rsp.into_body().collect().await?;
-                    answers.push(
-                        body.trailers()
-                            .and_then(|t| t.get("grpc-status"))
-                            .map(|v| v.to_str().unwrap_or("?").to_string()),
-                    );
-                }
-                Ok(answers)
-            })
-        })
-        .join()
-        .expect("client thread")
-        .expect("requests")
 }
 
 /// The stat rows of the Deployments `web` (inbound) and `client` (`--to deploy/web`).
@@ -311,13 +211,16 @@ fn the_metrics_api_answers_stat_from_prometheus() {
     );
 
     let paths = [["/"; 6].to_vec(), ["/grpc/fail"; 2].to_vec()].concat();
-    let answers = send(&mesh.client, paths);
-    let failed = answers.iter().filter(|g| g.as_deref() == Some("2")).count();
+    let answers = mesh.web.send(paths);
+    let failed = answers
+        .iter()
+        .filter(|(_, g)| g.as_deref() == Some("2"))
+        .count();
     assert_eq!((answers.len(), failed), (8, 2), "{answers:?}");
 
     // What the proxies themselves say, folded by the same code.
     let mut own = Scrapes::new();
-    for (proxy, pod) in mesh.web_proxies.iter().zip(&mesh.pods) {
+    for (proxy, pod) in mesh.web.web_proxies.iter().zip(&mesh.pods) {
         let (status, body) = proxy.admin_get("/metrics").expect("scrape web proxy");
         assert_eq!(status, 200, "{body}");
         let samples = mesh_viz::prom::parse(&body).expect("parse scrape");
