@@ -8,7 +8,7 @@
 //! would be redirected back into the proxy. It is set before `connect`, so the SYN carries it.
 //!
 //! ```no_run
-//! # async fn f() -> Result<(), mesh_proxy::http::upstream::UpstreamError> {
+//! # async fn f() -> Result<(), mesh_proxy::connect::ConnectError> {
 //! use mesh_proxy::connect::Connect;
 //! use std::time::Duration;
 //! let connect = Connect {
@@ -19,10 +19,25 @@
 //! # Ok(()) }
 //! ```
 
-use crate::{http::upstream::UpstreamError, init::Mark};
+use crate::init::Mark;
 use nix::sys::socket::{setsockopt, sockopt};
 use std::{io, net::SocketAddr, time::Duration};
 use tokio::net::{TcpSocket, TcpStream};
+
+/// A connection that could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connecting to {target}: {source}")]
+    Io {
+        target: SocketAddr,
+        source: io::Error,
+    },
+    #[error("connecting to {target}: timed out after {timeout:?}")]
+    Timeout {
+        target: SocketAddr,
+        timeout: Duration,
+    },
+}
 
 /// How the proxy opens a connection: within a timeout, and with its socket mark, if any.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,11 +50,11 @@ pub struct Connect {
 
 impl Connect {
     /// Opens a TCP connection to `target` within the timeout, marked, with Nagle's algorithm off.
-    pub async fn connect(&self, target: SocketAddr) -> Result<TcpStream, UpstreamError> {
+    pub async fn connect(&self, target: SocketAddr) -> Result<TcpStream, ConnectError> {
         let timeout = self.timeout;
         match tokio::time::timeout(timeout, tcp(target, self.mark)).await {
-            Err(_) => Err(UpstreamError::ConnectTimeout { target, timeout }),
-            Ok(Err(source)) => Err(UpstreamError::Connect { target, source }),
+            Err(_) => Err(ConnectError::Timeout { target, timeout }),
+            Ok(Err(source)) => Err(ConnectError::Io { target, source }),
             Ok(Ok(io)) => Ok(io),
         }
     }
@@ -108,7 +123,7 @@ mod tests {
             mark: None,
         };
         let err = connect.connect(target).await.unwrap_err();
-        assert_eq!(err.label(), "connect");
+        assert!(matches!(err, ConnectError::Io { .. }), "{err}");
         assert!(err.to_string().contains(&target.to_string()), "{err}");
     }
 

@@ -24,7 +24,10 @@ where
 
 /// Opens the upstream connection.
 pub async fn connect(target: SocketAddr, connect: &Connect) -> Result<TcpStream, TcpError> {
-    connect.connect(target).await.map_err(TcpError::Connect)
+    connect
+        .connect(target)
+        .await
+        .map_err(|e| TcpError::Connect(e.into()))
 }
 
 /// Copies bytes between `client` and `server` until both directions end.

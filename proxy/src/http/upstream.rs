@@ -57,6 +57,18 @@ pub enum UpstreamError {
     },
 }
 
+impl From<crate::connect::ConnectError> for UpstreamError {
+    fn from(e: crate::connect::ConnectError) -> Self {
+        use crate::connect::ConnectError;
+        match e {
+            ConnectError::Io { target, source } => UpstreamError::Connect { target, source },
+            ConnectError::Timeout { target, timeout } => {
+                UpstreamError::ConnectTimeout { target, timeout }
+            }
+        }
+    }
+}
+
 impl UpstreamError {
     /// The `error` metric label for this failure.
     pub fn label(&self) -> &'static str {
@@ -196,7 +208,7 @@ impl Upstream {
 
     /// Opens a TCP connection to `target` within the connect timeout (and with the socket mark).
     pub async fn connect(&self, target: SocketAddr) -> Result<TcpStream, UpstreamError> {
-        self.connect.connect(target).await
+        Ok(self.connect.connect(target).await?)
     }
 
     /// Opens mutual TLS to the proxy of a meshed endpoint, which must prove `server_id`; the TLS
@@ -298,7 +310,7 @@ impl tower::Service<Uri> for PoolConnector {
             // `send_http1` adds the target; only the cause is wanted here.
             match connect.connect(target).await {
                 Ok(io) => Ok(TokioIo::new(io)),
-                Err(UpstreamError::Connect { source, .. }) => Err(source),
+                Err(crate::connect::ConnectError::Io { source, .. }) => Err(source),
                 Err(e) => Err(io::Error::new(io::ErrorKind::TimedOut, e.to_string())),
             }
         })
