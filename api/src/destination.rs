@@ -36,7 +36,7 @@ use crate::wire::{error_text, AbortOnDrop, LineDecoder, TooLong};
 pub const WATCH_PATH: &str = "/v1/destination/watch";
 
 /// The longest line the client accepts (1 MiB); a longer one is [`WatchError::LineTooLong`].
-pub const MAX_LINE: usize = 1024 * 1024;
+pub use crate::wire::MAX_LINE;
 
 /// One message of the destination watch, one JSON object per line.
 ///

@@ -299,7 +299,7 @@ pub enum TapError {
         /// The cause.
         source: hyper::Error,
     },
-    /// A line was longer than [`MAX_LINE`](crate::destination::MAX_LINE).
+    /// A line was longer than [`MAX_LINE`].
     #[error("tap stream of {authority}: a line is longer than {MAX_LINE} bytes")]
     LineTooLong {
         /// The proxy's admin authority.

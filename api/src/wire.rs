@@ -5,7 +5,8 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use crate::destination::MAX_LINE;
+/// The longest line the streaming clients accept (1 MiB).
+pub const MAX_LINE: usize = 1024 * 1024;
 
 /// Aborts a connection task when dropped: the connection serves one call.
 pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
@@ -27,7 +28,7 @@ pub(crate) async fn error_text(body: Incoming, limit: usize) -> String {
     String::from_utf8_lossy(&bytes).trim().to_owned()
 }
 
-/// The current line is longer than [`MAX_LINE`](crate::destination::MAX_LINE).
+/// The current line is longer than [`MAX_LINE`].
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct TooLong;
 
