@@ -10,12 +10,8 @@
 //! renewal needs no restart of anything.
 
 use crate::config::IdentityConfig;
+use crate::metrics::{IdentityMetrics, RefreshLabels};
 use mesh_api::identity::{ca, client, CertifyRequest, Identity};
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::Registry,
-};
 use rustls::{
     client::ResolvesClientCert,
     crypto::CryptoProvider,
@@ -123,37 +119,6 @@ impl ResolvesClientCert for CertStore {
 
     fn has_certs(&self) -> bool {
         self.get().is_some()
-    }
-}
-
-/// The identity metric families.
-#[derive(Clone, Default)]
-pub struct IdentityMetrics {
-    /// `identity_cert_expiration_timestamp_seconds`: when the current certificate expires.
-    pub expiration: Gauge,
-    /// `identity_cert_refresh_total{result}`: certify calls, by outcome.
-    pub refresh_total: Family<RefreshLabels, Counter>,
-}
-
-/// The outcome of a certify call.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RefreshLabels {
-    pub result: &'static str,
-}
-
-impl IdentityMetrics {
-    /// Adds the families to `registry`.
-    pub fn register(&self, registry: &mut Registry) {
-        registry.register(
-            "identity_cert_expiration_timestamp_seconds",
-            "When the proxy's current certificate expires, in seconds since the Unix epoch",
-            self.expiration.clone(),
-        );
-        registry.register(
-            "identity_cert_refresh",
-            "Certificate requests to the identity controller, by result",
-            self.refresh_total.clone(),
-        );
     }
 }
 

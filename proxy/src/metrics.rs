@@ -8,7 +8,6 @@
 //! as `overflow`).
 
 use crate::discover::DstLabels;
-use crate::identity::IdentityMetrics;
 use prometheus_client::{
     encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -357,6 +356,37 @@ impl EncodeLabelSet for ResponseLabels {
             label(&mut e, "error", error)?;
         }
         Ok(())
+    }
+}
+
+/// The identity metric families.
+#[derive(Clone, Default)]
+pub struct IdentityMetrics {
+    /// `identity_cert_expiration_timestamp_seconds`: when the current certificate expires.
+    pub expiration: Gauge,
+    /// `identity_cert_refresh_total{result}`: certify calls, by outcome.
+    pub refresh_total: Family<RefreshLabels, Counter>,
+}
+
+/// The outcome of a certify call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefreshLabels {
+    pub result: &'static str,
+}
+
+impl IdentityMetrics {
+    /// Adds the families to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "identity_cert_expiration_timestamp_seconds",
+            "When the proxy's current certificate expires, in seconds since the Unix epoch",
+            self.expiration.clone(),
+        );
+        registry.register(
+            "identity_cert_refresh",
+            "Certificate requests to the identity controller, by result",
+            self.refresh_total.clone(),
+        );
     }
 }
 
