@@ -18,8 +18,8 @@ use serde::Serialize;
 
 use crate::controller::{self, Controller};
 use crate::oha::{Load, Oha, Outcome, Protocol, Run};
-use crate::report::{ms, thousands};
 use crate::server::{self, Server};
+use crate::units::{ms, thousands};
 
 /// The service's ClusterIP and its fully qualified name.
 const CLUSTER_IP: &str = "10.96.0.10";

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::controller::{self, Controller};
-use crate::report::{mb, ms, thousands};
+use crate::units::{mb, ms, thousands};
 
 /// The service whose endpoints change in the propagation benchmark.
 const SERVICE: &str = "web-svc";

@@ -21,6 +21,7 @@ mod report;
 mod resources;
 mod server;
 mod testbed;
+mod units;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::oha::{Load, Protocol, Run};
 use crate::resources::Usage;
 use crate::testbed::Scenario;
+use crate::units::{mb, ms, ratio, signed_ms, thousands};
 
 /// Two hops may add at most this much to the direct call's p99 at the fixed rate, in ms.
 pub const TARGET_ADDED_P99_MS: f64 = 0.5;
@@ -758,39 +759,6 @@ fn met(ok: bool) -> &'static str {
     } else {
         "**not met**"
     }
-}
-
-pub(crate) fn ms(value: f64) -> String {
-    format!("{value:.3}")
-}
-
-fn signed_ms(value: f64) -> String {
-    format!("{value:+.3}")
-}
-
-pub(crate) fn mb(bytes: u64) -> String {
-    format!("{:.1}", bytes as f64 / 1e6)
-}
-
-fn ratio(value: f64, base: f64) -> String {
-    if base > 0.0 {
-        format!("{:.2}×", value / base)
-    } else {
-        "–".to_string()
-    }
-}
-
-/// `12345.6` → `12,346`.
-pub(crate) fn thousands(value: f64) -> String {
-    let digits = format!("{:.0}", value.max(0.0));
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[cfg(test)]
