@@ -105,10 +105,7 @@ fn recorded(tap: Option<&str>) -> Target {
             },
         );
     }
-    Target {
-        state: Arc::new(state),
-        transport: Arc::new(Recorded(answers)),
-    }
+    Target::local(state, Arc::new(Recorded(answers)))
 }
 
 fn run(target: &Target, args: &[&str]) -> Result<String, String> {
@@ -122,7 +119,7 @@ fn run(target: &Target, args: &[&str]) -> Result<String, String> {
     let mut out = Vec::new();
     rt.block_on(run_command(
         target,
-        &cli.viz.namespace,
+        cli.viz.namespace.as_deref(),
         cli.viz.command,
         &mut out,
     ))
@@ -254,6 +251,6 @@ fn the_binary_explains_a_missing_local_mesh() {
     );
     check(
         &["viz", "--target", "kube", "stat", "deploy"],
-        "--target kube is not available yet",
+        "finding a cluster (KUBECONFIG, ~/.kube/config or in-cluster)",
     );
 }

@@ -73,6 +73,8 @@ pub enum Error {
     },
     #[error("calling the proxy of pod {pod}: {reason}")]
     Request { pod: String, reason: String },
+    #[error("tapping pod {pod} through the viz tap aggregator: {message}")]
+    Aggregator { pod: String, message: String },
 }
 
 /// Scrapes `pod`'s proxy.
@@ -175,4 +177,167 @@ async fn get(
             reason: format!("building the request for {path}: {e}"),
         })?;
     sender.send_request(req).await.map_err(http)
+}
+
+// === tap sources ===
+
+/// What [`TapSource::tap`] returns.
+pub type Tapping<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
+
+/// A way to tap pods' proxies: directly over a [`Transport`] ([`ProxyTaps`]) or through the
+/// viz tap aggregator ([`AggregatorTaps`]). Both send the same [`PodEvent`]s.
+pub trait TapSource: Send + Sync + 'static {
+    /// Taps `pod` with `filter`, sending its events to `events` until the stream ends or the
+    /// receiver goes away.
+    fn tap<'a>(
+        &'a self,
+        pod: &'a PodInfo,
+        filter: &'a Filter,
+        events: mpsc::Sender<PodEvent>,
+    ) -> Tapping<'a>;
+}
+
+/// Taps each proxy directly ([`tap`]).
+#[derive(Clone)]
+pub struct ProxyTaps {
+    pub transport: std::sync::Arc<dyn Transport>,
+}
+
+impl TapSource for ProxyTaps {
+    fn tap<'a>(
+        &'a self,
+        pod: &'a PodInfo,
+        filter: &'a Filter,
+        events: mpsc::Sender<PodEvent>,
+    ) -> Tapping<'a> {
+        Box::pin(tap(self.transport.as_ref(), pod, filter, events))
+    }
+}
+
+/// Taps through the viz tap aggregator: `GET /api/v1/pods/<ns>/<pod>/tap?<filter>` on an
+/// [`Api`](crate::source::Api), whose body is the proxy's own stream of JSON lines.
+#[derive(Clone)]
+pub struct AggregatorTaps {
+    pub api: std::sync::Arc<dyn crate::source::Api>,
+}
+
+impl TapSource for AggregatorTaps {
+    fn tap<'a>(
+        &'a self,
+        pod: &'a PodInfo,
+        filter: &'a Filter,
+        events: mpsc::Sender<PodEvent>,
+    ) -> Tapping<'a> {
+        Box::pin(async move {
+            let failed = |message: String| Error::Aggregator {
+                pod: pod.name.clone(),
+                message,
+            };
+            let query = filter.to_query();
+            let mut path = pod_path(&pod.namespace, &pod.name, "tap");
+            if !query.is_empty() {
+                path = format!("{path}?{query}");
+            }
+            let (status, mut chunks) = self
+                .api
+                .stream(&path)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            if status != 200 {
+                let mut body = Vec::new();
+                while let Some(Ok(chunk)) = chunks.next().await {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > 64 * 1024 {
+                        break;
+                    }
+                }
+                let message = match serde_json::from_slice::<crate::source::ApiError>(&body) {
+                    Ok(e) => e.error,
+                    Err(_) => String::from_utf8_lossy(&body).trim().to_string(),
+                };
+                return Err(if status == 403 {
+                    Error::Forbidden {
+                        pod: pod.name.clone(),
+                        message,
+                    }
+                } else {
+                    failed(format!("{status}: {message}"))
+                });
+            }
+            let mut lines = Lines::default();
+            while let Some(chunk) = chunks.next().await {
+                let chunk = chunk.map_err(|e| failed(format!("reading the stream: {e}")))?;
+                lines.push(&chunk);
+                while let Some(line) = lines.next_line().map_err(failed)? {
+                    let event = serde_json::from_slice(&line).map_err(|e| {
+                        failed(format!(
+                            "invalid event {:?}: {e}",
+                            String::from_utf8_lossy(&line[..line.len().min(200)])
+                        ))
+                    })?;
+                    let event = PodEvent {
+                        namespace: pod.namespace.clone(),
+                        pod: pod.name.clone(),
+                        event,
+                    };
+                    if events.send(event).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Splits a body into its non-blank lines, whatever the chunks; a line longer than
+/// [`mesh_api::destination::MAX_LINE`] is an error.
+#[derive(Default)]
+struct Lines {
+    buf: Vec<u8>,
+}
+
+impl Lines {
+    fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    fn next_line(&mut self) -> Result<Option<Vec<u8>>, String> {
+        let max = mesh_api::destination::MAX_LINE;
+        loop {
+            let Some(end) = self.buf.iter().position(|b| *b == b'\n') else {
+                if self.buf.len() > max {
+                    return Err(format!("a line is longer than {max} bytes"));
+                }
+                return Ok(None);
+            };
+            let mut line: Vec<u8> = self.buf.drain(..=end).collect();
+            line.pop();
+            if line.len() > max {
+                return Err(format!("a line is longer than {max} bytes"));
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            return Ok(Some(line));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_across_chunks() {
+        let mut lines = Lines::default();
+        let mut got = Vec::new();
+        for chunk in [&b"{\"a\""[..], b":1}\n\r\n", b"\n{}", b"\n"] {
+            lines.push(chunk);
+            while let Some(line) = lines.next_line().unwrap() {
+                got.push(String::from_utf8(line).unwrap());
+            }
+        }
+        assert_eq!(got, ["{\"a\":1}", "{}"]);
+    }
 }

@@ -59,8 +59,10 @@ impl State {
     }
 }
 
+/// A cluster's objects as the viz commands need them, from YAML (the local mesh's folder) or
+/// from the Kubernetes API (`kube.rs`): one object → [`PodInfo`] code for both targets.
 #[derive(Default)]
-struct Objects {
+pub(crate) struct Objects {
     pods: Vec<Pod>,
     replicasets: Vec<ReplicaSet>,
     services: Vec<Service>,
@@ -68,41 +70,36 @@ struct Objects {
     workloads: BTreeSet<Workload>,
 }
 
+fn workload(meta: &ObjectMeta, kind: Kind) -> Workload {
+    Workload::new(
+        kind,
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or(""),
+    )
+}
+
 impl Objects {
+    /// Adds every object of a YAML (or JSON) text with one or more documents.
     fn add(&mut self, text: &str) -> anyhow::Result<()> {
         for document in serde_yaml_ng::Deserializer::from_str(text) {
             let value: serde_json::Value = serde::Deserialize::deserialize(document)?;
             let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
-            let workload = |meta: &ObjectMeta, kind: Kind| {
-                Workload::new(
-                    kind,
-                    meta.namespace.as_deref().unwrap_or("default"),
-                    meta.name.as_deref().unwrap_or(""),
-                )
-            };
             match kind {
-                "Pod" => self.pods.push(serde_json::from_value(value)?),
-                "ReplicaSet" => self.replicasets.push(serde_json::from_value(value)?),
-                "EndpointSlice" => self.slices.push(serde_json::from_value(value)?),
-                "Service" => {
-                    let s: Service = serde_json::from_value(value)?;
-                    self.workloads.insert(workload(&s.metadata, Kind::Service));
-                    self.services.push(s);
-                }
+                "Pod" => self.pod(serde_json::from_value(value)?),
+                "ReplicaSet" => self.replicaset(serde_json::from_value(value)?),
+                "EndpointSlice" => self.slice(serde_json::from_value(value)?),
+                "Service" => self.service(serde_json::from_value(value)?),
                 "Deployment" => {
                     let d: Deployment = serde_json::from_value(value)?;
-                    self.workloads
-                        .insert(workload(&d.metadata, Kind::Deployment));
+                    self.workload(&d.metadata, Kind::Deployment);
                 }
                 "StatefulSet" => {
                     let d: StatefulSet = serde_json::from_value(value)?;
-                    self.workloads
-                        .insert(workload(&d.metadata, Kind::StatefulSet));
+                    self.workload(&d.metadata, Kind::StatefulSet);
                 }
                 "DaemonSet" => {
                     let d: DaemonSet = serde_json::from_value(value)?;
-                    self.workloads
-                        .insert(workload(&d.metadata, Kind::DaemonSet));
+                    self.workload(&d.metadata, Kind::DaemonSet);
                 }
                 _ => {}
             }
@@ -110,7 +107,30 @@ impl Objects {
         Ok(())
     }
 
-    fn state(self) -> State {
+    pub(crate) fn pod(&mut self, pod: Pod) {
+        self.pods.push(pod);
+    }
+
+    pub(crate) fn replicaset(&mut self, rs: ReplicaSet) {
+        self.replicasets.push(rs);
+    }
+
+    pub(crate) fn slice(&mut self, slice: EndpointSlice) {
+        self.slices.push(slice);
+    }
+
+    pub(crate) fn service(&mut self, svc: Service) {
+        self.workload(&svc.metadata, Kind::Service);
+        self.services.push(svc);
+    }
+
+    /// A workload that exists as an object (a Deployment, StatefulSet, DaemonSet), with or
+    /// without pods.
+    pub(crate) fn workload(&mut self, meta: &ObjectMeta, kind: Kind) {
+        self.workloads.insert(workload(meta, kind));
+    }
+
+    pub(crate) fn state(self) -> State {
         let pods: Vec<PodInfo> = self.pods.iter().map(|p| self.info(p)).collect();
         let mut workloads = self.workloads;
         workloads.extend(pods.iter().map(|p| p.owner.clone()));

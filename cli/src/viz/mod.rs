@@ -1,8 +1,11 @@
 //! `mesh viz`: the observability commands (`tap`, `top`, `stat`, `edges`, `dashboard`) over a
-//! target: the local mesh today (its state folder, and its pods' network namespaces), a
-//! cluster's viz component later, behind the same [`mesh_viz::client::Transport`].
+//! [`Target`]: the local mesh (its state folder, and its pods' proxies reached in their network
+//! namespaces) or a cluster (its objects from the Kubernetes API, the viz component's metrics
+//! API and tap aggregator through the API server's service proxy), behind the same
+//! [`MetricsSource`] and [`TapSource`]: one code path above them.
 
 pub mod install;
+pub mod kube;
 pub mod local;
 pub mod resource;
 
@@ -14,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use mesh_api::tap::Filter;
-use mesh_viz::client::{self, Transport};
+use mesh_viz::client::{self, ProxyTaps, TapSource, Transport};
 use mesh_viz::model::{Kind, PodInfo, Workload};
+use mesh_viz::source::{MetricsSource, Proxies, Window};
 use mesh_viz::stat::{Measure, Scrapes};
 use mesh_viz::tap::{Formatter, PodEvent};
 use mesh_viz::top::Top;
@@ -38,15 +42,10 @@ pub struct VizArgs {
     /// The local mesh's folder (default: where `mesh demo` keeps it), or a folder of objects.
     #[arg(long, global = true, env = "MESH_LOCAL_STATE", value_name = "DIR")]
     pub state: Option<PathBuf>,
-    /// The namespace of the resources.
-    #[arg(
-        short = 'n',
-        long,
-        global = true,
-        default_value = "demo",
-        value_name = "NAMESPACE"
-    )]
-    pub namespace: String,
+    /// The namespace of the resources: by default `demo` on the local mesh, `default` in a
+    /// cluster.
+    #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
 }
 
 pub use crate::target::TargetKind;
@@ -165,11 +164,49 @@ pub struct DashboardArgs {
     pub duration: Duration,
 }
 
-/// What the commands work on: the pods and workloads of a target, and how to reach the proxies.
+/// What the commands work on: the pods and workloads of a target, where their samples come
+/// from and how they are tapped.
 #[derive(Clone)]
 pub struct Target {
     pub state: Arc<State>,
-    pub transport: Arc<dyn Transport>,
+    pub metrics: Arc<dyn MetricsSource>,
+    pub taps: Arc<dyn TapSource>,
+    /// `-n`'s default.
+    pub default_namespace: &'static str,
+    pub hints: Hints,
+}
+
+/// What a target adds to errors, to say what to do next.
+#[derive(Clone, Copy, Debug)]
+pub struct Hints {
+    /// When no proxy (or API) could be read.
+    pub unreachable: &'static str,
+    /// When a proxy refused a tap.
+    pub forbidden: &'static str,
+}
+
+impl Target {
+    /// The local mesh: `state`, and its proxies reached over `transport`.
+    pub fn local(state: State, transport: Arc<dyn Transport>) -> Target {
+        Target {
+            state: Arc::new(state),
+            metrics: Arc::new(Proxies {
+                transport: transport.clone(),
+            }),
+            taps: Arc::new(ProxyTaps { transport }),
+            default_namespace: "demo",
+            hints: Hints {
+                unreachable: "; is the local mesh still running?",
+                forbidden: "; local mode taps from the pod's own loopback: is mesh viz running \
+                            as root inside the pod's network namespace?",
+            },
+        }
+    }
+
+    /// The namespace `-n` names, or the target's default.
+    pub fn namespace<'a>(&self, flag: Option<&'a str>) -> &'a str {
+        flag.unwrap_or(self.default_namespace)
+    }
 }
 
 /// Runs `mesh viz …` against the target the flags name.
@@ -186,38 +223,57 @@ pub fn run(args: VizArgs, cluster: &crate::kube::ClusterArgs) -> anyhow::Result<
             other => Ok(other?),
         };
     }
-    let local = match crate::target::resolve(args.target, args.state.as_deref(), cluster)? {
-        crate::target::Target::Local(local) => local,
-        crate::target::Target::Kube => bail!(
-            "no local mesh is running, and --target kube is not available yet: mesh viz reads a              cluster through the viz component (tap aggregator and metrics API), which is not              built; start the local mesh with `mesh demo`, or read a cluster's proxies directly              with `mesh check --proxy`"
-        ),
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
     };
-    // Into the local mesh's namespaces first: the kernel allows it only while no thread runs.
-    local.enter()?;
-    let state = State::read(&local.objects)?;
-    if !nix::unistd::geteuid().is_root() {
-        bail!(
-            "local mode needs root: mesh viz enters the pods' network namespaces to reach their \
-             proxies (run it with sudo -E)"
-        );
-    }
-    let target = Target {
-        state: Arc::new(state),
-        transport: Arc::new(local::NetnsTransport),
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let (target, runtime) =
+        match crate::target::resolve(args.target, args.state.as_deref(), cluster)? {
+            crate::target::Target::Local(local) => {
+                // Into the local mesh's namespaces first: the kernel allows it only while no
+                // thread runs.
+                local.enter()?;
+                let state = State::read(&local.objects)?;
+                if !nix::unistd::geteuid().is_root() {
+                    bail!(
+                        "local mode needs root: mesh viz enters the pods' network namespaces to \
+                         reach their proxies (run it with sudo -E)"
+                    );
+                }
+                let target = Target::local(state, Arc::new(local::NetnsTransport));
+                (target, runtime()?)
+            }
+            crate::target::Target::Kube => {
+                let runtime = runtime()?;
+                let implicit = args.target.is_none()
+                    && cluster.context.is_none()
+                    && cluster.kubeconfig.is_none();
+                let target = runtime.block_on(async {
+                    let client =
+                        match cluster.client().await {
+                            Ok(client) => client,
+                            Err(e) if implicit => return Err(e.context(
+                                "no local mesh is running, and no cluster is configured: start \
+                                 the local mesh with `mesh demo`, or name a cluster with \
+                                 --kubeconfig or --context",
+                            )),
+                            Err(e) => return Err(e),
+                        };
+                    kube::target(client).await
+                })?;
+                (target, runtime)
+            }
+        };
+    let namespace = target.namespace(args.namespace.as_deref()).to_string();
     let stdout = std::io::stdout();
     let terminal = stdout.is_terminal();
     let mut out = stdout.lock();
     let result = match args.command {
-        VizCommand::Dashboard(d) if terminal => {
-            dashboard_live(&runtime, &target, &args.namespace, &d)
-        }
-        VizCommand::Top(t) if terminal => top_live(&runtime, &target, &args.namespace, &t),
-        command => runtime.block_on(run_command(&target, &args.namespace, command, &mut out)),
+        VizCommand::Dashboard(d) if terminal => dashboard_live(&runtime, &target, &namespace, &d),
+        VizCommand::Top(t) if terminal => top_live(&runtime, &target, &namespace, &t),
+        command => runtime.block_on(run_command(&target, Some(&namespace), command, &mut out)),
     };
     match result {
         Err(e) if is_broken_pipe(&e) => Ok(()),
@@ -225,13 +281,15 @@ pub fn run(args: VizArgs, cluster: &crate::kube::ClusterArgs) -> anyhow::Result<
     }
 }
 
-/// Runs one command with its output to `out` (stdout not a terminal; the tests' entry point).
+/// Runs one command with its output to `out` (stdout not a terminal; the tests' entry point);
+/// `namespace` is `-n` (`None`: the target's default).
 pub async fn run_command(
     target: &Target,
-    namespace: &str,
+    namespace: Option<&str>,
     command: VizCommand,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
+    let namespace = target.namespace(namespace);
     match command {
         VizCommand::Stat(a) => stat(target, namespace, &a, out).await,
         VizCommand::Edges(a) => edges(target, namespace, &a, out).await,
@@ -275,16 +333,14 @@ async fn stat(
     };
     scraped.retain(|p| p.meshed);
     scraped.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
-    let started = Instant::now();
-    let first = scrape_all(target, &scraped).await?;
-    let (before, after, window) = if args.window.is_zero() {
-        (None, first, 0.0)
-    } else {
-        tokio::time::sleep(args.window).await;
-        let second = scrape_all(target, &scraped).await?;
-        (Some(first), second, started.elapsed().as_secs_f64())
-    };
-    let rows = mesh_viz::stat::stat(&groups, before.as_ref(), &after, window, &measure);
+    let window = samples(target, &scraped, args.window).await?;
+    let rows = mesh_viz::stat::stat(
+        &groups,
+        window.before.as_ref(),
+        &window.after,
+        window.seconds,
+        &measure,
+    );
     let text = match args.output {
         Some(JsonOutput::Json) => format!("{}\n", serde_json::to_string_pretty(&rows)?),
         None => views::stat_text(&rows),
@@ -309,7 +365,7 @@ async fn edges(
         .filter(|p| p.meshed)
         .cloned()
         .collect();
-    let scrapes = scrape_all(target, &pods).await?;
+    let scrapes = samples(target, &pods, Duration::ZERO).await?.after;
     let mut all = mesh_viz::edges::edges(&target.state.pods, &scrapes, args.resource.kind);
     all.retain(|e| selected.contains(&e.src) || selected.contains(&e.dst));
     let text = match args.output {
@@ -320,34 +376,18 @@ async fn edges(
     Ok(())
 }
 
-/// Scrapes `pods` at once; a pod that fails is reported on stderr and left out, unless all fail.
-async fn scrape_all(target: &Target, pods: &[PodInfo]) -> anyhow::Result<Scrapes> {
-    let mut tasks = tokio::task::JoinSet::new();
-    for pod in pods.iter().cloned() {
-        let transport = target.transport.clone();
-        tasks.spawn(async move {
-            let result = client::metrics(transport.as_ref(), &pod).await;
-            (pod, result)
-        });
+/// The samples of `pods` now and `window` ago from the target's source; pods without samples
+/// are reported on stderr and left out, unless all are.
+async fn samples(target: &Target, pods: &[PodInfo], window: Duration) -> anyhow::Result<Window> {
+    let window = target
+        .metrics
+        .samples(pods, window)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}{}", target.hints.unreachable))?;
+    for missing in &window.missing {
+        eprintln!("mesh: {missing}");
     }
-    let mut scrapes = Scrapes::new();
-    let mut errors = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        let (pod, result) = done.context("a scrape task failed")?;
-        match result {
-            Ok(samples) => {
-                scrapes.insert((pod.namespace, pod.name), samples);
-            }
-            Err(e) => errors.push(e),
-        }
-    }
-    if !errors.is_empty() && scrapes.is_empty() {
-        bail!("{}; is the local mesh still running?", errors[0]);
-    }
-    for e in errors {
-        eprintln!("mesh: {e}");
-    }
-    Ok(scrapes)
+    Ok(window)
 }
 
 // === tap, top ===
@@ -382,8 +422,8 @@ async fn start_taps(
     let (tx, rx) = mpsc::channel(1024);
     let mut tasks = tokio::task::JoinSet::new();
     for pod in meshed {
-        let (transport, filter, tx) = (target.transport.clone(), filter.clone(), tx.clone());
-        tasks.spawn(async move { client::tap(transport.as_ref(), &pod, &filter, tx).await });
+        let (taps, filter, tx) = (target.taps.clone(), filter.clone(), tx.clone());
+        tasks.spawn(async move { taps.tap(&pod, &filter, tx).await });
     }
     Ok((rx, tasks))
 }
@@ -473,7 +513,7 @@ async fn tap(
             _ = &mut sleep => break,
         }
     }
-    tap_failures(failures, seen)
+    tap_failures(target, failures, seen)
 }
 
 /// The errors of taps that ended.
@@ -488,7 +528,7 @@ async fn finished(
     }
 }
 
-fn tap_failures(failures: Vec<client::Error>, seen: usize) -> anyhow::Result<()> {
+fn tap_failures(target: &Target, failures: Vec<client::Error>, seen: usize) -> anyhow::Result<()> {
     if failures.is_empty() {
         return Ok(());
     }
@@ -496,7 +536,7 @@ fn tap_failures(failures: Vec<client::Error>, seen: usize) -> anyhow::Result<()>
         .iter()
         .any(|e| matches!(e, client::Error::Forbidden { .. }));
     let hint = if forbidden {
-        "; local mode taps from the pod's own loopback: is mesh viz running as root inside the pod's network namespace?"
+        target.hints.forbidden
     } else {
         ""
     };
@@ -553,7 +593,7 @@ async fn top_once(
             _ = &mut sleep => break,
         }
     }
-    tap_failures(failures, seen)?;
+    tap_failures(target, failures, seen)?;
     out.write_all(views::top_text(&top.rows()).as_bytes())?;
     Ok(())
 }
@@ -757,8 +797,9 @@ fn dashboard_feeds(
         let mut ticks = tokio::time::interval(refresh);
         loop {
             ticks.tick().await;
-            let (scrapes, status) = match scrape_all(&t, &scrape_pods).await {
-                Ok(s) => {
+            let (scrapes, status) = match samples(&t, &scrape_pods, Duration::ZERO).await {
+                Ok(w) => {
+                    let s = w.after;
                     let n = s.len();
                     (s, format!(" {n} proxies read every {refresh:?} "))
                 }
@@ -774,9 +815,9 @@ fn dashboard_feeds(
         }
     });
     for pod in pods {
-        let (transport, tx) = (target.transport.clone(), event_tx.clone());
+        let (taps, tx) = (target.taps.clone(), event_tx.clone());
         runtime.spawn(async move {
-            let _ = client::tap(transport.as_ref(), &pod, &Filter::default(), tx).await;
+            let _ = taps.tap(&pod, &Filter::default(), tx).await;
         });
     }
     (scrape_rx, event_rx)
@@ -829,15 +870,13 @@ async fn dashboard_once(
 ) -> anyhow::Result<()> {
     let mut state = DashboardState::new(target, namespace, args)?;
     let pods = state.pods.clone();
-    let first = scrape_all(target, &pods).await?;
+    let first = samples(target, &pods, Duration::ZERO).await?.after;
     state.scraped(Instant::now(), first, String::new());
     let (tx, mut rx) = mpsc::channel(4096);
     let mut tasks = tokio::task::JoinSet::new();
     for pod in pods.clone() {
-        let (transport, tx) = (target.transport.clone(), tx.clone());
-        tasks.spawn(
-            async move { client::tap(transport.as_ref(), &pod, &Filter::default(), tx).await },
-        );
+        let (taps, tx) = (target.taps.clone(), tx.clone());
+        tasks.spawn(async move { taps.tap(&pod, &Filter::default(), tx).await });
     }
     drop(tx);
     let _ = tokio::time::timeout(args.duration, async {
@@ -847,7 +886,7 @@ async fn dashboard_once(
     })
     .await;
     tasks.abort_all();
-    let second = scrape_all(target, &pods).await?;
+    let second = samples(target, &pods, Duration::ZERO).await?.after;
     state.scraped(
         Instant::now(),
         second,

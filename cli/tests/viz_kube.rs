@@ -1,0 +1,276 @@
+//! `mesh viz --target kube` through the real binary against an in-process fake API server: the
+//! recorded objects (`testdata/k8s-fixtures`, the pods injected with the proxy), the viz
+//! component's Services, and its metrics API and tap aggregator answering on the API server's
+//! service-proxy paths. Without the viz Services, the error says how to install them.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_viz::source::{PodSamples, SamplesResponse};
+use serde_json::{json, Value};
+use support::{fixture, mesh, stderr, stdout};
+
+/// The recorded pods of Deployment `web`.
+const WEB_1: &str = "web-85489d9c68-62pw4";
+const WEB_2: &str = "web-85489d9c68-84cz2";
+
+const PROXY: &str = "/api/v1/namespaces/mesh-viz/services";
+
+fn data(name: &str) -> String {
+    let path = format!("{}/../viz/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// What the fake cluster holds.
+struct Cluster {
+    /// Whether `mesh viz install` was applied (the Services of mesh-viz exist).
+    viz: bool,
+    /// The paths asked for, with their queries.
+    seen: Mutex<Vec<String>>,
+}
+
+/// A list of `kind` with `items`.
+fn list(kind: &str, api_version: &str, items: Vec<Value>) -> Value {
+    json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
+/// The recorded pods, injected with the proxy (as `mesh inject` would add its container).
+fn meshed_pods() -> Value {
+    let mut pods: Value = serde_json::from_str(&fixture("pods-list.json")).unwrap();
+    for pod in pods["items"].as_array_mut().unwrap() {
+        pod["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "mesh-proxy", "image": "mesh-proxy"}));
+    }
+    pods
+}
+
+/// The recorded Service `web-svc`, renamed to the viz Service `name`.
+fn viz_service(name: &str) -> Value {
+    let services: Value = serde_json::from_str(&fixture("services-list.json")).unwrap();
+    let mut svc = services["items"][0].clone();
+    svc["metadata"]["name"] = name.into();
+    svc["metadata"]["namespace"] = "mesh-viz".into();
+    svc
+}
+
+/// The metrics API's answer: the recorded scrapes of the harness as the two web pods' samples.
+fn samples() -> Value {
+    let pod = |name: &str, scrape: &str| PodSamples {
+        namespace: "demo".into(),
+        pod: name.into(),
+        before: None,
+        after: mesh_viz::prom::parse(&data(scrape)).unwrap(),
+    };
+    serde_json::to_value(SamplesResponse {
+        time: 1_700_000_000.0,
+        window: 0.0,
+        pods: vec![
+            pod(WEB_1, "scrape-web-1.txt"),
+            pod(WEB_2, "scrape-web-2.txt"),
+        ],
+    })
+    .unwrap()
+}
+
+fn respond(cluster: &Cluster, path: &str, query: &str) -> (u16, String) {
+    cluster.seen.lock().unwrap().push(format!("{path}?{query}"));
+    let recorded = |name: &str| (200, fixture(name));
+    let empty = |kind: &str| (200, list(kind, "apps/v1", vec![]).to_string());
+    match path {
+        "/api/v1/pods" => (200, meshed_pods().to_string()),
+        "/apis/apps/v1/replicasets" => recorded("replicasets-list.json"),
+        "/api/v1/services" => recorded("services-list.json"),
+        "/apis/discovery.k8s.io/v1/endpointslices" => recorded("endpointslices-list.json"),
+        "/apis/apps/v1/deployments" => recorded("deployments-list.json"),
+        "/apis/apps/v1/statefulsets" => empty("StatefulSetList"),
+        "/apis/apps/v1/daemonsets" => empty("DaemonSetList"),
+        PROXY if cluster.viz => (
+            200,
+            list(
+                "ServiceList",
+                "v1",
+                vec![viz_service("metrics-api"), viz_service("tap")],
+            )
+            .to_string(),
+        ),
+        PROXY => (200, list("ServiceList", "v1", vec![]).to_string()),
+        _ if cluster.viz
+            && path == format!("{PROXY}/http:metrics-api:8085/proxy/api/v1/samples") =>
+        {
+            (200, samples().to_string())
+        }
+        _ if cluster.viz
+            && path == format!("{PROXY}/http:tap:8089/proxy/api/v1/pods/demo/{WEB_1}/tap") =>
+        {
+            (200, data("tap-web.jsonl"))
+        }
+        _ if cluster.viz
+            && path == format!("{PROXY}/http:tap:8089/proxy/api/v1/pods/demo/{WEB_2}/tap") =>
+        {
+            (200, String::new())
+        }
+        _ => (404, fixture("notfound-404.json")),
+    }
+}
+
+async fn fake_api_server(cluster: Arc<Cluster>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let cluster = cluster.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (status, body) =
+                            respond(&cluster, req.uri().path(), req.uri().query().unwrap_or(""));
+                        async move {
+                            let mut r = http::Response::new(Full::new(Bytes::from(body)));
+                            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            r.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static("application/json"),
+                            );
+                            Ok::<_, Infallible>(r)
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Runs `mesh viz ARGS` against a fake cluster: (exit code, stdout, stderr, paths asked for).
+async fn viz(installed: bool, args: &[&str]) -> (i32, String, String, Vec<String>) {
+    let cluster = Arc::new(Cluster {
+        viz: installed,
+        seen: Mutex::default(),
+    });
+    let api = fake_api_server(cluster.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: 'http://{api}'}}}}]\n\
+             users: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n\
+             current-context: fake\n"
+        ),
+    )
+    .unwrap();
+    let mut all: Vec<String> = vec![
+        "viz".into(),
+        "--kubeconfig".into(),
+        kubeconfig.display().to_string(),
+    ];
+    all.extend(args.iter().map(|a| a.to_string()));
+    // The binary blocks; run it off the runtime that serves the fake.
+    let out = tokio::task::spawn_blocking(move || {
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        mesh(&all, None)
+    })
+    .await
+    .unwrap();
+    let seen = cluster.seen.lock().unwrap().clone();
+    (
+        out.status.code().unwrap_or(-1),
+        stdout(&out),
+        stderr(&out),
+        seen,
+    )
+}
+
+#[tokio::test]
+async fn stat_reads_the_metrics_api_through_the_service_proxy() {
+    let (code, out, err, seen) =
+        viz(true, &["stat", "deploy", "-n", "demo", "--window", "0s"]).await;
+    assert_eq!(code, 0, "{err}");
+    let rows: BTreeMap<&str, Vec<&str>> = out
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols[0], cols)
+        })
+        .collect();
+    let web = &rows["deploy/web"];
+    assert_eq!(
+        (web[1], web[2]),
+        ("2/2", "75.00%"),
+        "both pods meshed, 6 of 8 succeeded:\n{out}"
+    );
+    assert!(
+        seen.contains(&format!(
+            "{PROXY}/http:metrics-api:8085/proxy/api/v1/samples?namespace=demo&window=0ms"
+        )),
+        "{seen:#?}"
+    );
+    // JSON too, from the same samples.
+    let (code, out, err, _) = viz(
+        true,
+        &[
+            "stat",
+            "deploy/web",
+            "-n",
+            "demo",
+            "--window",
+            "0s",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows[0]["successRate"], 0.75, "{out}");
+}
+
+#[tokio::test]
+async fn tap_streams_through_the_tap_aggregator() {
+    let (code, out, err, seen) =
+        viz(true, &["tap", "deploy/web", "-n", "demo", "-o", "json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let expected = data("tap-web.jsonl").lines().count();
+    assert_eq!(events.len(), expected, "{out}");
+    assert_eq!(
+        (events[0]["pod"].as_str(), events[0]["event"].as_str()),
+        (Some(WEB_1), Some("requestStart"))
+    );
+    assert!(
+        seen.iter().any(|p| p.starts_with(&format!(
+            "{PROXY}/http:tap:8089/proxy/api/v1/pods/demo/{WEB_2}/tap"
+        ))),
+        "every meshed pod of the Deployment is tapped: {seen:#?}"
+    );
+}
+
+#[tokio::test]
+async fn without_the_viz_component_the_error_says_how_to_install_it() {
+    for args in [
+        &["stat", "deploy", "-n", "demo"][..],
+        &["tap", "deploy/web", "-n", "demo"][..],
+    ] {
+        let (code, _, err, _) = viz(false, args).await;
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains("viz is not installed: run `mesh viz install | kubectl apply -f -`"),
+            "{args:?}: {err}"
+        );
+    }
+}
