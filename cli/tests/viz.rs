@@ -214,7 +214,7 @@ fn errors_say_what_to_do() {
     );
     check(
         &["stat", "deploy", "-n", "shop"],
-        "no deployment in namespace shop; the local mesh has pods in namespaces demo",
+        "no deployment in namespace shop; there are pods in namespaces demo",
     );
     check(
         &["tap", "po/legacy"],

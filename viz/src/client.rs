@@ -23,7 +23,7 @@ pub const ADMIN_PORT: u16 = 4191;
 
 /// Where the viz tap aggregator (`mesh-controller tap`) serves a pod's proxy:
 /// `GET /api/v1/pods/<namespace>/<pod>/tap?<filter>` and `…/metrics`, answered with the
-/// proxy's own body (errors: `{"error": …}`, [`crate::source::ApiError`]).
+/// proxy's own body (errors: `{"error": …}`, [`crate::api::ApiError`]).
 pub const PODS_PATH: &str = "/api/v1/pods";
 
 /// The aggregator's path of `pod`'s `what` (`tap` or `metrics`).
@@ -215,10 +215,10 @@ impl TapSource for ProxyTaps {
 }
 
 /// Taps through the viz tap aggregator: `GET /api/v1/pods/<ns>/<pod>/tap?<filter>` on an
-/// [`Api`](crate::source::Api), whose body is the proxy's own stream of JSON lines.
+/// [`Api`](crate::api::Api), whose body is the proxy's own stream of JSON lines.
 #[derive(Clone)]
 pub struct AggregatorTaps {
-    pub api: std::sync::Arc<dyn crate::source::Api>,
+    pub api: std::sync::Arc<dyn crate::api::Api>,
 }
 
 impl TapSource for AggregatorTaps {
@@ -251,7 +251,7 @@ impl TapSource for AggregatorTaps {
                         break;
                     }
                 }
-                let message = match serde_json::from_slice::<crate::source::ApiError>(&body) {
+                let message = match serde_json::from_slice::<crate::api::ApiError>(&body) {
                     Ok(e) => e.error,
                     Err(_) => String::from_utf8_lossy(&body).trim().to_string(),
                 };

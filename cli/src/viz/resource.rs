@@ -73,7 +73,7 @@ impl Resource {
             };
             if known.is_empty() {
                 bail!(
-                    "{what}; the local mesh has pods in namespaces {} (use -n NAMESPACE)",
+                    "{what}; there are pods in namespaces {} (use -n NAMESPACE)",
                     namespaces(state)
                 );
             }
