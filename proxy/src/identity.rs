@@ -143,7 +143,8 @@ impl LocalIdentity {
             .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
                 key_pair.serialize_der(),
             )))?;
-        let csr_pem = csr(&config.name, &key_pair)?;
+        let csr_pem =
+            ca::csr(&config.name, &key_pair).map_err(|e| IdentityError::Key(e.to_string()))?;
 
         let mut roots = RootCertStore::empty();
         for anchor in &config.trust_anchors {
@@ -269,21 +270,14 @@ impl LocalIdentity {
     /// Checks a chain from the controller: it must verify against the trust anchors for this
     /// identity and carry this proxy's public key.
     fn check(&self, chain_pem: &str) -> Result<(CertifiedKey, SystemTime), RefreshError> {
-        let bad = |e: String| RefreshError::Certificate(e);
-        let chain = ca::certs_from_pem(chain_pem, "the certificate chain")
-            .map_err(|e| bad(e.to_string()))?;
-        ca::verify_chain(
-            &chain,
+        let (chain, not_after) = ca::check_issued(
+            chain_pem,
             &self.config.trust_anchors,
             &self.name,
-            SystemTime::now(),
+            &self.public_key,
         )
-        .map_err(|e| bad(e.to_string()))?;
-        let info = ca::cert_info(&chain[0]).map_err(|e| bad(e.to_string()))?;
-        if info.public_key != self.public_key {
-            return Err(bad("it is for another key".into()));
-        }
-        Ok((CertifiedKey::new(chain, self.key.clone()), info.not_after))
+        .map_err(|e| RefreshError::Certificate(e.to_string()))?;
+        Ok((CertifiedKey::new(chain, self.key.clone()), not_after))
     }
 
     /// The mutual-TLS server configuration for connections to this identity.
@@ -384,25 +378,6 @@ fn write_key(dir: &Path, pem: &str) -> Result<(), IdentityError> {
     file.write_all(pem.as_bytes()).map_err(fail)?;
     file.sync_all().map_err(fail)?;
     std::fs::rename(&tmp, &path).map_err(fail)
-}
-
-/// A CSR for `identity` (its DNS name and SPIFFE ID) signed by `key`.
-fn csr(identity: &Identity, key: &rcgen::KeyPair) -> Result<String, IdentityError> {
-    let fail = |e: rcgen::Error| IdentityError::Key(e.to_string());
-    let mut params = rcgen::CertificateParams::default();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, identity.dns_name());
-    params.subject_alt_names = vec![
-        rcgen::SanType::DnsName(identity.dns_name().try_into().map_err(fail)?),
-        rcgen::SanType::URI(identity.spiffe_id().try_into().map_err(fail)?),
-    ];
-    params
-        .serialize_request(key)
-        .map_err(fail)?
-        .pem()
-        .map_err(fail)
 }
 
 #[cfg(test)]
