@@ -198,6 +198,94 @@ fn lost(want: &Value, got: &Value, path: String) -> Option<String> {
     }
 }
 
+// === templates (`manifests/<folder>/`) ===
+
+/// The values a template folder's templates see: `defaults` (its `values.yaml`) with the flags'
+/// `overrides` and then the `--set KEY=VALUE` pairs applied (dotted keys that must exist, values
+/// of the default's type); an empty `imageTag` becomes `image_tag`.
+pub fn template_values(
+    defaults: &str,
+    folder: &str,
+    overrides: Vec<(String, String)>,
+    set: &[String],
+    image_tag: &str,
+) -> anyhow::Result<Value> {
+    use anyhow::Context as _;
+    let mut values: Value = serde_yaml_ng::from_str(defaults)
+        .with_context(|| format!("reading manifests/{folder}/values.yaml (a bug)"))?;
+    let mut all = overrides;
+    for pair in set {
+        let (k, v) = pair
+            .split_once('=')
+            .with_context(|| format!("--set {pair:?}: expected KEY=VALUE"))?;
+        all.push((k.trim().into(), v.into()));
+    }
+    for (key, raw) in all {
+        set_value(&mut values, &key, &raw, folder).with_context(|| format!("--set {key}={raw}"))?;
+    }
+    if values["imageTag"].as_str().is_some_and(str::is_empty) {
+        values["imageTag"] = Value::String(image_tag.to_string());
+    }
+    Ok(values)
+}
+
+/// Sets one dotted key; the key must exist and the value have the default's type.
+fn set_value(values: &mut Value, key: &str, raw: &str, folder: &str) -> anyhow::Result<()> {
+    let mut at = &mut *values;
+    for part in key.split('.') {
+        at = match at.get_mut(part) {
+            Some(next) => next,
+            None => anyhow::bail!("no value {key:?} (see manifests/{folder}/values.yaml)"),
+        };
+    }
+    *at = match at {
+        Value::Bool(_) => Value::Bool(
+            raw.parse()
+                .map_err(|_| anyhow::anyhow!("{raw:?} is not true or false"))?,
+        ),
+        Value::Number(n) if n.is_f64() => Value::Number(
+            raw.parse()
+                .map_err(|_| anyhow::anyhow!("{raw:?} is not a number"))?,
+        ),
+        Value::Number(_) => Value::Number(
+            raw.parse::<i64>()
+                .map_err(|_| anyhow::anyhow!("{raw:?} is not a whole number"))?
+                .into(),
+        ),
+        Value::String(_) => Value::String(raw.to_string()),
+        _ => anyhow::bail!("{key:?} is a group of values; set one of its keys"),
+    };
+    Ok(())
+}
+
+/// Renders a folder's templates in order with `env` and `context`, passes every document to
+/// `each` (which may change it), and checks it against its Kubernetes type.
+pub fn render_templates(
+    env: &minijinja::Environment,
+    context: &minijinja::Value,
+    folder: &str,
+    templates: &[(&str, &str)],
+    mut each: impl FnMut(&mut Value) -> anyhow::Result<()>,
+) -> anyhow::Result<Vec<Value>> {
+    use anyhow::Context as _;
+    let mut objects = Vec::new();
+    for (name, template) in templates {
+        let text = env
+            .render_str(template, context)
+            .with_context(|| format!("rendering manifests/{folder}/{name} (a bug)"))?;
+        let (_, docs) = parse(&text, name)
+            .with_context(|| format!("manifests/{folder}/{name} renders invalid YAML"))?;
+        for mut doc in docs {
+            each(&mut doc)?;
+            check_typed(&doc).map_err(|e| {
+                anyhow::anyhow!("manifests/{folder}/{name}: {}: {e}", describe(&doc))
+            })?;
+            objects.push(doc);
+        }
+    }
+    Ok(objects)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

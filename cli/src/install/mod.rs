@@ -83,8 +83,6 @@ pub struct InstallArgs {
 
 /// The values the templates see: the defaults with the flags and `--set` applied.
 pub fn values(args: &InstallArgs) -> anyhow::Result<Value> {
-    let mut values: Value =
-        serde_yaml_ng::from_str(VALUES).context("reading the default values (a bug)")?;
     let mut overrides: Vec<(String, String)> = Vec::new();
     if args.ha {
         overrides.push(("ha".into(), "true".into()));
@@ -99,45 +97,10 @@ pub fn values(args: &InstallArgs) -> anyhow::Result<Value> {
             overrides.push((key.into(), v.clone()));
         }
     }
-    for pair in &args.set {
-        let (k, v) = pair
-            .split_once('=')
-            .with_context(|| format!("--set {pair:?}: expected KEY=VALUE"))?;
-        overrides.push((k.trim().into(), v.into()));
-    }
-    for (key, raw) in overrides {
-        set(&mut values, &key, &raw).with_context(|| format!("--set {key}={raw}"))?;
-    }
-    if values["imageTag"].as_str().unwrap_or_default().is_empty() {
-        values["imageTag"] = Value::String(version());
-    }
+    let values =
+        manifest::template_values(VALUES, "control-plane", overrides, &args.set, &version())?;
     validate(&values)?;
     Ok(values)
-}
-
-/// Sets one dotted key; the key must exist and the value have the default's type.
-fn set(values: &mut Value, key: &str, raw: &str) -> anyhow::Result<()> {
-    let mut at = &mut *values;
-    for part in key.split('.') {
-        at = match at.get_mut(part) {
-            Some(next) => next,
-            None => bail!("no value {key:?} (see manifests/control-plane/values.yaml)"),
-        };
-    }
-    *at = match at {
-        Value::Bool(_) => Value::Bool(
-            raw.parse()
-                .map_err(|_| anyhow::anyhow!("{raw:?} is not true or false"))?,
-        ),
-        Value::Number(_) => Value::Number(
-            raw.parse::<u64>()
-                .map_err(|_| anyhow::anyhow!("{raw:?} is not a whole number"))?
-                .into(),
-        ),
-        Value::String(_) => Value::String(raw.to_string()),
-        _ => bail!("{key:?} is a group of values; set one of its keys"),
-    };
-    Ok(())
 }
 
 /// Refuses values that would not make valid YAML or a working install.
@@ -274,26 +237,10 @@ pub fn render(values: &Value, certs: &Certs) -> anyhow::Result<Vec<Value>> {
         webhook_ca_b64 => b64(&certs.webhook_ca_pem),
     };
     let proxy = proxy_config(values, &certs.trust_anchors_pem);
-    let mut objects = Vec::new();
-    for (name, template) in TEMPLATES {
-        let text = env
-            .render_str(template, &context)
-            .with_context(|| format!("rendering manifests/control-plane/{name} (a bug)"))?;
-        let (_, docs) = manifest::parse(&text, name)
-            .with_context(|| format!("manifests/control-plane/{name} renders invalid YAML"))?;
-        for mut doc in docs {
-            mesh_control_plane_pod(&mut doc, &proxy)
-                .with_context(|| format!("meshing {}", manifest::describe(&doc)))?;
-            manifest::check_typed(&doc).map_err(|e| {
-                anyhow::anyhow!(
-                    "manifests/control-plane/{name}: {}: {e}",
-                    manifest::describe(&doc)
-                )
-            })?;
-            objects.push(doc);
-        }
-    }
-    Ok(objects)
+    manifest::render_templates(&env, &context, "control-plane", TEMPLATES, |doc| {
+        mesh_control_plane_pod(doc, &proxy)
+            .with_context(|| format!("meshing {}", manifest::describe(doc)))
+    })
 }
 
 /// Gives a control-plane Deployment annotated `mesh.io/inject: enabled` its proxy, the same

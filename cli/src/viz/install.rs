@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
 
 use crate::manifest;
@@ -50,8 +49,6 @@ pub struct VizInstallArgs {
 
 /// The values the templates see: the defaults with the flags and `--set` applied.
 pub fn values(args: &VizInstallArgs) -> anyhow::Result<Value> {
-    let mut values: Value =
-        serde_yaml_ng::from_str(VALUES).context("reading the default viz values (a bug)")?;
     let mut overrides: Vec<(String, String)> = Vec::new();
     for (key, flag) in [
         ("controller.image", &args.controller_image),
@@ -61,19 +58,13 @@ pub fn values(args: &VizInstallArgs) -> anyhow::Result<Value> {
             overrides.push((key.into(), v.clone()));
         }
     }
-    for pair in &args.set {
-        let (k, v) = pair
-            .split_once('=')
-            .with_context(|| format!("--set {pair:?}: expected KEY=VALUE"))?;
-        overrides.push((k.trim().into(), v.into()));
-    }
-    for (key, raw) in overrides {
-        set(&mut values, &key, &raw).with_context(|| format!("--set {key}={raw}"))?;
-    }
-    if values["imageTag"].as_str().unwrap_or_default().is_empty() {
-        values["imageTag"] = Value::String(crate::install::version());
-    }
-    Ok(values)
+    manifest::template_values(
+        VALUES,
+        "viz",
+        overrides,
+        &args.set,
+        &crate::install::version(),
+    )
 }
 
 /// Renders the viz component's objects.
@@ -132,21 +123,7 @@ pub fn render(values: &Value) -> anyhow::Result<Vec<Value>> {
         controller_image => controller_image,
         token_audience => mesh_api::identity::TOKEN_AUDIENCE,
     };
-    let mut objects = Vec::new();
-    for (name, template) in TEMPLATES {
-        let text = env
-            .render_str(template, &context)
-            .with_context(|| format!("rendering manifests/viz/{name} (a bug)"))?;
-        let (_, docs) = manifest::parse(&text, name)
-            .with_context(|| format!("manifests/viz/{name} renders invalid YAML"))?;
-        for doc in docs {
-            manifest::check_typed(&doc).map_err(|e| {
-                anyhow::anyhow!("manifests/viz/{name}: {}: {e}", manifest::describe(&doc))
-            })?;
-            objects.push(doc);
-        }
-    }
-    Ok(objects)
+    manifest::render_templates(&env, &context, "viz", TEMPLATES, |_| Ok(()))
 }
 
 /// `mesh viz install`: the whole stream of YAML.
@@ -193,27 +170,4 @@ pub fn uninstall() -> anyhow::Result<String> {
         "# mesh viz uninstall | kubectl delete -f -\n{}",
         manifest::write(manifest::Format::Yaml, &deletions)
     ))
-}
-
-/// Sets one dotted key; the key must exist and the value have the default's type.
-fn set(values: &mut Value, key: &str, raw: &str) -> anyhow::Result<()> {
-    let mut at = &mut *values;
-    for part in key.split('.') {
-        at = match at.get_mut(part) {
-            Some(v) => v,
-            None => bail!("no such value {key:?}: see manifests/viz/values.yaml"),
-        };
-    }
-    *at = match at {
-        Value::String(_) => Value::String(raw.to_string()),
-        Value::Bool(_) => Value::Bool(
-            raw.parse()
-                .with_context(|| format!("{key} is true or false"))?,
-        ),
-        Value::Number(_) => {
-            Value::Number(raw.parse().with_context(|| format!("{key} is a number"))?)
-        }
-        _ => bail!("{key} is a group of values: set one of its keys"),
-    };
-    Ok(())
 }
