@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod destination;
+pub mod http;
 pub mod identity;
 pub mod index;
 pub mod injector;

@@ -9,7 +9,6 @@ use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_api::destination::WATCH_PATH;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
@@ -20,51 +19,16 @@ use crate::index::{Resolution, Target};
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
-/// Why the server stopped.
-#[derive(Debug, thiserror::Error)]
-#[error("accepting connections: {0}")]
-pub struct ServeError(#[from] std::io::Error);
+pub use crate::http::ServeError;
 
-/// Serves the destination API on `listener` until the task is dropped.
+/// Serves the destination API on `listener` until the task is dropped; every watch ends with
+/// it, which tells the proxies to reconnect.
 pub async fn serve(listener: TcpListener, dest: Destination) -> Result<(), ServeError> {
-    // The connections belong to the server: when it stops (or is aborted), so do they, and every
-    // watch ends, which tells the proxies to reconnect.
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            // Per-connection failures (e.g. the peer reset before accept) are not fatal.
-            Err(error) if is_transient(&error) => {
-                tracing::debug!(%error, "accept failed");
-                continue;
-            }
-            Err(error) => return Err(error.into()),
-        };
-        let _ = stream.set_nodelay(true);
+    crate::http::serve(listener, move |req| {
         let dest = dest.clone();
-        connections.spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let dest = dest.clone();
-                async move { Ok::<_, Infallible>(route(&dest, req)) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(error) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, %error, "connection ended with an error");
-            }
-        });
-    }
-}
-
-fn is_transient(error: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        error.kind(),
-        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
-    )
+        async move { route(&dest, req) }
+    })
+    .await
 }
 
 fn route(dest: &Destination, req: Request<Incoming>) -> Response<Body> {

@@ -117,7 +117,7 @@ pub async fn serve(
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
-                Err(error) if is_transient(&error) => {
+                Err(error) if crate::http::is_transient(&error) => {
                     tracing::debug!(%error, "accept failed");
                     continue;
                 }
@@ -155,14 +155,6 @@ pub async fn serve(
         tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; closing them");
     }
     Ok(())
-}
-
-fn is_transient(error: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        error.kind(),
-        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
-    )
 }
 
 async fn route(state: &State, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {

@@ -11,66 +11,15 @@ pub mod prometheus;
 pub mod tap;
 
 use std::convert::Infallible;
-use std::future::Future;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt as _, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
 
 /// The body of the viz servers' answers (whole, or streamed).
 pub type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
-/// Why a viz server stopped.
-#[derive(Debug, thiserror::Error)]
-#[error("accepting connections: {0}")]
-pub struct ServeError(#[from] std::io::Error);
-
-/// Serves `handle` on `listener` (HTTP/1.1 and HTTP/2) until the task is dropped; the
-/// connections end with it.
-pub async fn serve<F, Fut>(listener: TcpListener, handle: F) -> Result<(), ServeError>
-where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<Body>> + Send + 'static,
-{
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) if is_transient(&error) => {
-                tracing::debug!(%error, "accept failed");
-                continue;
-            }
-            Err(error) => return Err(error.into()),
-        };
-        let _ = stream.set_nodelay(true);
-        let handle = handle.clone();
-        connections.spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let handle = handle.clone();
-                async move { Ok::<_, Infallible>(handle(req).await) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(error) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, %error, "connection ended with an error");
-            }
-        });
-    }
-}
-
-fn is_transient(error: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        error.kind(),
-        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
-    )
-}
+pub use crate::http::{serve, ServeError};
 
 /// A whole body of `content_type`.
 pub fn whole(
