@@ -97,7 +97,13 @@ fn up(args: &UpArgs) -> anyhow::Result<()> {
     if let Err(e) = tools {
         bail!("{e:#}; a fresh Debian machine gets them with `sudo ./scripts/setup`");
     }
-    // Resolve (and under cargo, build) the binaries here, where cargo's output can be seen.
+    // Resolve (and under cargo, build) the binaries here, before anything runs.
+    if std::env::var_os("CARGO").is_some() && std::env::var_os("MESH_BIN_DIR").is_none() {
+        println!(
+            "  building mesh-proxy, mesh-init, mesh-controller and mesh-demo-app with cargo \
+             (minutes the first time, a moment after that) …"
+        );
+    }
     let mut bin_dir = None;
     for name in [
         "mesh-proxy",
