@@ -14,6 +14,7 @@ use std::fmt;
 
 pub mod ca;
 pub mod client;
+pub mod credentials;
 
 /// Where a proxy asks for a certificate (`POST`, JSON [`CertifyRequest`] → [`CertifyResponse`]).
 pub const CERTIFY_PATH: &str = "/v1/identity/certify";

@@ -11,21 +11,19 @@
 
 use crate::config::IdentityConfig;
 use crate::metrics::{IdentityMetrics, RefreshLabels};
+use mesh_api::identity::credentials::{provider, Credentials, Renewal};
 use mesh_api::identity::{ca, client, CertifyRequest, Identity};
 use rustls::{
-    client::ResolvesClientCert,
-    crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName},
-    server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier},
-    sign::CertifiedKey,
-    ClientConfig, RootCertStore, ServerConfig, SignatureScheme,
+    pki_types::{CertificateDer, ServerName},
+    server::WebPkiClientVerifier,
+    ClientConfig, ServerConfig,
 };
 use std::{
     io,
     path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, RwLock,
+        Arc,
     },
     time::{Duration, SystemTime},
 };
@@ -37,10 +35,6 @@ const ALPN_HTTP1: &[u8] = b"http/1.1";
 
 /// How long one certify call may take.
 const CERTIFY_TIMEOUT: Duration = Duration::from_secs(10);
-/// The retry backoff after a failed certify call: doubling from the first to the last.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
-/// Renew when this share of the certificate's remaining lifetime has passed.
-const RENEW_AT: f64 = 0.7;
 
 /// Why the identity could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -69,11 +63,8 @@ pub enum RefreshError {
 /// What the proxy knows of who it is.
 pub struct LocalIdentity {
     config: IdentityConfig,
-    name: String,
-    csr_pem: String,
-    key: Arc<dyn rustls::sign::SigningKey>,
-    public_key: Vec<u8>,
-    store: Arc<CertStore>,
+    /// The key, the CSR and the current certificate (the TLS configurations' resolver).
+    credentials: Arc<Credentials>,
     server: Arc<ServerConfig>,
     client_h2: Arc<ClientConfig>,
     client_http1: Arc<ClientConfig>,
@@ -81,49 +72,6 @@ pub struct LocalIdentity {
     metrics: IdentityMetrics,
     /// How certify calls connect to the controller (the proxy's socket mark).
     connector: client::Connector,
-}
-
-/// The current certificate, read at every handshake.
-#[derive(Debug, Default)]
-struct CertStore {
-    current: RwLock<Option<Arc<CertifiedKey>>>,
-}
-
-impl CertStore {
-    fn get(&self) -> Option<Arc<CertifiedKey>> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn set(&self, key: Arc<CertifiedKey>) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
-    }
-}
-
-impl ResolvesServerCert for CertStore {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.get()
-    }
-}
-
-impl ResolvesClientCert for CertStore {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[SignatureScheme],
-    ) -> Option<Arc<CertifiedKey>> {
-        self.get()
-    }
-
-    fn has_certs(&self) -> bool {
-        self.get().is_some()
-    }
-}
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 impl LocalIdentity {
@@ -134,26 +82,19 @@ impl LocalIdentity {
         metrics: IdentityMetrics,
         connector: client::Connector,
     ) -> Result<Arc<Self>, IdentityError> {
-        let name = config.name.dns_name();
         let key_pair = ca::new_key().map_err(|e| IdentityError::Key(e.to_string()))?;
         write_key(&config.dir, &key_pair.serialize_pem())?;
+        let credentials = Arc::new(
+            Credentials::new(&config.name, &key_pair, config.trust_anchors.clone())
+                .map_err(|e| IdentityError::Key(e.to_string()))?,
+        );
+        let roots = Arc::new(
+            credentials
+                .roots()
+                .map_err(|e| IdentityError::Anchors(e.to_string()))?,
+        );
         let provider = provider();
-        let key = provider
-            .key_provider
-            .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-                key_pair.serialize_der(),
-            )))?;
-        let csr_pem =
-            ca::csr(&config.name, &key_pair).map_err(|e| IdentityError::Key(e.to_string()))?;
-
-        let mut roots = RootCertStore::empty();
-        for anchor in &config.trust_anchors {
-            roots
-                .add(anchor.clone())
-                .map_err(|e| IdentityError::Anchors(e.to_string()))?;
-        }
-        let roots = Arc::new(roots);
-        let store = Arc::new(CertStore::default());
+        let store = credentials.clone();
 
         let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
@@ -175,11 +116,7 @@ impl LocalIdentity {
         let (client_h2, client_http1, client_opaque) =
             (client(&[ALPN_H2])?, client(&[ALPN_HTTP1])?, client(&[])?);
         Ok(Arc::new(Self {
-            name,
-            csr_pem,
-            key,
-            public_key: key_pair.public_key_raw().to_vec(),
-            store,
+            credentials,
             server: Arc::new(server),
             client_h2,
             client_http1,
@@ -192,17 +129,17 @@ impl LocalIdentity {
 
     /// The proxy's identity, in its DNS form.
     pub fn name(&self) -> &str {
-        &self.name
+        self.credentials.name()
     }
 
     /// Whether a certificate is held.
     pub fn has_certificate(&self) -> bool {
-        self.store.get().is_some()
+        self.credentials.current().is_some()
     }
 
     /// Gets a certificate, then keeps renewing it; sets `ready` once the first arrives.
     pub async fn run(self: Arc<Self>, ready: Arc<AtomicBool>) {
-        let mut backoff = BACKOFF.0;
+        let mut renewal = Renewal::new();
         loop {
             let wait = match self.refresh().await {
                 Ok(not_after) => {
@@ -211,24 +148,20 @@ impl LocalIdentity {
                         .get_or_create(&RefreshLabels { result: "ok" })
                         .inc();
                     ready.store(true, Ordering::Release);
-                    backoff = BACKOFF.0;
-                    let left = not_after
-                        .duration_since(SystemTime::now())
-                        .unwrap_or_default();
-                    tracing::info!(identity = %self.name, expires_in = ?left, "certificate obtained");
-                    left.mul_f64(RENEW_AT).max(Duration::from_secs(1))
+                    let wait = renewal.succeeded(not_after);
+                    tracing::info!(identity = %self.name(), renew_in = ?wait, "certificate obtained");
+                    wait
                 }
                 Err(error) => {
                     self.metrics
                         .refresh_total
                         .get_or_create(&RefreshLabels { result: "failure" })
                         .inc();
-                    let serving = self.has_certificate();
-                    tracing::warn!(identity = %self.name, %error, retry_in = ?backoff, serving_old = serving, "certificate refresh failed");
-                    let wait = backoff;
-                    backoff = (backoff * 2).min(BACKOFF.1);
                     // Jitter, so a fleet that failed together does not retry together.
-                    wait.mul_f64(0.75 + fastrand::f64() / 2.0)
+                    let wait = renewal.failed().mul_f64(0.75 + fastrand::f64() / 2.0);
+                    let serving = self.has_certificate();
+                    tracing::warn!(identity = %self.name(), %error, retry_in = ?wait, serving_old = serving, "certificate refresh failed");
+                    wait
                 }
             };
             tokio::time::sleep(wait).await;
@@ -246,7 +179,7 @@ impl LocalIdentity {
                     source,
                 })?;
         let request = CertifyRequest {
-            csr_pem: self.csr_pem.clone(),
+            csr_pem: self.credentials.csr_pem().to_string(),
             token: token.trim().to_string(),
         };
         let response = client::certify_with(
@@ -258,26 +191,15 @@ impl LocalIdentity {
             CERTIFY_TIMEOUT,
         )
         .await?;
-        let (key, not_after) = self.check(&response.cert_chain_pem)?;
-        self.store.set(Arc::new(key));
+        let not_after = self
+            .credentials
+            .accept(&response.cert_chain_pem)
+            .map_err(|e| RefreshError::Certificate(e.to_string()))?;
         let epoch = not_after
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
         self.metrics.expiration.set(epoch.as_secs() as i64);
         Ok(not_after)
-    }
-
-    /// Checks a chain from the controller: it must verify against the trust anchors for this
-    /// identity and carry this proxy's public key.
-    fn check(&self, chain_pem: &str) -> Result<(CertifiedKey, SystemTime), RefreshError> {
-        let (chain, not_after) = ca::check_issued(
-            chain_pem,
-            &self.config.trust_anchors,
-            &self.name,
-            &self.public_key,
-        )
-        .map_err(|e| RefreshError::Certificate(e.to_string()))?;
-        Ok((CertifiedKey::new(chain, self.key.clone()), not_after))
     }
 
     /// The mutual-TLS server configuration for connections to this identity.
@@ -384,6 +306,7 @@ fn write_key(dir: &Path, pem: &str) -> Result<(), IdentityError> {
 mod tests {
     use super::*;
     use ca::{LeafNames, Signer};
+    use rustls::RootCertStore;
 
     const DAY: Duration = Duration::from_secs(86_400);
 
@@ -420,7 +343,8 @@ mod tests {
         let meta = std::fs::metadata(dir.path().join("key.pem")).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-        let csr = rcgen::CertificateSigningRequestParams::from_pem(&id.csr_pem).unwrap();
+        let csr =
+            rcgen::CertificateSigningRequestParams::from_pem(id.credentials.csr_pem()).unwrap();
         let names: Vec<String> = csr
             .params
             .subject_alt_names
@@ -438,7 +362,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (anchor, signer) = new_ca();
         let id = local(&anchor, dir.path());
-        let csr = rcgen::CertificateSigningRequestParams::from_pem(&id.csr_pem).unwrap();
+        let csr =
+            rcgen::CertificateSigningRequestParams::from_pem(id.credentials.csr_pem()).unwrap();
         let good = signer
             .issue(
                 &csr.public_key,
@@ -447,13 +372,13 @@ mod tests {
                 Duration::ZERO,
             )
             .unwrap();
-        assert!(id.check(&good.chain_pem).is_ok());
+        assert!(id.credentials.accept(&good.chain_pem).is_ok());
 
         // Right name, wrong key.
         let (other_key, _) = signer
             .issue_with_key(&LeafNames::identity(&web()), DAY)
             .unwrap();
-        let e = id.check(&other_key.chain_pem).err().unwrap();
+        let e = id.credentials.accept(&other_key.chain_pem).err().unwrap();
         assert!(e.to_string().contains("another key"), "{e}");
         // Right key, wrong name.
         let db = Identity::new("db", "demo", "cluster.local").unwrap();
@@ -465,7 +390,7 @@ mod tests {
                 Duration::ZERO,
             )
             .unwrap();
-        let e = id.check(&wrong.chain_pem).err().unwrap();
+        let e = id.credentials.accept(&wrong.chain_pem).err().unwrap();
         assert!(e.to_string().contains("another name"), "{e}");
         // Another CA.
         let (_, stranger) = new_ca();
@@ -477,9 +402,9 @@ mod tests {
                 Duration::ZERO,
             )
             .unwrap();
-        let e = id.check(&foreign.chain_pem).err().unwrap();
+        let e = id.credentials.accept(&foreign.chain_pem).err().unwrap();
         assert!(e.to_string().contains("trusted CA"), "{e}");
-        assert!(id.check("garbage").is_err());
+        assert!(id.credentials.accept("garbage").is_err());
     }
 
     #[test]

@@ -28,7 +28,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -38,12 +38,11 @@ use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use mesh_api::identity::credentials::{provider, Credentials, Renewal};
 use mesh_api::identity::{ca, client, CertifyRequest, Identity};
 use mesh_api::tap::{Filter, TAP_PATH};
 use mesh_viz::client::PODS_PATH;
-use rustls::client::ResolvesClientCert;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::sign::CertifiedKey;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{error, health, Body, ServeError};
@@ -56,10 +55,6 @@ pub const SERVICE_ACCOUNT: &str = "mesh-tap";
 
 /// How long one certify call may take.
 const CERTIFY_TIMEOUT: Duration = Duration::from_secs(10);
-/// The retry backoff after a failed certify call: doubling from the first to the last.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
-/// Renew when this share of the certificate's remaining lifetime has passed.
-const RENEW_AT: f64 = 0.7;
 /// How long connecting to a proxy and getting its response's headers may take.
 const PROXY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a pod lookup in the Kubernetes API may take.
@@ -194,7 +189,7 @@ pub async fn start(config: TapConfig, kube: kube::Client) -> Result<Running, Tap
         trust_domain: config.trust_domain,
         admin_port: config.proxy_admin_port,
     });
-    tracing::info!(%addr, identity = %state.identity.name, "serving the tap aggregator");
+    tracing::info!(%addr, identity = %state.identity.name(), "serving the tap aggregator");
     let task = tokio::spawn(super::serve(listener, move |req| {
         let state = state.clone();
         async move { route(&state, req).await }
@@ -242,76 +237,36 @@ async fn trust_anchors(
 
 // === the aggregator's identity ===
 
-/// The aggregator's key, its current certificate and the client configuration presenting it.
+/// The aggregator's credentials and the client configuration presenting them.
 struct TapIdentity {
-    name: Identity,
-    csr_pem: String,
-    public_key: Vec<u8>,
-    signing_key: Arc<dyn rustls::sign::SigningKey>,
-    anchors: Vec<CertificateDer<'static>>,
-    store: Arc<CertStore>,
+    credentials: Arc<Credentials>,
     /// Mutual TLS to the proxies' admin servers (HTTP/1.1).
     client: Arc<rustls::ClientConfig>,
-}
-
-/// The current certificate, read at every handshake (a renewal needs no rebuild).
-#[derive(Debug, Default)]
-struct CertStore(RwLock<Option<Arc<CertifiedKey>>>);
-
-impl CertStore {
-    fn get(&self) -> Option<Arc<CertifiedKey>> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-impl ResolvesClientCert for CertStore {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[rustls::SignatureScheme],
-    ) -> Option<Arc<CertifiedKey>> {
-        self.get()
-    }
-
-    fn has_certs(&self) -> bool {
-        self.get().is_some()
-    }
 }
 
 impl TapIdentity {
     fn new(name: Identity, anchors: Vec<CertificateDer<'static>>) -> Result<Self, TapError> {
         let fail = |e: String| TapError::Identity(e);
         let key = ca::new_key().map_err(|e| fail(e.to_string()))?;
-        let csr_pem = ca::csr(&name, &key).map_err(|e| fail(e.to_string()))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let signing_key = provider
-            .key_provider
-            .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-                key.serialize_der(),
-            )))
-            .map_err(|e| fail(e.to_string()))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for anchor in &anchors {
-            roots
-                .add(anchor.clone())
-                .map_err(|e| TapError::Anchors(e.to_string()))?;
-        }
-        let store = Arc::new(CertStore::default());
-        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        let credentials =
+            Arc::new(Credentials::new(&name, &key, anchors).map_err(|e| fail(e.to_string()))?);
+        let roots = credentials
+            .roots()
+            .map_err(|e| TapError::Anchors(e.to_string()))?;
+        let mut client = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| fail(e.to_string()))?
             .with_root_certificates(roots)
-            .with_client_cert_resolver(store.clone());
+            .with_client_cert_resolver(credentials.clone());
         client.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(TapIdentity {
-            name,
-            csr_pem,
-            public_key: key.public_key_raw().to_vec(),
-            signing_key,
-            anchors,
-            store,
+            credentials,
             client: Arc::new(client),
         })
+    }
+
+    fn name(&self) -> &str {
+        self.credentials.name()
     }
 
     /// Gets a certificate, then keeps renewing it; sets `ready` once the first arrives.
@@ -322,23 +277,19 @@ impl TapIdentity {
         token_file: PathBuf,
         ready: Arc<AtomicBool>,
     ) {
-        let mut backoff = BACKOFF.0;
+        let mut renewal = Renewal::new();
         loop {
             let wait = match self.refresh(&addr, &server_name, &token_file).await {
                 Ok(not_after) => {
                     ready.store(true, Ordering::Release);
-                    backoff = BACKOFF.0;
-                    let left = not_after
-                        .duration_since(SystemTime::now())
-                        .unwrap_or_default();
-                    tracing::info!(identity = %self.name, expires_in = ?left, "certificate obtained");
-                    left.mul_f64(RENEW_AT).max(Duration::from_secs(1))
+                    let wait = renewal.succeeded(not_after);
+                    tracing::info!(identity = %self.name(), renew_in = ?wait, "certificate obtained");
+                    wait
                 }
                 Err(error) => {
-                    let serving = self.store.get().is_some();
-                    tracing::warn!(identity = %self.name, %error, retry_in = ?backoff, serving_old = serving, "certificate refresh failed");
-                    let wait = backoff;
-                    backoff = (backoff * 2).min(BACKOFF.1);
+                    let wait = renewal.failed();
+                    let serving = self.credentials.current().is_some();
+                    tracing::warn!(identity = %self.name(), %error, retry_in = ?wait, serving_old = serving, "certificate refresh failed");
                     wait
                 }
             };
@@ -357,22 +308,16 @@ impl TapIdentity {
             .await
             .map_err(|e| format!("reading the token {}: {e}", token_file.display()))?;
         let request = CertifyRequest {
-            csr_pem: self.csr_pem.clone(),
+            csr_pem: self.credentials.csr_pem().to_string(),
             token: token.trim().to_string(),
         };
-        let response = client::certify(addr, server_name, &self.anchors, &request, CERTIFY_TIMEOUT)
+        let anchors = self.credentials.anchors();
+        let response = client::certify(addr, server_name, anchors, &request, CERTIFY_TIMEOUT)
             .await
             .map_err(|e| e.to_string())?;
-        let (chain, not_after) = ca::check_issued(
-            &response.cert_chain_pem,
-            &self.anchors,
-            &self.name.dns_name(),
-            &self.public_key,
-        )
-        .map_err(|e| format!("the identity controller sent an unusable certificate: {e}"))?;
-        let key = Arc::new(CertifiedKey::new(chain, self.signing_key.clone()));
-        *self.store.0.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
-        Ok(not_after)
+        self.credentials
+            .accept(&response.cert_chain_pem)
+            .map_err(|e| format!("the identity controller sent an unusable certificate: {e}"))
     }
 }
 
