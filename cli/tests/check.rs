@@ -5,14 +5,8 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_api::identity::ca;
 use mesh_api::inject::{self as core, ProxyConfig};
 use serde_json::{json, Value};
@@ -31,19 +25,9 @@ struct Cluster {
     meshed_pods: Vec<Value>,
 }
 
-fn json_response(status: u16, body: String) -> http::Response<Full<Bytes>> {
-    let mut r = http::Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
 fn not_found(kind: &str, name: &str) -> (u16, String) {
     // The recorded 404, for the object asked about.
-    let mut status: Value = serde_json::from_str(&fixture("notfound-404.json")).unwrap();
+    let mut status = fixture_json("notfound-404.json");
     status["message"] = format!("{kind} \"{name}\" not found").into();
     status["details"]["name"] = name.into();
     (404, status.to_string())
@@ -51,7 +35,7 @@ fn not_found(kind: &str, name: &str) -> (u16, String) {
 
 /// The recorded Deployment `web`, renamed into the control plane (ready, 2 of 2).
 fn deployment(name: &str) -> Value {
-    let list: Value = serde_json::from_str(&fixture("deployments-list.json")).unwrap();
+    let list = fixture_json("deployments-list.json");
     let mut d = list["items"][0].clone();
     d["apiVersion"] = "apps/v1".into();
     d["kind"] = "Deployment".into();
@@ -62,7 +46,7 @@ fn deployment(name: &str) -> Value {
 
 /// The recorded pods, renamed into the control plane with its labels.
 fn control_plane_pods() -> Value {
-    let mut list: Value = serde_json::from_str(&fixture("pods-list.json")).unwrap();
+    let mut list = fixture_json("pods-list.json");
     for (i, pod) in list["items"].as_array_mut().unwrap().iter_mut().enumerate() {
         pod["metadata"]["namespace"] = "mesh".into();
         pod["metadata"]["name"] = format!("mesh-destination-85489d9c68-{i}").into();
@@ -73,7 +57,7 @@ fn control_plane_pods() -> Value {
 
 /// The recorded pods of namespace demo, injected as the webhook would, with their proxy ready.
 fn meshed_pods(anchors: &str, version: &str) -> Vec<Value> {
-    let list: Value = serde_json::from_str(&fixture("pods-list.json")).unwrap();
+    let list = fixture_json("pods-list.json");
     let config = ProxyConfig::new("ghcr.io/mesh/proxy", version, anchors);
     list["items"]
         .as_array()
@@ -151,7 +135,7 @@ fn respond(
             } else {
                 "selfsubjectaccessreview-allowed.json"
             };
-            let mut answer: Value = serde_json::from_str(&fixture(name)).unwrap();
+            let mut answer = fixture_json(name);
             let asked: Value = serde_json::from_slice(body).unwrap();
             answer["spec"] = asked["spec"].clone();
             (201, answer.to_string())
@@ -190,7 +174,7 @@ fn respond(
                 "response": {"uid": review["request"]["uid"], "allowed": true, "patchType": "JSONPatch", "patch": patch}}).to_string())
         }
         ("GET", ["api", "v1", "pods"]) | ("GET", ["api", "v1", "namespaces", "demo", "pods"]) => {
-            let mut list: Value = serde_json::from_str(&fixture("pods-list.json")).unwrap();
+            let mut list = fixture_json("pods-list.json");
             let mut items = cluster.meshed_pods.clone();
             if segments.len() == 3 {
                 items.extend(
@@ -217,50 +201,12 @@ fn respond(
     }
 }
 
-async fn fake_api_server(cluster: Cluster) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let cluster = Arc::new(cluster);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let cluster = cluster.clone();
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let cluster = cluster.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let (status, text) = respond(
-                                &cluster,
-                                &parts.method,
-                                parts.uri.path(),
-                                parts.uri.query().unwrap_or(""),
-                                &body,
-                            );
-                            Ok::<_, Infallible>(json_response(status, text))
-                        }
-                    });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 /// The control plane as `mesh install` renders it with these certificate flags.
 fn installed(cert_flags: &[String]) -> BTreeMap<String, Value> {
     let mut args = vec!["install", "--ignore-cluster"];
     args.extend(cert_flags.iter().map(String::as_str));
-    let out = mesh(&args, None);
-    assert!(out.status.success(), "{}", stderr(&out));
-    docs(&stdout(&out))
+    render(&args)
+        .1
         .into_iter()
         .map(|d| {
             (
@@ -275,32 +221,11 @@ fn installed(cert_flags: &[String]) -> BTreeMap<String, Value> {
         .collect()
 }
 
-/// Runs `mesh check ARGS` against the fake cluster: (exit code, stdout).
+/// Runs `mesh check ARGS` against the fake cluster: (exit code, stdout, stderr).
 async fn check(cluster: Cluster, args: &[&str]) -> (i32, String, String) {
-    let api = fake_api_server(cluster).await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: 'http://{api}'}}}}]\n\
-             users: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n\
-             current-context: fake\n"
-        ),
-    )
-    .unwrap();
-    let kubeconfig = kubeconfig.display().to_string();
-    let mut all = vec!["check", "--kubeconfig", kubeconfig.as_str()];
-    all.extend(args);
-    // The binary blocks; run it off the runtime that serves the fake.
-    let all: Vec<String> = all.into_iter().map(String::from).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        mesh(&all, None)
-    })
-    .await
-    .unwrap();
-    (out.status.code().unwrap_or(-1), stdout(&out), stderr(&out))
+    let api =
+        fake_api_server(move |r| respond(&cluster, &r.method, &r.path, &r.query, &r.body)).await;
+    mesh_on_cluster(api, "check", args).await
 }
 
 fn healthy() -> Cluster {

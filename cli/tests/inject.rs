@@ -9,17 +9,13 @@ use support::*;
 const SHOP: &str = "inject/shop.yaml";
 const LIST: &str = "inject/list.json";
 
-fn path(name: &str) -> String {
-    testdata(name).display().to_string()
-}
-
 fn manual_flags() -> Vec<String> {
     vec![
         "--manual".into(),
         "--image-tag".into(),
         "v0.1.0".into(),
         "--identity-trust-anchors-file".into(),
-        path("certs/trust-anchors.pem"),
+        testdata_arg("certs/trust-anchors.pem"),
     ]
 }
 
@@ -50,7 +46,7 @@ fn uninject_stdin(text: &str) -> String {
 
 #[test]
 fn inject_annotates_workloads_and_passes_the_rest_through() {
-    let (out, summary) = inject(&[], &path(SHOP));
+    let (out, summary) = inject(&[], &testdata_arg(SHOP));
     golden("inject-shop.yaml", &out);
     golden("inject-shop.summary", &summary);
     let docs = docs(&out);
@@ -67,7 +63,7 @@ fn inject_annotates_workloads_and_passes_the_rest_through() {
 
 #[test]
 fn manual_inject_writes_the_proxy_into_every_workload() {
-    let (out, summary) = inject(&manual_flags(), &path(SHOP));
+    let (out, summary) = inject(&manual_flags(), &testdata_arg(SHOP));
     golden("inject-shop-manual.yaml", &out);
     golden("inject-shop-manual.summary", &summary);
     let docs = docs(&out);
@@ -99,7 +95,7 @@ fn manual_inject_writes_the_proxy_into_every_workload() {
 fn regular_sidecars_on_request() {
     let mut flags = manual_flags();
     flags.push("--native-sidecar=false".into());
-    let (out, _) = inject(&flags, &path(SHOP));
+    let (out, _) = inject(&flags, &testdata_arg(SHOP));
     let docs = docs(&out);
     assert_typed(&docs);
     let web = docs
@@ -137,7 +133,7 @@ fn uninject_restores_the_input() {
 
 #[test]
 fn json_lists_stay_json_with_every_item_handled() {
-    let (out, summary) = inject(&manual_flags(), &path(LIST));
+    let (out, summary) = inject(&manual_flags(), &testdata_arg(LIST));
     let doc: Value = serde_json::from_str(&out).expect("JSON output");
     assert_eq!(doc["kind"], "List");
     let items = doc["items"].as_array().unwrap();
@@ -191,7 +187,7 @@ fn bad_input_is_an_error_naming_the_document_and_line_with_nothing_on_stdout() {
                 "inject",
                 "--manual",
                 "--identity-trust-anchors-file",
-                &path("certs/trust-anchors.pem"),
+                &testdata_arg("certs/trust-anchors.pem"),
                 "-",
             ],
             Some(&input),
@@ -214,7 +210,7 @@ fn manual_inject_without_trust_anchors_or_cluster_says_what_to_do() {
             "--manual",
             "--kubeconfig",
             "/nonexistent",
-            &path(SHOP),
+            &testdata_arg(SHOP),
         ],
         None,
     );

@@ -15,17 +15,7 @@ fn install(extra: &[&str]) -> (String, Vec<Value>) {
     let certs = cert_flags();
     args.extend(certs.iter().map(String::as_str));
     args.extend(extra);
-    let out = mesh(&args, None);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
-    let docs = docs(&text);
-    (text, docs)
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name}"))
+    render(&args)
 }
 
 fn b64(v: &Value) -> String {
@@ -158,10 +148,10 @@ fn fresh_certificates_are_generated_per_install() {
 
 #[test]
 fn bad_flags_are_errors_with_nothing_on_stdout() {
-    let anchors = testdata("certs/trust-anchors.pem").display().to_string();
-    let webhook_ca = testdata("certs/webhook-ca.crt").display().to_string();
-    let issuer = testdata("certs/issuer.crt").display().to_string();
-    let webhook_key = testdata("certs/webhook.key").display().to_string();
+    let anchors = testdata_arg("certs/trust-anchors.pem");
+    let webhook_ca = testdata_arg("certs/webhook-ca.crt");
+    let issuer = testdata_arg("certs/issuer.crt");
+    let webhook_key = testdata_arg("certs/webhook.key");
     for (args, message) in [
         (vec!["--set", "nope=1"], "no value \"nope\""),
         (vec!["--set", "ha=maybe"], "is not true or false"),
@@ -210,11 +200,8 @@ fn install_without_a_cluster_says_how_to_render_anyway() {
 
 #[test]
 fn uninstall_lists_what_to_delete_webhook_first() {
-    let out = mesh(&["uninstall"], None);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
+    let (text, docs) = render(&["uninstall"]);
     golden("uninstall.yaml", &text);
-    let docs = docs(&text);
     assert_eq!(docs[0]["kind"], "MutatingWebhookConfiguration");
     assert_eq!(docs.last().unwrap()["kind"], "Namespace");
 }

@@ -8,7 +8,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -18,19 +18,12 @@ use hyper_util::rt::TokioIo;
 use mesh_cli::viz::{local::State, run_command, Target, VizArgs};
 use mesh_viz::client::{Connecting, Io, Transport};
 use mesh_viz::model::PodInfo;
-use support::{golden, mesh, stderr};
+use support::{golden, mesh, stderr, viz_data};
 
 #[derive(Parser)]
 struct Cli {
     #[command(flatten)]
     viz: VizArgs,
-}
-
-fn data(name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../viz/tests/data")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn state_dir() -> PathBuf {
@@ -94,7 +87,7 @@ fn recorded(tap: Option<&str>) -> Target {
         answers.insert(
             pod.to_string(),
             Answers {
-                metrics: data(&format!("scrape-{pod}.txt")),
+                metrics: viz_data(&format!("scrape-{pod}.txt")),
                 tap: tap.map(|t| {
                     if pod == "web-1" {
                         t.to_string()
@@ -168,7 +161,7 @@ fn edges() {
 
 #[test]
 fn tap() {
-    let t = recorded(Some(&data("tap-web.jsonl")));
+    let t = recorded(Some(&viz_data("tap-web.jsonl")));
     golden("viz-tap-web.txt", &run(&t, &["tap", "deploy/web"]).unwrap());
     golden(
         "viz-tap-web-wide.txt",
@@ -185,7 +178,7 @@ fn tap() {
 
 #[test]
 fn top() {
-    let t = recorded(Some(&data("tap-web.jsonl")));
+    let t = recorded(Some(&viz_data("tap-web.jsonl")));
     golden(
         "viz-top-web.txt",
         &run(&t, &["top", "deploy/web", "--duration", "5s"]).unwrap(),
@@ -194,7 +187,7 @@ fn top() {
 
 #[test]
 fn dashboard() {
-    let t = recorded(Some(&data("tap-web.jsonl")));
+    let t = recorded(Some(&viz_data("tap-web.jsonl")));
     golden(
         "viz-dashboard.txt",
         &run(&t, &["dashboard", "deploy/web", "--duration", "200ms"]).unwrap(),

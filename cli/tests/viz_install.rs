@@ -10,17 +10,7 @@ use support::*;
 fn install(extra: &[&str]) -> (String, Vec<Value>) {
     let mut args = vec!["viz", "install"];
     args.extend(extra);
-    let out = mesh(&args, None);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
-    let docs = docs(&text);
-    (text, docs)
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {kind} {name}"))
+    render(&args)
 }
 
 fn pod_spec<'a>(docs: &'a [Value], deployment: &str) -> &'a Value {
@@ -147,11 +137,8 @@ fn a_bad_value_says_where_the_values_are() {
 
 #[test]
 fn uninstall_lists_the_cluster_wide_objects_then_the_namespace() {
-    let out = mesh(&["viz", "uninstall"], None);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
+    let (text, docs) = render(&["viz", "uninstall"]);
     golden("viz-uninstall.yaml", &text);
-    let docs = docs(&text);
     assert_eq!(docs[0]["kind"], "ClusterRoleBinding");
     let last = docs.last().unwrap();
     assert_eq!(

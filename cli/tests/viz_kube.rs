@@ -6,27 +6,17 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_viz::source::{PodSamples, SamplesResponse};
 use serde_json::{json, Value};
-use support::{fixture, mesh, stderr, stdout};
+use support::{fake_api_server, fixture, fixture_json, mesh_on_cluster, viz_data};
 
 /// The recorded pods of Deployment `web`.
 const WEB_1: &str = "web-85489d9c68-62pw4";
 const WEB_2: &str = "web-85489d9c68-84cz2";
 
 const PROXY: &str = "/api/v1/namespaces/mesh-viz/services";
-
-fn data(name: &str) -> String {
-    let path = format!("{}/../viz/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
 
 /// What the fake cluster holds.
 struct Cluster {
@@ -43,7 +33,7 @@ fn list(kind: &str, api_version: &str, items: Vec<Value>) -> Value {
 
 /// The recorded pods, injected with the proxy (as `mesh inject` would add its container).
 fn meshed_pods() -> Value {
-    let mut pods: Value = serde_json::from_str(&fixture("pods-list.json")).unwrap();
+    let mut pods = fixture_json("pods-list.json");
     for pod in pods["items"].as_array_mut().unwrap() {
         pod["spec"]["containers"]
             .as_array_mut()
@@ -55,7 +45,7 @@ fn meshed_pods() -> Value {
 
 /// The recorded Service `web-svc`, renamed to the viz Service `name`.
 fn viz_service(name: &str) -> Value {
-    let services: Value = serde_json::from_str(&fixture("services-list.json")).unwrap();
+    let services = fixture_json("services-list.json");
     let mut svc = services["items"][0].clone();
     svc["metadata"]["name"] = name.into();
     svc["metadata"]["namespace"] = "mesh-viz".into();
@@ -68,7 +58,7 @@ fn samples() -> Value {
         namespace: "demo".into(),
         pod: name.into(),
         before: None,
-        after: mesh_viz::prom::parse(&data(scrape)).unwrap(),
+        after: mesh_viz::prom::parse(&viz_data(scrape)).unwrap(),
     };
     serde_json::to_value(SamplesResponse {
         time: 1_700_000_000.0,
@@ -111,7 +101,7 @@ fn respond(cluster: &Cluster, path: &str, query: &str) -> (u16, String) {
         _ if cluster.viz
             && path == format!("{PROXY}/http:tap:8089/proxy/api/v1/pods/demo/{WEB_1}/tap") =>
         {
-            (200, data("tap-web.jsonl"))
+            (200, viz_data("tap-web.jsonl"))
         }
         _ if cluster.viz
             && path == format!("{PROXY}/http:tap:8089/proxy/api/v1/pods/demo/{WEB_2}/tap") =>
@@ -122,74 +112,19 @@ fn respond(cluster: &Cluster, path: &str, query: &str) -> (u16, String) {
     }
 }
 
-async fn fake_api_server(cluster: Arc<Cluster>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let cluster = cluster.clone();
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (status, body) =
-                            respond(&cluster, req.uri().path(), req.uri().query().unwrap_or(""));
-                        async move {
-                            let mut r = http::Response::new(Full::new(Bytes::from(body)));
-                            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                            r.headers_mut().insert(
-                                http::header::CONTENT_TYPE,
-                                http::HeaderValue::from_static("application/json"),
-                            );
-                            Ok::<_, Infallible>(r)
-                        }
-                    });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 /// Runs `mesh viz ARGS` against a fake cluster: (exit code, stdout, stderr, paths asked for).
 async fn viz(installed: bool, args: &[&str]) -> (i32, String, String, Vec<String>) {
     let cluster = Arc::new(Cluster {
         viz: installed,
         seen: Mutex::default(),
     });
-    let api = fake_api_server(cluster.clone()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: 'http://{api}'}}}}]\n\
-             users: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n\
-             current-context: fake\n"
-        ),
-    )
-    .unwrap();
-    let mut all: Vec<String> = vec![
-        "viz".into(),
-        "--kubeconfig".into(),
-        kubeconfig.display().to_string(),
-    ];
-    all.extend(args.iter().map(|a| a.to_string()));
-    // The binary blocks; run it off the runtime that serves the fake.
-    let out = tokio::task::spawn_blocking(move || {
-        let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        mesh(&all, None)
-    })
-    .await
-    .unwrap();
+    let api = {
+        let cluster = cluster.clone();
+        fake_api_server(move |r| respond(&cluster, &r.path, &r.query)).await
+    };
+    let (code, out, err) = mesh_on_cluster(api, "viz", args).await;
     let seen = cluster.seen.lock().unwrap().clone();
-    (
-        out.status.code().unwrap_or(-1),
-        stdout(&out),
-        stderr(&out),
-        seen,
-    )
+    (code, out, err, seen)
 }
 
 #[tokio::test]
@@ -246,7 +181,7 @@ async fn tap_streams_through_the_tap_aggregator() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let expected = data("tap-web.jsonl").lines().count();
+    let expected = viz_data("tap-web.jsonl").lines().count();
     assert_eq!(events.len(), expected, "{out}");
     assert_eq!(
         (events[0]["pod"].as_str(), events[0]["event"].as_str()),

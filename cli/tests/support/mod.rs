@@ -1,9 +1,16 @@
-//! What the CLI's tests share: running `mesh`, golden files, fixed certificates, typed checks.
+//! What the CLI's tests share: running `mesh`, golden files, fixed certificates, typed checks,
+//! and a fake Kubernetes API server to run `mesh` against.
 #![allow(dead_code)]
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 
 /// `cli/tests/`.
@@ -16,6 +23,19 @@ pub fn testdata(name: &str) -> PathBuf {
     tests_dir().join("testdata").join(name)
 }
 
+/// A file of the fixed test data as a command line argument.
+pub fn testdata_arg(name: &str) -> String {
+    testdata(name).display().to_string()
+}
+
+/// A file of the viz crate's recorded data (`viz/tests/data/…`): proxy scrapes, tap streams.
+pub fn viz_data(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../viz/tests/data")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// A recorded Kubernetes response (`testdata/k8s-fixtures/…`).
 pub fn fixture(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -24,9 +44,14 @@ pub fn fixture(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A recorded Kubernetes response, parsed.
+pub fn fixture_json(name: &str) -> Value {
+    serde_json::from_str(&fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
 /// The flags that make `mesh install` deterministic: the fixed certificates.
 pub fn cert_flags() -> Vec<String> {
-    let c = |n: &str| testdata(&format!("certs/{n}")).display().to_string();
+    let c = |n: &str| testdata_arg(&format!("certs/{n}"));
     [
         ("--identity-trust-anchors-file", c("trust-anchors.pem")),
         ("--identity-issuer-certificate-file", c("issuer.crt")),
@@ -100,6 +125,22 @@ pub fn golden(name: &str, actual: &str) {
     }
 }
 
+/// Runs `mesh ARGS`, which must succeed: its stdout and the documents in it.
+pub fn render(args: &[&str]) -> (String, Vec<Value>) {
+    let out = mesh(args, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let docs = docs(&text);
+    (text, docs)
+}
+
+/// The object of `kind` named `name`.
+pub fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
 /// Every document of a YAML stream.
 pub fn docs(yaml: &str) -> Vec<Value> {
     mesh_cli::manifest::parse(yaml, "output")
@@ -114,4 +155,95 @@ pub fn assert_typed(docs: &[Value]) {
             panic!("{}: {e}", mesh_cli::manifest::describe(doc));
         }
     }
+}
+
+/// One request to the fake API server, with its body.
+pub struct ApiRequest {
+    pub method: http::Method,
+    pub path: String,
+    pub query: String,
+    pub body: Bytes,
+}
+
+/// A fake Kubernetes API server on a free local port: every request is answered with the status
+/// and JSON body `respond` returns.
+pub async fn fake_api_server(
+    respond: impl Fn(&ApiRequest) -> (u16, String) + Send + Sync + 'static,
+) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let respond = Arc::new(respond);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let respond = respond.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let respond = respond.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let (status, text) = respond(&ApiRequest {
+                                method: parts.method,
+                                path: parts.uri.path().to_string(),
+                                query: parts.uri.query().unwrap_or("").to_string(),
+                                body,
+                            });
+                            Ok::<_, Infallible>(json_response(status, text))
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn json_response(status: u16, body: String) -> http::Response<Full<Bytes>> {
+    let mut r = http::Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Runs `mesh COMMAND --kubeconfig <the fake cluster at api> ARGS`: (exit code, stdout, stderr).
+pub async fn mesh_on_cluster(
+    api: SocketAddr,
+    command: &str,
+    args: &[&str],
+) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: 'http://{api}'}}}}]\n\
+             users: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n\
+             current-context: fake\n"
+        ),
+    )
+    .unwrap();
+    let mut all: Vec<String> = vec![
+        command.into(),
+        "--kubeconfig".into(),
+        kubeconfig.display().to_string(),
+    ];
+    all.extend(args.iter().map(|a| a.to_string()));
+    // The binary blocks; run it off the runtime that serves the fake.
+    let out = tokio::task::spawn_blocking(move || {
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        mesh(&all, None)
+    })
+    .await
+    .unwrap();
+    (out.status.code().unwrap_or(-1), stdout(&out), stderr(&out))
 }
