@@ -466,12 +466,33 @@ async fn tap(
     args: &TapArgs,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let (mut rx, mut tasks) = start_taps(target, namespace, &args.filter).await?;
+    let (rx, tasks) = start_taps(target, namespace, &args.filter).await?;
     let mut formatter = Formatter::new(args.output == Some(TapOutput::Wide));
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+    let (failures, seen) = follow(rx, tasks, args.duration, |e| {
+        let line = match args.output {
+            Some(TapOutput::Json) => serde_json::to_string(&e)?,
+            _ => formatter.line(&e.pod, &e.event),
+        };
+        writeln!(out, "{line}")?;
+        out.flush()?;
+        Ok(())
+    })
+    .await?;
+    tap_failures(target, failures, seen)
+}
+
+/// Hands every event of the taps to `on_event` until they all ended (then what they sent
+/// before is drained too) or `duration` is over (never, without one); returns the taps'
+/// errors and how many events came.
+async fn follow(
+    mut rx: mpsc::Receiver<PodEvent>,
+    mut tasks: tokio::task::JoinSet<Result<(), client::Error>>,
+    duration: Option<Duration>,
+    mut on_event: impl FnMut(PodEvent) -> anyhow::Result<()>,
+) -> anyhow::Result<(Vec<client::Error>, usize)> {
     let sleep = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
             None => std::future::pending().await,
         }
     };
@@ -487,12 +508,7 @@ async fn tap(
                     break;
                 };
                 seen += 1;
-                let line = match args.output {
-                    Some(TapOutput::Json) => serde_json::to_string(&e)?,
-                    _ => formatter.line(&e.pod, &e.event),
-                };
-                writeln!(out, "{line}")?;
-                out.flush()?;
+                on_event(e)?;
             }
             Some(done) = tasks.join_next() => {
                 if let Ok(Err(e)) = done {
@@ -501,11 +517,7 @@ async fn tap(
                 if tasks.is_empty() {
                     // Drain what the taps sent before they ended.
                     while let Ok(e) = rx.try_recv() {
-                        let line = match args.output {
-                            Some(TapOutput::Json) => serde_json::to_string(&e)?,
-                            _ => formatter.line(&e.pod, &e.event),
-                        };
-                        writeln!(out, "{line}")?;
+                        on_event(e)?;
                     }
                     break;
                 }
@@ -513,7 +525,7 @@ async fn tap(
             _ = &mut sleep => break,
         }
     }
-    tap_failures(target, failures, seen)
+    Ok((failures, seen))
 }
 
 /// The errors of taps that ended.
@@ -563,36 +575,13 @@ async fn top_once(
     args: &TopArgs,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let (mut rx, mut tasks) = start_taps(target, namespace, &args.filter).await?;
+    let (rx, tasks) = start_taps(target, namespace, &args.filter).await?;
     let mut top = Top::new(names(&target.state));
-    let sleep = tokio::time::sleep(args.duration);
-    tokio::pin!(sleep);
-    let mut failures = Vec::new();
-    let mut seen = 0;
-    loop {
-        tokio::select! {
-            event = rx.recv() => {
-                let Some(e) = event else {
-                    finished(&mut tasks, &mut failures).await;
-                    break;
-                };
-                seen += 1;
-                top.record(&e.pod, &e.event);
-            }
-            Some(done) = tasks.join_next() => {
-                if let Ok(Err(e)) = done {
-                    failures.push(e);
-                }
-                if tasks.is_empty() {
-                    while let Ok(e) = rx.try_recv() {
-                        top.record(&e.pod, &e.event);
-                    }
-                    break;
-                }
-            }
-            _ = &mut sleep => break,
-        }
-    }
+    let (failures, seen) = follow(rx, tasks, Some(args.duration), |e| {
+        top.record(&e.pod, &e.event);
+        Ok(())
+    })
+    .await?;
     tap_failures(target, failures, seen)?;
     out.write_all(views::top_text(&top.rows()).as_bytes())?;
     Ok(())
