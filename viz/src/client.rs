@@ -113,13 +113,7 @@ pub async fn tap(
     filter: &Filter,
     events: mpsc::Sender<PodEvent>,
 ) -> Result<(), Error> {
-    let io = transport
-        .connect(pod)
-        .await
-        .map_err(|source| Error::Connect {
-            pod: pod.name.clone(),
-            source,
-        })?;
+    let io = connect(transport, pod).await?;
     let authority = format!("localhost:{ADMIN_PORT}");
     let tap_error = |e: TapError| match e {
         TapError::Forbidden { message, .. } => Error::Forbidden {
@@ -148,19 +142,24 @@ pub async fn tap(
     Ok(())
 }
 
+/// A connection to `pod`'s proxy, or the error naming the pod.
+async fn connect(transport: &dyn Transport, pod: &PodInfo) -> Result<Box<dyn Io>, Error> {
+    transport
+        .connect(pod)
+        .await
+        .map_err(|source| Error::Connect {
+            pod: pod.name.clone(),
+            source,
+        })
+}
+
 /// `GET path` on a fresh HTTP/1.1 connection to `pod`'s proxy.
 async fn get(
     transport: &dyn Transport,
     pod: &PodInfo,
     path: &str,
 ) -> Result<hyper::Response<Incoming>, Error> {
-    let io = transport
-        .connect(pod)
-        .await
-        .map_err(|source| Error::Connect {
-            pod: pod.name.clone(),
-            source,
-        })?;
+    let io = connect(transport, pod).await?;
     let http = |source| Error::Http {
         pod: pod.name.clone(),
         source,

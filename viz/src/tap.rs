@@ -23,13 +23,58 @@ pub struct PodEvent {
     pub event: Event,
 }
 
+/// What is remembered of each open request (by pod and stream id) until its end: beyond
+/// [`MAX_PENDING`] the older half is forgotten, so a stream that loses its ends stays bounded.
+#[derive(Debug)]
+pub struct OpenRequests<V> {
+    open: HashMap<(String, StreamId), (u64, V)>,
+    seq: u64,
+}
+
+impl<V> Default for OpenRequests<V> {
+    fn default() -> Self {
+        OpenRequests {
+            open: HashMap::new(),
+            seq: 0,
+        }
+    }
+}
+
+impl<V> OpenRequests<V> {
+    /// Remembers `value` for the request `id` of `pod`.
+    pub fn insert(&mut self, pod: &str, id: StreamId, value: V) {
+        if self.open.len() >= MAX_PENDING {
+            let mut ages: Vec<u64> = self.open.values().map(|(n, _)| *n).collect();
+            ages.sort_unstable();
+            let cut = ages[ages.len() / 2];
+            self.open.retain(|_, (n, _)| *n > cut);
+        }
+        self.seq += 1;
+        self.open.insert((pod.to_string(), id), (self.seq, value));
+    }
+
+    /// What is remembered of the request, if anything.
+    pub fn get(&self, pod: &str, id: StreamId) -> Option<&V> {
+        self.open.get(&(pod.to_string(), id)).map(|(_, v)| v)
+    }
+
+    /// Forgets the request (it ended), returning what was remembered.
+    pub fn remove(&mut self, pod: &str, id: StreamId) -> Option<V> {
+        self.open.remove(&(pod.to_string(), id)).map(|(_, v)| v)
+    }
+
+    /// Whether no request is open.
+    pub fn is_empty(&self) -> bool {
+        self.open.is_empty()
+    }
+}
+
 /// Turns a stream of events into `req`/`rsp`/`end` lines.
 #[derive(Debug, Default)]
 pub struct Formatter {
     wide: bool,
-    /// The addresses part of each open request's lines, by pod and id; with arrival order.
-    pending: HashMap<(String, StreamId), (u64, String)>,
-    seq: u64,
+    /// The addresses part of each open request's lines.
+    pending: OpenRequests<String>,
 }
 
 impl Formatter {
@@ -122,24 +167,15 @@ impl Formatter {
     }
 
     fn remember(&mut self, pod: &str, id: StreamId, common: String) {
-        if self.pending.len() >= MAX_PENDING {
-            let mut ages: Vec<u64> = self.pending.values().map(|(n, _)| *n).collect();
-            ages.sort_unstable();
-            let cut = ages[ages.len() / 2];
-            self.pending.retain(|_, (n, _)| *n > cut);
-        }
-        self.seq += 1;
-        self.pending
-            .insert((pod.to_string(), id), (self.seq, common));
+        self.pending.insert(pod, id, common);
     }
 
     /// The request's addresses (with a trailing space), forgotten after the end.
     fn common(&mut self, pod: &str, id: StreamId, end: bool) -> String {
-        let key = (pod.to_string(), id);
         let found = if end {
-            self.pending.remove(&key).map(|(_, c)| c)
+            self.pending.remove(pod, id)
         } else {
-            self.pending.get(&key).map(|(_, c)| c.clone())
+            self.pending.get(pod, id).cloned()
         };
         match found {
             Some(c) => format!("{c} "),

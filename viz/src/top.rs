@@ -4,10 +4,9 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use mesh_api::tap::{Event, Peer, StreamId};
+use mesh_api::tap::{Event, Peer};
 
-/// Requests waiting for their end; the oldest half is forgotten beyond this.
-const MAX_PENDING: usize = 10_000;
+use crate::tap::OpenRequests;
 
 /// What identifies a row.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -87,8 +86,7 @@ impl Column {
 #[derive(Debug)]
 pub struct Top {
     names: HashMap<IpAddr, String>,
-    pending: HashMap<(String, StreamId), (u64, RowKey)>,
-    seq: u64,
+    pending: OpenRequests<RowKey>,
     rows: HashMap<RowKey, Row>,
     pub sort: Column,
     /// Ascending instead of the column's natural order (counts and latencies descending).
@@ -100,8 +98,7 @@ impl Top {
     pub fn new(names: HashMap<IpAddr, String>) -> Top {
         Top {
             names,
-            pending: HashMap::new(),
-            seq: 0,
+            pending: OpenRequests::default(),
             rows: HashMap::new(),
             sort: Column::Count,
             reversed: false,
@@ -125,14 +122,7 @@ impl Top {
                     method: method.clone(),
                     path: path.clone(),
                 };
-                if self.pending.len() >= MAX_PENDING {
-                    let mut ages: Vec<u64> = self.pending.values().map(|(n, _)| *n).collect();
-                    ages.sort_unstable();
-                    let cut = ages[ages.len() / 2];
-                    self.pending.retain(|_, (n, _)| *n > cut);
-                }
-                self.seq += 1;
-                self.pending.insert((pod.to_string(), *id), (self.seq, key));
+                self.pending.insert(pod, *id, key);
             }
             Event::ResponseEnd {
                 id,
@@ -140,7 +130,7 @@ impl Top {
                 success,
                 ..
             } => {
-                let Some((_, key)) = self.pending.remove(&(pod.to_string(), *id)) else {
+                let Some(key) = self.pending.remove(pod, *id) else {
                     return;
                 };
                 let row = self.rows.entry(key.clone()).or_insert(Row {
