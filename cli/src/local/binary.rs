@@ -62,21 +62,15 @@ fn build_once(cargo: OsString, profile_dir: &Path) -> anyhow::Result<()> {
         .map_err(|err| anyhow!(err))
 }
 
+/// The packages whose binaries [`binary`] builds (`scripts/test` builds the same first).
+const PACKAGES: [&str; 4] = ["mesh-proxy", "mesh-controller", "mesh-demo-app", "mesh-cli"];
+
 fn build(cargo: &OsString, profile_dir: &Path) -> anyhow::Result<()> {
     let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "--quiet",
-        "-p",
-        "mesh-proxy",
-        "-p",
-        "mesh-controller",
-        "-p",
-        "mesh-demo-app",
-        "-p",
-        "mesh-cli",
-        "--bins",
-    ]);
+    cmd.args(["build", "--quiet", "--bins"]);
+    for package in PACKAGES {
+        cmd.args(["-p", package]);
+    }
     // The profile folder is named after the profile, except `dev` (and `test`) build into `debug`.
     match profile_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") | None => {}
@@ -102,13 +96,14 @@ fn build(cargo: &OsString, profile_dir: &Path) -> anyhow::Result<()> {
     if let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR") {
         cmd.current_dir(dir);
     }
+    let line = format!("cargo build -p {} --bins", PACKAGES.join(" -p "));
     let output = cmd
         .stdin(Stdio::null())
         .output()
-        .context("running `cargo build -p mesh-proxy -p mesh-controller -p mesh-demo-app -p mesh-cli --bins`")?;
+        .with_context(|| format!("running `{line}`"))?;
     if !output.status.success() {
         bail!(
-            "`cargo build -p mesh-proxy -p mesh-controller -p mesh-demo-app -p mesh-cli --bins` failed ({}): {}",
+            "`{line}` failed ({}): {}",
             output.status,
             String::from_utf8_lossy(&output.stderr).trim()
         );
