@@ -126,7 +126,12 @@ fn alive(record: &Record) -> bool {
 
 /// Field 22 of `/proc/<pid>/stat` (after the parenthesised command, which may hold spaces).
 fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    start_time_in(&format!("/proc/{pid}/stat"))
+}
+
+/// The start time in a `stat` file (`/proc/self/stat` names the caller in any PID namespace).
+fn start_time_in(stat_file: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(stat_file).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(19)?.parse().ok()
 }
@@ -280,13 +285,8 @@ pub fn start_supervisor(dir: &Path, mode: Mode) -> anyhow::Result<Record> {
         .and_then(|pids| pids.split_whitespace().next())
         .and_then(|pid| pid.parse().ok())
         .context("no NSpid in /proc/self/status")?;
-    let start_time = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| {
-            let rest = stat[stat.rfind(')')? + 1..].to_string();
-            rest.split_whitespace().nth(19)?.parse().ok()
-        })
-        .context("reading the start time in /proc/self/stat")?;
+    let start_time =
+        start_time_in("/proc/self/stat").context("reading the start time in /proc/self/stat")?;
     use nix::mount::{mount, MsFlags};
     mount(
         Some("proc"),
