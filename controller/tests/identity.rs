@@ -99,6 +99,13 @@ data:
     dir
 }
 
+/// The controller on `ca` with the folder source `folder` (see [`token_folder`]).
+async fn start_on_folder(ca: &TestCa, folder: &tempfile::TempDir) -> Running {
+    start(ca.config(Source::Dir(folder.path().to_owned())))
+        .await
+        .expect("start")
+}
+
 /// Standard base64 (what `data.token` holds), through k8s-openapi's ByteString.
 fn base64(s: &str) -> String {
     let json = serde_json::to_value(k8s_openapi::ByteString(s.as_bytes().to_vec())).expect("json");
@@ -145,6 +152,43 @@ async fn call(
         TIMEOUT,
     )
     .await
+}
+
+/// [`call`], which must succeed.
+async fn certified(
+    running: &Running,
+    anchors: &[CertificateDer<'static>],
+    csr_pem: &str,
+    token: &str,
+) -> CertifyResponse {
+    call(running, anchors, csr_pem, token)
+        .await
+        .expect("certified")
+}
+
+/// [`call`], which must fail: the error.
+async fn refused(
+    running: &Running,
+    anchors: &[CertificateDer<'static>],
+    csr_pem: &str,
+    token: &str,
+) -> CertifyError {
+    call(running, anchors, csr_pem, token)
+        .await
+        .expect_err("refused")
+}
+
+/// Checks a refusal: a 403 whose message contains each of `wants`.
+fn assert_forbidden(e: &CertifyError, wants: &[&str]) {
+    match e {
+        CertifyError::Status { status, message } => {
+            assert_eq!(*status, http::StatusCode::FORBIDDEN);
+            for want in wants {
+                assert!(message.contains(want), "{message}");
+            }
+        }
+        other => panic!("expected a 403, got {other}"),
+    }
 }
 
 /// Checks a successful answer: the chain verifies for `identity`, carries `key`, and expires
@@ -273,23 +317,25 @@ async fn request(
 /// The value of the metric line starting with `series` (e.g.
 /// `identity_certify_total{result="ok"}`), or 0 if absent.
 async fn metric(running: &Running, anchors: &[CertificateDer<'static>], series: &str) -> f64 {
-    let (status, text) = request(
-        running,
-        anchors,
-        true,
-        http::Method::GET,
-        "/metrics",
-        vec![],
-    )
-    .await;
+    let (status, text) = get_metrics(running, anchors).await;
     assert_eq!(status, http::StatusCode::OK);
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or(0.0)
 }
 
-fn certify_total(result: &str) -> String {
-    format!("identity_certify_total{{result=\"{result}\"}}")
+/// The count of certify requests that ended with `result` (`identity_certify_total`).
+async fn certify_total(
+    running: &Running,
+    anchors: &[CertificateDer<'static>],
+    result: &str,
+) -> f64 {
+    metric(
+        running,
+        anchors,
+        &format!("identity_certify_total{{result=\"{result}\"}}"),
+    )
+    .await
 }
 
 fn error_message(body: &str) -> String {
@@ -304,9 +350,7 @@ fn error_message(body: &str) -> String {
 async fn certifies_a_workload_over_h2_and_http1() {
     let ca = TestCa::new();
     let folder = token_folder();
-    let running = start(ca.config(Source::Dir(folder.path().to_owned())))
-        .await
-        .expect("start");
+    let running = start_on_folder(&ca, &folder).await;
     assert_eq!(
         running.server_name,
         "mesh-identity.mesh.serviceaccount.identity.mesh.cluster.local"
@@ -314,14 +358,10 @@ async fn certifies_a_workload_over_h2_and_http1() {
 
     // HTTP/2 through the client, with and without the SPIFFE URI in the CSR.
     let (key, pem) = csr(&web().dns_name(), Some(&web().spiffe_id()));
-    let response = call(&running, &ca.anchors, &pem, WEB_TOKEN)
-        .await
-        .expect("certified");
+    let response = certified(&running, &ca.anchors, &pem, WEB_TOKEN).await;
     check_issued(&response, &ca.anchors, &web(), &key, HOUR);
     let (key, pem) = csr(&web().dns_name(), None);
-    let response = call(&running, &ca.anchors, &pem, WEB_TOKEN)
-        .await
-        .expect("certified");
+    let response = certified(&running, &ca.anchors, &pem, WEB_TOKEN).await;
     check_issued(&response, &ca.anchors, &web(), &key, HOUR);
 
     // HTTP/1.1 (ALPN http/1.1), by hand.
@@ -344,10 +384,7 @@ async fn certifies_a_workload_over_h2_and_http1() {
     let response: CertifyResponse = serde_json::from_str(&text).expect("response");
     check_issued(&response, &ca.anchors, &web(), &key, HOUR);
 
-    assert_eq!(
-        metric(&running, &ca.anchors, &certify_total("ok")).await,
-        3.0
-    );
+    assert_eq!(certify_total(&running, &ca.anchors, "ok").await, 3.0);
     let issuer_expiry = metric(
         &running,
         &ca.anchors,
@@ -373,50 +410,22 @@ async fn certifies_a_workload_over_h2_and_http1() {
 async fn refusals_issue_nothing_and_are_counted() {
     let ca = TestCa::new();
     let folder = token_folder();
-    let running = start(ca.config(Source::Dir(folder.path().to_owned())))
-        .await
-        .expect("start");
+    let running = start_on_folder(&ca, &folder).await;
     let (_, pem) = csr(&web().dns_name(), Some(&web().spiffe_id()));
 
     // A wrong token.
-    let e = call(&running, &ca.anchors, &pem, "not-a-token")
-        .await
-        .expect_err("refused");
-    match &e {
-        CertifyError::Status { status, message } => {
-            assert_eq!(*status, http::StatusCode::FORBIDDEN);
-            assert!(
-                message.contains("no service-account token Secret"),
-                "{message}"
-            );
-        }
-        other => panic!("expected a 403, got {other}"),
-    }
+    let e = refused(&running, &ca.anchors, &pem, "not-a-token").await;
+    assert_forbidden(&e, &["no service-account token Secret"]);
     assert!(!e.is_retryable());
-    assert_eq!(
-        metric(&running, &ca.anchors, &certify_total("bad_token")).await,
-        1.0
-    );
+    assert_eq!(certify_total(&running, &ca.anchors, "bad_token").await, 1.0);
 
     // A CSR for db with web's token.
     let db = Identity::new("db", "demo", "cluster.local").expect("identity");
     let (_, db_pem) = csr(&db.dns_name(), None);
-    let e = call(&running, &ca.anchors, &db_pem, WEB_TOKEN)
-        .await
-        .expect_err("refused");
-    match &e {
-        CertifyError::Status { status, message } => {
-            assert_eq!(*status, http::StatusCode::FORBIDDEN);
-            assert!(
-                message.contains("not for the token's identity"),
-                "{message}"
-            );
-            assert!(message.contains(&db.dns_name()), "{message}");
-        }
-        other => panic!("expected a 403, got {other}"),
-    }
+    let e = refused(&running, &ca.anchors, &db_pem, WEB_TOKEN).await;
+    assert_forbidden(&e, &["not for the token's identity", &db.dns_name()]);
     assert_eq!(
-        metric(&running, &ca.anchors, &certify_total("identity_mismatch")).await,
+        certify_total(&running, &ca.anchors, "identity_mismatch").await,
         1.0
     );
 
@@ -433,75 +442,57 @@ async fn refusals_issue_nothing_and_are_counted() {
         (key, pem)
     };
     for bad in [extra.as_str(), "garbage"] {
-        let e = call(&running, &ca.anchors, bad, WEB_TOKEN)
-            .await
-            .expect_err("refused");
+        let e = refused(&running, &ca.anchors, bad, WEB_TOKEN).await;
         assert!(
             matches!(&e, CertifyError::Status { status, message } if *status == http::StatusCode::BAD_REQUEST && message.starts_with("bad CSR")),
             "{e}"
         );
     }
-    assert_eq!(
-        metric(&running, &ca.anchors, &certify_total("bad_csr")).await,
-        2.0
-    );
+    assert_eq!(certify_total(&running, &ca.anchors, "bad_csr").await, 2.0);
 
     // Request shapes, over both protocols.
     for h2 in [true, false] {
-        let (status, body) = request(
-            &running,
-            &ca.anchors,
-            h2,
-            http::Method::POST,
-            CERTIFY_PATH,
-            b"{".to_vec(),
-        )
-        .await;
-        assert_eq!(status, http::StatusCode::BAD_REQUEST);
-        assert!(
-            error_message(&body).contains("not a certify request"),
-            "{body}"
-        );
-        let (status, body) = request(
-            &running,
-            &ca.anchors,
-            h2,
-            http::Method::GET,
-            CERTIFY_PATH,
-            vec![],
-        )
-        .await;
-        assert_eq!(status, http::StatusCode::METHOD_NOT_ALLOWED);
-        assert!(error_message(&body).contains("takes POST"), "{body}");
-        let (status, body) = request(
-            &running,
-            &ca.anchors,
-            h2,
-            http::Method::POST,
-            CERTIFY_PATH,
-            vec![b' '; 70 * 1024],
-        )
-        .await;
-        assert_eq!(status, http::StatusCode::PAYLOAD_TOO_LARGE);
-        assert!(error_message(&body).contains("larger than"), "{body}");
-        let (status, body) = request(
-            &running,
-            &ca.anchors,
-            h2,
-            http::Method::GET,
-            "/nope",
-            vec![],
-        )
-        .await;
-        assert_eq!(status, http::StatusCode::NOT_FOUND);
-        assert!(error_message(&body).contains("/nope"), "{body}");
+        for (method, path, body, want_status, want) in [
+            (
+                http::Method::POST,
+                CERTIFY_PATH,
+                b"{".to_vec(),
+                http::StatusCode::BAD_REQUEST,
+                "not a certify request",
+            ),
+            (
+                http::Method::GET,
+                CERTIFY_PATH,
+                vec![],
+                http::StatusCode::METHOD_NOT_ALLOWED,
+                "takes POST",
+            ),
+            (
+                http::Method::POST,
+                CERTIFY_PATH,
+                vec![b' '; 70 * 1024],
+                http::StatusCode::PAYLOAD_TOO_LARGE,
+                "larger than",
+            ),
+            (
+                http::Method::GET,
+                "/nope",
+                vec![],
+                http::StatusCode::NOT_FOUND,
+                "/nope",
+            ),
+        ] {
+            let (status, body) = request(&running, &ca.anchors, h2, method, path, body).await;
+            assert_eq!(status, want_status);
+            assert!(error_message(&body).contains(want), "{body}");
+        }
     }
     assert_eq!(
-        metric(&running, &ca.anchors, &certify_total("bad_request")).await,
+        certify_total(&running, &ca.anchors, "bad_request").await,
         6.0
     );
     assert_eq!(
-        metric(&running, &ca.anchors, &certify_total("ok")).await,
+        certify_total(&running, &ca.anchors, "ok").await,
         0.0,
         "nothing was issued"
     );
@@ -524,9 +515,7 @@ data: {{token: {}}}
         ),
     )
     .expect("write");
-    let e = call(&running, &ca.anchors, &pem, "old-token")
-        .await
-        .expect_err("refused");
+    let e = refused(&running, &ca.anchors, &pem, "old-token").await;
     assert!(e.to_string().contains("expired at"), "{e}");
 }
 
@@ -534,14 +523,10 @@ data: {{token: {}}}
 async fn a_client_with_other_anchors_sends_nothing() {
     let ca = TestCa::new();
     let folder = token_folder();
-    let running = start(ca.config(Source::Dir(folder.path().to_owned())))
-        .await
-        .expect("start");
+    let running = start_on_folder(&ca, &folder).await;
     let other = TestCa::new();
     let (_, pem) = csr(&web().dns_name(), None);
-    let e = call(&running, &other.anchors, &pem, WEB_TOKEN)
-        .await
-        .expect_err("refused");
+    let e = refused(&running, &other.anchors, &pem, WEB_TOKEN).await;
     assert!(matches!(e, CertifyError::Tls { .. }), "{e}");
     assert!(!e.is_retryable());
     // The right anchors, but another name expected: refused the same way.
@@ -560,14 +545,18 @@ async fn a_client_with_other_anchors_sends_nothing() {
     .expect_err("refused");
     assert!(matches!(e, CertifyError::Tls { .. }), "{e}");
     // The server saw no request at all.
-    let metrics = request_metrics(&running, &ca.anchors).await;
+    let (_, metrics) = get_metrics(&running, &ca.anchors).await;
     assert!(
         !metrics.contains("identity_certify_total{"),
         "a certify request reached the server:\n{metrics}"
     );
 }
 
-async fn request_metrics(running: &Running, anchors: &[CertificateDer<'static>]) -> String {
+/// `GET /metrics` over HTTP/2: the status and the text.
+async fn get_metrics(
+    running: &Running,
+    anchors: &[CertificateDer<'static>],
+) -> (http::StatusCode, String) {
     request(
         running,
         anchors,
@@ -577,7 +566,6 @@ async fn request_metrics(running: &Running, anchors: &[CertificateDer<'static>])
         vec![],
     )
     .await
-    .1
 }
 
 #[tokio::test]
@@ -590,9 +578,7 @@ async fn leaves_never_outlive_the_issuer() {
     config.leaf_lifetime = DAY;
     let running = start(config).await.expect("start");
     let (key, pem) = csr(&web().dns_name(), None);
-    let response = call(&running, &ca.anchors, &pem, WEB_TOKEN)
-        .await
-        .expect("certified");
+    let response = certified(&running, &ca.anchors, &pem, WEB_TOKEN).await;
     let issuer_der = ca::certs_from_pem(&issuer.cert_pem, "issuer").expect("issuer");
     let issuer_not_after = ca::cert_info(&issuer_der[0]).expect("info").not_after;
     check_issued(&response, &ca.anchors, &web(), &key, 2 * HOUR);
@@ -812,9 +798,7 @@ async fn kube_mode_checks_tokens_with_token_reviews() {
     let (key, pem) = csr(&web().dns_name(), Some(&web().spiffe_id()));
 
     // The recorded review authenticates system:serviceaccount:demo:web.
-    let response = call(&running, &ca.anchors, &pem, "good")
-        .await
-        .expect("certified");
+    let response = certified(&running, &ca.anchors, &pem, "good").await;
     check_issued(&response, &ca.anchors, &web(), &key, HOUR);
     assert_eq!(
         reviews.lock().expect("lock").first().cloned(),
@@ -827,34 +811,18 @@ async fn kube_mode_checks_tokens_with_token_reviews() {
         ("garbage", "invalid bearer token"),
         ("wrong-audience", "is invalid for the target audiences"),
     ] {
-        let e = call(&running, &ca.anchors, &pem, token)
-            .await
-            .expect_err("refused");
-        match &e {
-            CertifyError::Status { status, message } => {
-                assert_eq!(*status, http::StatusCode::FORBIDDEN);
-                assert!(message.contains(want), "{message}");
-            }
-            other => panic!("expected a 403, got {other}"),
-        }
+        let e = refused(&running, &ca.anchors, &pem, token).await;
+        assert_forbidden(&e, &[want]);
     }
     // A CSR for another identity with a good token.
     let (_, other) = csr("db.demo.serviceaccount.identity.mesh.cluster.local", None);
-    let e = call(&running, &ca.anchors, &other, "good")
-        .await
-        .expect_err("refused");
+    let e = refused(&running, &ca.anchors, &other, "good").await;
     assert!(
         e.to_string().contains("not for the token's identity"),
         "{e}"
     );
-    assert_eq!(
-        metric(&running, &ca.anchors, &certify_total("bad_token")).await,
-        2.0
-    );
-    assert_eq!(
-        metric(&running, &ca.anchors, &certify_total("ok")).await,
-        1.0
-    );
+    assert_eq!(certify_total(&running, &ca.anchors, "bad_token").await, 2.0);
+    assert_eq!(certify_total(&running, &ca.anchors, "ok").await, 1.0);
 }
 
 #[tokio::test]
@@ -870,16 +838,14 @@ async fn an_unreachable_api_server_is_retryable() {
     });
     let running = start(config).await.expect("start");
     let (_, pem) = csr(&web().dns_name(), None);
-    let e = call(&running, &ca.anchors, &pem, "good")
-        .await
-        .expect_err("refused");
+    let e = refused(&running, &ca.anchors, &pem, "good").await;
     assert!(
         matches!(&e, CertifyError::Status { status, .. } if *status == http::StatusCode::SERVICE_UNAVAILABLE),
         "{e}"
     );
     assert!(e.is_retryable());
     assert_eq!(
-        metric(&running, &ca.anchors, &certify_total("unavailable")).await,
+        certify_total(&running, &ca.anchors, "unavailable").await,
         1.0
     );
 }

@@ -10,7 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_proxy::{config::Config, drain::Drain, orig_dst::OriginalDst, Started};
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
 
@@ -275,6 +275,18 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
         String::from_utf8_lossy(&out)
     );
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads `io` byte by byte up to and including the blank line that ends an HTTP head, and
+/// returns that; what follows stays unread.
+pub async fn read_head(io: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        io.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    head
 }
 
 /// Polls `f` until it is true or `deadline` passes.

@@ -5,19 +5,81 @@ pub mod mtls;
 pub mod state;
 pub mod web_mesh;
 
-use std::io::Read as _;
-use std::net::{SocketAddr, TcpStream};
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::process::Output;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _};
-use mesh_cli::local::Pod;
+use mesh_cli::local::{service_yaml, Pod};
 use tokio::io::AsyncWriteExt as _;
 
 /// How long a helper waits for a connection, a read or a server to come up.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The name the client pods call the web service by.
+pub const SERVICE: &str = "web-svc.demo.svc.cluster.local";
+/// The web service's ClusterIP.
+pub const CLUSTER_IP: [u8; 4] = [10, 96, 0, 10];
+/// The web app's port: the web service's port 80 goes there.
+pub const APP_PORT: u16 = 8080;
+/// The identity of service account `web` in `demo`.
+pub const WEB_ID: &str = "web.demo.serviceaccount.identity.mesh.cluster.local";
+/// The identity of service account `client` in `demo`.
+pub const CLIENT_ID: &str = "client.demo.serviceaccount.identity.mesh.cluster.local";
+
+/// The Service `web-svc` ([`CLUSTER_IP`], port 80 → [`APP_PORT`]) with the pod `web` as its one
+/// endpoint.
+pub fn web_service(web: &Pod) -> String {
+    service_yaml(
+        "demo",
+        "web-svc",
+        CLUSTER_IP.into(),
+        (80, APP_PORT),
+        &[("app", "web")],
+        std::slice::from_ref(web),
+    )
+}
+
+/// Lets the application of `client` call [`SERVICE`] by name: a hosts entry for it and a route
+/// to the service range.
+pub fn reach_service_by_name(client: &Pod) -> anyhow::Result<()> {
+    client.set_hosts(&[(IpAddr::from(CLUSTER_IP), SERVICE)])?;
+    client.route("10.96.0.0/12")
+}
+
+/// `GET path` over HTTP/1.1 with `Host: host`, the `extra` header lines (each ending in `\r\n`)
+/// and `Connection: close`.
+pub fn http_get(path: &str, host: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n")
+}
+
+/// Sends `request` (raw HTTP/1.1 with `Connection: close`, see [`http_get`]) to `addr` from
+/// inside `pod` and returns the whole response.
+pub fn raw_request(pod: &Pod, addr: SocketAddr, request: String) -> anyhow::Result<String> {
+    pod.run_in(move || {
+        let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+        stream.set_read_timeout(Some(TIMEOUT))?;
+        stream.write_all(request.as_bytes())?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    })
+    .join()
+    .expect("request thread")
+}
+
+/// The sum of the values of the metric lines of `metrics` that start with `name` and contain
+/// all of `must_contain`, as a whole number (0 when there is none).
+pub fn metric_sum(metrics: &str, name: &str, must_contain: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && must_contain.iter().all(|s| l.contains(s)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
 
 /// TCP servers in a pod that answer every connection with one line, their marker, and close.
 ///

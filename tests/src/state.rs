@@ -1,10 +1,14 @@
 //! The objects the in-process tests give the controllers' folder source: written atomically, so
-//! a controller never reads half a file.
+//! a controller never reads half a file; and the destination controller reading them.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use base64::Engine as _;
+use mesh_controller::{index::IndexConfig, source::Source, DestinationConfig};
+
+use crate::fixtures::{self, eventually};
 
 /// Writes `yaml` as `file` in `dir`, atomically (write, then rename).
 pub fn write(dir: &Path, file: &str, yaml: &str) {
@@ -40,4 +44,40 @@ pub fn meshed_service(endpoint: SocketAddr) -> String {
         port = endpoint.port(),
         ip = endpoint.ip(),
     )
+}
+
+/// One EndpointSlice of `web-svc` in `demo` per endpoint, each a document of its own (starting
+/// with `---`): slice `web-svc-{i}` holds endpoint `i`, ready, on the pod `web-{i}`, at its own
+/// port (test servers sharing the loopback interface each have their own).
+pub fn web_svc_endpoint_slices(endpoints: &[SocketAddr]) -> String {
+    let mut yaml = String::new();
+    for (i, ep) in endpoints.iter().enumerate() {
+        yaml.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: web-svc-{i}, namespace: demo, labels: {{kubernetes.io/service-name: web-svc}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: {}}}]\n\
+             endpoints: [{{addresses: [\"{}\"], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: web-{i}, namespace: demo}}}}]\n",
+            ep.port(),
+            ep.ip()
+        ));
+    }
+    yaml
+}
+
+/// Starts the destination controller on 127.0.0.1 with the folder `dir` as its source, and
+/// waits (up to 10 s) until it answers `/ready`.
+pub async fn destination_controller(dir: &Path) -> mesh_controller::Running {
+    let running = mesh_controller::start(DestinationConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        source: Source::Dir(dir.to_path_buf()),
+        index: IndexConfig::default(),
+    })
+    .await
+    .expect("the controller starts");
+    let ready = eventually(Duration::from_secs(10), || async {
+        fixtures::get_h1(running.addr, "/ready").await.0 == 200
+    })
+    .await;
+    assert!(ready, "the controller gets ready");
+    running
 }

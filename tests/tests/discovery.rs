@@ -5,8 +5,8 @@
 use futures_util::StreamExt;
 use http::Version;
 use http_body_util::BodyExt;
-use mesh_controller::{index::IndexConfig, source::Source, DestinationConfig, Running};
 use mesh_tests::fixtures::{self, app_with_delay, eventually, h1, TestProxy};
+use mesh_tests::state::{destination_controller, web_svc_endpoint_slices, write};
 use std::{collections::HashMap, net::SocketAddr, path::Path, time::Duration};
 
 const NAME: &str = "web-svc.demo.svc.cluster.local";
@@ -18,35 +18,8 @@ fn write_service(dir: &Path, endpoints: &[SocketAddr]) {
         "apiVersion: v1\nkind: Service\nmetadata: {name: web-svc, namespace: demo}\n\
          spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80, targetPort: http}]}\n",
     );
-    for (i, ep) in endpoints.iter().enumerate() {
-        yaml.push_str(&format!(
-            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-             metadata: {{name: web-svc-{i}, namespace: demo, labels: {{kubernetes.io/service-name: web-svc}}}}\n\
-             addressType: IPv4\nports: [{{name: http, port: {}}}]\n\
-             endpoints: [{{addresses: [\"{}\"], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: web-{i}, namespace: demo}}}}]\n",
-            ep.port(),
-            ep.ip()
-        ));
-    }
-    let tmp = dir.join(".svc.yaml.tmp");
-    std::fs::write(&tmp, yaml).unwrap();
-    std::fs::rename(&tmp, dir.join("svc.yaml")).unwrap();
-}
-
-async fn controller(dir: &Path) -> Running {
-    let running = mesh_controller::start(DestinationConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        source: Source::Dir(dir.to_path_buf()),
-        index: IndexConfig::default(),
-    })
-    .await
-    .expect("the controller starts");
-    let ready = eventually(Duration::from_secs(10), || async {
-        fixtures::get_h1(running.addr, "/ready").await.0 == 200
-    })
-    .await;
-    assert!(ready, "the controller gets ready");
-    running
+    yaml.push_str(&web_svc_endpoint_slices(endpoints));
+    write(dir, "svc.yaml", &yaml);
 }
 
 /// The proxy, discovering through `controller`; connections are taken as redirected from
@@ -118,7 +91,7 @@ async fn a_slow_endpoint_gets_a_clearly_smaller_share() {
     let slow = app_with_delay("127.0.0.4:0".parse().unwrap(), Duration::from_millis(25)).await;
     let dir = tempfile::tempdir().unwrap();
     write_service(dir.path(), &[fast1, fast2, slow]);
-    let controller = controller(dir.path()).await;
+    let controller = destination_controller(dir.path()).await;
     let proxy = proxy(controller.addr, "10.96.0.10:80".parse().unwrap()).await;
 
     let counts = load(proxy.addrs.outbound, "web-svc", 600, 6).await;
@@ -147,7 +120,7 @@ async fn removing_an_endpoint_under_load_fails_no_request() {
     ];
     let dir = tempfile::tempdir().unwrap();
     write_service(dir.path(), &eps);
-    let controller = controller(dir.path()).await;
+    let controller = destination_controller(dir.path()).await;
     let proxy = proxy(controller.addr, "10.96.0.10:80".parse().unwrap()).await;
 
     let load = tokio::spawn(load(proxy.addrs.outbound, NAME, 2_000, 4));
@@ -174,7 +147,7 @@ async fn the_controller_going_away_under_load_fails_no_request() {
     ];
     let dir = tempfile::tempdir().unwrap();
     write_service(dir.path(), &eps);
-    let controller = controller(dir.path()).await;
+    let controller = destination_controller(dir.path()).await;
     let proxy = proxy(controller.addr, "10.96.0.10:80".parse().unwrap()).await;
     let warm = load(proxy.addrs.outbound, NAME, 20, 2).await;
     assert_eq!(failures(&warm), 0, "{warm:?}");
@@ -205,7 +178,7 @@ async fn unknown_names_go_to_the_original_destination_and_empty_services_fail_fa
     let original = fixtures::app_on("127.0.0.9:0".parse().unwrap()).await;
     let dir = tempfile::tempdir().unwrap();
     write_service(dir.path(), &[]);
-    let controller = controller(dir.path()).await;
+    let controller = destination_controller(dir.path()).await;
     let proxy = proxy(controller.addr, original).await;
 
     let counts = load(proxy.addrs.outbound, "example.org", 10, 1).await;

@@ -7,8 +7,8 @@
 use http::Version;
 use http_body_util::BodyExt;
 use mesh_api::identity::{ca, Identity};
-use mesh_tests::fixtures;
 use mesh_tests::mtls::{identity, ready, MtlsMesh, TestCa, CLUSTER_IP, DAY};
+use mesh_tests::{fixtures, metric_sum};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -32,14 +32,6 @@ fn request(version: Version, path: &str) -> http::Request<fixtures::Body> {
     *req.uri_mut() = uri.parse().unwrap();
     req.headers_mut().insert("host", SERVICE.parse().unwrap());
     req
-}
-
-fn count(metrics: &str, name: &str, must: &[&str]) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && must.iter().all(|m| l.contains(m)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
 }
 
 #[tokio::test]
@@ -81,12 +73,12 @@ async fn http1_http2_and_grpc_go_over_mutual_tls_and_carry_the_client_identity()
     let client_label = format!("client_id=\"{}\"", client_id());
     let server_label = format!("server_id=\"{}\"", web());
     assert_eq!(
-        count(&server, "request_total", &["tls=\"true\"", &client_label]),
+        metric_sum(&server, "request_total", &["tls=\"true\"", &client_label]),
         3,
         "{server}"
     );
     assert_eq!(
-        count(
+        metric_sum(
             &client,
             "response_total",
             &["tls=\"true\"", &server_label, "grpc_status=\"2\""]
@@ -95,14 +87,14 @@ async fn http1_http2_and_grpc_go_over_mutual_tls_and_carry_the_client_identity()
         "{client}"
     );
     assert!(
-        count(
+        metric_sum(
             &server,
             "tcp_open_total",
             &["direction=\"inbound\"", "tls=\"true\"", &client_label]
         ) >= 1,
         "{server}"
     );
-    assert!(count(&client, "identity_cert_expiration_timestamp_seconds", &[]) > 1_700_000_000);
+    assert!(metric_sum(&client, "identity_cert_expiration_timestamp_seconds", &[]) > 1_700_000_000);
 }
 
 #[tokio::test]
@@ -114,12 +106,7 @@ async fn websocket_upgrades_cross_the_mutual_tls_hop() {
     )
     .await
     .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        io.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
+    let head = fixtures::read_head(&mut io).await;
     let head = String::from_utf8(head).unwrap().to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     io.write_all(b"frames both ways").await.unwrap();
@@ -128,7 +115,7 @@ async fn websocket_upgrades_cross_the_mutual_tls_hop() {
     assert_eq!(&echo, b"frames both ways");
     let server = m.server.metrics().await;
     assert!(
-        count(&server, "request_total", &["tls=\"true\""]) >= 1,
+        metric_sum(&server, "request_total", &["tls=\"true\""]) >= 1,
         "{server}"
     );
 }
@@ -162,7 +149,7 @@ async fn opaque_tcp_is_wrapped_in_mutual_tls() {
     );
     let client = opaque_client.metrics().await;
     assert!(
-        count(
+        metric_sum(
             &client,
             "tcp_open_total",
             &[
@@ -175,7 +162,7 @@ async fn opaque_tcp_is_wrapped_in_mutual_tls() {
     );
     let server = m.server.metrics().await;
     assert!(
-        count(
+        metric_sum(
             &server,
             "tcp_open_total",
             &[
@@ -257,11 +244,11 @@ async fn a_client_certificate_from_another_ca_is_refused_and_the_mesh_one_taken(
 
     let server = m.server.metrics().await;
     assert!(
-        count(&server, "tcp_refused_total", &["reason=\"tls_handshake\""]) >= 1,
+        metric_sum(&server, "tcp_refused_total", &["reason=\"tls_handshake\""]) >= 1,
         "{server}"
     );
     assert!(
-        count(
+        metric_sum(
             &server,
             "tcp_refused_total",
             &["reason=\"no_client_identity\""]
@@ -306,7 +293,7 @@ async fn the_application_s_own_tls_passes_through_and_a_forged_client_id_is_remo
     );
     let server = m.server.metrics().await;
     assert!(
-        count(
+        metric_sum(
             &server,
             "tcp_open_total",
             &["no_tls_reason=\"not_provided_by_remote\""]
@@ -331,7 +318,7 @@ async fn a_proxy_is_not_ready_until_it_has_a_certificate() {
     assert_eq!(fixtures::get_h1(proxy.addrs.admin, "/ready").await.0, 503);
     let metrics = proxy.metrics().await;
     assert!(
-        count(
+        metric_sum(
             &metrics,
             "identity_cert_refresh_total",
             &["result=\"failure\""]

@@ -2,38 +2,21 @@
 //! pod of their own on a folder of YAML with a fresh CA; meshed pods get certificates with their
 //! service accounts' tokens and talk mutual TLS. The wire is captured with tcpdump. Needs root.
 
-use mesh_cli::local::{
-    require_root, service_yaml, Cluster, ControlOptions, ControlPlane, Pod, Proxy,
+use mesh_cli::local::{require_root, Cluster, ControlOptions, ControlPlane, Pod, Proxy};
+use mesh_tests::{
+    http_get, metric_sum, raw_request, reach_service_by_name, serve_app, web_service, Load,
+    APP_PORT, CLIENT_ID, CLUSTER_IP, SERVICE, WEB_ID,
 };
-use mesh_tests::{serve_app, Load};
 use std::{
-    io::{BufRead as _, Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream},
+    io::BufRead as _,
+    net::SocketAddr,
     process::{Child, Stdio},
     thread::JoinHandle,
     time::Duration,
 };
 
-const SERVICE: &str = "web-svc.demo.svc.cluster.local";
-const CLUSTER_IP: [u8; 4] = [10, 96, 0, 10];
-/// The web app's port, which requires identity.
-const APP_PORT: u16 = 8080;
 /// A second port of the web pod that takes plaintext.
 const PLAIN_PORT: u16 = 8081;
-const WEB_ID: &str = "web.demo.serviceaccount.identity.mesh.cluster.local";
-const CLIENT_ID: &str = "client.demo.serviceaccount.identity.mesh.cluster.local";
-
-/// The Service `web-svc` (port 80 → 8080) with the web pod as its one endpoint.
-fn web_service(web: &Pod) -> String {
-    service_yaml(
-        "demo",
-        "web-svc",
-        CLUSTER_IP.into(),
-        (80, APP_PORT),
-        &[("app", "web")],
-        std::slice::from_ref(web),
-    )
-}
 
 struct Mesh {
     cluster: Cluster,
@@ -73,10 +56,7 @@ fn mesh(name: &str, opts: ControlOptions) -> Mesh {
     ));
     let web_proxy = web.mesh(web_opts).expect("mesh web");
 
-    client
-        .set_hosts(&[(IpAddr::from(CLUSTER_IP), SERVICE)])
-        .expect("hosts file");
-    client.route("10.96.0.0/12").expect("service route");
+    reach_service_by_name(&client).expect("hosts file and service route");
     let client_opts = control
         .enroll(&client, "demo", "client", &[("app", "client")])
         .expect("enroll client");
@@ -91,27 +71,6 @@ fn mesh(name: &str, opts: ControlOptions) -> Mesh {
         _apps: apps,
         _dir: dir,
     }
-}
-
-/// Sends `request` (raw HTTP/1.1 with `Connection: close`) to `addr` from inside `pod` and
-/// returns the whole response, or the error.
-fn raw_request(pod: &Pod, addr: SocketAddr, request: String) -> Result<String, String> {
-    pod.run_in(move || {
-        let timeout = Duration::from_secs(5);
-        let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.write_all(request.as_bytes())?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        Ok(response)
-    })
-    .join()
-    .expect("request thread")
-    .map_err(|e| format!("{e:#}"))
-}
-
-fn get(path: &str, host: &str, extra: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n")
 }
 
 /// `tcpdump` writing every packet of `pod`'s `eth0` to a file until dropped.
@@ -167,14 +126,6 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
         .any(|w| w == needle.as_bytes())
 }
 
-fn metric_sum(metrics: &str, name: &str, must_contain: &[&str]) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && must_contain.iter().all(|s| l.contains(s)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 #[test]
 fn meshed_pods_talk_mutual_tls_that_carries_each_identity_and_hides_the_traffic() {
     let mut m = mesh("mtls", ControlOptions::default());
@@ -187,7 +138,7 @@ fn meshed_pods_talk_mutual_tls_that_carries_each_identity_and_hides_the_traffic(
     let response = raw_request(
         &m.client,
         service,
-        get(
+        http_get(
             "/header?name=mesh-client-id",
             SERVICE,
             "mesh-client-id: forged\r\nx-marker: SECRET-MESHED-7f3a\r\n",
@@ -202,7 +153,7 @@ fn meshed_pods_talk_mutual_tls_that_carries_each_identity_and_hides_the_traffic(
     let plain = raw_request(
         &outsider,
         SocketAddr::from((m.web.ip, PLAIN_PORT)),
-        get("/", "web", "x-marker: PLAIN-MARKER-51c2\r\n"),
+        http_get("/", "web", "x-marker: PLAIN-MARKER-51c2\r\n"),
     )
     .expect("a plaintext call to a port without the requirement works");
     assert!(plain.starts_with("HTTP/1.1 200"), "{plain}");
@@ -211,8 +162,9 @@ fn meshed_pods_talk_mutual_tls_that_carries_each_identity_and_hides_the_traffic(
     let refused = raw_request(
         &outsider,
         SocketAddr::from((m.web.ip, APP_PORT)),
-        get("/", "web", ""),
-    );
+        http_get("/", "web", ""),
+    )
+    .map_err(|e| format!("{e:#}"));
     assert!(
         refused.as_ref().map_or(true, |r| r.is_empty()),
         "a plaintext client must be refused: {refused:?}"
@@ -307,10 +259,7 @@ fn a_pod_with_a_certificate_from_another_ca_is_refused() {
             &std::fs::read_to_string(m.control.state_dir().join("pod-demo-web.yaml")).unwrap(),
         )
         .unwrap();
-    stranger
-        .set_hosts(&[(IpAddr::from(CLUSTER_IP), SERVICE)])
-        .unwrap();
-    stranger.route("10.96.0.0/12").unwrap();
+    reach_service_by_name(&stranger).unwrap();
     let opts = rogue_control
         .enroll(&stranger, "demo", "client", &[])
         .expect("enroll the stranger");
@@ -319,7 +268,7 @@ fn a_pod_with_a_certificate_from_another_ca_is_refused() {
     let response = raw_request(
         &stranger,
         SocketAddr::from((CLUSTER_IP, 80)),
-        get("/", SERVICE, ""),
+        http_get("/", SERVICE, ""),
     )
     .expect("the stranger's proxy answers");
     assert!(response.starts_with("HTTP/1.1 502"), "{response}");
@@ -347,7 +296,7 @@ fn a_pod_with_a_certificate_from_another_ca_is_refused() {
     let ok = raw_request(
         &m.client,
         SocketAddr::from((CLUSTER_IP, 80)),
-        get("/", SERVICE, ""),
+        http_get("/", SERVICE, ""),
     )
     .unwrap();
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");

@@ -4,24 +4,22 @@
 //! its certificate and its discovery all get out without being redirected back into it. Needs
 //! root.
 
-use mesh_cli::local::{require_root, service_yaml, ControlOptions, ControlPlane, Pod, Proxy};
-use mesh_tests::{read_marker, serve_app, serve_markers, TIMEOUT};
+use mesh_cli::local::{require_root, ControlOptions, ControlPlane, Pod, Proxy};
+use mesh_tests::{
+    http_get, metric_sum, raw_request, reach_service_by_name, read_marker, serve_app,
+    serve_markers, web_service, APP_PORT, CLIENT_ID, CLUSTER_IP, SERVICE, TIMEOUT, WEB_ID,
+};
 use std::{
-    io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream},
+    io::Read as _,
+    net::{SocketAddr, TcpStream},
     os::fd::AsRawFd as _,
     time::Duration,
 };
 
 const MARK: u32 = 0x2102;
-const SERVICE: &str = "web-svc.demo.svc.cluster.local";
-const CLUSTER_IP: [u8; 4] = [10, 96, 0, 10];
-const APP_PORT: u16 = 8080;
 /// A port of the outside pod's marker server: MySQL's, opaque by default, so the proxy forwards
 /// it at once (a server-speaks-first protocol would wait for detection).
 const MARKER_PORT: u16 = 3306;
-const WEB_ID: &str = "web.demo.serviceaccount.identity.mesh.cluster.local";
-const CLIENT_ID: &str = "client.demo.serviceaccount.identity.mesh.cluster.local";
 
 #[test]
 fn a_proxy_that_shares_the_apps_uid_is_exempt_by_its_socket_mark() {
@@ -34,15 +32,9 @@ fn a_proxy_that_shares_the_apps_uid_is_exempt_by_its_socket_mark() {
     let dir = tempfile::tempdir().expect("control folder");
     let control =
         ControlPlane::start(&control_pod, dir.path(), &ControlOptions::default()).expect("control");
-    let service = service_yaml(
-        "demo",
-        "web-svc",
-        CLUSTER_IP.into(),
-        (80, APP_PORT),
-        &[("app", "web")],
-        std::slice::from_ref(&web),
-    );
-    control.write("web-svc.yaml", &service).expect("service");
+    control
+        .write("web-svc.yaml", &web_service(&web))
+        .expect("service");
 
     let _app = serve_app(&web, APP_PORT, Duration::ZERO, "web").expect("web app");
     let web_opts = control
@@ -55,10 +47,7 @@ fn a_proxy_that_shares_the_apps_uid_is_exempt_by_its_socket_mark() {
     )
     .expect("marker server");
 
-    client
-        .set_hosts(&[(IpAddr::from(CLUSTER_IP), SERVICE)])
-        .expect("hosts file");
-    client.route("10.96.0.0/12").expect("service route");
+    reach_service_by_name(&client).expect("hosts file and service route");
     let mut client_opts = control
         .enroll(&client, "demo", "client", &[("app", "client")])
         .expect("enroll client");
@@ -86,11 +75,10 @@ fn a_proxy_that_shares_the_apps_uid_is_exempt_by_its_socket_mark() {
 
     // The application calls the service by name: one request through its proxy, which found the
     // endpoint and its identity through the destination controller and went on over mutual TLS.
-    let response = request(
+    let response = raw_request(
         &client,
         SocketAddr::from((CLUSTER_IP, 80)),
-        SERVICE,
-        "/header?name=mesh-client-id",
+        http_get("/header?name=mesh-client-id", SERVICE, ""),
     )
     .expect("the call from the client pod's application succeeds");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
@@ -213,21 +201,6 @@ fn nat_rules(pod: &Pod) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// `GET path` with `Host: host` from inside `pod` over HTTP/1.1; the whole response.
-fn request(pod: &Pod, addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<String> {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    pod.run_in(move || {
-        let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT)?;
-        stream.set_read_timeout(Some(TIMEOUT))?;
-        stream.write_all(request.as_bytes())?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        Ok(response)
-    })
-    .join()
-    .expect("request thread")
-}
-
 /// [`read_marker`] over a socket that carries `mark`.
 fn read_marked(pod: &Pod, addr: SocketAddr, mark: u32) -> anyhow::Result<String> {
     use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
@@ -251,12 +224,4 @@ fn read_marked(pod: &Pod, addr: SocketAddr, mark: u32) -> anyhow::Result<String>
     })
     .join()
     .expect("client thread")
-}
-
-fn metric_sum(metrics: &str, name: &str, must_contain: &[&str]) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && must_contain.iter().all(|s| l.contains(s)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
 }

@@ -116,12 +116,7 @@ async fn websocket_upgrades_pass_through() {
     let proxy = proxy(app, |_| {}).await;
     let mut io = TcpStream::connect(proxy.addrs.outbound).await.unwrap();
     io.write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        io.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
+    let head = read_head(&mut io).await;
     let head = String::from_utf8(head).unwrap().to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
@@ -138,12 +133,7 @@ async fn connect_tunnels_pass_through() {
     let addr = upstream.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut io, _) = upstream.accept().await.unwrap();
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            let mut byte = [0u8; 1];
-            io.read_exact(&mut byte).await.unwrap();
-            head.push(byte[0]);
-        }
+        let head = read_head(&mut io).await;
         assert!(
             head.starts_with(b"CONNECT db.internal:5432 HTTP/1.1\r\n"),
             "{}",
@@ -164,12 +154,8 @@ async fn connect_tunnels_pass_through() {
     let mut head = [0u8; 12];
     io.read_exact(&mut head).await.unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");
-    let mut rest = Vec::new();
-    while !rest.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        io.read_exact(&mut byte).await.unwrap();
-        rest.push(byte[0]);
-    }
+    // The rest of the answer's head.
+    read_head(&mut io).await;
     io.write_all(b"tunnelled").await.unwrap();
     let mut echo = [0u8; 9];
     io.read_exact(&mut echo).await.unwrap();

@@ -8,9 +8,10 @@ use futures_util::{Stream, StreamExt};
 use http::Version;
 use http_body_util::BodyExt;
 use mesh_api::identity::Identity;
-use mesh_api::tap::{self, Event, Filter, ProxyDirection, TapError};
+use mesh_api::tap::{self, Event, Filter, Peer, ProxyDirection, TapError};
 use mesh_tests::fixtures::{self, app, eventually, h1, h2, TestProxy};
 use mesh_tests::mtls::{identity, MtlsMesh, TestCa};
+use mesh_tests::state::{destination_controller, web_svc_endpoint_slices};
 use std::{net::SocketAddr, pin::Pin, time::Duration};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -52,13 +53,27 @@ async fn call(version: Version, addr: SocketAddr, host: &str, method: &str, path
     req.headers_mut().insert("host", host.parse().unwrap());
     req.headers_mut()
         .insert("user-agent", "tap-test/1".parse().unwrap());
-    let rsp = match version {
-        Version::HTTP_2 => h2(addr).await.send_request(req).await.unwrap(),
-        _ => h1(addr).await.send_request(req).await.unwrap(),
-    };
+    let rsp = send(version, addr, req).await.unwrap();
     let status = rsp.status().as_u16();
     rsp.into_body().collect().await.unwrap();
     status
+}
+
+/// Sends `req` on a new HTTP/1 or HTTP/2 connection to `addr`.
+async fn send(
+    version: Version,
+    addr: SocketAddr,
+    req: http::Request<fixtures::Body>,
+) -> hyper::Result<http::Response<hyper::body::Incoming>> {
+    match version {
+        Version::HTTP_2 => h2(addr).await.send_request(req).await,
+        _ => h1(addr).await.send_request(req).await,
+    }
+}
+
+/// `GET /` over HTTP/1.1 with `Host: host`: the status.
+async fn get_root(addr: SocketAddr, host: &str) -> u16 {
+    call(Version::HTTP_11, addr, host, "GET", "/").await
 }
 
 fn starts(events: &[Event]) -> Vec<(String, String, String)> {
@@ -96,10 +111,70 @@ async fn tap_active(proxy: &TestProxy) -> u64 {
     metric(&proxy.metrics().await, "tap_active", &[])
 }
 
-#[tokio::test]
-async fn filters_pick_requests_by_method_authority_and_path() {
+/// Whether the proxy counts `n` active taps within 2 s.
+async fn tap_active_becomes(proxy: &TestProxy, n: u64) -> bool {
+    eventually(Duration::from_secs(2), || async {
+        tap_active(proxy).await == n
+    })
+    .await
+}
+
+/// The test app behind a proxy with the default configuration: the app's address, the proxy.
+async fn proxied_app() -> (SocketAddr, TestProxy) {
     let app = app().await;
     let proxy = fixtures::proxy(app, |_| {}).await;
+    (app, proxy)
+}
+
+/// How many requests the `Dropped` events among `events` say the tap did not take.
+fn dropped(events: &[Event]) -> u64 {
+    events
+        .iter()
+        .map(|e| match e {
+            Event::Dropped { count } => *count,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// A tap client that never reads: a raw `GET target` (e.g. `/v1/tap`) to `admin`.
+async fn raw_tap(admin: SocketAddr, target: &str) -> TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut io = TcpStream::connect(admin).await.unwrap();
+    io.write_all(format!("GET {target} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    io
+}
+
+/// The message of a refused tap; otherwise panics, with `allowed` when the tap was taken.
+fn forbidden_message(tap: Result<Events, TapError>, allowed: &str) -> String {
+    match tap {
+        Err(TapError::Forbidden { message, .. }) => message,
+        Err(other) => panic!("expected 403, got {other}"),
+        Ok(_) => panic!("{allowed}"),
+    }
+}
+
+/// The first of `events`, which must be a request's start: its direction, source, destination
+/// and whether the hop was mutual TLS.
+fn first_request_start(events: &[Event]) -> (&ProxyDirection, &Peer, &Peer, bool) {
+    let Some(Event::RequestStart {
+        direction,
+        source,
+        destination,
+        tls,
+        ..
+    }) = events.first()
+    else {
+        panic!("{events:?}")
+    };
+    (direction, source, destination, *tls)
+}
+
+#[tokio::test]
+async fn filters_pick_requests_by_method_authority_and_path() {
+    let (app, proxy) = proxied_app().await;
     let out = proxy.addrs.outbound;
     let mut all = tap_plain(proxy.addrs.admin, "").await.unwrap();
     let mut posts = tap_plain(proxy.addrs.admin, "method=POST").await.unwrap();
@@ -216,8 +291,7 @@ async fn filters_pick_requests_by_method_authority_and_path() {
 
 #[tokio::test]
 async fn grpc_ends_carry_the_grpc_status_and_the_classification() {
-    let app = app().await;
-    let proxy = fixtures::proxy(app, |_| {}).await;
+    let (_, proxy) = proxied_app().await;
     let mut events = tap_plain(proxy.addrs.admin, "path=/grpc").await.unwrap();
     for (path, expected_status) in [
         ("/grpc/ok", 0),
@@ -283,7 +357,6 @@ async fn requests_the_proxy_fails_itself_show_their_reason() {
 async fn discovering_proxy(
     endpoints: [SocketAddr; 2],
 ) -> (TestProxy, mesh_controller::Running, tempfile::TempDir) {
-    use mesh_controller::{index::IndexConfig, source::Source, DestinationConfig};
     let dir = tempfile::tempdir().unwrap();
     let mut yaml = String::from(
         "apiVersion: v1\nkind: Service\nmetadata: {name: web-svc, namespace: demo}\n\
@@ -291,29 +364,9 @@ async fn discovering_proxy(
          apiVersion: v1\nkind: Service\nmetadata: {name: empty-svc, namespace: demo}\n\
          spec: {clusterIP: 10.96.0.11, ports: [{name: http, port: 80, targetPort: http}]}\n",
     );
-    for (i, ep) in endpoints.iter().enumerate() {
-        yaml.push_str(&format!(
-            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-             metadata: {{name: web-svc-{i}, namespace: demo, labels: {{kubernetes.io/service-name: web-svc}}}}\n\
-             addressType: IPv4\nports: [{{name: http, port: {}}}]\n\
-             endpoints: [{{addresses: [\"{}\"], conditions: {{ready: true}}, targetRef: {{kind: Pod, name: web-{i}, namespace: demo}}}}]\n",
-            ep.port(),
-            ep.ip()
-        ));
-    }
+    yaml.push_str(&web_svc_endpoint_slices(&endpoints));
     std::fs::write(dir.path().join("svc.yaml"), yaml).unwrap();
-    let controller = mesh_controller::start(DestinationConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        source: Source::Dir(dir.path().to_path_buf()),
-        index: IndexConfig::default(),
-    })
-    .await
-    .expect("the controller starts");
-    let ready = eventually(Duration::from_secs(10), || async {
-        fixtures::get_h1(controller.addr, "/ready").await.0 == 200
-    })
-    .await;
-    assert!(ready, "the controller gets ready");
+    let controller = destination_controller(dir.path()).await;
     let addr = controller.addr;
     let proxy = fixtures::proxy(endpoints[0], |c| {
         c.destination_addr = Some(addr.to_string());
@@ -342,14 +395,7 @@ async fn destination_labels_from_discovery_and_the_pod_s_own_labels_filter_taps(
     let mut from_other = tap_plain(admin, "src.deployment=other").await.unwrap();
 
     for _ in 0..20 {
-        let status = call(
-            Version::HTTP_11,
-            proxy.addrs.outbound,
-            "web-svc.demo.svc.cluster.local:80",
-            "GET",
-            "/",
-        )
-        .await;
+        let status = get_root(proxy.addrs.outbound, "web-svc.demo.svc.cluster.local:80").await;
         assert_eq!(status, 200);
     }
     let got = events_until_quiet(&mut to_web1, QUIET).await;
@@ -373,14 +419,7 @@ async fn destination_labels_from_discovery_and_the_pod_s_own_labels_filter_taps(
     assert!(events_until_quiet(&mut from_other, QUIET).await.is_empty());
 
     // A service without endpoints: the proxy's own 503, with its reason.
-    let status = call(
-        Version::HTTP_11,
-        proxy.addrs.outbound,
-        "empty-svc.demo.svc.cluster.local:80",
-        "GET",
-        "/",
-    )
-    .await;
+    let status = get_root(proxy.addrs.outbound, "empty-svc.demo.svc.cluster.local:80").await;
     assert_eq!(status, 503);
     let got = events_until_quiet(&mut from_client, QUIET).await;
     assert!(
@@ -391,8 +430,7 @@ async fn destination_labels_from_discovery_and_the_pod_s_own_labels_filter_taps(
 
 #[tokio::test]
 async fn a_tap_gets_no_more_than_its_rate_and_is_told_what_it_missed() {
-    let app = app().await;
-    let proxy = fixtures::proxy(app, |_| {}).await;
+    let (_, proxy) = proxied_app().await;
     let rate = 30.0;
     let mut events = tap_plain(proxy.addrs.admin, "rate=30").await.unwrap();
     let begin = std::time::Instant::now();
@@ -413,13 +451,7 @@ async fn a_tap_gets_no_more_than_its_rate_and_is_told_what_it_missed() {
         .iter()
         .filter(|e| !matches!(e, Event::Dropped { .. }))
         .count();
-    let reported: u64 = got
-        .iter()
-        .map(|e| match e {
-            Event::Dropped { count } => *count,
-            _ => 0,
-        })
-        .sum();
+    let reported = dropped(&got);
     assert!(sent > 100, "enough traffic to go over the rate: {sent}");
     let bound = rate * elapsed + rate;
     assert!(
@@ -430,18 +462,9 @@ async fn a_tap_gets_no_more_than_its_rate_and_is_told_what_it_missed() {
     assert_eq!(delivered % 3, 0, "requests are taken whole: {delivered}");
     // The last drops are reported before the next event: make one.
     let _ = tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        call(Version::HTTP_11, proxy.addrs.outbound, "a:80", "GET", "/").await,
-        200
-    );
+    assert_eq!(get_root(proxy.addrs.outbound, "a:80").await, 200);
     let more = events_until_quiet(&mut events, QUIET).await;
-    let reported_later: u64 = more
-        .iter()
-        .map(|e| match e {
-            Event::Dropped { count } => *count,
-            _ => 0,
-        })
-        .sum();
+    let reported_later = dropped(&more);
     let not_taken = sent as u64 - delivered as u64 / 3;
     assert_eq!(
         reported + reported_later,
@@ -458,40 +481,22 @@ async fn a_tap_gets_no_more_than_its_rate_and_is_told_what_it_missed() {
 
 #[tokio::test]
 async fn a_tap_that_goes_away_mid_stream_is_removed_and_traffic_goes_on() {
-    let app = app().await;
-    let proxy = fixtures::proxy(app, |_| {}).await;
+    let (_, proxy) = proxied_app().await;
     let mut events = tap_plain(proxy.addrs.admin, "").await.unwrap();
     assert_eq!(tap_active(&proxy).await, 1);
-    assert_eq!(
-        call(Version::HTTP_11, proxy.addrs.outbound, "a:80", "GET", "/").await,
-        200
-    );
+    assert_eq!(get_root(proxy.addrs.outbound, "a:80").await, 200);
     assert!(matches!(
         events.next().await,
         Some(Ok(Event::RequestStart { .. }))
     ));
     drop(events);
-    let removed = eventually(Duration::from_secs(2), || async {
-        tap_active(&proxy).await == 0
-    })
-    .await;
+    let removed = tap_active_becomes(&proxy, 0).await;
     assert!(removed, "the tap is removed once its client closes");
 
     // A tap that stops reading (its connection open) never holds traffic back.
-    let stalled = TcpStream::connect(proxy.addrs.admin).await.unwrap();
     {
-        use tokio::io::AsyncWriteExt;
-        let mut stalled = stalled;
-        stalled
-            .write_all(b"GET /v1/tap?rate=100000 HTTP/1.1\r\nHost: admin\r\n\r\n")
-            .await
-            .unwrap();
-        assert!(
-            eventually(Duration::from_secs(2), || async {
-                tap_active(&proxy).await == 1
-            })
-            .await
-        );
+        let stalled = raw_tap(proxy.addrs.admin, "/v1/tap?rate=100000").await;
+        assert!(tap_active_becomes(&proxy, 1).await);
         let begin = std::time::Instant::now();
         let mut client = h2(proxy.addrs.outbound).await;
         let mut calls = Vec::new();
@@ -505,10 +510,7 @@ async fn a_tap_that_goes_away_mid_stream_is_removed_and_traffic_goes_on() {
         assert!(begin.elapsed() < Duration::from_secs(10));
         drop(stalled);
     }
-    let removed = eventually(Duration::from_secs(2), || async {
-        tap_active(&proxy).await == 0
-    })
-    .await;
+    let removed = tap_active_becomes(&proxy, 0).await;
     assert!(removed, "the stalled tap goes when its connection does");
 }
 
@@ -525,19 +527,8 @@ async fn sensitive_headers_are_never_streamed() {
     .await;
     let admin = proxy.addrs.admin;
     // The raw stream, as a tap client would read it.
-    let mut raw = TcpStream::connect(admin).await.unwrap();
-    {
-        use tokio::io::AsyncWriteExt;
-        raw.write_all(b"GET /v1/tap HTTP/1.1\r\nHost: admin\r\n\r\n")
-            .await
-            .unwrap();
-    }
-    assert!(
-        eventually(Duration::from_secs(2), || async {
-            tap_active(&proxy).await == 1
-        })
-        .await
-    );
+    let mut raw = raw_tap(admin, "/v1/tap").await;
+    assert!(tap_active_becomes(&proxy, 1).await);
     for version in [Version::HTTP_11, Version::HTTP_2] {
         let mut req = fixtures::request(version, "/");
         for (k, v) in [
@@ -549,10 +540,7 @@ async fn sensitive_headers_are_never_streamed() {
         ] {
             req.headers_mut().insert(k, v.parse().unwrap());
         }
-        let rsp = match version {
-            Version::HTTP_2 => h2(proxy.addrs.outbound).await.send_request(req).await,
-            _ => h1(proxy.addrs.outbound).await.send_request(req).await,
-        };
+        let rsp = send(version, proxy.addrs.outbound, req).await;
         assert_eq!(rsp.unwrap().status(), 200);
     }
     let mut text = String::new();
@@ -608,14 +596,12 @@ async fn plaintext_taps_are_for_the_pod_s_loopback_only() {
     };
     let outside: SocketAddr = (ip, port).into();
     let tcp = TcpStream::connect(outside).await.unwrap();
-    match open(tcp, outside, "").await {
-        Err(TapError::Forbidden { message, .. }) => {
-            assert!(message.contains("loopback"), "{message}");
-            assert!(!message.contains('\n'), "one line: {message}");
-        }
-        Err(other) => panic!("expected 403, got {other}"),
-        Ok(_) => panic!("a caller from {ip} must not tap"),
-    }
+    let message = forbidden_message(
+        open(tcp, outside, "").await,
+        &format!("a caller from {ip} must not tap"),
+    );
+    assert!(message.contains("loopback"), "{message}");
+    assert!(!message.contains('\n'), "one line: {message}");
     // The rest of the admin server still answers it.
     assert_eq!(fixtures::get_h1(outside, "/ready").await.0, 200);
     assert_eq!(tap_active(&proxy).await, 1, "only the loopback tap");
@@ -671,14 +657,12 @@ async fn over_mutual_tls_only_the_tap_identity_may_tap() {
     let tls = tls_as(&m, &m.ca, server_admin, &client_identity(), &web())
         .await
         .unwrap();
-    match open(tls, server_admin, "").await {
-        Err(TapError::Forbidden { message, .. }) => {
-            assert!(message.contains(&tap_identity().dns_name()), "{message}");
-            assert!(message.contains(&client_identity().dns_name()), "{message}");
-        }
-        Err(other) => panic!("expected 403, got {other}"),
-        Ok(_) => panic!("the client identity must not tap"),
-    }
+    let message = forbidden_message(
+        open(tls, server_admin, "").await,
+        "the client identity must not tap",
+    );
+    assert!(message.contains(&tap_identity().dns_name()), "{message}");
+    assert!(message.contains(&client_identity().dns_name()), "{message}");
     // The rest of the admin server answers over the same TLS.
     let tls = tls_as(&m, &m.ca, server_admin, &client_identity(), &web())
         .await
@@ -706,27 +690,11 @@ async fn over_mutual_tls_only_the_tap_identity_may_tap() {
         .await
         .unwrap();
     let mut outbound = open(tls, client_admin, "").await.unwrap();
-    let status = call(
-        Version::HTTP_11,
-        m.client.addrs.outbound,
-        "web-svc.demo.svc.cluster.local:80",
-        "GET",
-        "/",
-    )
-    .await;
+    let status = get_root(m.client.addrs.outbound, "web-svc.demo.svc.cluster.local:80").await;
     assert_eq!(status, 200);
 
     let got = events_until_quiet(&mut inbound, QUIET).await;
-    let Some(Event::RequestStart {
-        direction,
-        source,
-        destination,
-        tls,
-        ..
-    }) = got.first()
-    else {
-        panic!("{got:?}")
-    };
+    let (direction, source, destination, tls) = first_request_start(&got);
     assert_eq!(*direction, ProxyDirection::Inbound);
     assert!(tls);
     assert_eq!(
@@ -738,16 +706,7 @@ async fn over_mutual_tls_only_the_tap_identity_may_tap() {
     assert_eq!(destination.identity.as_deref(), Some(&*web().dns_name()));
 
     let got = events_until_quiet(&mut outbound, QUIET).await;
-    let Some(Event::RequestStart {
-        direction,
-        source,
-        destination,
-        tls,
-        ..
-    }) = got.first()
-    else {
-        panic!("{got:?}")
-    };
+    let (direction, source, destination, tls) = first_request_start(&got);
     assert_eq!(*direction, ProxyDirection::Outbound);
     assert!(tls);
     assert_eq!(
