@@ -179,6 +179,80 @@ pub enum InjectError {
     },
 }
 
+/// Whether the proxy runs as a native sidecar on a cluster, and why: what the CLI and the
+/// injector decide from the API server's `/version` when no one asked for a mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SidecarMode {
+    /// A native sidecar (an init container with `restartPolicy: Always`), or a classic one.
+    pub native: bool,
+    /// Why, in words for a person: `the cluster runs 1.28, without native sidecars by default`.
+    pub reason: String,
+}
+
+impl SidecarMode {
+    /// The mode for an API server whose `/version` says `major` and `minor` (providers write
+    /// minors like `28+`). Kubernetes 1.29 turned the `SidecarContainers` gate on by default;
+    /// 1.28 had it alpha, off, and an API server without it drops `restartPolicy: Always` from
+    /// init containers and refuses their probes, so nothing meshed could start.
+    pub fn for_version(major: &str, minor: &str) -> Self {
+        match parse_version(major, minor) {
+            Some(v) if v >= (1, 29) => Self {
+                native: true,
+                reason: format!("the cluster runs {}.{}, with native sidecars", v.0, v.1),
+            },
+            Some(v) => Self {
+                native: false,
+                reason: format!(
+                    "the cluster runs {}.{}, without native sidecars by default (1.29 and later)",
+                    v.0, v.1
+                ),
+            },
+            None => Self {
+                native: false,
+                reason: format!("the cluster's version {major:?}.{minor:?} cannot be read"),
+            },
+        }
+    }
+
+    /// The mode when no cluster could be asked: classic, which every version runs, unless asked.
+    pub fn without_cluster(asked: Option<bool>) -> Self {
+        match asked {
+            Some(native) => Self::asked(native),
+            None => Self {
+                native: false,
+                reason: "no cluster was asked, and every Kubernetes version runs classic sidecars"
+                    .into(),
+            },
+        }
+    }
+
+    /// The mode someone asked for.
+    pub fn asked(native: bool) -> Self {
+        Self {
+            native,
+            reason: "as asked".into(),
+        }
+    }
+
+    /// `native` or `classic`.
+    pub fn name(&self) -> &'static str {
+        if self.native {
+            "native"
+        } else {
+            "classic"
+        }
+    }
+}
+
+/// `(major, minor)` of a Kubernetes `/version` (`"1"`, `"28+"`).
+pub fn parse_version(major: &str, minor: &str) -> Option<(u32, u32)> {
+    let digits = |s: &str| -> Option<u32> {
+        let d: String = s.trim().chars().take_while(char::is_ascii_digit).collect();
+        d.parse().ok()
+    };
+    Some((digits(major)?, digits(minor)?))
+}
+
 /// Whether a pod (its template's annotations, then its namespace's) asks to be injected.
 pub fn wants_injection(pod: &Map<String, Value>, namespace: &BTreeMap<String, String>) -> bool {
     match pod.get(INJECT_ANNOTATION).and_then(Value::as_str) {
@@ -918,5 +992,19 @@ mod tests {
             none.as_object().unwrap(),
             &BTreeMap::new()
         ));
+    }
+
+    #[test]
+    fn sidecar_mode_follows_the_api_servers_version() {
+        let native = |major, minor| SidecarMode::for_version(major, minor).native;
+        assert!(!native("1", "28"));
+        assert!(!native("1", "27+"));
+        assert!(native("1", "29"));
+        assert!(native("1", "30+"));
+        assert!(native("2", "0"));
+        assert!(!native("", "x"));
+        assert!(SidecarMode::for_version("1", "28").reason.contains("1.28"));
+        assert!(!SidecarMode::without_cluster(None).native);
+        assert!(SidecarMode::without_cluster(Some(true)).native);
     }
 }

@@ -49,3 +49,24 @@ pub async fn client(
     };
     kube::Client::try_from(config).context("configuring the Kubernetes client")
 }
+
+/// How long asking the API server for its version may take.
+pub const VERSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The sidecar mode of the cluster `client` talks to, from its API server's version (native
+/// from Kubernetes 1.29): what `mesh install` and `mesh inject --manual` render when no mode
+/// was asked for.
+pub async fn sidecar_mode(client: &kube::Client) -> anyhow::Result<mesh_api::inject::SidecarMode> {
+    let hint = "pass --ignore-cluster to render without contacting a cluster, or choose the \
+                sidecar mode yourself";
+    let info = tokio::time::timeout(VERSION_TIMEOUT, client.apiserver_version())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("no answer from the API server within {VERSION_TIMEOUT:?} ({hint})")
+        })?
+        .with_context(|| format!("asking the API server for its version ({hint})"))?;
+    Ok(mesh_api::inject::SidecarMode::for_version(
+        &info.major,
+        &info.minor,
+    ))
+}

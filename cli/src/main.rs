@@ -68,12 +68,16 @@ fn main() -> ExitCode {
 fn inject(args: &mesh_cli::inject::InjectArgs, cluster: &mesh_cli::kube::ClusterArgs) -> ExitCode {
     use mesh_cli::inject::{read_inputs, run, Mode};
     let report = read_inputs(&args.inputs).and_then(|inputs| {
-        let mode = if args.manual {
-            Mode::Manual(block_on(mesh_cli::inject::manual_config(args, cluster))?)
-        } else {
-            Mode::Annotate
-        };
-        run(&inputs, &mode)
+        if !args.manual {
+            return run(&inputs, &Mode::Annotate);
+        }
+        let (config, sidecar) = block_on(mesh_cli::inject::manual_config(args, cluster))?;
+        let mut report = run(&inputs, &Mode::Manual(config))?;
+        report.summary.insert(
+            0,
+            format!("proxies are {} sidecars: {}", sidecar.name(), sidecar.reason),
+        );
+        Ok(report)
     });
     finish_report(report)
 }

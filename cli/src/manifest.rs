@@ -258,6 +258,24 @@ fn set_value(values: &mut Value, key: &str, raw: &str, folder: &str) -> anyhow::
     Ok(())
 }
 
+/// The template environment of every folder of `manifests/`: undefined names are errors, and
+/// values are written the way YAML and the binaries' flag parsers read them. minijinja's own
+/// spelling of a boolean is Python's (`False`), which clap refuses in `--native-sidecar=False`.
+pub fn template_env() -> minijinja::Environment<'static> {
+    use minijinja::value::ValueKind;
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.set_formatter(|out, state, value| match value.kind() {
+        ValueKind::Bool => {
+            let text = if value.is_true() { "true" } else { "false" };
+            out.write_str(text).map_err(minijinja::Error::from)
+        }
+        ValueKind::None => out.write_str("null").map_err(minijinja::Error::from),
+        _ => minijinja::escape_formatter(out, state, value),
+    });
+    env
+}
+
 /// Renders a folder's templates in order with `env` and `context`, passes every document to
 /// `each` (which may change it), and checks it against its Kubernetes type.
 pub fn render_templates(
@@ -289,6 +307,16 @@ pub fn render_templates(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn booleans_render_as_yaml_and_flag_parsers_spell_them() {
+        let env = template_env();
+        let ctx = minijinja::context! { t => true, f => false, n => (), s => "False", i => 3 };
+        let text = env
+            .render_str("{{ t }} {{ f }} {{ n }} {{ s }} {{ i }}", ctx)
+            .unwrap();
+        assert_eq!(text, "true false null False 3");
+    }
 
     #[test]
     fn yaml_errors_name_the_document_and_line() {

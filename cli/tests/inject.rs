@@ -9,9 +9,11 @@ use support::*;
 const SHOP: &str = "inject/shop.yaml";
 const LIST: &str = "inject/list.json";
 
+/// `--manual` with the files it needs and native sidecars (the goldens' shape).
 fn manual_flags() -> Vec<String> {
     vec![
         "--manual".into(),
+        "--native-sidecar".into(),
         "--image-tag".into(),
         "v0.1.0".into(),
         "--identity-trust-anchors-file".into(),
@@ -91,9 +93,102 @@ fn manual_inject_writes_the_proxy_into_every_workload() {
         .is_none());
 }
 
+/// The proxy's place in a pod: `(init containers, containers)` of the Deployment `web`.
+fn proxy_shape(out: &str) -> (Vec<String>, Vec<String>) {
+    let docs = docs(out);
+    assert_typed(&docs);
+    let web = docs
+        .iter()
+        .find(|d| d["metadata"]["name"] == "web" && d["kind"] == "Deployment")
+        .unwrap();
+    let names = |list: &str| -> Vec<String> {
+        web["spec"]["template"]["spec"][list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    (names("initContainers"), names("containers"))
+}
+
+/// Regression: `mesh inject --manual` made native sidecars on a 1.28 cluster, which refused
+/// every pod (`livenessProbe: Forbidden: may not be set for init containers without
+/// restartPolicy=Always`). The mode now follows the cluster's version, or is classic without one.
+#[tokio::test]
+async fn native_sidecars_where_the_cluster_has_none() {
+    let flags = [
+        "--manual",
+        "--image-tag",
+        "v0.1.0",
+        "--identity-trust-anchors-file",
+        &testdata_arg("certs/trust-anchors.pem"),
+        &testdata_arg(SHOP),
+    ];
+    let classic = (
+        vec!["mesh-init".to_string()],
+        vec!["mesh-proxy".to_string()],
+    );
+    let native = (
+        vec!["mesh-init".to_string(), "mesh-proxy".to_string()],
+        vec![],
+    );
+    let only_proxy = |(init, containers): (Vec<String>, Vec<String>)| {
+        let keep = |v: Vec<String>| v.into_iter().filter(|n| n.starts_with("mesh-")).collect();
+        (keep(init), keep(containers))
+    };
+
+    let (code, out, summary) = mesh_on_cluster(bare_cluster("28").await, "inject", &flags).await;
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(only_proxy(proxy_shape(&out)), classic);
+    golden("inject-shop-manual-classic.yaml", &out);
+    assert!(
+        summary.starts_with("proxies are classic sidecars: the cluster runs 1.28"),
+        "{summary}"
+    );
+
+    let (code, out, summary) = mesh_on_cluster(bare_cluster("30").await, "inject", &flags).await;
+    assert_eq!(code, 0, "{summary}");
+    assert_eq!(only_proxy(proxy_shape(&out)), native);
+    let (golden_native, _) = inject(&manual_flags(), &testdata_arg(SHOP));
+    assert_eq!(out, golden_native, "1.30 renders the native golden");
+    assert!(summary.starts_with("proxies are native sidecars: the cluster runs 1.30"));
+
+    // Asked for, the cluster's version does not matter.
+    let mut asked = vec!["--native-sidecar"];
+    asked.extend(flags);
+    let (_, out, _) = mesh_on_cluster(bare_cluster("28").await, "inject", &asked).await;
+    assert_eq!(only_proxy(proxy_shape(&out)), native);
+
+    // Without a cluster: classic, which every version runs, and the reason on stderr.
+    let mut offline: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+    offline.insert(0, "inject".into());
+    let (out, summary) = run(&offline, None);
+    assert_eq!(only_proxy(proxy_shape(&out)), classic);
+    assert!(summary.contains("no cluster was asked"), "{summary}");
+    offline.insert(1, "--ignore-cluster".into());
+    assert_eq!(run(&offline, None).0, out);
+
+    // A cluster that was named but cannot be read is an error, not a guess.
+    let mut unreachable = offline.clone();
+    unreachable.remove(1);
+    unreachable.extend(["--kubeconfig".into(), "/nonexistent".into()]);
+    let refused = mesh(
+        &unreachable.iter().map(String::as_str).collect::<Vec<_>>(),
+        None,
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("--ignore-cluster"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
 #[test]
 fn regular_sidecars_on_request() {
     let mut flags = manual_flags();
+    flags.retain(|f| f != "--native-sidecar");
     flags.push("--native-sidecar=false".into());
     let (out, _) = inject(&flags, &testdata_arg(SHOP));
     let docs = docs(&out);

@@ -86,7 +86,7 @@ fn flags_and_set_override_the_defaults() {
         .as_array()
         .unwrap()
         .contains(&"--log-level=debug".into()));
-    let proxy = &spec["initContainers"][1];
+    let proxy = &spec["containers"][0];
     assert_eq!(proxy["name"], "mesh-proxy");
     assert_eq!(proxy["image"], "registry.example/mesh/proxy:v9.9.9");
     let hook = find(&docs, "MutatingWebhookConfiguration", "mesh-proxy-injector");
@@ -196,6 +196,106 @@ fn install_without_a_cluster_says_how_to_render_anyway() {
         "{}",
         stderr(&out)
     );
+}
+
+/// The control plane's proxies: `(init containers, containers)` of Deployment `name`.
+fn pod_shape(docs: &[Value], name: &str) -> (Vec<String>, Vec<String>) {
+    let spec = &find(docs, "Deployment", name)["spec"]["template"]["spec"];
+    let names = |list: &str| -> Vec<String> {
+        spec[list]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .map(|c| c["name"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    (names("initContainers"), names("containers"))
+}
+
+/// The injector's `--native-sidecar=…` argument.
+fn injector_mode(docs: &[Value]) -> String {
+    let containers =
+        &find(docs, "Deployment", "mesh-injector")["spec"]["template"]["spec"]["containers"];
+    let injector = containers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "injector")
+        .unwrap();
+    injector["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str()?.strip_prefix("--native-sidecar="))
+        .collect()
+}
+
+/// Without the header comment, which says why.
+fn body(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.starts_with("# "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Regression: on a 1.28 cluster (no native sidecars by default) the API server refused the
+/// destination and injector Deployments: `initContainers[1].livenessProbe: Forbidden: may not
+/// be set for init containers without restartPolicy=Always`.
+#[tokio::test]
+async fn native_sidecars_where_the_cluster_has_none() {
+    let classic = (
+        vec!["mesh-init".to_string()],
+        vec!["mesh-proxy".to_string(), "injector".to_string()],
+    );
+    let native = (
+        vec!["mesh-init".to_string(), "mesh-proxy".to_string()],
+        vec!["injector".to_string()],
+    );
+    let certs = cert_flags();
+    let certs: Vec<&str> = certs.iter().map(String::as_str).collect();
+
+    // Without a cluster: classic, which every version runs; the injector decides for itself.
+    let (offline, docs) = install(&[]);
+    assert_eq!(pod_shape(&docs, "mesh-injector"), classic);
+    assert_eq!(injector_mode(&docs), "auto");
+    assert!(offline.contains("# proxies: classic sidecars (no cluster was asked"));
+
+    // A 1.28 cluster: classic; a 1.30 one: native.
+    let (code, out, err) = mesh_on_cluster(bare_cluster("28").await, "install", &certs).await;
+    assert_eq!(code, 0, "{err}");
+    let docs = support::docs(&out);
+    assert_eq!(pod_shape(&docs, "mesh-injector"), classic);
+    assert_eq!(pod_shape(&docs, "mesh-destination").0, classic.0);
+    assert!(
+        out.contains("# proxies: classic sidecars (the cluster runs 1.28"),
+        "{out}"
+    );
+    assert_eq!(body(&out), body(&offline));
+
+    let (code, out, err) = mesh_on_cluster(bare_cluster("30").await, "install", &certs).await;
+    assert_eq!(code, 0, "{err}");
+    let docs = support::docs(&out);
+    assert_eq!(pod_shape(&docs, "mesh-injector"), native);
+    assert_eq!(injector_mode(&docs), "auto");
+    assert!(
+        out.contains("# proxies: native sidecars (the cluster runs 1.30"),
+        "{out}"
+    );
+
+    // Asked for, on any cluster or none; the injector is told too.
+    let (asked, docs) = install(&["--set", "proxy.nativeSidecar=true"]);
+    golden("install-native.yaml", &asked);
+    assert_eq!(pod_shape(&docs, "mesh-injector"), native);
+    assert_eq!(injector_mode(&docs), "true");
+    assert_eq!(body(&asked).replace("=true", "=auto"), body(&out));
+    let mut set_false = certs.clone();
+    set_false.extend(["--set", "proxy.nativeSidecar=false"]);
+    let (_, out, _) = mesh_on_cluster(bare_cluster("30").await, "install", &set_false).await;
+    let docs = support::docs(&out);
+    assert_eq!(pod_shape(&docs, "mesh-injector"), classic);
+    assert_eq!(injector_mode(&docs), "false");
 }
 
 #[test]

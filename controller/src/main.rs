@@ -123,9 +123,10 @@ struct InjectorArgs {
     #[arg(long, default_value = "warn,mesh_proxy=info")]
     proxy_log_level: String,
     /// Whether the proxy is a native sidecar unless a pod's config.mesh.io/native-sidecar says
-    /// otherwise.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    native_sidecar: bool,
+    /// otherwise: `true`, `false`, or `auto`, from the API server's version (native from 1.29),
+    /// read at start-up and every 10 minutes.
+    #[arg(long, value_name = "auto|true|false", default_value = "auto")]
+    native_sidecar: mesh_controller::injector::SidecarPolicy,
     /// The image pull policy of the injected containers.
     #[arg(long, default_value = "IfNotPresent")]
     image_pull_policy: String,
@@ -289,7 +290,6 @@ fn run_injector(args: InjectorArgs) -> anyhow::Result<()> {
     let mut proxy =
         mesh_api::inject::ProxyConfig::new(&args.proxy_image, &args.proxy_version, &anchors);
     proxy.log_level = args.proxy_log_level;
-    proxy.native_sidecar = args.native_sidecar;
     proxy.image_pull_policy = args.image_pull_policy;
     proxy.control_plane_namespace = args.control_plane_namespace;
     proxy.trust_domain = args.trust_domain;
@@ -299,6 +299,7 @@ fn run_injector(args: InjectorArgs) -> anyhow::Result<()> {
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         proxy,
+        sidecar: args.native_sidecar,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async {

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_api::identity::ca::{self, LeafNames, Signer};
 use mesh_api::inject::ProxyConfig;
-use mesh_controller::injector::{self, InjectorConfig, Namespaces};
+use mesh_controller::injector::{self, InjectorConfig, Namespaces, SidecarPolicy};
 use serde_json::Value;
 
 fn fixture(name: &str) -> String {
@@ -22,16 +22,18 @@ fn fixture(name: &str) -> String {
     std::fs::read_to_string(path).expect("fixture")
 }
 
-/// Serves `GET /api/v1/namespaces/demo` from the recording, 404 for anything else.
-async fn fake_api_server() -> SocketAddr {
+/// Serves `GET /api/v1/namespaces/demo` and `GET /version` from the recordings (the version
+/// with `minor` in place of the recorded 28), 404 for anything else.
+async fn fake_api_server(minor: &'static str) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(|req: http::Request<_>| async move {
+                let service = hyper::service::service_fn(move |req: http::Request<_>| async move {
                     let (status, body) = match req.uri().path() {
                         "/api/v1/namespaces/demo" => (200, fixture("namespace-demo.json")),
+                        "/version" => (200, version(minor)),
                         _ => (404, fixture("notfound-404.json")),
                     };
                     let mut r = http::Response::new(Full::new(Bytes::from(body)));
@@ -51,6 +53,14 @@ async fn fake_api_server() -> SocketAddr {
     addr
 }
 
+/// The recorded `/version` of a 1.28 API server, as another minor version would answer it.
+fn version(minor: &str) -> String {
+    let mut v: Value = serde_json::from_str(&fixture("version.json")).unwrap();
+    v["minor"] = minor.into();
+    v["gitVersion"] = format!("v1.{minor}.7").into();
+    v.to_string()
+}
+
 struct Webhook {
     addr: SocketAddr,
     ca_pem: String,
@@ -58,8 +68,13 @@ struct Webhook {
     _dir: tempfile::TempDir,
 }
 
-async fn webhook() -> Webhook {
-    let api = fake_api_server().await;
+/// The injector with `--native-sidecar=auto` on an API server of version 1.`minor`.
+async fn webhook_on(minor: &'static str) -> Webhook {
+    webhook(minor, SidecarPolicy::Auto).await
+}
+
+async fn webhook(minor: &'static str, sidecar: SidecarPolicy) -> Webhook {
+    let api = fake_api_server(minor).await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(
@@ -92,6 +107,7 @@ async fn webhook() -> Webhook {
         tls_cert: cert,
         tls_key: key_path,
         proxy: ProxyConfig::new("ghcr.io/mesh/proxy", "v0.1.0", &anchor.cert_pem),
+        sidecar,
     };
     let running = injector::start(config, Namespaces::Kube(client))
         .await
@@ -170,7 +186,7 @@ fn container_names(pod: &Value, list: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn an_annotated_pod_is_injected_over_tls() {
-    let hook = webhook().await;
+    let hook = webhook_on("30").await;
     let review = fixture("admissionreview-pod-create-bare-pod.json");
     let (status, answer) = call(&hook, "POST", "/inject", review.clone()).await;
     assert_eq!(status, 200, "{answer}");
@@ -183,9 +199,41 @@ async fn an_annotated_pod_is_injected_over_tls() {
     let _: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod).unwrap();
 }
 
+/// Regression: on a 1.28 API server (no native sidecars by default) every injected pod was
+/// refused, its init container's probes `Forbidden … without restartPolicy=Always`.
+#[tokio::test]
+async fn native_sidecars_where_the_cluster_has_none() {
+    let review = fixture("admissionreview-pod-create-bare-pod.json");
+    let hook = webhook_on("28").await;
+    let (status, answer) = call(&hook, "POST", "/inject", review.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    let pod = patched(&review, &answer).expect("a patch");
+    assert_eq!(container_names(&pod, "initContainers"), ["mesh-init"]);
+    assert_eq!(container_names(&pod, "containers"), ["mesh-proxy", "app"]);
+    let (_, metrics) = call(&hook, "GET", "/metrics", String::new()).await;
+    assert!(
+        metrics.contains("injector_native_sidecar{source=\"version\"} 0"),
+        "{metrics}"
+    );
+
+    // Configured explicitly, the version does not matter.
+    let hook = webhook("28", SidecarPolicy::Fixed(true)).await;
+    let (_, answer) = call(&hook, "POST", "/inject", review.clone()).await;
+    let pod = patched(&review, &answer).expect("a patch");
+    assert_eq!(
+        container_names(&pod, "initContainers"),
+        ["mesh-init", "mesh-proxy"]
+    );
+    let (_, metrics) = call(&hook, "GET", "/metrics", String::new()).await;
+    assert!(
+        metrics.contains("injector_native_sidecar{source=\"configured\"} 1"),
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn a_pod_of_an_annotated_namespace_is_injected() {
-    let hook = webhook().await;
+    let hook = webhook_on("30").await;
     // The ReplicaSet's pod has no annotation; namespace demo (read from the API) has one.
     let review = fixture("admissionreview-pod-create-from-replicaset.json");
     let (status, answer) = call(&hook, "POST", "/inject", review.clone()).await;
@@ -196,7 +244,7 @@ async fn a_pod_of_an_annotated_namespace_is_injected() {
 
 #[tokio::test]
 async fn an_unannotated_pod_in_an_unknown_namespace_is_allowed_unchanged() {
-    let hook = webhook().await;
+    let hook = webhook_on("30").await;
     let mut review: Value =
         serde_json::from_str(&fixture("admissionreview-pod-create-from-replicaset.json")).unwrap();
     review["request"]["namespace"] = "elsewhere".into();
@@ -208,7 +256,7 @@ async fn an_unannotated_pod_in_an_unknown_namespace_is_allowed_unchanged() {
 
 #[tokio::test]
 async fn health_metrics_and_bad_requests() {
-    let hook = webhook().await;
+    let hook = webhook_on("30").await;
     assert_eq!(call(&hook, "GET", "/ready", String::new()).await.0, 200);
     assert_eq!(call(&hook, "GET", "/live", String::new()).await.0, 200);
     assert_eq!(call(&hook, "POST", "/inject", "{}".into()).await.0, 400);

@@ -10,7 +10,7 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use mesh_api::inject::{self as core, Outcome, ProxyConfig};
+use mesh_api::inject::{self as core, Outcome, ProxyConfig, SidecarMode};
 use serde_json::Value;
 
 use crate::manifest::{self, Format};
@@ -25,10 +25,16 @@ pub struct InjectArgs {
     /// instead of the mesh.io/inject annotation the injector webhook acts on.
     #[arg(long)]
     pub manual: bool,
-    /// With --manual: run the proxy as a native sidecar (Kubernetes 1.29 and later); `false`
-    /// makes it a regular container placed first. A pod's config.mesh.io/native-sidecar wins.
-    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
-    pub native_sidecar: bool,
+    /// With --manual: run the proxy as a native sidecar (an init container that keeps running,
+    /// Kubernetes 1.29 and later), or with `=false` as a classic one (a regular container placed
+    /// first). By default from the cluster's version, or classic without a cluster. A pod's
+    /// config.mesh.io/native-sidecar wins.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub native_sidecar: Option<bool>,
+    /// With --manual: do not contact a cluster (the sidecar mode is then classic unless
+    /// --native-sidecar says otherwise; the trust anchors must come from a file).
+    #[arg(long)]
+    pub ignore_cluster: bool,
     /// With --manual: the proxy image, without its tag.
     #[arg(long, value_name = "IMAGE", default_value = "ghcr.io/mesh/proxy")]
     pub proxy_image: String,
@@ -225,11 +231,36 @@ fn annotate(template: &mut Value) -> anyhow::Result<String> {
     })
 }
 
-/// The proxy configuration of `--manual`: the trust anchors from the file or the cluster.
+/// The proxy configuration of `--manual`: the trust anchors from the file or the cluster; the
+/// sidecar mode as asked, else from the cluster's version, else (no cluster) classic.
 pub async fn manual_config(
     args: &InjectArgs,
     cluster: &crate::kube::ClusterArgs,
-) -> anyhow::Result<ProxyConfig> {
+) -> anyhow::Result<(ProxyConfig, SidecarMode)> {
+    let client = if args.ignore_cluster {
+        None
+    } else {
+        match cluster.client().await {
+            Ok(client) => Some(client),
+            // No kubeconfig at all: rendering for later, as with --ignore-cluster.
+            Err(_) if cluster.kubeconfig.is_none() && cluster.context.is_none() => None,
+            Err(e) => {
+                let hint = if args.identity_trust_anchors_file.is_some() {
+                    "pass --ignore-cluster to inject without a cluster"
+                } else {
+                    "--manual needs the trust anchors and the cluster's version: point \
+                     --kubeconfig at a cluster where mesh is installed, or pass \
+                     --identity-trust-anchors-file and --ignore-cluster"
+                };
+                return Err(e.context(hint));
+            }
+        }
+    };
+    let mode = match (args.native_sidecar, &client) {
+        (Some(native), _) => SidecarMode::asked(native),
+        (None, Some(client)) => crate::kube::sidecar_mode(client).await?,
+        (None, None) => SidecarMode::without_cluster(None),
+    };
     let anchors = match &args.identity_trust_anchors_file {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("reading the trust anchors {}", path.display()))?,
@@ -237,7 +268,7 @@ pub async fn manual_config(
             use k8s_openapi::api::core::v1::ConfigMap;
             let hint = "--manual needs the trust anchors: pass --identity-trust-anchors-file, \
                         or point --kubeconfig at a cluster where mesh is installed";
-            let client = cluster.client().await.context(hint)?;
+            let client = client.context(hint)?;
             let api: kube::Api<ConfigMap> =
                 kube::Api::namespaced(client, crate::install::NAMESPACE);
             let cm = api.get("mesh-trust-anchors").await.context(hint)?;
@@ -255,9 +286,9 @@ pub async fn manual_config(
             .unwrap_or_else(crate::install::version),
         &anchors,
     );
-    config.native_sidecar = args.native_sidecar;
+    config.native_sidecar = mode.native;
     config.trust_domain = args.trust_domain.clone();
     config.cluster_domain = args.cluster_domain.clone();
     config.log_level = args.proxy_log_level.clone();
-    Ok(config)
+    Ok((config, mode))
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context as _};
 use base64::Engine as _;
-use mesh_api::inject::{self, ProxyConfig};
+use mesh_api::inject::{self, ProxyConfig, SidecarMode};
 use serde_json::{json, Value};
 
 use crate::manifest;
@@ -129,6 +129,12 @@ fn validate(values: &Value) -> anyhow::Result<()> {
     word("controller.cpuRequest", &image)?;
     word("controller.memoryRequest", &image)?;
     word("controller.memoryLimit", &image)?;
+    let native = values["proxy"]["nativeSidecar"]
+        .as_str()
+        .unwrap_or_default();
+    if !["auto", "true", "false"].contains(&native) {
+        bail!("proxy.nativeSidecar: {native:?} is not auto, true or false");
+    }
     let policy = values["imagePullPolicy"].as_str().unwrap_or_default();
     if !["Always", "IfNotPresent", "Never"].contains(&policy) {
         bail!("imagePullPolicy: {policy:?} is not Always, IfNotPresent or Never");
@@ -142,8 +148,18 @@ fn validate(values: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The proxy configuration the values describe (the injector gets the same through its flags).
-pub fn proxy_config(values: &Value, trust_anchors_pem: &str) -> ProxyConfig {
+/// The sidecar mode `proxy.nativeSidecar` asks for: `Some` for `true` or `false`, `None` for `auto`.
+pub fn asked_sidecar_mode(values: &Value) -> Option<bool> {
+    match values["proxy"]["nativeSidecar"].as_str() {
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        _ => None,
+    }
+}
+
+/// The proxy configuration the values describe (the injector gets the same through its flags),
+/// for the control plane's own pods, which run in `mode`.
+pub fn proxy_config(values: &Value, trust_anchors_pem: &str, mode: &SidecarMode) -> ProxyConfig {
     let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
     ProxyConfig {
         proxy_image: s(&values["proxy"]["image"]),
@@ -153,16 +169,15 @@ pub fn proxy_config(values: &Value, trust_anchors_pem: &str) -> ProxyConfig {
         trust_domain: s(&values["trustDomain"]),
         cluster_domain: s(&values["clusterDomain"]),
         trust_anchors_pem: trust_anchors_pem.into(),
-        native_sidecar: values["proxy"]["nativeSidecar"].as_bool().unwrap_or(true),
+        native_sidecar: mode.native,
         log_level: s(&values["proxy"]["logLevel"]),
     }
 }
 
-/// Renders the control plane's objects.
-pub fn render(values: &Value, certs: &Certs) -> anyhow::Result<Vec<Value>> {
+/// Renders the control plane's objects, its own proxies in sidecar `mode`.
+pub fn render(values: &Value, certs: &Certs, mode: &SidecarMode) -> anyhow::Result<Vec<Value>> {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let mut env = minijinja::Environment::new();
-    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    let mut env = manifest::template_env();
     let ns = NAMESPACE.to_string();
     let labels_ns = ns.clone();
     env.add_function(
@@ -236,7 +251,7 @@ pub fn render(values: &Value, certs: &Certs) -> anyhow::Result<Vec<Value>> {
         webhook_key_b64 => b64(&certs.webhook.key_pem),
         webhook_ca_b64 => b64(&certs.webhook_ca_pem),
     };
-    let proxy = proxy_config(values, &certs.trust_anchors_pem);
+    let proxy = proxy_config(values, &certs.trust_anchors_pem, mode);
     manifest::render_templates(&env, &context, "control-plane", TEMPLATES, |doc| {
         mesh_control_plane_pod(doc, &proxy)
             .with_context(|| format!("meshing {}", manifest::describe(doc)))
@@ -263,9 +278,20 @@ pub async fn install(
     cluster: &crate::kube::ClusterArgs,
 ) -> anyhow::Result<String> {
     let values = values(args)?;
-    if !args.ignore_cluster {
-        refuse_existing(cluster).await?;
-    }
+    let asked = asked_sidecar_mode(&values);
+    let mode = if args.ignore_cluster {
+        SidecarMode::without_cluster(asked)
+    } else {
+        let client = cluster
+            .client()
+            .await
+            .context("pass --ignore-cluster to render without contacting a cluster")?;
+        refuse_existing(&client).await?;
+        match asked {
+            Some(native) => SidecarMode::asked(native),
+            None => crate::kube::sidecar_mode(&client).await?,
+        }
+    };
     let days = |k: &str, g: &str| values[g][k].as_u64().unwrap_or(365);
     let certs = Certs::load_or_generate(
         &args.certs,
@@ -276,20 +302,25 @@ pub async fn install(
         days("issuerLifetimeDays", "identity"),
         days("certificateLifetimeDays", "webhook"),
     )?;
-    let objects = render(&values, &certs)?;
+    let objects = render(&values, &certs, &mode)?;
     Ok(format!(
-        "# mesh {} control plane: mesh install | kubectl apply -f -\n{}",
+        "# mesh {} control plane: mesh install | kubectl apply -f -\n\
+         # proxies: {} sidecars ({}; proxy.nativeSidecar={})\n{}",
         values["imageTag"].as_str().unwrap_or_default(),
+        mode.name(),
+        mode.reason,
+        values["proxy"]["nativeSidecar"]
+            .as_str()
+            .unwrap_or_default(),
         manifest::write(manifest::Format::Yaml, &objects)
     ))
 }
 
 /// Fails when the cluster already has a control plane (or cannot be reached).
-async fn refuse_existing(cluster: &crate::kube::ClusterArgs) -> anyhow::Result<()> {
+async fn refuse_existing(client: &kube::Client) -> anyhow::Result<()> {
     use k8s_openapi::api::core::v1::ConfigMap;
     let hint = "pass --ignore-cluster to render without contacting a cluster";
-    let client = cluster.client().await.with_context(|| hint.to_string())?;
-    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, NAMESPACE);
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), NAMESPACE);
     match api.get_opt("mesh-trust-anchors").await {
         Ok(None) => Ok(()),
         Ok(Some(_)) => bail!(
@@ -317,7 +348,7 @@ pub fn uninstall() -> anyhow::Result<String> {
         1,
         1,
     )?;
-    let objects = render(&values, &certs)?;
+    let objects = render(&values, &certs, &SidecarMode::without_cluster(None))?;
     let rank = |kind: &str| match kind {
         "MutatingWebhookConfiguration" => 0,
         "ClusterRoleBinding" => 1,

@@ -69,8 +69,7 @@ pub fn values(args: &VizInstallArgs) -> anyhow::Result<Value> {
 
 /// Renders the viz component's objects.
 pub fn render(values: &Value) -> anyhow::Result<Vec<Value>> {
-    let mut env = minijinja::Environment::new();
-    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    let mut env = manifest::template_env();
     env.add_function("labels", |component: Option<String>| {
         let mut labels = BTreeMap::from([
             ("app.kubernetes.io/part-of".to_string(), "mesh".to_string()),

@@ -247,3 +247,21 @@ pub async fn mesh_on_cluster(
     .unwrap();
     (out.status.code().unwrap_or(-1), stdout(&out), stderr(&out))
 }
+
+/// The recorded `/version` of the 1.28 API server as one of minor version `minor` answers it.
+pub fn version_answer(minor: &str) -> String {
+    let mut v = fixture_json("version.json");
+    v["minor"] = minor.into();
+    v["gitVersion"] = format!("v1.{minor}.7").into();
+    v.to_string()
+}
+
+/// A fake API server of version 1.`minor` with no mesh installed: `/version`, and 404 for
+/// anything else (so `mesh install` finds no control plane).
+pub async fn bare_cluster(minor: &'static str) -> SocketAddr {
+    fake_api_server(move |req| match req.path.as_str() {
+        "/version" => (200, version_answer(minor)),
+        _ => (404, fixture("notfound-404.json")),
+    })
+    .await
+}

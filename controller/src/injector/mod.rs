@@ -7,6 +7,7 @@
 //! served on the same TLS port.
 
 pub mod review;
+pub mod sidecar;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -25,6 +26,8 @@ use mesh_api::inject::ProxyConfig;
 use tokio::net::TcpListener;
 
 use review::Decision;
+use sidecar::Sidecar;
+pub use sidecar::SidecarPolicy;
 
 /// The largest AdmissionReview accepted (the API server sends the whole pod).
 pub const MAX_REVIEW: usize = 1024 * 1024;
@@ -41,8 +44,10 @@ pub struct InjectorConfig {
     pub tls_cert: PathBuf,
     /// Its private key, PEM.
     pub tls_key: PathBuf,
-    /// What the proxy is configured with.
+    /// What the proxy is configured with (its `native_sidecar` is replaced by `sidecar`'s).
     pub proxy: ProxyConfig,
+    /// Whether the proxy is a native sidecar: configured, or from the API server's version.
+    pub sidecar: SidecarPolicy,
 }
 
 /// Why the injector could not start.
@@ -124,13 +129,13 @@ impl Counts {
                 n.load(Ordering::Relaxed)
             ));
         }
-        out.push_str("# EOF\n");
         out
     }
 }
 
 struct State {
     proxy: ProxyConfig,
+    sidecar: Arc<Sidecar>,
     namespaces: Namespaces,
     counts: Counts,
 }
@@ -140,6 +145,8 @@ pub struct Running {
     /// The bound address.
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<std::io::Error>,
+    /// `auto`'s reader of the API server's version.
+    follower: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
@@ -156,6 +163,9 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(follower) = &self.follower {
+            follower.abort();
+        }
     }
 }
 
@@ -172,14 +182,26 @@ pub async fn start(config: InjectorConfig, namespaces: Namespaces) -> Result<Run
         addr: config.listen,
         source,
     })?;
+    let sidecar = Sidecar::new(config.sidecar);
+    let follower = match (&config.sidecar, &namespaces) {
+        (SidecarPolicy::Auto, Namespaces::Kube(client)) => {
+            Some(sidecar::follow(client.clone(), sidecar.clone()).await)
+        }
+        _ => None,
+    };
     let state = Arc::new(State {
         proxy: config.proxy,
+        sidecar,
         namespaces,
         counts: Counts::default(),
     });
     tracing::info!(%addr, "injector listening");
     let task = tokio::spawn(serve(listener, tokio_rustls::TlsAcceptor::from(tls), state));
-    Ok(Running { addr, task })
+    Ok(Running {
+        addr,
+        task,
+        follower,
+    })
 }
 
 fn tls_config(config: &InjectorConfig) -> Result<Arc<rustls::ServerConfig>, StartError> {
@@ -267,7 +289,7 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, "/ready") | (&Method::GET, "/live") => text(StatusCode::OK, "ok\n", PLAIN),
         (&Method::GET, "/metrics") => text(
             StatusCode::OK,
-            state.counts.encode(),
+            format!("{}{}# EOF\n", state.counts.encode(), state.sidecar.encode()),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         ),
         (&Method::POST, "/inject") => {
@@ -303,7 +325,11 @@ async fn admit(state: &State, request: review::Request) -> serde_json::Value {
     } else {
         BTreeMap::new()
     };
-    let (decision, patch) = review::decide(&request, &namespace, &state.proxy);
+    let proxy = ProxyConfig {
+        native_sidecar: state.sidecar.native(),
+        ..state.proxy.clone()
+    };
+    let (decision, patch) = review::decide(&request, &namespace, &proxy);
     state.counts.count(&decision);
     let pod = review::pod_name(&request.object);
     let ns = request.namespace.as_str();
