@@ -29,6 +29,8 @@ struct Fake {
     requests: Mutex<HashMap<(String, &'static str), usize>>,
     /// One permit lets one EndpointSlice watch event through.
     slice_events: Arc<Semaphore>,
+    /// A path RBAC forbids: 403 with the recorded Status.
+    forbidden: Option<&'static str>,
 }
 
 impl Fake {
@@ -58,6 +60,11 @@ fn respond(fake: &Fake, req: http::Request<hyper::body::Incoming>) -> http::Resp
         *count
     };
     let list = |name: &str| Full::new(Bytes::from(fixture(name))).boxed_unsync();
+    if fake.forbidden == Some(path.as_str()) {
+        let mut r = http::Response::new(list("forbidden-403.json"));
+        *r.status_mut() = http::StatusCode::FORBIDDEN;
+        return r;
+    }
     let body = match (path.as_str(), watch) {
         (SERVICES, false) => list("services-list.json"),
         (SLICES, false) => list("endpointslices-list.json"),
@@ -109,7 +116,7 @@ fn lines(text: String, gate: Option<Arc<Semaphore>>) -> Body {
     StreamBody::new(stream).boxed_unsync()
 }
 
-async fn fake_api_server() -> (SocketAddr, Arc<Fake>) {
+async fn fake_api_server(forbidden: Option<&'static str>) -> (SocketAddr, Arc<Fake>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -117,6 +124,7 @@ async fn fake_api_server() -> (SocketAddr, Arc<Fake>) {
     let fake = Arc::new(Fake {
         requests: Mutex::default(),
         slice_events: Arc::new(Semaphore::new(0)),
+        forbidden,
     });
     let state = fake.clone();
     tokio::spawn(async move {
@@ -136,10 +144,8 @@ async fn fake_api_server() -> (SocketAddr, Arc<Fake>) {
     (addr, fake)
 }
 
-#[tokio::test]
-async fn kube_source_follows_the_api_and_relists_on_410() {
-    let (api, fake) = fake_api_server().await;
-    let dir = tempfile::tempdir().expect("tempdir");
+/// A kubeconfig for the fake API server at `api`, in `dir`.
+fn kubeconfig(dir: &tempfile::TempDir, api: SocketAddr) -> std::path::PathBuf {
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(
         &kubeconfig,
@@ -154,6 +160,14 @@ current-context: fake
         ),
     )
     .expect("write kubeconfig");
+    kubeconfig
+}
+
+#[tokio::test]
+async fn kube_source_follows_the_api_and_relists_on_410() {
+    let (api, fake) = fake_api_server(None).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = kubeconfig(&dir, api);
     let running = start(DestinationConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         source: Source::Kube {
@@ -231,4 +245,44 @@ current-context: fake
         metrics.contains("mesh_destination_index_pods 3"),
         "{metrics}"
     );
+}
+
+/// Regression: where RBAC forbids listing ReplicaSets cluster-wide, the destination stayed
+/// unready forever. It now serves; a pod's Deployment then comes from its pod-template-hash.
+#[tokio::test]
+async fn forbidden_replicasets_degrade_owner_labels_not_readiness() {
+    let (api, fake) = fake_api_server(Some(REPLICASETS)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let running = start(DestinationConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        source: Source::Kube {
+            kubeconfig: Some(kubeconfig(&dir, api)),
+        },
+        index: IndexConfig::default(),
+    })
+    .await
+    .expect("start");
+    wait_ready(running.addr).await;
+    let web = Watch::start(running.addr, "web-svc.demo.svc.cluster.local:80");
+    web.wait_addrs(&["10.244.0.5:8080", "10.244.0.6:8080"])
+        .await;
+    let e = web.endpoint("10.244.0.5:8080").expect("endpoint");
+    assert_eq!(
+        e.labels.get("pod").map(String::as_str),
+        Some("web-85489d9c68-62pw4")
+    );
+    // Without the ReplicaSet, the Deployment still follows from the pod's pod-template-hash.
+    assert_eq!(
+        e.labels.get("deployment").map(String::as_str),
+        Some("web"),
+        "{:?}",
+        e.labels
+    );
+    // It keeps asking, so a fixed ClusterRole takes effect without a restart.
+    eventually(
+        "ReplicaSets asked for again",
+        Duration::from_secs(10),
+        || fake.count(REPLICASETS, "list") >= 2,
+    )
+    .await;
 }

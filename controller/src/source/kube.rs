@@ -5,6 +5,11 @@
 //! watcher's default exponential backoff. A (re-)list arrives as `Init`, `InitApply`…,
 //! `InitDone`, and replaces that kind in the index at once, so objects deleted while the watch
 //! was down disappear. The destination is ready when every kind has listed once.
+//!
+//! ReplicaSets only name a pod's Deployment (the `deployment` label). Where RBAC forbids listing
+//! them cluster-wide, the destination serves without them (a warning, once; the Deployment is
+//! then inferred from the pod's `pod-template-hash`, and a ReplicaSet of another owner is not
+//! followed) and keeps trying, so a fixed ClusterRole takes effect without a restart.
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
@@ -73,17 +78,33 @@ pub async fn run(client: Client, dest: Destination) {
             Kind::Service,
             &dest,
             &synced,
-            KINDS
+            KINDS,
+            false
         ),
         follow::<EndpointSlice>(
             Api::all(client.clone()),
             Kind::EndpointSlice,
             &dest,
             &synced,
-            KINDS
+            KINDS,
+            false
         ),
-        follow::<Pod>(Api::all(client.clone()), Kind::Pod, &dest, &synced, KINDS),
-        follow::<ReplicaSet>(Api::all(client), Kind::ReplicaSet, &dest, &synced, KINDS),
+        follow::<Pod>(
+            Api::all(client.clone()),
+            Kind::Pod,
+            &dest,
+            &synced,
+            KINDS,
+            false
+        ),
+        follow::<ReplicaSet>(
+            Api::all(client),
+            Kind::ReplicaSet,
+            &dest,
+            &synced,
+            KINDS,
+            true
+        ),
     );
 }
 
@@ -116,19 +137,47 @@ impl IntoObject for ReplicaSet {
     }
 }
 
-/// Follows one kind: applies its events to the index, replacing the kind on each (re-)list.
-async fn follow<K>(api: Api<K>, kind: Kind, dest: &Destination, synced: &AtomicUsize, kinds: usize)
-where
+/// Follows one kind: applies its events to the index, replacing the kind on each (re-)list. An
+/// `optional` kind that the API forbids counts as synced (the destination serves without it).
+async fn follow<K>(
+    api: Api<K>,
+    kind: Kind,
+    dest: &Destination,
+    synced: &AtomicUsize,
+    kinds: usize,
+    optional: bool,
+) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + IntoObject + 'static,
 {
     let mut listing: Option<Vec<Object>> = None;
     let mut listed_once = false;
+    let count_synced = || {
+        if synced.fetch_add(1, Ordering::SeqCst) + 1 == kinds {
+            tracing::info!("all kinds listed: ready");
+            dest.set_ready();
+        }
+    };
     let events = watcher::watcher(api, watcher::Config::default()).default_backoff();
     futures_util::pin_mut!(events);
     while let Some(event) = events.next().await {
         let started = Instant::now();
         let event = match event {
             Ok(event) => event,
+            Err(error) if optional && forbidden(&error) => {
+                if !listed_once {
+                    listed_once = true;
+                    tracing::warn!(
+                        ?kind, %error,
+                        "not allowed to list {kind:?}s: serving without them (a pod's deployment \
+                         label is inferred from its pod-template-hash); grant list and watch on \
+                         them to the destination's ClusterRole. Retrying in the background"
+                    );
+                    count_synced();
+                } else {
+                    tracing::debug!(?kind, %error, "still forbidden; retrying");
+                }
+                continue;
+            }
             Err(error) => {
                 // 410 Expired makes the watcher re-list; other errors are retried with backoff.
                 tracing::warn!(?kind, %error, "watch error; retrying");
@@ -148,10 +197,7 @@ where
                 dest.update(started, None, |index| index.replace(kind, objects));
                 if !listed_once {
                     listed_once = true;
-                    if synced.fetch_add(1, Ordering::SeqCst) + 1 == kinds {
-                        tracing::info!("all kinds listed: ready");
-                        dest.set_ready();
-                    }
+                    count_synced();
                 }
             }
             Event::Apply(object) => {
@@ -167,5 +213,16 @@ where
                 dest.update(started, Some(&namespaces), |index| index.delete(&key));
             }
         }
+    }
+}
+
+/// Whether a watcher error is the API's refusal (403): RBAC, not a passing failure.
+fn forbidden(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status.code == 403,
+        watcher::Error::WatchError(status) => status.code == 403,
+        _ => false,
     }
 }
