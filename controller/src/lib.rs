@@ -14,6 +14,7 @@
 //! not the index.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod destination;
 pub mod http;
 pub mod identity;

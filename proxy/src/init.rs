@@ -58,6 +58,60 @@ const CHAINS: [&str; 4] = [
 /// The built-in chains we hook into, and the chain each one jumps to.
 const HOOKS: [(&str, &str); 2] = [("PREROUTING", INBOUND_CHAIN), ("OUTPUT", OUTBOUND_CHAIN)];
 
+// `mesh-init`'s command line, here so that what renders its arguments (`mesh inject`) can
+// check them against this very parser. Its doc comment is `mesh-init --help`'s text.
+/// Redirects the pod's TCP traffic through the mesh proxy, like the init container of a meshed
+/// pod.
+///
+/// Inbound TCP goes to the proxy's inbound port and outbound TCP to its outbound port, except
+/// the proxy's own connections (by uid, and by socket mark with --proxy-mark), the pod talking
+/// to itself and the ports to skip. The rules are
+/// applied to the current network namespace in one atomic iptables-restore call; running
+/// mesh-init again replaces them. Needs CAP_NET_ADMIN (root).
+#[derive(Debug, clap::Parser)]
+#[command(name = "mesh-init", version)]
+pub struct Args {
+    /// The uid the proxy runs as: its own connections are never redirected.
+    #[arg(long, value_name = "UID", default_value_t = DEFAULT_PROXY_UID)]
+    pub proxy_uid: u32,
+
+    /// Exempts the proxy by --proxy-mark alone, with no uid rule: for a user namespace where
+    /// the proxy shares the application's uid and uid --proxy-uid does not exist (the kernel
+    /// refuses a rule on an unmapped uid).
+    #[arg(long, requires = "proxy_mark", conflicts_with = "proxy_uid")]
+    pub no_proxy_uid: bool,
+
+    /// A socket mark (decimal or 0x hex, nonzero) whose connections are never redirected either:
+    /// the proxy sets it with MESH_PROXY_SOCKET_MARK. For pods where the proxy shares the
+    /// application's uid (a rootless user namespace has only uid 0).
+    #[arg(long, value_name = "MARK")]
+    pub proxy_mark: Option<Mark>,
+
+    /// The proxy's inbound port, where inbound TCP is redirected.
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_INBOUND_PORT)]
+    pub inbound_port: u16,
+
+    /// The proxy's outbound port, where outbound TCP is redirected.
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_OUTBOUND_PORT)]
+    pub outbound_port: u16,
+
+    /// Local ports whose inbound connections bypass the proxy, e.g. `22,8000-8100`.
+    #[arg(long, value_name = "PORTS")]
+    pub skip_inbound_ports: Option<PortList>,
+
+    /// Remote ports whose outbound connections bypass the proxy, e.g. `25,3306,8000-8100`.
+    #[arg(long, value_name = "PORTS")]
+    pub skip_outbound_ports: Option<PortList>,
+
+    /// Prints the iptables-restore input for a fresh network namespace and changes nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Removes the mesh's rules and chains instead of installing them.
+    #[arg(long)]
+    pub remove: bool,
+}
+
 /// What to redirect where.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
