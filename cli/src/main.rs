@@ -82,35 +82,12 @@ fn inject(args: &mesh_cli::inject::InjectArgs, cluster: &mesh_cli::kube::Cluster
     finish_report(report)
 }
 
-/// Prints the checklist (or JSON); exit 1 when a check failed.
+/// Streams the checklist (or prints JSON); exit 1 when a check failed.
 fn check(args: &mesh_cli::check::CheckArgs, cluster: &mesh_cli::kube::ClusterArgs) -> ExitCode {
-    let local = if args.proxy {
-        match mesh_cli::target::resolve(args.target, args.state.as_deref(), cluster) {
-            Ok(mesh_cli::target::Target::Local(local)) => Some(local),
-            Ok(mesh_cli::target::Target::Kube) => None,
-            Err(e) => return finish(Err(e)),
-        }
-    } else {
-        None
-    };
-    // Into the local mesh's namespaces while no thread runs yet.
-    if let Some(Err(e)) = local.as_ref().map(|l| l.enter()) {
-        return finish(Err(e));
-    }
-    let report =
-        block_on(async { Ok(mesh_cli::check::check(args, cluster, local.as_ref()).await) });
-    let report = match report {
-        Ok(report) => report,
-        Err(e) => return finish(Err(e)),
-    };
-    let text = if args.output == "json" {
-        report.json()
-    } else {
-        report.human()
-    };
-    match (finish(Ok(text)), report.success) {
-        (code, true) => code,
-        (_, false) => ExitCode::from(1),
+    match mesh_cli::check::run(args, cluster) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => finish(Err(e)),
     }
 }
 

@@ -1,11 +1,16 @@
 //! `mesh check` against an in-process fake API server that serves the recorded responses
 //! (`testdata/k8s-fixtures`) and the control plane `mesh install` renders: a healthy cluster,
-//! a missing deployment, an expiring issuer, RBAC denials, and the proxies of meshed pods.
+//! a missing deployment, an expiring issuer, RBAC denials, the proxies of meshed pods, a user
+//! allowed one namespace, Kubernetes 1.28 and 1.30, and an API server that never answers.
 
 mod support;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::io::Read as _;
+use std::process::{Child, ChildStdout};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use mesh_api::identity::ca;
 use mesh_api::inject::{self as core, ProxyConfig};
@@ -19,6 +24,14 @@ struct Cluster {
     installed: BTreeMap<String, Value>,
     /// The deployment that is missing, if any.
     missing_deployment: Option<&'static str>,
+    /// How many GETs of the missing deployment still answer 404 (`None`: all of them).
+    missing_for: Option<Arc<AtomicUsize>>,
+    /// The API server's minor version (`None`: the recorded 1.28).
+    minor: Option<&'static str>,
+    /// The injector's `--native-sidecar` (`None`: `auto`).
+    native_sidecar: Option<&'static str>,
+    /// Lists of every namespace are refused (403): the user is allowed namespace demo only.
+    namespace_only: bool,
     /// Reads of ConfigMaps and Secrets are refused (403), and access reviews say no.
     rbac_denied: bool,
     /// The proxies' pods (namespace demo).
@@ -33,15 +46,35 @@ fn not_found(kind: &str, name: &str) -> (u16, String) {
     (404, status.to_string())
 }
 
-/// The recorded Deployment `web`, renamed into the control plane (ready, 2 of 2).
-fn deployment(name: &str) -> Value {
+/// The recorded Deployment `web`, renamed into the control plane (ready, 2 of 2); the
+/// injector's container runs with `--native-sidecar=<native_sidecar>`.
+fn deployment(name: &str, native_sidecar: &str) -> Value {
     let list = fixture_json("deployments-list.json");
     let mut d = list["items"][0].clone();
     d["apiVersion"] = "apps/v1".into();
     d["kind"] = "Deployment".into();
     d["metadata"]["name"] = name.into();
     d["metadata"]["namespace"] = "mesh".into();
+    if name == "mesh-injector" {
+        d["spec"]["template"]["spec"]["containers"][0]["args"] = json!([
+            "injector",
+            "--listen=0.0.0.0:8443",
+            format!("--native-sidecar={native_sidecar}"),
+            "--log-level=info",
+        ]);
+    }
     d
+}
+
+/// The recorded 403, for a list of every namespace.
+fn forbidden_everywhere(resource: &str) -> (u16, String) {
+    let mut status = fixture_json("forbidden-403.json");
+    status["message"] = format!(
+        "{resource} is forbidden: User \"system:serviceaccount:demo:web\" cannot list resource \"{resource}\" in API group \"\" at the cluster scope"
+    )
+    .into();
+    status["details"]["kind"] = resource.into();
+    (403, status.to_string())
 }
 
 /// The recorded pods, renamed into the control plane with its labels.
@@ -88,16 +121,29 @@ fn respond(
     let forbidden = || (403, fixture("forbidden-403.json"));
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match (method.as_str(), segments.as_slice()) {
-        ("GET", ["version"]) => (200, fixture("version.json")),
+        ("GET", ["version"]) => match cluster.minor {
+            Some(minor) => (200, version_answer(minor)),
+            None => (200, fixture("version.json")),
+        },
+        // A list of every namespace: pods, or deployments and the like of a group.
+        ("GET", ["api", "v1", resource] | ["apis", _, _, resource]) if cluster.namespace_only => {
+            forbidden_everywhere(resource)
+        }
         ("GET", ["api", "v1", "namespaces", "demo"]) => (200, fixture("namespace-demo.json")),
         ("GET", ["api", "v1", "namespaces", name]) => {
             installed(&format!("Namespace/{name}")).unwrap_or_else(|| not_found("namespaces", name))
         }
         ("GET", ["apis", "apps", "v1", "namespaces", "mesh", "deployments", name]) => {
-            if cluster.installed.is_empty() || cluster.missing_deployment == Some(*name) {
+            let missing = cluster.missing_deployment == Some(*name)
+                && cluster.missing_for.as_ref().is_none_or(|left| {
+                    left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok()
+                });
+            if cluster.installed.is_empty() || missing {
                 not_found("deployments.apps", name)
             } else {
-                (200, deployment(name).to_string())
+                let native_sidecar = cluster.native_sidecar.unwrap_or("auto");
+                (200, deployment(name, native_sidecar).to_string())
             }
         }
         ("GET", ["api", "v1", "namespaces", "mesh", "pods"]) => {
@@ -245,6 +291,62 @@ async fn a_healthy_control_plane_passes() {
     golden("check.json", &json);
     let report: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(report["success"], true);
+    assert_eq!(
+        report["categories"][1]["checks"][4],
+        json!({
+            "description": "proxies are injected as classic sidecars",
+            "result": "success",
+            "detail": "the injector decides by the cluster's version (--native-sidecar=auto): \
+                       the cluster runs 1.28, without native sidecars by default (1.29 and later)",
+        }),
+        "{json}"
+    );
+}
+
+#[tokio::test]
+async fn the_injector_decides_native_sidecars_on_1_30() {
+    let cluster = Cluster {
+        minor: Some("30"),
+        ..healthy()
+    };
+    let (code, out, err) = check(cluster, &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    golden("check-1.30.txt", &out);
+    assert!(
+        out.contains(
+            "✔ proxies are injected as native sidecars\n    the injector decides by the \
+             cluster's version (--native-sidecar=auto): the cluster runs 1.30, with native sidecars\n"
+        ),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn an_injector_forced_to_native_sidecars_on_1_28_is_a_warning() {
+    let cluster = Cluster {
+        native_sidecar: Some("True"),
+        ..healthy()
+    };
+    let (code, out, err) = check(cluster, &[]).await;
+    assert_eq!(code, 0, "a warning does not fail the run: {out}{err}");
+    assert!(
+        out.contains(
+            "‼ proxies are injected as native sidecars\n    the injector runs with \
+             --native-sidecar=True, but the cluster runs 1.28, without native sidecars by default \
+             (1.29 and later)\n    hint: meshed pods start only if"
+        ),
+        "{out}"
+    );
+    let cluster = Cluster {
+        native_sidecar: Some("false"),
+        minor: Some("30"),
+        ..healthy()
+    };
+    let (_, out, _) = check(cluster, &[]).await;
+    assert!(
+        out.contains("✔ proxies are injected as classic sidecars\n    the injector runs with --native-sidecar=false (the cluster runs 1.30, with native sidecars)\n"),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -331,7 +433,21 @@ async fn pre_passes_on_an_empty_cluster_and_fails_on_an_installed_one() {
     assert_eq!(code, 0, "{out}{err}");
     golden("check-pre.txt", &out);
     assert!(
-        out.contains("‼ the Kubernetes version is supported\n    the cluster runs 1.28"),
+        out.contains(
+            "✔ the Kubernetes version is supported\n✔ proxies are injected as classic sidecars\n    \
+             the cluster runs 1.28, without native sidecars by default (1.29 and later)\n"
+        ),
+        "{out}"
+    );
+    let on_1_30 = Cluster {
+        minor: Some("30"),
+        ..Cluster::default()
+    };
+    let (code, out, err) = check(on_1_30, &["--pre"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    golden("check-pre-1.30.txt", &out);
+    assert!(
+        out.contains("✔ proxies are injected as native sidecars\n    the cluster runs 1.30, with native sidecars\n"),
         "{out}"
     );
     let (code, out, _) = check(healthy(), &["--pre"]).await;
@@ -407,5 +523,238 @@ async fn an_unreachable_cluster_fails_at_once_and_wait_retries_until_its_deadlin
         "{}",
         stdout(&out)
     );
-    assert!(stderr(&out).contains("waiting for the checks to pass"));
+    assert!(
+        stderr(&out).contains("waiting for the checks of kubernetes-api to pass"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test]
+async fn wait_retries_a_failing_category_and_prints_it_once_when_it_passes() {
+    let cluster = Cluster {
+        missing_deployment: Some("mesh-destination"),
+        missing_for: Some(Arc::new(AtomicUsize::new(1))),
+        ..healthy()
+    };
+    let (code, out, err) = check(cluster, &["--wait", "1m"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("✔ the destination controller is ready"),
+        "{out}"
+    );
+    assert_eq!(out.matches("mesh-control-plane\n").count(), 1, "{out}");
+    assert_eq!(out.matches("kubernetes-api\n").count(), 1, "{out}");
+    assert!(
+        err.contains("waiting for the checks of mesh-control-plane to pass"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn with_a_namespace_proxy_checks_list_only_that_namespace() {
+    let mut cluster = healthy();
+    let anchors = std::fs::read_to_string(testdata("certs/trust-anchors.pem")).unwrap();
+    cluster.meshed_pods = meshed_pods(&anchors, &mesh_cli::install::version());
+    cluster.namespace_only = true;
+    let (code, out, err) = check(cluster.clone(), &["--proxy", "-n", "demo"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    golden("check-proxy.txt", &out);
+    // Without -n, --proxy means every namespace, which this user may not list.
+    let (code, out, _) = check(cluster, &["--proxy"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("× there are meshed pods\n    pods is forbidden: User \"system:serviceaccount:demo:web\" cannot list resource \"pods\" in API group \"\" at the cluster scope\n"),
+        "{out}"
+    );
+}
+
+// === an API server that does not answer ===
+
+/// The injector webhook through the API server's service proxy.
+const INJECT: &str = "/api/v1/namespaces/mesh/services/https:mesh-injector:443/proxy/inject";
+/// A test's outer deadline: far beyond what any run here takes.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// Waits for `child` to end (polling), reading its stdout as it comes; past the test's outer
+/// deadline, kills it and fails.
+fn finish(mut child: Child, stdout: &mut ChildStdout, out: &mut String) -> (i32, String) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        out.push_str(&read_available(stdout));
+        if let Some(status) = child.try_wait().unwrap() {
+            out.push_str(&read_available(stdout));
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (status.code().unwrap_or(-1), err);
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("mesh check had not ended after {DEADLINE:?}; its output so far:\n{out}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What the child has written to `stdout` so far (set non-blocking by [`spawn`]).
+fn read_available(stdout: &mut ChildStdout) -> String {
+    let mut bytes = Vec::new();
+    let mut buf = [0; 4096];
+    loop {
+        match stdout.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("reading mesh's stdout: {e}"),
+        }
+    }
+    String::from_utf8(bytes).unwrap()
+}
+
+/// Starts `mesh check ARGS` on the cluster at `api`, its stdout read without blocking.
+fn spawn(api: std::net::SocketAddr, args: &[&str]) -> (Child, ChildStdout, tempfile::TempDir) {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::fd::AsRawFd as _;
+    let (mut child, dir) = spawn_mesh_on_cluster(api, "check", args);
+    let stdout = child.stdout.take().unwrap();
+    fcntl(stdout.as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+    (child, stdout, dir)
+}
+
+/// Runs `mesh check ARGS` on the cluster at `api` to its end: (exit code, stdout, stderr).
+async fn check_bounded(api: std::net::SocketAddr, args: &[&str]) -> (i32, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (child, mut stdout, _dir) = spawn(api, &args);
+        let mut out = String::new();
+        let (code, err) = finish(child, &mut stdout, &mut out);
+        (code, out, err)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn check_on_a_cluster_whose_injector_never_answers_streams_and_ends() {
+    let cluster = healthy();
+    let (asked, hung) = std::sync::mpsc::channel();
+    let asked = std::sync::Mutex::new(asked);
+    let hangs = move |r: &ApiRequest| {
+        (r.path == INJECT).then(|| {
+            asked.lock().unwrap().send(()).unwrap();
+            Hang::Never
+        })
+    };
+    let api = fake_api_server_hanging(hangs, move |r| {
+        respond(&cluster, &r.method, &r.path, &r.query, &r.body)
+    })
+    .await;
+    let (code, before, out, err) = tokio::task::spawn_blocking(move || {
+        let (child, mut stdout, _dir) = spawn(api, &["--check-timeout", "1s"]);
+        hung.recv_timeout(DEADLINE)
+            .expect("mesh check asks the injector");
+        // What mesh wrote before it asked the injector, which never answers.
+        let before = read_available(&mut stdout);
+        let mut out = before.clone();
+        let (code, err) = finish(child, &mut stdout, &mut out);
+        (code, before, out, err)
+    })
+    .await
+    .unwrap();
+    // The categories before the hanging check were printed before it started.
+    assert!(
+        before.starts_with("kubernetes-api\n") && before.contains("\nmesh-control-plane\n"),
+        "{before}"
+    );
+    assert!(
+        before.contains(
+            "mesh-identity\n-------------\n✔ the trust anchor is valid\n✔ the trust anchor is \
+             not expiring within 60 days\n✔ the issuer certificate is valid\n✔ the issuer \
+             certificate is not expiring within 60 days\n✔ the issuer certificate is signed by the \
+             trust anchors\n\n"
+        ),
+        "{before}"
+    );
+    // The hanging check ran out of time and said what it waited for; the run ended.
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains(
+            "× the injector webhook answers and injects\n    no answer within 1s from the API \
+             server's service proxy to mesh-injector:443\n    hint: check the injector's pods: \
+             kubectl -n mesh get pods -l mesh.io/control-plane-component=injector; raise \
+             --check-timeout on a slow cluster\n"
+        ),
+        "{out}"
+    );
+    assert!(out.ends_with("Status check results are ×\n"), "{out}");
+    // JSON is still one document, at the end.
+    let cluster = healthy();
+    let api = fake_api_server_hanging(
+        |r| (r.path == INJECT).then_some(Hang::Never),
+        move |r| respond(&cluster, &r.method, &r.path, &r.query, &r.body),
+    )
+    .await;
+    let (code, json, err) = check_bounded(api, &["--check-timeout", "1s", "-o", "json"]).await;
+    assert_eq!(code, 1, "{json}{err}");
+    let report: Value = serde_json::from_str(&json).unwrap();
+    let last = &report["categories"][3]["checks"][3];
+    assert_eq!(last["result"], "error", "{json}");
+    assert_eq!(
+        last["error"],
+        "no answer within 1s from the API server's service proxy to mesh-injector:443"
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_whose_answer_stalls_after_its_headers_fails_its_check_in_time() {
+    let mut cluster = healthy();
+    let anchors = std::fs::read_to_string(testdata("certs/trust-anchors.pem")).unwrap();
+    cluster.meshed_pods = meshed_pods(&anchors, &mesh_cli::install::version());
+    let stalled = cluster.meshed_pods[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let metrics = format!("/api/v1/namespaces/demo/pods/{stalled}:4191/proxy/metrics");
+    let api = fake_api_server_hanging(
+        move |r| (r.path == metrics).then_some(Hang::AfterHeaders(200)),
+        move |r| respond(&cluster, &r.method, &r.path, &r.query, &r.body),
+    )
+    .await;
+    let (code, out, err) =
+        check_bounded(api, &["--proxy", "-n", "demo", "--check-timeout", "1s"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains(&format!(
+            "× the proxies have a valid certificate\n    demo/{stalled} (no answer within 1s from \
+             the API server's pod proxy to demo/{stalled}:4191)\n    hint: see the proxy's logs: \
+             kubectl -n demo logs {stalled} -c mesh-proxy; raise --check-timeout on a slow cluster\n"
+        )),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn an_api_server_that_accepts_and_says_nothing_fails_in_time() {
+    let api = silent_api_server().await;
+    for args in [
+        &["--check-timeout", "1s"][..],
+        &["--pre", "--check-timeout", "1s"],
+    ] {
+        let (code, out, err) = check_bounded(api, args).await;
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert_eq!(
+            out,
+            "kubernetes-api\n--------------\n✔ can initialize the client\n× can query the \
+             Kubernetes API\n    no answer within 1s from the API server\n    hint: check that \
+             the cluster is reachable (kubectl cluster-info); raise --check-timeout on a slow \
+             cluster\n\nStatus check results are ×\n",
+            "{args:?}"
+        );
+    }
 }

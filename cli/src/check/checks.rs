@@ -1,7 +1,12 @@
-//! The checks themselves, against the Kubernetes API.
+//! The checks themselves, against the Kubernetes API. Every check waits for the cluster at most
+//! the run's `--check-timeout` ([`Ctx::bounded`], [`Ctx::within`]): whatever the API server
+//! does (no answer, headers and then nothing, a silent connection), the check ends, and says
+//! whom it waited for and what to look at.
 
+use std::future::Future;
 use std::time::{Duration, SystemTime};
 
+use futures_util::StreamExt as _;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::{
@@ -9,27 +14,30 @@ use k8s_openapi::api::authorization::v1::{
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::apimachinery::pkg::version::Info;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use mesh_api::identity::ca;
-use mesh_api::inject as core;
+use mesh_api::inject::{self as core, SidecarMode};
 use serde_json::{json, Value};
 
-use super::{Category, Check, Outcome, Report};
+use super::{show_duration, Category, Check, Checklist, Outcome};
 use crate::install::{certs, NAMESPACE};
 use crate::kube::ClusterArgs;
 
 /// Certificates expiring sooner than this get a warning.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(60 * 86_400);
-/// The oldest Kubernetes mesh supports (native sidecars need 1.29, or 1.28 with the
-/// SidecarContainers feature gate).
+/// The oldest Kubernetes mesh supports (before 1.29, proxies are classic sidecars).
 pub const MIN_VERSION: (u32, u32) = (1, 28);
 const COMPONENTS: [&str; 3] = ["destination", "identity", "injector"];
+/// How many proxies `mesh check --proxy` asks at once through the API server's pod proxy.
+const PROXIES_AT_ONCE: usize = 16;
 
 pub(super) fn ok(description: impl Into<String>) -> Check {
     Check {
         description: description.into(),
         result: Outcome::Success,
+        detail: None,
         error: None,
         hint: None,
     }
@@ -43,6 +51,7 @@ pub(super) fn fail(
     Check {
         description: description.into(),
         result: Outcome::Error,
+        detail: None,
         error: Some(error.into()),
         hint: Some(hint.into()),
     }
@@ -63,6 +72,84 @@ pub(super) fn category(name: &str, checks: Vec<Check>) -> Category {
     Category {
         name: name.into(),
         checks,
+    }
+}
+
+// === bounded time ===
+
+/// Whom a check waits for, and what to look at when it does not answer.
+#[derive(Clone, Copy)]
+pub(super) struct Waiting<'a> {
+    /// `the API server's service proxy to mesh-injector:443`.
+    pub from: &'a str,
+    /// What to look at, e.g. the pods behind a Service.
+    pub hint: &'a str,
+}
+
+/// The API server itself.
+const API_SERVER: Waiting = Waiting {
+    from: "the API server",
+    hint: "check that the API server answers: kubectl get --raw /readyz",
+};
+
+/// The failure of `description` when `timeout` went by without an answer from `waiting.from`.
+pub(super) fn timed_out(
+    description: impl Into<String>,
+    timeout: Duration,
+    waiting: Waiting<'_>,
+) -> Check {
+    fail(
+        description,
+        format!(
+            "no answer within {} from {}",
+            show_duration(timeout),
+            waiting.from
+        ),
+        format!("{}; raise --check-timeout on a slow cluster", waiting.hint),
+    )
+}
+
+/// `call`'s output, or the failure of `description` when it takes longer than `timeout`.
+pub(super) async fn within<T>(
+    timeout: Duration,
+    description: &str,
+    waiting: Waiting<'_>,
+    call: impl Future<Output = T>,
+) -> Result<T, Check> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| timed_out(description, timeout, waiting))
+}
+
+/// What the checks of a cluster share: its client, and how long each check may wait for it.
+struct Ctx {
+    client: Client,
+    timeout: Duration,
+}
+
+impl Ctx {
+    /// `check`, or its failure when it takes longer than the check timeout.
+    async fn bounded(
+        &self,
+        description: &str,
+        waiting: Waiting<'_>,
+        check: impl Future<Output = Check>,
+    ) -> Check {
+        within(self.timeout, description, waiting, check)
+            .await
+            .unwrap_or_else(|timed_out| timed_out)
+    }
+
+    /// An API call of the check `description`: its answer, or the check failed with the
+    /// API's message or for lack of an answer.
+    async fn call<T>(
+        &self,
+        description: &str,
+        call: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, Check> {
+        within(self.timeout, description, API_SERVER, call)
+            .await?
+            .map_err(|e| fail(description, describe(&e), forbidden_hint(&e)))
     }
 }
 
@@ -88,35 +175,51 @@ fn date(t: SystemTime) -> String {
     ca::rfc3339(t)[..10].to_string()
 }
 
-/// `kubernetes-api`: the client and the API server; the client when both pass.
-async fn connect(cluster: &ClusterArgs) -> (Category, Option<(Client, String)>) {
+/// `kubernetes-api`: the client and the API server; the client and the server's version when
+/// both pass.
+async fn connect(cluster: &ClusterArgs, timeout: Duration) -> (Category, Option<(Ctx, Info)>) {
     let mut checks = Vec::new();
-    let client = match cluster.client().await {
-        Ok(client) => {
-            checks.push(ok("can initialize the client"));
+    const CLIENT: &str = "can initialize the client";
+    let credentials = Waiting {
+        from: "the kubeconfig's credentials (a credential plugin?)",
+        hint: "check the kubeconfig's user: kubectl config view --minify",
+    };
+    let client = match within(timeout, CLIENT, credentials, cluster.client()).await {
+        Ok(Ok(client)) => {
+            checks.push(ok(CLIENT));
             client
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             checks.push(fail(
-                "can initialize the client",
+                CLIENT,
                 format!("{e:#}"),
                 "point KUBECONFIG, --kubeconfig or --context at your cluster",
             ));
             return (category("kubernetes-api", checks), None);
         }
-    };
-    match client.apiserver_version().await {
-        Ok(info) => {
-            checks.push(ok("can query the Kubernetes API"));
-            let version = format!("{}.{}", info.major, info.minor);
-            (category("kubernetes-api", checks), Some((client, version)))
+        Err(timed_out) => {
+            checks.push(timed_out);
+            return (category("kubernetes-api", checks), None);
         }
-        Err(e) => {
-            checks.push(fail(
-                "can query the Kubernetes API",
-                describe(&e),
-                "check that the cluster is reachable (kubectl cluster-info)",
-            ));
+    };
+    const QUERY: &str = "can query the Kubernetes API";
+    let reachable = "check that the cluster is reachable (kubectl cluster-info)";
+    let api_server = Waiting {
+        hint: reachable,
+        ..API_SERVER
+    };
+    match within(timeout, QUERY, api_server, client.apiserver_version()).await {
+        Ok(Ok(info)) => {
+            checks.push(ok(QUERY));
+            let ctx = Ctx { client, timeout };
+            (category("kubernetes-api", checks), Some((ctx, info)))
+        }
+        Ok(Err(e)) => {
+            checks.push(fail(QUERY, describe(&e), reachable));
+            (category("kubernetes-api", checks), None)
+        }
+        Err(timed_out) => {
+            checks.push(timed_out);
             (category("kubernetes-api", checks), None)
         }
     }
@@ -124,115 +227,136 @@ async fn connect(cluster: &ClusterArgs) -> (Category, Option<(Client, String)>) 
 
 // === --pre ===
 
-/// `mesh check --pre`.
-pub async fn run_pre(cluster: &ClusterArgs) -> Report {
-    let (api, client) = connect(cluster).await;
-    let mut categories = vec![api];
-    let Some((client, version)) = client else {
-        return Report::new(categories);
+/// `mesh check --pre`: its categories go to `list` as they are done.
+pub async fn run_pre(cluster: &ClusterArgs, list: &mut Checklist<'_>) {
+    let timeout = list.check_timeout;
+    let Some((ctx, info)) = list.category(|| connect(cluster, timeout)).await else {
+        return;
     };
-    categories.push(category(
-        "kubernetes-version",
-        vec![check_version(&version)],
-    ));
+    let (ctx, info) = (&ctx, &info);
+    list.category(|| async move { (kubernetes_version(info), ()) })
+        .await;
+    list.category(|| async move { (pre_setup(ctx).await, ()) })
+        .await;
+    list.category(|| async move {
+        let capability = vec![net_admin_allowed(ctx).await];
+        (category("pre-kubernetes-capability", capability), ())
+    })
+    .await;
+}
 
+/// `kubernetes-version`: supported, and which sidecars proxies are on this version.
+fn kubernetes_version(info: &Info) -> Category {
+    let mode = SidecarMode::for_version(&info.major, &info.minor);
+    category(
+        "kubernetes-version",
+        vec![
+            check_version(info),
+            ok(format!("proxies are injected as {} sidecars", mode.name()))
+                .with_detail(mode.reason),
+        ],
+    )
+}
+
+fn check_version(info: &Info) -> Check {
+    const WHAT: &str = "the Kubernetes version is supported";
+    match core::parse_version(&info.major, &info.minor) {
+        Some(v) if v < MIN_VERSION => fail(
+            WHAT,
+            format!(
+                "the cluster runs {}.{}; mesh needs {}.{} or later",
+                v.0, v.1, MIN_VERSION.0, MIN_VERSION.1
+            ),
+            "upgrade the cluster",
+        ),
+        Some(_) => ok(WHAT),
+        None => warn(
+            WHAT,
+            format!(
+                "cannot read the version {:?}.{:?} ({})",
+                info.major, info.minor, info.git_version
+            ),
+            "check kubectl version",
+        ),
+    }
+}
+
+async fn pre_setup(ctx: &Ctx) -> Category {
     let mut setup = Vec::new();
-    let ns: Api<Namespace> = Api::all(client.clone());
-    setup.push(match ns.get_opt(NAMESPACE).await {
-        Ok(None) => ok("the control plane namespace does not exist yet"),
+    const ABSENT: &str = "the control plane namespace does not exist yet";
+    let ns: Api<Namespace> = Api::all(ctx.client.clone());
+    setup.push(match ctx.call(ABSENT, ns.get_opt(NAMESPACE)).await {
+        Ok(None) => ok(ABSENT),
         Ok(Some(_)) => fail(
-            "the control plane namespace does not exist yet",
+            ABSENT,
             format!("namespace {NAMESPACE} exists"),
             "mesh is installed already: run mesh check, or mesh uninstall | kubectl delete -f - first",
         ),
-        Err(e) => fail("the control plane namespace does not exist yet", describe(&e), forbidden_hint(&e)),
+        Err(check) => check,
     });
-    setup.push(no_cluster_leftovers(&client).await);
+    const LEFTOVERS: &str = "no mesh webhook or cluster roles are left from another installation";
     setup.push(
-        can_create(
-            &client,
-            "can create the cluster-wide resources install needs",
-            None,
-            &[
-                ("", "namespaces"),
-                ("rbac.authorization.k8s.io", "clusterroles"),
-                ("rbac.authorization.k8s.io", "clusterrolebindings"),
-                (
-                    "admissionregistration.k8s.io",
-                    "mutatingwebhookconfigurations",
-                ),
-            ],
+        ctx.bounded(LEFTOVERS, API_SERVER, no_cluster_leftovers(ctx, LEFTOVERS))
+            .await,
+    );
+    let cluster_wide = "can create the cluster-wide resources install needs";
+    let resources = [
+        ("", "namespaces"),
+        ("rbac.authorization.k8s.io", "clusterroles"),
+        ("rbac.authorization.k8s.io", "clusterrolebindings"),
+        (
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+        ),
+    ];
+    setup.push(
+        ctx.bounded(
+            cluster_wide,
+            API_SERVER,
+            can_create(ctx, cluster_wide, None, &resources),
         )
         .await,
     );
+    let namespaced = "can create the control plane's resources";
+    let resources = [
+        ("", "serviceaccounts"),
+        ("", "services"),
+        ("", "configmaps"),
+        ("", "secrets"),
+        ("apps", "deployments"),
+    ];
     setup.push(
-        can_create(
-            &client,
-            "can create the control plane's resources",
-            Some(NAMESPACE),
-            &[
-                ("", "serviceaccounts"),
-                ("", "services"),
-                ("", "configmaps"),
-                ("", "secrets"),
-                ("apps", "deployments"),
-            ],
+        ctx.bounded(
+            namespaced,
+            API_SERVER,
+            can_create(ctx, namespaced, Some(NAMESPACE), &resources),
         )
         .await,
     );
-    categories.push(category("pre-kubernetes-setup", setup));
-    categories.push(category(
-        "pre-kubernetes-capability",
-        vec![net_admin_allowed(&client).await],
-    ));
-    Report::new(categories)
+    category("pre-kubernetes-setup", setup)
 }
 
-fn check_version(version: &str) -> Check {
-    const WHAT: &str = "the Kubernetes version is supported";
-    let parse = |v: &str| -> Option<(u32, u32)> {
-        let (major, minor) = v.split_once('.')?;
-        let minor: String = minor.chars().take_while(char::is_ascii_digit).collect();
-        Some((major.parse().ok()?, minor.parse().ok()?))
-    };
-    match parse(version) {
-        Some(v) if v < MIN_VERSION => fail(
-            WHAT,
-            format!("the cluster runs {version}; mesh needs {}.{} or later", MIN_VERSION.0, MIN_VERSION.1),
-            "upgrade the cluster",
-        ),
-        Some(v) if v < (1, 29) => warn(
-            WHAT,
-            format!("the cluster runs {version}: native sidecars need 1.29 (or the SidecarContainers feature gate)"),
-            "without the feature gate, inject with --native-sidecar=false or annotate pods config.mesh.io/native-sidecar: disabled",
-        ),
-        Some(_) => ok(WHAT),
-        None => warn(WHAT, format!("cannot read the version {version:?}"), "check kubectl version"),
-    }
-}
-
-async fn no_cluster_leftovers(client: &Client) -> Check {
-    const WHAT: &str = "no mesh webhook or cluster roles are left from another installation";
+async fn no_cluster_leftovers(ctx: &Ctx, what: &str) -> Check {
     let mut found = Vec::new();
-    let hooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let hooks: Api<MutatingWebhookConfiguration> = Api::all(ctx.client.clone());
     match hooks.get_opt("mesh-proxy-injector").await {
         Ok(Some(_)) => found.push("mutatingwebhookconfiguration/mesh-proxy-injector".to_string()),
         Ok(None) => {}
-        Err(e) => return fail(WHAT, describe(&e), forbidden_hint(&e)),
+        Err(e) => return fail(what, describe(&e), forbidden_hint(&e)),
     }
-    let roles: Api<ClusterRole> = Api::all(client.clone());
+    let roles: Api<ClusterRole> = Api::all(ctx.client.clone());
     for c in COMPONENTS {
         match roles.get_opt(&format!("mesh-{c}")).await {
             Ok(Some(_)) => found.push(format!("clusterrole/mesh-{c}")),
             Ok(None) => {}
-            Err(e) => return fail(WHAT, describe(&e), forbidden_hint(&e)),
+            Err(e) => return fail(what, describe(&e), forbidden_hint(&e)),
         }
     }
     if found.is_empty() {
-        ok(WHAT)
+        ok(what)
     } else {
         fail(
-            WHAT,
+            what,
             format!("found {}", found.join(", ")),
             "remove them: mesh uninstall | kubectl delete -f -",
         )
@@ -240,12 +364,12 @@ async fn no_cluster_leftovers(client: &Client) -> Check {
 }
 
 async fn can_create(
-    client: &Client,
+    ctx: &Ctx,
     what: &str,
     namespace: Option<&str>,
     resources: &[(&str, &str)],
 ) -> Check {
-    let api: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let api: Api<SelfSubjectAccessReview> = Api::all(ctx.client.clone());
     let mut denied = Vec::new();
     for (group, resource) in resources {
         let review = SelfSubjectAccessReview {
@@ -282,7 +406,7 @@ async fn can_create(
     }
 }
 
-async fn net_admin_allowed(client: &Client) -> Check {
+async fn net_admin_allowed(ctx: &Ctx) -> Check {
     const WHAT: &str = "pods may add NET_ADMIN and NET_RAW (mesh-init's redirect rules)";
     let pod: Pod = match serde_json::from_value(json!({
         "apiVersion": "v1",
@@ -297,41 +421,52 @@ async fn net_admin_allowed(client: &Client) -> Check {
         Ok(pod) => pod,
         Err(e) => return fail(WHAT, e.to_string(), "a bug in mesh check"),
     };
-    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), "default");
     let params = PostParams {
         dry_run: true,
         ..Default::default()
     };
-    match api.create(&params, &pod).await {
-        Ok(_) => ok(WHAT),
-        Err(e) => fail(
+    // The API server runs the cluster's admission webhooks on the dry-run pod too.
+    let admission = Waiting {
+        from: "the API server (a dry-run pod in namespace default, through the cluster's \
+               admission webhooks)",
+        hint: "a slow admission webhook holds pods up: kubectl get \
+               mutatingwebhookconfigurations,validatingwebhookconfigurations",
+    };
+    let create = api.create(&params, &pod);
+    match within(ctx.timeout, WHAT, admission, create).await {
+        Ok(Ok(_)) => ok(WHAT),
+        Ok(Err(e)) => fail(
             WHAT,
             format!("a dry-run pod in namespace default was refused: {}", describe(&e)),
             "meshed namespaces must allow NET_ADMIN and NET_RAW for mesh-init (Pod Security level privileged)",
         ),
+        Err(timed_out) => timed_out,
     }
 }
 
 // === the control plane ===
 
-/// `mesh check`.
-pub async fn run_control_plane(cluster: &ClusterArgs) -> Report {
-    let (api, client) = connect(cluster).await;
-    let mut categories = vec![api];
-    let Some((client, _)) = client else {
-        return Report::new(categories);
+/// `mesh check`: its categories go to `list` as they are done.
+pub async fn run_control_plane(cluster: &ClusterArgs, list: &mut Checklist<'_>) {
+    let timeout = list.check_timeout;
+    let Some((ctx, info)) = list.category(|| connect(cluster, timeout)).await else {
+        return;
     };
-    categories.push(control_plane(&client).await);
-    categories.push(identity(&client).await);
-    categories.push(webhook(&client).await);
-    Report::new(categories)
+    let (ctx, info) = (&ctx, &info);
+    list.category(|| async move { (control_plane(ctx, info).await, ()) })
+        .await;
+    list.category(|| async move { (identity(ctx).await, ()) })
+        .await;
+    list.category(|| async move { (webhook(ctx).await, ()) })
+        .await;
 }
 
-async fn control_plane(client: &Client) -> Category {
+async fn control_plane(ctx: &Ctx, info: &Info) -> Category {
     let mut checks = Vec::new();
-    let ns: Api<Namespace> = Api::all(client.clone());
+    let ns: Api<Namespace> = Api::all(ctx.client.clone());
     const NS_CHECK: &str = "the control plane namespace exists";
-    match ns.get_opt(NAMESPACE).await {
+    match ctx.call(NS_CHECK, ns.get_opt(NAMESPACE)).await {
         Ok(Some(_)) => checks.push(ok(NS_CHECK)),
         Ok(None) => {
             checks.push(fail(
@@ -341,46 +476,61 @@ async fn control_plane(client: &Client) -> Category {
             ));
             return category("mesh-control-plane", checks);
         }
-        Err(e) => {
-            checks.push(fail(NS_CHECK, describe(&e), forbidden_hint(&e)));
+        Err(check) => {
+            checks.push(check);
             return category("mesh-control-plane", checks);
         }
     }
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), NAMESPACE);
     for c in COMPONENTS {
         let name = format!("mesh-{c}");
         let what = format!("the {c} controller is ready");
-        checks.push(match deployments.get_opt(&name).await {
-            Ok(None) => fail(
-                what,
-                format!("deployments.apps \"{name}\" not found"),
-                "reinstall the control plane: mesh install --ignore-cluster | kubectl apply -f -",
-            ),
-            Ok(Some(d)) => {
-                let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                let ready = d
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.ready_replicas)
-                    .unwrap_or(0);
-                if ready >= want && want > 0 {
-                    ok(what)
-                } else {
-                    fail(
-                        what,
-                        format!("{ready} of {want} replicas of {name} are ready"),
-                        format!("see why: kubectl -n {NAMESPACE} describe deployment {name}"),
-                    )
-                }
+        let deployment = match ctx.call(&what, deployments.get_opt(&name)).await {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                checks.push(fail(
+                    what,
+                    format!("deployments.apps \"{name}\" not found"),
+                    "reinstall the control plane: mesh install --ignore-cluster | kubectl apply -f -",
+                ));
+                continue;
             }
-            Err(e) => fail(what, describe(&e), forbidden_hint(&e)),
+            Err(check) => {
+                checks.push(check);
+                continue;
+            }
+        };
+        let want = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(1);
+        let ready = deployment
+            .status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0);
+        checks.push(if ready >= want && want > 0 {
+            ok(what)
+        } else {
+            fail(
+                what,
+                format!("{ready} of {want} replicas of {name} are ready"),
+                format!("see why: kubectl -n {NAMESPACE} describe deployment {name}"),
+            )
         });
+        if c == "injector" {
+            checks.push(injector_mode(&deployment, info));
+        }
     }
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), NAMESPACE);
     let what = "the control plane pods are running and ready";
     let selector = format!("mesh.io/control-plane-ns={NAMESPACE}");
     checks.push(
-        match pods.list(&ListParams::default().labels(&selector)).await {
+        match ctx
+            .call(what, pods.list(&ListParams::default().labels(&selector)))
+            .await
+        {
             Ok(list) if list.items.is_empty() => fail(
                 what,
                 "no control plane pods",
@@ -406,10 +556,87 @@ async fn control_plane(client: &Client) -> Category {
                     )
                 }
             }
-            Err(e) => fail(what, describe(&e), forbidden_hint(&e)),
+            Err(check) => check,
         },
     );
     category("mesh-control-plane", checks)
+}
+
+/// The value of the `--native-sidecar` flag of the injector Deployment's containers, as
+/// written (`auto`, `true`, `True`, `false`…; a flag without a value is `true`).
+pub(super) fn native_sidecar_flag(deployment: &Deployment) -> Option<String> {
+    const FLAG: &str = "--native-sidecar";
+    let spec = deployment.spec.as_ref()?.template.spec.as_ref()?;
+    spec.containers.iter().find_map(|c| {
+        let words: Vec<&str> = c
+            .command
+            .iter()
+            .flatten()
+            .chain(c.args.iter().flatten())
+            .map(|w| w.trim())
+            .collect();
+        words.iter().enumerate().find_map(|(i, word)| {
+            if let Some(value) = word.strip_prefix(FLAG).and_then(|v| v.strip_prefix('=')) {
+                return Some(value.trim_matches(|c| c == '"' || c == '\'').to_string());
+            }
+            (*word == FLAG).then(|| match words.get(i + 1) {
+                Some(next) if !next.starts_with('-') => next.to_string(),
+                _ => "true".to_string(),
+            })
+        })
+    })
+}
+
+/// Which sidecars the installed injector makes, and why: its `--native-sidecar` (`auto`: by
+/// the cluster's version, as `mesh install` does).
+pub(super) fn injector_mode(deployment: &Deployment, info: &Info) -> Check {
+    let cluster = SidecarMode::for_version(&info.major, &info.minor);
+    let injected = |native: bool| {
+        format!(
+            "proxies are injected as {} sidecars",
+            if native { "native" } else { "classic" }
+        )
+    };
+    const UNKNOWN: &str = "the injector's sidecar mode is set";
+    let reinstall = "reinstall the control plane: mesh install | kubectl apply -f -";
+    let Some(flag) = native_sidecar_flag(deployment) else {
+        return warn(
+            UNKNOWN,
+            "the mesh-injector Deployment has no --native-sidecar flag: the mode is its image's default",
+            reinstall,
+        );
+    };
+    match flag.to_ascii_lowercase().as_str() {
+        "auto" => ok(injected(cluster.native)).with_detail(format!(
+            "the injector decides by the cluster's version (--native-sidecar={flag}): {}",
+            cluster.reason
+        )),
+        "true" | "1" | "yes" | "on" if !cluster.native => warn(
+            injected(true),
+            format!(
+                "the injector runs with --native-sidecar={flag}, but {}",
+                cluster.reason
+            ),
+            "meshed pods start only if the API server's SidecarContainers feature gate is on; \
+             otherwise reinstall with classic sidecars: \
+             mesh install --set proxy.nativeSidecar=false | kubectl apply -f -",
+        ),
+        "true" | "1" | "yes" | "on" => ok(injected(true)).with_detail(format!(
+            "the injector runs with --native-sidecar={flag} ({})",
+            cluster.reason
+        )),
+        "false" | "0" | "no" | "off" => ok(injected(false)).with_detail(format!(
+            "the injector runs with --native-sidecar={flag} ({})",
+            cluster.reason
+        )),
+        _ => warn(
+            UNKNOWN,
+            format!(
+                "the mesh-injector Deployment has --native-sidecar={flag}, not auto, true or false"
+            ),
+            reinstall,
+        ),
+    }
 }
 
 fn pod_ready(pod: &Pod) -> bool {
@@ -419,23 +646,20 @@ fn pod_ready(pod: &Pod) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// The trust anchors from the cluster's ConfigMap.
-async fn trust_anchors(client: &Client) -> Result<String, Check> {
-    const WHAT: &str = "the trust anchors are valid";
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
-    match api.get("mesh-trust-anchors").await {
-        Ok(cm) => cm
-            .data
-            .and_then(|d| d.get("ca-bundle.crt").cloned())
-            .ok_or_else(|| {
-                fail(
-                    WHAT,
-                    "configmap mesh-trust-anchors has no ca-bundle.crt",
-                    "reinstall the control plane",
-                )
-            }),
-        Err(e) => Err(fail(WHAT, describe(&e), forbidden_hint(&e))),
-    }
+/// The trust anchors from the cluster's ConfigMap; `description` is the check that fails
+/// without them.
+async fn trust_anchors(ctx: &Ctx, description: &str) -> Result<String, Check> {
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), NAMESPACE);
+    let cm = ctx.call(description, api.get("mesh-trust-anchors")).await?;
+    cm.data
+        .and_then(|d| d.get("ca-bundle.crt").cloned())
+        .ok_or_else(|| {
+            fail(
+                description,
+                "configmap mesh-trust-anchors has no ca-bundle.crt",
+                "reinstall the control plane",
+            )
+        })
 }
 
 fn secret_text(secret: &Secret, key: &str) -> Option<String> {
@@ -496,20 +720,20 @@ fn validity(what: &str, pem: &str, now: SystemTime) -> (Check, Option<Check>) {
     (ok(valid), Some(expiry))
 }
 
-async fn identity(client: &Client) -> Category {
+async fn identity(ctx: &Ctx) -> Category {
     let now = SystemTime::now();
     let mut checks = Vec::new();
-    let anchors = match trust_anchors(client).await {
+    let anchors = match trust_anchors(ctx, "the trust anchors are valid").await {
         Ok(pem) => pem,
         Err(check) => return category("mesh-identity", vec![check]),
     };
     let (valid, expiry) = validity("trust anchor", &anchors, now);
     checks.push(valid);
     checks.extend(expiry);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), NAMESPACE);
     const ISSUER: &str = "the issuer certificate is signed by the trust anchors";
-    match secrets.get("mesh-identity-issuer").await {
-        Err(e) => checks.push(fail(ISSUER, describe(&e), forbidden_hint(&e))),
+    match ctx.call(ISSUER, secrets.get("mesh-identity-issuer")).await {
+        Err(check) => checks.push(check),
         Ok(secret) => match (
             secret_text(&secret, "tls.crt"),
             secret_text(&secret, "tls.key"),
@@ -546,12 +770,15 @@ async fn identity(client: &Client) -> Category {
     category("mesh-identity", checks)
 }
 
-async fn webhook(client: &Client) -> Category {
+async fn webhook(ctx: &Ctx) -> Category {
     let now = SystemTime::now();
     let mut checks = Vec::new();
-    let hooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let hooks: Api<MutatingWebhookConfiguration> = Api::all(ctx.client.clone());
     const CONFIGURED: &str = "the injector webhook is configured";
-    let bundle = match hooks.get_opt("mesh-proxy-injector").await {
+    let bundle = match ctx
+        .call(CONFIGURED, hooks.get_opt("mesh-proxy-injector"))
+        .await
+    {
         Ok(Some(config)) => {
             let hook = config.webhooks.unwrap_or_default().into_iter().next();
             match hook {
@@ -584,15 +811,15 @@ async fn webhook(client: &Client) -> Category {
             ));
             return category("mesh-webhook", checks);
         }
-        Err(e) => {
-            checks.push(fail(CONFIGURED, describe(&e), forbidden_hint(&e)));
+        Err(check) => {
+            checks.push(check);
             return category("mesh-webhook", checks);
         }
     };
     const MATCHES: &str = "the webhook's certificate matches its CA bundle";
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
-    match secrets.get("mesh-injector-tls").await {
-        Err(e) => checks.push(fail(MATCHES, describe(&e), forbidden_hint(&e))),
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), NAMESPACE);
+    match ctx.call(MATCHES, secrets.get("mesh-injector-tls")).await {
+        Err(check) => checks.push(check),
         Ok(secret) => match secret_text(&secret, "tls.crt") {
             None => checks.push(fail(
                 MATCHES,
@@ -615,13 +842,24 @@ async fn webhook(client: &Client) -> Category {
             }
         },
     }
-    checks.push(webhook_answers(client).await);
+    const ANSWERS: &str = "the injector webhook answers and injects";
+    let pods = format!(
+        "check the injector's pods: kubectl -n {NAMESPACE} get pods \
+         -l mesh.io/control-plane-component=injector"
+    );
+    let injector = Waiting {
+        from: "the API server's service proxy to mesh-injector:443",
+        hint: &pods,
+    };
+    checks.push(
+        ctx.bounded(ANSWERS, injector, webhook_answers(ctx, ANSWERS))
+            .await,
+    );
     category("mesh-webhook", checks)
 }
 
 /// Sends a pod that asks for injection to the webhook through the API server's service proxy.
-async fn webhook_answers(client: &Client) -> Check {
-    const WHAT: &str = "the injector webhook answers and injects";
+async fn webhook_answers(ctx: &Ctx, what: &str) -> Check {
     let uid = format!(
         "mesh-check-{}",
         SystemTime::now()
@@ -656,21 +894,21 @@ async fn webhook_answers(client: &Client) -> Check {
         .body(review.to_string().into_bytes())
     {
         Ok(r) => r,
-        Err(e) => return fail(WHAT, e.to_string(), "a bug in mesh check"),
+        Err(e) => return fail(what, e.to_string(), "a bug in mesh check"),
     };
     let hint =
         format!("see its logs: kubectl -n {NAMESPACE} logs deploy/mesh-injector -c injector");
-    let text = match client.request_text(request).await {
+    let text = match ctx.client.request_text(request).await {
         Ok(text) => text,
-        Err(e) => return fail(WHAT, describe(&e), hint),
+        Err(e) => return fail(what, describe(&e), hint),
     };
     let answer: Value = match serde_json::from_str(&text) {
         Ok(v) => v,
-        Err(e) => return fail(WHAT, format!("not an AdmissionReview: {e}"), hint),
+        Err(e) => return fail(what, format!("not an AdmissionReview: {e}"), hint),
     };
     let response = &answer["response"];
     if response["uid"] != uid.as_str() || response["allowed"] != true {
-        return fail(WHAT, format!("unexpected answer: {response}"), hint);
+        return fail(what, format!("unexpected answer: {response}"), hint);
     }
     use base64::Engine as _;
     let patch = response["patch"]
@@ -683,23 +921,24 @@ async fn webhook_answers(client: &Client) -> Check {
                 .iter()
                 .any(|op| op.to_string().contains(core::PROXY_CONTAINER)) =>
         {
-            ok(WHAT)
+            ok(what)
         }
-        _ => fail(WHAT, "it answered without adding mesh-proxy", hint),
+        _ => fail(what, "it answered without adding mesh-proxy", hint),
     }
 }
 
 // === --proxy ===
 
-/// `mesh check --proxy [-n NS]`.
-pub async fn run_proxy(cluster: &ClusterArgs, namespace: Option<&str>) -> Report {
-    let (api, client) = connect(cluster).await;
-    let mut categories = vec![api];
-    let Some((client, _)) = client else {
-        return Report::new(categories);
+/// `mesh check --proxy [-n NS]`: its categories go to `list` as they are done. With a
+/// namespace, every list is of that namespace only (a user allowed one namespace can run it).
+pub async fn run_proxy(cluster: &ClusterArgs, namespace: Option<&str>, list: &mut Checklist<'_>) {
+    let timeout = list.check_timeout;
+    let Some((ctx, _)) = list.category(|| connect(cluster, timeout)).await else {
+        return;
     };
-    categories.push(data_plane(&client, namespace).await);
-    Report::new(categories)
+    let ctx = &ctx;
+    list.category(|| async move { (data_plane(ctx, namespace).await, ()) })
+        .await;
 }
 
 fn proxy_container(pod: &Pod) -> Option<&k8s_openapi::api::core::v1::Container> {
@@ -731,12 +970,12 @@ fn pod_id(pod: &Pod) -> String {
     )
 }
 
-async fn data_plane(client: &Client, namespace: Option<&str>) -> Category {
+async fn data_plane(ctx: &Ctx, namespace: Option<&str>) -> Category {
     let mut checks = Vec::new();
     if let Some(ns) = namespace {
-        let api: Api<Namespace> = Api::all(client.clone());
+        let api: Api<Namespace> = Api::all(ctx.client.clone());
         let what = format!("namespace {ns} exists");
-        match api.get_opt(ns).await {
+        match ctx.call(&what, api.get_opt(ns)).await {
             Ok(Some(_)) => checks.push(ok(what)),
             Ok(None) => {
                 checks.push(fail(
@@ -746,25 +985,25 @@ async fn data_plane(client: &Client, namespace: Option<&str>) -> Category {
                 ));
                 return category("mesh-data-plane", checks);
             }
-            Err(e) => {
-                checks.push(fail(what, describe(&e), forbidden_hint(&e)));
+            Err(check) => {
+                checks.push(check);
                 return category("mesh-data-plane", checks);
             }
         }
     }
     let pods: Api<Pod> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
     };
     const FOUND: &str = "there are meshed pods";
-    let meshed: Vec<Pod> = match pods.list(&ListParams::default()).await {
+    let meshed: Vec<Pod> = match ctx.call(FOUND, pods.list(&ListParams::default())).await {
         Ok(list) => list
             .items
             .into_iter()
             .filter(|p| proxy_container(p).is_some())
             .collect(),
-        Err(e) => {
-            checks.push(fail(FOUND, describe(&e), forbidden_hint(&e)));
+        Err(check) => {
+            checks.push(check);
             return category("mesh-data-plane", checks);
         }
     };
@@ -823,11 +1062,8 @@ async fn data_plane(client: &Client, namespace: Option<&str>) -> Category {
     });
 
     const ANCHORS: &str = "the proxies trust the current trust anchors";
-    match trust_anchors(client).await {
-        Err(check) => checks.push(Check {
-            description: ANCHORS.into(),
-            ..check
-        }),
+    match trust_anchors(ctx, ANCHORS).await {
+        Err(check) => checks.push(check),
         Ok(anchors) => {
             let stale: Vec<String> = meshed
                 .iter()
@@ -851,26 +1087,61 @@ async fn data_plane(client: &Client, namespace: Option<&str>) -> Category {
             });
         }
     }
+    checks.push(certificates(ctx, &meshed).await);
+    category("mesh-data-plane", checks)
+}
 
+/// Each ready proxy's certificate, read through the API server's pod proxy, a few proxies at
+/// once; the whole check waits at most the check timeout, and names the proxies that did not
+/// answer in time.
+async fn certificates(ctx: &Ctx, meshed: &[Pod]) -> Check {
     const CERT: &str = "the proxies have a valid certificate";
     let now = SystemTime::now();
+    let deadline = tokio::time::Instant::now() + ctx.timeout;
+    let answers: Vec<(String, Option<Result<(), String>>)> =
+        futures_util::stream::iter(meshed.iter().filter(|p| proxy_ready(p)))
+            .map(|pod| async move {
+                let answer = tokio::time::timeout_at(deadline, proxy_certificate(ctx, pod, now));
+                (pod_id(pod), answer.await.ok())
+            })
+            .buffered(PROXIES_AT_ONCE)
+            .collect()
+            .await;
     let mut bad = Vec::new();
-    for pod in meshed.iter().filter(|p| proxy_ready(p)) {
-        if let Err(why) = proxy_certificate(client, pod, now).await {
-            bad.push(format!("{} ({why})", pod_id(pod)));
+    let mut silent = Vec::new();
+    for (pod, answer) in answers {
+        match answer {
+            Some(Ok(())) => {}
+            Some(Err(why)) => bad.push(format!("{pod} ({why})")),
+            None => {
+                bad.push(format!(
+                    "{pod} (no answer within {} from the API server's pod proxy to {pod}:{})",
+                    show_duration(ctx.timeout),
+                    core::ADMIN_PORT
+                ));
+                silent.push(pod);
+            }
         }
     }
-    checks.push(if bad.is_empty() {
-        ok(CERT)
-    } else {
-        fail(CERT, bad.join(", "), format!("see the identity controller's logs: kubectl -n {NAMESPACE} logs deploy/mesh-identity"))
-    });
-    category("mesh-data-plane", checks)
+    if bad.is_empty() {
+        return ok(CERT);
+    }
+    let hint = match silent.first().and_then(|p| p.split_once('/')) {
+        Some((ns, name)) => format!(
+            "see the proxy's logs: kubectl -n {ns} logs {name} -c {}; raise --check-timeout on a \
+             slow cluster",
+            core::PROXY_CONTAINER
+        ),
+        None => format!(
+            "see the identity controller's logs: kubectl -n {NAMESPACE} logs deploy/mesh-identity"
+        ),
+    };
+    fail(CERT, bad.join(", "), hint)
 }
 
 /// Reads the proxy's `identity_cert_expiration_timestamp_seconds` through the API server's pod
 /// proxy to its admin port.
-async fn proxy_certificate(client: &Client, pod: &Pod, now: SystemTime) -> Result<(), String> {
+async fn proxy_certificate(ctx: &Ctx, pod: &Pod, now: SystemTime) -> Result<(), String> {
     let path = format!(
         "/api/v1/namespaces/{}/pods/{}:{}/proxy/metrics",
         pod.metadata.namespace.as_deref().unwrap_or_default(),
@@ -880,7 +1151,8 @@ async fn proxy_certificate(client: &Client, pod: &Pod, now: SystemTime) -> Resul
     let request = http::Request::get(path)
         .body(Vec::new())
         .map_err(|e| e.to_string())?;
-    let metrics = client
+    let metrics = ctx
+        .client
         .request_text(request)
         .await
         .map_err(|e| describe(&e))?;
@@ -897,4 +1169,130 @@ async fn proxy_certificate(client: &Client, pod: &Pod, now: SystemTime) -> Resul
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn injector(args: &[&str]) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "mesh-injector", "namespace": "mesh"},
+            "spec": {
+                "selector": {},
+                "template": {"spec": {"containers": [
+                    {"name": "injector", "image": "ghcr.io/mesh/controller", "args": args},
+                ]}},
+            },
+        }))
+        .unwrap()
+    }
+
+    fn version(minor: &str) -> Info {
+        Info {
+            major: "1".into(),
+            minor: minor.into(),
+            git_version: format!("v1.{minor}.0"),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_injectors_flag_is_read_however_it_is_written() {
+        let check = |args: &[&str], expected: Option<&str>| {
+            let flag = native_sidecar_flag(&injector(args));
+            assert_eq!(flag.as_deref(), expected, "{args:?}");
+        };
+        check(&["injector", "--native-sidecar=auto"], Some("auto"));
+        check(&["injector", "--native-sidecar=True"], Some("True"));
+        check(&["injector", "--native-sidecar", "false"], Some("false"));
+        check(
+            &["injector", "--native-sidecar", "--log-level=info"],
+            Some("true"),
+        );
+        check(&["injector", "--native-sidecar=\"false\""], Some("false"));
+        check(&["injector", "--native-sidecars=true"], None);
+        check(&["injector"], None);
+    }
+
+    #[test]
+    fn the_injectors_mode_follows_its_flag_and_the_clusters_version() {
+        let check = |flag: &str, minor: &str, result: Outcome, line: &str, why: &str| {
+            let c = injector_mode(&injector(&[flag]), &version(minor));
+            assert_eq!(
+                (c.result, c.description.as_str()),
+                (result, line),
+                "{flag} {minor}"
+            );
+            let text = [c.detail, c.error]
+                .into_iter()
+                .flatten()
+                .collect::<String>();
+            assert!(text.contains(why), "{flag} {minor}: {text}");
+        };
+        let classic = "proxies are injected as classic sidecars";
+        let native = "proxies are injected as native sidecars";
+        use Outcome::*;
+        check(
+            "--native-sidecar=auto",
+            "28",
+            Success,
+            classic,
+            "runs 1.28, without",
+        );
+        check(
+            "--native-sidecar=auto",
+            "30",
+            Success,
+            native,
+            "runs 1.30, with native",
+        );
+        check(
+            "--native-sidecar=True",
+            "28",
+            Warning,
+            native,
+            "=True, but the cluster runs 1.28",
+        );
+        check("--native-sidecar=true", "29", Success, native, "1.29");
+        check("--native-sidecar=false", "30", Success, classic, "=false");
+        check(
+            "--native-sidecar=maybe",
+            "30",
+            Warning,
+            "the injector's sidecar mode is set",
+            "maybe",
+        );
+        check(
+            "--log-level=info",
+            "30",
+            Warning,
+            "the injector's sidecar mode is set",
+            "no --native-sidecar",
+        );
+    }
+
+    #[test]
+    fn the_version_check_passes_from_1_28_and_says_which_sidecars() {
+        let category = kubernetes_version(&version("28"));
+        let lines: Vec<(Outcome, &str, Option<&str>)> = category
+            .checks
+            .iter()
+            .map(|c| (c.result, c.description.as_str(), c.detail.as_deref()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                (Outcome::Success, "the Kubernetes version is supported", None),
+                (
+                    Outcome::Success,
+                    "proxies are injected as classic sidecars",
+                    Some("the cluster runs 1.28, without native sidecars by default (1.29 and later)")
+                ),
+            ]
+        );
+        assert_eq!(check_version(&version("27")).result, Outcome::Error);
+        assert_eq!(check_version(&version("33+")).result, Outcome::Success);
+        assert_eq!(check_version(&version("x")).result, Outcome::Warning);
+    }
 }

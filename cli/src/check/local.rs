@@ -3,28 +3,29 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::StreamExt as _;
 use mesh_viz::client::{self, Transport};
 use mesh_viz::model::PodInfo;
 
 use super::checks::{category, fail, ok, warn};
-use super::{Category, Report};
+use super::{show_duration, Category, Checklist};
 use crate::target::Local;
 use crate::viz::local::{NetnsTransport, State};
 
 /// Certificates expiring sooner than this get a warning (leaves live 24 h and renew at 70 %).
 const EXPIRY_WARNING: Duration = Duration::from_secs(3600);
+/// How many proxies are scraped at once.
+const PROXIES_AT_ONCE: usize = 16;
 
-/// Checks the proxies of the local mesh (of `namespace`, or all).
-pub async fn run_proxy(local: &Local, namespace: Option<&str>) -> Report {
-    let mut categories = vec![mesh(local)];
-    if categories[0]
-        .checks
-        .iter()
-        .all(|c| c.result != super::Outcome::Error)
-    {
-        categories.push(data_plane(local, namespace).await);
+/// Checks the proxies of the local mesh (of `namespace`, or all); the categories go to `list`
+/// as they are done.
+pub async fn run_proxy(local: &Local, namespace: Option<&str>, list: &mut Checklist<'_>) {
+    list.category(|| async { (mesh(local), ()) }).await;
+    if list.passed_so_far() {
+        let timeout = list.check_timeout;
+        list.category(|| async move { (data_plane(local, namespace, timeout).await, ()) })
+            .await;
     }
-    Report::new(categories)
 }
 
 fn mesh(local: &Local) -> Category {
@@ -45,7 +46,7 @@ fn mesh(local: &Local) -> Category {
     category("mesh-local", vec![check])
 }
 
-async fn data_plane(local: &Local, namespace: Option<&str>) -> Category {
+async fn data_plane(local: &Local, namespace: Option<&str>, timeout: Duration) -> Category {
     let name = "mesh-data-plane";
     let state = match State::read(&local.objects) {
         Ok(state) => state,
@@ -82,22 +83,47 @@ async fn data_plane(local: &Local, namespace: Option<&str>) -> Category {
     }
     let mut checks = vec![ok(format!("{FOUND} ({})", pods.len()))];
 
+    // Every proxy is asked at most until the check's deadline.
+    let deadline = tokio::time::Instant::now() + timeout;
     let transport = NetnsTransport;
+    let transport = &transport as &dyn Transport;
+    let answers: Vec<_> = futures_util::stream::iter(&pods)
+        .map(|pod| async move {
+            let scrape = tokio::time::timeout_at(deadline, client::metrics(transport, pod));
+            (pod, scrape.await)
+        })
+        .buffered(PROXIES_AT_ONCE)
+        .collect()
+        .await;
     let mut scrapes = Vec::new();
     let mut unreachable = Vec::new();
-    for pod in &pods {
-        match client::metrics(&transport as &dyn Transport, pod).await {
-            Ok(samples) => scrapes.push((pod, samples)),
-            Err(e) => unreachable.push(format!("{}/{}: {e}", pod.namespace, pod.name)),
+    let mut silent = false;
+    for (pod, answer) in answers {
+        match answer {
+            Ok(Ok(samples)) => scrapes.push((pod, samples)),
+            Ok(Err(e)) => unreachable.push(format!("{}/{}: {e}", pod.namespace, pod.name)),
+            Err(_) => {
+                silent = true;
+                unreachable.push(format!(
+                    "{}/{}: no answer within {} from its admin port",
+                    pod.namespace,
+                    pod.name,
+                    show_duration(timeout)
+                ));
+            }
         }
     }
     checks.push(if unreachable.is_empty() {
         ok("the proxies answer on their admin port")
     } else {
+        let hint = "see the demo's output, or restart it: mesh demo down; mesh demo";
         fail(
             "the proxies answer on their admin port",
             unreachable.join("; "),
-            "see the demo's output, or restart it: mesh demo down; mesh demo",
+            match silent {
+                true => format!("{hint}; raise --check-timeout on a slow machine"),
+                false => hint.to_string(),
+            },
         )
     });
 

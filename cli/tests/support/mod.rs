@@ -265,3 +265,118 @@ pub async fn bare_cluster(minor: &'static str) -> SocketAddr {
     })
     .await
 }
+
+/// How [`fake_api_server_hanging`] fails to answer a request.
+pub enum Hang {
+    /// No answer at all, not even headers.
+    Never,
+    /// The status and headers, then a body that never ends.
+    AfterHeaders(u16),
+}
+
+/// [`fake_api_server`], except for the requests `hangs` picks, which are never answered (or
+/// never finished): an API server, or a service it proxies, that hangs.
+pub async fn fake_api_server_hanging(
+    hangs: impl Fn(&ApiRequest) -> Option<Hang> + Send + Sync + 'static,
+    respond: impl Fn(&ApiRequest) -> (u16, String) + Send + Sync + 'static,
+) -> SocketAddr {
+    type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (hangs, respond) = (Arc::new(hangs), Arc::new(respond));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (hangs, respond) = (hangs.clone(), respond.clone());
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (hangs, respond) = (hangs.clone(), respond.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let req = ApiRequest {
+                                method: parts.method,
+                                path: parts.uri.path().to_string(),
+                                query: parts.uri.query().unwrap_or("").to_string(),
+                                body,
+                            };
+                            let response: http::Response<Body> = match hangs(&req) {
+                                Some(Hang::Never) => std::future::pending().await,
+                                Some(Hang::AfterHeaders(status)) => {
+                                    let never = futures_util::stream::pending::<
+                                        Result<hyper::body::Frame<Bytes>, Infallible>,
+                                    >();
+                                    let body = http_body_util::StreamBody::new(never);
+                                    let mut r = http::Response::new(BodyExt::boxed(body));
+                                    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                                    r
+                                }
+                                None => {
+                                    let (status, text) = respond(&req);
+                                    json_response(status, text).map(BodyExt::boxed)
+                                }
+                            };
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// An API server that accepts connections and then says nothing, ever.
+pub async fn silent_api_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+        }
+    });
+    addr
+}
+
+/// Starts `mesh COMMAND --kubeconfig <the fake cluster at api> ARGS` with its stdout and
+/// stderr piped, for a test that reads them while it runs; keep the folder (the kubeconfig)
+/// until it ends.
+pub fn spawn_mesh_on_cluster(
+    api: SocketAddr,
+    command: &str,
+    args: &[&str],
+) -> (std::process::Child, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: 'http://{api}'}}}}]\n\
+             users: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n\
+             current-context: fake\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_mesh"))
+        .arg(command)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .env_remove("MESH_LOCAL_STATE")
+        .env("HOME", "/nonexistent")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mesh");
+    (child, dir)
+}
