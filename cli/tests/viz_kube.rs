@@ -1,7 +1,8 @@
 //! `mesh viz --target kube` through the real binary against an in-process fake API server: the
 //! recorded objects (`testdata/k8s-fixtures`, the pods injected with the proxy), the viz
 //! component's Services, and its metrics API and tap aggregator answering on the API server's
-//! service-proxy paths. Without the viz Services, the error says how to install them.
+//! service-proxy paths. Without the viz Services, the error says how to install them. The
+//! user is allowed to list namespace demo only, unless `-A` is the test.
 
 mod support;
 
@@ -22,6 +23,8 @@ const PROXY: &str = "/api/v1/namespaces/mesh-viz/services";
 struct Cluster {
     /// Whether `mesh viz install` was applied (the Services of mesh-viz exist).
     viz: bool,
+    /// Whether the user may list objects of every namespace (otherwise: 403).
+    cluster_wide: bool,
     /// The paths asked for, with their queries.
     seen: Mutex<Vec<String>>,
 }
@@ -71,11 +74,65 @@ fn samples() -> Value {
     .unwrap()
 }
 
+/// The kinds `mesh viz` lists, by their path of every namespace.
+const LISTS: [&str; 7] = [
+    "/api/v1/pods",
+    "/apis/apps/v1/replicasets",
+    "/api/v1/services",
+    "/apis/discovery.k8s.io/v1/endpointslices",
+    "/apis/apps/v1/deployments",
+    "/apis/apps/v1/statefulsets",
+    "/apis/apps/v1/daemonsets",
+];
+
+/// A list path of namespace `ns` as its path of every namespace, and `ns`:
+/// `/api/v1/namespaces/demo/pods` → (`/api/v1/pods`, Some(demo)).
+fn of_namespace(path: &str) -> (String, Option<&str>) {
+    let parts: Vec<&str> = path.split('/').collect();
+    match parts.iter().position(|p| *p == "namespaces") {
+        Some(i) if parts.len() == i + 3 => {
+            let all = [&parts[..i], &parts[i + 2..]].concat().join("/");
+            match LISTS.contains(&all.as_str()) {
+                true => (all, Some(parts[i + 1])),
+                false => (path.to_string(), None),
+            }
+        }
+        _ => (path.to_string(), None),
+    }
+}
+
+/// The recorded 403 of a list of every namespace.
+fn forbidden(path: &str) -> (u16, String) {
+    let resource = path.rsplit('/').next().unwrap();
+    let mut status = fixture_json("forbidden-403.json");
+    status["message"] = format!(
+        "{resource} is forbidden: User \"system:serviceaccount:demo:web\" cannot list resource \"{resource}\" at the cluster scope"
+    )
+    .into();
+    (403, status.to_string())
+}
+
 fn respond(cluster: &Cluster, path: &str, query: &str) -> (u16, String) {
     cluster.seen.lock().unwrap().push(format!("{path}?{query}"));
     let recorded = |name: &str| (200, fixture(name));
     let empty = |kind: &str| (200, list(kind, "apps/v1", vec![]).to_string());
-    match path {
+    // The viz component's own Services are the check that it is installed.
+    let (list_path, namespace) = match path {
+        PROXY => (path.to_string(), None),
+        _ => of_namespace(path),
+    };
+    if LISTS.contains(&list_path.as_str()) {
+        match namespace {
+            None if !cluster.cluster_wide => return forbidden(path),
+            // The recorded objects are all of namespace demo.
+            Some(ns) if ns != "demo" => {
+                let kind = list_path.rsplit('/').next().unwrap();
+                return (200, list(kind, "v1", vec![]).to_string());
+            }
+            _ => {}
+        }
+    }
+    match list_path.as_str() {
         "/api/v1/pods" => (200, meshed_pods().to_string()),
         "/apis/apps/v1/replicasets" => recorded("replicasets-list.json"),
         "/api/v1/services" => recorded("services-list.json"),
@@ -114,8 +171,18 @@ fn respond(cluster: &Cluster, path: &str, query: &str) -> (u16, String) {
 
 /// Runs `mesh viz ARGS` against a fake cluster: (exit code, stdout, stderr, paths asked for).
 async fn viz(installed: bool, args: &[&str]) -> (i32, String, String, Vec<String>) {
+    on(installed, false, args).await
+}
+
+/// [`viz`] on a cluster that lets the user list every namespace or not.
+async fn on(
+    installed: bool,
+    cluster_wide: bool,
+    args: &[&str],
+) -> (i32, String, String, Vec<String>) {
     let cluster = Arc::new(Cluster {
         viz: installed,
+        cluster_wide,
         seen: Mutex::default(),
     });
     let api = {
@@ -208,4 +275,73 @@ async fn without_the_viz_component_the_error_says_how_to_install_it() {
             "{args:?}: {err}"
         );
     }
+}
+
+/// The object lists among the paths asked for.
+fn lists(seen: &[String]) -> Vec<String> {
+    seen.iter()
+        .map(|p| p.split('?').next().unwrap())
+        .filter(|p| *p != PROXY && LISTS.contains(&of_namespace(p).0.as_str()))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn with_a_namespace_viz_lists_only_that_namespace() {
+    for args in [
+        &["stat", "deploy", "-n", "demo", "--window", "0s"][..],
+        &["edges", "deploy", "-n", "demo"],
+        &["tap", "deploy/web", "-n", "demo", "-o", "json"],
+        &["top", "deploy/web", "-n", "demo", "--duration", "0s"],
+    ] {
+        let (code, out, err, seen) = viz(true, args).await;
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        let lists = lists(&seen);
+        assert_eq!(lists.len(), LISTS.len(), "{args:?}: {lists:#?}");
+        assert!(
+            lists.iter().all(|p| p.contains("/namespaces/demo/")),
+            "{args:?}: {lists:#?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_a_namespace_viz_lists_the_default_namespace_and_those_named() {
+    // `default` has nothing: the error says so, and nothing of another namespace was listed.
+    let (code, _, err, seen) = viz(true, &["stat", "deploy", "--window", "0s"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no deployment in namespace default"), "{err}");
+    assert!(
+        lists(&seen)
+            .iter()
+            .all(|p| p.contains("/namespaces/default/")),
+        "{seen:#?}"
+    );
+    // ns/demo names its namespace.
+    let (code, out, err, seen) = viz(true, &["stat", "ns/demo", "--window", "0s"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ns/demo"), "{out}");
+    let lists = lists(&seen);
+    assert_eq!(lists.len(), 2 * LISTS.len(), "default and demo: {lists:#?}");
+}
+
+#[tokio::test]
+async fn all_namespaces_lists_the_whole_cluster_where_the_user_may() {
+    let (code, out, err, seen) = on(true, true, &["stat", "ns", "-A", "--window", "0s"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ns/demo"), "{out}");
+    assert!(
+        lists(&seen).iter().all(|p| !p.contains("/namespaces/")),
+        "{seen:#?}"
+    );
+    // A user allowed one namespace is told what was refused.
+    let (code, _, err, _) = on(true, false, &["stat", "ns", "-A", "--window", "0s"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "of every namespace (-A; without it, mesh viz lists only the namespaces it needs)"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("is forbidden"), "{err}");
 }

@@ -3,7 +3,11 @@
 //! the taps through the viz tap aggregator, both reached through the API server's service proxy
 //! (`/api/v1/namespaces/mesh-viz/services/http:<service>:<port>/proxy/…`), so `mesh viz` needs
 //! nothing but the operator's kubeconfig.
+//!
+//! Only the namespaces a command needs are listed ([`Scope`]): a user allowed one namespace can
+//! look at it; lists of the whole cluster only with `-A`.
 
+use std::collections::BTreeSet;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +25,8 @@ use mesh_viz::model::Kind;
 use mesh_viz::source::{Api, Chunks, Getting, MetricsApi, Streaming};
 
 use super::local::{Objects, State};
-use super::{Hints, Target};
+use super::resource::Resource;
+use super::{Hints, Target, VizArgs, VizCommand};
 
 /// The viz component's namespace (`mesh viz install`).
 pub const VIZ_NAMESPACE: &str = "mesh-viz";
@@ -40,11 +45,51 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The most of an error answer read.
 const MAX_ERROR: usize = 64 * 1024;
 
+/// Which namespaces' objects a command reads from the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every namespace (`-A`): lists of the whole cluster.
+    All,
+    /// These namespaces only: one list per kind and namespace.
+    Namespaces(BTreeSet<String>),
+}
+
+impl Scope {
+    /// What `mesh viz ARGS` reads: with `-A` every namespace; otherwise `-n`'s (by default
+    /// `default`) and those the command names as resources (`stat ns/demo`, `--to ns/demo`).
+    pub fn of(args: &VizArgs) -> Scope {
+        if args.all_namespaces {
+            return Scope::All;
+        }
+        let mut namespaces = BTreeSet::from([args
+            .namespace
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string())]);
+        let named: Vec<&Resource> = match &args.command {
+            VizCommand::Stat(a) => [Some(&a.resource), a.to.as_ref(), a.from.as_ref()]
+                .into_iter()
+                .flatten()
+                .collect(),
+            VizCommand::Edges(a) => vec![&a.resource],
+            VizCommand::Tap(a) => vec![&a.filter.resource],
+            VizCommand::Top(a) => vec![&a.filter.resource],
+            VizCommand::Dashboard(_) | VizCommand::Install(_) | VizCommand::Uninstall => vec![],
+        };
+        namespaces.extend(
+            named
+                .into_iter()
+                .filter(|r| r.kind == Kind::Namespace)
+                .filter_map(|r| r.name.clone()),
+        );
+        Scope::Namespaces(namespaces)
+    }
+}
+
 /// The cluster of `client` as a target: checks that the viz component is installed, then reads
-/// the pods and workloads of every namespace.
-pub async fn target(client: kube::Client) -> anyhow::Result<Target> {
+/// the pods and workloads of the namespaces of `scope`.
+pub async fn target(client: kube::Client, scope: &Scope) -> anyhow::Result<Target> {
     check_installed(&client).await?;
-    let state = read_state(&client).await?;
+    let state = read_state(&client, scope).await?;
     Ok(Target {
         state: Arc::new(state),
         metrics: Arc::new(MetricsApi {
@@ -68,6 +113,9 @@ async fn check_installed(client: &kube::Client) -> anyhow::Result<()> {
     let list = match services.list(&ListParams::default()).await {
         Ok(list) => list,
         Err(kube::Error::Api(status)) if status.is_not_found() => bail!("{NOT_INSTALLED}"),
+        // A user may reach the viz APIs (services/proxy) without listing the Services: the
+        // service proxy says so itself when the viz component is missing.
+        Err(kube::Error::Api(status)) if status.code == 403 => return Ok(()),
         Err(e) => {
             return Err(e).context(format!(
                 "listing the Services of namespace {VIZ_NAMESPACE} (the viz component)"
@@ -93,27 +141,49 @@ async fn check_installed(client: &kube::Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Lists the objects of every namespace that the viz commands read.
-async fn read_state(client: &kube::Client) -> anyhow::Result<State> {
-    async fn list<K>(client: &kube::Client, what: &str) -> anyhow::Result<Vec<K>>
+/// Lists the objects the viz commands read, of the namespaces of `scope`.
+async fn read_state(client: &kube::Client, scope: &Scope) -> anyhow::Result<State> {
+    async fn list<K>(client: &kube::Client, scope: &Scope, what: &str) -> anyhow::Result<Vec<K>>
     where
-        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
     {
-        let api: KubeApi<K> = KubeApi::all(client.clone());
-        Ok(api
-            .list(&ListParams::default())
-            .await
-            .with_context(|| format!("listing the {what} of the cluster"))?
-            .items)
+        let params = ListParams::default();
+        match scope {
+            Scope::All => Ok(KubeApi::<K>::all(client.clone())
+                .list(&params)
+                .await
+                .with_context(|| {
+                    format!(
+                        "listing the {what} of every namespace (-A; without it, mesh viz lists \
+                         only the namespaces it needs)"
+                    )
+                })?
+                .items),
+            Scope::Namespaces(namespaces) => {
+                let mut all = Vec::new();
+                for ns in namespaces {
+                    let api: KubeApi<K> = KubeApi::namespaced(client.clone(), ns);
+                    let list = api
+                        .list(&params)
+                        .await
+                        .with_context(|| format!("listing the {what} of namespace {ns}"))?;
+                    all.extend(list.items);
+                }
+                Ok(all)
+            }
+        }
     }
     let (pods, replicasets, services, slices, deployments, statefulsets, daemonsets) = tokio::try_join!(
-        list::<Pod>(client, "pods"),
-        list::<ReplicaSet>(client, "ReplicaSets"),
-        list::<Service>(client, "Services"),
-        list::<EndpointSlice>(client, "EndpointSlices"),
-        list::<Deployment>(client, "Deployments"),
-        list::<StatefulSet>(client, "StatefulSets"),
-        list::<DaemonSet>(client, "DaemonSets"),
+        list::<Pod>(client, scope, "pods"),
+        list::<ReplicaSet>(client, scope, "ReplicaSets"),
+        list::<Service>(client, scope, "Services"),
+        list::<EndpointSlice>(client, scope, "EndpointSlices"),
+        list::<Deployment>(client, scope, "Deployments"),
+        list::<StatefulSet>(client, scope, "StatefulSets"),
+        list::<DaemonSet>(client, scope, "DaemonSets"),
     )?;
     let mut objects = Objects::default();
     pods.into_iter().for_each(|p| objects.pod(p));

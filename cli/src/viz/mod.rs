@@ -43,9 +43,14 @@ pub struct VizArgs {
     #[arg(long, global = true, env = "MESH_LOCAL_STATE", value_name = "DIR")]
     pub state: Option<PathBuf>,
     /// The namespace of the resources: by default `demo` on the local mesh, `default` in a
-    /// cluster.
+    /// cluster. In a cluster, only its objects (and those of namespaces named as resources,
+    /// e.g. ns/demo) are listed, so a user allowed one namespace can look at it.
     #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
     pub namespace: Option<String>,
+    /// In a cluster, lists the objects of every namespace (which needs the permission to):
+    /// `stat ns` then shows every namespace, and edges name callers from any namespace.
+    #[arg(short = 'A', long, global = true)]
+    pub all_namespaces: bool,
 }
 
 pub use crate::target::TargetKind;
@@ -261,7 +266,7 @@ pub fn run(args: VizArgs, cluster: &crate::kube::ClusterArgs) -> anyhow::Result<
                             )),
                             Err(e) => return Err(e),
                         };
-                    kube::target(client).await
+                    kube::target(client, &kube::Scope::of(&args)).await
                 })?;
                 (target, runtime)
             }
