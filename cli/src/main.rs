@@ -1,6 +1,6 @@
 //! `mesh`: the command line of the mesh.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// An ultralight service mesh for Kubernetes.
@@ -35,6 +35,16 @@ enum Command {
         #[arg(required = true, value_name = "FILE")]
         inputs: Vec<String>,
     },
+    /// Prints the versions of the CLI, the control plane and the proxies (per namespace).
+    Version(mesh_cli::version::VersionArgs),
+    /// Shows what the mesh itself says: the destination controller's endpoints for a name,
+    /// a proxy's raw metrics.
+    Diagnostics(mesh_cli::diagnostics::DiagnosticsArgs),
+    /// Prints the shell completion script: `source <(mesh completion bash)`.
+    ///
+    /// bash: `mesh completion bash > /etc/bash_completion.d/mesh`; zsh: `mesh completion zsh >
+    /// "${fpath[1]}/_mesh"`; fish: `mesh completion fish > ~/.config/fish/completions/mesh.fish`.
+    Completion(mesh_cli::completion::CompletionArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +64,19 @@ fn main() -> ExitCode {
             let report = mesh_cli::inject::read_inputs(&inputs)
                 .and_then(|i| mesh_cli::inject::run(&i, &mesh_cli::inject::Mode::Uninject));
             return finish_report(report);
+        }
+        Command::Version(args) => {
+            // The client's version even when no mesh answers, then the error (exit 1).
+            let outcome = mesh_cli::version::run(&args, &cli.cluster);
+            let code = finish(Ok(outcome.output));
+            return outcome.error.map_or(code, |e| finish(Err(e)));
+        }
+        Command::Diagnostics(args) => {
+            return finish(mesh_cli::diagnostics::run(&args, &cli.cluster))
+        }
+        Command::Completion(args) => {
+            let script = mesh_cli::completion::script(args.shell, &mut Cli::command());
+            return finish(Ok(script));
         }
     };
     match result {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use base64::Engine as _;
 use mesh_api::identity::{ca, Identity};
+use mesh_api::inject::PROXY_VERSION_ANNOTATION;
 
 use super::binary;
 use super::cluster::Pod;
@@ -71,6 +72,18 @@ impl ControlPlane {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&issuer_key, std::fs::Permissions::from_mode(0o600))?;
 
+        // The control pod's own object, as a cluster lists its controllers' pods.
+        std::fs::write(
+            state.join(format!("pod-mesh-{}.yaml", pod.name)),
+            control_pod_yaml(pod),
+        )
+        .with_context(|| {
+            format!(
+                "writing the Pod object of {} in {}",
+                pod.name,
+                state.display()
+            )
+        })?;
         let source = format!("dir:{}", state.display());
         let log = |name: &str| std::fs::File::create(dir.join(name));
         let destination = pod
@@ -290,6 +303,27 @@ impl Drop for ControlPlane {
 /// how `mesh viz` reaches the pod's proxy from the state folder alone.
 pub const NETNS_ANNOTATION: &str = "mesh.io/local-netns";
 
+/// The control pod's Pod object, in namespace `mesh` like a cluster's controllers: a container
+/// per controller, whose image tag is the version of the binaries (this build's), the
+/// destination controller's port, and the pod's network namespace ([`NETNS_ANNOTATION`]). What
+/// `mesh version` and `mesh diagnostics` read to find the local control plane.
+fn control_pod_yaml(pod: &Pod) -> String {
+    let image = format!("mesh-controller:{}", crate::install::version());
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, \
+         labels: {{app.kubernetes.io/part-of: mesh, mesh.io/control-plane-ns: {ns}}}, \
+         annotations: {{{NETNS_ANNOTATION}: {netns}}}}}\n\
+         spec: {{containers: [\
+         {{name: destination, image: \"{image}\", ports: [{{name: grpc, containerPort: {DESTINATION_PORT}}}]}}, \
+         {{name: identity, image: \"{image}\", ports: [{{name: grpc, containerPort: {IDENTITY_PORT}}}]}}]}}\n\
+         status: {{phase: Running, podIP: \"{ip}\", podIPs: [{{ip: \"{ip}\"}}]}}\n",
+        name = pod.name,
+        ns = mesh_api::identity::CONTROL_PLANE_NAMESPACE,
+        netns = pod.netns,
+        ip = pod.ip,
+    )
+}
+
 /// A Service (`<name>.<namespace>`, ClusterIP `cluster_ip`, port `port` → `target_port`,
 /// selecting `selector`) and its one EndpointSlice with `pods` ready on `target_port`, as the
 /// controllers' folder source reads them.
@@ -345,13 +379,15 @@ pub fn pod_yaml(
     }
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{{labels}}}, \
-         annotations: {{{NETNS_ANNOTATION}: {netns}}}{owners}}}\n\
+         annotations: {{{NETNS_ANNOTATION}: {netns}, {PROXY_VERSION_ANNOTATION}: {version}}}{owners}}}\n\
          spec: {{serviceAccountName: {service_account}, containers: [{{name: app, image: app}}, {{name: mesh-proxy, image: mesh-proxy}}]}}\n\
          status: {{phase: Running, podIP: \"{ip}\", podIPs: [{{ip: \"{ip}\"}}]}}\n",
         name = pod.name,
         labels = labels.join(", "),
         netns = pod.netns,
         ip = pod.ip,
+        // The proxies are this build's binaries.
+        version = crate::install::version(),
     )
 }
 
@@ -469,6 +505,24 @@ mod tests {
             ("Deployment", "web")
         );
         assert_eq!(deploy.metadata.uid.as_ref(), Some(&rs_owner.uid));
+    }
+
+    #[test]
+    fn the_control_pod_names_its_controllers_version_and_netns() {
+        let object: PodObject = serde_yaml_ng::from_str(&control_pod_yaml(&pod())).expect("a Pod");
+        assert_eq!(object.metadata.namespace.as_deref(), Some("mesh"));
+        let containers = object.spec.expect("a spec").containers;
+        let image = format!("mesh-controller:{}", crate::install::version());
+        assert_eq!(containers[0].name, "destination");
+        assert_eq!(containers[0].image.as_deref(), Some(image.as_str()));
+        assert_eq!(
+            containers[0].ports.as_ref().unwrap()[0].container_port,
+            8086
+        );
+        assert_eq!(
+            object.metadata.annotations.unwrap()[NETNS_ANNOTATION],
+            "mesh-1-0-demo-web-1"
+        );
     }
 
     #[test]

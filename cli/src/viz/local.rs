@@ -257,27 +257,32 @@ impl Transport for NetnsTransport {
                     pod.name
                 )));
             }
-            let path = crate::local::netns_path(&pod.address);
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            // A socket stays in the namespace it was made in: make it on a thread that entered
-            // the pod's namespace, then use it from the runtime.
-            std::thread::spawn(move || {
-                let connect = || -> std::io::Result<std::net::TcpStream> {
-                    crate::local::netns_enter(&path)
-                        .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
-                    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ADMIN_PORT));
-                    let stream =
-                        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-                    stream.set_nonblocking(true)?;
-                    Ok(stream)
-                };
-                let _ = tx.send(connect());
-            });
-            let stream = rx
-                .await
-                .map_err(|_| std::io::Error::other("the connecting thread died"))??;
-            let io: Box<dyn Io> = Box::new(tokio::net::TcpStream::from_std(stream)?);
+            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ADMIN_PORT));
+            let io: Box<dyn Io> = Box::new(connect_in(&pod.address, addr).await?);
             Ok(io)
         })
     }
+}
+
+/// A TCP connection to `addr` from inside the network namespace `netns` (`ip netns` name).
+/// Needs root.
+pub async fn connect_in(netns: &str, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let path = crate::local::netns_path(netns);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // A socket stays in the namespace it was made in: make it on a thread that entered the
+    // pod's namespace, then use it from the runtime.
+    std::thread::spawn(move || {
+        let connect = || -> std::io::Result<std::net::TcpStream> {
+            crate::local::netns_enter(&path)
+                .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+            let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+            stream.set_nonblocking(true)?;
+            Ok(stream)
+        };
+        let _ = tx.send(connect());
+    });
+    let stream = rx
+        .await
+        .map_err(|_| std::io::Error::other("the connecting thread died"))??;
+    tokio::net::TcpStream::from_std(stream)
 }

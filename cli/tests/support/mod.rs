@@ -380,3 +380,75 @@ pub fn spawn_mesh_on_cluster(
         .expect("run mesh");
     (child, dir)
 }
+
+/// What [`fake_api_server_streams`] answers: a whole JSON body, or a body that sends its text
+/// and then stays open, as a watch does until the client goes away.
+pub enum Answer {
+    Whole(u16, String),
+    Open(u16, String),
+}
+
+/// [`fake_api_server`], whose answers may also be streams left open ([`Answer::Open`]).
+pub async fn fake_api_server_streams(
+    respond: impl Fn(&ApiRequest) -> Answer + Send + Sync + 'static,
+) -> SocketAddr {
+    use futures_util::StreamExt as _;
+    type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let respond = Arc::new(respond);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let respond = respond.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let respond = respond.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let answer = respond(&ApiRequest {
+                                method: parts.method,
+                                path: parts.uri.path().to_string(),
+                                query: parts.uri.query().unwrap_or("").to_string(),
+                                body,
+                            });
+                            let response: http::Response<Body> = match answer {
+                                Answer::Whole(status, text) => {
+                                    json_response(status, text).map(|b| b.boxed())
+                                }
+                                Answer::Open(status, text) => {
+                                    let first = futures_util::stream::once(async move {
+                                        Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(
+                                            text,
+                                        )))
+                                    });
+                                    let stream = first.chain(futures_util::stream::pending());
+                                    let mut r = http::Response::new(BodyExt::boxed(
+                                        http_body_util::StreamBody::new(stream),
+                                    ));
+                                    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                                    r
+                                }
+                            };
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A local address where nothing listens: a cluster that cannot be reached.
+pub fn unreachable_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
