@@ -26,7 +26,6 @@ fn install_matches_the_golden_file_and_the_api_types() {
     assert_eq!(ns["metadata"]["annotations"]["mesh.io/inject"], "enabled");
     for (kind, name) in [
         ("ServiceAccount", "mesh-prometheus"),
-        ("ClusterRole", "mesh-viz-prometheus"),
         ("ConfigMap", "mesh-prometheus-config"),
         ("Service", "prometheus"),
         ("Deployment", "mesh-metrics-api"),
@@ -36,6 +35,10 @@ fn install_matches_the_golden_file_and_the_api_types() {
     ] {
         find(&docs, kind, name);
     }
+    // Prometheus needs no access to the Kubernetes API.
+    assert!(!docs
+        .iter()
+        .any(|d| d["metadata"]["name"] == "mesh-viz-prometheus"));
 }
 
 #[test]
@@ -97,20 +100,16 @@ fn prometheus_labels_samples_with_their_pod() {
         .unwrap();
     let config: Value = serde_yaml_ng::from_str(config).expect("prometheus.yml is YAML");
     assert_eq!(config["global"]["scrape_interval"], "5s");
+    // Its targets come from the tap aggregator's HTTP service discovery, which labels each
+    // proxy with its pod's namespace and name (no Kubernetes discovery in Prometheus).
     let job = &config["scrape_configs"][0];
-    assert_eq!(job["kubernetes_sd_configs"][0]["role"], "pod");
-    let relabel = job["relabel_configs"].as_array().unwrap();
-    for (source, target) in [
-        ("__meta_kubernetes_namespace", "namespace"),
-        ("__meta_kubernetes_pod_name", "pod"),
-    ] {
-        assert!(
-            relabel
-                .iter()
-                .any(|r| r["source_labels"][0] == source && r["target_label"] == target),
-            "{relabel:?}"
-        );
-    }
+    assert_eq!(
+        job["http_sd_configs"][0]["url"],
+        "http://tap.mesh-viz.svc.cluster.local:8089/api/v1/scrape-targets"
+    );
+    assert!(job.get("kubernetes_sd_configs").is_none());
+    let prometheus = find(&docs, "ServiceAccount", "mesh-prometheus");
+    assert_eq!(prometheus["automountServiceAccountToken"], false);
     // The metrics API reads the Prometheus Service the manifests create.
     let args = &pod_spec(&docs, "mesh-metrics-api")["containers"][0]["args"];
     assert!(

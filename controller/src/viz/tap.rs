@@ -354,6 +354,9 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
     if let Some(rsp) = health(path) {
         return rsp;
     }
+    if path == SCRAPE_TARGETS_PATH {
+        return scrape_targets(state).await;
+    }
     let call = match parse(path, req.uri().query()) {
         Ok(call) => call,
         Err((status, message)) => return error(status, message),
@@ -431,6 +434,55 @@ fn parse<'a>(path: &'a str, query: Option<&str>) -> Result<Call<'a>, Failure> {
         pod,
         upstream,
     })
+}
+
+/// Prometheus' HTTP service discovery of the proxies: what the viz component's Prometheus scrapes
+/// (its config names this path), so it needs no Kubernetes discovery of its own (Debian's
+/// Prometheus is built without it) and no access to the Kubernetes API.
+pub const SCRAPE_TARGETS_PATH: &str = "/api/v1/scrape-targets";
+
+/// `GET /api/v1/scrape-targets`: every running meshed pod's proxy admin address, labelled with
+/// the pod's `namespace` and `pod` (what the metrics API groups samples by), in Prometheus'
+/// `http_sd_configs` format. A failure answers 502, which Prometheus treats as "keep the last
+/// targets".
+async fn scrape_targets(state: &State) -> Response<Body> {
+    let api: kube::Api<Pod> = kube::Api::all(state.kube.clone());
+    let pods = match tokio::time::timeout(KUBE_TIMEOUT, api.list(&Default::default())).await {
+        Ok(Ok(pods)) => pods,
+        Ok(Err(e)) => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                format!("listing pods in the Kubernetes API: {e}"),
+            )
+        }
+        Err(_) => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                format!("listing pods: the Kubernetes API did not answer within {KUBE_TIMEOUT:?}"),
+            )
+        }
+    };
+    let groups = scrape_groups(&pods.items, &state.trust_domain, state.admin_port);
+    super::json(StatusCode::OK, &groups)
+}
+
+/// The target groups of `pods`: one per running meshed pod with an IP.
+fn scrape_groups(pods: &[Pod], trust_domain: &str, admin_port: u16) -> Vec<serde_json::Value> {
+    pods.iter()
+        .filter(|p| {
+            p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                && p.metadata.deletion_timestamp.is_none()
+        })
+        .filter_map(|p| {
+            let namespace = p.metadata.namespace.as_deref()?;
+            let name = p.metadata.name.as_deref()?;
+            let proxy = proxy_of(p, namespace, name, trust_domain, admin_port).ok()?;
+            Some(serde_json::json!({
+                "targets": [proxy.addr.to_string()],
+                "labels": {"namespace": namespace, "pod": name},
+            }))
+        })
+        .collect()
 }
 
 /// Where a pod's proxy is and who it must prove to be.
@@ -666,6 +718,34 @@ mod tests {
 
     fn pod(yaml: &str) -> Pod {
         serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn scrape_targets_are_the_running_meshed_pods_admin_ports() {
+        let pods = [
+            "metadata: {name: web-1, namespace: demo}\n\
+             spec: {containers: [{name: app}, {name: mesh-proxy}]}\n\
+             status: {phase: Running, podIP: 10.244.0.5}",
+            "metadata: {name: web-2, namespace: demo}\n\
+             spec: {containers: [{name: app}], initContainers: [{name: mesh-proxy}]}\n\
+             status: {phase: Running, podIP: 10.244.0.6}",
+            // Not meshed, not running, or going away: not scraped.
+            "metadata: {name: db, namespace: demo}\n\
+             spec: {containers: [{name: db}]}\nstatus: {phase: Running, podIP: 10.244.0.7}",
+            "metadata: {name: web-3, namespace: demo}\n\
+             spec: {containers: [{name: mesh-proxy}]}\nstatus: {phase: Pending}",
+            "metadata: {name: web-4, namespace: demo, deletionTimestamp: '2026-01-01T00:00:00Z'}\n\
+             spec: {containers: [{name: mesh-proxy}]}\nstatus: {phase: Running, podIP: 10.244.0.8}",
+        ]
+        .map(pod);
+        let groups = scrape_groups(&pods, "cluster.local", 4191);
+        assert_eq!(
+            serde_json::Value::Array(groups),
+            serde_json::json!([
+                {"targets": ["10.244.0.5:4191"], "labels": {"namespace": "demo", "pod": "web-1"}},
+                {"targets": ["10.244.0.6:4191"], "labels": {"namespace": "demo", "pod": "web-2"}},
+            ])
+        );
     }
 
     #[test]
