@@ -9,6 +9,10 @@ e2e *args:
     cargo build -p mesh-proxy -p mesh-controller -p mesh-demo-app -p mesh-cli --bins
     cargo test -p mesh-tests {{args}}
 
+# The cluster tier: the mesh on a real Kubernetes (KUBECONFIG, or ../shared/k8s brought up as root).
+kube-e2e:
+    ./scripts/test-kube
+
 # Benchmarks: the mesh against direct calls and haproxy, written to BENCHMARKS.md (needs root).
 bench *args:
     ./scripts/setup-bench.sh
@@ -23,7 +27,12 @@ lint:
 demo *args:
     cargo run --release -p mesh-cli -- demo {{args}}
 
-# The proxy and controller images, tagged as `mesh install` references them (ghcr.io/mesh/…:v<version>).
-images engine="podman" registry="ghcr.io/mesh":
+# The images from this machine's release binaries, no registry or engine needed (target/images/*.tar;
+# `--import` loads them into containerd).
+images *args:
+    ./scripts/build-images {{args}}
+
+# The same images built by a container engine from images/*.Containerfile (static musl binaries).
+images-engine engine="podman" registry="ghcr.io/mesh":
     {{engine}} build -f images/proxy.Containerfile -t {{registry}}/proxy:v$(cargo pkgid -p mesh-cli | sed 's/.*[#@]//') .
     {{engine}} build -f images/controller.Containerfile -t {{registry}}/controller:v$(cargo pkgid -p mesh-cli | sed 's/.*[#@]//') .

@@ -1,6 +1,7 @@
 //! End-to-end tests of the mesh on network-namespace pods (see `tests/tests/`); this library holds their shared helpers.
 
 pub mod fixtures;
+pub mod kube;
 pub mod mtls;
 pub mod state;
 pub mod web_mesh;
