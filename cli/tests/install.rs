@@ -305,3 +305,279 @@ fn uninstall_lists_what_to_delete_webhook_first() {
     assert_eq!(docs[0]["kind"], "MutatingWebhookConfiguration");
     assert_eq!(docs.last().unwrap()["kind"], "Namespace");
 }
+
+// === keys written by openssl, step and cert-manager ===
+
+#[path = "../../api/tests/openssl/mod.rs"]
+mod openssl;
+
+/// A webhook CA and a serving certificate for mesh-injector.mesh.svc with a SEC1 key, made by
+/// openssl next to the README's anchor and issuer.
+fn openssl_webhook(dir: &openssl::Workdir) {
+    dir.sh(
+        "openssl ecparam -name prime256v1 -genkey -noout -out webhook-ca.key
+         openssl req -x509 -new -config mesh-ca.cnf -extensions anchor -key webhook-ca.key \
+           -subj /CN=mesh-injector-ca -days 30 -out webhook-ca.crt
+         openssl ecparam -name prime256v1 -genkey -noout -out webhook.key
+         openssl req -new -config mesh-ca.cnf -key webhook.key -subj /CN=mesh-injector.mesh.svc \
+           -out webhook.csr
+         printf 'subjectAltName = DNS:mesh-injector.mesh.svc\\nextendedKeyUsage = serverAuth\\n' \
+           > webhook.ext
+         openssl x509 -req -in webhook.csr -CA webhook-ca.crt -CAkey webhook-ca.key \
+           -CAcreateserial -days 30 -extfile webhook.ext -out webhook.crt",
+    );
+}
+
+fn openssl_flags(dir: &openssl::Workdir, issuer_key: &str, webhook_key: &str) -> Vec<String> {
+    [
+        ("--identity-trust-anchors-file", "ca.crt"),
+        ("--identity-issuer-certificate-file", "issuer.crt"),
+        ("--identity-issuer-key-file", issuer_key),
+        ("--webhook-ca-file", "webhook-ca.crt"),
+        ("--webhook-certificate-file", "webhook.crt"),
+        ("--webhook-key-file", webhook_key),
+    ]
+    .into_iter()
+    .flat_map(|(flag, file)| [flag.to_string(), dir.arg(file)])
+    .collect()
+}
+
+#[test]
+fn install_accepts_sec1_keys_which_once_could_not_be_parsed() {
+    let dir = openssl::Workdir::new("install-sec1");
+    dir.readme_anchor_and_issuer();
+    openssl_webhook(&dir);
+    for key in ["issuer.key", "webhook.key"] {
+        assert!(dir.read(key).starts_with("-----BEGIN EC PRIVATE KEY-----"));
+    }
+    let flags = openssl_flags(&dir, "issuer.key", "webhook.key");
+    let mut args = vec!["install", "--ignore-cluster"];
+    args.extend(flags.iter().map(String::as_str));
+    let (_, docs) = render(&args);
+    assert_typed(&docs);
+    let issuer = find(&docs, "Secret", "mesh-identity-issuer");
+    assert_eq!(b64(&issuer["data"]["tls.key"]), dir.read("issuer.key"));
+    assert_eq!(b64(&issuer["data"]["tls.crt"]), dir.read("issuer.crt"));
+    let webhook = find(&docs, "Secret", "mesh-injector-tls");
+    assert_eq!(b64(&webhook["data"]["tls.key"]), dir.read("webhook.key"));
+
+    // Every other form openssl writes, for the issuer and the webhook alike.
+    for key in dir.accepted_keys() {
+        let cert = dir.issuer_for(key);
+        dir.write("issuer.crt", &cert);
+        let flags = openssl_flags(&dir, key, "webhook.key");
+        let mut args = vec!["install", "--ignore-cluster"];
+        args.extend(flags.iter().map(String::as_str));
+        let out = mesh(&args, None);
+        assert!(out.status.success(), "{key}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn unreadable_keys_are_errors_naming_the_file_and_the_flag() {
+    let dir = openssl::Workdir::new("install-refused");
+    dir.readme_anchor_and_issuer();
+    openssl_webhook(&dir);
+    dir.sh(
+        "openssl pkey -in issuer.key -aes256 -passout pass:secret -out encrypted.key
+         openssl ecparam -name prime256v1 -genkey -noout -out other.key",
+    );
+    for (issuer_key, webhook_key, message) in [
+        (
+            "encrypted.key",
+            "webhook.key",
+            format!(
+                "the issuer key {} (--identity-issuer-key-file): encrypted keys are not supported",
+                dir.arg("encrypted.key")
+            ),
+        ),
+        (
+            "issuer.key",
+            "encrypted.key",
+            format!(
+                "the webhook key {} (--webhook-key-file): encrypted keys are not supported",
+                dir.arg("encrypted.key")
+            ),
+        ),
+        (
+            "issuer.key",
+            "other.key",
+            format!(
+                "the webhook key {} (--webhook-key-file): it does not belong to the webhook \
+                 certificate {}",
+                dir.arg("other.key"),
+                dir.arg("webhook.crt")
+            ),
+        ),
+        (
+            "other.key",
+            "webhook.key",
+            format!(
+                "the issuer key {} (--identity-issuer-key-file): it does not belong to the \
+                 issuer certificate {}",
+                dir.arg("other.key"),
+                dir.arg("issuer.crt")
+            ),
+        ),
+    ] {
+        let flags = openssl_flags(&dir, issuer_key, webhook_key);
+        let mut args = vec!["install", "--ignore-cluster"];
+        args.extend(flags.iter().map(String::as_str));
+        let out = mesh(&args, None);
+        assert_eq!(out.status.code(), Some(1), "{issuer_key} {webhook_key}");
+        assert!(out.stdout.is_empty());
+        assert!(stderr(&out).contains(&message), "{}", stderr(&out));
+    }
+}
+
+/// A folder where the README's recipes run as written: the real `mesh` and a `kubectl` that
+/// logs its arguments, answers `get secret mesh-injector-tls` with the fixed webhook
+/// certificates and keeps what `apply -f -` is given (`applied-<n>.yaml`).
+fn readme_cluster(name: &str) -> openssl::Workdir {
+    let dir = openssl::Workdir::new(name);
+    dir.readme_anchor_and_issuer();
+    let fake = format!(
+        r#"#!/bin/sh
+echo "kubectl $*" >> kubectl.log
+case "$*" in
+  *'ca\.crt'*) base64 < {ca} ;;
+  *'tls\.crt'*) base64 < {crt} ;;
+  *'tls\.key'*) base64 < {key} ;;
+  *'apply -f -'*) cat > "applied-$(ls applied-*.yaml 2>/dev/null | wc -l | tr -d ' ').yaml" ;;
+esac
+"#,
+        ca = testdata_arg("certs/webhook-ca.crt"),
+        crt = testdata_arg("certs/webhook.crt"),
+        key = testdata_arg("certs/webhook.key"),
+    );
+    dir.sh(&format!(
+        "mkdir bin
+         ln -s {mesh} bin/mesh
+         cat > bin/kubectl <<'END'\n{fake}END
+         chmod +x bin/kubectl",
+        mesh = env!("CARGO_BIN_EXE_mesh"),
+    ));
+    dir
+}
+
+/// Runs the `n`-th block under `heading` with the fake `kubectl` and the real `mesh`.
+fn run_readme(dir: &openssl::Workdir, heading: &str, n: usize) {
+    let block = openssl::readme_block(heading, n);
+    dir.sh(&format!(
+        "PATH=\"$PWD/bin:$PATH\"; unset KUBECONFIG\n{block}"
+    ));
+}
+
+/// What the README's patch file for Secret mesh-identity-issuer sets.
+fn issuer_patch(dir: &openssl::Workdir) -> (String, String) {
+    let patch: Value = serde_yaml_ng::from_str(&dir.read("issuer-patch.yaml")).expect("YAML");
+    let text = |k: &str| patch["stringData"][k].as_str().expect(k).to_string();
+    (text("tls.crt"), text("tls.key"))
+}
+
+/// The trust anchors of an applied control plane: the ConfigMap's and those written into the
+/// destination controller's proxy.
+fn applied_anchors(dir: &openssl::Workdir, n: usize) -> (String, String) {
+    let docs = docs(&dir.read(&format!("applied-{n}.yaml")));
+    let map = find(&docs, "ConfigMap", "mesh-trust-anchors")["data"]["ca-bundle.crt"]
+        .as_str()
+        .expect("ca-bundle.crt")
+        .to_string();
+    let spec = &find(&docs, "Deployment", "mesh-destination")["spec"]["template"]["spec"];
+    let proxy = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|k| spec[*k].as_array().cloned().unwrap_or_default())
+        .find(|c| c["name"] == "mesh-proxy")
+        .expect("the destination controller's proxy");
+    let env = proxy["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "MESH_PROXY_TRUST_ANCHORS")
+        .expect("MESH_PROXY_TRUST_ANCHORS")["value"]
+        .as_str()
+        .expect("value")
+        .to_string();
+    (map, env)
+}
+
+#[test]
+fn the_readme_issuer_rotation_runs_as_written() {
+    let dir = readme_cluster("readme-issuer-rotation");
+    run_readme(&dir, "### Rotating the issuer", 0);
+    let (crt, key) = issuer_patch(&dir);
+    assert_eq!(crt, dir.read("issuer-2.crt"));
+    assert_eq!(key, dir.read("issuer-2.key"));
+    assert_eq!(
+        dir.read("kubectl.log"),
+        "kubectl -n mesh patch secret mesh-identity-issuer --patch-file issuer-patch.yaml\n\
+         kubectl -n mesh rollout restart deploy/mesh-identity\n\
+         kubectl -n mesh rollout status deploy/mesh-identity\n"
+    );
+    // The new issuer is one mesh takes with the anchor it already has.
+    let (anchors, cert, key) = (
+        dir.arg("ca.crt"),
+        dir.arg("issuer-2.crt"),
+        dir.arg("issuer-2.key"),
+    );
+    let out = mesh(
+        &[
+            "install",
+            "--ignore-cluster",
+            "--identity-trust-anchors-file",
+            &anchors,
+            "--identity-issuer-certificate-file",
+            &cert,
+            "--identity-issuer-key-file",
+            &key,
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn the_readme_anchor_rotation_runs_as_written() {
+    let dir = readme_cluster("readme-anchor-rotation");
+    let heading = "### Rotating the trust anchor";
+    let old = dir.read("ca.crt");
+
+    // 1. A new anchor, its issuer, the bundle of both.
+    run_readme(&dir, heading, 0);
+    let new = dir.read("ca-2.crt");
+    assert_ne!(old, new);
+    assert_eq!(dir.read("bundle.crt"), format!("{old}{new}"));
+
+    // 2. Both trusted, everywhere, the webhook's certificate kept.
+    run_readme(&dir, heading, 1);
+    let bundle = dir.read("bundle.crt");
+    assert_eq!(applied_anchors(&dir, 0), (bundle.clone(), bundle));
+    let both = docs(&dir.read("applied-0.yaml"));
+    let issuer = find(&both, "Secret", "mesh-identity-issuer");
+    assert_eq!(b64(&issuer["data"]["tls.crt"]), dir.read("issuer.crt"));
+    let webhook = find(&both, "Secret", "mesh-injector-tls");
+    assert_eq!(
+        b64(&webhook["data"]["tls.crt"]),
+        std::fs::read_to_string(testdata("certs/webhook.crt")).unwrap()
+    );
+    let log = dir.read("kubectl.log");
+    assert!(
+        log.contains("kubectl -n mesh rollout restart deploy\n"),
+        "{log}"
+    );
+
+    // 3. The new issuer.
+    run_readme(&dir, heading, 2);
+    assert_eq!(
+        issuer_patch(&dir),
+        (dir.read("issuer-2.crt"), dir.read("issuer-2.key"))
+    );
+
+    // 4. The old anchor dropped.
+    run_readme(&dir, heading, 3);
+    assert_eq!(applied_anchors(&dir, 1), (new.clone(), new));
+    let new_only = docs(&dir.read("applied-1.yaml"));
+    let issuer = find(&new_only, "Secret", "mesh-identity-issuer");
+    assert_eq!(b64(&issuer["data"]["tls.crt"]), dir.read("issuer-2.crt"));
+    assert_eq!(b64(&issuer["data"]["tls.key"]), dir.read("issuer-2.key"));
+}

@@ -849,3 +849,68 @@ async fn an_unreachable_api_server_is_retryable() {
         1.0
     );
 }
+
+// === keys written by openssl, step and cert-manager ===
+
+#[path = "../../api/tests/openssl/mod.rs"]
+mod openssl;
+
+#[tokio::test]
+async fn starts_from_an_issuer_key_in_any_form_openssl_writes() {
+    let dir = openssl::Workdir::new("identity-keys");
+    dir.readme_anchor_and_issuer();
+    let anchor = || CertAndKey {
+        cert_pem: dir.read("ca.crt"),
+        key_pem: dir.read("ca.key"),
+    };
+    let folder = token_folder();
+    // The README's issuer first: its key is SEC1, which once could not be parsed.
+    assert!(dir
+        .read("issuer.key")
+        .starts_with("-----BEGIN EC PRIVATE KEY-----"));
+    let mut issuers = vec![("issuer.key", dir.read("issuer.crt"))];
+    for key in dir.accepted_keys() {
+        issuers.push((key, dir.issuer_for(key)));
+    }
+    for (key_file, cert) in issuers {
+        let ca = TestCa::with_issuer(anchor(), &cert, &dir.read(key_file));
+        let running = start(ca.config(Source::Dir(folder.path().to_owned())))
+            .await
+            .unwrap_or_else(|e| panic!("{key_file}: {e:#}"));
+        let (key, pem) = csr(&web().dns_name(), Some(&web().spiffe_id()));
+        let response = certified(&running, &ca.anchors, &pem, WEB_TOKEN).await;
+        check_issued(&response, &ca.anchors, &web(), &key, HOUR);
+        running.shutdown().await.expect("clean shutdown");
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_issuer_key_is_named_with_its_flag() {
+    let dir = openssl::Workdir::new("identity-refused");
+    dir.readme_anchor_and_issuer();
+    dir.sh(
+        "openssl pkey -in issuer.key -aes256 -passout pass:secret -out encrypted.key
+         openssl ecparam -name prime256v1 -genkey -noout -out other.key",
+    );
+    let folder = token_folder();
+    for (key_file, want) in [
+        ("encrypted.key", "encrypted keys are not supported"),
+        ("other.key", "it does not belong to the issuer certificate"),
+    ] {
+        let anchor = CertAndKey {
+            cert_pem: dir.read("ca.crt"),
+            key_pem: dir.read("ca.key"),
+        };
+        let ca = TestCa::with_issuer(anchor, &dir.read("issuer.crt"), &dir.read(key_file));
+        let e = match start(ca.config(Source::Dir(folder.path().to_owned()))).await {
+            Ok(_) => panic!("{key_file}: started"),
+            Err(e) => format!("{e:#}"),
+        };
+        let named = format!(
+            "the issuer key {} (--issuer-key): ",
+            ca.path("issuer.key").display()
+        );
+        assert!(e.starts_with(&named), "{e}");
+        assert!(e.contains(want), "{e}");
+    }
+}

@@ -1,16 +1,23 @@
 //! The mesh CA's certificates: making them (rcgen), reading them (PEM), checking them (webpki).
 //!
-//! Every key is ECDSA P-256: small certificates, fast handshakes. A trust anchor signs an issuer
-//! (a CA limited to one level below it), the issuer signs leaves. Leaves carry both the server
-//! and the client usage, because every proxy is both.
+//! Every key the mesh makes is ECDSA P-256: small certificates, fast handshakes. A trust anchor
+//! signs an issuer (a CA limited to one level below it), the issuer signs leaves. Leaves carry
+//! both the server and the client usage, because every proxy is both. Keys an operator brings
+//! (the issuer's, the webhook's) are read by [`key_from_pem`] whatever form openssl, step or
+//! cert-manager wrote them in.
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType, SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
-use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{
+    pem::PemObject, CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime,
+};
 use std::time::{Duration, SystemTime};
 use time::OffsetDateTime;
+use x509_parser::asn1_rs::{
+    self, Any, Class, FromDer, Null, OctetString, Oid, Sequence, Tag, ToDer,
+};
 
 use super::Identity;
 
@@ -52,7 +59,8 @@ fn rcgen(what: &'static str) -> impl FnOnce(rcgen::Error) -> CaError {
 pub struct CertAndKey {
     /// The certificate (one PEM block).
     pub cert_pem: String,
-    /// The PKCS#8 private key.
+    /// The private key: PKCS#8 when the mesh made it, any form [`key_from_pem`] reads when it
+    /// came from a file.
     pub key_pem: String,
 }
 
@@ -185,9 +193,16 @@ pub struct Signer {
 }
 
 impl Signer {
-    /// Loads a CA from its certificate and key (PEM); the certificate must be a CA.
+    /// Loads a CA from its certificate and key (PEM, any form [`key_from_pem`] reads); the
+    /// certificate must be a CA.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CaError> {
-        let key = KeyPair::from_pem(key_pem).map_err(rcgen("reading the issuer key"))?;
+        Self::new(cert_pem, &key_from_pem(key_pem, "the issuer key")?)
+    }
+
+    /// Loads a CA from its certificate (PEM) and a key [`key_from_pem`] read (and named in its
+    /// errors); the certificate must be a CA and the key its own.
+    pub fn new(cert_pem: &str, key: &PrivateKeyDer<'_>) -> Result<Self, CaError> {
+        let key = KeyPair::try_from(key).map_err(rcgen("loading the issuer key"))?;
         let der = certs_from_pem(cert_pem, "the issuer certificate")?
             .into_iter()
             .next()
@@ -203,10 +218,7 @@ impl Signer {
             });
         }
         if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-            return Err(CaError::Pem {
-                what: "the issuer key".into(),
-                reason: "it does not belong to the issuer certificate".into(),
-            });
+            return Err(not_its_key("the issuer key", "the issuer certificate"));
         }
         let issuer = rcgen::Issuer::from_ca_cert_der(&der, key)
             .map_err(rcgen("reading the issuer certificate"))?;
@@ -309,12 +321,332 @@ pub fn certs_from_pem(pem: &str, what: &str) -> Result<Vec<CertificateDer<'stati
     Ok(certs)
 }
 
-/// The private key in `pem` (PKCS#8, SEC1 or PKCS#1).
+// === Private keys ===
+
+/// The private key in `pem`, as PKCS#8 (what ring, and so rcgen and rustls, load), from any of
+/// the forms openssl, step and cert-manager write:
+///
+/// - PKCS#8, `BEGIN PRIVATE KEY` (`openssl genpkey`, `openssl pkey`);
+/// - SEC1, `BEGIN EC PRIVATE KEY` (`openssl ecparam -genkey`, `step`, cert-manager's ECDSA
+///   keys): a named curve, and the public key the key carries (every one of these writes it);
+/// - PKCS#1, `BEGIN RSA PRIVATE KEY` (`openssl genrsa -traditional`).
+///
+/// ECDSA P-256 and P-384, Ed25519 and RSA (2048 to 8192 bits) keys are read; other blocks in
+/// the PEM (certificates, the `EC PARAMETERS` of `openssl ecparam`) are skipped. The key is
+/// loaded once before it is returned, so what this returns signs, and an error says why a key
+/// is refused (encrypted, another curve or algorithm, too small) in words. `what` names the key
+/// in errors: say where it came from (the file and the flag, the Secret).
+///
+/// ```
+/// use mesh_api::identity::ca;
+/// let anchor = ca::new_trust_anchor("cluster.local", std::time::Duration::from_secs(60))?;
+/// let key = ca::key_from_pem(&anchor.key_pem, "the anchor key ca.key")?;
+/// let pair = rcgen::KeyPair::try_from(&key)?; // or rustls' `load_private_key(key)`
+/// assert_eq!(pair.algorithm(), &rcgen::PKCS_ECDSA_P256_SHA256);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn key_from_pem(pem: &str, what: &str) -> Result<PrivateKeyDer<'static>, CaError> {
-    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| CaError::Pem {
+    read_key(pem).map_err(|reason| CaError::Pem {
+        what: what.to_string(),
+        reason,
+    })
+}
+
+/// Checks that `key` (from [`key_from_pem`]; `what` names it) is the key of the certificate
+/// `cert` (`whose` names it).
+pub fn check_key_pair(
+    cert: &CertificateDer<'_>,
+    whose: &str,
+    key: &PrivateKeyDer<'_>,
+    what: &str,
+) -> Result<(), CaError> {
+    let pair = KeyPair::try_from(key).map_err(|e| CaError::Pem {
         what: what.to_string(),
         reason: e.to_string(),
-    })
+    })?;
+    if cert_info(cert)?.public_key != pair.public_key_raw() {
+        return Err(not_its_key(what, whose));
+    }
+    Ok(())
+}
+
+fn not_its_key(what: &str, whose: &str) -> CaError {
+    CaError::Pem {
+        what: what.to_string(),
+        reason: format!("it does not belong to {whose}"),
+    }
+}
+
+/// The PEM labels of the key forms [`key_from_pem`] reads.
+const PKCS8_LABEL: &str = "PRIVATE KEY";
+const SEC1_LABEL: &str = "EC PRIVATE KEY";
+const PKCS1_LABEL: &str = "RSA PRIVATE KEY";
+
+const ENCRYPTED: &str = "encrypted keys are not supported: decrypt it with \
+                         `openssl pkey -in KEY -out PLAIN` (it asks for the passphrase)";
+
+/// The OIDs of key algorithms (in a PKCS#8 `AlgorithmIdentifier`) and of curves.
+const EC_PUBLIC_KEY: &str = "1.2.840.10045.2.1";
+const RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
+const ED25519: &str = "1.3.101.112";
+const P256: &str = "1.2.840.10045.3.1.7";
+const P384: &str = "1.3.132.0.34";
+
+/// [`key_from_pem`] without the key's name: the reason it is refused, if it is.
+fn read_key(pem: &str) -> Result<PrivateKeyDer<'static>, String> {
+    let blocks = pem::parse_many(pem).map_err(|e| format!("it is not PEM: {e}"))?;
+    let mut keys = blocks.iter().filter(|b| b.tag().ends_with("PRIVATE KEY"));
+    let block = match (keys.next(), keys.count()) {
+        (Some(block), 0) => block,
+        (Some(_), more) => {
+            return Err(format!(
+                "it holds {} private keys: give one key per file",
+                more + 1
+            ))
+        }
+        (None, _) if pem.trim().is_empty() => return Err("it is empty".into()),
+        (None, _) => {
+            return Err(format!(
+                "it holds no private key: expected a PEM block `BEGIN {PKCS8_LABEL}` (PKCS#8), \
+                 `BEGIN {SEC1_LABEL}` (SEC1) or `BEGIN {PKCS1_LABEL}` (PKCS#1)"
+            ))
+        }
+    };
+    let encrypted = block
+        .headers()
+        .get("Proc-Type")
+        .is_some_and(|v| v.contains("ENCRYPTED"));
+    let der = block.contents();
+    let (form, pkcs8, alg) = match block.tag() {
+        "ENCRYPTED PRIVATE KEY" => return Err(ENCRYPTED.into()),
+        _ if encrypted => return Err(ENCRYPTED.into()),
+        PKCS8_LABEL => ("PKCS#8", der.to_vec(), pkcs8_algorithm(der)?),
+        SEC1_LABEL => {
+            let (pkcs8, alg) = sec1_to_pkcs8(der)?;
+            ("SEC1", pkcs8, alg)
+        }
+        PKCS1_LABEL => ("PKCS#1", pkcs1_to_pkcs8(der)?, &rcgen::PKCS_RSA_SHA256),
+        "DSA PRIVATE KEY" => return Err(unsupported_algorithm("DSA")),
+        "OPENSSH PRIVATE KEY" => {
+            return Err("an OpenSSH key is not supported: \
+                        write it as PKCS#8 with `ssh-keygen -p -m PKCS8 -f KEY`"
+                .into())
+        }
+        other => {
+            return Err(format!(
+                "a `BEGIN {other}` block is not a key form mesh reads: give PKCS#8 \
+                 (`BEGIN {PKCS8_LABEL}`), SEC1 (`BEGIN {SEC1_LABEL}`) or PKCS#1 \
+                 (`BEGIN {PKCS1_LABEL}`)"
+            ))
+        }
+    };
+    let pkcs8 = PrivatePkcs8KeyDer::from(pkcs8);
+    // Loading it is the proof that it signs (ring checks the key's consistency); rcgen and rustls
+    // load the same bytes with the same ring.
+    KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, alg).map_err(|e| refused(form, alg, &e))?;
+    Ok(PrivateKeyDer::Pkcs8(pkcs8))
+}
+
+/// The algorithm of a PKCS#8 key, from its `AlgorithmIdentifier`.
+fn pkcs8_algorithm(der: &[u8]) -> Result<&'static rcgen::SignatureAlgorithm, String> {
+    let malformed = |e: String| format!("the PKCS#8 key does not parse: {e}");
+    let info = sequence(der).map_err(malformed)?;
+    // PrivateKeyInfo ::= SEQUENCE { version, AlgorithmIdentifier, privateKey OCTET STRING, … }
+    let (alg_id, key) = match info.as_slice() {
+        [_version, alg_id, key, ..] => (alg_id, key),
+        _ => return Err(malformed("too few elements".into())),
+    };
+    let alg_id = sequence_of(alg_id).map_err(malformed)?;
+    let oid = match alg_id.first() {
+        Some(oid) if oid.tag() == Tag::Oid => Oid::try_from(oid)
+            .map_err(|e| malformed(e.to_string()))?
+            .to_id_string(),
+        _ => return Err(malformed("no algorithm".into())),
+    };
+    match oid.as_str() {
+        EC_PUBLIC_KEY => {
+            let curve = alg_id
+                .get(1)
+                .ok_or_else(|| malformed("an EC key without its curve".into()))?;
+            let alg = curve_algorithm(curve)?;
+            // The ECPrivateKey inside must carry its public key, as in SEC1 form.
+            let key = OctetString::try_from(key).map_err(|e| malformed(e.to_string()))?;
+            ec_private_key(key.as_ref())?;
+            Ok(alg)
+        }
+        RSA_ENCRYPTION => Ok(&rcgen::PKCS_RSA_SHA256),
+        ED25519 => Ok(&rcgen::PKCS_ED25519),
+        other => Err(unsupported_algorithm(algorithm_name(other))),
+    }
+}
+
+/// A SEC1 `ECPrivateKey` as PKCS#8: the same key in a `PrivateKeyInfo` that names its curve.
+fn sec1_to_pkcs8(der: &[u8]) -> Result<(Vec<u8>, &'static rcgen::SignatureAlgorithm), String> {
+    let curve = ec_private_key(der)?.ok_or_else(|| {
+        "the SEC1 key does not name its curve: write it with its parameters \
+         (`openssl ec -in KEY -param_enc named_curve -out FIXED`)"
+            .to_string()
+    })?;
+    let alg = curve_algorithm(&curve)?;
+    let curve_oid = curve
+        .to_der_vec()
+        .map_err(|e| format!("the SEC1 key's curve does not encode: {e}"))?;
+    Ok((pkcs8(EC_PUBLIC_KEY, &curve_oid, der)?, alg))
+}
+
+/// A PKCS#1 `RSAPrivateKey` as PKCS#8 (ring reads RSA keys in PKCS#8 only).
+fn pkcs1_to_pkcs8(der: &[u8]) -> Result<Vec<u8>, String> {
+    let null = Null::new()
+        .to_der_vec()
+        .map_err(|e| format!("encoding NULL: {e}"))?;
+    pkcs8(RSA_ENCRYPTION, &null, der)
+}
+
+/// Checks a SEC1 `ECPrivateKey` (RFC 5915) and returns its `[0]` parameters (the curve), if it
+/// has them: version 1, the private key, and the `[1]` public key, which ring needs.
+fn ec_private_key(der: &[u8]) -> Result<Option<Any<'_>>, String> {
+    let malformed = |e: String| format!("the EC key does not parse: {e}");
+    let elements = sequence(der).map_err(malformed)?;
+    let version = elements.first().map(u32::try_from);
+    if !matches!(version, Some(Ok(1))) {
+        return Err(malformed("its version is not 1".into()));
+    }
+    let tagged = |n: u32| {
+        elements
+            .iter()
+            .skip(2)
+            .find(|e| e.class() == Class::ContextSpecific && e.tag() == Tag(n))
+    };
+    if tagged(1).is_none() {
+        return Err(
+            "the EC key does not carry its public key, which is needed: \
+                    `openssl ec -in KEY -out FIXED` writes it back"
+                .into(),
+        );
+    }
+    match tagged(0) {
+        None => Ok(None),
+        Some(params) => Any::from_der(params.data)
+            .map(|(_, curve)| Some(curve))
+            .map_err(|e| malformed(e.to_string())),
+    }
+}
+
+/// The rcgen algorithm of a curve (an `ECParameters`: a named curve's OID).
+fn curve_algorithm(params: &Any<'_>) -> Result<&'static rcgen::SignatureAlgorithm, String> {
+    let oid = (params.tag() == Tag::Oid)
+        .then(|| Oid::try_from(params).ok())
+        .flatten();
+    let Some(oid) = oid else {
+        return Err(
+            "explicit curve parameters are not supported: write the key with a named \
+                    curve (`openssl ec -in KEY -param_enc named_curve -out FIXED`)"
+                .into(),
+        );
+    };
+    match oid.to_id_string().as_str() {
+        P256 => Ok(&rcgen::PKCS_ECDSA_P256_SHA256),
+        P384 => Ok(&rcgen::PKCS_ECDSA_P384_SHA384),
+        other => Err(format!(
+            "the curve {} is not supported: use P-256 (`openssl ecparam -name prime256v1`) \
+             or P-384 (`secp384r1`)",
+            curve_name(other)
+        )),
+    }
+}
+
+fn curve_name(oid: &str) -> String {
+    match oid {
+        "1.3.132.0.35" => "P-521 (secp521r1)".into(),
+        "1.3.132.0.33" => "P-224 (secp224r1)".into(),
+        "1.2.840.10045.3.1.1" => "P-192 (prime192v1)".into(),
+        "1.3.132.0.10" => "secp256k1".into(),
+        "1.3.36.3.3.2.8.1.1.7" => "brainpoolP256r1".into(),
+        "1.3.36.3.3.2.8.1.1.11" => "brainpoolP384r1".into(),
+        "1.3.36.3.3.2.8.1.1.13" => "brainpoolP512r1".into(),
+        "1.2.156.10197.1.301" => "SM2".into(),
+        other => format!("with OID {other}"),
+    }
+}
+
+fn algorithm_name(oid: &str) -> String {
+    match oid {
+        "1.2.840.113549.1.1.10" => "RSA-PSS".into(),
+        "1.3.101.113" => "Ed448".into(),
+        "1.3.101.110" => "X25519".into(),
+        "1.3.101.111" => "X448".into(),
+        "1.2.840.10040.4.1" => "DSA".into(),
+        "1.2.840.113549.1.3.1" | "1.2.840.10046.2.1" => "Diffie-Hellman".into(),
+        other => format!("algorithm {other}"),
+    }
+}
+
+fn unsupported_algorithm(name: impl std::fmt::Display) -> String {
+    format!(
+        "{name} keys are not supported: use ECDSA P-256 (`openssl ecparam -name prime256v1 \
+         -genkey -noout`), P-384, Ed25519 or RSA"
+    )
+}
+
+/// Why ring refused a key that parsed, in words.
+fn refused(form: &str, alg: &rcgen::SignatureAlgorithm, e: &rcgen::Error) -> String {
+    let kind = if alg == &rcgen::PKCS_ECDSA_P256_SHA256 {
+        "ECDSA P-256"
+    } else if alg == &rcgen::PKCS_ECDSA_P384_SHA384 {
+        "ECDSA P-384"
+    } else if alg == &rcgen::PKCS_ED25519 {
+        "Ed25519"
+    } else {
+        "RSA"
+    };
+    let reason = match e {
+        rcgen::Error::RingKeyRejected(r) if r == "TooSmall" => {
+            "it is too small: use 2048 bits or more".to_string()
+        }
+        rcgen::Error::RingKeyRejected(r) if r == "TooLarge" => {
+            "it is too large: use 8192 bits or fewer".to_string()
+        }
+        other => other.to_string(),
+    };
+    format!("the {form} {kind} key does not load: {reason}")
+}
+
+/// A PKCS#8 `PrivateKeyInfo` (version 0) of `key` for the algorithm `alg` with `params` (DER).
+fn pkcs8(alg: &str, params: &[u8], key: &[u8]) -> Result<Vec<u8>, String> {
+    let encode = |e: asn1_rs::SerializeError| format!("encoding the key as PKCS#8: {e}");
+    let oid: Oid<'static> = alg
+        .parse()
+        .map_err(|e| format!("the OID {alg} does not parse: {e:?}"))?;
+    let mut alg_id = oid.to_der_vec().map_err(encode)?;
+    alg_id.extend_from_slice(params);
+    let mut info = 0u32.to_der_vec().map_err(encode)?;
+    info.extend(Sequence::new(alg_id.into()).to_der_vec().map_err(encode)?);
+    info.extend(OctetString::new(key).to_der_vec().map_err(encode)?);
+    Sequence::new(info.into()).to_der_vec().map_err(encode)
+}
+
+/// The elements of the DER SEQUENCE `der` (nothing may follow it).
+fn sequence(der: &[u8]) -> Result<Vec<Any<'_>>, String> {
+    let (rest, seq) = Any::from_der(der).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err("bytes follow it".into());
+    }
+    sequence_of(&seq)
+}
+
+/// The elements of the SEQUENCE `seq`.
+fn sequence_of<'a>(seq: &Any<'a>) -> Result<Vec<Any<'a>>, String> {
+    if seq.tag() != Tag::Sequence {
+        return Err(format!("expected a SEQUENCE, found {}", seq.tag()));
+    }
+    let mut rest = seq.data;
+    let mut elements = Vec::new();
+    while !rest.is_empty() {
+        let (next, element) = Any::from_der(rest).map_err(|e| e.to_string())?;
+        elements.push(element);
+        rest = next;
+    }
+    Ok(elements)
 }
 
 /// The signature algorithms webpki accepts in mesh chains.

@@ -76,13 +76,21 @@ impl Certs {
             &files.identity_issuer_key_file,
         ) {
             (None, None, None) => None,
-            (Some(a), Some(c), Some(k)) => Some((
-                read(a, "the trust anchors")?,
-                CertAndKey {
+            (Some(a), Some(c), Some(k)) => {
+                let issuer = CertAndKey {
                     cert_pem: read(c, "the issuer certificate")?,
                     key_pem: read(k, "the issuer key")?,
-                },
-            )),
+                };
+                check_key(
+                    &issuer,
+                    &format!("the issuer certificate {}", c.display()),
+                    &format!(
+                        "the issuer key {} (--identity-issuer-key-file)",
+                        k.display()
+                    ),
+                )?;
+                Some((read(a, "the trust anchors")?, issuer))
+            }
             _ => bail!(
                 "--identity-trust-anchors-file, --identity-issuer-certificate-file and \
                  --identity-issuer-key-file go together: give all three or none"
@@ -107,13 +115,18 @@ impl Certs {
             &files.webhook_key_file,
         ) {
             (None, None, None) => generate_webhook(&names, webhook_days)?,
-            (Some(a), Some(c), Some(k)) => (
-                read(a, "the webhook CA")?,
-                CertAndKey {
+            (Some(a), Some(c), Some(k)) => {
+                let webhook = CertAndKey {
                     cert_pem: read(c, "the webhook certificate")?,
                     key_pem: read(k, "the webhook key")?,
-                },
-            ),
+                };
+                check_key(
+                    &webhook,
+                    &format!("the webhook certificate {}", c.display()),
+                    &format!("the webhook key {} (--webhook-key-file)", k.display()),
+                )?;
+                (read(a, "the webhook CA")?, webhook)
+            }
             _ => bail!(
                 "--webhook-ca-file, --webhook-certificate-file and --webhook-key-file go \
                  together: give all three or none"
@@ -158,6 +171,16 @@ pub fn check_issuer(
     let chain = ca::certs_from_pem(&probe.chain_pem, "the probe chain")?;
     ca::verify_chain(&chain, &anchors, &name, now)
         .context("the issuer does not chain to the trust anchors")?;
+    Ok(())
+}
+
+/// Checks that the key of `pair` is one mesh reads (PKCS#8, SEC1 or PKCS#1; see
+/// [`ca::key_from_pem`]) and is the key of its certificate (the first of the PEM). `whose` and
+/// `what` name the certificate and the key in errors: say the file and the flag.
+pub fn check_key(pair: &CertAndKey, whose: &str, what: &str) -> anyhow::Result<()> {
+    let key = ca::key_from_pem(&pair.key_pem, what)?;
+    let cert = ca::certs_from_pem(&pair.cert_pem, whose)?;
+    ca::check_key_pair(&cert[0], whose, &key, what)?;
     Ok(())
 }
 

@@ -177,8 +177,19 @@ impl Ca {
             &issuer_pem,
             &in_file("the issuer certificate", &config.issuer_cert),
         )?;
-        ca::key_from_pem(&key_pem, &in_file("the issuer key", &config.issuer_key))?;
-        let signer = Signer::from_pem(&issuer_pem, &key_pem)?;
+        // PKCS#8, SEC1 or PKCS#1, as openssl, step and cert-manager write it.
+        let key_what = format!(
+            "the issuer key {} (--issuer-key)",
+            config.issuer_key.display()
+        );
+        let key = ca::key_from_pem(&key_pem, &key_what)?;
+        ca::check_key_pair(
+            &issuer_ders[0],
+            &in_file("the issuer certificate", &config.issuer_cert),
+            &key,
+            &key_what,
+        )?;
+        let signer = Signer::new(&issuer_pem, &key)?;
         let info = ca::cert_info(&issuer_ders[0])?;
         let now = SystemTime::now();
         let validity = |reason| StartError::IssuerValidity {

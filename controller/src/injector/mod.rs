@@ -218,7 +218,8 @@ fn tls_config(config: &InjectorConfig) -> Result<Arc<rustls::ServerConfig>, Star
     };
     let chain = ca::certs_from_pem(&read(&config.tls_cert)?, "the serving certificate")
         .map_err(|e| bad(&config.tls_cert, &e))?;
-    let key = ca::key_from_pem(&read(&config.tls_key)?, "the serving key")
+    // PKCS#8, SEC1 or PKCS#1, as openssl, step and cert-manager write it.
+    let key = ca::key_from_pem(&read(&config.tls_key)?, "the serving key (--tls-key)")
         .map_err(|e| bad(&config.tls_key, &e))?;
     let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
