@@ -46,6 +46,12 @@ pub const SKIP_OUTBOUND_PORTS_ANNOTATION: &str = "config.mesh.io/skip-outbound-p
 pub const PROXY_LOG_LEVEL_ANNOTATION: &str = "config.mesh.io/proxy-log-level";
 /// Inbound ports that accept only mutual-TLS connections from meshed clients.
 pub const REQUIRE_IDENTITY_PORTS_ANNOTATION: &str = "config.mesh.io/require-identity-ports";
+/// How long the proxy goes on serving after SIGTERM while the pod's endpoint is withdrawn
+/// (`MESH_PROXY_SHUTDOWN_DELAY`); `0s` turns it off.
+pub const PROXY_SHUTDOWN_DELAY_ANNOTATION: &str = "config.mesh.io/proxy-shutdown-delay";
+/// The injected default of `config.mesh.io/proxy-shutdown-delay`: longer than an endpoint's
+/// removal takes to reach the clients' proxies, well inside the default 30 s grace period.
+pub const DEFAULT_SHUTDOWN_DELAY: &str = "5s";
 /// `enabled` or `disabled`: whether the proxy runs as a native sidecar.
 pub const NATIVE_SIDECAR_ANNOTATION: &str = "config.mesh.io/native-sidecar";
 
@@ -408,6 +414,7 @@ pub fn remove_annotations(object: &mut Value, names: &[&str]) -> bool {
 struct Settings {
     native: bool,
     log_level: String,
+    shutdown_delay: String,
     opaque_ports: Option<String>,
     skip_inbound: Option<String>,
     skip_outbound: Option<String>,
@@ -463,9 +470,21 @@ impl Settings {
             Some(v) => v,
             None => config.log_level.clone(),
         };
+        let shutdown_delay = match get(PROXY_SHUTDOWN_DELAY_ANNOTATION) {
+            None => DEFAULT_SHUTDOWN_DELAY.to_string(),
+            Some(v) if is_duration(&v) => v,
+            Some(v) => {
+                return Err(InjectError::Annotation {
+                    name: PROXY_SHUTDOWN_DELAY_ANNOTATION,
+                    value: v,
+                    reason: "is not a duration (e.g. 5s, 500ms, 0s)",
+                })
+            }
+        };
         Ok(Self {
             native,
             log_level,
+            shutdown_delay,
             opaque_ports: ports(OPAQUE_PORTS_ANNOTATION)?,
             skip_inbound: ports(SKIP_INBOUND_PORTS_ANNOTATION)?,
             skip_outbound: ports(SKIP_OUTBOUND_PORTS_ANNOTATION)?,
@@ -475,6 +494,12 @@ impl Settings {
 }
 
 /// Checks a port list: `25,587,8000-8100`.
+/// Whether `v` is a duration as the proxy reads them: digits and `ms`, `s`, `m` or `h`.
+fn is_duration(v: &str) -> bool {
+    let digits = v.chars().take_while(char::is_ascii_digit).count();
+    digits > 0 && ["ms", "s", "m", "h"].contains(&&v[digits..])
+}
+
 fn check_ports(list: &str) -> Result<(), &'static str> {
     const BAD: &str = "is not a list of ports and ranges (e.g. 25,3306,8000-8100)";
     for item in list.split(',').map(str::trim) {
@@ -596,6 +621,7 @@ fn proxy_container(config: &ProxyConfig, settings: &Settings) -> Container {
         env_field("_MESH_POD_NAMESPACE", "metadata.namespace"),
         env_field("_MESH_POD_SERVICE_ACCOUNT", "spec.serviceAccountName"),
         env("MESH_PROXY_LOG", settings.log_level.clone()),
+        env("MESH_PROXY_SHUTDOWN_DELAY", settings.shutdown_delay.clone()),
         env("MESH_PROXY_INBOUND_ADDR", format!("0.0.0.0:{INBOUND_PORT}")),
         env(
             "MESH_PROXY_OUTBOUND_ADDR",
@@ -911,6 +937,7 @@ mod tests {
         assert_eq!(env["MESH_PROXY_OUTBOUND_OPAQUE_PORTS"], "3306,6379");
         assert_eq!(env["MESH_PROXY_INBOUND_REQUIRE_IDENTITY_PORTS"], "8080");
         assert_eq!(env["MESH_PROXY_LOG"], "debug");
+        assert_eq!(env["MESH_PROXY_SHUTDOWN_DELAY"], DEFAULT_SHUTDOWN_DELAY);
         let args: Vec<&str> = v["spec"]["initContainers"][0]["args"]
             .as_array()
             .unwrap()
@@ -1006,5 +1033,18 @@ mod tests {
         assert!(SidecarMode::for_version("1", "28").reason.contains("1.28"));
         assert!(!SidecarMode::without_cluster(None).native);
         assert!(SidecarMode::without_cluster(Some(true)).native);
+    }
+
+    #[test]
+    fn the_shutdown_delay_is_an_annotation_checked_as_a_duration() {
+        let mut v = pod(json!({PROXY_SHUTDOWN_DELAY_ANNOTATION: "0s"}));
+        inject(&mut v, &BTreeMap::new(), &config()).unwrap();
+        assert_eq!(
+            env_of(&v, "initContainers")["MESH_PROXY_SHUTDOWN_DELAY"],
+            "0s"
+        );
+        let mut bad = pod(json!({PROXY_SHUTDOWN_DELAY_ANNOTATION: "five"}));
+        let e = inject(&mut bad, &BTreeMap::new(), &config()).unwrap_err();
+        assert!(e.to_string().contains("is not a duration"), "{e}");
     }
 }

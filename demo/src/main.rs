@@ -20,6 +20,10 @@ use tokio::signal::unix::{signal, SignalKind};
 struct Args {
     #[command(subcommand)]
     command: Command,
+    /// After SIGTERM, go on serving this long before shutting down (a second signal ends it
+    /// early): in Kubernetes, the time a terminating pod's endpoint takes to reach its clients.
+    #[arg(long, global = true, value_name = "MS", default_value_t = 0)]
+    shutdown_delay_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -102,7 +106,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args.command)) {
+    let delay = Duration::from_millis(args.shutdown_delay_ms);
+    match runtime.block_on(run(args.command, delay)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("mesh-demo-app: {e:#}");
@@ -111,8 +116,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
-    let shutdown = shutdown_signal()?;
+async fn run(command: Command, delay: Duration) -> anyhow::Result<()> {
+    let shutdown = shutdown_signal(delay)?;
     match command {
         Command::Emoji { listen } => {
             let listener = bind(listen).await?;
@@ -164,15 +169,23 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("listening on {addr}"))
 }
 
-/// Completes on the first SIGTERM or SIGINT. The handlers are installed before it returns, so
-/// a signal that arrives during start-up is not lost.
-fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
+/// Completes `delay` after the first SIGTERM or SIGINT, or at the second. The handlers are
+/// installed before it returns, so a signal that arrives during start-up is not lost.
+fn shutdown_signal(delay: Duration) -> anyhow::Result<impl Future<Output = ()>> {
     let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("handling SIGINT")?;
     Ok(async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        if !delay.is_zero() {
+            tracing::info!(?delay, "serving on while the endpoint is withdrawn");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
         }
     })
 }

@@ -53,6 +53,10 @@ pub struct Config {
     pub pool_idle_timeout: Duration,
     /// `MESH_PROXY_SHUTDOWN_GRACE_PERIOD`: how long in-flight work may take after a shutdown begins.
     pub shutdown_grace_period: Duration,
+    /// `MESH_PROXY_SHUTDOWN_DELAY`: how long the proxy goes on serving (and accepting) after
+    /// SIGTERM before it drains, while the pod's endpoint is withdrawn from its clients; a second
+    /// signal or `POST /shutdown` ends it early. Default none.
+    pub shutdown_delay: Duration,
     /// `MESH_PROXY_WORKER_THREADS`: the runtime's worker threads. The default, 1, runs tokio's
     /// single-threaded scheduler: the least CPU and memory per request for a sidecar (see
     /// BENCHMARKS.md); set it to the pod's CPU limit to use more cores.
@@ -175,6 +179,7 @@ impl Config {
             },
             pool_idle_timeout: env.duration("MESH_PROXY_POOL_IDLE_TIMEOUT", "30s")?,
             shutdown_grace_period: env.duration("MESH_PROXY_SHUTDOWN_GRACE_PERIOD", "30s")?,
+            shutdown_delay: env.duration("MESH_PROXY_SHUTDOWN_DELAY", "0s")?,
             worker_threads: env.bounded("MESH_PROXY_WORKER_THREADS", 1, 1..=1024)?,
             max_authority_labels: env.bounded(
                 "MESH_PROXY_MAX_AUTHORITY_LABELS",

@@ -72,6 +72,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         "proxy ready"
     );
     wait_for_shutdown(&drain).await;
+    if !config.shutdown_delay.is_zero() && !drain.is_draining() {
+        // Kubernetes withdraws a terminating pod's endpoint while it signals its containers;
+        // clients learn of it a moment later. Serving on meanwhile loses none of their requests.
+        tracing::info!(delay = ?config.shutdown_delay, "still serving while the pod's endpoint is withdrawn");
+        tokio::select! {
+            () = tokio::time::sleep(config.shutdown_delay) => {}
+            () = wait_for_shutdown(&drain) => {}
+        }
+    }
     drain.start();
     tracing::info!(in_flight = drain.in_flight(), grace = ?config.shutdown_grace_period, "draining");
     if drain.wait(config.shutdown_grace_period).await {
