@@ -258,6 +258,58 @@ fn set_value(values: &mut Value, key: &str, raw: &str, folder: &str) -> anyhow::
     Ok(())
 }
 
+/// The string at a dotted key of the values (`controller.image`): "" when it is missing or not
+/// a string.
+pub fn value_str<'a>(values: &'a Value, key: &str) -> &'a str {
+    key.split('.')
+        .fold(values, |at, part| &at[part])
+        .as_str()
+        .unwrap_or_default()
+}
+
+/// Refuses the value at `key` (see [`value_str`]) when it is empty or has a character `ok`
+/// refuses: a value the templates write as it is must not be able to break the YAML.
+///
+/// ```
+/// # use mesh_cli::manifest::{check_word, dns_char};
+/// let values = serde_json::json!({"clusterDomain": "cluster.local", "trustDomain": "a b"});
+/// assert!(check_word(&values, "clusterDomain", dns_char).is_ok());
+/// let e = check_word(&values, "trustDomain", dns_char).unwrap_err();
+/// assert_eq!(e.to_string(), r#"trustDomain: "a b" is not allowed here"#);
+/// ```
+pub fn check_word(values: &Value, key: &str, ok: impl Fn(char) -> bool) -> anyhow::Result<()> {
+    let v = value_str(values, key);
+    if v.is_empty() || !v.chars().all(ok) {
+        anyhow::bail!("{key}: {v:?} is not allowed here");
+    }
+    Ok(())
+}
+
+/// A character of a DNS name: a lowercase letter, a digit, `-` or `.`.
+pub fn dns_char(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'
+}
+
+/// A character of an image reference or tag, or of a resource quantity: a letter, a digit or
+/// one of `._-/:@`.
+pub fn image_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "._-/:@".contains(c)
+}
+
+/// A character of a log filter (`info,mesh=debug`): a letter, a digit or one of `_-=,.:`.
+pub fn filter_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "_-=,.:".contains(c)
+}
+
+/// Refuses an `imagePullPolicy` that Kubernetes does not know.
+pub fn check_pull_policy(values: &Value) -> anyhow::Result<()> {
+    let policy = value_str(values, "imagePullPolicy");
+    if !["Always", "IfNotPresent", "Never"].contains(&policy) {
+        anyhow::bail!("imagePullPolicy: {policy:?} is not Always, IfNotPresent or Never");
+    }
+    Ok(())
+}
+
 /// The template environment of every folder of `manifests/`: undefined names are errors, and
 /// values are written the way YAML and the binaries' flag parsers read them. minijinja's own
 /// spelling of a boolean is Python's (`False`), which clap refuses in `--native-sidecar=False`.

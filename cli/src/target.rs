@@ -20,6 +20,33 @@ pub enum TargetKind {
     Kube,
 }
 
+/// `--target` and `--state`: one definition for the commands that look at either mesh (global,
+/// so a command's subcommands take them too).
+#[derive(clap::Args, Clone, Debug)]
+pub struct TargetArgs {
+    /// Where the mesh runs: `local` (the local mesh of `mesh demo`) or `kube` (the cluster of
+    /// the kubeconfig). By default the local mesh when one is running and no --context or
+    /// --kubeconfig is given, else the cluster.
+    #[arg(long, global = true, value_enum)]
+    pub target: Option<TargetKind>,
+    /// The local mesh's folder (default: where `mesh demo` keeps it), or a folder of objects.
+    #[arg(long, global = true, env = "MESH_LOCAL_STATE", value_name = "DIR")]
+    pub state: Option<PathBuf>,
+}
+
+impl TargetArgs {
+    /// Picks the target: see [`resolve`].
+    pub fn resolve(&self, cluster: &ClusterArgs) -> anyhow::Result<Target> {
+        resolve(self.target, self.state.as_deref(), cluster)
+    }
+
+    /// Whether no flag names where the mesh runs (no --target, --context or --kubeconfig): the
+    /// cluster was picked only because no local mesh runs, which an error about it should say.
+    pub fn implicit(&self, cluster: &ClusterArgs) -> bool {
+        self.target.is_none() && cluster.context.is_none() && cluster.kubeconfig.is_none()
+    }
+}
+
 /// What a command looks at.
 #[derive(Debug)]
 pub enum Target {

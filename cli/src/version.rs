@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -18,7 +17,7 @@ use serde::Serialize;
 use crate::diagnostics::local::{LocalMesh, CONTROL_PLANE_LABEL};
 use crate::install::NAMESPACE;
 use crate::kube::ClusterArgs;
-use crate::target::{self, Target, TargetKind};
+use crate::target::{Target, TargetArgs};
 
 /// How long the API server may take to answer all of it.
 const CLUSTER_TIMEOUT: Duration = Duration::from_secs(15);
@@ -39,14 +38,8 @@ pub struct VersionArgs {
     #[arg(short = 'o', long, value_name = "FORMAT", default_value = "human",
           value_parser = ["human", "json"])]
     pub output: String,
-    /// Where the mesh runs: `local` (the local mesh of `mesh demo`) or `kube` (the cluster of
-    /// the kubeconfig). By default the local mesh when one is running and no --context or
-    /// --kubeconfig is given, else the cluster.
-    #[arg(long, value_enum)]
-    pub target: Option<TargetKind>,
-    /// The local mesh's folder (default: where `mesh demo` keeps it), or a folder of objects.
-    #[arg(long, env = "MESH_LOCAL_STATE", value_name = "DIR")]
-    pub state: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: TargetArgs,
 }
 
 /// What `mesh version` found: the client's version always, the mesh's when it could be read.
@@ -125,7 +118,7 @@ pub fn run(args: &VersionArgs, cluster: &ClusterArgs) -> Outcome {
 fn read(args: &VersionArgs, cluster: &ClusterArgs, versions: &mut Versions) -> anyhow::Result<()> {
     let namespace = args.namespace.as_deref();
     versions.namespace = args.namespace.clone();
-    match target::resolve(args.target, args.state.as_deref(), cluster)? {
+    match args.target.resolve(cluster)? {
         Target::Local(local) => {
             // Only files are read: no need to enter the local mesh's namespaces.
             let mesh = LocalMesh::read(&local.objects)?;
@@ -146,8 +139,7 @@ fn read(args: &VersionArgs, cluster: &ClusterArgs, versions: &mut Versions) -> a
             versions.proxies = Some(Found::Versions(proxy_versions(mesh.pods(), namespace)));
         }
         Target::Kube => {
-            let implicit =
-                args.target.is_none() && cluster.context.is_none() && cluster.kubeconfig.is_none();
+            let implicit = args.target.implicit(cluster);
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;

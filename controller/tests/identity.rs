@@ -5,9 +5,8 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -706,85 +705,36 @@ type Reviews = Arc<Mutex<Vec<(String, Vec<String>)>>>;
 /// Answers `POST /apis/authentication.k8s.io/v1/tokenreviews` with the recorded review chosen
 /// by the token: `good` → authenticated, `wrong-audience` → wrong audience, else rejected.
 async fn fake_api_server() -> (SocketAddr, Reviews) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let reviews: Reviews = Arc::default();
     let seen = reviews.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let seen = seen.clone();
-                        async move {
-                            let path = req.uri().path().to_owned();
-                            let method = req.method().clone();
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes());
-                            let (status, name) = match (method, path.as_str(), body) {
-                                (
-                                    http::Method::POST,
-                                    "/apis/authentication.k8s.io/v1/tokenreviews",
-                                    Ok(body),
-                                ) => {
-                                    let review: serde_json::Value =
-                                        serde_json::from_slice(&body).unwrap_or_default();
-                                    let token = review
-                                        .pointer("/spec/token")
-                                        .and_then(|t| t.as_str())
-                                        .unwrap_or_default()
-                                        .to_owned();
-                                    let audiences = review
-                                        .pointer("/spec/audiences")
-                                        .and_then(|a| serde_json::from_value(a.clone()).ok())
-                                        .unwrap_or_default();
-                                    let name = match token.as_str() {
-                                        "good" => "tokenreview-authenticated.json",
-                                        "wrong-audience" => "tokenreview-wrong-audience.json",
-                                        _ => "tokenreview-rejected.json",
-                                    };
-                                    seen.lock().expect("lock").push((token, audiences));
-                                    (http::StatusCode::CREATED, name)
-                                }
-                                _ => (http::StatusCode::NOT_FOUND, "notfound-404.json"),
-                            };
-                            let mut response =
-                                http::Response::new(Full::new(Bytes::from(fixture(name))));
-                            *response.status_mut() = status;
-                            response.headers_mut().insert(
-                                http::header::CONTENT_TYPE,
-                                http::HeaderValue::from_static("application/json"),
-                            );
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let addr = support::fake_api_server(move |req| {
+        let (status, name) = match (&req.method, req.path.as_str()) {
+            (&http::Method::POST, "/apis/authentication.k8s.io/v1/tokenreviews") => {
+                let review: serde_json::Value =
+                    serde_json::from_slice(&req.body).unwrap_or_default();
+                let token = review
+                    .pointer("/spec/token")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                let audiences = review
+                    .pointer("/spec/audiences")
+                    .and_then(|a| serde_json::from_value(a.clone()).ok())
+                    .unwrap_or_default();
+                let name = match token.as_str() {
+                    "good" => "tokenreview-authenticated.json",
+                    "wrong-audience" => "tokenreview-wrong-audience.json",
+                    _ => "tokenreview-rejected.json",
+                };
+                seen.lock().expect("lock").push((token, audiences));
+                (201, name)
+            }
+            _ => (404, "notfound-404.json"),
+        };
+        (status, fixture(name))
+    })
+    .await;
     (addr, reviews)
-}
-
-fn kubeconfig(dir: &Path, server: SocketAddr) -> PathBuf {
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters: [{{name: fake, cluster: {{server: 'http://{server}'}}}}]
-users: [{{name: fake, user: {{}}}}]
-contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]
-current-context: fake
-"
-        ),
-    )
-    .expect("write kubeconfig");
-    path
 }
 
 #[tokio::test]
@@ -792,7 +742,7 @@ async fn kube_mode_checks_tokens_with_token_reviews() {
     let (api, reviews) = fake_api_server().await;
     let ca = TestCa::new();
     let config = ca.config(Source::Kube {
-        kubeconfig: Some(kubeconfig(ca.dir.path(), api)),
+        kubeconfig: Some(support::kubeconfig(ca.dir.path(), api, None)),
     });
     let running = start(config).await.expect("start");
     let (key, pem) = csr(&web().dns_name(), Some(&web().spiffe_id()));
@@ -834,7 +784,7 @@ async fn an_unreachable_api_server_is_retryable() {
         .expect("addr");
     let ca = TestCa::new();
     let config = ca.config(Source::Kube {
-        kubeconfig: Some(kubeconfig(ca.dir.path(), closed)),
+        kubeconfig: Some(support::kubeconfig(ca.dir.path(), closed, None)),
     });
     let running = start(config).await.expect("start");
     let (_, pem) = csr(&web().dns_name(), None);

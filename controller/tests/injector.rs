@@ -1,7 +1,8 @@
 //! The injector webhook over real TLS, with the recorded AdmissionReviews and a fake API server
 //! that serves the recorded namespace (annotated `mesh.io/inject: enabled`).
 
-use std::convert::Infallible;
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,48 +10,22 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use mesh_api::identity::ca::{self, LeafNames, Signer};
 use mesh_api::inject::ProxyConfig;
 use mesh_controller::injector::{self, InjectorConfig, Namespaces, SidecarPolicy};
 use serde_json::Value;
-
-fn fixture(name: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata/k8s-fixtures")
-        .join(name);
-    std::fs::read_to_string(path).expect("fixture")
-}
+use support::fixture;
 
 /// Serves `GET /api/v1/namespaces/demo` and `GET /version` from the recordings (the version
 /// with `minor` in place of the recorded 28), 404 for anything else.
 async fn fake_api_server(minor: &'static str) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: http::Request<_>| async move {
-                    let (status, body) = match req.uri().path() {
-                        "/api/v1/namespaces/demo" => (200, fixture("namespace-demo.json")),
-                        "/version" => (200, version(minor)),
-                        _ => (404, fixture("notfound-404.json")),
-                    };
-                    let mut r = http::Response::new(Full::new(Bytes::from(body)));
-                    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                    r.headers_mut().insert(
-                        http::header::CONTENT_TYPE,
-                        http::HeaderValue::from_static("application/json"),
-                    );
-                    Ok::<_, Infallible>(r)
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
+    support::fake_api_server(move |req| match req.path.as_str() {
+        "/api/v1/namespaces/demo" => (200, fixture("namespace-demo.json")),
+        "/version" => (200, version(minor)),
+        _ => (404, fixture("notfound-404.json")),
+    })
+    .await
 }
 
 /// The recorded `/version` of a 1.28 API server, as another minor version would answer it.
@@ -76,16 +51,7 @@ async fn webhook_on(minor: &'static str) -> Webhook {
 async fn webhook(minor: &'static str, sidecar: SidecarPolicy) -> Webhook {
     let api = fake_api_server(minor).await;
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: 'http://{api}'}}}}]\n\
-             users: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n\
-             current-context: fake\n"
-        ),
-    )
-    .unwrap();
+    let kubeconfig = support::kubeconfig(dir.path(), api, None);
     let client = mesh_controller::source::kube::client(Some(&kubeconfig))
         .await
         .unwrap();

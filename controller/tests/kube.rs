@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_controller::index::IndexConfig;
 use mesh_controller::source::Source;
 use mesh_controller::{start, DestinationConfig};
-use support::{eventually, fixture, wait_ready, Watch};
+use support::{eventually, fixture, kubeconfig, wait_ready, Watch};
 use tokio::sync::Semaphore;
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -144,30 +144,11 @@ async fn fake_api_server(forbidden: Option<&'static str>) -> (SocketAddr, Arc<Fa
     (addr, fake)
 }
 
-/// A kubeconfig for the fake API server at `api`, in `dir`.
-fn kubeconfig(dir: &tempfile::TempDir, api: SocketAddr) -> std::path::PathBuf {
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1
-kind: Config
-clusters: [{{name: fake, cluster: {{server: 'http://{api}'}}}}]
-users: [{{name: fake, user: {{}}}}]
-contexts: [{{name: fake, context: {{cluster: fake, user: fake, namespace: demo}}}}]
-current-context: fake
-"
-        ),
-    )
-    .expect("write kubeconfig");
-    kubeconfig
-}
-
 #[tokio::test]
 async fn kube_source_follows_the_api_and_relists_on_410() {
     let (api, fake) = fake_api_server(None).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = kubeconfig(&dir, api);
+    let kubeconfig = kubeconfig(dir.path(), api, Some("demo"));
     let running = start(DestinationConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         source: Source::Kube {
@@ -256,7 +237,7 @@ async fn forbidden_replicasets_degrade_owner_labels_not_readiness() {
     let running = start(DestinationConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         source: Source::Kube {
-            kubeconfig: Some(kubeconfig(&dir, api)),
+            kubeconfig: Some(kubeconfig(dir.path(), api, Some("demo"))),
         },
         index: IndexConfig::default(),
     })

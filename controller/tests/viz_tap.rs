@@ -9,7 +9,6 @@ mod support;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -73,36 +72,11 @@ fn pod(name: &str, ip: &str, meshed: bool) -> serde_json::Value {
 
 /// A fake API server: `GET` of the objects in `objects` by path, else the recorded 404.
 async fn fake_api(objects: HashMap<String, serde_json::Value>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let objects = Arc::new(objects);
-    tokio::spawn(async move {
-        while let Ok((io, _)) = listener.accept().await {
-            let objects = objects.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                    let object = objects.get(req.uri().path()).cloned();
-                    async move {
-                        let (status, body) = match object {
-                            Some(o) => (200, o.to_string()),
-                            None => (404, fixture("notfound-404.json")),
-                        };
-                        let mut rsp = http::Response::new(Full::new(Bytes::from(body)));
-                        *rsp.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                        rsp.headers_mut().insert(
-                            http::header::CONTENT_TYPE,
-                            http::HeaderValue::from_static("application/json"),
-                        );
-                        Ok::<_, Infallible>(rsp)
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(io), service)
-                    .await;
-            });
-        }
-    });
-    addr
+    support::fake_api_server(move |req| match objects.get(&req.path) {
+        Some(o) => (200, o.to_string()),
+        None => (404, fixture("notfound-404.json")),
+    })
+    .await
 }
 
 struct Proxy {

@@ -7,7 +7,6 @@ mod cluster;
 pub(crate) mod local;
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -15,7 +14,7 @@ use mesh_api::destination::{Endpoint, Update};
 use serde::Serialize;
 
 use crate::kube::ClusterArgs;
-use crate::target::{self, Target, TargetKind};
+use crate::target::{Target, TargetArgs};
 
 pub use cluster::{watch_path, DESTINATION_SERVICE};
 
@@ -24,14 +23,8 @@ pub use cluster::{watch_path, DESTINATION_SERVICE};
 pub struct DiagnosticsArgs {
     #[command(subcommand)]
     pub command: DiagnosticsCommand,
-    /// Where the mesh runs: `local` (the local mesh of `mesh demo`) or `kube` (the cluster of
-    /// the kubeconfig). By default the local mesh when one is running and no --context or
-    /// --kubeconfig is given, else the cluster.
-    #[arg(long, global = true, value_enum)]
-    pub target: Option<TargetKind>,
-    /// The local mesh's folder (default: where `mesh demo` keeps it), or a folder of objects.
-    #[arg(long, global = true, env = "MESH_LOCAL_STATE", value_name = "DIR")]
-    pub state: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// The namespace of a pod, or of a bare service name (`web-svc:80`): by default `demo` on
     /// the local mesh, `default` in a cluster.
     #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
@@ -249,7 +242,7 @@ pub(crate) fn meshed(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
 
 /// Runs `mesh diagnostics …` against the mesh the flags name; returns what to print.
 pub fn run(args: &DiagnosticsArgs, cluster: &ClusterArgs) -> anyhow::Result<String> {
-    let target = target::resolve(args.target, args.state.as_deref(), cluster)?;
+    let target = args.target.resolve(cluster)?;
     if let Target::Local(local) = &target {
         // Into the local mesh's namespaces first: the kernel allows it only while no thread runs.
         local.enter()?;
@@ -258,8 +251,7 @@ pub fn run(args: &DiagnosticsArgs, cluster: &ClusterArgs) -> anyhow::Result<Stri
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let implicit =
-            args.target.is_none() && cluster.context.is_none() && cluster.kubeconfig.is_none();
+        let implicit = args.target.implicit(cluster);
         let source = match target {
             Target::Local(local) => Source::Local(local::LocalMesh::read(&local.objects)?),
             Target::Kube => Source::Cluster(connect(cluster, implicit).await?),

@@ -105,40 +105,24 @@ pub fn values(args: &InstallArgs) -> anyhow::Result<Value> {
 
 /// Refuses values that would not make valid YAML or a working install.
 fn validate(values: &Value) -> anyhow::Result<()> {
-    let word = |key: &str, ok: &dyn Fn(char) -> bool| -> anyhow::Result<()> {
-        let mut at = values;
-        for part in key.split('.') {
-            at = &at[part];
-        }
-        let v = at.as_str().unwrap_or_default();
-        if v.is_empty() || !v.chars().all(ok) {
-            bail!("{key}: {v:?} is not allowed here");
-        }
-        Ok(())
-    };
-    let dns = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
-    let image = |c: char| c.is_ascii_alphanumeric() || "._-/:@".contains(c);
-    let filter = |c: char| c.is_ascii_alphanumeric() || "_-=,.:".contains(c);
-    word("trustDomain", &dns)?;
-    word("clusterDomain", &dns)?;
-    word("proxy.image", &image)?;
-    word("controller.image", &image)?;
-    word("imageTag", &image)?;
-    word("proxy.logLevel", &filter)?;
-    word("controller.logLevel", &filter)?;
-    word("controller.cpuRequest", &image)?;
-    word("controller.memoryRequest", &image)?;
-    word("controller.memoryLimit", &image)?;
+    use manifest::{check_word, dns_char, filter_char, image_char};
+    check_word(values, "trustDomain", dns_char)?;
+    check_word(values, "clusterDomain", dns_char)?;
+    check_word(values, "proxy.image", image_char)?;
+    check_word(values, "controller.image", image_char)?;
+    check_word(values, "imageTag", image_char)?;
+    check_word(values, "proxy.logLevel", filter_char)?;
+    check_word(values, "controller.logLevel", filter_char)?;
+    check_word(values, "controller.cpuRequest", image_char)?;
+    check_word(values, "controller.memoryRequest", image_char)?;
+    check_word(values, "controller.memoryLimit", image_char)?;
     let native = values["proxy"]["nativeSidecar"]
         .as_str()
         .unwrap_or_default();
     if !["auto", "true", "false"].contains(&native) {
         bail!("proxy.nativeSidecar: {native:?} is not auto, true or false");
     }
-    let policy = values["imagePullPolicy"].as_str().unwrap_or_default();
-    if !["Always", "IfNotPresent", "Never"].contains(&policy) {
-        bail!("imagePullPolicy: {policy:?} is not Always, IfNotPresent or Never");
-    }
+    manifest::check_pull_policy(values)?;
     if values["webhook"]["timeoutSeconds"]
         .as_u64()
         .is_none_or(|t| !(1..=30).contains(&t))

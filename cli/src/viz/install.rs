@@ -72,29 +72,13 @@ pub fn values(args: &VizInstallArgs) -> anyhow::Result<Value> {
 /// Refuses values that Prometheus or the controller would refuse, or that would not make valid
 /// YAML.
 fn validate(values: &Value) -> anyhow::Result<()> {
-    let get = |key: &str| -> String {
-        let mut at = values;
-        for part in key.split('.') {
-            at = &at[part];
-        }
-        at.as_str().unwrap_or_default().to_string()
-    };
-    let word = |key: &str, ok: &dyn Fn(char) -> bool| -> anyhow::Result<()> {
-        let v = get(key);
-        if v.is_empty() || !v.chars().all(ok) {
-            anyhow::bail!("{key}: {v:?} is not allowed here");
-        }
-        Ok(())
-    };
-    let dns = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
-    let image = |c: char| c.is_ascii_alphanumeric() || "._-/:@".contains(c);
-    let filter = |c: char| c.is_ascii_alphanumeric() || "_-=,.:".contains(c);
-    word("clusterDomain", &dns)?;
-    word("trustDomain", &dns)?;
-    word("imageTag", &image)?;
-    word("controller.image", &image)?;
-    word("controller.logLevel", &filter)?;
-    word("prometheus.image", &image)?;
+    use manifest::{check_word, dns_char, filter_char, image_char};
+    check_word(values, "clusterDomain", dns_char)?;
+    check_word(values, "trustDomain", dns_char)?;
+    check_word(values, "imageTag", image_char)?;
+    check_word(values, "controller.image", image_char)?;
+    check_word(values, "controller.logLevel", filter_char)?;
+    check_word(values, "prometheus.image", image_char)?;
     for key in [
         "controller.cpuRequest",
         "controller.memoryRequest",
@@ -103,21 +87,17 @@ fn validate(values: &Value) -> anyhow::Result<()> {
         "prometheus.memoryRequest",
         "prometheus.memoryLimit",
     ] {
-        word(key, &image)?;
+        check_word(values, key, image_char)?;
     }
     // Prometheus' durations: a number and a unit.
     for key in ["prometheus.scrapeInterval", "prometheus.retention"] {
-        let v = get(key);
+        let v = manifest::value_str(values, key);
         let digits = v.chars().take_while(char::is_ascii_digit).count();
         if digits == 0 || !["ms", "s", "m", "h", "d", "w", "y"].contains(&&v[digits..]) {
             anyhow::bail!("{key}: {v:?} is not a Prometheus duration (e.g. 10s, 6h, 1d)");
         }
     }
-    let policy = get("imagePullPolicy");
-    if !["Always", "IfNotPresent", "Never"].contains(&policy.as_str()) {
-        anyhow::bail!("imagePullPolicy: {policy:?} is not Always, IfNotPresent or Never");
-    }
-    Ok(())
+    manifest::check_pull_policy(values)
 }
 
 /// Renders the viz component's objects.

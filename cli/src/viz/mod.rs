@@ -11,7 +11,6 @@ pub mod resource;
 
 use std::collections::HashMap;
 use std::io::{IsTerminal as _, Write};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,20 +27,15 @@ use tokio::sync::mpsc;
 
 use self::local::State;
 use self::resource::Resource;
+use crate::target::TargetArgs;
 
 /// `mesh viz` and its shared flags.
 #[derive(clap::Args, Debug)]
 pub struct VizArgs {
     #[command(subcommand)]
     pub command: VizCommand,
-    /// Where the mesh runs: `local` (the local mesh of `mesh demo`) or `kube` (the cluster of
-    /// the kubeconfig). By default the local mesh when one is running and no --context or
-    /// --kubeconfig is given, else the cluster.
-    #[arg(long, global = true, value_enum)]
-    pub target: Option<TargetKind>,
-    /// The local mesh's folder (default: where `mesh demo` keeps it), or a folder of objects.
-    #[arg(long, global = true, env = "MESH_LOCAL_STATE", value_name = "DIR")]
-    pub state: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: TargetArgs,
     /// The namespace of the resources: by default `demo` on the local mesh, `default` in a
     /// cluster. In a cluster, only its objects (and those of namespaces named as resources,
     /// e.g. ns/demo) are listed, so a user allowed one namespace can look at it.
@@ -234,43 +228,41 @@ pub fn run(args: VizArgs, cluster: &crate::kube::ClusterArgs) -> anyhow::Result<
             .enable_all()
             .build()
     };
-    let (target, runtime) =
-        match crate::target::resolve(args.target, args.state.as_deref(), cluster)? {
-            crate::target::Target::Local(local) => {
-                // Into the local mesh's namespaces first: the kernel allows it only while no
-                // thread runs.
-                local.enter()?;
-                let state = State::read(&local.objects)?;
-                if !nix::unistd::geteuid().is_root() {
-                    bail!(
-                        "local mode needs root: mesh viz enters the pods' network namespaces to \
-                         reach their proxies (run it with sudo -E)"
-                    );
-                }
-                let target = Target::local(state, Arc::new(local::NetnsTransport));
-                (target, runtime()?)
+    let (target, runtime) = match args.target.resolve(cluster)? {
+        crate::target::Target::Local(local) => {
+            // Into the local mesh's namespaces first: the kernel allows it only while no
+            // thread runs.
+            local.enter()?;
+            let state = State::read(&local.objects)?;
+            if !nix::unistd::geteuid().is_root() {
+                bail!(
+                    "local mode needs root: mesh viz enters the pods' network namespaces to \
+                     reach their proxies (run it with sudo -E)"
+                );
             }
-            crate::target::Target::Kube => {
-                let runtime = runtime()?;
-                let implicit = args.target.is_none()
-                    && cluster.context.is_none()
-                    && cluster.kubeconfig.is_none();
-                let target = runtime.block_on(async {
-                    let client =
-                        match cluster.client().await {
-                            Ok(client) => client,
-                            Err(e) if implicit => return Err(e.context(
-                                "no local mesh is running, and no cluster is configured: start \
-                                 the local mesh with `mesh demo`, or name a cluster with \
-                                 --kubeconfig or --context",
-                            )),
-                            Err(e) => return Err(e),
-                        };
-                    kube::target(client, &kube::Scope::of(&args)).await
-                })?;
-                (target, runtime)
-            }
-        };
+            let target = Target::local(state, Arc::new(local::NetnsTransport));
+            (target, runtime()?)
+        }
+        crate::target::Target::Kube => {
+            let runtime = runtime()?;
+            let implicit = args.target.implicit(cluster);
+            let target = runtime.block_on(async {
+                let client = match cluster.client().await {
+                    Ok(client) => client,
+                    Err(e) if implicit => {
+                        return Err(e.context(
+                            "no local mesh is running, and no cluster is configured: start \
+                             the local mesh with `mesh demo`, or name a cluster with \
+                             --kubeconfig or --context",
+                        ))
+                    }
+                    Err(e) => return Err(e),
+                };
+                kube::target(client, &kube::Scope::of(&args)).await
+            })?;
+            (target, runtime)
+        }
+    };
     let namespace = target.namespace(args.namespace.as_deref()).to_string();
     let stdout = std::io::stdout();
     let terminal = stdout.is_terminal();

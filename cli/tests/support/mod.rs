@@ -68,15 +68,9 @@ pub fn cert_flags() -> Vec<String> {
 /// Runs `mesh` with `args` and `stdin`, without a cluster (no KUBECONFIG).
 pub fn mesh(args: &[&str], stdin: Option<&str>) -> Output {
     use std::io::Write as _;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mesh"))
+    let mut child = mesh_command()
         .args(args)
-        .env_remove("KUBECONFIG")
-        .env_remove("MESH_LOCAL_STATE")
-        .env("HOME", "/nonexistent")
-        .env("NO_COLOR", "1")
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("run mesh");
     let mut input = child.stdin.take().expect("stdin");
@@ -165,10 +159,58 @@ pub struct ApiRequest {
     pub body: Bytes,
 }
 
+/// What the fake API server answers to one request.
+pub enum Answer {
+    /// A whole JSON body.
+    Whole(u16, String),
+    /// The status and headers, then the text and a body that stays open, as a watch does until
+    /// the client goes away (with no text: an answer that stalls after its headers).
+    Open(u16, String),
+    /// No answer at all, not even headers.
+    Never,
+}
+
 /// A fake Kubernetes API server on a free local port: every request is answered with the status
 /// and JSON body `respond` returns.
 pub async fn fake_api_server(
     respond: impl Fn(&ApiRequest) -> (u16, String) + Send + Sync + 'static,
+) -> SocketAddr {
+    fake_api_server_streams(move |req| {
+        let (status, text) = respond(req);
+        Answer::Whole(status, text)
+    })
+    .await
+}
+
+/// How [`fake_api_server_hanging`] fails to answer a request.
+pub enum Hang {
+    /// No answer at all, not even headers.
+    Never,
+    /// The status and headers, then a body that never ends.
+    AfterHeaders(u16),
+}
+
+/// [`fake_api_server`], except for the requests `hangs` picks, which are never answered (or
+/// never finished): an API server, or a service it proxies, that hangs.
+pub async fn fake_api_server_hanging(
+    hangs: impl Fn(&ApiRequest) -> Option<Hang> + Send + Sync + 'static,
+    respond: impl Fn(&ApiRequest) -> (u16, String) + Send + Sync + 'static,
+) -> SocketAddr {
+    fake_api_server_streams(move |req| match hangs(req) {
+        Some(Hang::Never) => Answer::Never,
+        Some(Hang::AfterHeaders(status)) => Answer::Open(status, String::new()),
+        None => {
+            let (status, text) = respond(req);
+            Answer::Whole(status, text)
+        }
+    })
+    .await
+}
+
+/// The fake API server the others are made of: every request is answered as `respond` says,
+/// whole, left open ([`Answer::Open`]) or never ([`Answer::Never`]).
+pub async fn fake_api_server_streams(
+    respond: impl Fn(&ApiRequest) -> Answer + Send + Sync + 'static,
 ) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -181,19 +223,8 @@ pub async fn fake_api_server(
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let respond = respond.clone();
                         async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let (status, text) = respond(&ApiRequest {
-                                method: parts.method,
-                                path: parts.uri.path().to_string(),
-                                query: parts.uri.query().unwrap_or("").to_string(),
-                                body,
-                            });
-                            Ok::<_, Infallible>(json_response(status, text))
+                            let answer = respond(&ApiRequest::read(req).await);
+                            Ok::<_, Infallible>(answer.into_response().await)
                         }
                     });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -205,14 +236,18 @@ pub async fn fake_api_server(
     addr
 }
 
-fn json_response(status: u16, body: String) -> http::Response<Full<Bytes>> {
-    let mut r = http::Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r
+/// An API server that accepts connections and then says nothing, ever (not even HTTP: it
+/// reads nothing).
+pub async fn silent_api_server() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+        }
+    });
+    addr
 }
 
 /// Runs `mesh COMMAND --kubeconfig <the fake cluster at api> ARGS`: (exit code, stdout, stderr).
@@ -222,16 +257,7 @@ pub async fn mesh_on_cluster(
     args: &[&str],
 ) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: 'http://{api}'}}}}]\n\
-             users: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n\
-             current-context: fake\n"
-        ),
-    )
-    .unwrap();
+    let kubeconfig = kubeconfig(dir.path(), api);
     let mut all: Vec<String> = vec![
         command.into(),
         "--kubeconfig".into(),
@@ -246,6 +272,27 @@ pub async fn mesh_on_cluster(
     .await
     .unwrap();
     (out.status.code().unwrap_or(-1), stdout(&out), stderr(&out))
+}
+
+/// Starts `mesh COMMAND --kubeconfig <the fake cluster at api> ARGS` with its stdout and
+/// stderr piped, for a test that reads them while it runs; keep the folder (the kubeconfig)
+/// until it ends.
+pub fn spawn_mesh_on_cluster(
+    api: SocketAddr,
+    command: &str,
+    args: &[&str],
+) -> (std::process::Child, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kubeconfig(dir.path(), api);
+    let child = mesh_command()
+        .arg(command)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(args)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("run mesh");
+    (child, dir)
 }
 
 /// The recorded `/version` of the 1.28 API server as one of minor version `minor` answers it.
@@ -266,97 +313,32 @@ pub async fn bare_cluster(minor: &'static str) -> SocketAddr {
     .await
 }
 
-/// How [`fake_api_server_hanging`] fails to answer a request.
-pub enum Hang {
-    /// No answer at all, not even headers.
-    Never,
-    /// The status and headers, then a body that never ends.
-    AfterHeaders(u16),
+/// A local address where nothing listens: a cluster that cannot be reached.
+pub fn unreachable_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
 }
 
-/// [`fake_api_server`], except for the requests `hangs` picks, which are never answered (or
-/// never finished): an API server, or a service it proxies, that hangs.
-pub async fn fake_api_server_hanging(
-    hangs: impl Fn(&ApiRequest) -> Option<Hang> + Send + Sync + 'static,
-    respond: impl Fn(&ApiRequest) -> (u16, String) + Send + Sync + 'static,
-) -> SocketAddr {
-    type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (hangs, respond) = (Arc::new(hangs), Arc::new(respond));
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (hangs, respond) = (hangs.clone(), respond.clone());
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (hangs, respond) = (hangs.clone(), respond.clone());
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let req = ApiRequest {
-                                method: parts.method,
-                                path: parts.uri.path().to_string(),
-                                query: parts.uri.query().unwrap_or("").to_string(),
-                                body,
-                            };
-                            let response: http::Response<Body> = match hangs(&req) {
-                                Some(Hang::Never) => std::future::pending().await,
-                                Some(Hang::AfterHeaders(status)) => {
-                                    let never = futures_util::stream::pending::<
-                                        Result<hyper::body::Frame<Bytes>, Infallible>,
-                                    >();
-                                    let body = http_body_util::StreamBody::new(never);
-                                    let mut r = http::Response::new(BodyExt::boxed(body));
-                                    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                                    r
-                                }
-                                None => {
-                                    let (status, text) = respond(&req);
-                                    json_response(status, text).map(BodyExt::boxed)
-                                }
-                            };
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
+// === the fake API server's and `mesh`'s helpers ===
+
+/// `mesh` without a cluster (no KUBECONFIG), its stdout and stderr piped.
+fn mesh_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mesh"));
+    command
+        .env_remove("KUBECONFIG")
+        .env_remove("MESH_LOCAL_STATE")
+        .env("HOME", "/nonexistent")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
 }
 
-/// An API server that accepts connections and then says nothing, ever.
-pub async fn silent_api_server() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            open.push(stream);
-        }
-    });
-    addr
-}
-
-/// Starts `mesh COMMAND --kubeconfig <the fake cluster at api> ARGS` with its stdout and
-/// stderr piped, for a test that reads them while it runs; keep the folder (the kubeconfig)
-/// until it ends.
-pub fn spawn_mesh_on_cluster(
-    api: SocketAddr,
-    command: &str,
-    args: &[&str],
-) -> (std::process::Child, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
+/// Writes `dir/kubeconfig`, whose current context is the fake API server at `api`.
+fn kubeconfig(dir: &Path, api: SocketAddr) -> PathBuf {
+    let path = dir.join("kubeconfig");
     std::fs::write(
-        &kubeconfig,
+        &path,
         format!(
             "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: 'http://{api}'}}}}]\n\
              users: [{{name: fake, user: {{}}}}]\ncontexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n\
@@ -364,91 +346,53 @@ pub fn spawn_mesh_on_cluster(
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_mesh"))
-        .arg(command)
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .args(args)
-        .env_remove("KUBECONFIG")
-        .env_remove("MESH_LOCAL_STATE")
-        .env("HOME", "/nonexistent")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run mesh");
-    (child, dir)
+    path
 }
 
-/// What [`fake_api_server_streams`] answers: a whole JSON body, or a body that sends its text
-/// and then stays open, as a watch does until the client goes away.
-pub enum Answer {
-    Whole(u16, String),
-    Open(u16, String),
-}
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-/// [`fake_api_server`], whose answers may also be streams left open ([`Answer::Open`]).
-pub async fn fake_api_server_streams(
-    respond: impl Fn(&ApiRequest) -> Answer + Send + Sync + 'static,
-) -> SocketAddr {
-    use futures_util::StreamExt as _;
-    type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let respond = Arc::new(respond);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let respond = respond.clone();
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let respond = respond.clone();
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let answer = respond(&ApiRequest {
-                                method: parts.method,
-                                path: parts.uri.path().to_string(),
-                                query: parts.uri.query().unwrap_or("").to_string(),
-                                body,
-                            });
-                            let response: http::Response<Body> = match answer {
-                                Answer::Whole(status, text) => {
-                                    json_response(status, text).map(|b| b.boxed())
-                                }
-                                Answer::Open(status, text) => {
-                                    let first = futures_util::stream::once(async move {
-                                        Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(
-                                            text,
-                                        )))
-                                    });
-                                    let stream = first.chain(futures_util::stream::pending());
-                                    let mut r = http::Response::new(BodyExt::boxed(
-                                        http_body_util::StreamBody::new(stream),
-                                    ));
-                                    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                                    r
-                                }
-                            };
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+impl ApiRequest {
+    /// The request's method, path, query and whole body (empty if it could not be read).
+    async fn read(req: http::Request<hyper::body::Incoming>) -> Self {
+        let (parts, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        ApiRequest {
+            method: parts.method,
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().unwrap_or("").to_string(),
+            body,
         }
-    });
-    addr
+    }
 }
 
-/// A local address where nothing listens: a cluster that cannot be reached.
-pub fn unreachable_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+impl Answer {
+    async fn into_response(self) -> http::Response<Body> {
+        match self {
+            Answer::Whole(status, text) => {
+                let mut r = http::Response::new(BodyExt::boxed(Full::new(Bytes::from(text))));
+                *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            Answer::Open(status, text) => {
+                use futures_util::StreamExt as _;
+                let first = (!text.is_empty())
+                    .then(|| Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from(text))));
+                let stream =
+                    futures_util::stream::iter(first).chain(futures_util::stream::pending());
+                let mut r =
+                    http::Response::new(BodyExt::boxed(http_body_util::StreamBody::new(stream)));
+                *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                r
+            }
+            Answer::Never => std::future::pending().await,
+        }
+    }
 }

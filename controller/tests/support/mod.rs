@@ -1,15 +1,17 @@
 //! Helpers of the controller's integration tests: a watch that records what it was sent,
-//! plain HTTP requests, and polling with a deadline.
+//! plain HTTP requests, polling with a deadline, and a fake Kubernetes API server.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_api::destination::{Endpoint, Update};
 
@@ -170,4 +172,80 @@ pub fn fixture(name: &str) -> String {
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+}
+
+/// One request to the fake API server, with its body.
+pub struct ApiRequest {
+    pub method: http::Method,
+    pub path: String,
+    pub query: String,
+    pub body: Bytes,
+}
+
+/// A fake Kubernetes API server on a free local port: every request is answered with the status
+/// and JSON body `respond` returns.
+pub async fn fake_api_server(
+    respond: impl Fn(&ApiRequest) -> (u16, String) + Send + Sync + 'static,
+) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let respond = Arc::new(respond);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let respond = respond.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let respond = respond.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let (status, text) = respond(&ApiRequest {
+                                method: parts.method,
+                                path: parts.uri.path().to_string(),
+                                query: parts.uri.query().unwrap_or("").to_string(),
+                                body,
+                            });
+                            let mut r = http::Response::new(Full::new(Bytes::from(text)));
+                            *r.status_mut() = http::StatusCode::from_u16(status).expect("status");
+                            r.headers_mut().insert(
+                                http::header::CONTENT_TYPE,
+                                http::HeaderValue::from_static("application/json"),
+                            );
+                            Ok::<_, Infallible>(r)
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Writes `dir/kubeconfig`, whose current context is the (fake) API server at `api`, in
+/// `namespace` when given.
+pub fn kubeconfig(dir: &Path, api: SocketAddr, namespace: Option<&str>) -> PathBuf {
+    let path = dir.join("kubeconfig");
+    let namespace = namespace
+        .map(|n| format!(", namespace: {n}"))
+        .unwrap_or_default();
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: 'http://{api}'}}}}]\n\
+             users: [{{name: fake, user: {{}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: fake{namespace}}}}}]\n\
+             current-context: fake\n"
+        ),
+    )
+    .expect("write kubeconfig");
+    path
 }
