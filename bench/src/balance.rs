@@ -1,8 +1,10 @@
-//! Load balancing between a fast and a slow endpoint on pods: the mesh proxy (power of two choices over peak EWMA, fed by the real destination controller) against the split a round-robin balancer gives.
+//! Load balancing on pods: how the mesh proxy (power of two choices over latency estimates, fed by the real destination controller) splits requests between two equal endpoints at a trickle, a steady rate and under load, and between a fast and a slow endpoint against the split a round-robin balancer gives.
 //!
 //! ```text
-//! client-meshed ─ oha ─▶ 10.96.0.10:80 ─▶ outbound proxy ─┬─▶ fast  app :8080 (answers at once)
-//!                        Host: web-svc.demo.svc…          └─▶ slow  app :8080 (answers after 10 ms)
+//! client-meshed ─ oha ─▶ 10.96.0.11-13:80 ─▶ outbound proxy ─┬─▶ fast   app :8080 (answers at once)
+//!                        Host: equal-<rate>.demo.svc…        └─▶ fast-2 app :8080 (answers at once)
+//! client-meshed ─ oha ─▶ 10.96.0.10:80    ─▶ outbound proxy ─┬─▶ fast   app :8080
+//!                        Host: web-svc.demo.svc…             └─▶ slow   app :8080 (answers after 10 ms)
 //!                              ▲ endpoints from mesh-controller in pod `controller` (:8086)
 //! client        ─ oha, half the rate ─▶ fast :8080   (round-robin by construction:
 //!               ─ oha, half the rate ─▶ slow :8080    each endpoint gets exactly half)
@@ -21,9 +23,24 @@ use crate::oha::{Load, Oha, Outcome, Protocol, Run};
 use crate::server::{self, Server};
 use crate::units::{ms, thousands};
 
-/// The service's ClusterIP and its fully qualified name.
+/// The fast/slow service's ClusterIP and its fully qualified name.
 const CLUSTER_IP: &str = "10.96.0.10";
 const SERVICE_HOST: &str = "web-svc.demo.svc.cluster.local";
+/// The request rates at which two equal endpoints are measured: a trickle (the rate at which,
+/// on a real cluster, one of two equal replicas got 81 requests of 83), a steady rate, and a
+/// load at which requests overlap. Each rate has a Service of its own, `equal-<rate>`, with the
+/// ClusterIP `10.96.0.<11 + i>`.
+pub const EQUAL_RATES: [u32; 3] = [2, 50, 2_000];
+/// How long the trickle runs when not told otherwise: the 40 s of the report from the cluster,
+/// 80 requests at 2 req/s.
+pub const TRICKLE_DURATION: Duration = Duration::from_secs(40);
+/// The trickle's connections: one, so that its requests come one after the other, as in the
+/// report from the cluster.
+pub const TRICKLE_CONNECTIONS: u32 = 1;
+/// The target for two equal endpoints: each gets its half within this (45–55 %).
+pub const EQUAL_TOLERANCE: f64 = 0.05;
+/// The target for the slow endpoint: its share through the proxy stays under this.
+pub const SLOW_SHARE_TARGET: f64 = 0.05;
 /// The service network the meshed client routes to its `eth0`, so that connections to the
 /// ClusterIP reach its redirect rules.
 const SERVICE_CIDR: &str = "10.96.0.0/12";
@@ -35,24 +52,64 @@ const WARM_UP: Duration = Duration::from_secs(1);
 /// What to measure.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    /// Requests per second, for each balancer.
+    /// Requests per second of the fast/slow runs, for each balancer.
     pub rate: u32,
-    /// The length of each run.
+    /// The length of each run, except the trickle.
     pub duration: Duration,
+    /// The length of the equal endpoints' run at the lowest of [`EQUAL_RATES`]: at 2 req/s
+    /// a few seconds are a handful of requests.
+    pub trickle_duration: Duration,
     /// How long the slow endpoint waits before answering.
     pub delay: Duration,
     /// HTTP/1.1 connections of the load generator (split in two for round-robin).
     pub connections: u32,
 }
 
-/// Both balancers' results.
+/// The equal endpoints' runs and both balancers' fast/slow runs.
 #[derive(Debug, Serialize)]
 pub struct Results {
+    /// Two equal endpoints through the proxy, one run per rate of [`EQUAL_RATES`].
+    pub equal: Vec<EqualRow>,
     pub rate: u32,
     pub duration_seconds: f64,
     pub delay_ms: f64,
     pub connections: u32,
     pub rows: Vec<Row>,
+}
+
+/// Two equal endpoints through the proxy at one rate.
+#[derive(Debug, Serialize)]
+pub struct EqualRow {
+    pub rate: u32,
+    pub duration_seconds: f64,
+    pub connections: u32,
+    /// Requests each server counted during the run.
+    pub fast_requests: u64,
+    pub fast2_requests: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// oha's whole JSON output.
+    pub oha: serde_json::Value,
+}
+
+impl EqualRow {
+    /// The larger of the two endpoints' shares (0.5 is an even split).
+    pub fn larger_share(&self) -> f64 {
+        let total = self.fast_requests + self.fast2_requests;
+        if total == 0 {
+            0.0
+        } else {
+            self.fast_requests.max(self.fast2_requests) as f64 / total as f64
+        }
+    }
+
+    /// Whether both endpoints got their half within [`EQUAL_TOLERANCE`].
+    pub fn even(&self) -> bool {
+        self.fast_requests + self.fast2_requests > 0
+            && self.larger_share() <= 0.5 + EQUAL_TOLERANCE + 1e-9
+    }
 }
 
 /// One balancer under the load.
@@ -82,7 +139,7 @@ impl Row {
     }
 }
 
-/// Builds the pods, runs both balancers, removes the pods.
+/// Builds the pods, runs the equal endpoints' rates and both balancers, removes the pods.
 pub fn run(
     plan: &Plan,
     oha: &Oha,
@@ -93,20 +150,29 @@ pub fn run(
     let mut cluster = Cluster::new("bench-lb").context("creating the balancing cluster")?;
     let controller_pod = cluster.add_pod("controller")?;
     let fast_pod = cluster.add_pod("fast")?;
+    let fast2_pod = cluster.add_pod("fast-2")?;
     let slow_pod = cluster.add_pod("slow")?;
     let client = cluster.add_pod("client")?;
     let client_meshed = cluster.add_pod("client-meshed")?;
 
     let fast = Server::start(&fast_pod)?;
+    let fast2 = Server::start(&fast2_pod)?;
     let slow = Server::start_with_delay(&slow_pod, plan.delay)?;
     let folder = work.join("balance");
     std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
-    let objects = folder.join("web-svc.yaml");
-    std::fs::write(
-        &objects,
-        objects_yaml(&[(fast_pod.ip, "fast"), (slow_pod.ip, "slow")]),
-    )
-    .with_context(|| format!("writing {}", objects.display()))?;
+    let objects = folder.join("services.yaml");
+    let mut services = vec![Service {
+        name: "web-svc".to_string(),
+        cluster_ip: CLUSTER_IP.to_string(),
+        endpoints: vec![(fast_pod.ip, "fast"), (slow_pod.ip, "slow")],
+    }];
+    services.extend(EQUAL_RATES.iter().enumerate().map(|(i, &rate)| Service {
+        name: equal_service(rate),
+        cluster_ip: equal_cluster_ip(i),
+        endpoints: vec![(fast_pod.ip, "fast"), (fast2_pod.ip, "fast-2")],
+    }));
+    std::fs::write(&objects, objects_yaml(&services))
+        .with_context(|| format!("writing {}", objects.display()))?;
     let mut ctl = Controller::start_in(
         &controller_pod,
         &program,
@@ -141,6 +207,68 @@ pub fn run(
         })
         .context("meshing the client pod")?;
 
+    // Two equal endpoints, the trickle first. Each rate calls a Service of its own, so that
+    // each run starts from a balancer that has not seen the endpoints yet, as a new client
+    // would.
+    let mut equal = Vec::new();
+    for (i, &rate) in EQUAL_RATES.iter().enumerate() {
+        let (duration, connections) = if i == 0 {
+            (plan.trickle_duration, TRICKLE_CONNECTIONS)
+        } else {
+            (plan.duration, plan.connections)
+        };
+        let run = Run {
+            url: format!("http://{}:80/", equal_cluster_ip(i)),
+            protocol: Protocol::Http1,
+            load: Load::Rate(rate),
+            connections,
+            streams: 1,
+            duration,
+            host: Some(service_host(&equal_service(rate))),
+        };
+        eprintln!(
+            "mesh-bench: two equal endpoints at {rate} req/s for {}",
+            humantime::format_duration(duration)
+        );
+        let warm_up = Run {
+            duration: WARM_UP,
+            ..run.clone()
+        };
+        oha.run(&client_meshed, &warm_up)
+            .with_context(|| format!("warming up two equal endpoints at {rate} req/s"))?;
+        let before = (fast.requests(), fast2.requests());
+        let outcome = oha
+            .run(&client_meshed, &run)
+            .with_context(|| format!("two equal endpoints at {rate} req/s"))?;
+        let after = (fast.requests(), fast2.requests());
+        let row = EqualRow {
+            rate,
+            duration_seconds: duration.as_secs_f64(),
+            connections,
+            fast_requests: after.0 - before.0,
+            fast2_requests: after.1 - before.1,
+            ok: outcome.ok,
+            failed: outcome.failed,
+            p50_ms: outcome.p50 * 1e3,
+            p99_ms: outcome.p99 * 1e3,
+            oha: outcome.raw,
+        };
+        eprintln!(
+            "mesh-bench: {} / {} requests (larger share {:.1} %), {} failed",
+            row.fast_requests,
+            row.fast2_requests,
+            row.larger_share() * 100.0,
+            row.failed
+        );
+        if row.ok == 0 {
+            bail!(
+                "two equal endpoints at {rate} req/s: no request succeeded ({} failed)",
+                row.failed
+            );
+        }
+        equal.push(row);
+    }
+
     let through_proxy = Run {
         url: format!("http://{CLUSTER_IP}:80/"),
         protocol: Protocol::Http1,
@@ -158,14 +286,14 @@ pub fn run(
         .context("warming up through the proxy")?;
     let counts = || (fast.requests(), slow.requests());
 
-    eprintln!("mesh-bench: balancing through the proxy");
+    eprintln!("mesh-bench: balancing a fast and a slow endpoint through the proxy");
     let before = counts();
     let outcome = oha
         .run(&client_meshed, &through_proxy)
         .context("load through the proxy")?;
     let after = counts();
     let proxy_row = Row {
-        balancer: "mesh proxy (P2C over peak EWMA)".to_string(),
+        balancer: "mesh proxy (power of two choices)".to_string(),
         fast_requests: after.0 - before.0,
         slow_requests: after.1 - before.1,
         ok: outcome.ok,
@@ -175,6 +303,12 @@ pub fn run(
         oha: vec![outcome.raw],
     };
     check_row(&proxy_row)?;
+    eprintln!(
+        "mesh-bench: {} / {} requests (slow share {:.1} %)",
+        proxy_row.fast_requests,
+        proxy_row.slow_requests,
+        proxy_row.slow_share() * 100.0
+    );
 
     eprintln!("mesh-bench: round-robin by construction");
     let half = |ip| Run {
@@ -223,6 +357,7 @@ pub fn run(
     check_row(&rr_row)?;
     drop(ctl);
     Ok(Results {
+        equal,
         rate: plan.rate,
         duration_seconds: plan.duration.as_secs_f64(),
         delay_ms: plan.delay.as_secs_f64() * 1e3,
@@ -236,15 +371,74 @@ impl Results {
     pub fn write_markdown(&self, out: &mut String) -> std::fmt::Result {
         writeln!(
             out,
-            "Two server pods run the benchmark's hyper server: `fast` answers at once, `slow` \
-             after {:.0} ms (a timer, no busy thread). `mesh-controller destination --source \
-             dir:…` runs in a third pod (`0.0.0.0:8086`) with a Service `web-svc.demo` \
-             (ClusterIP {CLUSTER_IP}, port 80 → 8080) whose EndpointSlice lists both. The \
-             meshed client pod's proxy discovers through it (`MESH_PROXY_DESTINATION_ADDR`, \
-             `MESH_PROXY_DESTINATION_NAMESPACE=demo`) and routes `{SERVICE_CIDR}` to its \
-             `eth0` so that a connection to the ClusterIP reaches the redirect. Each server \
-             counts the requests it answers.\n",
+            "Server pods run the benchmark's hyper server: `fast` and `fast-2` answer at once, \
+             `slow` after {:.0} ms (a timer, no busy thread). `mesh-controller destination \
+             --source dir:…` runs in a pod of its own (`0.0.0.0:8086`) with Services whose \
+             EndpointSlices list them (below). The meshed client pod's proxy discovers through \
+             it (`MESH_PROXY_DESTINATION_ADDR`, `MESH_PROXY_DESTINATION_NAMESPACE=demo`) and \
+             routes `{SERVICE_CIDR}` to its `eth0` so that a connection to a ClusterIP reaches \
+             the redirect. Each server counts the requests it answers; the counts of each run \
+             leave out its one-second warm-up at the same rate.\n",
             self.delay_ms
+        )?;
+        self.write_equal(out)?;
+        self.write_fast_slow(out)
+    }
+
+    /// Two equal endpoints at each rate.
+    fn write_equal(&self, out: &mut String) -> std::fmt::Result {
+        writeln!(out, "### Two equal endpoints\n")?;
+        let rates: Vec<String> = self.equal.iter().map(|r| r.rate.to_string()).collect();
+        writeln!(
+            out,
+            "`fast` and `fast-2` behind one Service per rate (`equal-{}`, ClusterIPs \
+             {}–{}), so that each run starts from a balancer that has not seen them yet, as a \
+             new client would: `oha -q RATE -z DURATION -c CONNECTIONS --latency-correction \
+             --host equal-RATE.demo.svc.cluster.local http://CLUSTER_IP:80/` in the meshed \
+             client pod. At 2 req/s, on one connection, the requests come one after the other, \
+             as in the report from a cluster where one of two equal replicas got 81 requests \
+             of 83 in 40 s; at 2,000 req/s they overlap. Target: each endpoint gets {:.0}–{:.0} \
+             % of the requests at every rate.\n",
+            rates.join("`, `equal-"),
+            equal_cluster_ip(0),
+            equal_cluster_ip(self.equal.len().saturating_sub(1)),
+            (0.5 - EQUAL_TOLERANCE) * 100.0,
+            (0.5 + EQUAL_TOLERANCE) * 100.0,
+        )?;
+        writeln!(
+            out,
+            "| rate req/s | run | connections | requests fast / fast-2 | larger share | target \
+             | p50 ms | p99 ms | errors |"
+        )?;
+        writeln!(out, "|---:|---:|---:|---:|---:|---|---:|---:|---:|")?;
+        for row in &self.equal {
+            writeln!(
+                out,
+                "| {} | {:.0} s | {} | {} / {} | {:.1} % | {} | {} | {} | {} |",
+                thousands(f64::from(row.rate)),
+                row.duration_seconds,
+                row.connections,
+                thousands(row.fast_requests as f64),
+                thousands(row.fast2_requests as f64),
+                row.larger_share() * 100.0,
+                if row.even() { "met" } else { "**not met**" },
+                ms(row.p50_ms),
+                ms(row.p99_ms),
+                row.failed,
+            )?;
+        }
+        writeln!(out)
+    }
+
+    /// A fast and a slow endpoint, through the proxy and round-robin.
+    fn write_fast_slow(&self, out: &mut String) -> std::fmt::Result {
+        writeln!(out, "### A fast and a slow endpoint\n")?;
+        writeln!(
+            out,
+            "`fast` and `slow` behind the Service `web-svc.demo` (ClusterIP {CLUSTER_IP}, port \
+             80 → 8080). Target: the slow endpoint gets under {:.0} % of the requests through \
+             the proxy.\n",
+            SLOW_SHARE_TARGET * 100.0
         )?;
         writeln!(
             out,
@@ -284,7 +478,20 @@ impl Results {
                 row.failed,
             )?;
         }
-        writeln!(out)
+        writeln!(out)?;
+        if let Some(proxy) = self.rows.first() {
+            writeln!(
+                out,
+                "Target: {:.1} % through the proxy, {}.\n",
+                proxy.slow_share() * 100.0,
+                if proxy.slow_share() < SLOW_SHARE_TARGET {
+                    "met"
+                } else {
+                    "**not met**"
+                }
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -302,22 +509,51 @@ fn check_row(row: &Row) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The Service, its EndpointSlice listing `endpoints` (pod IP and name), and nothing else.
-fn objects_yaml(endpoints: &[(std::net::Ipv4Addr, &str)]) -> String {
-    let mut yaml = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web-svc, namespace: demo}}\n\
-         spec: {{clusterIP: {CLUSTER_IP}, ports: [{{name: http, port: 80, targetPort: {port}}}]}}\n\
-         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-         metadata: {{name: web-svc-0, namespace: demo, labels: {{kubernetes.io/service-name: \
-         web-svc}}}}\naddressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints:\n",
-        port = server::PORT
-    );
-    for (ip, pod) in endpoints {
-        let _ = writeln!(
+/// A Service of the benchmark: its name in namespace `demo`, its ClusterIP, and the pods its
+/// EndpointSlice lists (IP and name).
+struct Service {
+    name: String,
+    cluster_ip: String,
+    endpoints: Vec<(std::net::Ipv4Addr, &'static str)>,
+}
+
+/// The Service of two equal endpoints at `rate`.
+fn equal_service(rate: u32) -> String {
+    format!("equal-{rate}")
+}
+
+/// The ClusterIP of the `i`th equal endpoints' Service.
+fn equal_cluster_ip(i: usize) -> String {
+    format!("10.96.0.{}", 11 + i)
+}
+
+/// A Service's fully qualified name in namespace `demo`.
+fn service_host(name: &str) -> String {
+    format!("{name}.demo.svc.cluster.local")
+}
+
+/// Each Service (port 80 → the server's port) and its EndpointSlice, and nothing else.
+fn objects_yaml(services: &[Service]) -> String {
+    let mut yaml = String::new();
+    for service in services {
+        let _ = write!(
             yaml,
-            "- {{addresses: [\"{ip}\"], conditions: {{ready: true}}, targetRef: {{kind: Pod, \
-             name: {pod}, namespace: demo}}}}"
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\n\
+             spec: {{clusterIP: {ip}, ports: [{{name: http, port: 80, targetPort: {port}}}]}}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {name}-0, namespace: demo, labels: {{kubernetes.io/service-name: \
+             {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints:\n",
+            name = service.name,
+            ip = service.cluster_ip,
+            port = server::PORT
         );
+        for (ip, pod) in &service.endpoints {
+            let _ = writeln!(
+                yaml,
+                "- {{addresses: [\"{ip}\"], conditions: {{ready: true}}, targetRef: {{kind: Pod, \
+                 name: {pod}, namespace: demo}}}}"
+            );
+        }
     }
     yaml
 }
@@ -409,12 +645,49 @@ mod tests {
 
     #[test]
     fn objects_parse() {
+        let ip = |s: &str| s.parse().expect("an address");
         let yaml = objects_yaml(&[
-            ("10.244.0.2".parse().expect("an address"), "fast"),
-            ("10.244.0.3".parse().expect("an address"), "slow"),
+            Service {
+                name: "web-svc".to_string(),
+                cluster_ip: CLUSTER_IP.to_string(),
+                endpoints: vec![(ip("10.244.0.2"), "fast"), (ip("10.244.0.3"), "slow")],
+            },
+            Service {
+                name: equal_service(2),
+                cluster_ip: equal_cluster_ip(0),
+                endpoints: vec![(ip("10.244.0.2"), "fast"), (ip("10.244.0.4"), "fast-2")],
+            },
         ]);
         let (objects, errors) = mesh_controller::source::folder::parse_yaml(&yaml);
         assert!(errors.is_empty(), "{errors:?}");
-        assert_eq!(objects.len(), 2);
+        assert_eq!(objects.len(), 4);
+        assert!(yaml.contains("name: equal-2, namespace: demo"), "{yaml}");
+        assert!(yaml.contains("clusterIP: 10.96.0.11"), "{yaml}");
+    }
+
+    #[test]
+    fn equal_splits() {
+        let row = |fast, fast2| EqualRow {
+            rate: 2,
+            duration_seconds: 40.0,
+            connections: 1,
+            fast_requests: fast,
+            fast2_requests: fast2,
+            ok: fast + fast2,
+            failed: 0,
+            p50_ms: 0.1,
+            p99_ms: 0.2,
+            oha: serde_json::Value::Null,
+        };
+        let check = |fast, fast2, share: f64, even| {
+            let r = row(fast, fast2);
+            assert!((r.larger_share() - share).abs() < 1e-9, "{fast}/{fast2}");
+            assert_eq!(r.even(), even, "{fast}/{fast2}");
+        };
+        check(40, 40, 0.5, true);
+        check(36, 44, 0.55, true);
+        check(81, 2, 81.0 / 83.0, false);
+        check(45, 35, 0.5625, false);
+        check(0, 0, 0.0, false);
     }
 }

@@ -1,4 +1,4 @@
-//! `mesh-bench`: the mesh proxy against direct calls and HAProxy on network-namespace pods (reported as ratios to the direct call), discovery's propagation and memory, and load balancing between a fast and a slow endpoint.
+//! `mesh-bench`: the mesh proxy against direct calls and HAProxy on network-namespace pods (reported as ratios to the direct call), discovery's propagation and memory, and load balancing between equal endpoints and between a fast and a slow one.
 //!
 //! ```text
 //! scripts/setup-bench.sh && cargo run --release -p mesh-bench -- --out BENCHMARKS.md   # just bench
@@ -44,8 +44,9 @@ use crate::testbed::{Scenario, Testbed};
 /// direct, 1-hop (outbound proxy), 2-hop (outbound and inbound proxy) and haproxy. The
 /// discovery part measures how fast an endpoint change reaches 1,000 watchers of the
 /// destination controller, and the controller's memory with 10,000 endpoints. The balance part
-/// compares the proxy's load split between a fast and a slow endpoint with round-robin's. The
-/// proxy and balance parts need root.
+/// measures how the proxy splits requests between two equal endpoints at 2, 50 and 2,000 req/s
+/// (the first for 40 s), and compares its split between a fast and a slow endpoint with
+/// round-robin's. The proxy and balance parts need root.
 #[derive(Debug, Parser)]
 #[command(name = "mesh-bench", version)]
 struct Args {
@@ -93,12 +94,13 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(1..=1_000))]
     changes: u32,
 
-    /// Load balancing: the request rate through each balancer.
+    /// Load balancing: the request rate of the fast/slow runs, through each balancer.
     #[arg(long, value_name = "REQ/S", default_value_t = 500,
           value_parser = clap::value_parser!(u32).range(2..=100_000))]
     balance_rate: u32,
 
-    /// Load balancing: the length of each run.
+    /// Load balancing: the length of each run but the equal endpoints' at 2 req/s, which
+    /// takes 40 s (with --quick, this long too).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     balance_duration: Duration,
 
@@ -296,6 +298,12 @@ fn run(mut args: Args) -> anyhow::Result<()> {
             let plan = balance::Plan {
                 rate: args.balance_rate,
                 duration: args.balance_duration,
+                // A smoke run keeps the trickle as short as every other run.
+                trickle_duration: if args.quick {
+                    args.balance_duration
+                } else {
+                    balance::TRICKLE_DURATION
+                },
                 delay: SLOW_DELAY,
                 connections: BALANCE_CONNECTIONS,
             };

@@ -1,15 +1,36 @@
-//! Latency-aware load balancing: power of two choices over peak-EWMA load, with failing
-//! endpoints ejected and probed back with exponential backoff.
+//! Latency-aware load balancing: power of two choices over an EWMA of each endpoint's round
+//! trips, where estimates within noise of each other count as equal, with failing endpoints
+//! ejected and probed back with exponential backoff.
 //!
-//! Each endpoint keeps an estimate of its round-trip time that jumps up at once to a slower
-//! response (the *peak*) and decays towards faster ones exponentially over time (the *EWMA*), as
-//! in Finagle and tower's `PeakEwma`. Its load is that estimate times the requests it has in
-//! flight, divided by its weight. To pick an endpoint, two are drawn at random and the less
-//! loaded one wins: nearly as good as picking the least loaded of all, at a constant cost, and
-//! without herding every client onto the same endpoint.
+//! To pick an endpoint, two are drawn at random and compared, as in Finagle's and tower's
+//! `PeakEwma`: nearly as good as picking the best of all, at a constant cost, and without herding
+//! every client onto the same endpoint.
+//!
+//! - When their round-trip estimates are within noise of each other (closer than
+//!   [`BalanceConfig::tolerance`] of the faster one, or than
+//!   [`BalanceConfig::tolerance_floor`]), the estimates do not decide: the endpoint with fewer
+//!   requests in flight per weight wins, then the one used least recently. Equal replicas thus
+//!   take turns at a trickle of sequential requests and share by load when requests overlap,
+//!   instead of the one that answered a hair faster first taking everything.
+//! - Otherwise the lower load wins: estimate × (requests in flight + 1) / weight.
+//!
+//! An estimate is an average of the endpoint's answers over time: a new answer weighs at least
+//! [`BalanceConfig::sample_weight`], and more the older the estimate is. A slow answer counts as
+//! at most [`BalanceConfig::outlier`] times the estimate (plus the floor), so that one hiccup, a
+//! cold start or a pause moves it a little, while an endpoint that turned slow is left out
+//! after a few answers.
+//!
+//! Estimates are evidence that ages. When two are compared, the slower one's lead over the other
+//! fades with the time since it last answered ([`BalanceConfig::decay`]) and with the picks it
+//! has lost since ([`BalanceConfig::decay_picks`]), until it is within noise and gets a request
+//! again: an endpoint that was slow once is tried again after a while at a trickle, and after a
+//! few hundred requests under load, and its answer then replaces what had faded. An endpoint
+//! that has not answered yet takes the estimate of the endpoint it is compared with, so that a
+//! new replica starts as an equal of its peers, neither shunned nor flooded.
 //!
 //! The state is shared and lock-light, so every request of every connection picks directly;
-//! there is no balancer task or queue in front of it.
+//! there is no balancer task or queue in front of it: a pick reads two endpoints (a short lock
+//! each, as before) and counts one atomic on the loser; an answer updates its endpoint's estimate.
 
 use std::{
     net::SocketAddr,
@@ -23,10 +44,26 @@ use std::{
 /// How the balancer behaves.
 #[derive(Clone, Debug)]
 pub struct BalanceConfig {
-    /// The round-trip time assumed for an endpoint that has not answered yet.
-    pub default_rtt: Duration,
-    /// How fast the estimate forgets: after this long, a past sample weighs 1/e.
+    /// How fast an estimate ages with time: after this long without an answer, its weight
+    /// against a new sample, and the lead it gives a slower endpoint over a faster one, are
+    /// down to 1/e.
     pub decay: Duration,
+    /// How fast an estimate ages with the picks its endpoint loses: after this many, the same
+    /// 1/e, on top of `decay`. Under load this, not time, brings a slow endpoint back to be
+    /// tried again: every few hundred requests rather than every few thousand.
+    pub decay_picks: u32,
+    /// Estimates closer than this fraction of the faster one are equal.
+    pub tolerance: f64,
+    /// Estimates closer than this are equal: at a trickle of requests, a sub-millisecond
+    /// difference between replicas is noise.
+    pub tolerance_floor: Duration,
+    /// The least weight of a new answer in the estimate: one answer moves it at least this
+    /// fraction of the way, more when the estimate is old.
+    pub sample_weight: f64,
+    /// An answer slower than this many times the estimate, plus `tolerance_floor`, counts as
+    /// that: one very slow answer (a cold start, a pause) moves the estimate as a slow one
+    /// would, not further.
+    pub outlier: f64,
     /// Consecutive failures that eject an endpoint.
     pub failures_to_eject: u32,
     /// The first ejection's length; each failed probe doubles it, up to `max_ejection`.
@@ -37,8 +74,12 @@ pub struct BalanceConfig {
 impl Default for BalanceConfig {
     fn default() -> Self {
         Self {
-            default_rtt: Duration::from_millis(30),
             decay: Duration::from_secs(10),
+            decay_picks: 200,
+            tolerance: 0.2,
+            tolerance_floor: Duration::from_millis(1),
+            sample_weight: 0.1,
+            outlier: 2.0,
             failures_to_eject: 7,
             min_ejection: Duration::from_secs(1),
             max_ejection: Duration::from_secs(60),
@@ -52,15 +93,29 @@ pub struct EndpointState {
     pub addr: SocketAddr,
     pub weight: u32,
     pending: AtomicU32,
+    /// Picks this endpoint lost since it last answered.
+    passed_over: AtomicU32,
     rtt: Mutex<Rtt>,
     health: Mutex<Health>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Rtt {
-    /// The estimate, in nanoseconds.
+    /// `None` until the endpoint answers or is compared with one that has.
+    estimate: Option<Estimate>,
+    /// The estimate is the endpoint's first answer, taken before any other endpoint's to
+    /// compare it with: see [`EndpointState::introduce`].
+    provisional: bool,
+    /// When the latest answered request had been sent: equal endpoints take turns by it.
+    last_sent: Option<Instant>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Estimate {
+    /// The round-trip time, in nanoseconds.
     ns: f64,
-    updated: Instant,
+    /// When its latest sample came.
+    at: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -82,15 +137,15 @@ pub struct InFlight {
 }
 
 impl EndpointState {
-    pub fn new(addr: SocketAddr, weight: u32, config: &BalanceConfig, now: Instant) -> Arc<Self> {
+    /// A new endpoint, with no estimate yet (see the module's documentation); `_now` is kept
+    /// for callers that create endpoints as they are discovered.
+    pub fn new(addr: SocketAddr, weight: u32, config: &BalanceConfig, _now: Instant) -> Arc<Self> {
         Arc::new(Self {
             addr,
             weight: weight.max(1),
             pending: AtomicU32::new(0),
-            rtt: Mutex::new(Rtt {
-                ns: config.default_rtt.as_nanos() as f64,
-                updated: now,
-            }),
+            passed_over: AtomicU32::new(0),
+            rtt: Mutex::new(Rtt::default()),
             health: Mutex::new(Health {
                 next_ejection: config.min_ejection,
                 ..Health::default()
@@ -108,13 +163,6 @@ impl EndpointState {
         }
     }
 
-    /// The endpoint's load now: decayed RTT estimate × (requests in flight + 1) / weight.
-    pub fn load(&self, config: &BalanceConfig, now: Instant) -> f64 {
-        let pending = self.pending.load(Ordering::Relaxed);
-        let rtt = lock(&self.rtt).decayed(config.decay, now);
-        rtt * f64::from(pending + 1) / f64::from(self.weight)
-    }
-
     /// Whether the endpoint is ejected at `now`.
     pub fn is_ejected(&self, now: Instant) -> bool {
         lock(&self.health)
@@ -122,8 +170,27 @@ impl EndpointState {
             .is_some_and(|until| now < until)
     }
 
+    /// Feeds one round trip to the estimate.
     fn observe_rtt(&self, config: &BalanceConfig, sent: Instant, now: Instant) {
-        lock(&self.rtt).observe(config.decay, now.saturating_duration_since(sent), now);
+        let sample = now.saturating_duration_since(sent).as_nanos() as f64;
+        let passed_over = self.passed_over.swap(0, Ordering::Relaxed);
+        let mut rtt = lock(&self.rtt);
+        rtt.provisional = rtt.estimate.is_none();
+        rtt.estimate = Some(match rtt.estimate {
+            None => Estimate {
+                ns: sample,
+                at: now,
+            },
+            Some(old) => {
+                // What has faded of the old estimate is the new sample's.
+                let faded = 1.0 - fade(config, now.saturating_duration_since(old.at), passed_over);
+                Estimate {
+                    ns: moved(config, old.ns, sample, faded),
+                    at: now,
+                }
+            }
+        });
+        rtt.last_sent = rtt.last_sent.max(Some(sent));
     }
 
     fn observe_outcome(&self, config: &BalanceConfig, success: bool, now: Instant) {
@@ -143,6 +210,46 @@ impl EndpointState {
             health.next_ejection = (ejection * 2).min(config.max_ejection);
             tracing::info!(endpoint = %self.addr, ?ejection, failures = health.consecutive_failures, "endpoint ejected");
         }
+    }
+
+    /// What a pick reads of the endpoint, at once.
+    fn candidate(&self) -> Candidate {
+        let rtt = *lock(&self.rtt);
+        Candidate {
+            estimate: rtt.estimate,
+            provisional: rtt.provisional,
+            last_sent: rtt.last_sent,
+            pending: self.pending.load(Ordering::Relaxed),
+            passed_over: self.passed_over.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Meets `peer` in a comparison, the first time this endpoint can be compared with one that
+    /// has an estimate: an endpoint that has not answered yet takes the peer's estimate (and so
+    /// starts as an equal); one whose only answer came before any other endpoint's takes it as
+    /// if it had been the peer's equal until then, so that an outlier among the very first
+    /// answers moves it as any answer would, no further. Updates `own` to what it now has.
+    fn introduce(&self, config: &BalanceConfig, own: &mut Candidate, peer: &Candidate) {
+        let Some(theirs) = peer.estimate else { return };
+        if own.estimate.is_some() && !own.provisional {
+            return;
+        }
+        let mut rtt = lock(&self.rtt);
+        match rtt.estimate {
+            None => rtt.estimate = Some(theirs),
+            Some(mine) if rtt.provisional => {
+                rtt.provisional = false;
+                if mine.ns > theirs.ns {
+                    rtt.estimate = Some(Estimate {
+                        ns: moved(config, theirs.ns, mine.ns, 0.0),
+                        at: mine.at,
+                    });
+                }
+            }
+            Some(_) => {}
+        }
+        own.estimate = rtt.estimate;
+        own.provisional = rtt.provisional;
     }
 }
 
@@ -165,33 +272,6 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.endpoint.pending.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl Rtt {
-    /// The estimate decayed to `now`: it drifts towards zero while nothing is observed, so an
-    /// endpoint that was slow long ago gets traffic again.
-    fn decayed(&mut self, decay: Duration, now: Instant) -> f64 {
-        let elapsed = now.saturating_duration_since(self.updated);
-        if !elapsed.is_zero() {
-            self.ns *= (-(elapsed.as_nanos() as f64) / decay.as_nanos().max(1) as f64).exp();
-            self.updated = now;
-        }
-        self.ns
-    }
-
-    /// A new sample: a slower one replaces the estimate (the peak), a faster one is averaged in
-    /// with a weight that grows with the time since the last update.
-    fn observe(&mut self, decay: Duration, rtt: Duration, now: Instant) {
-        let sample = rtt.as_nanos() as f64;
-        if sample > self.ns {
-            self.ns = sample;
-        } else {
-            let elapsed = now.saturating_duration_since(self.updated).as_nanos() as f64;
-            let w = (-elapsed / decay.as_nanos().max(1) as f64).exp();
-            self.ns = self.ns * w + sample * (1.0 - w);
-        }
-        self.updated = now;
     }
 }
 
@@ -232,9 +312,81 @@ pub fn pick<'a, T>(
     let prefer_a = match (ea.is_ejected(now), eb.is_ejected(now)) {
         (false, true) => true,
         (true, false) => false,
-        _ => ea.load(config, now) <= eb.load(config, now),
+        _ => prefer_first(ea, eb, config, now),
     };
-    Some(&endpoints[if prefer_a { a } else { b }])
+    let (winner, loser) = if prefer_a { (a, b) } else { (b, a) };
+    state(&endpoints[loser])
+        .passed_over
+        .fetch_add(1, Ordering::Relaxed);
+    Some(&endpoints[winner])
+}
+
+// === helpers ===
+
+/// What [`prefer_first`] reads of a candidate.
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    estimate: Option<Estimate>,
+    provisional: bool,
+    last_sent: Option<Instant>,
+    pending: u32,
+    passed_over: u32,
+}
+
+/// Whether `a` is the better of two candidates (ties go to `a`, the first drawn).
+fn prefer_first(
+    a: &EndpointState,
+    b: &EndpointState,
+    config: &BalanceConfig,
+    now: Instant,
+) -> bool {
+    let (mut ca, mut cb) = (a.candidate(), b.candidate());
+    a.introduce(config, &mut ca, &cb);
+    b.introduce(config, &mut cb, &ca);
+    // Round-trip estimates, the slower one's lead faded with its age; two endpoints that have
+    // never answered are equal.
+    let (ra, rb) = match (ca.estimate, cb.estimate) {
+        (Some(x), Some(y)) => {
+            let faster = x.ns.min(y.ns);
+            let faded = |e: Estimate, c: &Candidate| {
+                let age = now.saturating_duration_since(e.at);
+                faster + (e.ns - faster) * fade(config, age, c.passed_over)
+            };
+            (faded(x, &ca), faded(y, &cb))
+        }
+        _ => (0.0, 0.0),
+    };
+    // (requests in flight + 1) / weight, cross-multiplied to stay in integers.
+    let la = u64::from(ca.pending.saturating_add(1)) * u64::from(b.weight);
+    let lb = u64::from(cb.pending.saturating_add(1)) * u64::from(a.weight);
+    let tolerance = (config.tolerance * ra.min(rb)).max(config.tolerance_floor.as_nanos() as f64);
+    if (ra - rb).abs() > tolerance {
+        return ra * la as f64 <= rb * lb as f64;
+    }
+    if la != lb {
+        return la < lb;
+    }
+    // The least recently used; one never used before any other.
+    match (ca.last_sent, cb.last_sent) {
+        (Some(x), Some(y)) => x <= y,
+        (None, _) => true,
+        (Some(_), None) => false,
+    }
+}
+
+/// `estimate` moved towards `sample` by `weight`, or by at least
+/// [`BalanceConfig::sample_weight`], a slow sample counted as [`BalanceConfig::outlier`] says.
+fn moved(config: &BalanceConfig, estimate: f64, sample: f64, weight: f64) -> f64 {
+    let most = estimate * config.outlier + config.tolerance_floor.as_nanos() as f64;
+    let sample = sample.min(most);
+    estimate + (sample - estimate) * weight.max(config.sample_weight).min(1.0)
+}
+
+/// How much of an estimate is left after `age` and `passed_over` lost picks (1 when fresh).
+fn fade(config: &BalanceConfig, age: Duration, passed_over: u32) -> f64 {
+    let time = age.as_secs_f64() / config.decay.as_secs_f64().max(1e-9);
+    let picks = f64::from(passed_over) / f64::from(config.decay_picks.max(1));
+    (-(time + picks)).exp()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -245,6 +397,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::{cmp::Reverse, collections::BinaryHeap, collections::HashMap};
 
     fn endpoints(n: u16, config: &BalanceConfig, now: Instant) -> Vec<Arc<EndpointState>> {
         (0..n)
@@ -263,53 +416,459 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    #[test]
-    fn rtt_jumps_to_a_peak_and_decays_towards_faster_samples() {
-        let config = BalanceConfig::default();
-        let t0 = Instant::now();
-        let mut rtt = Rtt {
-            ns: ms(10).as_nanos() as f64,
-            updated: t0,
-        };
-        rtt.observe(config.decay, ms(100), t0);
-        assert_eq!(
-            rtt.ns,
-            ms(100).as_nanos() as f64,
-            "a slower sample is taken at once"
-        );
-        rtt.observe(config.decay, ms(1), t0 + ms(10));
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// `ep` answers a request sent at `sent` after `rtt`.
+    fn answer(config: &BalanceConfig, ep: &Arc<EndpointState>, sent: Instant, rtt: Duration) {
+        ep.start(sent).record(config, true, sent + rtt);
+    }
+
+    /// How an endpoint answers: after `base` give or take 25 %, with now and then (2 % of
+    /// answers) a hiccup of up to 3 ms more, as replicas on a busy node do; the first answer
+    /// also opens a connection (`first`).
+    #[derive(Clone, Copy, Debug)]
+    struct Latency {
+        base: Duration,
+        first: Duration,
+    }
+
+    /// A small HTTP server in a pod, answering in about 1.5 ms (busybox httpd on a cluster).
+    const REPLICA: Latency = Latency {
+        base: Duration::from_micros(1_500),
+        first: Duration::from_millis(2),
+    };
+
+    /// The same, 10 ms slower.
+    const SLOW_REPLICA: Latency = Latency {
+        base: Duration::from_micros(11_500),
+        first: Duration::from_millis(2),
+    };
+
+    impl Latency {
+        fn sample(self, rng: &mut fastrand::Rng, first: bool) -> Duration {
+            let mut rtt = self.base.mul_f64(0.75 + 0.5 * rng.f64());
+            if rng.f64() < 0.02 {
+                rtt += Duration::from_micros(rng.u64(0..3_000));
+            }
+            if first {
+                rtt += self.first;
+            }
+            rtt
+        }
+    }
+
+    /// A client of a service, on simulated time: sends requests evenly spaced and feeds each
+    /// endpoint's answers back at the instants they come, with no clock and no sleep.
+    struct Client {
+        config: BalanceConfig,
+        t0: Instant,
+        /// Simulated time since `t0`.
+        now: Duration,
+        endpoints: Vec<Arc<EndpointState>>,
+        latencies: Vec<Latency>,
+        answered: Vec<bool>,
+        rng: fastrand::Rng,
+        /// Requests in flight by when they are answered, and their in-flight guards.
+        answers: BinaryHeap<Reverse<(Duration, u64)>>,
+        in_flight: HashMap<u64, InFlight>,
+        sent: u64,
+    }
+
+    impl Client {
+        fn new(latencies: &[Latency], seed: u64) -> Client {
+            let mut client = Client {
+                config: BalanceConfig::default(),
+                t0: Instant::now(),
+                now: Duration::ZERO,
+                endpoints: Vec::new(),
+                latencies: Vec::new(),
+                answered: Vec::new(),
+                rng: fastrand::Rng::with_seed(seed),
+                answers: BinaryHeap::new(),
+                in_flight: HashMap::new(),
+                sent: 0,
+            };
+            for &latency in latencies {
+                client.join(latency);
+            }
+            client
+        }
+
+        /// A new endpoint joins the service.
+        fn join(&mut self, latency: Latency) {
+            let port = 8000 + self.endpoints.len() as u16;
+            self.endpoints.push(EndpointState::new(
+                SocketAddr::from(([10, 0, 0, 1], port)),
+                10_000,
+                &self.config,
+                self.t0 + self.now,
+            ));
+            self.latencies.push(latency);
+            self.answered.push(false);
+        }
+
+        /// Sends `rate` requests per second for `length`; returns how many each endpoint got.
+        fn run(&mut self, rate: f64, length: Duration) -> Vec<u64> {
+            let gap = Duration::from_secs_f64(1.0 / rate);
+            let mut counts = vec![0; self.endpoints.len()];
+            for _ in 0..(rate * length.as_secs_f64()).round() as u64 {
+                self.answer_until(self.now);
+                let now = self.t0 + self.now;
+                let rng = &mut self.rng;
+                let picked = pick(
+                    &self.endpoints,
+                    |e| e,
+                    &self.config,
+                    now,
+                    |n| rng.usize(..n),
+                )
+                .expect("endpoints");
+                let i = self
+                    .endpoints
+                    .iter()
+                    .position(|e| Arc::ptr_eq(e, picked))
+                    .expect("one of them");
+                counts[i] += 1;
+                let first = !std::mem::replace(&mut self.answered[i], true);
+                let rtt = self.latencies[i].sample(&mut self.rng, first);
+                self.sent += 1;
+                self.in_flight.insert(self.sent, picked.start(now));
+                self.answers.push(Reverse((self.now + rtt, self.sent)));
+                self.now += gap;
+            }
+            counts
+        }
+
+        /// Feeds every answer due by `until`.
+        fn answer_until(&mut self, until: Duration) {
+            while let Some(&Reverse((at, id))) = self.answers.peek() {
+                if at > until {
+                    break;
+                }
+                self.answers.pop();
+                if let Some(mut in_flight) = self.in_flight.remove(&id) {
+                    in_flight.record(&self.config, true, self.t0 + at);
+                }
+            }
+        }
+    }
+
+    fn share(counts: &[u64], i: usize) -> f64 {
+        counts[i] as f64 / counts.iter().sum::<u64>().max(1) as f64
+    }
+
+    /// Two equal endpoints each got 45–55 %.
+    fn assert_even(counts: &[u64], what: &str) {
+        let first = share(counts, 0);
         assert!(
-            rtt.ns > ms(99).as_nanos() as f64,
-            "a fast sample right after moves it little"
+            (0.45..=0.55).contains(&first),
+            "{what}: {counts:?} is not within 45/55"
         );
-        rtt.observe(config.decay, ms(1), t0 + Duration::from_secs(60));
-        assert!(
-            rtt.ns < ms(2).as_nanos() as f64,
-            "after a long time the fast sample dominates"
-        );
-        let decayed = rtt.decayed(config.decay, t0 + Duration::from_secs(120));
-        assert!(decayed < rtt.ns + 1.0 && decayed < ms(1).as_nanos() as f64);
     }
 
     #[test]
-    fn the_slower_endpoint_gets_fewer_requests() {
-        let config = BalanceConfig::default();
-        let now = Instant::now();
-        let eps = endpoints(3, &config, now);
-        for (i, ep) in eps.iter().enumerate() {
-            let rtt = if i == 0 { ms(200) } else { ms(5) };
-            ep.start(now).record(&config, true, now + rtt);
+    fn two_equal_replicas_one_gets_almost_everything() {
+        // On a cluster, a client calling a Service with two identical replicas at about 2
+        // requests per second, one at a time, sent 81 requests to one and 2 to the other in
+        // 40 s: the replica whose first answers were a little slower (here, a cold start) kept
+        // a higher estimate than the other, and lost every comparison for most of a minute.
+        for cold_start in [ms(5), ms(20), ms(100)] {
+            let cold = Latency {
+                first: cold_start,
+                ..REPLICA
+            };
+            for seed in 0..20 {
+                let mut client = Client::new(&[REPLICA, cold], seed);
+                let counts = client.run(2.0, secs(40));
+                assert_even(
+                    &counts,
+                    &format!("cold start {cold_start:?}, 2 req/s for 40 s, seed {seed}"),
+                );
+            }
         }
-        let mut rng = fastrand::Rng::with_seed(7);
-        let mut counts = [0usize; 3];
-        for _ in 0..3_000 {
-            let ep = pick(&eps, |e| e, &config, now + ms(300), |n| rng.usize(..n)).unwrap();
-            counts[usize::from(ep.addr.port() - 8000)] += 1;
+    }
+
+    #[test]
+    fn equal_endpoints_split_evenly_at_any_rate() {
+        let check = |rate: f64, length: Duration| {
+            for seed in 0..8 {
+                let mut client = Client::new(&[REPLICA, REPLICA], seed);
+                let counts = client.run(rate, length);
+                assert_even(
+                    &counts,
+                    &format!("{rate} req/s for {length:?}, seed {seed}"),
+                );
+            }
+        };
+        check(1.0, secs(60));
+        check(2.0, secs(40));
+        check(10.0, secs(20));
+        check(50.0, secs(10));
+        // From here requests overlap: 1.5 ms answers every 2 ms, then every 0.5 ms.
+        check(500.0, secs(5));
+        check(2_000.0, secs(5));
+    }
+
+    #[test]
+    fn a_10ms_slower_endpoint_gets_under_5_percent() {
+        let check = |rate: f64, length: Duration| {
+            for seed in 0..8 {
+                let mut client = Client::new(&[REPLICA, SLOW_REPLICA], seed);
+                let counts = client.run(rate, length);
+                let slow = share(&counts, 1);
+                assert!(
+                    slow < 0.05,
+                    "{rate} req/s for {length:?}, seed {seed}: the slow endpoint got {counts:?}"
+                );
+            }
+        };
+        check(2.0, secs(120));
+        check(50.0, secs(20));
+        check(500.0, secs(10));
+        check(2_000.0, secs(5));
+    }
+
+    #[test]
+    fn a_new_endpoint_gets_a_fair_share_quickly() {
+        for seed in 0..8 {
+            // Under load: two endpoints that have answered for a minute, then a third.
+            let mut client = Client::new(&[REPLICA, REPLICA], seed);
+            client.run(50.0, secs(60));
+            client.join(REPLICA);
+            let first_second = client.run(50.0, secs(1));
+            assert!(
+                (10..=25).contains(&first_second[2]),
+                "seed {seed}: the new endpoint got {first_second:?} of its first 50"
+            );
+            let next = client.run(50.0, secs(10));
+            let new = share(&next, 2);
+            assert!(
+                (0.28..=0.39).contains(&new),
+                "seed {seed}: the new endpoint got {next:?} of the next 500"
+            );
+
+            // At a trickle: its turn comes within a few requests, then it takes turns.
+            let mut client = Client::new(&[REPLICA, REPLICA], seed);
+            client.run(2.0, secs(60));
+            client.join(REPLICA);
+            let first = client.run(2.0, secs(2));
+            assert!(
+                first[2] >= 1,
+                "seed {seed}: the new endpoint got none of {first:?}"
+            );
+            let next = client.run(2.0, secs(60));
+            let new = share(&next, 2);
+            assert!(
+                (0.25..=0.42).contains(&new),
+                "seed {seed}: the new endpoint got {next:?} of the next 120"
+            );
+        }
+    }
+
+    #[test]
+    fn estimates_within_noise_are_equal() {
+        // `a` answers twice in `a_rtt`, then `b` twice in `b_rtt`; then the one that wins a
+        // pick: when their estimates are equal, `a`, used less recently; otherwise the faster.
+        let check = |a_rtt: Duration, b_rtt: Duration, winner: &str| {
+            let config = BalanceConfig::default();
+            let t0 = Instant::now();
+            let eps = endpoints(2, &config, t0);
+            for (i, (ep, rtt)) in eps.iter().zip([a_rtt, b_rtt]).enumerate() {
+                for j in 0..2 {
+                    answer(&config, ep, t0 + ms(100) * (2 * i + j) as u32, rtt);
+                }
+            }
+            let now = t0 + ms(500);
+            for first in [0, 1] {
+                let picked = pick(&eps, |e| e, &config, now, |_| first).expect("endpoints");
+                let got = if Arc::ptr_eq(picked, &eps[0]) {
+                    "a"
+                } else {
+                    "b"
+                };
+                assert_eq!(
+                    got, winner,
+                    "{a_rtt:?} then {b_rtt:?}, drawn first: {first}"
+                );
+            }
+        };
+        let us = Duration::from_micros;
+        // Under the 1 ms floor: noise.
+        check(us(300), us(250), "a");
+        check(us(1_900), us(1_000), "a");
+        check(us(1_000), us(1_900), "a");
+        check(us(2_100), us(1_000), "b");
+        // Within 20 % of the faster one.
+        check(ms(11), ms(10), "a");
+        check(ms(13), ms(10), "b");
+        check(ms(10), ms(13), "a");
+        // 10 ms slower.
+        check(us(10_300), us(300), "b");
+    }
+
+    #[test]
+    fn equal_endpoints_go_by_requests_in_flight_then_take_turns() {
+        let config = BalanceConfig::default();
+        let t0 = Instant::now();
+        let eps = endpoints(2, &config, t0);
+        let mut rng = fastrand::Rng::with_seed(1);
+        let mut next = |now| {
+            let picked = pick(&eps, |e| e, &config, now, |n| rng.usize(..n)).expect("endpoints");
+            usize::from(picked.addr.port() - 8000)
+        };
+        // One at a time: they alternate, whichever was drawn first.
+        let mut order = Vec::new();
+        for i in 0..6 {
+            let now = t0 + ms(500) * i;
+            let picked = next(now);
+            order.push(picked);
+            eps[picked].start(now).record(&config, true, now + ms(1));
         }
         assert!(
-            counts[0] < 3_000 / 10,
-            "the slow endpoint only wins when drawn twice: {counts:?}"
+            order.windows(2).all(|w| w[0] != w[1]),
+            "they take turns: {order:?}"
         );
+        // Overlapping: the one with fewer requests in flight.
+        let now = t0 + secs(10);
+        let busy = eps[0].start(now);
+        assert_eq!(next(now), 1);
+        assert_eq!(next(now), 1);
+        drop(busy);
+    }
+
+    #[test]
+    fn a_slower_answer_moves_the_estimate_part_of_the_way() {
+        let config = BalanceConfig::default();
+        let t0 = Instant::now();
+        let ep = &endpoints(1, &config, t0)[0];
+        let estimate = || lock(&ep.rtt).estimate.expect("an estimate").ns / 1e6;
+        let close = |value: f64, expected: f64| (value - expected).abs() < 1e-6;
+        answer(&config, ep, t0, ms(1));
+        assert_eq!(estimate(), 1.0, "the first answer is the estimate");
+        answer(&config, ep, t0 + ms(10), ms(6));
+        assert!(
+            close(estimate(), 1.2),
+            "a hiccup right after counts as 3 ms (twice the estimate plus the floor), a tenth \
+             of the way: {}",
+            estimate()
+        );
+        answer(&config, ep, t0 + ms(20), ms(1));
+        assert!(
+            close(estimate(), 1.18),
+            "a fast answer right after moves it a tenth of the way back: {}",
+            estimate()
+        );
+        for i in 1..=5 {
+            answer(&config, ep, t0 + ms(20 + i * 10), ms(11));
+        }
+        assert!(
+            estimate() > 2.0,
+            "five slow answers in a row take it more than the floor above a 1 ms peer: {}",
+            estimate()
+        );
+        answer(&config, ep, t0 + secs(60), ms(1));
+        assert!(
+            estimate() < 1.01,
+            "after a long silence an answer replaces it: {}",
+            estimate()
+        );
+        answer(&config, ep, t0 + secs(120), ms(11));
+        assert!(
+            (2.99..3.01).contains(&estimate()),
+            "even then, an answer counts as at most twice the estimate plus the floor: {}",
+            estimate()
+        );
+    }
+
+    #[test]
+    fn an_endpoint_that_was_slow_once_is_tried_again() {
+        let config = BalanceConfig::default();
+        let t0 = Instant::now();
+        let eps = endpoints(2, &config, t0);
+        let fast = |now: Instant| answer(&config, &eps[1], now, ms(1));
+        for i in 0..2 {
+            answer(&config, &eps[0], t0 + ms(100 * i), ms(20));
+            fast(t0 + ms(100 * i));
+        }
+        let winner = |now| {
+            let picked = pick(&eps, |e| e, &config, now, |_| 0).expect("endpoints");
+            usize::from(picked.addr.port() - 8000)
+        };
+        assert_eq!(winner(t0 + ms(200)), 1, "the slow one loses at first");
+        // With time: 19 ms of lead fade under the 1 ms floor after 10 s × ln 19 ≈ 29 s.
+        fast(t0 + secs(25));
+        assert_eq!(winner(t0 + secs(25)), 1, "still slower after 25 s");
+        fast(t0 + secs(31));
+        assert_eq!(winner(t0 + secs(31)), 0, "tried again after 31 s");
+        // Its answer replaces what had faded: still 20 ms.
+        answer(&config, &eps[0], t0 + secs(31), ms(20));
+        let estimate = lock(&eps[0].rtt).estimate.expect("an estimate").ns / 1e6;
+        assert!((19.9..20.1).contains(&estimate), "{estimate}");
+        // With picks, under load: 200 × ln 19 ≈ 589 lost picks, however short the time.
+        let now = t0 + secs(31) + ms(50);
+        fast(now);
+        let mut lost = 0;
+        while winner(now) == 1 {
+            lost += 1;
+            assert!(lost < 1_000, "never tried again");
+        }
+        assert!(
+            (560..=620).contains(&lost),
+            "tried again after {lost} picks"
+        );
+    }
+
+    #[test]
+    fn an_outlier_among_the_first_answers_does_not_shut_an_endpoint_out() {
+        let config = BalanceConfig::default();
+        let t0 = Instant::now();
+        // Both answer their first request before either is compared: `a` after a cold start.
+        let eps = endpoints(2, &config, t0);
+        answer(&config, &eps[0], t0, ms(30));
+        answer(&config, &eps[1], t0 + ms(10), ms(1));
+        let picked = pick(&eps, |e| e, &config, t0 + ms(100), |_| 1).expect("endpoints");
+        assert!(
+            Arc::ptr_eq(picked, &eps[0]),
+            "its first answer counts as one hiccup after the other's: equal, and its turn"
+        );
+        let estimate = lock(&eps[0].rtt).estimate.expect("an estimate").ns / 1e6;
+        assert!((estimate - 1.2).abs() < 1e-6, "{estimate}");
+
+        // A new endpoint joining later starts as an equal of the endpoint it is compared
+        // with, and its first answer, a cold start, moves it as one hiccup would.
+        let eps = endpoints(2, &config, t0);
+        for i in 0..2 {
+            answer(&config, &eps[0], t0 + ms(100 * i), ms(1));
+        }
+        let picked = pick(&eps, |e| e, &config, t0 + ms(200), |_| 0).expect("endpoints");
+        assert!(Arc::ptr_eq(picked, &eps[1]), "never used: its turn");
+        answer(&config, &eps[1], t0 + ms(200), ms(30));
+        let picked = pick(&eps, |e| e, &config, t0 + ms(300), |_| 1).expect("endpoints");
+        assert!(Arc::ptr_eq(picked, &eps[0]), "equal again: turns");
+        let picked = pick(&eps, |e| e, &config, t0 + ms(300), |_| 0).expect("endpoints");
+        assert!(Arc::ptr_eq(picked, &eps[0]), "whichever is drawn first");
+    }
+
+    #[test]
+    fn a_much_slower_endpoint_among_three_gets_few_requests() {
+        let very_slow = Latency {
+            base: ms(200),
+            first: ms(2),
+        };
+        for seed in 0..4 {
+            let mut client = Client::new(&[very_slow, REPLICA, REPLICA], seed);
+            let counts = client.run(100.0, secs(30));
+            assert!(
+                share(&counts, 0) < 0.01,
+                "seed {seed}: the slow endpoint got {counts:?}"
+            );
+            assert!(
+                (0.45..=0.55).contains(&(counts[1] as f64 / (counts[1] + counts[2]) as f64)),
+                "seed {seed}: the others share evenly: {counts:?}"
+            );
+        }
     }
 
     #[test]
