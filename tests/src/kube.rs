@@ -93,10 +93,18 @@ pub fn kubectl_ok(args: &[&str]) -> String {
     ok(&format!("kubectl {}", args.join(" ")), kubectl(args))
 }
 
-/// `kubectl apply -f -` (or `delete -f -`, `verb`) of `yaml`.
+/// `kubectl apply -f -` (or `delete -f -`, `verb`) of `yaml`. A delete does not wait for the
+/// objects to go (kubectl would wait without end): callers wait with a deadline ([`gone`]).
 pub fn kubectl_stdin(verb: &str, yaml: &str) -> String {
+    let wait: &[&str] = if verb == "delete" {
+        &["--wait=false"]
+    } else {
+        &[]
+    };
     let mut child = Command::new("kubectl")
-        .args([verb, "-f", "-"])
+        .arg(verb)
+        .args(wait)
+        .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -41,6 +41,9 @@ async fn the_mesh_on_a_real_cluster() {
     let started = std::time::Instant::now();
     let step = |what: &str| eprintln!("== {what} ({} s)", started.elapsed().as_secs());
 
+    step("a clean slate: what an earlier run left is removed");
+    clean_slate().await;
+
     step("mesh check --pre");
     let pre = mesh_ok(&["check", "--pre"]);
     assert!(pre.contains("Status check results are ✔"), "{pre}");
@@ -102,6 +105,37 @@ async fn the_mesh_on_a_real_cluster() {
         "{init}"
     );
 
+    step("mesh version, mesh diagnostics");
+    let version = mesh_ok(&["version", "-n", "demo"]);
+    let v = mesh_cli::install::version();
+    assert!(
+        version.contains(&format!("Client version: {v}")),
+        "{version}"
+    );
+    assert!(version.matches(v.as_str()).count() >= 3, "{version}");
+    let endpoints = mesh_ok(&[
+        "diagnostics",
+        "endpoints",
+        "web-svc.demo.svc.cluster.local:80",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(
+        endpoints
+            .matches("web.demo.serviceaccount.identity.mesh.cluster.local")
+            .count(),
+        2,
+        "both web pods, with their identity: {endpoints}"
+    );
+    let metrics = mesh_ok(&[
+        "diagnostics",
+        "proxy-metrics",
+        &format!("po/{web}"),
+        "-n",
+        "demo",
+    ]);
+    assert!(metrics.contains("request_total"), "{metrics}");
+
     step("mesh check --proxy -n demo");
     let proxies = mesh_ok(&["check", "--proxy", "-n", "demo", "--wait", "2m"]);
     assert!(proxies.contains("Status check results are ✔"), "{proxies}");
@@ -128,6 +162,28 @@ async fn the_mesh_on_a_real_cluster() {
     let ours: Vec<&str> = leftovers.lines().filter(|l| l.contains("mesh")).collect();
     assert!(ours.is_empty(), "left behind: {ours:?}");
     drop(cluster);
+}
+
+/// Removes the demo, viz and the control plane if an earlier (failed) run left them, and waits
+/// until their namespaces are gone.
+async fn clean_slate() {
+    let delete = |yaml: &str| {
+        let mut child = std::process::Command::new("kubectl")
+            .args(["delete", "--ignore-not-found", "--wait=false", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("kubectl runs");
+        use std::io::Write as _;
+        let _ = child.stdin.take().unwrap().write_all(yaml.as_bytes());
+        let _ = child.wait();
+    };
+    delete(DEMO);
+    delete(&mesh_ok(&["viz", "uninstall"]));
+    delete(&mesh_ok(&["uninstall"]));
+    for ns in ["demo", "mesh-viz", "mesh"] {
+        gone(ns, Duration::from_secs(180)).await;
+    }
 }
 
 /// The viz component on the demo, then scaling and a controller restart under load.
