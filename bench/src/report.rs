@@ -58,7 +58,7 @@ pub enum Part {
     Proxy,
     /// Discovery: update propagation to 1,000 watchers and the controller's memory.
     Discovery,
-    /// Load balancing between a fast and a slow endpoint, on pods.
+    /// Load balancing between equal endpoints, and between a fast and a slow one, on pods.
     Balance,
 }
 
@@ -80,7 +80,7 @@ impl Part {
         match self {
             Part::Proxy => "Proxy: direct, one hop, two hops (plain and mTLS) and HAProxy",
             Part::Discovery => "Discovery: update propagation and controller memory",
-            Part::Balance => "Load balancing: a fast and a slow endpoint",
+            Part::Balance => "Load balancing: equal endpoints, and a fast and a slow one",
         }
     }
 
