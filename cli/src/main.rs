@@ -98,7 +98,11 @@ fn inject(args: &mesh_cli::inject::InjectArgs, cluster: &mesh_cli::kube::Cluster
         let mut report = run(&inputs, &Mode::Manual(config))?;
         report.summary.insert(
             0,
-            format!("proxies are {} sidecars: {}", sidecar.name(), sidecar.reason),
+            format!(
+                "proxies are {} sidecars: {}",
+                sidecar.name(),
+                sidecar.reason
+            ),
         );
         Ok(report)
     });
