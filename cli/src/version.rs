@@ -275,14 +275,37 @@ fn proxy_versions(pods: &[Pod], namespace: Option<&str>) -> Vec<ProxyVersion> {
             .entry((ns.to_string(), version.to_string()))
             .or_default() += 1;
     }
-    counts
+    let mut versions: Vec<ProxyVersion> = counts
         .into_iter()
         .map(|((namespace, version), pods)| ProxyVersion {
             namespace,
             version,
             pods,
         })
-        .collect()
+        .collect();
+    versions.sort_by(|a, b| {
+        (a.namespace.as_str(), version_order(&a.version))
+            .cmp(&(b.namespace.as_str(), version_order(&b.version)))
+    });
+    versions
+}
+
+/// Orders versions as people read them (`v0.9.0` before `v0.10.0`); what does not read as
+/// a version comes after the versions, by its text.
+fn version_order(v: &str) -> (bool, Vec<u64>, &str) {
+    let parts: Option<Vec<u64>> = v
+        .strip_prefix('v')
+        .unwrap_or(v)
+        .split(['-', '+'])
+        .next()
+        .unwrap_or_default()
+        .split('.')
+        .map(|p| p.parse().ok())
+        .collect();
+    match parts {
+        Some(parts) => (false, parts, v),
+        None => (true, Vec::new(), v),
+    }
 }
 
 impl Versions {
@@ -358,6 +381,8 @@ fn control_plane_text(components: &[Component]) -> String {
             .unwrap_or_default()
             .to_string();
     }
+    let mut by_version: Vec<(&str, Vec<&str>)> = by_version.into_iter().collect();
+    by_version.sort_by(|a, b| version_order(a.0).cmp(&version_order(b.0)));
     by_version
         .into_iter()
         .map(|(version, names)| format!("{version} ({})", names.join(", ")))
@@ -369,6 +394,30 @@ fn control_plane_text(components: &[Component]) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn versions_sort_as_people_read_them() {
+        let mut v = vec![
+            "v0.10.0",
+            "latest",
+            "v0.9.1",
+            "v0.9.0-rc.1",
+            "v1.0.0",
+            "sha256:ab",
+        ];
+        v.sort_by(|a, b| version_order(a).cmp(&version_order(b)));
+        assert_eq!(
+            v,
+            [
+                "v0.9.0-rc.1",
+                "v0.9.1",
+                "v0.10.0",
+                "v1.0.0",
+                "latest",
+                "sha256:ab"
+            ]
+        );
+    }
 
     fn pod(ns: &str, version: Option<&str>, phase: &str) -> Pod {
         let mut pod = json!({
@@ -404,9 +453,9 @@ mod tests {
             text,
             [
                 "demo v0.1.0 2",
-                "shop unknown 1",
                 "shop v0.0.9 1",
-                "shop v0.1.0 1"
+                "shop v0.1.0 1",
+                "shop unknown 1"
             ]
         );
         assert_eq!(proxy_versions(&pods, Some("demo")).len(), 1);

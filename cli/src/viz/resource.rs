@@ -72,10 +72,12 @@ impl Resource {
                 None => format!("no {} in namespace {namespace}", self.kind.label()),
             };
             if known.is_empty() {
-                bail!(
-                    "{what}; there are pods in namespaces {} (use -n NAMESPACE)",
-                    namespaces(state)
-                );
+                let all = namespaces(state);
+                if all.is_empty() {
+                    // A cluster lists only the namespaces a command names; the local mesh all.
+                    bail!("{what}, and no pods were found where it looked (use -n NAMESPACE, or -A in a cluster)");
+                }
+                bail!("{what}; there are pods in namespaces {all} (use -n NAMESPACE)");
             }
             bail!("{what}; there are: {}", known.join(", "));
         }
@@ -112,11 +114,7 @@ fn namespaces(state: &State) -> String {
     let mut all: Vec<&str> = state.pods.iter().map(|p| p.namespace.as_str()).collect();
     all.sort();
     all.dedup();
-    if all.is_empty() {
-        "(none: the state folder has no pods)".into()
-    } else {
-        all.join(", ")
-    }
+    all.join(", ")
 }
 
 impl Resource {
