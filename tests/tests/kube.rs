@@ -208,19 +208,41 @@ async fn viz_and_load(step: &impl Fn(&str)) {
         seen,
         "web's success rate never showed the failing votes: {stat}"
     );
-    let edges = mesh_ok(&["viz", "edges", "deploy", "-n", "demo"]);
-    for (src, dst) in [("vote-bot", "web"), ("web", "emoji"), ("web", "voting")] {
-        let line = edges
-            .lines()
-            .find(|l| l.split_whitespace().take(2).eq([src, dst]))
-            .unwrap_or_else(|| panic!("no edge {src} → {dst}:\n{edges}"));
-        assert!(
-            line.contains('√'),
-            "{src} → {dst} is not mutual TLS:\n{edges}"
-        );
-    }
-    let top = mesh_ok(&["viz", "top", "deploy/web", "-n", "demo", "--duration", "5s"]);
-    assert!(top.contains("/demo.Voting/"), "{top}");
+    // Every edge appears, mutual TLS, once both sides' proxies have been scraped.
+    let expected = [("vote-bot", "web"), ("web", "emoji"), ("web", "voting")];
+    let mut edges = String::new();
+    let all_secured = eventually(Duration::from_secs(120), || {
+        let out = mesh(&["viz", "edges", "deploy", "-n", "demo"]);
+        edges = String::from_utf8_lossy(&out.stdout).to_string();
+        let secured = expected.iter().all(|(src, dst)| {
+            edges.lines().any(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                cols.len() >= 7
+                    && cols[0] == *src
+                    && cols[1] == *dst
+                    && cols[4] == "√"
+                    && cols[5].contains(".serviceaccount.identity.mesh.")
+                    && cols[6].contains(".serviceaccount.identity.mesh.")
+            })
+        });
+        async move { secured }
+    })
+    .await;
+    assert!(
+        all_secured,
+        "not every edge showed up as mutual TLS with both identities: {expected:?}\n{edges}"
+    );
+    let mut top = String::new();
+    let voting_seen = eventually(Duration::from_secs(60), || {
+        top = mesh_ok(&["viz", "top", "deploy/web", "-n", "demo", "--duration", "5s"]);
+        let seen = top.contains("/demo.Voting/");
+        async move { seen }
+    })
+    .await;
+    assert!(
+        voting_seen,
+        "mesh viz top never showed web's calls to voting:\n{top}"
+    );
     let tap = tap_lines("deploy/web", "/demo.Voting/VoteDoughnut", 1).await;
     assert!(tap.iter().any(|l| l.contains("grpc-status=2")), "{tap:?}");
 
