@@ -90,15 +90,9 @@ fn control_plane_pods() -> Value {
 
 /// The recorded pods of namespace demo, injected as the webhook would, with their proxy ready.
 fn meshed_pods(anchors: &str, version: &str) -> Vec<Value> {
-    let list = fixture_json("pods-list.json");
-    let config = ProxyConfig::new("ghcr.io/mesh/proxy", version, anchors);
-    list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|pod| {
-            let mut pod = pod.clone();
-            core::inject(&mut pod, &BTreeMap::new(), &config).unwrap();
+    injected_pods(anchors, version)
+        .into_iter()
+        .map(|mut pod| {
             pod["status"]["initContainerStatuses"] = json!([
                 {"name": "mesh-init", "ready": true, "restartCount": 0, "image": "", "imageID": "",
                  "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},

@@ -4,10 +4,8 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use mesh_api::inject::{self as core, ProxyConfig};
 use serde_json::{json, Value};
 use support::*;
 
@@ -49,15 +47,9 @@ fn control_plane() -> Value {
 
 /// The recorded pods of namespace demo injected with the proxy of `version`, moved to `ns`.
 fn meshed_pods(ns: &str, version: &str) -> Vec<Value> {
-    let list = fixture_json("pods-list.json");
-    let config = ProxyConfig::new("ghcr.io/mesh/proxy", version, "anchors");
-    list["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|pod| {
-            let mut pod = pod.clone();
-            core::inject(&mut pod, &BTreeMap::new(), &config).unwrap();
+    injected_pods("anchors", version)
+        .into_iter()
+        .map(|mut pod| {
             pod["metadata"]["namespace"] = ns.into();
             pod
         })

@@ -4,13 +4,9 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use mesh_api::identity::ca::{self, LeafNames, Signer};
 use mesh_api::inject::ProxyConfig;
 use mesh_controller::injector::{self, InjectorConfig, Namespaces, SidecarPolicy};
@@ -89,38 +85,15 @@ async fn webhook(minor: &'static str, sidecar: SidecarPolicy) -> Webhook {
 /// One request over TLS, verifying the server as the API server would (the CA bundle and the
 /// service's name).
 async fn call(hook: &Webhook, method: &str, path: &str, body: String) -> (u16, String) {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in ca::certs_from_pem(&hook.ca_pem, "ca").unwrap() {
-        roots.add(cert).unwrap();
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(hook.addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("mesh-injector.mesh.svc").unwrap();
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(name, tcp)
-        .await
-        .expect("TLS handshake with the CA bundle");
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "mesh-injector.mesh.svc")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    let resp = send.send_request(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(body.to_vec()).unwrap())
+    support::tls_call(
+        hook.addr,
+        &hook.ca_pem,
+        "mesh-injector.mesh.svc",
+        method,
+        path,
+        body,
+    )
+    .await
 }
 
 fn patched(review: &str, answer: &str) -> Option<Value> {

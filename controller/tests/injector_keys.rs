@@ -4,14 +4,10 @@
 
 #[path = "../../api/tests/openssl/mod.rs"]
 mod openssl;
+mod support;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use mesh_api::identity::ca;
 use mesh_api::inject::ProxyConfig;
 use mesh_controller::injector::{self, InjectorConfig, Namespaces, SidecarPolicy};
 use openssl::Workdir;
@@ -45,37 +41,9 @@ fn config(dir: &Workdir, key: &str) -> InjectorConfig {
 
 /// `GET /ready` over TLS, verifying the injector as the API server would.
 async fn ready(running: &injector::Running, ca_pem: &str) -> u16 {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in ca::certs_from_pem(ca_pem, "ca").expect("ca") {
-        roots.add(cert).expect("root");
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(running.addr)
+    support::tls_call(running.addr, ca_pem, NAME, "GET", "/ready", String::new())
         .await
-        .expect("connect");
-    let name = rustls_pki_types::ServerName::try_from(NAME).expect("name");
-    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(name, tcp)
-        .await
-        .expect("TLS handshake with the CA bundle");
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("http1");
-    tokio::spawn(conn);
-    let req = http::Request::get("/ready")
-        .header("host", NAME)
-        .body(Empty::<Bytes>::new())
-        .expect("request");
-    let resp = send.send_request(req).await.expect("response");
-    let status = resp.status().as_u16();
-    resp.into_body().collect().await.expect("body");
-    status
+        .0
 }
 
 #[tokio::test]

@@ -291,25 +291,27 @@ pub fn pick<'a, T>(
         _ => {}
     }
     // Draw a non-ejected endpoint, a few tries each: with most endpoints healthy this almost
-    // always succeeds at once; when all are ejected any endpoint beats failing outright.
+    // always succeeds at once; when all are ejected any endpoint beats failing outright. Each
+    // draw says whether its endpoint is ejected, so no endpoint's health is read twice.
     let mut draw = |avoid: Option<usize>| {
-        let mut last = 0;
+        let mut last = (0, true);
         for _ in 0..4 {
             let mut i = random(endpoints.len());
             if Some(i) == avoid {
                 i = (i + 1) % endpoints.len();
             }
-            last = i;
-            if !state(&endpoints[i]).is_ejected(now) {
-                return i;
+            let ejected = state(&endpoints[i]).is_ejected(now);
+            if !ejected {
+                return (i, false);
             }
+            last = (i, true);
         }
         last
     };
-    let a = draw(None);
-    let b = draw(Some(a));
+    let (a, a_ejected) = draw(None);
+    let (b, b_ejected) = draw(Some(a));
     let (ea, eb) = (state(&endpoints[a]), state(&endpoints[b]));
-    let prefer_a = match (ea.is_ejected(now), eb.is_ejected(now)) {
+    let prefer_a = match (a_ejected, b_ejected) {
         (false, true) => true,
         (true, false) => false,
         _ => prefer_first(ea, eb, config, now),

@@ -93,17 +93,10 @@ pub fn kubectl_ok(args: &[&str]) -> String {
     ok(&format!("kubectl {}", args.join(" ")), kubectl(args))
 }
 
-/// `kubectl apply -f -` (or `delete -f -`, `verb`) of `yaml`. A delete does not wait for the
-/// objects to go (kubectl would wait without end): callers wait with a deadline ([`gone`]).
-pub fn kubectl_stdin(verb: &str, yaml: &str) -> String {
-    let wait: &[&str] = if verb == "delete" {
-        &["--wait=false"]
-    } else {
-        &[]
-    };
+/// `kubectl ARGS -f -` with `yaml` on stdin, e.g. `&["apply"]`; panics with stderr when it fails.
+pub fn kubectl_stdin(args: &[&str], yaml: &str) -> String {
     let mut child = Command::new("kubectl")
-        .arg(verb)
-        .args(wait)
+        .args(args)
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -117,7 +110,7 @@ pub fn kubectl_stdin(verb: &str, yaml: &str) -> String {
         .write_all(yaml.as_bytes())
         .expect("write to kubectl");
     ok(
-        &format!("kubectl {verb} -f -"),
+        &format!("kubectl {} -f -", args.join(" ")),
         child.wait_with_output().expect("kubectl ends"),
     )
 }

@@ -17,6 +17,9 @@ use mesh_tests::kube::{
 use serde_json::Value;
 
 const DEMO: &str = include_str!("../../manifests/demo/demo.yaml");
+const APPLY: &[&str] = &["apply"];
+/// Deletes do not wait (kubectl would wait without end): the tier waits with a deadline.
+const DELETE: &[&str] = &["delete", "--wait=false"];
 /// The rendering flags a test cluster needs on top of a user's (`MESH_KUBE_INSTALL_FLAGS`,
 /// space-separated), e.g. `--set proxy.nativeSidecar=true` on a cluster with the feature gate.
 const INSTALL_FLAGS_ENV: &str = "MESH_KUBE_INSTALL_FLAGS";
@@ -52,13 +55,13 @@ async fn the_mesh_on_a_real_cluster() {
     let mut args = vec!["install"];
     args.extend(flags.iter().map(String::as_str));
     let install = mesh_ok(&args);
-    kubectl_stdin("apply", &install);
+    kubectl_stdin(APPLY, &install);
     step("mesh check --wait 5m");
     let check = mesh_ok(&["check", "--wait", "5m"]);
     assert!(check.contains("Status check results are ✔"), "{check}");
 
     step("the demo application, injected by the webhook");
-    kubectl_stdin("apply", DEMO);
+    kubectl_stdin(APPLY, DEMO);
     rolled_out("demo", Duration::from_secs(180)).await;
     let pods: Value =
         serde_json::from_str(&kubectl_ok(&["get", "pods", "-n", "demo", "-o", "json"])).unwrap();
@@ -145,11 +148,11 @@ async fn the_mesh_on_a_real_cluster() {
     }
 
     step("uninstall leaves nothing behind");
-    kubectl_stdin("delete", DEMO);
+    kubectl_stdin(DELETE, DEMO);
     if all {
-        kubectl_stdin("delete", &mesh_ok(&["viz", "uninstall"]));
+        kubectl_stdin(DELETE, &mesh_ok(&["viz", "uninstall"]));
     }
-    kubectl_stdin("delete", &mesh_ok(&["uninstall"]));
+    kubectl_stdin(DELETE, &mesh_ok(&["uninstall"]));
     for ns in ["demo", "mesh-viz", "mesh"] {
         gone(ns, Duration::from_secs(180)).await;
     }
@@ -167,17 +170,8 @@ async fn the_mesh_on_a_real_cluster() {
 /// Removes the demo, viz and the control plane if an earlier (failed) run left them, and waits
 /// until their namespaces are gone.
 async fn clean_slate() {
-    let delete = |yaml: &str| {
-        let mut child = std::process::Command::new("kubectl")
-            .args(["delete", "--ignore-not-found", "--wait=false", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("kubectl runs");
-        use std::io::Write as _;
-        let _ = child.stdin.take().unwrap().write_all(yaml.as_bytes());
-        let _ = child.wait();
-    };
+    let delete =
+        |yaml: &str| kubectl_stdin(&["delete", "--ignore-not-found", "--wait=false"], yaml);
     delete(DEMO);
     delete(&mesh_ok(&["viz", "uninstall"]));
     delete(&mesh_ok(&["uninstall"]));
@@ -189,7 +183,7 @@ async fn clean_slate() {
 /// The viz component on the demo, then scaling and a controller restart under load.
 async fn viz_and_load(step: &impl Fn(&str)) {
     step("mesh viz install, stat, edges, tap, top");
-    kubectl_stdin("apply", &mesh_ok(&["viz", "install"]));
+    kubectl_stdin(APPLY, &mesh_ok(&["viz", "install"]));
     rolled_out("mesh-viz", Duration::from_secs(180)).await;
     // web's success rate falls below 100 % (the doughnut votes) once Prometheus has scraped.
     let mut stat = String::new();
@@ -324,7 +318,7 @@ fn start_load(target: &str, seconds: u64) -> String {
             }],
         },
     });
-    kubectl_stdin("apply", &pod.to_string());
+    kubectl_stdin(APPLY, &pod.to_string());
     name
 }
 

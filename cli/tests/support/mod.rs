@@ -396,3 +396,20 @@ impl Answer {
         }
     }
 }
+
+/// The recorded pods of namespace demo, each injected with the proxy `version` trusting
+/// `anchors` (PEM), as the webhook would have written them.
+pub fn injected_pods(anchors: &str, version: &str) -> Vec<Value> {
+    let config = mesh_api::inject::ProxyConfig::new("ghcr.io/mesh/proxy", version, anchors);
+    fixture_json("pods-list.json")["items"]
+        .as_array()
+        .expect("a pod list")
+        .iter()
+        .map(|pod| {
+            let mut pod = pod.clone();
+            mesh_api::inject::inject(&mut pod, &Default::default(), &config)
+                .expect("the recorded pods inject");
+            pod
+        })
+        .collect()
+}

@@ -249,3 +249,47 @@ pub fn kubeconfig(dir: &Path, api: SocketAddr, namespace: Option<&str>) -> PathB
     .expect("write kubeconfig");
     path
 }
+
+/// One request over TLS to `addr`, verifying the server as the API server verifies a webhook:
+/// against `ca_pem` and as `server_name`. The status and the body.
+pub async fn tls_call(
+    addr: SocketAddr,
+    ca_pem: &str,
+    server_name: &str,
+    method: &str,
+    path: &str,
+    body: String,
+) -> (u16, String) {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in mesh_api::identity::ca::certs_from_pem(ca_pem, "ca").expect("the CA bundle") {
+        roots.add(cert).expect("a root");
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls_pki_types::ServerName::try_from(server_name.to_string()).expect("name");
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the CA bundle");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("http1");
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", server_name)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    let resp = send.send_request(req).await.expect("response");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
