@@ -7,7 +7,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod defaults;
 pub mod destination;
+pub mod duration;
 pub mod identity;
 #[cfg(feature = "inject")]
 pub mod inject;

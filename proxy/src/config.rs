@@ -13,7 +13,10 @@
 //! ```
 
 use crate::{init::Mark, ports::PortList, tap::TapConfig};
-use mesh_api::identity::{ca, Identity};
+use mesh_api::{
+    defaults,
+    identity::{ca, Identity},
+};
 use rustls_pki_types::CertificateDer;
 use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
@@ -135,21 +138,9 @@ impl Config {
         let identity = identity(&get)?;
         let tap = tap(&get, identity.as_ref())?;
         Ok(Self {
-            inbound_addr: env.parse(
-                "MESH_PROXY_INBOUND_ADDR",
-                "0.0.0.0:4143",
-                "a socket address like 0.0.0.0:4143",
-            )?,
-            outbound_addr: env.parse(
-                "MESH_PROXY_OUTBOUND_ADDR",
-                "127.0.0.1:4140",
-                "a socket address like 127.0.0.1:4140",
-            )?,
-            admin_addr: env.parse(
-                "MESH_PROXY_ADMIN_ADDR",
-                "0.0.0.0:4191",
-                "a socket address like 0.0.0.0:4191",
-            )?,
+            inbound_addr: env.addr("MESH_PROXY_INBOUND_ADDR", defaults::INBOUND_ADDR)?,
+            outbound_addr: env.addr("MESH_PROXY_OUTBOUND_ADDR", defaults::OUTBOUND_ADDR)?,
+            admin_addr: env.addr("MESH_PROXY_ADMIN_ADDR", defaults::ADMIN_ADDR)?,
             inbound_opaque_ports: env.parse(
                 "MESH_PROXY_INBOUND_OPAQUE_PORTS",
                 DEFAULT_OPAQUE_PORTS,
@@ -442,6 +433,12 @@ impl<F: Fn(&str) -> Option<String>> Env<'_, F> {
         })
     }
 
+    /// A socket address, `default` when unset; an error shows the default as the example.
+    fn addr(&self, var: &'static str, default: SocketAddr) -> Result<SocketAddr, ConfigError> {
+        let expected = format!("a socket address like {default}");
+        self.parse(var, &default.to_string(), &expected)
+    }
+
     fn duration(&self, var: &'static str, default: &str) -> Result<Duration, ConfigError> {
         let value = (self.0)(var).unwrap_or_else(|| default.to_string());
         parse_duration(&value).ok_or_else(|| ConfigError {
@@ -481,20 +478,17 @@ fn is_host_port(s: &str) -> bool {
     }
 }
 
-/// Parses `500ms`, `10s`, `2m` or `1h` (a bare number is seconds).
+/// Parses a `MESH_PROXY_*` duration: [`mesh_api::duration::parse_duration`] (`500ms`, `10s`,
+/// `2m`, `1h`, `1d`) after trimming, or a bare number of seconds, which these variables have
+/// always accepted.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: u64 = digits.parse().ok()?;
-    let ms = match unit {
-        "ms" => n,
-        "" | "s" => n.checked_mul(1_000)?,
-        "m" => n.checked_mul(60_000)?,
-        "h" => n.checked_mul(3_600_000)?,
-        _ => return None,
-    };
-    Some(Duration::from_millis(ms))
+    let bare_seconds = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if bare_seconds {
+        mesh_api::duration::parse_duration(&format!("{s}s")).ok()
+    } else {
+        mesh_api::duration::parse_duration(s).ok()
+    }
 }
 
 // === impl LogFormat ===

@@ -27,16 +27,10 @@
 
 pub use crate::ports::{ParsePortsError, PortList, PortRange};
 
+use mesh_api::defaults;
 use std::io::{self, Write};
 use std::process::{Command, ExitStatus, Stdio};
 use std::str::FromStr;
-
-/// The uid the proxy runs as; its own connections are never redirected.
-pub const DEFAULT_PROXY_UID: u32 = 2102;
-/// The proxy's inbound listener.
-pub const DEFAULT_INBOUND_PORT: u16 = 4143;
-/// The proxy's outbound listener.
-pub const DEFAULT_OUTBOUND_PORT: u16 = 4140;
 
 /// Our chain hooked from `PREROUTING`: decides which inbound connections go to the proxy.
 pub const INBOUND_CHAIN: &str = "MESH_INBOUND";
@@ -72,7 +66,7 @@ const HOOKS: [(&str, &str); 2] = [("PREROUTING", INBOUND_CHAIN), ("OUTPUT", OUTB
 #[command(name = "mesh-init", version)]
 pub struct Args {
     /// The uid the proxy runs as: its own connections are never redirected.
-    #[arg(long, value_name = "UID", default_value_t = DEFAULT_PROXY_UID)]
+    #[arg(long, value_name = "UID", default_value_t = defaults::PROXY_UID)]
     pub proxy_uid: u32,
 
     /// Exempts the proxy by --proxy-mark alone, with no uid rule: for a user namespace where
@@ -88,11 +82,11 @@ pub struct Args {
     pub proxy_mark: Option<Mark>,
 
     /// The proxy's inbound port, where inbound TCP is redirected.
-    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_INBOUND_PORT)]
+    #[arg(long, value_name = "PORT", default_value_t = defaults::INBOUND_PORT)]
     pub inbound_port: u16,
 
     /// The proxy's outbound port, where outbound TCP is redirected.
-    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_OUTBOUND_PORT)]
+    #[arg(long, value_name = "PORT", default_value_t = defaults::OUTBOUND_PORT)]
     pub outbound_port: u16,
 
     /// Local ports whose inbound connections bypass the proxy, e.g. `22,8000-8100`.
@@ -135,10 +129,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            proxy_uid: Some(DEFAULT_PROXY_UID),
+            proxy_uid: Some(defaults::PROXY_UID),
             proxy_mark: None,
-            inbound_port: DEFAULT_INBOUND_PORT,
-            outbound_port: DEFAULT_OUTBOUND_PORT,
+            inbound_port: defaults::INBOUND_PORT,
+            outbound_port: defaults::OUTBOUND_PORT,
             skip_inbound_ports: PortList::default(),
             skip_outbound_ports: PortList::default(),
         }
