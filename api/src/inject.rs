@@ -22,6 +22,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::defaults::{self, ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID};
+use crate::duration::parse_duration;
+
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
     HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Probe, ProjectedVolumeSource,
@@ -59,14 +62,6 @@ pub const NATIVE_SIDECAR_ANNOTATION: &str = "config.mesh.io/native-sidecar";
 pub const PROXY_CONTAINER: &str = "mesh-proxy";
 /// The init container that installs the redirect rules.
 pub const INIT_CONTAINER: &str = "mesh-init";
-/// The uid the proxy runs as (its own traffic is never redirected).
-pub const PROXY_UID: i64 = 2102;
-/// The proxy's inbound port.
-pub const INBOUND_PORT: u16 = 4143;
-/// The proxy's outbound port.
-pub const OUTBOUND_PORT: u16 = 4140;
-/// The proxy's admin port (`/ready`, `/live`, `/metrics`).
-pub const ADMIN_PORT: u16 = 4191;
 /// The destination controller's port.
 pub const DESTINATION_PORT: u16 = 8086;
 /// The identity controller's port.
@@ -472,7 +467,7 @@ impl Settings {
         };
         let shutdown_delay = match get(PROXY_SHUTDOWN_DELAY_ANNOTATION) {
             None => DEFAULT_SHUTDOWN_DELAY.to_string(),
-            Some(v) if is_duration(&v) => v,
+            Some(v) if parse_duration(&v).is_ok() => v,
             Some(v) => {
                 return Err(InjectError::Annotation {
                     name: PROXY_SHUTDOWN_DELAY_ANNOTATION,
@@ -494,12 +489,6 @@ impl Settings {
 }
 
 /// Checks a port list: `25,587,8000-8100`.
-/// Whether `v` is a duration as the proxy reads them: digits and `ms`, `s`, `m` or `h`.
-fn is_duration(v: &str) -> bool {
-    let digits = v.chars().take_while(char::is_ascii_digit).count();
-    digits > 0 && ["ms", "s", "m", "h"].contains(&&v[digits..])
-}
-
 fn check_ports(list: &str) -> Result<(), &'static str> {
     const BAD: &str = "is not a list of ports and ranges (e.g. 25,3306,8000-8100)";
     for item in list.split(',').map(str::trim) {
@@ -622,12 +611,15 @@ fn proxy_container(config: &ProxyConfig, settings: &Settings) -> Container {
         env_field("_MESH_POD_SERVICE_ACCOUNT", "spec.serviceAccountName"),
         env("MESH_PROXY_LOG", settings.log_level.clone()),
         env("MESH_PROXY_SHUTDOWN_DELAY", settings.shutdown_delay.clone()),
-        env("MESH_PROXY_INBOUND_ADDR", format!("0.0.0.0:{INBOUND_PORT}")),
+        env(
+            "MESH_PROXY_INBOUND_ADDR",
+            defaults::INBOUND_ADDR.to_string(),
+        ),
         env(
             "MESH_PROXY_OUTBOUND_ADDR",
-            format!("127.0.0.1:{OUTBOUND_PORT}"),
+            defaults::OUTBOUND_ADDR.to_string(),
         ),
-        env("MESH_PROXY_ADMIN_ADDR", format!("0.0.0.0:{ADMIN_PORT}")),
+        env("MESH_PROXY_ADMIN_ADDR", defaults::ADMIN_ADDR.to_string()),
         env(
             "MESH_PROXY_DESTINATION_ADDR",
             config.service("mesh-destination", DESTINATION_PORT),
@@ -729,8 +721,8 @@ fn proxy_container(config: &ProxyConfig, settings: &Settings) -> Container {
             }),
             read_only_root_filesystem: Some(true),
             run_as_non_root: Some(true),
-            run_as_user: Some(PROXY_UID),
-            run_as_group: Some(PROXY_UID),
+            run_as_user: Some(PROXY_UID.into()),
+            run_as_group: Some(PROXY_UID.into()),
             ..Default::default()
         }),
         termination_message_policy: Some("FallbackToLogsOnError".into()),

@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-
-use crate::identity;
+use mesh_api::duration::parse_duration;
 
 /// The mesh control plane.
 #[derive(Parser)]
@@ -66,7 +65,7 @@ pub struct TapArgs {
     #[arg(long, value_name = "PATH")]
     pub trust_anchors: Option<PathBuf>,
     /// The proxies' admin port.
-    #[arg(long, default_value_t = mesh_api::inject::ADMIN_PORT)]
+    #[arg(long, default_value_t = mesh_api::defaults::ADMIN_PORT)]
     pub proxy_admin_port: u16,
     /// The kubeconfig file; by default KUBECONFIG, ~/.kube/config or the in-cluster
     /// configuration.
@@ -89,7 +88,7 @@ pub struct MetricsApiArgs {
     )]
     pub prometheus_url: String,
     /// How long one Prometheus query may take (e.g. 10s).
-    #[arg(long, default_value = "10s", value_parser = identity::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub query_timeout: Duration,
     /// The log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
@@ -171,10 +170,10 @@ pub struct IdentityArgs {
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
     /// How long issued certificates live (e.g. 24h, 90m); never past the issuer's expiry.
-    #[arg(long, default_value = "24h", value_parser = identity::parse_duration)]
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub leaf_lifetime: Duration,
     /// How far back a certificate's validity starts, for clocks that run behind (e.g. 1m).
-    #[arg(long, default_value = "1m", value_parser = identity::parse_duration)]
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
     pub clock_skew: Duration,
     /// The audience a projected service-account token must be for.
     #[arg(long, default_value = mesh_api::identity::TOKEN_AUDIENCE)]

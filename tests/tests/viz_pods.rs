@@ -3,6 +3,7 @@
 //! binary reads the state folder, enters the pods and answers `stat`, `edges` and `tap`. Needs
 //! root.
 
+use mesh_api::defaults::LOCAL_ADMIN_ADDR;
 use mesh_tests::fixtures;
 use mesh_tests::web_mesh::WebMesh;
 use std::{path::Path, process::Output, time::Duration};
@@ -33,7 +34,7 @@ fn record(mesh: &WebMesh) {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
-                Ok(rt.block_on(fixtures::get_h1("127.0.0.1:4191".parse()?, "/metrics")))
+                Ok(rt.block_on(fixtures::get_h1(LOCAL_ADMIN_ADDR, "/metrics")))
             })
             .join()
             .unwrap()

@@ -11,6 +11,7 @@ use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mesh_api::defaults::ADMIN_PORT;
 use mesh_cli::local::{binary, require_root, Pod};
 use mesh_tests::web_mesh::WebMesh;
 use mesh_viz::model::{Kind, PodInfo, Workload};
@@ -91,7 +92,7 @@ fn start_prometheus(mesh: &Mesh) -> (Killed, std::path::PathBuf) {
     );
     for pod in &mesh.pods {
         config.push_str(&format!(
-            "      - targets: [\"{}:4191\"]\n        labels: {{namespace: {}, pod: {}}}\n",
+            "      - targets: [\"{}:{ADMIN_PORT}\"]\n        labels: {{namespace: {}, pod: {}}}\n",
             pod.address, pod.namespace, pod.name
         ));
     }

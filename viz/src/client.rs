@@ -10,6 +10,7 @@ use futures_util::StreamExt as _;
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use mesh_api::defaults::ADMIN_PORT;
 use mesh_api::tap::{Filter, TapError};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -17,9 +18,6 @@ use tokio::sync::mpsc;
 use crate::model::PodInfo;
 use crate::prom::{self, Sample};
 use crate::tap::PodEvent;
-
-/// The proxy's admin port.
-pub const ADMIN_PORT: u16 = 4191;
 
 /// Where the viz tap aggregator (`mesh-controller tap`) serves a pod's proxy:
 /// `GET /api/v1/pods/<namespace>/<pod>/tap?<filter>` and `…/metrics`, answered with the

@@ -2,16 +2,18 @@
 //!
 //! The post-start hook of a proxy injected as a regular container (not a native sidecar): the
 //! kubelet starts the pod's next container only when the hook returns, so the application
-//! starts with its proxy ready. Standard library only, so it fits in the proxy image.
+//! starts with its proxy ready. Standard library only at run time (the default port is
+//! `mesh_api::defaults::ADMIN_PORT`, a constant), so it fits in the proxy image.
 #![forbid(unsafe_code)]
 
+use mesh_api::defaults::ADMIN_PORT;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 fn main() -> ExitCode {
-    let mut port = 4191u16;
+    let mut port = ADMIN_PORT;
     let mut timeout = Duration::from_secs(120);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -22,7 +24,7 @@ fn main() -> ExitCode {
             _ => false,
         };
         if !parsed {
-            eprintln!("usage: mesh-await [--port 4191] [--timeout SECONDS]");
+            eprintln!("usage: mesh-await [--port {ADMIN_PORT}] [--timeout SECONDS]");
             return ExitCode::from(2);
         }
     }

@@ -1117,7 +1117,7 @@ async fn certificates(ctx: &Ctx, meshed: &[Pod]) -> Check {
                 bad.push(format!(
                     "{pod} (no answer within {} from the API server's pod proxy to {pod}:{})",
                     show_duration(ctx.timeout),
-                    core::ADMIN_PORT
+                    mesh_api::defaults::ADMIN_PORT
                 ));
                 silent.push(pod);
             }
@@ -1146,7 +1146,7 @@ async fn proxy_certificate(ctx: &Ctx, pod: &Pod, now: SystemTime) -> Result<(), 
         "/api/v1/namespaces/{}/pods/{}:{}/proxy/metrics",
         pod.metadata.namespace.as_deref().unwrap_or_default(),
         pod.metadata.name.as_deref().unwrap_or_default(),
-        core::ADMIN_PORT
+        mesh_api::defaults::ADMIN_PORT
     );
     let request = http::Request::get(path)
         .body(Vec::new())

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use mesh_api::duration::parse_duration;
 use serde::Serialize;
 
 pub use checks::{run_control_plane, run_pre, run_proxy};
@@ -46,21 +47,6 @@ pub struct CheckArgs {
     /// With --proxy: the local mesh's folder (default: where `mesh demo` keeps it).
     #[arg(long, env = "MESH_LOCAL_STATE", value_name = "DIR")]
     pub state: Option<std::path::PathBuf>,
-}
-
-/// Parses `500ms`, `30s`, `5m`, `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration (e.g. 30s, 5m)");
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        _ => return Err(bad()),
-    })
 }
 
 /// How a duration reads in messages: `10s`, `1m30s`, `250ms`.

@@ -40,7 +40,7 @@ const SERVICE_NETWORK: &str = "10.96.0.0/12";
 const PROXY_MARK: u32 = 0x2102;
 /// The pods' files (proxy keys and certificates, logs), on the tmpfs over `/run` that only the
 /// demo's mount namespace sees: they vanish with the demo, however it ends, and the proxies
-/// (uid 2102 when root) can read them whatever the permissions of the demo's folder.
+/// (uid [`local::PROXY_UID`] when root) can read them whatever the permissions of the demo's folder.
 const PODS_DIR: &str = "/run/mesh/pods";
 /// The bot's votes per second.
 const BOT_RATE: &str = "5";

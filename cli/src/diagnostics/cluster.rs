@@ -99,7 +99,7 @@ pub(crate) async fn proxy_metrics(
     }
     let path = format!(
         "/api/v1/namespaces/{namespace}/pods/{name}:{}/proxy/metrics",
-        mesh_api::inject::ADMIN_PORT
+        mesh_api::defaults::ADMIN_PORT
     );
     let (status, mut body) = get(client, &path).await?;
     if status != 200 {

@@ -3,7 +3,7 @@
 //! destination port), the destination controller called from inside the control pod's network
 //! namespace, and a proxy's admin port from inside its pod's.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context as _};
@@ -193,8 +193,7 @@ impl LocalMesh {
             );
         };
         require_root()?;
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, mesh_viz::client::ADMIN_PORT));
-        let stream = connect_in(netns, addr)
+        let stream = connect_in(netns, mesh_api::defaults::LOCAL_ADMIN_ADDR)
             .await
             .with_context(|| format!("connecting to the proxy of pod {namespace}/{name}"))?;
         get_text(stream, "/metrics")

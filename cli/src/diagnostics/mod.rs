@@ -31,7 +31,7 @@ pub struct DiagnosticsArgs {
     pub namespace: Option<String>,
     /// How long to wait for the answer (e.g. 10s, 1m).
     #[arg(long, global = true, value_name = "DURATION", default_value = "10s",
-          value_parser = crate::check::parse_duration)]
+          value_parser = mesh_api::duration::parse_duration)]
     pub timeout: Duration,
 }
 

@@ -50,7 +50,7 @@ pub use nix::sys::signal::Signal;
 pub use proxy::{MeshOptions, PodIdentity, Proxy};
 
 /// The uid `mesh-proxy` runs as in a pod; `mesh-init` exempts its traffic from the redirect.
-pub const PROXY_UID: u32 = 2102;
+pub use mesh_api::defaults::PROXY_UID;
 
 /// The tools local mode runs, and the Debian packages that provide them.
 const TOOLS: [(&str, &str); 3] = [

@@ -15,9 +15,8 @@ use nix::unistd::Pid;
 use super::cluster::Pod;
 use super::netns::POLL;
 use super::{binary, PROXY_UID};
+use mesh_api::defaults;
 
-/// The proxy's admin address unless `MESH_PROXY_ADMIN_ADDR` says otherwise.
-const DEFAULT_ADMIN_PORT: u16 = 4191;
 /// How many lines of the proxy's log an error shows.
 const LOG_TAIL_LINES: usize = 40;
 
@@ -78,7 +77,7 @@ impl Default for MeshOptions {
     fn default() -> Self {
         Self {
             env: Vec::new(),
-            skip_inbound_ports: vec![DEFAULT_ADMIN_PORT],
+            skip_inbound_ports: vec![defaults::ADMIN_PORT],
             skip_outbound_ports: Vec::new(),
             ready_timeout: Duration::from_secs(10),
             proxy_program: None,
@@ -406,7 +405,7 @@ fn join(ports: &[u16]) -> String {
 /// Where to reach the admin server from inside the pod, given `MESH_PROXY_ADMIN_ADDR`.
 fn admin_addr(configured: Option<&str>) -> anyhow::Result<SocketAddr> {
     let Some(value) = configured else {
-        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, DEFAULT_ADMIN_PORT)));
+        return Ok(defaults::LOCAL_ADMIN_ADDR);
     };
     let mut addr: SocketAddr = value
         .parse()

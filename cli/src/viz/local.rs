@@ -2,7 +2,7 @@
 //! objects, and a transport that enters a pod's network namespace to reach its proxy.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,7 +11,8 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet}
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use mesh_viz::client::{Connecting, Io, Transport, ADMIN_PORT};
+use mesh_api::defaults::LOCAL_ADMIN_ADDR;
+use mesh_viz::client::{Connecting, Io, Transport};
 use mesh_viz::model::{Kind, PodInfo, Workload};
 
 use crate::local::{NETNS_ANNOTATION, TRUST_DOMAIN};
@@ -257,8 +258,7 @@ impl Transport for NetnsTransport {
                     pod.name
                 )));
             }
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, ADMIN_PORT));
-            let io: Box<dyn Io> = Box::new(connect_in(&pod.address, addr).await?);
+            let io: Box<dyn Io> = Box::new(connect_in(&pod.address, LOCAL_ADMIN_ADDR).await?);
             Ok(io)
         })
     }

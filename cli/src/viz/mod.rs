@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use mesh_api::duration::parse_duration;
 use mesh_api::tap::Filter;
 use mesh_viz::client::{self, ProxyTaps, TapSource, Transport};
 use mesh_viz::model::{Kind, PodInfo, Workload};
@@ -885,26 +886,6 @@ async fn dashboard_once(
 }
 
 // === helpers ===
-
-/// `500ms`, `5s`, `2m`, `0s`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (n, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, ""), |i| s.split_at(i));
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 5s or 2m"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        _ => {
-            return Err(format!(
-                "invalid duration {s:?}: expected e.g. 500ms, 5s or 2m"
-            ))
-        }
-    })
-}
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {

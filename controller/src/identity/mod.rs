@@ -380,32 +380,10 @@ pub async fn start(config: IdentityConfig) -> Result<Running, StartError> {
     })
 }
 
-/// Parses a duration such as `90s`, `1m`, `24h`, `2d` or `500ms` (one number, one unit).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{s:?} has no unit (use e.g. 90s, 1m, 24h)"))?;
-    let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} does not start with a number (use e.g. 90s, 1m, 24h)"))?;
-    let unit_ms: u64 = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h or d)")),
-    };
-    n.checked_mul(unit_ms)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("{s:?} is too long"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mesh_api::duration::parse_duration;
 
     #[test]
     fn durations_parse() {

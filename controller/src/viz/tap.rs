@@ -94,7 +94,7 @@ impl TapConfig {
             namespace: "mesh-viz".into(),
             control_plane_namespace: mesh_api::identity::CONTROL_PLANE_NAMESPACE.into(),
             trust_anchors: None,
-            proxy_admin_port: mesh_api::inject::ADMIN_PORT,
+            proxy_admin_port: mesh_api::defaults::ADMIN_PORT,
         }
     }
 }
@@ -680,6 +680,7 @@ impl Drop for AbortOnDrop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mesh_api::defaults::ADMIN_PORT;
 
     fn check(path: &str, query: Option<&str>, expected: Result<(&str, &str, &str), u16>) {
         let got = parse(path, query)
@@ -738,7 +739,7 @@ mod tests {
              spec: {containers: [{name: mesh-proxy}]}\nstatus: {phase: Running, podIP: 10.244.0.8}",
         ]
         .map(pod);
-        let groups = scrape_groups(&pods, "cluster.local", 4191);
+        let groups = scrape_groups(&pods, "cluster.local", ADMIN_PORT);
         assert_eq!(
             serde_json::Value::Array(groups),
             serde_json::json!([
@@ -754,7 +755,7 @@ mod tests {
             "spec: {serviceAccountName: web, containers: [{name: app}, {name: mesh-proxy}]}\n\
                           status: {podIP: 10.244.0.5}",
         );
-        let proxy = proxy_of(&meshed, "demo", "web-1", "cluster.local", 4191).unwrap();
+        let proxy = proxy_of(&meshed, "demo", "web-1", "cluster.local", ADMIN_PORT).unwrap();
         assert_eq!(proxy.addr, "10.244.0.5:4191".parse().unwrap());
         assert_eq!(
             proxy.identity,
@@ -765,12 +766,12 @@ mod tests {
             "spec: {containers: [{name: app}], initContainers: [{name: mesh-proxy}]}\n\
                           status: {podIP: 10.244.0.6}",
         );
-        let proxy = proxy_of(&native, "demo", "web-2", "cluster.local", 4191).unwrap();
+        let proxy = proxy_of(&native, "demo", "web-2", "cluster.local", ADMIN_PORT).unwrap();
         assert!(proxy.identity.starts_with("default.demo."), "{proxy:?}");
 
         let plain = pod("spec: {containers: [{name: app}]}\nstatus: {podIP: 10.244.0.7}");
         let (status, message) =
-            proxy_of(&plain, "demo", "web-3", "cluster.local", 4191).unwrap_err();
+            proxy_of(&plain, "demo", "web-3", "cluster.local", ADMIN_PORT).unwrap_err();
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert!(
             message.contains("not meshed: mesh it with `mesh inject`"),
@@ -778,7 +779,7 @@ mod tests {
         );
         let pending = pod("spec: {containers: [{name: mesh-proxy}]}\nstatus: {phase: Pending}");
         let (status, message) =
-            proxy_of(&pending, "demo", "web-4", "cluster.local", 4191).unwrap_err();
+            proxy_of(&pending, "demo", "web-4", "cluster.local", ADMIN_PORT).unwrap_err();
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(message.contains("no IP yet"), "{message}");
     }
