@@ -1,8 +1,11 @@
 //! The control-plane API's wire types and clients, shared by the proxy, the controller and the CLI.
 //!
 //! The API is HTTP/2 with JSON-lines bodies, versioned under `/v1` (see `api/README.md` for the
-//! protocol). Today it holds the destination watch: [`destination::Update`] and its client
-//! [`destination::watch`]. The proxy never depends on the controller; everything the two sides
+//! protocol). It holds the destination watch ([`destination::Update`] and its client
+//! [`destination::watch`]), identities and the certify client ([`identity`]), tap ([`tap`]),
+//! sidecar injection (`inject`, feature `inject`), and what several crates must spell alike:
+//! the proxy's ports and uid ([`defaults`]), durations ([`duration`]) and the viz component's
+//! wire format ([`viz`]). The proxy never depends on the controller; everything the two sides
 //! agree on lives here.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -14,4 +17,5 @@ pub mod identity;
 #[cfg(feature = "inject")]
 pub mod inject;
 pub mod tap;
+pub mod viz;
 mod wire;

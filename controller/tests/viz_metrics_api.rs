@@ -8,8 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_api::viz::SamplesResponse;
 use mesh_controller::viz::{metrics_api, prometheus::Prometheus};
-use mesh_viz::source::{Api as _, Direct, SamplesResponse};
+use mesh_viz::api::{Api as _, Direct};
 
 /// A Prometheus that answers every query with one `response_total` series of pod demo/web-1.
 async fn fake_prometheus() -> SocketAddr {

@@ -13,10 +13,7 @@ use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::TokioIo;
 
 /// The body of the metrics API's (and the tap aggregator's) errors.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ApiError {
-    pub error: String,
-}
+pub use mesh_api::viz::ApiError;
 
 /// What [`Api::get`] returns: the status and the body.
 pub type Getting<'a> = Pin<Box<dyn Future<Output = io::Result<(u16, Bytes)>> + Send + 'a>>;

@@ -19,19 +19,8 @@ use crate::model::PodInfo;
 use crate::prom::{self, Sample};
 use crate::tap::PodEvent;
 
-/// Where the viz tap aggregator (`mesh-controller tap`) serves a pod's proxy:
-/// `GET /api/v1/pods/<namespace>/<pod>/tap?<filter>` and `…/metrics`, answered with the
-/// proxy's own body (errors: `{"error": …}`, [`crate::api::ApiError`]).
-pub const PODS_PATH: &str = "/api/v1/pods";
-
-/// The aggregator's path of `pod`'s `what` (`tap` or `metrics`).
-///
-/// ```
-/// assert_eq!(mesh_viz::client::pod_path("demo", "web-1", "tap"), "/api/v1/pods/demo/web-1/tap");
-/// ```
-pub fn pod_path(namespace: &str, pod: &str, what: &str) -> String {
-    format!("{PODS_PATH}/{namespace}/{pod}/{what}")
-}
+/// Where the viz tap aggregator (`mesh-controller tap`) serves a pod's proxy, shared with it.
+pub use mesh_api::viz::{pod_path, PODS_PATH};
 
 /// A connection to a proxy's admin port.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}

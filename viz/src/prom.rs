@@ -1,29 +1,13 @@
 //! A parser for the Prometheus text format the proxies serve (also OpenMetrics' `# EOF`).
 //!
-//! Only what `mesh viz` reads: samples with their name, labels and value. Comments (`# HELP`,
-//! `# TYPE`, `# EOF`) and blank lines are skipped; a malformed line is an error naming its line.
+//! Only what `mesh viz` reads: samples with their name, labels and value ([`Sample`], the type
+//! the viz metrics API carries too, from `mesh_api::viz`). Comments (`# HELP`, `# TYPE`, `# EOF`)
+//! and blank lines are skipped; a malformed line is an error naming its line.
 
 use std::collections::BTreeMap;
 
-/// One sample: `name{labels} value`.
-///
-/// In JSON (the viz metrics API's answers) the value is text, as Prometheus' own API writes it,
-/// so that `+Inf` and `NaN` survive: `{"name":"up","labels":{},"value":"1"}`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Sample {
-    pub name: String,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    #[serde(with = "value_text")]
-    pub value: f64,
-}
-
-impl Sample {
-    /// The value of label `name`, if present.
-    pub fn label(&self, name: &str) -> Option<&str> {
-        self.labels.get(name).map(String::as_str)
-    }
-}
+/// The sample and its value's text live with the viz wire format, which carries them.
+pub use mesh_api::viz::{parse_value, Sample};
 
 /// A line that is not a sample.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -85,36 +69,6 @@ fn parse_line(line: &str) -> Result<Sample, String> {
         labels,
         value,
     })
-}
-
-/// A sample value as the text format (and Prometheus' API) writes it.
-pub fn parse_value(v: &str) -> Option<f64> {
-    match v {
-        "+Inf" | "Inf" => Some(f64::INFINITY),
-        "-Inf" => Some(f64::NEG_INFINITY),
-        "NaN" => Some(f64::NAN),
-        v => v.parse().ok(),
-    }
-}
-
-/// A sample's value as text in JSON (see [`Sample`]).
-mod value_text {
-    pub fn serialize<S: serde::Serializer>(value: &f64, s: S) -> Result<S::Ok, S::Error> {
-        let text = if value.is_nan() {
-            "NaN".to_string()
-        } else if value.is_infinite() {
-            if *value > 0.0 { "+Inf" } else { "-Inf" }.to_string()
-        } else {
-            value.to_string()
-        };
-        s.serialize_str(&text)
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        let text: String = serde::Deserialize::deserialize(d)?;
-        super::parse_value(&text)
-            .ok_or_else(|| serde::de::Error::custom(format!("invalid sample value {text:?}")))
-    }
 }
 
 /// Parses `a="b",c="d"}` and returns what follows the `}`.
@@ -217,26 +171,6 @@ mod tests {
             assert_eq!(e.line, 2, "{text}");
             assert!(e.reason.contains(reason), "{text}: {e}");
         }
-    }
-
-    #[test]
-    fn samples_round_trip_through_json_with_their_special_values() {
-        for value in [3.0, 0.25, f64::INFINITY, f64::NEG_INFINITY] {
-            let sample = Sample {
-                name: "x".into(),
-                labels: [("le".to_string(), "+Inf".to_string())].into(),
-                value,
-            };
-            let json = serde_json::to_string(&sample).unwrap();
-            assert_eq!(
-                serde_json::from_str::<Sample>(&json).unwrap(),
-                sample,
-                "{json}"
-            );
-        }
-        let nan: Sample = serde_json::from_str(r#"{"name":"n","value":"NaN"}"#).unwrap();
-        assert!(nan.value.is_nan());
-        assert!(serde_json::from_str::<Sample>(r#"{"name":"n","value":"x"}"#).is_err());
     }
 
     #[test]

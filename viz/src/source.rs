@@ -3,8 +3,9 @@
 //! metrics API ([`MetricsApi`]: Prometheus, read at now and now − window). Both answer a
 //! [`Window`], which the aggregations fold the same way: one code path above the source.
 //!
-//! The metrics API's wire format lives here too ([`SamplesResponse`], [`samples_query`]), so the
-//! server (`mesh-controller metrics-api`) and its clients cannot disagree.
+//! The metrics API's wire format ([`SamplesResponse`], [`samples_query`], [`FAMILIES`]) is
+//! `mesh_api::viz`'s, re-exported here, so the server (`mesh-controller metrics-api`) and its
+//! clients cannot disagree.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -15,21 +16,12 @@ use std::time::{Duration, Instant};
 pub use crate::api::{Api, ApiError, Chunks, Direct, Getting, Streaming};
 use crate::client::{self, Transport};
 use crate::model::PodInfo;
-use crate::prom::Sample;
 use crate::stat::Scrapes;
 
-/// The metric families the aggregations read ([`crate::stat`], [`crate::edges`]); sources keep
-/// only these, so no view can come to depend on a family the metrics API does not query.
-pub const FAMILIES: &[&str] = &[
-    "response_total",
-    "response_latency_ms_bucket",
-    "request_total",
-    "tcp_open_connections",
-    "tcp_open_total",
-];
-
-/// The metrics API's samples endpoint: `GET /api/v1/samples?namespace=demo&window=5000ms`.
-pub const SAMPLES_PATH: &str = "/api/v1/samples";
+/// The metrics API's wire format, shared with its server.
+pub use mesh_api::viz::{
+    parse_window, samples_query, PodSamples, SamplesResponse, FAMILIES, SAMPLES_PATH,
+};
 
 /// The samples of some pods at two instants.
 #[derive(Clone, Debug, Default)]
@@ -135,61 +127,6 @@ impl Proxies {
 
 // === the metrics API ===
 
-/// The answer of [`SAMPLES_PATH`].
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SamplesResponse {
-    /// When `after` was read (Unix seconds).
-    pub time: f64,
-    /// The seconds between `before` and `after` (0: no `before`).
-    pub window: f64,
-    pub pods: Vec<PodSamples>,
-}
-
-/// One pod's samples in a [`SamplesResponse`].
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PodSamples {
-    pub namespace: String,
-    pub pod: String,
-    /// At `time - window`; absent for a zero window.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub before: Option<Vec<Sample>>,
-    /// At `time`.
-    pub after: Vec<Sample>,
-}
-
-/// The query of [`SAMPLES_PATH`]: `namespace=a&namespace=b&window=5000ms`.
-///
-/// ```
-/// use std::time::Duration;
-/// let q = mesh_viz::source::samples_query(&["demo"], Duration::from_secs(5));
-/// assert_eq!(q, "namespace=demo&window=5000ms");
-/// ```
-pub fn samples_query(namespaces: &[&str], window: Duration) -> String {
-    let mut query = form_urlencoded_pairs(namespaces.iter().map(|n| ("namespace", *n)));
-    if !query.is_empty() {
-        query.push('&');
-    }
-    query.push_str(&format!("window={}ms", window.as_millis()));
-    query
-}
-
-/// `500ms`, `5s`, `2m`, `0s`, or plain seconds (`5`, `0.5`).
-pub fn parse_window(s: &str) -> Option<Duration> {
-    let (number, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (s, 1.0)
-    };
-    let n: f64 = number.parse().ok()?;
-    (n.is_finite() && n >= 0.0)
-        .then(|| Duration::try_from_secs_f64(n * scale).ok())
-        .flatten()
-}
-
 /// Reads the samples from the viz metrics API (which reads Prometheus).
 #[derive(Clone)]
 pub struct MetricsApi {
@@ -258,28 +195,11 @@ pub fn window_of(pods: &[PodInfo], rsp: SamplesResponse) -> Window {
     window
 }
 
-/// `k=v&k=v`, percent-encoded.
-fn form_urlencoded_pairs<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> String {
-    let encode = |s: &str| -> String {
-        s.bytes()
-            .map(|b| match b {
-                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    (b as char).to_string()
-                }
-                b => format!("%{b:02X}"),
-            })
-            .collect()
-    };
-    pairs
-        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{Kind, Workload};
+    use crate::prom::Sample;
 
     fn pod(name: &str) -> PodInfo {
         PodInfo {
@@ -300,29 +220,6 @@ mod tests {
             labels: [("direction".to_string(), "inbound".to_string())].into(),
             value,
         }
-    }
-
-    #[test]
-    fn windows() {
-        let check =
-            |s: &str, expected: Option<Duration>| assert_eq!(parse_window(s), expected, "{s}");
-        check("5000ms", Some(Duration::from_secs(5)));
-        check("5s", Some(Duration::from_secs(5)));
-        check("2m", Some(Duration::from_secs(120)));
-        check("0.5", Some(Duration::from_millis(500)));
-        check("0s", Some(Duration::ZERO));
-        check("-1s", None);
-        check("x", None);
-        check("", None);
-    }
-
-    #[test]
-    fn queries() {
-        assert_eq!(samples_query(&[], Duration::ZERO), "window=0ms");
-        assert_eq!(
-            samples_query(&["a", "b c"], Duration::from_millis(1500)),
-            "namespace=a&namespace=b%20c&window=1500ms"
-        );
     }
 
     #[test]

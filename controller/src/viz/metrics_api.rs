@@ -1,6 +1,6 @@
 //! The metrics API (`mesh-controller metrics-api`): `GET /api/v1/samples` answers the proxies'
 //! samples of some namespaces at now and now − window, read from Prometheus, in the shape of
-//! `mesh_viz::source::SamplesResponse`; the CLI folds them with the same stat and edges code
+//! `mesh_api::viz::SamplesResponse`; the CLI folds them with the same stat and edges code
 //! as its own scrapes.
 //!
 //! Prometheus' scrape configuration gives every sample its pod's `namespace` and `pod` labels
@@ -22,8 +22,9 @@ use std::time::{Duration, SystemTime};
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use mesh_viz::prom::{self, Sample};
-use mesh_viz::source::{PodSamples, SamplesResponse, FAMILIES, SAMPLES_PATH};
+use mesh_api::viz::{
+    parse_value, parse_window, PodSamples, Sample, SamplesResponse, FAMILIES, SAMPLES_PATH,
+};
 use tokio::net::TcpListener;
 
 use super::prometheus::{Prometheus, QueryError, Series};
@@ -141,7 +142,7 @@ impl Query {
                     namespaces.push(v.into_owned());
                 }
                 "window" => {
-                    window = mesh_viz::source::parse_window(&v).ok_or_else(|| {
+                    window = parse_window(&v).ok_or_else(|| {
                         format!("invalid window {v:?}: expected e.g. 500ms, 5s or 2m")
                     })?;
                 }
@@ -231,7 +232,7 @@ fn sample(series: Series) -> Option<(String, String, Sample)> {
             labels.insert(label.to_string(), v);
         }
     }
-    let value = prom::parse_value(&series.value.1)?;
+    let value = parse_value(&series.value.1)?;
     Some((
         namespace,
         pod,

@@ -3,7 +3,7 @@
 //! aggregator ([`tap`], `mesh-controller tap`), which reaches a pod's proxy over mutual TLS as the
 //! viz tap identity.
 //!
-//! **Architecture Invariant:** both answer in the shapes of `mesh_viz::source` and
+//! **Architecture Invariant:** both answer in the shapes of `mesh_api::viz` and
 //! `mesh_api::tap`, so the CLI folds their answers with the same code as the proxies' own.
 
 pub mod metrics_api;
@@ -51,9 +51,9 @@ pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body>
     }
 }
 
-/// An error in the shape the CLI reads (`mesh_viz::source::ApiError`).
+/// An error in the shape the CLI reads (`mesh_api::viz::ApiError`).
 pub fn error(status: StatusCode, message: String) -> Response<Body> {
-    json(status, &mesh_viz::source::ApiError { error: message })
+    json(status, &mesh_api::viz::ApiError { error: message })
 }
 
 /// `/live` and `/ready`: the process answers.

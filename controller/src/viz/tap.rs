@@ -41,7 +41,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use mesh_api::identity::credentials::{provider, Credentials, Renewal};
 use mesh_api::identity::{ca, client, CertifyRequest, Identity};
 use mesh_api::tap::{Filter, TAP_PATH};
-use mesh_viz::client::PODS_PATH;
+use mesh_api::viz::PODS_PATH;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 
