@@ -396,6 +396,95 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+// === the service ===
+
+/// Balances requests over a set of endpoint services: picks one per request by P2C over the
+/// endpoints' load, counts the request as load until its response's headers arrive, and feeds
+/// its round trip and outcome (a 5xx or an error is a failure) back to the estimate.
+///
+/// There is no task or queue in front of it: every caller picks directly, and the set is a
+/// shared snapshot that discovery replaces as a whole.
+pub struct Balance<S> {
+    endpoints: Arc<[(Arc<EndpointState>, S)]>,
+    config: Arc<BalanceConfig>,
+}
+
+impl<S> Clone for Balance<S> {
+    fn clone(&self) -> Self {
+        Self {
+            endpoints: self.endpoints.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<S> Balance<S> {
+    pub fn new(endpoints: Arc<[(Arc<EndpointState>, S)]>, config: Arc<BalanceConfig>) -> Self {
+        Self { endpoints, config }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+
+    pub fn endpoints(&self) -> &[(Arc<EndpointState>, S)] {
+        &self.endpoints
+    }
+}
+
+/// Whether a response counts as a success for the balancer.
+pub trait Outcome {
+    fn is_success(&self) -> bool;
+}
+
+impl<B> Outcome for http::Response<B> {
+    fn is_success(&self) -> bool {
+        !self.status().is_server_error()
+    }
+}
+
+impl<S, Req> tower::Service<Req> for Balance<S>
+where
+    S: tower::Service<Req> + Clone + Send + 'static,
+    S::Response: Outcome,
+    S::Future: Send + 'static,
+    Req: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures_util::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    /// # Panics
+    /// When the set is empty: the caller answers that case (no endpoints) itself.
+    fn call(&mut self, req: Req) -> Self::Future {
+        let now = Instant::now();
+        let (state, svc) = pick(
+            &self.endpoints,
+            |(state, _)| state,
+            &self.config,
+            now,
+            |n| fastrand::usize(..n),
+        )
+        .expect("the caller checks that there are endpoints");
+        let mut in_flight = state.start(now);
+        let mut svc = svc.clone();
+        let config = self.config.clone();
+        Box::pin(async move {
+            let result = tower::ServiceExt::oneshot(&mut svc, req).await;
+            let success = matches!(&result, Ok(rsp) if rsp.is_success());
+            in_flight.record(&config, success, Instant::now());
+            result
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

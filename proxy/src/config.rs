@@ -77,8 +77,12 @@ pub struct Config {
     /// `MESH_PROXY_OUTBOUND_FAILFAST_TIMEOUT`: how long a request waits for a service's first
     /// endpoints before it fails with 503.
     pub failfast_timeout: Duration,
-    /// `MESH_PROXY_DESTINATION_IDLE_TIMEOUT`: how long an unused resolution is kept.
+    /// `MESH_PROXY_DESTINATION_IDLE_TIMEOUT`: how long an unused destination is kept: its
+    /// resolution, its stack, and its upstream connections.
     pub destination_idle_timeout: Duration,
+    /// `MESH_PROXY_METRICS_IDLE_TIMEOUT`: how long the metric label sets of a target that no
+    /// connection or stack uses are kept before they leave `/metrics`.
+    pub metrics_idle_timeout: Duration,
     /// The proxy's identity and where it gets its certificate; `None` only with
     /// `MESH_PROXY_IDENTITY_DISABLED=true`.
     pub identity: Option<IdentityConfig>,
@@ -193,6 +197,7 @@ impl Config {
             cluster_domain: get("MESH_PROXY_CLUSTER_DOMAIN").unwrap_or_else(|| "cluster.local".to_string()),
             failfast_timeout: env.duration("MESH_PROXY_OUTBOUND_FAILFAST_TIMEOUT", "3s")?,
             destination_idle_timeout: env.duration("MESH_PROXY_DESTINATION_IDLE_TIMEOUT", "60s")?,
+            metrics_idle_timeout: env.duration("MESH_PROXY_METRICS_IDLE_TIMEOUT", "10m")?,
             identity,
             tap,
             inbound_require_identity_ports: env.parse(

@@ -1,22 +1,142 @@
-//! Protocol detection from a connection's first bytes.
+//! Protocol detection from a connection's first bytes, and the layer that does it.
 //!
-//! The proxy reads what the client sends first and decides: an HTTP/2 connection preface (gRPC
-//! included), an HTTP/1.x request line, a TLS ClientHello, or anything else (opaque TCP). A
-//! client that sends nothing within the timeout is opaque too: it may be waiting for a server
-//! that speaks first.
+//! The proxy reads what the client sends first and asks each [`Recognize`] in turn whether
+//! these bytes are its protocol: the built-in ones recognise an HTTP/2 connection preface (gRPC
+//! included), a TLS ClientHello and an HTTP/1.x request line; anything no one claims is opaque
+//! TCP. A client that sends nothing within the timeout is opaque too: it may be waiting for a
+//! server that speaks first. The list is open: a codec for a private protocol adds its own
+//! `Recognize`, and the stack routes its [`Protocol`] to the codec's stack.
 
+use crate::{
+    io::PrefixedIo,
+    ports::PortList,
+    svc::{BoxConn, BoxError, BoxIo, BoxNewConn, ConnFuture, EitherConn, NewService, Param},
+    transport::{ClientAddr, OrigDst},
+};
 use bytes::{Bytes, BytesMut};
-use std::time::Duration;
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// What a connection speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    Http1,
-    Http2,
-    /// A TLS ClientHello: the application's own TLS, passed through untouched.
-    Tls,
-    Opaque,
+/// What a connection speaks: a protocol's name. The built-in ones are constants; a codec names
+/// its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Protocol(pub &'static str);
+
+impl Protocol {
+    pub const HTTP1: Self = Self("http/1");
+    pub const HTTP2: Self = Self("h2");
+    /// A TLS ClientHello: mutual TLS from a peer proxy, or the application's own TLS.
+    pub const TLS: Self = Self("tls");
+    /// Bytes no protocol claimed: forwarded as they are.
+    pub const OPAQUE: Self = Self("opaque");
+
+    pub fn name(self) -> &'static str {
+        self.0
+    }
+
+    pub fn is_http(self) -> bool {
+        self == Self::HTTP1 || self == Self::HTTP2
+    }
+}
+
+/// One protocol's test on a connection's first bytes.
+pub trait Recognize: Send + Sync + 'static {
+    fn protocol(&self) -> Protocol;
+    /// `Some(true)`: these bytes begin this protocol; `Some(false)`: they do not; `None`: more
+    /// bytes are needed to tell.
+    fn recognize(&self, prefix: &[u8]) -> Option<bool>;
+}
+
+/// The protocols a listener recognises, in the order they are asked.
+#[derive(Clone)]
+pub struct Recognizers(Arc<[Arc<dyn Recognize>]>);
+
+impl Default for Recognizers {
+    /// HTTP/2 first (its preface also looks like an HTTP/1 request line), then TLS, then HTTP/1.
+    fn default() -> Self {
+        Self(Arc::new([
+            Arc::new(Http2) as Arc<dyn Recognize>,
+            Arc::new(Tls),
+            Arc::new(Http1),
+        ]))
+    }
+}
+
+impl Recognizers {
+    /// These, then `more` (a codec's protocols).
+    pub fn with(&self, more: impl IntoIterator<Item = Arc<dyn Recognize>>) -> Self {
+        Self(self.0.iter().cloned().chain(more).collect())
+    }
+
+    /// Decides the protocol from the bytes read so far, or `None` when more bytes are needed:
+    /// the first protocol that claims them, once every protocol before it has said no.
+    pub fn classify(&self, buf: &[u8]) -> Option<Protocol> {
+        if buf.is_empty() {
+            return None;
+        }
+        for r in self.0.iter() {
+            match r.recognize(buf) {
+                Some(true) => return Some(r.protocol()),
+                Some(false) => {}
+                None => return None,
+            }
+        }
+        Some(Protocol::OPAQUE)
+    }
+}
+
+/// Decides the protocol from the bytes read so far with the built-in protocols, or `None` when
+/// more bytes are needed.
+pub fn classify(buf: &[u8]) -> Option<Protocol> {
+    thread_local! {
+        static BUILT_IN: Recognizers = Recognizers::default();
+    }
+    BUILT_IN.with(|r| r.classify(buf))
+}
+
+struct Http2;
+impl Recognize for Http2 {
+    fn protocol(&self) -> Protocol {
+        Protocol::HTTP2
+    }
+    fn recognize(&self, buf: &[u8]) -> Option<bool> {
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(false);
+        }
+        (n == H2_PREFACE.len()).then_some(true)
+    }
+}
+
+struct Tls;
+impl Recognize for Tls {
+    fn protocol(&self) -> Protocol {
+        Protocol::TLS
+    }
+    fn recognize(&self, buf: &[u8]) -> Option<bool> {
+        if buf.first() != Some(&0x16) {
+            return Some(false);
+        }
+        classify_tls(buf)
+    }
+}
+
+struct Http1;
+impl Recognize for Http1 {
+    fn protocol(&self) -> Protocol {
+        Protocol::HTTP1
+    }
+    fn recognize(&self, buf: &[u8]) -> Option<bool> {
+        match buf.iter().position(|&b| b == b'\n') {
+            Some(end) => Some(is_http1_request_line(&buf[..end])),
+            None if http1_prefix_plausible(buf) => None,
+            None => Some(false),
+        }
+    }
 }
 
 /// Why detection ended without a decision from the bytes.
@@ -39,82 +159,282 @@ pub struct Detected {
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Reads from `io` until [`classify`] decides, `capacity` bytes were read, the peer closes, or
-/// `timeout` passes. Undecided input is opaque, except a plausible HTTP/1 request line that fills
-/// the whole buffer: that is HTTP/1, so the HTTP server can refuse it as too long.
+/// Reads from `io` until the built-in protocols decide, `capacity` bytes were read, the peer
+/// closes, or `timeout` passes (see [`Recognizers::detect`]).
 pub async fn detect<I: AsyncRead + Unpin>(
     io: &mut I,
     timeout: Duration,
     capacity: usize,
 ) -> std::io::Result<Detected> {
-    let mut buf = BytesMut::with_capacity(capacity.min(8 * 1024));
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if buf.len() >= capacity {
-            let protocol = if http1_prefix_plausible(&buf) {
-                Protocol::Http1
-            } else {
-                Protocol::Opaque
+    Recognizers::default().detect(io, timeout, capacity).await
+}
+
+impl Recognizers {
+    /// Reads from `io` until a protocol is decided, `capacity` bytes were read, the peer closes,
+    /// or `timeout` passes. Undecided input is opaque, except a plausible HTTP/1 request line
+    /// that fills the whole buffer: that is HTTP/1, so the HTTP server can refuse it as too long.
+    pub async fn detect<I: AsyncRead + Unpin>(
+        &self,
+        io: &mut I,
+        timeout: Duration,
+        capacity: usize,
+    ) -> std::io::Result<Detected> {
+        let mut buf = BytesMut::with_capacity(capacity.min(8 * 1024));
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if buf.len() >= capacity {
+                let protocol = if http1_prefix_plausible(&buf) {
+                    Protocol::HTTP1
+                } else {
+                    Protocol::OPAQUE
+                };
+                return Ok(Detected {
+                    protocol,
+                    prefix: buf.freeze(),
+                    fallback: None,
+                });
+            }
+            let read = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await;
+            let fallback = match read {
+                Err(_elapsed) => Some(Fallback::Timeout),
+                Ok(Ok(0)) => Some(Fallback::Eof),
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => return Err(e),
             };
-            return Ok(Detected {
-                protocol,
-                prefix: buf.freeze(),
-                fallback: None,
-            });
-        }
-        let read = tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await;
-        let fallback = match read {
-            Err(_elapsed) => Some(Fallback::Timeout),
-            Ok(Ok(0)) => Some(Fallback::Eof),
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => return Err(e),
-        };
-        if let Some(fallback) = fallback {
-            return Ok(Detected {
-                protocol: Protocol::Opaque,
-                prefix: buf.freeze(),
-                fallback: Some(fallback),
-            });
-        }
-        if let Some(protocol) = classify(&buf) {
-            return Ok(Detected {
-                protocol,
-                prefix: buf.freeze(),
-                fallback: None,
-            });
+            if let Some(fallback) = fallback {
+                return Ok(Detected {
+                    protocol: Protocol::OPAQUE,
+                    prefix: buf.freeze(),
+                    fallback: Some(fallback),
+                });
+            }
+            if let Some(protocol) = self.classify(&buf) {
+                return Ok(Detected {
+                    protocol,
+                    prefix: buf.freeze(),
+                    fallback: None,
+                });
+            }
         }
     }
 }
 
-/// Decides the protocol from the bytes read so far, or `None` when more bytes are needed.
-pub fn classify(buf: &[u8]) -> Option<Protocol> {
-    if buf.is_empty() {
-        return None;
+// === the layer ===
+
+/// A connection whose protocol is known.
+#[derive(Clone, Debug)]
+pub struct Detect<T> {
+    pub protocol: Protocol,
+    pub parent: T,
+}
+
+impl<T> Detect<T> {
+    pub fn new(parent: T, protocol: Protocol) -> Self {
+        Self { protocol, parent }
     }
-    // HTTP/2 first: its preface also looks like an HTTP/1 request line.
-    let n = buf.len().min(H2_PREFACE.len());
-    if buf[..n] == H2_PREFACE[..n] {
-        return (n == H2_PREFACE.len()).then_some(Protocol::Http2);
+}
+
+impl<T> Param<Protocol> for Detect<T> {
+    fn param(&self) -> Protocol {
+        self.protocol
     }
-    if buf[0] == 0x16 {
-        return classify_tls(buf);
+}
+
+impl<T: Param<OrigDst>> Param<OrigDst> for Detect<T> {
+    fn param(&self) -> OrigDst {
+        self.parent.param()
     }
-    match buf.iter().position(|&b| b == b'\n') {
-        Some(end) if is_http1_request_line(&buf[..end]) => Some(Protocol::Http1),
-        Some(_) => Some(Protocol::Opaque),
-        None if http1_prefix_plausible(buf) => None,
-        None => Some(Protocol::Opaque),
+}
+
+impl<T: Param<ClientAddr>> Param<ClientAddr> for Detect<T> {
+    fn param(&self) -> ClientAddr {
+        self.parent.param()
+    }
+}
+
+/// How the detection layer reads.
+#[derive(Clone)]
+pub struct DetectConfig {
+    pub recognizers: Recognizers,
+    pub timeout: Duration,
+    /// The most bytes read while detecting (the HTTP header limit).
+    pub capacity: usize,
+    /// Ports whose traffic is opaque: not read at all…
+    pub opaque_ports: PortList,
+    /// …unless this is set: then read this long for a TLS ClientHello only (inbound with
+    /// identity on, where a peer proxy wraps even opaque traffic in mutual TLS and sends its
+    /// hello at once, while a plaintext client of a server-speaks-first protocol sends nothing).
+    pub opaque_tls_peek: Option<Duration>,
+}
+
+/// Detects each connection's protocol, then serves it with `N`'s service for
+/// [`Detect<T>`]; the bytes read are replayed to it.
+#[derive(Clone)]
+pub struct NewDetect<N> {
+    config: DetectConfig,
+    inner: N,
+}
+
+impl DetectConfig {
+    pub fn layer<N>(self) -> impl tower::Layer<N, Service = NewDetect<N>> + Clone {
+        tower::layer::layer_fn(move |inner| NewDetect {
+            config: self.clone(),
+            inner,
+        })
+    }
+}
+
+#[derive(Clone)]
+pub struct DetectService<T, N> {
+    target: T,
+    config: DetectConfig,
+    inner: N,
+}
+
+impl<T, N: Clone> NewService<T> for NewDetect<N> {
+    type Service = DetectService<T, N>;
+    fn new_service(&self, target: T) -> Self::Service {
+        DetectService {
+            target,
+            config: self.config.clone(),
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T, N, S> tower::Service<BoxIo> for DetectService<T, N>
+where
+    T: Param<OrigDst> + Param<ClientAddr> + Clone + Send + 'static,
+    N: NewService<Detect<T>, Service = S> + Clone + Send + 'static,
+    S: tower::Service<BoxIo, Response = (), Error = BoxError, Future = ConnFuture> + Send,
+{
+    type Response = ();
+    type Error = BoxError;
+    type Future = ConnFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut io: BoxIo) -> ConnFuture {
+        let target = self.target.clone();
+        let config = self.config.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let OrigDst(orig_dst) = target.param();
+            let opaque = config.opaque_ports.contains(orig_dst.port());
+            let (protocol, prefix) = match (opaque, config.opaque_tls_peek) {
+                (true, None) => (Protocol::OPAQUE, Bytes::new()),
+                (true, Some(peek)) => {
+                    let timeout = config.timeout.min(peek);
+                    match sniff(&config, &mut io, target.param(), timeout).await {
+                        (Protocol::TLS, prefix) => (Protocol::TLS, prefix),
+                        (_, prefix) => (Protocol::OPAQUE, prefix),
+                    }
+                }
+                (false, _) => sniff(&config, &mut io, target.param(), config.timeout).await,
+            };
+            let io: BoxIo = if prefix.is_empty() {
+                io
+            } else {
+                BoxIo::new(PrefixedIo::new(prefix, io))
+            };
+            let mut svc = inner.new_service(Detect::new(target, protocol));
+            tower::ServiceExt::ready(&mut svc).await?;
+            svc.call(io).await
+        })
+    }
+}
+
+/// Hands a connection to the implementation of its protocol: HTTP/1 and HTTP/2 to `H`, a
+/// protocol a codec registered to that codec's stage, anything else to `O` (opaque).
+pub struct NewSwitch<H, O, T> {
+    http: H,
+    opaque: O,
+    codecs: Arc<[(Protocol, BoxNewConn<T>)]>,
+}
+
+impl<H: Clone, O: Clone, T> Clone for NewSwitch<H, O, T> {
+    fn clone(&self) -> Self {
+        Self {
+            http: self.http.clone(),
+            opaque: self.opaque.clone(),
+            codecs: self.codecs.clone(),
+        }
+    }
+}
+
+impl<H, O, T> NewSwitch<H, O, T> {
+    pub fn new(http: H, opaque: O) -> Self {
+        Self {
+            http,
+            opaque,
+            codecs: Arc::new([]),
+        }
+    }
+
+    /// Adds the stages of further protocols (recognised by a [`Recognize`] the detection layer
+    /// was given).
+    pub fn with_codecs(self, codecs: impl IntoIterator<Item = (Protocol, BoxNewConn<T>)>) -> Self {
+        Self {
+            codecs: codecs.into_iter().collect(),
+            ..self
+        }
+    }
+}
+
+impl<T, H, O> NewService<T> for NewSwitch<H, O, T>
+where
+    T: Param<Protocol>,
+    H: NewService<T>,
+    O: NewService<T>,
+{
+    type Service = EitherConn<H::Service, EitherConn<O::Service, BoxConn>>;
+    fn new_service(&self, target: T) -> Self::Service {
+        let protocol: Protocol = target.param();
+        if protocol.is_http() {
+            return EitherConn::A(self.http.new_service(target));
+        }
+        match self.codecs.iter().find(|(p, _)| *p == protocol) {
+            Some((_, codec)) => EitherConn::B(EitherConn::B(codec.new_service(target))),
+            None => EitherConn::B(EitherConn::A(self.opaque.new_service(target))),
+        }
+    }
+}
+
+/// Reads a connection's first bytes (within `timeout`) and says what they are.
+async fn sniff(
+    config: &DetectConfig,
+    io: &mut BoxIo,
+    ClientAddr(client): ClientAddr,
+    timeout: Duration,
+) -> (Protocol, Bytes) {
+    match config
+        .recognizers
+        .detect(io, timeout, config.capacity)
+        .await
+    {
+        Ok(d) => {
+            if let Some(fallback) = d.fallback {
+                tracing::debug!(%client, ?fallback, "no protocol detected; forwarding as opaque TCP");
+            }
+            (d.protocol, d.prefix)
+        }
+        Err(error) => {
+            tracing::debug!(%client, %error, "connection failed during detection");
+            (Protocol::OPAQUE, Bytes::new())
+        }
     }
 }
 
 /// A TLS record of type handshake (0x16), version 3.x, carrying a ClientHello (type 1).
-fn classify_tls(buf: &[u8]) -> Option<Protocol> {
+fn classify_tls(buf: &[u8]) -> Option<bool> {
     match buf {
-        [0x16, 0x03, minor, _, _, 0x01, ..] if *minor <= 0x04 => Some(Protocol::Tls),
+        [0x16, 0x03, minor, _, _, 0x01, ..] if *minor <= 0x04 => Some(true),
         [0x16] | [0x16, 0x03] | [0x16, 0x03, _] | [0x16, 0x03, _, _] | [0x16, 0x03, _, _, _] => {
             None
         }
-        _ => Some(Protocol::Opaque),
+        _ => Some(false),
     }
 }
 
@@ -174,53 +494,53 @@ mod tests {
 
     #[test]
     fn http1() {
-        check(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", Some(Protocol::Http1));
-        check(b"POST /a?b=c HTTP/1.0\r\n", Some(Protocol::Http1));
-        check(b"GET / HTTP/1.1\n", Some(Protocol::Http1));
+        check(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", Some(Protocol::HTTP1));
+        check(b"POST /a?b=c HTTP/1.0\r\n", Some(Protocol::HTTP1));
+        check(b"GET / HTTP/1.1\n", Some(Protocol::HTTP1));
         check(
             b"CONNECT example.com:443 HTTP/1.1\r\n",
-            Some(Protocol::Http1),
+            Some(Protocol::HTTP1),
         );
         check(b"GET", None);
         check(b"GET /index.html HTT", None);
         check(b"GET /index.html HTTP/1.1", None);
-        check(b"GET / HTTP/2.0\r\n", Some(Protocol::Opaque));
-        check(b"GET /a b HTTP/1.1\r\n", Some(Protocol::Opaque));
-        check(b"G(T / HTTP/1.1\r\n", Some(Protocol::Opaque));
+        check(b"GET / HTTP/2.0\r\n", Some(Protocol::OPAQUE));
+        check(b"GET /a b HTTP/1.1\r\n", Some(Protocol::OPAQUE));
+        check(b"G(T / HTTP/1.1\r\n", Some(Protocol::OPAQUE));
     }
 
     #[test]
     fn http2_preface() {
-        check(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Some(Protocol::Http2));
+        check(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Some(Protocol::HTTP2));
         check(
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04",
-            Some(Protocol::Http2),
+            Some(Protocol::HTTP2),
         );
         check(b"PRI * HTTP/2", None);
-        check(b"PRI * HTTP/2.0\r\n\r\nXX", Some(Protocol::Opaque));
+        check(b"PRI * HTTP/2.0\r\n\r\nXX", Some(Protocol::OPAQUE));
     }
 
     #[test]
     fn tls_client_hello() {
         check(
             &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00],
-            Some(Protocol::Tls),
+            Some(Protocol::TLS),
         );
-        check(&[0x16, 0x03, 0x03, 0x00, 0x40, 0x01], Some(Protocol::Tls));
+        check(&[0x16, 0x03, 0x03, 0x00, 0x40, 0x01], Some(Protocol::TLS));
         check(&[0x16, 0x03], None);
         check(
             &[0x16, 0x03, 0x01, 0x02, 0x00, 0x02],
-            Some(Protocol::Opaque),
+            Some(Protocol::OPAQUE),
         );
-        check(&[0x16, 0x07], Some(Protocol::Opaque));
+        check(&[0x16, 0x07], Some(Protocol::OPAQUE));
     }
 
     #[test]
     fn opaque() {
-        check(b"\x00\x01binary", Some(Protocol::Opaque));
-        check(b"*1\r\n$4\r\nPING\r\n", Some(Protocol::Opaque));
-        check(b"SSH-2.0-OpenSSH_9.2\r\n", Some(Protocol::Opaque));
-        check(b"hello world\n", Some(Protocol::Opaque));
+        check(b"\x00\x01binary", Some(Protocol::OPAQUE));
+        check(b"*1\r\n$4\r\nPING\r\n", Some(Protocol::OPAQUE));
+        check(b"SSH-2.0-OpenSSH_9.2\r\n", Some(Protocol::OPAQUE));
+        check(b"hello world\n", Some(Protocol::OPAQUE));
         check(b"", None);
     }
 
@@ -256,7 +576,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             (d.protocol, d.fallback, d.prefix.len()),
-            (Protocol::Opaque, Some(Fallback::Timeout), 0)
+            (Protocol::OPAQUE, Some(Fallback::Timeout), 0)
         );
     }
 
@@ -274,7 +594,7 @@ mod tests {
         };
         let (d, ()) = tokio::join!(detect(&mut server, Duration::from_secs(5), 1024), write);
         let d = d.unwrap();
-        assert_eq!(d.protocol, Protocol::Http1);
+        assert_eq!(d.protocol, Protocol::HTTP1);
         assert!(d.prefix.starts_with(b"GET /x HTTP/1.1\r\n"));
     }
 
@@ -288,6 +608,6 @@ mod tests {
         let d = detect(&mut server, Duration::from_secs(5), 1024)
             .await
             .unwrap();
-        assert_eq!(d.protocol, Protocol::Http1);
+        assert_eq!(d.protocol, Protocol::HTTP1);
     }
 }

@@ -7,15 +7,13 @@
 //! the controller does not know falls back to the original destination, as does everything
 //! while the controller has never answered.
 
-use crate::balance::{self, BalanceConfig, EndpointState, InFlight};
+use crate::{
+    balance::{BalanceConfig, EndpointState},
+    svc::Cache,
+};
 use futures_util::StreamExt;
 use mesh_api::destination::{self, Update};
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    sync::{Arc, Mutex, Weak},
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::sync::watch;
 
 /// What discovery needs to know.
@@ -39,26 +37,14 @@ pub struct DiscoveryConfig {
 /// Resolutions shared by every connection of the proxy.
 pub struct Resolver {
     config: DiscoveryConfig,
-    cache: Mutex<HashMap<String, Arc<Destination>>>,
+    cache: Arc<Cache<String, Destination>>,
 }
 
 /// One logical destination's live endpoints.
 pub struct Destination {
     pub authority: String,
     state: watch::Receiver<Resolution>,
-    last_used: Mutex<Instant>,
     task: tokio::task::JoinHandle<()>,
-}
-
-/// Where [`Resolver::pick`] sends a request or connection.
-#[derive(Debug)]
-pub enum Picked {
-    /// Not a mesh destination (or no answer from the controller): the original destination.
-    Original,
-    /// A discovered endpoint, with the request counted in its load until dropped.
-    Endpoint(Endpoint, InFlight),
-    /// A mesh service with no endpoints, even after waiting the failfast timeout.
-    NoEndpoints(String),
 }
 
 /// What the controller said about a destination.
@@ -90,71 +76,45 @@ pub struct DstLabels {
 }
 
 impl Resolver {
-    /// Creates the resolver and its sweeper, which drops resolutions idle for longer than
-    /// `idle_timeout` (their watches end with them).
+    /// Creates the resolver; resolutions nobody holds for longer than `idle_timeout` are
+    /// dropped, and their watches end with them.
     pub fn new(config: DiscoveryConfig) -> Arc<Self> {
-        let resolver = Arc::new(Self {
+        Arc::new(Self {
+            cache: Cache::new(config.idle_timeout),
             config,
-            cache: Mutex::default(),
-        });
-        let weak = Arc::downgrade(&resolver);
-        tokio::spawn(sweep(weak));
-        resolver
+        })
     }
 
     pub fn config(&self) -> &DiscoveryConfig {
         &self.config
     }
 
-    /// The shared resolution of `authority` (a logical name or an `IP:port`), started on first use.
-    pub fn resolve(&self, authority: &str) -> Arc<Destination> {
-        let mut cache = lock(&self.cache);
-        if let Some(dst) = cache.get(authority) {
-            *lock(&dst.last_used) = Instant::now();
-            return dst.clone();
-        }
-        let (tx, rx) = watch::channel(Resolution::Pending);
-        let task = tokio::spawn(watch_destination(
-            self.config.controller.clone(),
-            authority.to_string(),
-            tx,
-            self.config.balance.clone(),
-            self.config.connector.clone(),
-        ));
-        let dst = Arc::new(Destination {
-            authority: authority.to_string(),
-            state: rx,
-            last_used: Mutex::new(Instant::now()),
-            task,
-        });
-        cache.insert(authority.to_string(), dst.clone());
-        dst
+    /// How many destinations are being watched.
+    pub fn len(&self) -> usize {
+        self.cache.len()
     }
 
-    /// Where to send one request or connection for `name`: waits for the destination's
-    /// endpoints (at most the failfast timeout), then picks one by P2C over peak-EWMA load.
-    pub async fn pick(&self, name: String) -> Picked {
-        match self
-            .resolve(&name)
-            .ready(self.config.failfast_timeout)
-            .await
-        {
-            Resolution::Pending | Resolution::Unknown => Picked::Original,
-            Resolution::Endpoints(endpoints) => {
-                let now = Instant::now();
-                let picked = balance::pick(
-                    &endpoints,
-                    |e| &e.balance,
-                    &self.config.balance,
-                    now,
-                    |n| fastrand::usize(..n),
-                );
-                match picked {
-                    Some(ep) => Picked::Endpoint(ep.clone(), ep.balance.start(now)),
-                    None => Picked::NoEndpoints(name),
-                }
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+
+    /// The shared resolution of `authority` (a logical name or an `IP:port`), started on first use.
+    pub fn resolve(&self, authority: &str) -> Arc<Destination> {
+        self.cache.get_or_insert_with(&authority.to_string(), || {
+            let (tx, rx) = watch::channel(Resolution::Pending);
+            let task = tokio::spawn(watch_destination(
+                self.config.controller.clone(),
+                authority.to_string(),
+                tx,
+                self.config.balance.clone(),
+                self.config.connector.clone(),
+            ));
+            Destination {
+                authority: authority.to_string(),
+                state: rx,
+                task,
             }
-        }
+        })
     }
 
     /// The logical name to resolve for an HTTP authority (`host[:port]`), or `None` when the host
@@ -171,15 +131,32 @@ impl Resolver {
 }
 
 impl Destination {
+    /// The resolution now.
+    pub fn current(&self) -> Resolution {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver of the resolution's changes.
+    pub fn subscribe(&self) -> watch::Receiver<Resolution> {
+        self.state.clone()
+    }
+
     /// The resolution once it is usable: waits while there is no answer yet, or while the
     /// service has no endpoints, for at most `timeout`; then returns what there is.
     pub async fn ready(&self, timeout: Duration) -> Resolution {
-        let mut state = self.state.clone();
         let usable = |r: &Resolution| match r {
             Resolution::Pending => false,
             Resolution::Unknown => true,
             Resolution::Endpoints(eps) => !eps.is_empty(),
         };
+        {
+            // The usual case, without a receiver of its own.
+            let now = self.state.borrow();
+            if usable(&now) {
+                return now.clone();
+            }
+        }
+        let mut state = self.state.clone();
         let waited = tokio::time::timeout(timeout, async {
             state.wait_for(usable).await.map(|r| r.clone())
         })
@@ -290,7 +267,7 @@ fn apply(
     full: bool,
     config: &BalanceConfig,
 ) -> Resolution {
-    let now = Instant::now();
+    let now = std::time::Instant::now();
     match update {
         Update::NoEndpoints(none) => {
             endpoints.clear();
@@ -341,25 +318,6 @@ fn apply(
     Resolution::Endpoints(Arc::new(list))
 }
 
-/// Drops resolutions nobody used for a while.
-async fn sweep(resolver: Weak<Resolver>) {
-    let mut ticks = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        ticks.tick().await;
-        let Some(resolver) = resolver.upgrade() else {
-            return;
-        };
-        let idle = resolver.config.idle_timeout;
-        lock(&resolver.cache).retain(|authority, dst| {
-            let keep = Arc::strong_count(dst) > 1 || lock(&dst.last_used).elapsed() < idle;
-            if !keep {
-                tracing::debug!(%authority, "dropping an idle resolution");
-            }
-            keep
-        });
-    }
-}
-
 /// Exponential backoff with jitter.
 struct Backoff {
     min: Duration,
@@ -386,11 +344,6 @@ impl Backoff {
         // Up to half again, so that many proxies do not reconnect in lockstep.
         base + base.mul_f64(fastrand::f64() / 2.0)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A poisoned lock only means a thread panicked while holding it; the map stays valid.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

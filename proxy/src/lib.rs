@@ -4,6 +4,9 @@
 //! [`run`] is the whole proxy: it binds the inbound, outbound and admin listeners, gets its
 //! certificate (identity on), serves until SIGTERM, SIGINT or `POST /shutdown`, then drains
 //! in-flight work within the grace period.
+//!
+//! Each listener serves its connections with one stack of tower layers: [`inbound::stack`] and
+//! [`outbound::stack`] (see ARCHITECTURE.md for both, layer by layer).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -15,14 +18,18 @@ pub mod discover;
 pub mod drain;
 pub mod http;
 pub mod identity;
+pub mod inbound;
 pub mod init;
 pub mod io;
 pub mod metrics;
 pub mod orig_dst;
+pub mod outbound;
 pub mod ports;
-pub mod serve;
+pub mod svc;
 pub mod tap;
 pub mod tcp;
+pub mod tls;
+pub mod transport;
 
 use crate::{
     admin::Admin,
@@ -31,13 +38,12 @@ use crate::{
     connect::Connect,
     discover::{DiscoveryConfig, Resolver},
     drain::Drain,
-    http::{upstream::Upstream, HttpForwarder, HttpSettings},
+    http::{client::NewClient, HttpSettings},
     identity::{IdentityError, LocalIdentity},
     metrics::{Direction, Metrics},
     orig_dst::OriginalDst,
-    ports::PortList,
-    serve::Listener,
     tap::Taps,
+    transport::{Listen, Refuse},
 };
 use std::{
     net::SocketAddr,
@@ -139,7 +145,11 @@ pub async fn start_with(
     if let Some(mark) = config.socket_mark {
         connect::check_mark(mark).map_err(|source| StartError::SocketMark { mark, source })?;
     }
-    let metrics = Metrics::new(config.max_authority_labels, config.identity.is_some());
+    let metrics = Metrics::with_idle_timeout(
+        config.max_authority_labels,
+        config.identity.is_some(),
+        config.metrics_idle_timeout,
+    );
     let identity = match &config.identity {
         Some(identity) => Some(LocalIdentity::new(
             identity.clone(),
@@ -169,59 +179,63 @@ pub async fn start_with(
         started.outbound.port(),
         started.admin.port(),
     ];
-    let listener = |direction, original_dst, opaque_ports: &PortList| {
-        // Discovery applies to what the application calls, not to what calls it.
-        let discovery = match direction {
-            Direction::Outbound => discovery.clone(),
-            Direction::Inbound => None,
-        };
-        let settings = HttpSettings {
-            header_read_timeout: config.header_read_timeout,
-            max_header_bytes: config.max_header_bytes,
-        };
-        let upstream = Upstream::new(connect, config.pool_idle_timeout, identity.clone());
-        Arc::new(Listener {
-            direction,
-            original_dst,
-            opaque_ports: opaque_ports.clone(),
-            detect_timeout: config.detect_timeout,
-            detect_capacity: config.max_header_bytes,
-            connect,
-            own_ports: own_ports.clone(),
-            http: HttpForwarder::new(
-                direction,
-                discovery.clone(),
-                upstream,
-                metrics.clone(),
-                settings,
-                identity.is_some(),
-                taps.clone(),
-            ),
-            discovery,
-            metrics: metrics.clone(),
-            identity: identity.clone(),
-            require_identity_ports: match direction {
-                Direction::Inbound => config.inbound_require_identity_ports.clone(),
-                Direction::Outbound => PortList::default(),
-            },
-        })
+    let settings = HttpSettings {
+        header_read_timeout: config.header_read_timeout,
+        max_header_bytes: config.max_header_bytes,
     };
-    tokio::spawn(
-        listener(
-            Direction::Inbound,
-            original_dst[0],
-            &config.inbound_opaque_ports,
-        )
-        .run(inbound, drain.clone()),
-    );
-    tokio::spawn(
-        listener(
-            Direction::Outbound,
-            original_dst[1],
-            &config.outbound_opaque_ports,
-        )
-        .run(outbound, drain.clone()),
-    );
+    let new_client = |identity: Option<Arc<LocalIdentity>>| {
+        NewClient::new(connect, config.pool_idle_timeout, identity, drain.clone())
+    };
+    let inbound_stack = inbound::stack(inbound::Inbound {
+        opaque_ports: config.inbound_opaque_ports.clone(),
+        require_identity_ports: config.inbound_require_identity_ports.clone(),
+        detect_timeout: config.detect_timeout,
+        http: settings.clone(),
+        idle_timeout: config.destination_idle_timeout,
+        metrics: metrics.clone(),
+        taps: taps.clone(),
+        identity: identity.clone(),
+        // The application is on the pod's loopback: never mutual TLS.
+        client: new_client(None),
+        drain: drain.clone(),
+    });
+    let outbound_stack = outbound::stack(outbound::Outbound {
+        opaque_ports: config.outbound_opaque_ports.clone(),
+        detect_timeout: config.detect_timeout,
+        http: settings,
+        names: discovery.as_ref().map(|_| outbound::Names {
+            namespace: config.destination_namespace.clone(),
+            cluster_domain: config.cluster_domain.clone(),
+        }),
+        resolver: discovery,
+        failfast_timeout: config.failfast_timeout,
+        idle_timeout: config.destination_idle_timeout,
+        balance: BalanceConfig::default(),
+        metrics: metrics.clone(),
+        taps: taps.clone(),
+        identity: identity.is_some(),
+        client: new_client(identity.clone()),
+        drain: drain.clone(),
+    });
+    let listen = |direction, original_dst, own_ports_on_any_address| Listen {
+        original_dst,
+        own_ports: own_ports.clone(),
+        own_ports_on_any_address,
+        refuse: Refuse {
+            metrics: metrics.clone(),
+            direction,
+        },
+    };
+    tokio::spawn(listen(Direction::Inbound, original_dst[0], true).run(
+        inbound,
+        inbound_stack,
+        drain.clone(),
+    ));
+    tokio::spawn(listen(Direction::Outbound, original_dst[1], false).run(
+        outbound,
+        outbound_stack,
+        drain.clone(),
+    ));
 
     // Ready at once without identity; with it, once the first certificate is in.
     let ready = Arc::new(AtomicBool::new(identity.is_none()));

@@ -6,8 +6,17 @@
 //! `tls="no_identity"` with a `no_tls_reason`. Label values come only from bounded sets: no
 //! paths, and at most `MESH_PROXY_MAX_AUTHORITY_LABELS` distinct authorities (further ones count
 //! as `overflow`).
+//!
+//! Label sets do not outlive their destination: every label set carries a `target_addr`, and
+//! the sets of one target are held by a [`TargetMetrics`] that the stacks and connections using
+//! the target hold; once none has for `MESH_PROXY_METRICS_IDLE_TIMEOUT`, the target's label sets
+//! leave every family. An application that calls ten thousand addresses does not leave ten
+//! thousand series behind.
 
-use crate::discover::DstLabels;
+use crate::{
+    discover::DstLabels,
+    svc::{lock, Cache},
+};
 use prometheus_client::{
     encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -17,6 +26,7 @@ use std::{
     collections::HashSet,
     net::SocketAddr,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 /// Which side of the pod a connection or request belongs to.
@@ -112,6 +122,7 @@ pub struct Metrics {
     /// The certificate's expiry and refreshes (registered when identity is on).
     pub identity: IdentityMetrics,
     authorities: Arc<AuthorityBudget>,
+    targets: Arc<Cache<(Direction, SocketAddr), TargetMetrics>>,
 }
 
 /// Labels of a connection the proxy refused.
@@ -134,8 +145,14 @@ const LATENCY_BUCKETS_MS: [f64; 22] = [
 ];
 
 impl Metrics {
-    /// The families; the identity ones only when `identity` is on.
+    /// The families; the identity ones only when `identity` is on. Label sets of targets
+    /// nobody uses are kept for ten minutes (see [`Metrics::with_idle_timeout`]).
     pub fn new(max_authority_labels: usize, identity: bool) -> Self {
+        Self::with_idle_timeout(max_authority_labels, identity, Duration::from_secs(600))
+    }
+
+    /// The families, with the label sets of a target nobody uses dropped after `idle`.
+    pub fn with_idle_timeout(max_authority_labels: usize, identity: bool, idle: Duration) -> Self {
         let mut registry = Registry::default();
         let m = Self {
             registry: Arc::new(Registry::default()),
@@ -154,6 +171,7 @@ impl Metrics {
             tap_active: Gauge::default(),
             identity: IdentityMetrics::default(),
             authorities: Arc::new(AuthorityBudget::new(max_authority_labels)),
+            targets: Cache::new(idle),
         };
         registry.register("request", "HTTP requests received", m.request_total.clone());
         registry.register(
@@ -222,6 +240,116 @@ impl Metrics {
     /// The `authority` label value for a request's authority, within the label budget.
     pub fn authority_label(&self, authority: &str) -> Arc<str> {
         self.authorities.label(authority)
+    }
+
+    /// The label sets of one target of one direction: hold it while the target is in use.
+    pub fn target(&self, direction: Direction, addr: SocketAddr) -> Arc<TargetMetrics> {
+        self.targets
+            .get_or_insert_with(&(direction, addr), || TargetMetrics {
+                request_total: self.request_total.clone(),
+                response_total: self.response_total.clone(),
+                response_latency_ms: self.response_latency_ms.clone(),
+                tcp_open_total: self.tcp_open_total.clone(),
+                tcp_close_total: self.tcp_close_total.clone(),
+                tcp_open_connections: self.tcp_open_connections.clone(),
+                tcp_read_bytes_total: self.tcp_read_bytes_total.clone(),
+                tcp_write_bytes_total: self.tcp_write_bytes_total.clone(),
+                sets: Mutex::default(),
+            })
+    }
+
+    /// How many targets have label sets now.
+    pub fn targets(&self) -> usize {
+        self.targets.len()
+    }
+}
+
+/// The label sets of one target (a direction and a `target_addr`): they leave the families when
+/// this is dropped, which the metrics' cache does once nobody has held it for the idle timeout.
+pub struct TargetMetrics {
+    request_total: Family<RequestLabels, Counter>,
+    response_total: Family<ResponseLabels, Counter>,
+    response_latency_ms: Family<ResponseLabels, Histogram>,
+    tcp_open_total: Family<TcpLabels, Counter>,
+    tcp_close_total: Family<TcpLabels, Counter>,
+    tcp_open_connections: Family<TcpLabels, Gauge>,
+    tcp_read_bytes_total: Family<TcpLabels, Counter>,
+    tcp_write_bytes_total: Family<TcpLabels, Counter>,
+    sets: Mutex<TargetSets>,
+}
+
+#[derive(Default)]
+struct TargetSets {
+    requests: HashSet<RequestLabels>,
+    responses: HashSet<ResponseLabels>,
+    tcp: HashSet<TcpLabels>,
+}
+
+/// A TCP label set's metrics.
+#[derive(Clone)]
+pub struct TcpHandles {
+    pub open_total: Counter,
+    pub close_total: Counter,
+    pub open_connections: Gauge,
+    pub read_bytes: Counter,
+    pub write_bytes: Counter,
+}
+
+impl TargetMetrics {
+    /// `request_total` of `labels` (whose `target_addr` is this target's).
+    pub fn request_total(&self, labels: &RequestLabels) -> Counter {
+        let mut sets = lock(&self.sets);
+        if !sets.requests.contains(labels) {
+            sets.requests.insert(labels.clone());
+        }
+        self.request_total.get_or_create(labels).clone()
+    }
+
+    /// `response_total` and `response_latency_ms` of `labels`.
+    pub fn response(&self, labels: &ResponseLabels) -> (Counter, Histogram) {
+        let mut sets = lock(&self.sets);
+        if !sets.responses.contains(labels) {
+            sets.responses.insert(labels.clone());
+        }
+        (
+            self.response_total.get_or_create(labels).clone(),
+            self.response_latency_ms.get_or_create(labels).clone(),
+        )
+    }
+
+    /// The `tcp_*` metrics of `labels`.
+    pub fn tcp(&self, labels: &TcpLabels) -> TcpHandles {
+        let mut sets = lock(&self.sets);
+        if !sets.tcp.contains(labels) {
+            sets.tcp.insert(labels.clone());
+        }
+        TcpHandles {
+            open_total: self.tcp_open_total.get_or_create(labels).clone(),
+            close_total: self.tcp_close_total.get_or_create(labels).clone(),
+            open_connections: self.tcp_open_connections.get_or_create(labels).clone(),
+            read_bytes: self.tcp_read_bytes_total.get_or_create(labels).clone(),
+            write_bytes: self.tcp_write_bytes_total.get_or_create(labels).clone(),
+        }
+    }
+}
+
+impl Drop for TargetMetrics {
+    fn drop(&mut self) {
+        let sets = std::mem::take(&mut *lock(&self.sets));
+        for labels in &sets.requests {
+            self.request_total.remove(labels);
+        }
+        for labels in &sets.responses {
+            self.response_total.remove(labels);
+            self.response_latency_ms.remove(labels);
+        }
+        for labels in &sets.tcp {
+            self.tcp_open_total.remove(labels);
+            self.tcp_close_total.remove(labels);
+            self.tcp_open_connections.remove(labels);
+            self.tcp_read_bytes_total.remove(labels);
+            self.tcp_write_bytes_total.remove(labels);
+        }
     }
 }
 
@@ -393,6 +521,37 @@ impl IdentityMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_targets_label_sets_leave_once_nobody_uses_it() {
+        let m = Metrics::with_idle_timeout(10, false, Duration::from_millis(1));
+        let addr: SocketAddr = "10.0.0.9:80".parse().unwrap();
+        let target = m.target(Direction::Outbound, addr);
+        let labels = RequestLabels {
+            direction: Direction::Outbound,
+            authority: m.authority_label("web:80"),
+            target_addr: addr,
+            dst: None,
+            tls: Tls::NoIdentity(NO_TLS_DISABLED),
+        };
+        target.request_total(&labels).inc();
+        let tcp = TcpLabels {
+            direction: Direction::Outbound,
+            target_addr: addr,
+            tls: None,
+        };
+        target.tcp(&tcp).open_total.inc();
+        assert!(m.encode().contains("10.0.0.9:80"));
+        let now = std::time::Instant::now();
+        m.targets.sweep(now);
+        m.targets.sweep(now + Duration::from_secs(1));
+        assert!(m.encode().contains("10.0.0.9:80"), "held targets stay");
+        drop(target);
+        m.targets.sweep(now + Duration::from_secs(2));
+        m.targets.sweep(now + Duration::from_secs(3));
+        assert!(!m.encode().contains("10.0.0.9:80"), "{}", m.encode());
+        assert_eq!(m.targets(), 0);
+    }
 
     #[test]
     fn families_render_with_the_contract_names() {

@@ -1,6 +1,6 @@
 //! Tap: live events of the requests the proxy forwards, for `GET /v1/tap` on the admin server.
 //!
-//! [`Taps`] is the registry of active taps, shared by both directions' forwarders and the admin
+//! [`Taps`] is the registry of active taps, shared by both stacks and the admin
 //! server. Tapping costs nothing when nobody taps: [`Taps::is_active`] is one atomic load, and
 //! the forwarder builds nothing unless it says yes. A request is matched once, at its start,
 //! against every tap's [`Filter`]; its response events go to the taps that matched (and took)
@@ -18,7 +18,7 @@ use crate::{
     metrics::{Direction, Metrics, TapDropLabels},
 };
 use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode};
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use mesh_api::identity::Identity;
 use mesh_api::tap::{Event, Filter, Peer, ProxyDirection, StreamId, DEFAULT_MAX_RATE};
@@ -135,7 +135,8 @@ pub struct ConnTap {
 /// What the forwarder knows of a request when it starts; borrowed, built only while tapping.
 pub struct RequestMeta<'a> {
     pub direction: Direction,
-    pub method: &'a Method,
+    /// The operation: an HTTP method, or a codec's command name.
+    pub method: &'a str,
     pub authority: &'a str,
     pub path: &'a str,
     pub headers: &'a HeaderMap,
@@ -411,10 +412,10 @@ impl Tapped {
     }
 
     /// The response's headers went back with `status`.
-    pub fn response_start(&self, status: StatusCode) {
+    pub fn response_start(&self, status: u16) {
         let event = Event::ResponseStart {
             id: self.id,
-            status: status.as_u16(),
+            status,
             since_request_ms: ms_since(self.start),
         };
         self.send(event);
@@ -595,7 +596,7 @@ fn request_matches(filter: &Filter, meta: &RequestMeta<'_>) -> bool {
     filter
         .method
         .as_deref()
-        .is_none_or(|m| m.eq_ignore_ascii_case(meta.method.as_str()))
+        .is_none_or(|m| m.eq_ignore_ascii_case(meta.method))
         && filter
             .authority
             .as_deref()
@@ -647,7 +648,7 @@ mod tests {
 
     struct Req {
         direction: Direction,
-        method: Method,
+        method: http::Method,
         authority: &'static str,
         path: &'static str,
         headers: HeaderMap,
@@ -676,7 +677,7 @@ mod tests {
         fn meta(&self) -> RequestMeta<'_> {
             RequestMeta {
                 direction: self.direction,
-                method: &self.method,
+                method: self.method.as_str(),
                 authority: self.authority,
                 path: self.path,
                 headers: &self.headers,
@@ -792,7 +793,7 @@ mod tests {
         assert!(taps
             .start_at(&conn, t0, &req.meta(), t0 + Duration::from_millis(500))
             .is_none());
-        first.response_start(StatusCode::OK);
+        first.response_start(200);
         first.response_end(None, 5, true, None);
         let later = t0 + Duration::from_secs(2);
         let third = taps
@@ -841,7 +842,7 @@ mod tests {
             let now = t0 + Duration::from_secs(second);
             while let Some(t) = taps.start_at(&conn, t0, &req.meta(), now) {
                 taken += 1;
-                t.response_start(StatusCode::OK);
+                t.response_start(200);
                 t.response_end(None, 0, true, None);
             }
         }
@@ -897,7 +898,7 @@ mod tests {
             let req = outbound(method, "web:80", "/");
             taps.start(&conn, Instant::now(), &req.meta())
                 .unwrap()
-                .response_start(StatusCode::OK);
+                .response_start(200);
         }
         let methods = |sub: &mut Subscription| {
             let mut v = Vec::new();

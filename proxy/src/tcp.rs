@@ -1,11 +1,131 @@
-//! Opaque TCP forwarding: bytes copied both ways, each direction's end (half-close) passed on.
+//! Opaque TCP forwarding, at the bottom of both stacks' opaque path: connect to the endpoint
+//! (mutual TLS to a meshed one), then copy bytes both ways, each direction's end (half-close)
+//! passed on. An unreachable upstream is a reset for the client, as if it had dialed the
+//! upstream itself.
 
-use crate::{connect::Connect, http::upstream::UpstreamError};
-use std::net::SocketAddr;
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
+use crate::{
+    balance::{BalanceConfig, InFlight},
+    connect::Connect,
+    http::client::{NewClient, UpstreamError},
+    identity::Alpn,
+    metrics::TcpLabels,
+    svc::{reset, BoxError, BoxIo, ConnFuture, NewService, Param},
 };
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Where an opaque connection goes.
+pub struct TcpEndpoint {
+    pub addr: SocketAddr,
+    /// The identity the endpoint's proxy must prove (mutual TLS), if it is meshed.
+    pub server_id: Option<Arc<str>>,
+    pub labels: TcpLabels,
+    /// The connection counted as load on its endpoint (discovered endpoints).
+    pub in_flight: Option<(InFlight, Arc<BalanceConfig>)>,
+    /// Set when there is nowhere to go (a service without endpoints): the connection is reset.
+    pub unavailable: Option<String>,
+}
+
+impl Param<TcpLabels> for TcpEndpoint {
+    fn param(&self) -> TcpLabels {
+        self.labels.clone()
+    }
+}
+
+/// Forwards each connection to its [`TcpEndpoint`].
+#[derive(Clone)]
+pub struct NewForward {
+    client: NewClient,
+}
+
+impl NewForward {
+    pub fn new(client: NewClient) -> Self {
+        Self { client }
+    }
+}
+
+pub struct Forward {
+    target: Option<TcpEndpoint>,
+    client: NewClient,
+}
+
+impl NewService<TcpEndpoint> for NewForward {
+    type Service = Forward;
+    fn new_service(&self, target: TcpEndpoint) -> Forward {
+        Forward {
+            target: Some(target),
+            client: self.client.clone(),
+        }
+    }
+}
+
+impl tower::Service<BoxIo> for Forward {
+    type Response = ();
+    type Error = BoxError;
+    type Future = ConnFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut io: BoxIo) -> ConnFuture {
+        let target = self
+            .target
+            .take()
+            .expect("a connection's service serves it once");
+        let client = self.client.clone();
+        Box::pin(async move {
+            if let Some(name) = &target.unavailable {
+                tracing::info!(%name, "no endpoints; resetting the connection");
+                reset(&io);
+                return Ok(());
+            }
+            let addr = target.addr;
+            let mut in_flight = target.in_flight;
+            let mut record = |success| {
+                if let Some((in_flight, config)) = in_flight.as_mut() {
+                    in_flight.record(config, success, Instant::now());
+                }
+            };
+            let result = match &target.server_id {
+                None => match client.connect(addr).await {
+                    Ok(server) => {
+                        record(true);
+                        copy(&mut io, server, addr).await
+                    }
+                    Err(e) => {
+                        record(false);
+                        Err(TcpError::Connect(e))
+                    }
+                },
+                Some(id) => match client.connect_tls(addr, id, Alpn::None).await {
+                    Ok(server) => {
+                        record(true);
+                        copy(&mut io, server, addr).await
+                    }
+                    Err(e) => {
+                        record(false);
+                        Err(TcpError::Connect(e))
+                    }
+                },
+            };
+            // The endpoint counts the connection as load until it closes.
+            drop(in_flight);
+            if let Err(error) = result {
+                tracing::info!(%error, "TCP forwarding failed");
+                if let TcpError::Connect(_) = error {
+                    reset(&io);
+                }
+            }
+            Ok(())
+        })
+    }
+}
 
 /// Connects to `target` and copies bytes between it and `client` until both directions end,
 /// returning the bytes copied (client to server, server to client). When the upstream cannot be
@@ -18,16 +138,11 @@ pub async fn forward<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let server = self::connect(target, connect).await?;
-    copy(client, server, target).await
-}
-
-/// Opens the upstream connection.
-pub async fn connect(target: SocketAddr, connect: &Connect) -> Result<TcpStream, TcpError> {
-    connect
+    let server = connect
         .connect(target)
         .await
-        .map_err(|e| TcpError::Connect(e.into()))
+        .map_err(|e| TcpError::Connect(e.into()))?;
+    copy(client, server, target).await
 }
 
 /// Copies bytes between `client` and `server` until both directions end.

@@ -1,0 +1,429 @@
+//! The upstream clients, at the bottom of both stacks: one [`Client`] per endpoint sends a
+//! request there on a pooled keep-alive HTTP/1 connection, on the endpoint's one multiplexed
+//! HTTP/2 connection, or, for an upgrade (WebSocket) or a CONNECT tunnel, on a connection of its
+//! own that the two sides are spliced onto.
+//!
+//! To a meshed endpoint (one whose discovery record names its identity) every connection is
+//! mutual TLS with that identity as server name: requests go on its one HTTP/2 connection,
+//! upgrades and tunnels on HTTP/1.1 connections of their own. The HTTP/2 connection belongs to
+//! the endpoint's client and closes when the endpoint is forgotten.
+
+use super::errors::{error_chain, InvalidUri};
+use crate::{
+    connect::Connect,
+    drain::Drain,
+    identity::{Alpn, LocalIdentity},
+    svc::{lock, BoxBody, BoxError, NewService, Param},
+};
+use futures_util::future::BoxFuture;
+use http::{StatusCode, Version};
+use hyper::{body::Incoming, client::conn, Request, Response, Uri};
+use hyper_util::{
+    client::legacy::Client as LegacyClient,
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+};
+use std::{
+    io,
+    net::SocketAddr,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// Why a request could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connecting to {target}: {source}")]
+    Connect {
+        target: SocketAddr,
+        source: io::Error,
+    },
+    #[error("connecting to {target}: timed out after {timeout:?}")]
+    ConnectTimeout {
+        target: SocketAddr,
+        timeout: Duration,
+    },
+    #[error("mutual TLS with {target} as {server_id}: {source}")]
+    Tls {
+        target: SocketAddr,
+        server_id: Arc<str>,
+        source: io::Error,
+    },
+    #[error("HTTP handshake with {target}: {source}")]
+    Handshake {
+        target: SocketAddr,
+        source: hyper::Error,
+    },
+    #[error("forwarding to {target}: {source}")]
+    Request {
+        target: SocketAddr,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl From<crate::connect::ConnectError> for UpstreamError {
+    fn from(e: crate::connect::ConnectError) -> Self {
+        use crate::connect::ConnectError;
+        match e {
+            ConnectError::Io { target, source } => UpstreamError::Connect { target, source },
+            ConnectError::Timeout { target, timeout } => {
+                UpstreamError::ConnectTimeout { target, timeout }
+            }
+        }
+    }
+}
+
+impl UpstreamError {
+    /// The `error` metric label for this failure.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Connect { .. } | Self::Handshake { .. } => "connect",
+            Self::ConnectTimeout { .. } => "connect_timeout",
+            Self::Tls { .. } => "tls",
+            Self::Request { .. } => "upstream",
+        }
+    }
+}
+
+/// What a client needs of its endpoint: where it is, and the identity its proxy must prove
+/// (`None`: plaintext).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EndpointAddr {
+    pub addr: SocketAddr,
+    pub server_id: Option<Arc<str>>,
+}
+
+/// Makes each endpoint's client; shared by every endpoint of one direction.
+#[derive(Clone)]
+pub struct NewClient {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    h1: LegacyClient<PoolConnector, BoxBody>,
+    connect: Connect,
+    identity: Option<Arc<LocalIdentity>>,
+    /// Upgraded connections and tunnels are in-flight work that shutdown waits for.
+    tunnels: Drain,
+}
+
+/// Sends requests to one endpoint.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Endpoint>,
+}
+
+struct Endpoint {
+    target: EndpointAddr,
+    /// The endpoint's one HTTP/2 connection, opened by whichever request needs it first.
+    h2: tokio::sync::Mutex<Option<conn::http2::SendRequest<BoxBody>>>,
+    /// The same connection, read without waiting while it is open.
+    h2_open: std::sync::Mutex<Option<conn::http2::SendRequest<BoxBody>>>,
+    shared: Arc<Shared>,
+}
+
+impl NewClient {
+    /// Clients whose connections are all opened with `connect`; with `identity`, meshed
+    /// endpoints are reached over mutual TLS.
+    pub fn new(
+        connect: Connect,
+        pool_idle_timeout: Duration,
+        identity: Option<Arc<LocalIdentity>>,
+        tunnels: Drain,
+    ) -> Self {
+        let h1 = LegacyClient::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(pool_idle_timeout)
+            .pool_max_idle_per_host(128)
+            .set_host(false)
+            .build(PoolConnector(connect));
+        Self {
+            shared: Arc::new(Shared {
+                h1,
+                connect,
+                identity,
+                tunnels,
+            }),
+        }
+    }
+
+    /// Opens mutual TLS to the proxy of a meshed endpoint (opaque forwarding shares it).
+    pub async fn connect_tls(
+        &self,
+        target: SocketAddr,
+        server_id: &Arc<str>,
+        alpn: Alpn,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
+        self.shared.connect_tls(target, server_id, alpn).await
+    }
+
+    /// Opens a plain TCP connection (opaque forwarding).
+    pub async fn connect(&self, target: SocketAddr) -> Result<TcpStream, UpstreamError> {
+        self.shared.connect(target).await
+    }
+}
+
+impl<T: Param<EndpointAddr>> NewService<T> for NewClient {
+    type Service = Client;
+    fn new_service(&self, target: T) -> Client {
+        Client {
+            inner: Arc::new(Endpoint {
+                target: target.param(),
+                h2: tokio::sync::Mutex::new(None),
+                h2_open: std::sync::Mutex::new(None),
+                shared: self.shared.clone(),
+            }),
+        }
+    }
+}
+
+impl tower::Service<Request<BoxBody>> for Client {
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<BoxBody>, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
+        let endpoint = self.inner.clone();
+        Box::pin(async move {
+            let rsp = if is_tunnel(&req) {
+                endpoint.send_tunnel(req).await?
+            } else if req.version() == Version::HTTP_2 {
+                endpoint.send_http2(req).await?
+            } else {
+                endpoint.send_http1(req).await?
+            };
+            Ok(rsp.map(BoxBody::new))
+        })
+    }
+}
+
+/// Whether an HTTP/1 request switches protocols or opens a tunnel: it then needs a connection
+/// of its own.
+pub fn is_tunnel<B>(req: &Request<B>) -> bool {
+    req.version() != Version::HTTP_2
+        && (req.method() == http::Method::CONNECT || super::headers::wants_upgrade(req.headers()))
+}
+
+impl Endpoint {
+    /// Sends an HTTP/1 request over a pooled keep-alive connection, in origin form: the URI
+    /// names the endpoint (the pool's key); its `Host` header is sent as the client wrote it.
+    async fn send_http1(&self, mut req: Request<BoxBody>) -> Result<Response<Incoming>, BoxError> {
+        let target = self.target.addr;
+        *req.uri_mut() = origin_uri(req.uri(), target).map_err(|_| InvalidUri)?;
+        self.shared.h1.request(req).await.map_err(|e| {
+            if e.is_connect() {
+                let source = io::Error::other(error_chain(&e));
+                UpstreamError::Connect { target, source }.into()
+            } else {
+                UpstreamError::Request {
+                    target,
+                    source: e.into(),
+                }
+                .into()
+            }
+        })
+    }
+
+    /// Sends an HTTP/2 request on the endpoint's one multiplexed connection, opening it first
+    /// when there is none or it closed.
+    async fn send_http2(&self, req: Request<BoxBody>) -> Result<Response<Incoming>, BoxError> {
+        let target = self.target.addr;
+        let mut sender = self.http2_sender().await?;
+        let request = |e: hyper::Error| UpstreamError::Request {
+            target,
+            source: e.into(),
+        };
+        sender.ready().await.map_err(request)?;
+        Ok(sender.send_request(req).await.map_err(request)?)
+    }
+
+    async fn http2_sender(&self) -> Result<conn::http2::SendRequest<BoxBody>, UpstreamError> {
+        if let Some(sender) = lock(&self.h2_open).as_ref().filter(|s| !s.is_closed()) {
+            return Ok(sender.clone());
+        }
+        let mut slot = self.h2.lock().await;
+        if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(sender.clone());
+        }
+        let target = self.target.addr;
+        let sender = match &self.target.server_id {
+            None => http2_handshake(self.shared.connect(target).await?, target).await?,
+            Some(id) => {
+                let io = self.shared.connect_tls(target, id, Alpn::H2).await?;
+                http2_handshake(io, target).await?
+            }
+        };
+        *slot = Some(sender.clone());
+        *lock(&self.h2_open) = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// Forwards a WebSocket upgrade or a CONNECT on a connection of its own; when the server
+    /// accepts, both sides are spliced together until either closes.
+    async fn send_tunnel(&self, mut req: Request<BoxBody>) -> Result<Response<Incoming>, BoxError> {
+        let target = self.target.addr;
+        let connect = req.method() == http::Method::CONNECT;
+        let client = hyper::upgrade::on(&mut req);
+        let mut sender = match &self.target.server_id {
+            None => http1_handshake(self.shared.connect(target).await?, target).await?,
+            Some(id) => {
+                let io = self.shared.connect_tls(target, id, Alpn::Http1).await?;
+                http1_handshake(io, target).await?
+            }
+        };
+        let mut rsp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| UpstreamError::Request {
+                target,
+                source: e.into(),
+            })?;
+        let accepted = rsp.status() == StatusCode::SWITCHING_PROTOCOLS
+            || (connect && rsp.status().is_success());
+        if accepted {
+            let server = hyper::upgrade::on(&mut rsp);
+            self.shared.tunnels.spawn(async move {
+                match tokio::try_join!(client, server) {
+                    Ok((client, server)) => {
+                        let (mut client, mut server) = (TokioIo::new(client), TokioIo::new(server));
+                        if let Err(error) =
+                            tokio::io::copy_bidirectional(&mut client, &mut server).await
+                        {
+                            tracing::debug!(%target, %error, "tunnel closed with an error");
+                        }
+                    }
+                    Err(error) => tracing::debug!(%target, %error, "upgrade failed"),
+                }
+            });
+        }
+        Ok(rsp)
+    }
+}
+
+impl Shared {
+    /// Opens a TCP connection to `target` within the connect timeout (and with the socket mark).
+    async fn connect(&self, target: SocketAddr) -> Result<TcpStream, UpstreamError> {
+        Ok(self.connect.connect(target).await?)
+    }
+
+    /// Opens mutual TLS to the proxy of a meshed endpoint, which must prove `server_id`; the TLS
+    /// handshake gets a connect timeout of its own.
+    async fn connect_tls(
+        &self,
+        target: SocketAddr,
+        server_id: &Arc<str>,
+        alpn: Alpn,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
+        let tls_error = |source| UpstreamError::Tls {
+            target,
+            server_id: server_id.clone(),
+            source,
+        };
+        let Some(identity) = &self.identity else {
+            return Err(tls_error(io::Error::other("identity is disabled")));
+        };
+        let io = self.connect(target).await?;
+        let handshake = identity.connect(io, server_id, alpn);
+        let timeout = self.connect.timeout;
+        match tokio::time::timeout(timeout, handshake).await {
+            Ok(Ok(tls)) => Ok(tls),
+            Ok(Err(source)) => Err(tls_error(source)),
+            Err(_) => Err(tls_error(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("handshake timed out after {timeout:?}"),
+            ))),
+        }
+    }
+}
+
+/// `http://target/path?query`: the URI the HTTP/1 pool is keyed by.
+fn origin_uri(uri: &Uri, target: SocketAddr) -> Result<Uri, http::Error> {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    Uri::builder()
+        .scheme("http")
+        .authority(target.to_string())
+        .path_and_query(path)
+        .build()
+}
+
+async fn http2_handshake<I>(
+    io: I,
+    target: SocketAddr,
+) -> Result<conn::http2::SendRequest<BoxBody>, UpstreamError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|source| UpstreamError::Handshake { target, source })?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%target, %error, "HTTP/2 upstream connection failed");
+        }
+    });
+    Ok(sender)
+}
+
+async fn http1_handshake<I>(
+    io: I,
+    target: SocketAddr,
+) -> Result<conn::http1::SendRequest<BoxBody>, UpstreamError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = conn::http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|source| UpstreamError::Handshake { target, source })?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.with_upgrades().await {
+            tracing::debug!(%target, %error, "upgrade connection failed");
+        }
+    });
+    Ok(sender)
+}
+
+/// The HTTP/1 pool's connector: [`Connect`] to the target that the request's URI names
+/// (`http://IP:PORT/…`, set by [`Client`]).
+#[derive(Clone, Copy, Debug)]
+pub struct PoolConnector(Connect);
+
+impl tower::Service<Uri> for PoolConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = BoxFuture<'static, io::Result<Self::Response>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connect = self.0;
+        Box::pin(async move {
+            let target: SocketAddr = uri
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("{uri} does not name an IP address and port"),
+                    )
+                })?;
+            // `send_http1` adds the target; only the cause is wanted here.
+            match connect.connect(target).await {
+                Ok(io) => Ok(TokioIo::new(io)),
+                Err(crate::connect::ConnectError::Io { source, .. }) => Err(source),
+                Err(e) => Err(io::Error::new(io::ErrorKind::TimedOut, e.to_string())),
+            }
+        })
+    }
+}

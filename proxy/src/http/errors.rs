@@ -1,0 +1,216 @@
+//! The one place where an error becomes what the client gets: a response the proxy makes
+//! itself, with the status that says whose fault it was (400, 502, 503, 504) and the reason in
+//! `mesh-proxy-error`.
+//!
+//! Layers below return errors as values ([`NoEndpoints`], [`InvalidUri`], the upstream client's
+//! [`UpstreamError`] …); [`Failure::of`] reads the status and the metric label off them, so the
+//! metrics layer that records a failure and this layer that answers it always agree.
+
+use super::{client::UpstreamError, PROXY_ERROR_HEADER};
+use crate::svc::{BoxBody, BoxError};
+use bytes::Bytes;
+use futures_util::{future, FutureExt};
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use std::task::{Context, Poll};
+
+/// A mesh service with no endpoints, even after waiting the failfast timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("no endpoints for {0}")]
+pub struct NoEndpoints(pub String);
+
+/// A request URI the proxy cannot forward.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid request URI")]
+pub struct InvalidUri;
+
+/// An error the metrics layer has already recorded (as a response of the endpoint it was
+/// sent to): the layers above it answer it without counting it again.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct Recorded(pub BoxError);
+
+/// How a failed request is answered and counted.
+#[derive(Debug)]
+pub struct Failure {
+    pub status: StatusCode,
+    /// The `error` label of `response_total`.
+    pub label: &'static str,
+    /// What the client reads in `mesh-proxy-error` and the body.
+    pub message: String,
+}
+
+impl Failure {
+    /// What `error` means for the client.
+    pub fn of(error: &(dyn std::error::Error + 'static)) -> Self {
+        let error = match error.downcast_ref::<Recorded>() {
+            Some(Recorded(inner)) => &**inner,
+            None => error,
+        };
+        let (status, label) = if error.is::<NoEndpoints>() {
+            (StatusCode::SERVICE_UNAVAILABLE, "no_endpoints")
+        } else if error.is::<InvalidUri>() {
+            (StatusCode::BAD_REQUEST, "invalid_uri")
+        } else if let Some(upstream) = error.downcast_ref::<UpstreamError>() {
+            let status = match upstream {
+                UpstreamError::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            (status, upstream.label())
+        } else {
+            (StatusCode::BAD_GATEWAY, "upstream")
+        };
+        Self {
+            status,
+            label,
+            message: error_chain(error),
+        }
+    }
+
+    /// The response the client gets.
+    pub fn response(&self) -> Response<BoxBody> {
+        error_response(self.status, &self.message)
+    }
+}
+
+/// A response the proxy makes itself, with the reason in a header and the body.
+pub fn error_response(status: StatusCode, msg: &str) -> Response<BoxBody> {
+    let body = BoxBody::new(Full::new(Bytes::from(format!("{msg}\n"))));
+    let mut rsp = Response::new(body);
+    *rsp.status_mut() = status;
+    let reason =
+        HeaderValue::from_str(&msg.replace(|c: char| !c.is_ascii() || c.is_ascii_control(), " "))
+            .unwrap_or_else(|_| HeaderValue::from_static("proxy error"));
+    rsp.headers_mut().insert(PROXY_ERROR_HEADER, reason);
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    rsp
+}
+
+/// An error's message followed by its sources', `: `-separated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
+}
+
+/// Answers every error of the stack below with the response the client gets.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RespondLayer;
+
+#[derive(Clone, Debug)]
+pub struct Respond<S>(S);
+
+impl<S> tower::Layer<S> for RespondLayer {
+    type Service = Respond<S>;
+    fn layer(&self, inner: S) -> Respond<S> {
+        Respond(inner)
+    }
+}
+
+impl<S> tower::Service<Request<BoxBody>> for Respond<S>
+where
+    S: tower::Service<Request<BoxBody>, Response = Response<BoxBody>, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = future::Map<
+        S::Future,
+        fn(Result<Response<BoxBody>, BoxError>) -> Result<Response<BoxBody>, BoxError>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
+        self.0.call(req).map(|result| {
+            Ok(result.unwrap_or_else(|error| {
+                let failure = Failure::of(&*error);
+                tracing::info!(error = %failure.message, "request failed");
+                failure.response()
+            }))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use tower::{Service, ServiceExt};
+
+    #[test]
+    fn error_responses_carry_a_clean_reason() {
+        let rsp = error_response(
+            StatusCode::BAD_GATEWAY,
+            "connecting to 10.0.0.1:80: connection refused\r\nx",
+        );
+        assert_eq!(rsp.status(), 502);
+        assert_eq!(
+            rsp.headers()[PROXY_ERROR_HEADER],
+            "connecting to 10.0.0.1:80: connection refused  x"
+        );
+    }
+
+    #[test]
+    fn each_error_has_its_status_and_label() {
+        let target: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let check = |error: BoxError, status: u16, label: &str| {
+            let failure = Failure::of(&*error);
+            assert_eq!((failure.status.as_u16(), failure.label), (status, label));
+            let recorded: BoxError = Box::new(Recorded(error));
+            let failure = Failure::of(&*recorded);
+            assert_eq!(
+                (failure.status.as_u16(), failure.label),
+                (status, label),
+                "recorded errors answer the same"
+            );
+        };
+        check(Box::new(NoEndpoints("web:80".into())), 503, "no_endpoints");
+        check(Box::new(InvalidUri), 400, "invalid_uri");
+        check(
+            Box::new(UpstreamError::ConnectTimeout {
+                target,
+                timeout: std::time::Duration::from_secs(1),
+            }),
+            504,
+            "connect_timeout",
+        );
+        check(
+            Box::new(UpstreamError::Connect {
+                target,
+                source: std::io::ErrorKind::ConnectionRefused.into(),
+            }),
+            502,
+            "connect",
+        );
+        check("anything else".into(), 502, "upstream");
+    }
+
+    #[tokio::test]
+    async fn the_layer_turns_errors_into_responses() {
+        let failing = tower::service_fn(|_: Request<BoxBody>| async {
+            Err::<Response<BoxBody>, BoxError>(Box::new(NoEndpoints("web.demo:80".into())))
+        });
+        let mut svc = tower::Layer::layer(&RespondLayer, failing);
+        let req = Request::new(BoxBody::default());
+        let rsp = svc.ready().await.unwrap().call(req).await.unwrap();
+        assert_eq!(rsp.status(), 503);
+        assert_eq!(
+            rsp.headers()[PROXY_ERROR_HEADER],
+            "no endpoints for web.demo:80"
+        );
+    }
+}
