@@ -1043,4 +1043,206 @@ mod tests {
         );
         assert!(pick::<Arc<EndpointState>>(&[], |e| e, &config, now, |_| 0).is_none());
     }
+
+    /// `Balance`, the service, over endpoint services that answer at once.
+    mod service {
+        use super::*;
+        use http::{Response, StatusCode};
+        use std::{
+            convert::Infallible,
+            future::{ready, Ready},
+            sync::atomic::AtomicUsize,
+        };
+        use tower::{Service, ServiceExt};
+
+        /// An endpoint's service: answers `status` (`None`: fails) and counts its requests.
+        #[derive(Clone)]
+        struct Answer {
+            status: Option<StatusCode>,
+            calls: Arc<AtomicUsize>,
+        }
+
+        impl Service<()> for Answer {
+            type Response = Response<()>;
+            type Error = &'static str;
+            type Future = Ready<Result<Response<()>, &'static str>>;
+
+            fn poll_ready(
+                &mut self,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Result<(), &'static str>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+
+            fn call(&mut self, (): ()) -> Self::Future {
+                self.calls.fetch_add(1, Ordering::Relaxed);
+                ready(self.status.ok_or("connection refused").map(|status| {
+                    let mut rsp = Response::new(());
+                    *rsp.status_mut() = status;
+                    rsp
+                }))
+            }
+        }
+
+        /// A balancer over one endpoint per answer, and each endpoint's request count.
+        fn balance(
+            config: BalanceConfig,
+            answers: &[Option<StatusCode>],
+        ) -> (Balance<Answer>, Vec<Arc<AtomicUsize>>) {
+            let states = endpoints(answers.len() as u16, &config, Instant::now());
+            let set: Vec<_> = states
+                .into_iter()
+                .zip(answers)
+                .map(|(state, &status)| {
+                    let calls = Arc::default();
+                    (state, Answer { status, calls })
+                })
+                .collect();
+            let calls = set.iter().map(|(_, a)| a.calls.clone()).collect();
+            (Balance::new(set.into(), Arc::new(config)), calls)
+        }
+
+        fn counts(calls: &[Arc<AtomicUsize>]) -> Vec<usize> {
+            calls.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+        }
+
+        const OK: Option<StatusCode> = Some(StatusCode::OK);
+
+        #[tokio::test]
+        async fn requests_go_to_the_endpoint_services_of_the_set() {
+            let (mut balance, calls) = balance(BalanceConfig::default(), &[OK, OK]);
+            for _ in 0..2 {
+                let rsp = balance.ready().await.unwrap().call(()).await.unwrap();
+                assert_eq!(rsp.status(), StatusCode::OK);
+            }
+            assert_eq!(
+                counts(&calls),
+                [1, 1],
+                "a never-used endpoint gets its turn"
+            );
+        }
+
+        #[tokio::test]
+        async fn a_5xx_or_an_error_is_a_failure() {
+            let check = |answer: Option<StatusCode>, failure: bool| async move {
+                let config = BalanceConfig {
+                    failures_to_eject: 1,
+                    ..BalanceConfig::default()
+                };
+                let (mut balance, _) = balance(config, &[answer]);
+                let _ = balance.ready().await.unwrap().call(()).await;
+                let state = &balance.endpoints()[0].0;
+                assert_eq!(state.is_ejected(Instant::now()), failure, "{answer:?}");
+            };
+            check(Some(StatusCode::OK), false).await;
+            check(Some(StatusCode::NOT_FOUND), false).await;
+            check(Some(StatusCode::INTERNAL_SERVER_ERROR), true).await;
+            check(Some(StatusCode::SERVICE_UNAVAILABLE), true).await;
+            check(None, true).await;
+        }
+
+        #[tokio::test]
+        async fn an_endpoint_that_keeps_failing_is_ejected_and_the_other_takes_the_traffic() {
+            let config = BalanceConfig {
+                failures_to_eject: 3,
+                min_ejection: Duration::from_secs(3_600),
+                max_ejection: Duration::from_secs(3_600),
+                ..BalanceConfig::default()
+            };
+            let (mut balance, calls) =
+                balance(config, &[Some(StatusCode::INTERNAL_SERVER_ERROR), OK]);
+            let failing = balance.endpoints()[0].0.clone();
+            let send_until_failing_got = |n: usize| {
+                let mut balance = balance.clone();
+                let calls = calls.clone();
+                async move {
+                    for _ in 0..100 {
+                        if calls[0].load(Ordering::Relaxed) == n {
+                            return;
+                        }
+                        balance.ready().await.unwrap().call(()).await.unwrap();
+                    }
+                    panic!("the failing endpoint never got {n} requests");
+                }
+            };
+            send_until_failing_got(2).await;
+            assert!(
+                !failing.is_ejected(Instant::now()),
+                "two failures are not enough"
+            );
+            send_until_failing_got(3).await;
+            assert!(failing.is_ejected(Instant::now()), "three eject it");
+
+            let before = counts(&calls);
+            for _ in 0..20 {
+                let rsp = balance.ready().await.unwrap().call(()).await.unwrap();
+                assert_eq!(rsp.status(), StatusCode::OK);
+            }
+            assert_eq!(counts(&calls), [before[0], before[1] + 20]);
+        }
+
+        /// An endpoint's service whose answer waits for its sender.
+        #[derive(Clone)]
+        struct Held(Arc<Mutex<Option<tokio::sync::oneshot::Receiver<()>>>>);
+
+        impl Service<()> for Held {
+            type Response = Response<()>;
+            type Error = Infallible;
+            type Future =
+                futures_util::future::BoxFuture<'static, Result<Response<()>, Infallible>>;
+
+            fn poll_ready(
+                &mut self,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Result<(), Infallible>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+
+            fn call(&mut self, (): ()) -> Self::Future {
+                let answer = lock(&self.0).take();
+                Box::pin(async move {
+                    if let Some(answer) = answer {
+                        let _ = answer.await;
+                    }
+                    Ok(Response::new(()))
+                })
+            }
+        }
+
+        /// A balancer over one endpoint whose answer waits for the returned sender.
+        fn held() -> (
+            Balance<Held>,
+            Arc<EndpointState>,
+            tokio::sync::oneshot::Sender<()>,
+        ) {
+            let config = BalanceConfig::default();
+            let state = endpoints(1, &config, Instant::now()).remove(0);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let svc = Held(Arc::new(Mutex::new(Some(rx))));
+            let balance = Balance::new(vec![(state.clone(), svc)].into(), Arc::new(config));
+            (balance, state, tx)
+        }
+
+        #[tokio::test]
+        async fn a_request_is_in_flight_until_its_response_arrives() {
+            let (mut balance, state, answer) = held();
+            let rsp = balance.ready().await.unwrap().call(());
+            assert_eq!(state.pending.load(Ordering::Relaxed), 1);
+            let rsp = tokio::spawn(rsp);
+            answer.send(()).unwrap();
+            rsp.await.unwrap().unwrap();
+            assert_eq!(state.pending.load(Ordering::Relaxed), 0);
+            assert!(lock(&state.rtt).estimate.is_some(), "its round trip counts");
+        }
+
+        #[tokio::test]
+        async fn a_request_dropped_before_its_response_is_no_longer_in_flight() {
+            let (mut balance, state, _answer) = held();
+            let rsp = balance.ready().await.unwrap().call(());
+            assert_eq!(state.pending.load(Ordering::Relaxed), 1);
+            drop(rsp);
+            assert_eq!(state.pending.load(Ordering::Relaxed), 0);
+            assert!(lock(&state.rtt).estimate.is_none(), "nothing to record");
+        }
+    }
 }

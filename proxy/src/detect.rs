@@ -610,4 +610,192 @@ mod tests {
             .unwrap();
         assert_eq!(d.protocol, Protocol::HTTP1);
     }
+
+    /// The detection layer and the protocol switch, on connections over 127.0.0.1.
+    mod layer {
+        use super::*;
+        use crate::{svc::NewFn, transport::Accepted};
+        use std::net::SocketAddr;
+        use tokio::io::AsyncWriteExt;
+        use tokio::net::{TcpListener, TcpStream};
+        use tokio::sync::mpsc;
+        use tower::ServiceExt;
+
+        /// What a stage was given: its name, the protocol of its target, and every byte it read.
+        type Served = (&'static str, Protocol, Vec<u8>);
+
+        /// A toy codec's protocol: lines that start with `PING`.
+        const PING: Protocol = Protocol("ping");
+
+        struct Ping;
+        impl Recognize for Ping {
+            fn protocol(&self) -> Protocol {
+                PING
+            }
+            fn recognize(&self, prefix: &[u8]) -> Option<bool> {
+                let n = prefix.len().min(4);
+                if prefix[..n] != b"PING"[..n] {
+                    return Some(false);
+                }
+                (n == 4).then_some(true)
+            }
+        }
+
+        /// A connection-level stage that reads each connection to its end, then sends what it
+        /// was given.
+        fn reader<T: Param<Protocol> + Send + 'static>(
+            name: &'static str,
+            tx: mpsc::UnboundedSender<Served>,
+        ) -> impl NewService<
+            T,
+            Service = impl tower::Service<
+                BoxIo,
+                Response = (),
+                Error = BoxError,
+                Future = ConnFuture,
+            > + Send
+                          + 'static,
+        > + Clone
+               + Send
+               + Sync
+               + 'static {
+            NewFn(move |target: T| {
+                let tx = tx.clone();
+                let protocol = target.param();
+                tower::service_fn(move |mut io: BoxIo| -> ConnFuture {
+                    let tx = tx.clone();
+                    Box::pin(async move {
+                        let mut bytes = Vec::new();
+                        io.read_to_end(&mut bytes).await?;
+                        let _ = tx.send((name, protocol, bytes));
+                        Ok(())
+                    })
+                })
+            })
+        }
+
+        fn config(recognizers: Recognizers, opaque_ports: &str) -> DetectConfig {
+            DetectConfig {
+                recognizers,
+                // Longer than any test: a test that waited for it would time out.
+                timeout: Duration::from_secs(60),
+                capacity: 1024,
+                opaque_ports: opaque_ports.parse().unwrap(),
+                opaque_tls_peek: None,
+            }
+        }
+
+        /// Serves one connection to `port` that sends `sent` and closes its side, with `stack`.
+        async fn serve<N, S>(stack: &N, port: u16, sent: &[u8])
+        where
+            N: NewService<Accepted, Service = S>,
+            S: tower::Service<BoxIo, Response = (), Error = BoxError, Future = ConnFuture>,
+        {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut client = TcpStream::connect(listener.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (server, client_addr) = listener.accept().await.unwrap();
+            client.write_all(sent).await.unwrap();
+            client.shutdown().await.unwrap();
+            let target = Accepted {
+                client: client_addr,
+                orig_dst: SocketAddr::from(([10, 0, 0, 2], port)),
+            };
+            let conn = stack.new_service(target).oneshot(BoxIo::new(server));
+            tokio::time::timeout(Duration::from_secs(10), conn)
+                .await
+                .expect("served within the deadline")
+                .unwrap();
+        }
+
+        #[tokio::test]
+        async fn the_bytes_read_to_detect_are_replayed_to_the_inner_stage() {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let stack = tower::Layer::layer(&config(Recognizers::default(), "").layer(), {
+                reader::<Detect<Accepted>>("inner", tx)
+            });
+            let sent = b"GET /x HTTP/1.1\r\nHost: web\r\n\r\nand what follows";
+            serve(&stack, 80, sent).await;
+            assert_eq!(
+                rx.try_recv().unwrap(),
+                ("inner", Protocol::HTTP1, sent.to_vec())
+            );
+        }
+
+        #[tokio::test]
+        async fn opaque_ports_skip_detection() {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let stack = tower::Layer::layer(
+                &config(Recognizers::default(), "5432").layer(),
+                reader::<Detect<Accepted>>("inner", tx),
+            );
+            let sent = b"GET / HTTP/1.1\r\n\r\n";
+            serve(&stack, 5432, sent).await;
+            assert_eq!(
+                rx.try_recv().unwrap(),
+                ("inner", Protocol::OPAQUE, sent.to_vec()),
+                "HTTP on an opaque port is not looked at"
+            );
+            serve(&stack, 5433, sent).await;
+            assert_eq!(rx.try_recv().unwrap().1, Protocol::HTTP1);
+        }
+
+        #[tokio::test]
+        async fn an_opaque_port_with_a_tls_peek_sees_only_a_client_hello() {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let detect = DetectConfig {
+                opaque_tls_peek: Some(Duration::from_secs(60)),
+                ..config(Recognizers::default(), "5432")
+            };
+            let stack =
+                tower::Layer::layer(&detect.layer(), reader::<Detect<Accepted>>("inner", tx));
+            let hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00];
+            serve(&stack, 5432, &hello).await;
+            assert_eq!(
+                rx.try_recv().unwrap(),
+                ("inner", Protocol::TLS, hello.to_vec())
+            );
+            let http = b"GET / HTTP/1.1\r\n\r\n";
+            serve(&stack, 5432, http).await;
+            assert_eq!(
+                rx.try_recv().unwrap(),
+                ("inner", Protocol::OPAQUE, http.to_vec()),
+                "anything else stays opaque, its bytes replayed"
+            );
+        }
+
+        #[tokio::test]
+        async fn the_switch_routes_a_codecs_protocol_to_its_stage() {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let ping = reader::<Detect<Accepted>>("ping", tx.clone());
+            let codec: BoxNewConn<Detect<Accepted>> =
+                Arc::new(NewFn(move |t| BoxConn::new(ping.new_service(t))));
+            let switch = NewSwitch::new(reader("http", tx.clone()), reader("opaque", tx))
+                .with_codecs([(PING, codec)]);
+            let recognizers = Recognizers::default().with([Arc::new(Ping) as Arc<dyn Recognize>]);
+            let stack = tower::Layer::layer(&config(recognizers, "").layer(), switch);
+            let cases: [(&[u8], &str, Protocol); 6] = [
+                (b"PING\r\n", "ping", PING),
+                (b"PING and more\r\n", "ping", PING),
+                (
+                    b"GET / HTTP/1.1\r\nHost: web\r\n\r\n",
+                    "http",
+                    Protocol::HTTP1,
+                ),
+                (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "http", Protocol::HTTP2),
+                (b"PONG\r\n", "opaque", Protocol::OPAQUE),
+                (b"\x00\x01binary", "opaque", Protocol::OPAQUE),
+            ];
+            for (sent, stage, protocol) in cases {
+                serve(&stack, 80, sent).await;
+                assert_eq!(
+                    rx.try_recv().unwrap(),
+                    (stage, protocol, sent.to_vec()),
+                    "{:?}",
+                    String::from_utf8_lossy(sent)
+                );
+            }
+        }
+    }
 }

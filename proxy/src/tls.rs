@@ -247,3 +247,241 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::IdentityConfig,
+        metrics::{Direction, IdentityMetrics, Metrics, RefusedLabels, NO_TLS_FROM_REMOTE},
+        svc::NewFn,
+        transport::Accepted,
+    };
+    use mesh_api::identity::{ca, credentials::provider, Identity};
+    use rustls::pki_types::ServerName;
+    use std::{io, net::SocketAddr};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::mpsc;
+
+    /// Both ends of a connection over 127.0.0.1: (client, server).
+    async fn tcp_pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    fn accepted(port: u16) -> Accepted {
+        Accepted {
+            client: "10.0.0.1:40000".parse().unwrap(),
+            orig_dst: SocketAddr::from(([10, 0, 0, 2], port)),
+        }
+    }
+
+    fn refuse(metrics: &Metrics) -> Refuse {
+        Refuse {
+            metrics: metrics.clone(),
+            direction: Direction::Inbound,
+        }
+    }
+
+    fn refused(metrics: &Metrics, reason: &'static str) -> u64 {
+        let labels = RefusedLabels {
+            direction: Direction::Inbound,
+            reason,
+        };
+        metrics.tcp_refused_total.get_or_create(&labels).get()
+    }
+
+    /// A connection-level stage that reads each connection to its end, then sends its target
+    /// and the bytes it read.
+    fn reader<T: Send + 'static>(
+        tx: mpsc::UnboundedSender<(T, Vec<u8>)>,
+    ) -> impl NewService<
+        T,
+        Service = impl tower::Service<BoxIo, Response = (), Error = BoxError, Future = ConnFuture>
+                      + Send,
+    > + Clone
+           + Send
+           + 'static {
+        NewFn(move |target: T| {
+            let tx = tx.clone();
+            let mut target = Some(target);
+            tower::service_fn(move |mut io: BoxIo| -> ConnFuture {
+                let tx = tx.clone();
+                let target = target.take();
+                Box::pin(async move {
+                    let mut bytes = Vec::new();
+                    io.read_to_end(&mut bytes).await?;
+                    let _ = tx.send((target.expect("a connection is served once"), bytes));
+                    Ok(())
+                })
+            })
+        })
+    }
+
+    /// The proxy's identity (`web.demo…`), without a certificate.
+    fn local_identity(dir: &std::path::Path) -> Arc<LocalIdentity> {
+        let anchor = ca::new_trust_anchor("cluster.local", Duration::from_secs(86_400)).unwrap();
+        let config = IdentityConfig {
+            name: Identity::new("web", "demo", "cluster.local").unwrap(),
+            addr: "127.0.0.1:1".into(),
+            server_name: Identity::controller("cluster.local").unwrap(),
+            token_file: dir.join("token"),
+            trust_anchors: ca::certs_from_pem(&anchor.cert_pem, "anchors").unwrap(),
+            dir: dir.to_path_buf(),
+        };
+        LocalIdentity::new(config, IdentityMetrics::default(), Default::default()).unwrap()
+    }
+
+    /// The ClientHello a rustls client sends for `server_name` (the same bytes tokio-rustls
+    /// writes first).
+    fn client_hello(server_name: &str) -> Vec<u8> {
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = ServerName::try_from(server_name.to_string()).unwrap();
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).unwrap();
+        out
+    }
+
+    fn terminate_config(identity: Arc<LocalIdentity>, metrics: &Metrics) -> TerminateConfig {
+        TerminateConfig {
+            identity,
+            timeout: Duration::from_secs(30),
+            capacity: 16 * 1024,
+            refuse: refuse(metrics),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_port_that_requires_identity_refuses_a_connection_with_a_reset() {
+        let metrics = Metrics::new(10, true);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let layer = NewRequireIdentity::layer(
+            "8443".parse().unwrap(),
+            NO_TLS_FROM_REMOTE,
+            refuse(&metrics),
+        );
+        let stack = tower::Layer::layer(&layer, reader::<Decided<Accepted>>(tx));
+        let (mut client, server) = tcp_pair().await;
+        stack
+            .new_service(accepted(8443))
+            .oneshot(BoxIo::new(server))
+            .await
+            .unwrap();
+        let err = client.read(&mut [0; 1]).await.expect_err("a reset");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+        assert_eq!(refused(&metrics, "identity_required"), 1);
+        assert!(rx.try_recv().is_err(), "the stage below never sees it");
+    }
+
+    #[tokio::test]
+    async fn other_ports_pass_with_no_identity_and_the_reason() {
+        let metrics = Metrics::new(10, true);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let layer = NewRequireIdentity::layer(
+            "8443".parse().unwrap(),
+            NO_TLS_FROM_REMOTE,
+            refuse(&metrics),
+        );
+        let stack = tower::Layer::layer(&layer, reader::<Decided<Accepted>>(tx));
+        let (mut client, server) = tcp_pair().await;
+        client.write_all(b"hello").await.unwrap();
+        client.shutdown().await.unwrap();
+        stack
+            .new_service(accepted(8080))
+            .oneshot(BoxIo::new(server))
+            .await
+            .unwrap();
+        let (target, bytes) = rx.recv().await.unwrap();
+        assert_eq!(target.tls, Tls::NoIdentity(NO_TLS_FROM_REMOTE));
+        assert_eq!(target.parent.orig_dst.port(), 8080);
+        assert_eq!(bytes, b"hello");
+        assert_eq!(refused(&metrics, "identity_required"), 0);
+    }
+
+    /// What the passthrough stage reads of a connection that sent `sent` on the TLS stage,
+    /// and whether the meshed stage was asked for it.
+    async fn passthrough(sent: &[u8]) -> (Vec<u8>, bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new(10, true);
+        let (meshed_tx, mut meshed_rx) = mpsc::unbounded_channel();
+        let (pass_tx, mut pass_rx) = mpsc::unbounded_channel();
+        let terminate = NewTerminate::new(
+            terminate_config(local_identity(dir.path()), &metrics),
+            reader::<Decided<Accepted>>(meshed_tx),
+            reader::<Accepted>(pass_tx),
+        );
+        let (mut client, server) = tcp_pair().await;
+        client.write_all(sent).await.unwrap();
+        client.shutdown().await.unwrap();
+        terminate
+            .new_service(accepted(8080))
+            .oneshot(BoxIo::new(server))
+            .await
+            .unwrap();
+        let (_, bytes) = pass_rx.try_recv().expect("passed through");
+        (bytes, meshed_rx.try_recv().is_ok())
+    }
+
+    #[tokio::test]
+    async fn tls_for_another_name_passes_through_with_every_byte() {
+        let mut sent = client_hello("db.example.com");
+        // What a TLS 1.3 client sends next (a middlebox-compatibility ChangeCipherSpec): the
+        // bytes after the hello are replayed too.
+        let after_hello = [0x14, 0x03, 0x03, 0x00, 0x01, 0x01];
+        sent.extend_from_slice(&after_hello);
+        assert_eq!(
+            identity::client_hello(&sent),
+            Hello::ServerName(Some("db.example.com".into())),
+            "the stage decides on the server name"
+        );
+        let (got, meshed) = passthrough(&sent).await;
+        assert_eq!(got, sent);
+        assert!(!meshed);
+    }
+
+    #[tokio::test]
+    async fn bytes_that_are_not_a_client_hello_pass_through() {
+        let sent = b"\x16\x03\x01\x00\x05\x02hello".to_vec();
+        let (got, meshed) = passthrough(&sent).await;
+        assert_eq!(got, sent);
+        assert!(!meshed);
+    }
+
+    #[tokio::test]
+    async fn a_hello_for_the_proxys_name_is_terminated_and_a_failed_handshake_counted() {
+        // Without a certificate the proxy cannot answer: the handshake fails.
+        let dir = tempfile::tempdir().unwrap();
+        let identity = local_identity(dir.path());
+        let metrics = Metrics::new(10, true);
+        let (meshed_tx, mut meshed_rx) = mpsc::unbounded_channel();
+        let (pass_tx, mut pass_rx) = mpsc::unbounded_channel();
+        let terminate = NewTerminate::new(
+            terminate_config(identity.clone(), &metrics),
+            reader::<Decided<Accepted>>(meshed_tx),
+            reader::<Accepted>(pass_tx),
+        );
+        let (mut client, server) = tcp_pair().await;
+        client
+            .write_all(&client_hello(identity.name()))
+            .await
+            .unwrap();
+        terminate
+            .new_service(accepted(8080))
+            .oneshot(BoxIo::new(server))
+            .await
+            .unwrap();
+        assert_eq!(refused(&metrics, "tls_handshake"), 1);
+        assert!(pass_rx.try_recv().is_err(), "not passed through");
+        assert!(meshed_rx.try_recv().is_err(), "no identity proven");
+    }
+}

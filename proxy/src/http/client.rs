@@ -427,3 +427,137 @@ impl tower::Service<Uri> for PoolConnector {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::errors::Failure;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use std::{
+        convert::Infallible,
+        sync::atomic::{AtomicUsize, Ordering},
+    };
+    use tokio::net::TcpListener;
+    use tower::ServiceExt;
+
+    /// An HTTP/1 and HTTP/2 server on 127.0.0.1 that answers with what it received (version,
+    /// URI, `Host`), and how many connections it accepted.
+    async fn server() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((io, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let echo = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let host = req.headers().get(http::header::HOST);
+                    let host = host.map_or("-", |h| h.to_str().unwrap_or("?"));
+                    let seen = format!("{:?} {} {host}", req.version(), req.uri());
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(seen))))
+                });
+                tokio::spawn(async move {
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = builder.serve_connection(TokioIo::new(io), echo).await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// The client of the endpoint at `addr`, plaintext.
+    fn client(addr: SocketAddr) -> Client {
+        let connect = Connect {
+            timeout: Duration::from_secs(10),
+            mark: None,
+        };
+        let new_client = NewClient::new(connect, Duration::from_secs(60), None, Drain::new());
+        new_client.new_service(EndpointAddr {
+            addr,
+            server_id: None,
+        })
+    }
+
+    fn request(version: Version, uri: &str, host: Option<&str>) -> Request<BoxBody> {
+        let mut req = Request::builder().version(version).uri(uri);
+        if let Some(host) = host {
+            req = req.header(http::header::HOST, host);
+        }
+        req.body(BoxBody::empty()).unwrap()
+    }
+
+    /// What the server says it received.
+    async fn send(client: &Client, req: Request<BoxBody>) -> String {
+        let rsp = client.clone().oneshot(req).await.unwrap();
+        let body = rsp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn http1_requests_go_to_the_endpoint_in_origin_form_with_their_host() {
+        let (addr, _) = server().await;
+        let client = client(addr);
+        for uri in ["http://web.demo:8080/path?q=1", "/path?q=1"] {
+            let req = request(Version::HTTP_11, uri, Some("web.demo:8080"));
+            assert_eq!(
+                send(&client, req).await,
+                "HTTP/1.1 /path?q=1 web.demo:8080",
+                "{uri}"
+            );
+        }
+        let req = request(
+            Version::HTTP_11,
+            "http://web.demo:8080",
+            Some("web.demo:8080"),
+        );
+        assert_eq!(send(&client, req).await, "HTTP/1.1 / web.demo:8080");
+    }
+
+    #[tokio::test]
+    async fn http2_requests_to_one_endpoint_share_one_connection() {
+        let (addr, accepted) = server().await;
+        let client = client(addr);
+        let req = || request(Version::HTTP_2, "http://web.demo:8080/x", None);
+        let (a, b, c) = tokio::join!(
+            send(&client, req()),
+            send(&client, req()),
+            send(&client, req())
+        );
+        for seen in [a, b, c] {
+            assert_eq!(seen, "HTTP/2.0 http://web.demo:8080/x -");
+        }
+        send(&client, req()).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_a_connect_error() {
+        let addr = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        let client = client(addr);
+        for (version, uri) in [
+            (Version::HTTP_11, "/x"),
+            (Version::HTTP_2, "http://web.demo:8080/x"),
+        ] {
+            let req = request(version, uri, Some("web.demo:8080"));
+            let err = client.clone().oneshot(req).await.unwrap_err();
+            let upstream = err
+                .downcast_ref::<UpstreamError>()
+                .expect("an UpstreamError");
+            assert!(
+                matches!(upstream, UpstreamError::Connect { target, .. } if *target == addr),
+                "{version:?}: {upstream:?}"
+            );
+            assert_eq!(upstream.label(), "connect");
+            let failure = Failure::of(&*err);
+            assert_eq!(
+                (failure.status, failure.label),
+                (StatusCode::BAD_GATEWAY, "connect")
+            );
+        }
+    }
+}

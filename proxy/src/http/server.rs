@@ -184,3 +184,189 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        metrics::{Metrics, NO_TLS_DISABLED},
+        svc::NewFn,
+        tap::TapConfig,
+    };
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::client::conn as client;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A detected HTTP connection.
+    #[derive(Clone)]
+    struct Conn {
+        protocol: Protocol,
+        client: SocketAddr,
+        orig_dst: SocketAddr,
+        tls: Tls,
+    }
+
+    impl Param<Protocol> for Conn {
+        fn param(&self) -> Protocol {
+            self.protocol
+        }
+    }
+
+    impl Param<ClientAddr> for Conn {
+        fn param(&self) -> ClientAddr {
+            ClientAddr(self.client)
+        }
+    }
+
+    impl Param<OrigDst> for Conn {
+        fn param(&self) -> OrigDst {
+            OrigDst(self.orig_dst)
+        }
+    }
+
+    impl Param<Tls> for Conn {
+        fn param(&self) -> Tls {
+            self.tls.clone()
+        }
+    }
+
+    fn orig_dst() -> SocketAddr {
+        "10.96.0.10:80".parse().unwrap()
+    }
+
+    /// A request stack that answers with what it knows of the request: its version, its
+    /// connection (client, original destination, client identity) and its body; `/fail` fails.
+    async fn echo(req: Request<BoxBody>) -> Result<Response<BoxBody>, BoxError> {
+        if req.uri().path() == "/fail" {
+            return Err("the stack failed".into());
+        }
+        let version = req.version();
+        let conn = req
+            .extensions()
+            .get::<Received>()
+            .expect("the server notes where a request arrived")
+            .conn
+            .clone();
+        let body = req.into_body().collect().await?.to_bytes();
+        let seen = format!(
+            "{version:?} {} {} {:?} {}",
+            conn.client,
+            conn.orig_dst,
+            conn.client_id,
+            String::from_utf8_lossy(&body)
+        );
+        Ok(Response::new(BoxBody::new(Full::new(Bytes::from(seen)))))
+    }
+
+    /// A connection from a client on 127.0.0.1 to the server, served as `protocol` with
+    /// `tls`: the client's end and its address, and the connection's future.
+    async fn connect(
+        protocol: Protocol,
+        tls: Tls,
+        drain: &Drain,
+    ) -> (
+        TcpStream,
+        SocketAddr,
+        tokio::task::JoinHandle<Result<(), BoxError>>,
+    ) {
+        let settings = HttpSettings {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+        };
+        let taps = Taps::new(&TapConfig::default(), None, Metrics::new(10, false));
+        let layer = NewServeHttp::layer(settings, drain.clone(), taps);
+        let serve = tower::Layer::layer(&layer, NewFn(|_: Conn| tower::service_fn(echo)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (io, client_addr) = listener.accept().await.unwrap();
+        let target = Conn {
+            protocol,
+            client: client_addr,
+            orig_dst: orig_dst(),
+            tls,
+        };
+        let conn = tokio::spawn(serve.new_service(target).oneshot(BoxIo::new(io)));
+        (client, client_addr, conn)
+    }
+
+    /// Sends `path` with `body` over `io` in the connection's protocol.
+    async fn send(protocol: Protocol, io: TcpStream, path: &str, body: &str) -> Response<Bytes> {
+        let body = Full::new(Bytes::from(body.to_string()));
+        let rsp = if protocol == Protocol::HTTP2 {
+            let io = TokioIo::new(io);
+            let (mut sender, conn) = client::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let uri = format!("http://web{path}");
+            let req = Request::post(uri).body(body).unwrap();
+            sender.send_request(req).await.unwrap()
+        } else {
+            let (mut sender, conn) = client::http1::handshake(TokioIo::new(io)).await.unwrap();
+            tokio::spawn(conn);
+            let req = Request::post(path).header("host", "web").body(body);
+            sender.send_request(req.unwrap()).await.unwrap()
+        };
+        let (parts, body) = rsp.into_parts();
+        Response::from_parts(parts, body.collect().await.unwrap().to_bytes())
+    }
+
+    const PROTOCOLS: [Protocol; 2] = [Protocol::HTTP1, Protocol::HTTP2];
+
+    #[tokio::test]
+    async fn requests_are_served_with_the_connection_they_arrived_on() {
+        let id: Arc<str> = Arc::from("web.demo.serviceaccount.identity.mesh.cluster.local");
+        for (protocol, tls) in [
+            (Protocol::HTTP1, Tls::NoIdentity(NO_TLS_DISABLED)),
+            (Protocol::HTTP2, Tls::Established(id.clone())),
+        ] {
+            let drain = Drain::new();
+            let (io, client, _) = connect(protocol, tls.clone(), &drain).await;
+            let rsp = send(protocol, io, "/x", "hello").await;
+            assert_eq!(rsp.status(), http::StatusCode::OK);
+            let (version, client_id) = match tls {
+                Tls::Established(id) => ("HTTP/2.0", Some(id)),
+                Tls::NoIdentity(_) => ("HTTP/1.1", None),
+            };
+            assert_eq!(
+                rsp.body(),
+                &format!("{version} {client} {} {client_id:?} hello", orig_dst()),
+                "{protocol:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_error_that_reaches_the_server_is_answered_as_a_failure() {
+        for protocol in PROTOCOLS {
+            let drain = Drain::new();
+            let (io, _, _) = connect(protocol, Tls::NoIdentity(NO_TLS_DISABLED), &drain).await;
+            let rsp = send(protocol, io, "/fail", "").await;
+            assert_eq!(rsp.status(), http::StatusCode::BAD_GATEWAY, "{protocol:?}");
+            assert_eq!(
+                rsp.headers()[crate::http::PROXY_ERROR_HEADER],
+                "the stack failed",
+                "{protocol:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_closes_once_draining_starts() {
+        for protocol in PROTOCOLS {
+            let drain = Drain::new();
+            let (io, _, conn) = connect(protocol, Tls::NoIdentity(NO_TLS_DISABLED), &drain).await;
+            let rsp = send(protocol, io, "/x", "").await;
+            assert_eq!(rsp.status(), http::StatusCode::OK);
+            drain.start();
+            tokio::time::timeout(Duration::from_secs(10), conn)
+                .await
+                .expect("closed within the deadline")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}

@@ -207,3 +207,306 @@ impl<N: NewService<Endpoint, Service = S>, S: Clone> Shared<N, S> {
             .clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        discover::DiscoveryConfig,
+        http::server::ConnInfo,
+        metrics::{Metrics, NO_TLS_DISABLED},
+        outbound::{Logical, LogicalAddr},
+        svc::NewFn,
+        tap::{TapConfig, Taps},
+    };
+    use http_body_util::StreamBody;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use mesh_api::destination::{self as api, Add, Remove, Update};
+    use std::{
+        collections::HashSet,
+        convert::Infallible,
+        future::{ready, Ready},
+    };
+    use tokio::{net::TcpListener, sync::mpsc};
+
+    const WEB: &str = "web.demo.svc.cluster.local:80";
+
+    /// An endpoint stack that answers with its address in the `endpoint` header.
+    #[derive(Clone)]
+    struct Answer(SocketAddr);
+
+    impl tower::Service<Request<BoxBody>> for Answer {
+        type Response = Response<BoxBody>;
+        type Error = BoxError;
+        type Future = Ready<Result<Response<BoxBody>, BoxError>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<BoxBody>) -> Self::Future {
+            let mut rsp = Response::new(BoxBody::empty());
+            let addr = self
+                .0
+                .to_string()
+                .parse()
+                .expect("an address is a header value");
+            rsp.headers_mut().insert("endpoint", addr);
+            ready(Ok(rsp))
+        }
+    }
+
+    /// Endpoint stacks, and the targets they were made for, in order.
+    fn new_endpoint() -> (
+        impl NewService<Endpoint, Service = Answer> + Clone + Send + Sync + 'static,
+        Arc<Mutex<Vec<Endpoint>>>,
+    ) {
+        let made = Arc::new(Mutex::new(Vec::new()));
+        let noted = made.clone();
+        let new_endpoint = NewFn(move |ep: Endpoint| {
+            let addr = ep.addr;
+            lock(&noted).push(ep);
+            Answer(addr)
+        });
+        (new_endpoint, made)
+    }
+
+    fn made_for(made: &Mutex<Vec<Endpoint>>) -> Vec<u16> {
+        lock(made).iter().map(|ep| ep.addr.port()).collect()
+    }
+
+    fn route() -> Route {
+        Route::default_for(Logical {
+            addr: LogicalAddr::Name(WEB.into()),
+            no_tls: NO_TLS_DISABLED,
+        })
+    }
+
+    fn orig_dst() -> SocketAddr {
+        "10.96.0.10:80".parse().unwrap()
+    }
+
+    /// A request as the HTTP server hands it on, from a connection to [`orig_dst`].
+    fn request() -> Request<BoxBody> {
+        let taps = Taps::new(&TapConfig::default(), None, Metrics::new(10, false));
+        let mut req = Request::builder()
+            .uri("/")
+            .header("host", "web")
+            .body(BoxBody::empty())
+            .unwrap();
+        req.extensions_mut().insert(Received {
+            at: std::time::Instant::now(),
+            conn: Arc::new(ConnInfo {
+                client: "10.0.0.1:40000".parse().unwrap(),
+                orig_dst: orig_dst(),
+                client_id: None,
+                tap: taps.connection(),
+            }),
+        });
+        req
+    }
+
+    /// Sends a request; the address of the endpoint that answered.
+    async fn send<S>(backend: &mut S) -> Result<SocketAddr, BoxError>
+    where
+        S: tower::Service<Request<BoxBody>, Response = Response<BoxBody>, Error = BoxError>,
+    {
+        let rsp = backend.ready().await?.call(request()).await?;
+        let endpoint = rsp.headers()["endpoint"].to_str().unwrap();
+        Ok(endpoint.parse().unwrap())
+    }
+
+    fn endpoint(port: u16, identity: Option<&str>) -> api::Endpoint {
+        api::Endpoint {
+            addr: SocketAddr::from(([10, 244, 0, 9], port)),
+            weight: api::DEFAULT_WEIGHT,
+            labels: Default::default(),
+            identity: identity.map(String::from),
+            protocol_hint: None,
+        }
+    }
+
+    /// A destination controller on 127.0.0.1 that answers one watch with the updates sent to
+    /// the returned sender, and a resolver that watches it.
+    async fn discovery() -> (Arc<Resolver>, mpsc::UnboundedSender<Update>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel::<Update>();
+        let rx = Arc::new(Mutex::new(Some(rx)));
+        tokio::spawn(async move {
+            while let Ok((io, _)) = listener.accept().await {
+                let rx = rx.clone();
+                let watch = hyper::service::service_fn(move |_: Request<hyper::body::Incoming>| {
+                    let updates = lock(&rx).take().expect("one watch");
+                    let lines = futures_util::stream::unfold(updates, |mut updates| async move {
+                        let line = http_body::Frame::data(updates.recv().await?.to_line());
+                        Some((Ok::<_, Infallible>(line), updates))
+                    });
+                    ready(Ok::<_, Infallible>(Response::new(StreamBody::new(lines))))
+                });
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(io), watch);
+                tokio::spawn(conn);
+            }
+        });
+        let resolver = Resolver::new(DiscoveryConfig {
+            controller: addr.to_string(),
+            namespace: "demo".into(),
+            cluster_domain: "cluster.local".into(),
+            failfast_timeout: Duration::from_millis(50),
+            idle_timeout: Duration::from_secs(60),
+            balance: BalanceConfig::default(),
+            connector: Default::default(),
+        });
+        (resolver, tx)
+    }
+
+    /// Waits, within a deadline, for the resolution of [`WEB`] to satisfy `f`.
+    async fn resolved(resolver: &Resolver, f: impl FnMut(&Resolution) -> bool) {
+        let mut state = resolver.resolve(WEB).subscribe();
+        tokio::time::timeout(Duration::from_secs(10), state.wait_for(f))
+            .await
+            .expect("resolved within the deadline")
+            .expect("still watching");
+    }
+
+    fn endpoints(n: usize) -> impl FnMut(&Resolution) -> bool {
+        move |r| matches!(r, Resolution::Endpoints(eps) if eps.len() == n)
+    }
+
+    #[tokio::test]
+    async fn without_discovery_requests_go_to_the_original_destination() {
+        let (new_endpoint, made) = new_endpoint();
+        let failfast = Duration::from_secs(30);
+        let backend = NewBackend::new(None, new_endpoint, Default::default(), failfast, false);
+        let mut backend = backend.new_service(route());
+        for _ in 0..3 {
+            assert_eq!(send(&mut backend).await.unwrap(), orig_dst());
+        }
+        let made = lock(&made).clone();
+        let expected = Endpoint {
+            addr: orig_dst(),
+            server_id: None,
+            dst: None,
+            no_tls: NO_TLS_DISABLED,
+        };
+        assert_eq!(made, [expected], "one stack, made once");
+    }
+
+    #[tokio::test]
+    async fn endpoint_stacks_are_made_once_and_kept_while_their_endpoint_stays() {
+        let (resolver, updates) = discovery().await;
+        let (new_endpoint, made) = new_endpoint();
+        let failfast = Duration::from_secs(30);
+        let backend = NewBackend::new(
+            Some(resolver.clone()),
+            new_endpoint,
+            Default::default(),
+            failfast,
+            false,
+        );
+        let mut backend = backend.new_service(route());
+        let add = |ports: &[u16]| {
+            let endpoints = ports.iter().map(|&p| endpoint(p, None)).collect();
+            Update::Add(Add { endpoints })
+        };
+        // The first request waits (within the failfast timeout) for the first endpoints.
+        updates.send(add(&[1, 2])).unwrap();
+        let mut answered = HashSet::new();
+        for _ in 0..4 {
+            answered.insert(send(&mut backend).await.unwrap().port());
+        }
+        assert_eq!(
+            answered,
+            HashSet::from([1, 2]),
+            "both endpoints take requests"
+        );
+        assert_eq!(made_for(&made), [1, 2], "one stack per endpoint, made once");
+
+        updates.send(add(&[3])).unwrap();
+        resolved(&resolver, endpoints(3)).await;
+        send(&mut backend).await.unwrap();
+        assert_eq!(
+            made_for(&made),
+            [1, 2, 3],
+            "a new set: only the new endpoint's"
+        );
+
+        let gone = Remove {
+            addrs: vec![SocketAddr::from(([10, 244, 0, 9], 1))],
+        };
+        updates.send(Update::Remove(gone)).unwrap();
+        resolved(&resolver, endpoints(2)).await;
+        for _ in 0..4 {
+            assert_ne!(send(&mut backend).await.unwrap().port(), 1);
+        }
+        assert_eq!(made_for(&made), [1, 2, 3], "those that stay are kept");
+    }
+
+    #[tokio::test]
+    async fn an_endpoints_identity_is_used_only_with_identity_on() {
+        for identity in [false, true] {
+            let (resolver, updates) = discovery().await;
+            let (new_endpoint, made) = new_endpoint();
+            let failfast = Duration::from_secs(30);
+            let backend = NewBackend::new(
+                Some(resolver),
+                new_endpoint,
+                Default::default(),
+                failfast,
+                identity,
+            );
+            let mut backend = backend.new_service(route());
+            let meshed = endpoint(
+                1,
+                Some("web.demo.serviceaccount.identity.mesh.cluster.local"),
+            );
+            let endpoints = vec![meshed];
+            updates.send(Update::Add(Add { endpoints })).unwrap();
+            send(&mut backend).await.unwrap();
+            let server_id = lock(&made)[0].server_id.clone();
+            assert_eq!(server_id.is_some(), identity, "identity on: {identity}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_known_service_with_no_endpoints_fails() {
+        let (resolver, updates) = discovery().await;
+        let (new_endpoint, made) = new_endpoint();
+        let failfast = Duration::from_millis(50);
+        let backend = NewBackend::new(
+            Some(resolver.clone()),
+            new_endpoint,
+            Default::default(),
+            failfast,
+            false,
+        );
+        let mut backend = backend.new_service(route());
+        let none = api::NoEndpoints { exists: true };
+        updates.send(Update::NoEndpoints(none)).unwrap();
+        resolved(&resolver, endpoints(0)).await;
+        let err = send(&mut backend).await.unwrap_err();
+        assert!(err.is::<NoEndpoints>(), "{err}");
+        assert_eq!(err.to_string(), format!("no endpoints for {WEB}"));
+        assert!(lock(&made).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_name_the_controller_does_not_know_goes_to_the_original_destination() {
+        let (resolver, updates) = discovery().await;
+        let (new_endpoint, _) = new_endpoint();
+        let failfast = Duration::from_secs(30);
+        let backend = NewBackend::new(
+            Some(resolver.clone()),
+            new_endpoint,
+            Default::default(),
+            failfast,
+            false,
+        );
+        let mut backend = backend.new_service(route());
+        let unknown = api::NoEndpoints { exists: false };
+        updates.send(Update::NoEndpoints(unknown)).unwrap();
+        resolved(&resolver, |r| matches!(r, Resolution::Unknown)).await;
+        assert_eq!(send(&mut backend).await.unwrap(), orig_dst());
+    }
+}

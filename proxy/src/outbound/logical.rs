@@ -168,3 +168,173 @@ impl<N, S> LogicalRouter<N, S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{metrics::NO_TLS_DISABLED, svc::NewFn};
+    use std::{
+        convert::Infallible,
+        future::{ready, Ready},
+        sync::atomic::{AtomicUsize, Ordering},
+        time::{Duration, Instant},
+    };
+    use tower::Service;
+
+    /// A logical stack that answers with its destination.
+    #[derive(Clone)]
+    struct Answer(LogicalAddr);
+
+    impl Service<Request<BoxBody>> for Answer {
+        type Response = LogicalAddr;
+        type Error = Infallible;
+        type Future = Ready<Result<LogicalAddr, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<BoxBody>) -> Self::Future {
+            ready(Ok(self.0.clone()))
+        }
+    }
+
+    const IDLE: Duration = Duration::from_secs(60);
+
+    fn names() -> Option<Names> {
+        Some(Names {
+            namespace: "demo".into(),
+            cluster_domain: "cluster.local".into(),
+        })
+    }
+
+    type Router<N> = NewLogicalRouter<N, Answer>;
+    type Logicals = Arc<Cache<LogicalAddr, Answer>>;
+
+    /// A router, its cache, and how many logical stacks it made.
+    fn router(
+        names: Option<Names>,
+    ) -> (
+        Router<impl NewService<Logical, Service = Answer>>,
+        Logicals,
+        Arc<AtomicUsize>,
+    ) {
+        let made = Arc::new(AtomicUsize::new(0));
+        let counted = made.clone();
+        let new_logical = NewFn(move |logical: Logical| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            Answer(logical.addr)
+        });
+        let cache = Cache::new(IDLE);
+        let router = NewLogicalRouter::new(new_logical, cache.clone(), names, NO_TLS_DISABLED);
+        (router, cache, made)
+    }
+
+    fn orig_dst() -> SocketAddr {
+        "10.96.0.10:80".parse().unwrap()
+    }
+
+    fn web() -> LogicalAddr {
+        LogicalAddr::Name("web.demo.svc.cluster.local:80".into())
+    }
+
+    /// Where a request to `authority` (a `Host`, or an absolute URI) goes on `conn`.
+    async fn send<S>(conn: &mut S, authority: &str) -> LogicalAddr
+    where
+        S: Service<Request<BoxBody>, Response = LogicalAddr, Error = Infallible>,
+    {
+        let req = if authority.starts_with("http://") {
+            Request::builder().uri(authority)
+        } else if authority.is_empty() {
+            Request::builder().uri("/")
+        } else {
+            Request::builder().uri("/").header("host", authority)
+        };
+        let req = req.body(BoxBody::empty()).unwrap();
+        conn.ready().await.unwrap().call(req).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_authority_makes_one_logical_stack_for_every_connection() {
+        let (router, _, made) = router(names());
+        let mut conn = router.new_service(OrigDst(orig_dst()));
+        for _ in 0..3 {
+            assert_eq!(send(&mut conn, "web").await, web());
+        }
+        assert_eq!(made.load(Ordering::Relaxed), 1);
+        let emoji = LogicalAddr::Name("emoji.demo.svc.cluster.local:80".into());
+        assert_eq!(send(&mut conn, "emoji").await, emoji);
+        assert_eq!(
+            made.load(Ordering::Relaxed),
+            2,
+            "another authority, another"
+        );
+        assert_eq!(send(&mut conn, "web").await, web());
+        let mut other = router.new_service(OrigDst(orig_dst()));
+        assert_eq!(send(&mut other, "web").await, web());
+        assert_eq!(
+            made.load(Ordering::Relaxed),
+            2,
+            "back to the first, and on another connection: the cached one"
+        );
+    }
+
+    #[tokio::test]
+    async fn short_and_qualified_names_share_one_logical_stack() {
+        let (router, _, made) = router(names());
+        let mut conn = router.new_service(OrigDst(orig_dst()));
+        for authority in [
+            "web",
+            "web:80",
+            "web.demo",
+            "WEB.demo.svc",
+            "web.demo.svc.cluster.local",
+            "web.demo.svc.cluster.local:80",
+            "http://web/x",
+        ] {
+            assert_eq!(send(&mut conn, authority).await, web(), "{authority}");
+        }
+        assert_eq!(made.load(Ordering::Relaxed), 1);
+        let other_port = LogicalAddr::Name("web.demo.svc.cluster.local:8080".into());
+        assert_eq!(send(&mut conn, "web:8080").await, other_port);
+        assert_eq!(made.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn ip_authorities_and_no_discovery_go_to_the_original_destination() {
+        let check = |names: Option<Names>, authority: &'static str| async move {
+            let (router, _, _) = router(names);
+            let mut conn = router.new_service(OrigDst(orig_dst()));
+            assert_eq!(
+                send(&mut conn, authority).await,
+                LogicalAddr::Addr(orig_dst()),
+                "{authority:?}"
+            );
+        };
+        check(names(), "10.96.0.10:80").await;
+        check(names(), "10.96.0.99:8080").await;
+        check(names(), "[fd00::1]:80").await;
+        check(names(), "http://10.96.0.10/x").await;
+        check(names(), "").await;
+        check(None, "web").await;
+        check(None, "web.demo.svc.cluster.local:80").await;
+    }
+
+    /// Outside a runtime, so that the cache's own sweeper does not run: only these sweeps do.
+    #[test]
+    fn a_logical_stack_stays_cached_while_a_connection_remembers_it() {
+        let (router, cache, _) = router(names());
+        let mut conn = router.new_service(OrigDst(orig_dst()));
+        let req = Request::builder().uri("http://web/").body(BoxBody::empty());
+        // The router finds the logical stack when called (it is always ready).
+        drop(conn.call(req.unwrap()));
+        assert_eq!(cache.len(), 1);
+        let t0 = Instant::now();
+        assert_eq!(cache.sweep(t0), 0);
+        assert_eq!(cache.sweep(t0 + IDLE * 2), 0, "held by the connection");
+        drop(conn);
+        assert_eq!(cache.sweep(t0 + IDLE * 2), 0, "unheld from now");
+        assert_eq!(cache.sweep(t0 + IDLE * 4), 1, "forgotten when idle");
+        assert!(cache.is_empty());
+    }
+}
