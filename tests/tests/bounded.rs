@@ -4,10 +4,11 @@
 //! proxy's `/metrics` and memory bounded. Needs root.
 //!
 //! A meshed client pod (no identity, no discovery, idle timeouts of 2 s) calls 10,000 distinct
-//! `server:port` destinations where nothing listens: every connection is refused, so the proxy
-//! answers 502 (HTTP) or closes (opaque) at once. After the idle timeouts the `target_addr`
-//! label values and the size of `/metrics` must be back near where they started; a second
-//! burst of 10,000 new destinations must reuse the first burst's memory rather than add to it.
+//! `server:port` destinations where nothing listens, at a steady pace: every connection is
+//! refused, so the proxy answers 502 (HTTP) or closes (opaque) at once. After the idle timeouts
+//! the `target_addr` label values and the size of `/metrics` must be back near where they
+//! started; a second burst of 10,000 new destinations must reuse the first burst's memory rather
+//! than add to it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -30,6 +31,11 @@ const FIRST_BURST: u16 = 20_000;
 const SECOND_BURST: u16 = 30_000;
 /// Connections open at once during a burst.
 const CONCURRENCY: usize = 64;
+/// New destinations per second during a burst (12.5 s a burst). At full speed the number of
+/// destinations the proxy holds at once (rate × idle timeout) would vary with the machine's
+/// load from one burst to the next, and so would the memory they take; paced, both bursts hold
+/// about as many, and their memory compares.
+const PER_SECOND: u64 = 800;
 /// Every this many destinations one gets an opaque connection rather than an HTTP request.
 const OPAQUE_EVERY: u16 = 10;
 /// The server pod's app, called once to warm the proxy up.
@@ -223,8 +229,9 @@ impl fmt::Display for Outcomes {
 }
 
 /// From inside `client`, one connection to each of the [`DESTINATIONS`] ports from `first` on
-/// `ip`, [`CONCURRENCY`] at a time: an HTTP/1.1 request on most, opaque bytes on every
-/// [`OPAQUE_EVERY`]th. Fails unless the proxy answered every one.
+/// `ip`, [`PER_SECOND`] new ones a second and at most [`CONCURRENCY`] at a time: an HTTP/1.1
+/// request on most, opaque bytes on every [`OPAQUE_EVERY`]th. Fails unless the proxy answered
+/// every one.
 fn burst(client: &Pod, ip: Ipv4Addr, first: u16) -> Outcomes {
     let outcomes = client
         .run_in(move || {
@@ -234,11 +241,16 @@ fn burst(client: &Pod, ip: Ipv4Addr, first: u16) -> Outcomes {
             let start = Instant::now();
             let tally = rt.block_on(async move {
                 let mut tally = BTreeMap::new();
+                let paced_from = tokio::time::Instant::now();
                 let mut calls = futures_util::stream::iter(first..first + DESTINATIONS)
                     .map(|port| {
                         let addr = SocketAddr::from((ip, port));
-                        let opaque = (port - first).is_multiple_of(OPAQUE_EVERY);
+                        let nth = u64::from(port - first);
+                        let opaque = nth.is_multiple_of(u64::from(OPAQUE_EVERY));
+                        let at = paced_from + Duration::from_micros(nth * 1_000_000 / PER_SECOND);
                         async move {
+                            // Pacing, not waiting for a condition: see `PER_SECOND`.
+                            tokio::time::sleep_until(at).await;
                             tokio::time::timeout(TIMEOUT, call(addr, opaque))
                                 .await
                                 .unwrap_or_else(|_| format!("timed out after {TIMEOUT:?}"))
