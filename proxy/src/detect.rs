@@ -73,19 +73,22 @@ impl Recognizers {
     }
 
     /// Decides the protocol from the bytes read so far, or `None` when more bytes are needed:
-    /// the first protocol that claims them, once every protocol before it has said no.
+    /// the first protocol (in order) that claims them; opaque once every protocol said no.
+    /// Protocols must not claim each other's bytes: a codec's short command (`PING` with no
+    /// line end yet) is decided at once even while HTTP/1 could still be waiting for its line.
     pub fn classify(&self, buf: &[u8]) -> Option<Protocol> {
         if buf.is_empty() {
             return None;
         }
+        let mut undecided = false;
         for r in self.0.iter() {
             match r.recognize(buf) {
                 Some(true) => return Some(r.protocol()),
                 Some(false) => {}
-                None => return None,
+                None => undecided = true,
             }
         }
-        Some(Protocol::OPAQUE)
+        (!undecided).then_some(Protocol::OPAQUE)
     }
 }
 
@@ -639,6 +642,21 @@ mod tests {
                 }
                 (n == 4).then_some(true)
             }
+        }
+
+        #[test]
+        fn a_codecs_short_command_is_decided_without_waiting_for_a_line_end() {
+            let recognizers = Recognizers::default().with([Arc::new(Ping) as Arc<dyn Recognize>]);
+            assert_eq!(recognizers.classify(b"PING"), Some(PING));
+            assert_eq!(
+                recognizers.classify(b"PIN"),
+                None,
+                "could still be HTTP/1 or PING"
+            );
+            assert_eq!(
+                recognizers.classify(b"GET / HTTP/1.1\r\n"),
+                Some(Protocol::HTTP1)
+            );
         }
 
         /// A connection-level stage that reads each connection to its end, then sends what it

@@ -384,7 +384,9 @@ where
                     *copy.headers_mut() = req.headers().clone();
                     copy
                 });
-                let authority = super::authority(&req, fallback).into_owned();
+                // The authority, kept cheaply (shared bytes) for the rare failure.
+                let uri_authority = req.uri().authority().cloned();
+                let host = req.headers().get(http::header::HOST).cloned();
                 let call: ResponseFuture = Box::pin(self.inner.call(req));
                 Box::pin(async move {
                     let error = match call.await {
@@ -392,6 +394,14 @@ where
                         Err(error) if error.is::<Recorded>() => return Err(error),
                         Err(error) => error,
                     };
+                    let mut head = Request::new(());
+                    if let Some(authority) = uri_authority {
+                        *head.uri_mut() = http::Uri::from(authority);
+                    }
+                    if let Some(host) = host {
+                        head.headers_mut().insert(http::header::HOST, host);
+                    }
+                    let authority = super::authority(&head, fallback);
                     let label = shared.count_request(&authority, conn_dst);
                     let tapped = snapshot
                         .and_then(|req| shared.tap(&req, received.as_ref(), &authority, start));

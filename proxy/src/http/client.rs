@@ -117,6 +117,8 @@ pub struct Client {
 
 struct Endpoint {
     target: EndpointAddr,
+    /// `IP:port`, the authority of the HTTP/1 pool's URIs.
+    authority: http::uri::Authority,
     /// The endpoint's one HTTP/2 connection, opened by whichever request needs it first.
     h2: tokio::sync::Mutex<Option<conn::http2::SendRequest<BoxBody>>>,
     /// The same connection, read without waiting while it is open.
@@ -168,9 +170,16 @@ impl NewClient {
 impl<T: Param<EndpointAddr>> NewService<T> for NewClient {
     type Service = Client;
     fn new_service(&self, target: T) -> Client {
+        let target: EndpointAddr = target.param();
+        let authority = target
+            .addr
+            .to_string()
+            .parse()
+            .expect("an IP address and port is an authority");
         Client {
             inner: Arc::new(Endpoint {
-                target: target.param(),
+                authority,
+                target,
                 h2: tokio::sync::Mutex::new(None),
                 h2_open: std::sync::Mutex::new(None),
                 shared: self.shared.clone(),
@@ -215,9 +224,13 @@ impl Endpoint {
     /// names the endpoint (the pool's key); its `Host` header is sent as the client wrote it.
     async fn send_http1(&self, mut req: Request<BoxBody>) -> Result<Response<Incoming>, BoxError> {
         let target = self.target.addr;
-        *req.uri_mut() = origin_uri(req.uri(), target).map_err(|_| InvalidUri)?;
+        let uri = std::mem::take(req.uri_mut());
+        *req.uri_mut() = origin_uri(uri, &self.authority).map_err(|_| InvalidUri)?;
         self.shared.h1.request(req).await.map_err(|e| {
-            if e.is_connect() {
+            if e.is_connect() && timed_out(&e) {
+                let timeout = self.shared.connect.timeout;
+                UpstreamError::ConnectTimeout { target, timeout }.into()
+            } else if e.is_connect() {
                 let source = io::Error::other(error_chain(&e));
                 UpstreamError::Connect { target, source }.into()
             } else {
@@ -234,13 +247,26 @@ impl Endpoint {
     /// when there is none or it closed.
     async fn send_http2(&self, req: Request<BoxBody>) -> Result<Response<Incoming>, BoxError> {
         let target = self.target.addr;
-        let mut sender = self.http2_sender().await?;
         let request = |e: hyper::Error| UpstreamError::Request {
             target,
             source: e.into(),
         };
-        sender.ready().await.map_err(request)?;
+        let mut sender = self.http2_sender().await?;
+        if sender.ready().await.is_err() {
+            // The connection closed after it was taken: open another, once.
+            self.forget_closed_http2();
+            sender = self.http2_sender().await?;
+            sender.ready().await.map_err(request)?;
+        }
         Ok(sender.send_request(req).await.map_err(request)?)
+    }
+
+    /// Forgets the HTTP/2 connection if it closed.
+    fn forget_closed_http2(&self) {
+        let mut open = lock(&self.h2_open);
+        if open.as_ref().is_some_and(|s| s.is_closed()) {
+            *open = None;
+        }
     }
 
     async fn http2_sender(&self) -> Result<conn::http2::SendRequest<BoxBody>, UpstreamError> {
@@ -342,14 +368,29 @@ impl Shared {
     }
 }
 
+/// Whether a connect error of the pool was the connect timeout.
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(e) = source {
+        if e.downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// `http://target/path?query`: the URI the HTTP/1 pool is keyed by.
-fn origin_uri(uri: &Uri, target: SocketAddr) -> Result<Uri, http::Error> {
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    Uri::builder()
-        .scheme("http")
-        .authority(target.to_string())
-        .path_and_query(path)
-        .build()
+fn origin_uri(uri: Uri, authority: &http::uri::Authority) -> Result<Uri, http::Error> {
+    let mut parts = uri.into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    Ok(Uri::from_parts(parts)?)
 }
 
 async fn http2_handshake<I>(

@@ -12,7 +12,7 @@ use crate::{
     balance::{Balance, BalanceConfig},
     discover::{self, Destination, Resolution, Resolver},
     http::{errors::NoEndpoints, server::Received},
-    svc::{lock, BoxBody, BoxError, NewService},
+    svc::{lock, BoxBody, BoxError, Cache, NewService},
 };
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
@@ -34,6 +34,8 @@ pub struct NewBackend<N> {
     failfast: Duration,
     /// Whether identity is on: endpoints with an identity are then reached over mutual TLS.
     identity: bool,
+    /// How long an original destination's stack is kept unused.
+    idle: Duration,
 }
 
 impl<N> NewBackend<N> {
@@ -43,6 +45,7 @@ impl<N> NewBackend<N> {
         balance: BalanceConfig,
         failfast: Duration,
         identity: bool,
+        idle: Duration,
     ) -> Self {
         Self {
             resolver,
@@ -50,6 +53,7 @@ impl<N> NewBackend<N> {
             balance: Arc::new(balance),
             failfast,
             identity,
+            idle,
         }
     }
 }
@@ -79,11 +83,16 @@ struct Shared<N, S> {
     identity: bool,
     /// The balancer over the latest endpoint set, and the set it was made from.
     current: Mutex<Option<Current<S>>>,
-    /// Stacks of the original destinations, while the name is not (yet) known.
-    originals: Mutex<HashMap<SocketAddr, S>>,
+    /// Stacks of the original destinations, while the name is not (yet) known; each is
+    /// forgotten when not used for the idle timeout.
+    originals: Arc<Cache<SocketAddr, S>>,
 }
 
-impl<N: NewService<Endpoint, Service = S> + Clone, S> NewService<Route> for NewBackend<N> {
+impl<N, S> NewService<Route> for NewBackend<N>
+where
+    N: NewService<Endpoint, Service = S> + Clone,
+    S: Send + Sync + 'static,
+{
     type Service = Backend<N, S>;
     fn new_service(&self, route: Route) -> Self::Service {
         let destination = self
@@ -99,7 +108,7 @@ impl<N: NewService<Endpoint, Service = S> + Clone, S> NewService<Route> for NewB
                 failfast: self.failfast,
                 identity: self.identity,
                 current: Mutex::default(),
-                originals: Mutex::default(),
+                originals: Cache::new(self.idle),
             }),
         }
     }
@@ -148,7 +157,11 @@ where
     }
 }
 
-impl<N: NewService<Endpoint, Service = S>, S: Clone> Shared<N, S> {
+impl<N, S> Shared<N, S>
+where
+    N: NewService<Endpoint, Service = S>,
+    S: Clone + Send + Sync + 'static,
+{
     /// The balancer over `endpoints`: the current one, or a new one that keeps the stacks of
     /// the endpoints that stayed.
     fn balance(&self, endpoints: &Arc<Vec<discover::Endpoint>>) -> Balance<S> {
@@ -194,23 +207,23 @@ impl<N: NewService<Endpoint, Service = S>, S: Clone> Shared<N, S> {
 
     /// The stack for an original destination.
     fn original(&self, addr: SocketAddr) -> S {
-        lock(&self.originals)
-            .entry(addr)
-            .or_insert_with(|| {
-                self.new_endpoint.new_service(Endpoint {
-                    addr,
-                    server_id: None,
-                    dst: None,
-                    no_tls: self.route.logical.no_tls,
-                })
+        let stack = self.originals.get_or_insert_with(&addr, || {
+            self.new_endpoint.new_service(Endpoint {
+                addr,
+                server_id: None,
+                dst: None,
+                no_tls: self.route.logical.no_tls,
             })
-            .clone()
+        });
+        (*stack).clone()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const IDLE: Duration = Duration::from_secs(60);
     use crate::{
         discover::DiscoveryConfig,
         http::server::ConnInfo,
@@ -378,7 +391,14 @@ mod tests {
     async fn without_discovery_requests_go_to_the_original_destination() {
         let (new_endpoint, made) = new_endpoint();
         let failfast = Duration::from_secs(30);
-        let backend = NewBackend::new(None, new_endpoint, Default::default(), failfast, false);
+        let backend = NewBackend::new(
+            None,
+            new_endpoint,
+            Default::default(),
+            failfast,
+            false,
+            IDLE,
+        );
         let mut backend = backend.new_service(route());
         for _ in 0..3 {
             assert_eq!(send(&mut backend).await.unwrap(), orig_dst());
@@ -404,6 +424,7 @@ mod tests {
             Default::default(),
             failfast,
             false,
+            IDLE,
         );
         let mut backend = backend.new_service(route());
         let add = |ports: &[u16]| {
@@ -455,6 +476,7 @@ mod tests {
                 Default::default(),
                 failfast,
                 identity,
+                IDLE,
             );
             let mut backend = backend.new_service(route());
             let meshed = endpoint(
@@ -480,6 +502,7 @@ mod tests {
             Default::default(),
             failfast,
             false,
+            IDLE,
         );
         let mut backend = backend.new_service(route());
         let none = api::NoEndpoints { exists: true };
@@ -502,6 +525,7 @@ mod tests {
             Default::default(),
             failfast,
             false,
+            IDLE,
         );
         let mut backend = backend.new_service(route());
         let unknown = api::NoEndpoints { exists: false };

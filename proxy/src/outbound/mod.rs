@@ -169,6 +169,7 @@ pub fn stack(
         balance.clone(),
         failfast_timeout,
         identity,
+        idle_timeout,
     ))
     .push(MapTargetLayer(Route::default_for))
     .push(NewMeter::layer(
