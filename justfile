@@ -13,7 +13,11 @@ e2e *args:
 kube-e2e:
     ./scripts/test-kube
 
-# Benchmarks: the mesh against direct calls and haproxy, written to BENCHMARKS.md (needs root).
+# Benchmarks: the mesh (and the pre-rebuild proxy, b92aad9, built once by the setup) against direct
+# calls, haproxy and twemproxy, written to BENCHMARKS.md (needs root). A full run takes about 20
+# minutes on 2 cores (the report says how long it took), `just bench --quick` about 5. A look at the
+# connection counts and redis alone, to stdout (about 2 minutes): `./scripts/setup-bench.sh &&
+# cargo run --release -p mesh-bench -- --quick --only proxy,redis --series connections`.
 bench *args:
     ./scripts/setup-bench.sh
     cargo run --release -p mesh-bench -- --out BENCHMARKS.md {{args}}

@@ -1,4 +1,5 @@
-//! The peer proxy: HAProxy from the distribution as a one-hop HTTP proxy (`mode http`) in a pod.
+//! The peer proxy: HAProxy from the distribution as a one-hop HTTP proxy (`mode http`) in a pod,
+//! with its default threads (one per core) or a fixed number (`nbthread`).
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
@@ -9,10 +10,22 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use mesh_cli::local::Pod;
 
-/// The HTTP/1.1 listener, on the pod's loopback.
-pub const HTTP1_PORT: u16 = 8081;
-/// The HTTP/2 (prior knowledge) listener, on the pod's loopback.
-pub const HTTP2_PORT: u16 = 8082;
+/// The listeners of one HAProxy, on the pod's loopback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ports {
+    /// HTTP/1.1.
+    pub http1: u16,
+    /// HTTP/2 with prior knowledge.
+    pub http2: u16,
+}
+
+/// How one HAProxy runs: its threads and its listeners.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Setup {
+    /// `nbthread`; `None` keeps HAProxy's default (one thread per core).
+    pub threads: Option<u32>,
+    pub ports: Ports,
+}
 
 /// How long HAProxy may take to listen.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,6 +34,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Haproxy {
     child: Child,
     log: PathBuf,
+    ports: Ports,
 }
 
 impl Haproxy {
@@ -46,23 +60,26 @@ impl Haproxy {
         Ok(first.split(" - ").next().unwrap_or(first).to_string())
     }
 
-    /// Starts `program` in `pod` forwarding to `upstream` (HTTP/1.1 on [`HTTP1_PORT`], HTTP/2
-    /// on [`HTTP2_PORT`], each spoken to the upstream in the same version), and waits until it
-    /// listens. Its configuration and log go to `dir`.
+    /// Starts `program` in `pod` forwarding to `upstream` (HTTP/1.1 and HTTP/2 on the ports of
+    /// `setup`, each spoken to the upstream in the same version), and waits until it listens.
+    /// Its configuration and log go to `dir`, named after `name`.
     pub fn start(
         program: &Path,
         pod: &Pod,
         upstream: SocketAddr,
+        setup: Setup,
         dir: &Path,
+        name: &str,
     ) -> anyhow::Result<Haproxy> {
-        let config_path = dir.join("haproxy.cfg");
-        std::fs::write(&config_path, config(upstream))
+        let config_path = dir.join(format!("{name}.cfg"));
+        std::fs::write(&config_path, config(upstream, setup))
             .with_context(|| format!("writing {}", config_path.display()))?;
-        let log = dir.join("haproxy.log");
+        let log = dir.join(format!("{name}.log"));
         let log_file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = pod
             .command(program)
-            // Foreground, one process (its threads are HAProxy's default: one per core).
+            // Foreground, one process (its threads: `nbthread` in the configuration, else one
+            // per core).
             .arg("-db")
             .arg("-f")
             .arg(&config_path)
@@ -71,7 +88,11 @@ impl Haproxy {
             .stderr(log_file)
             .spawn()
             .with_context(|| format!("starting haproxy in pod {}", pod.name))?;
-        let mut haproxy = Haproxy { child, log };
+        let mut haproxy = Haproxy {
+            child,
+            log,
+            ports: setup.ports,
+        };
         // On an error `haproxy` is dropped, which kills it.
         haproxy.wait_ready(pod)?;
         Ok(haproxy)
@@ -80,6 +101,11 @@ impl Haproxy {
     /// The process id (`ip netns exec` execs into HAProxy, keeping it).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Its listeners.
+    pub fn ports(&self) -> Ports {
+        self.ports
     }
 
     /// Polls both listeners until they accept, HAProxy exits, or [`READY_TIMEOUT`] passes.
@@ -95,9 +121,10 @@ impl Haproxy {
                         .trim()
                 );
             }
+            let ports = [self.ports.http1, self.ports.http2];
             let listening = pod
-                .run_in(|| {
-                    Ok([HTTP1_PORT, HTTP2_PORT].iter().all(|&port| {
+                .run_in(move || {
+                    Ok(ports.iter().all(|&port| {
                         let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
                         TcpStream::connect_timeout(&addr.into(), Duration::from_secs(1)).is_ok()
                     }))
@@ -128,12 +155,17 @@ impl Drop for Haproxy {
 
 /// The configuration: two `listen` sections in `mode http`, keep-alive on both sides, server
 /// connections reused across client connections where safe (the default).
-pub fn config(upstream: SocketAddr) -> String {
+pub fn config(upstream: SocketAddr, setup: Setup) -> String {
+    let Ports { http1, http2 } = setup.ports;
+    let threads = match setup.threads {
+        Some(n) => format!("    nbthread {n}\n"),
+        None => String::new(),
+    };
     format!(
         "\
 global
     maxconn 4096
-
+{threads}
 defaults
     mode http
     timeout connect 3s
@@ -141,11 +173,11 @@ defaults
     timeout server 30s
 
 listen http1
-    bind 127.0.0.1:{HTTP1_PORT}
+    bind 127.0.0.1:{http1}
     server app {upstream}
 
 listen http2
-    bind 127.0.0.1:{HTTP2_PORT} proto h2
+    bind 127.0.0.1:{http2} proto h2
     server app {upstream} proto h2
 "
     )
@@ -157,10 +189,34 @@ mod tests {
 
     #[test]
     fn config_forwards_both_listeners_to_the_upstream() {
-        let config = config(SocketAddr::from(([10, 244, 0, 2], 8080)));
+        let upstream = SocketAddr::from(([10, 244, 0, 2], 8080));
+        let ports = Ports {
+            http1: 8081,
+            http2: 8082,
+        };
+        let config = config(
+            upstream,
+            Setup {
+                threads: None,
+                ports,
+            },
+        );
         assert!(config.contains("bind 127.0.0.1:8081\n    server app 10.244.0.2:8080\n"));
         assert!(config
             .contains("bind 127.0.0.1:8082 proto h2\n    server app 10.244.0.2:8080 proto h2\n"));
         assert!(config.contains("mode http"));
+        assert!(!config.contains("nbthread"), "{config}");
+
+        let one = super::config(
+            upstream,
+            Setup {
+                threads: Some(1),
+                ports,
+            },
+        );
+        assert!(
+            one.starts_with("global\n    maxconn 4096\n    nbthread 1\n"),
+            "{one}"
+        );
     }
 }

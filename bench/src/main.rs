@@ -1,4 +1,4 @@
-//! `mesh-bench`: the mesh proxy against direct calls and HAProxy on network-namespace pods (reported as ratios to the direct call), discovery's propagation and memory, and load balancing between equal endpoints and between a fast and a slow one.
+//! `mesh-bench`: the mesh proxy (and the pre-rebuild one) against direct calls and HAProxy on network-namespace pods (reported as ratios to the direct call), opaque TCP against twemproxy with redis-benchmark, discovery's propagation and memory, and load balancing between equal endpoints and between a fast and a slow one.
 //!
 //! ```text
 //! scripts/setup-bench.sh && cargo run --release -p mesh-bench -- --out BENCHMARKS.md   # just bench
@@ -6,8 +6,8 @@
 //! cargo run --release -p mesh-bench -- --only discovery --out BENCHMARKS.md              # one part
 //! ```
 //!
-//! The proxy and balancing parts need root (they build pods out of network namespaces); the
-//! discovery part runs the controller on loopback. It stops by itself (every run is bounded in
+//! The proxy, redis and balancing parts need root (they build pods out of network namespaces);
+//! the discovery part runs the controller on loopback. It stops by itself (every run is bounded in
 //! time), and removes its pods when it ends.
 #![forbid(unsafe_code)]
 
@@ -17,6 +17,7 @@ mod discovery;
 mod handshake;
 mod haproxy;
 mod oha;
+mod redis;
 mod report;
 mod resources;
 mod server;
@@ -33,20 +34,24 @@ use clap::Parser;
 
 use crate::haproxy::Haproxy;
 use crate::oha::{Load, Oha, Protocol, Run};
-use crate::report::{Machine, Measurement, Part, Report, Round};
+use crate::report::{Baseline, Machine, Measurement, Part, Report, Round, Series};
 use crate::resources::Meter;
 use crate::testbed::{Scenario, Testbed};
 
 /// Benchmarks the mesh: the proxy, discovery and load balancing.
 ///
 /// The proxy part measures latency at a fixed rate (corrected for coordinated omission) and
-/// maximum throughput, for HTTP/1.1 and HTTP/2, for four scenarios on network-namespace pods:
-/// direct, 1-hop (outbound proxy), 2-hop (outbound and inbound proxy) and haproxy. The
-/// discovery part measures how fast an endpoint change reaches 1,000 watchers of the
-/// destination controller, and the controller's memory with 10,000 endpoints. The balance part
-/// measures how the proxy splits requests between two equal endpoints at 2, 50 and 2,000 req/s
-/// (the first for 40 s), and compares its split between a fast and a slow endpoint with
-/// round-robin's. The proxy and balance parts need root.
+/// maximum throughput, for HTTP/1.1 and HTTP/2, on network-namespace pods: direct, 1-hop
+/// (outbound proxy), 2-hop (outbound and inbound proxy), 2-hop mTLS, each also through the
+/// pre-rebuild proxy ("(before)", see --baseline-proxy), haproxy and haproxy nbthread 1; then
+/// HTTP/1.1 at the fixed rate with more connections (--connections). The redis part measures
+/// redis-benchmark's round trips direct, through one meshed hop (current and pre-rebuild) and
+/// through twemproxy. The discovery part measures how fast an endpoint change reaches 1,000
+/// watchers of the destination controller, and the controller's memory with 10,000 endpoints.
+/// The balance part measures how the proxy splits requests between two equal endpoints at 2, 50
+/// and 2,000 req/s (the first for 40 s), and compares its split between a fast and a slow
+/// endpoint with round-robin's. The proxy, redis and balance parts need root; a whole run takes
+/// about 20 minutes on two cores.
 #[derive(Debug, Parser)]
 #[command(name = "mesh-bench", version)]
 struct Args {
@@ -113,6 +118,35 @@ struct Args {
     #[arg(long, value_name = "PATH", default_value = "haproxy")]
     haproxy: PathBuf,
 
+    /// The pre-rebuild mesh proxy of the "(before)" scenarios; by default
+    /// `target/bench-baseline/mesh-proxy` (built by scripts/setup-bench.sh) when it exists.
+    /// Without it those scenarios are left out, and the report says so.
+    #[arg(long, value_name = "PATH")]
+    baseline_proxy: Option<PathBuf>,
+
+    /// The connection counts of the HTTP/1.1 fixed-rate runs with more connections
+    /// (comma-separated); the latency runs' 16 connections are shown next to them (and
+    /// measured with them when the latency runs are left out).
+    #[arg(long, value_name = "N", value_delimiter = ',', default_value = "50,500",
+          value_parser = clap::value_parser!(u32).range(1..=MAX_CONNECTIONS as i64))]
+    connections: Vec<u32>,
+
+    /// The proxy part's runs to make (comma-separated): `latency` (the fixed rate, with the
+    /// mutual-TLS handshakes), `throughput` (no rate limit) and `connections` (HTTP/1.1 at the
+    /// fixed rate with --connections). With --out, the proxy section then shows only these.
+    #[arg(
+        long,
+        value_name = "SERIES",
+        value_delimiter = ',',
+        default_value = "latency,throughput,connections"
+    )]
+    series: Vec<Series>,
+
+    /// Redis: the requests of each redis-benchmark test (SET, GET) per run.
+    #[arg(long, value_name = "N", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1_000..=10_000_000))]
+    redis_requests: u64,
+
     /// Extra environment of the mesh proxies, `KEY=VALUE` (repeatable), e.g.
     /// `--proxy-env MESH_PROXY_WORKER_THREADS=1` to compare proxy settings.
     #[arg(long = "proxy-env", value_name = "KEY=VALUE", value_parser = parse_env)]
@@ -131,6 +165,15 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// The most connections a run may open (`--connections`).
+const MAX_CONNECTIONS: u32 = 2_000;
+/// The open-files limit the benchmark asks for, which its pods (proxies, HAProxy, the load
+/// generator) inherit; the application servers run in this process and hold a socket per
+/// connection of every scenario.
+pub const OPEN_FILES: u64 = 65_536;
+/// redis-benchmark's connections (`-c`).
+const REDIS_CONNECTIONS: u32 = 50;
+
 /// Concurrency of the fixed-rate runs: (protocol, connections, HTTP/2 streams per connection).
 const RATE_CONCURRENCY: [(Protocol, u32, u32); 2] =
     [(Protocol::Http1, 16, 1), (Protocol::Http2, 4, 4)];
@@ -141,7 +184,7 @@ const MAX_CONCURRENCY: [(Protocol, u32, u32); 2] =
 const WARM_UP: Duration = Duration::from_secs(1);
 /// How many runs may be measured again because other processes took more than
 /// [`report::BUSY_ELSEWHERE`] of the CPU meanwhile (bounded, so that the benchmark still ends).
-const MAX_REDOS: u32 = 8;
+const MAX_REDOS: u32 = 12;
 /// The longest run accepted, so that a benchmark always stops in reasonable time.
 const MAX_RUN: Duration = Duration::from_secs(120);
 
@@ -179,6 +222,7 @@ fn main() -> ExitCode {
 }
 
 fn run(mut args: Args) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let parts: Vec<Part> = if args.only.is_empty() {
         Part::ALL.to_vec()
     } else {
@@ -187,16 +231,20 @@ fn run(mut args: Args) -> anyhow::Result<()> {
             .filter(|p| args.only.contains(p))
             .collect()
     };
-    let pods = parts.contains(&Part::Proxy) || parts.contains(&Part::Balance);
+    let testbed_parts = parts.contains(&Part::Proxy) || parts.contains(&Part::Redis);
+    let pods = testbed_parts || parts.contains(&Part::Balance);
+    let mut open_files_limit = None;
     if pods {
         if !nix::unistd::geteuid().is_root() {
             bail!(
-                "mesh-bench needs root for the proxy and balance parts: they build pods out of \
-                 network namespaces, veth links and iptables rules. Run it as root, e.g. \
+                "mesh-bench needs root for the proxy, redis and balance parts: they build pods \
+                 out of network namespaces, veth links and iptables rules. Run it as root, e.g. \
                  `sudo -E just bench`, or measure only discovery with `--only discovery`"
             );
         }
         mesh_cli::local::require_root()?;
+        let most = args.connections.iter().copied().max().unwrap_or(0);
+        open_files_limit = Some(raise_open_files(most)?);
     }
     if args.quick {
         args.duration = Duration::from_secs(2);
@@ -204,6 +252,7 @@ fn run(mut args: Args) -> anyhow::Result<()> {
         args.rounds = 2;
         args.changes = args.changes.min(5);
         args.balance_duration = Duration::from_secs(2);
+        args.redis_requests = args.redis_requests.min(20_000);
     }
     for (flag, d) in [
         ("--duration", args.duration),
@@ -220,6 +269,7 @@ fn run(mut args: Args) -> anyhow::Result<()> {
     }
 
     let date = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let baseline = testbed_parts.then(|| baseline(args.baseline_proxy.as_deref()));
     let oha = if pods {
         Some(Oha::new(&oha_path(args.oha.as_deref()))?)
     } else {
@@ -245,28 +295,56 @@ fn run(mut args: Args) -> anyhow::Result<()> {
 
     let mut measurements = Vec::new();
     let mut handshakes = None;
-    if let (true, Some(oha)) = (parts.contains(&Part::Proxy), &oha) {
+    let mut redis = None;
+    if let (true, Some(oha)) = (testbed_parts, &oha) {
         eprintln!("mesh-bench: building the pods");
-        let testbed = Testbed::start(&args.haproxy, &proxy_env)?;
-        let measured = measure(&testbed, oha, &args, clock_ticks).and_then(|m| {
-            eprintln!("mesh-bench: mutual-TLS handshakes");
-            let h = handshake::run(
-                &testbed,
-                args.throughput_duration,
-                args.rounds as usize,
-                clock_ticks,
-            )
-            .context("handshakes")?;
-            handshakes = Some(h);
-            Ok(m)
-        });
+        let baseline_program = baseline
+            .as_ref()
+            .filter(|b| b.found)
+            .map(|b| PathBuf::from(&b.path));
+        match &baseline_program {
+            Some(path) => eprintln!("mesh-bench: the pre-rebuild proxy is {}", path.display()),
+            None => eprintln!(
+                "mesh-bench: no pre-rebuild proxy at {}: the \"(before)\" scenarios are left out",
+                baseline.as_ref().map_or("", |b| b.path.as_str())
+            ),
+        }
+        let testbed = Testbed::start(&args.haproxy, &proxy_env, baseline_program.as_deref())?;
+        let measured = (|| {
+            if parts.contains(&Part::Proxy) {
+                measurements = measure(&testbed, oha, &args, clock_ticks)?;
+                if args.series.contains(&Series::Latency) {
+                    eprintln!("mesh-bench: mutual-TLS handshakes");
+                    let h = handshake::run(
+                        &testbed,
+                        args.throughput_duration,
+                        args.rounds as usize,
+                        clock_ticks,
+                    )
+                    .context("handshakes")?;
+                    handshakes = Some(h);
+                }
+            }
+            if parts.contains(&Part::Redis) {
+                eprintln!("mesh-bench: redis");
+                let plan = redis::Plan {
+                    requests: args.redis_requests,
+                    connections: REDIS_CONNECTIONS,
+                    rounds: args.rounds as usize,
+                    cores: machine().cores,
+                    baseline_path: baseline.as_ref().map_or(String::new(), |b| b.path.clone()),
+                };
+                redis = Some(redis::run(&testbed, &plan, clock_ticks).context("redis")?);
+            }
+            anyhow::Ok(())
+        })();
         let log_dir = testbed.log_dir().to_path_buf();
         if measured.is_err() && !INTERRUPTED.load(Ordering::Relaxed) {
             // Keep the proxies' logs for the post-mortem: copy them before the cluster goes.
             keep_logs(&log_dir);
         }
         drop(testbed);
-        measurements = measured?;
+        measured?;
     }
     let discovery = if parts.contains(&Part::Discovery) {
         eprintln!("mesh-bench: discovery");
@@ -335,6 +413,10 @@ fn run(mut args: Args) -> anyhow::Result<()> {
         handshakes,
         discovery,
         balance,
+        redis,
+        baseline,
+        took_seconds: started.elapsed().as_secs_f64(),
+        open_files_limit,
         carried,
     };
     let markdown = report.markdown();
@@ -356,8 +438,9 @@ fn run(mut args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every run, in order: per protocol, the fixed-rate runs, then the maximum-throughput runs,
-/// each in rounds that interleave the scenarios.
+/// Every run, in order: per protocol, the fixed-rate runs, then the maximum-throughput runs;
+/// then HTTP/1.1 at the fixed rate with each of `--connections`. Each in rounds that interleave
+/// the scenarios.
 fn measure(
     testbed: &Testbed,
     oha: &Oha,
@@ -367,57 +450,84 @@ fn measure(
     let cores = machine().cores;
     let mut redos_left = MAX_REDOS;
     let mut measurements: Vec<Measurement> = Vec::new();
+    let mut blocks: Vec<(Protocol, Series, Option<u32>)> = Vec::new();
     for protocol in [Protocol::Http1, Protocol::Http2] {
-        for rate in [true, false] {
-            let first = measurements.len();
-            for scenario in Scenario::ALL {
-                let url = testbed.target(scenario, protocol).url;
-                measurements.push(Measurement {
-                    scenario,
-                    run: plan(args, url, protocol, rate),
-                    rounds: Vec::new(),
-                    redone: 0,
-                });
+        blocks.push((protocol, Series::Latency, None));
+        blocks.push((protocol, Series::Throughput, None));
+    }
+    // The latency runs already measure the usual number of connections.
+    let usual = plan(args, String::new(), Protocol::Http1, true).connections;
+    let latency = args.series.contains(&Series::Latency);
+    for &connections in &args.connections {
+        if connections != usual || !latency {
+            blocks.push((Protocol::Http1, Series::Connections, Some(connections)));
+        }
+    }
+    blocks.retain(|(_, series, _)| args.series.contains(series));
+    for (protocol, series, connections) in blocks {
+        let rate = series != Series::Throughput;
+        let scenarios: &[Scenario] = match series {
+            Series::Connections => &Scenario::CONNECTIONS,
+            _ => &Scenario::ALL,
+        };
+        let first = measurements.len();
+        for &scenario in scenarios {
+            let Some(target) = testbed.target(scenario, protocol) else {
+                continue;
+            };
+            let mut run = plan(args, target.url, protocol, rate);
+            if let Some(connections) = connections {
+                run.connections = connections;
             }
-            for round in 0..args.rounds {
-                for m in &mut measurements[first..] {
-                    let what = format!(
-                        "{} {:?} {} run, round {}",
-                        m.scenario.name(),
-                        protocol,
-                        if rate { "fixed-rate" } else { "throughput" },
-                        round + 1
-                    );
-                    let mut warm_up = rate && round == 0;
-                    loop {
-                        if INTERRUPTED.load(Ordering::Relaxed) {
-                            bail!("interrupted");
-                        }
-                        let r =
-                            measure_round(testbed, oha, clock_ticks, m.scenario, &m.run, warm_up)
-                                .with_context(|| what.clone())?;
-                        warm_up = false;
-                        let others = r.others_cpu_share(cores);
-                        eprintln!(
-                            "mesh-bench: {what:<42} {:>7.0} req/s  p50 {:.3}  p99 {:.3}  \
-                             p99.9 {:.3} ms  errors {}  others' CPU {:.0} %",
-                            r.rps(),
-                            r.p50_ms,
-                            r.p99_ms,
-                            r.p999_ms,
-                            r.failed,
-                            others * 100.0
-                        );
-                        if others > report::BUSY_ELSEWHERE && redos_left > 0 {
-                            // Someone else took the CPU: this run measured them, not us.
-                            redos_left -= 1;
-                            m.redone += 1;
-                            eprintln!("mesh-bench: the machine was busy; measuring again");
-                            continue;
-                        }
-                        m.rounds.push(r);
-                        break;
+            measurements.push(Measurement {
+                scenario,
+                series,
+                run,
+                rounds: Vec::new(),
+                redone: 0,
+            });
+        }
+        for round in 0..args.rounds {
+            for m in &mut measurements[first..] {
+                let what = format!(
+                    "{} {:?} {} run, round {}",
+                    m.scenario.name(),
+                    protocol,
+                    match series {
+                        Series::Latency => "fixed-rate".to_string(),
+                        Series::Throughput => "throughput".to_string(),
+                        Series::Connections => format!("{}-connection", m.run.connections),
+                    },
+                    round + 1
+                );
+                let mut warm_up = rate && round == 0;
+                loop {
+                    if INTERRUPTED.load(Ordering::Relaxed) {
+                        bail!("interrupted");
                     }
+                    let r = measure_round(testbed, oha, clock_ticks, m.scenario, &m.run, warm_up)
+                        .with_context(|| what.clone())?;
+                    warm_up = false;
+                    let others = r.others_cpu_share(cores);
+                    eprintln!(
+                        "mesh-bench: {what:<52} {:>7.0} req/s  p50 {:.3}  p99 {:.3}  \
+                         p99.9 {:.3} ms  errors {}  others' CPU {:.0} %",
+                        r.rps(),
+                        r.p50_ms,
+                        r.p99_ms,
+                        r.p999_ms,
+                        r.failed,
+                        others * 100.0
+                    );
+                    if others > report::BUSY_ELSEWHERE && redos_left > 0 {
+                        // Someone else took the CPU: this run measured them, not us.
+                        redos_left -= 1;
+                        m.redone += 1;
+                        eprintln!("mesh-bench: the machine was busy; measuring again");
+                        continue;
+                    }
+                    m.rounds.push(r);
+                    break;
                 }
             }
         }
@@ -456,7 +566,9 @@ fn measure_round(
     run: &Run,
     warm_up: bool,
 ) -> anyhow::Result<Round> {
-    let target = testbed.target(scenario, run.protocol);
+    let target = testbed
+        .target(scenario, run.protocol)
+        .ok_or_else(|| anyhow::anyhow!("this testbed has no {} scenario", scenario.name()))?;
     if warm_up {
         let warm_up = Run {
             duration: WARM_UP,
@@ -540,6 +652,64 @@ fn oha_path(flag: Option<&Path>) -> PathBuf {
     } else {
         PathBuf::from("oha")
     }
+}
+
+/// The pre-rebuild proxy: `--baseline-proxy`, else the one scripts/bench-baseline.sh builds,
+/// with the commit it was built from when a `COMMIT` file lies next to it.
+fn baseline(flag: Option<&Path>) -> Baseline {
+    let path = match flag {
+        Some(path) => path.to_path_buf(),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("target")
+            .join("bench-baseline")
+            .join("mesh-proxy"),
+    };
+    // Shown in the report: without `..` where the path resolves.
+    let path = path.canonicalize().unwrap_or(path);
+    let found = path.is_file();
+    let commit = path
+        .parent()
+        .and_then(|dir| std::fs::read_to_string(dir.join("COMMIT")).ok())
+        .map(|c| c.trim().to_string())
+        .filter(|c| found && !c.is_empty());
+    Baseline {
+        path: path.display().to_string(),
+        found,
+        commit,
+    }
+}
+
+/// Raises this process's open-files limit (soft, and hard if need be: root may) to
+/// [`OPEN_FILES`], which every pod's processes inherit; fails if it stays too low for runs with
+/// `connections` connections.
+fn raise_open_files(connections: u32) -> anyhow::Result<u64> {
+    // A proxy holds two sockets per connection; this process's servers one per connection of
+    // the scenario running, plus the idle upstream connections the proxies keep from earlier
+    // ones; and a margin for everything else.
+    let needed = 6 * u64::from(connections.max(32)) + 1_024;
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("reading RLIMIT_NOFILE")?;
+    if soft < OPEN_FILES
+        && setrlimit(Resource::RLIMIT_NOFILE, OPEN_FILES, hard.max(OPEN_FILES)).is_err()
+    {
+        // Not allowed to raise the hard limit: go as far as it.
+        setrlimit(
+            Resource::RLIMIT_NOFILE,
+            hard.min(OPEN_FILES).max(soft),
+            hard,
+        )
+        .context("raising RLIMIT_NOFILE")?;
+    }
+    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).context("reading RLIMIT_NOFILE")?;
+    if soft < needed {
+        bail!(
+            "the open-files limit is {soft} and could not be raised to {needed}, which runs \
+             with {connections} connections need: raise it (`ulimit -Hn`), or pass fewer \
+             --connections"
+        );
+    }
+    Ok(soft)
 }
 
 /// The command that produced the report, as someone would type it again.
@@ -663,5 +833,27 @@ mod tests {
         assert!(Args::try_parse_from(["mesh-bench", "--only", "everything"]).is_err());
         assert!(Args::try_parse_from(["mesh-bench", "--duration", "soon"]).is_err());
         assert!(Args::try_parse_from(["mesh-bench", "--rate", "0"]).is_err());
+        assert_eq!(args.connections, [50, 500]);
+        assert_eq!(args.redis_requests, 100_000);
+        assert!(args.baseline_proxy.is_none());
+        let args = Args::try_parse_from([
+            "mesh-bench",
+            "--only",
+            "redis",
+            "--connections",
+            "64",
+            "--baseline-proxy",
+            "/tmp/mesh-proxy",
+        ])
+        .expect("valid arguments");
+        assert_eq!(args.only, [Part::Redis]);
+        assert_eq!(args.connections, [64]);
+        assert_eq!(args.baseline_proxy, Some(PathBuf::from("/tmp/mesh-proxy")));
+        assert!(Args::try_parse_from(["mesh-bench", "--connections", "0"]).is_err());
+        let args = Args::try_parse_from(["mesh-bench", "--series", "connections"])
+            .expect("valid arguments");
+        assert_eq!(args.series, [Series::Connections]);
+        assert!(Args::try_parse_from(["mesh-bench", "--series", "all"]).is_err());
+        assert!(Args::try_parse_from(["mesh-bench", "--connections", "5000"]).is_err());
     }
 }

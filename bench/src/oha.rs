@@ -245,7 +245,7 @@ fn parse(stdout: &str) -> anyhow::Result<Outcome> {
     })
 }
 
-fn drain<R: std::io::Read + Send + 'static>(
+pub(crate) fn drain<R: std::io::Read + Send + 'static>(
     pipe: Option<R>,
 ) -> Option<std::thread::JoinHandle<String>> {
     pipe.map(|mut pipe| {
@@ -258,7 +258,7 @@ fn drain<R: std::io::Read + Send + 'static>(
     })
 }
 
-fn join(handle: Option<std::thread::JoinHandle<String>>) -> String {
+pub(crate) fn join(handle: Option<std::thread::JoinHandle<String>>) -> String {
     handle.and_then(|h| h.join().ok()).unwrap_or_default()
 }
 

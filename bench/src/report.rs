@@ -44,6 +44,15 @@ pub struct Report {
     pub discovery: Option<crate::discovery::Results>,
     /// The load-balancing part, when it ran.
     pub balance: Option<crate::balance::Results>,
+    /// The redis part, when it ran.
+    pub redis: Option<crate::redis::Results>,
+    /// The pre-rebuild proxy of the "(before)" scenarios, when the proxy or redis part ran.
+    pub baseline: Option<Baseline>,
+    /// How long the whole run took, in seconds.
+    pub took_seconds: f64,
+    /// The open-files limit (`RLIMIT_NOFILE`) the benchmark and its pods ran with, when it built
+    /// pods.
+    pub open_files_limit: Option<u64>,
     /// The report's sections of parts that did not run, carried over from the previous report
     /// (see [`sections`]).
     #[serde(skip)]
@@ -56,6 +65,8 @@ pub struct Report {
 pub enum Part {
     /// The proxy against direct calls and HAProxy, on pods.
     Proxy,
+    /// Opaque TCP: redis-benchmark through one hop and through twemproxy, on pods.
+    Redis,
     /// Discovery: update propagation to 1,000 watchers and the controller's memory.
     Discovery,
     /// Load balancing between equal endpoints, and between a fast and a slow one, on pods.
@@ -64,12 +75,13 @@ pub enum Part {
 
 impl Part {
     /// Every part, in the report's order.
-    pub const ALL: [Part; 3] = [Part::Proxy, Part::Discovery, Part::Balance];
+    pub const ALL: [Part; 4] = [Part::Proxy, Part::Redis, Part::Discovery, Part::Balance];
 
     /// The part's name in markers and flags.
     pub fn name(self) -> &'static str {
         match self {
             Part::Proxy => "proxy",
+            Part::Redis => "redis",
             Part::Discovery => "discovery",
             Part::Balance => "balance",
         }
@@ -79,6 +91,7 @@ impl Part {
     pub fn title(self) -> &'static str {
         match self {
             Part::Proxy => "Proxy: direct, one hop, two hops (plain and mTLS) and HAProxy",
+            Part::Redis => "Redis: opaque TCP through one hop and through twemproxy",
             Part::Discovery => "Discovery: update propagation and controller memory",
             Part::Balance => "Load balancing: equal endpoints, and a fast and a slow one",
         }
@@ -132,10 +145,35 @@ pub struct Machine {
     pub memory_bytes: Option<u64>,
 }
 
+/// The pre-rebuild proxy that the "(before)" scenarios run.
+#[derive(Debug, Serialize)]
+pub struct Baseline {
+    /// Its executable, or where it was looked for.
+    pub path: String,
+    /// Whether it was there: without it the "(before)" scenarios did not run.
+    pub found: bool,
+    /// The commit it was built from (`COMMIT` next to it, written by scripts/bench-baseline.sh).
+    pub commit: Option<String>,
+}
+
+/// Which table of the report a measurement belongs to (`--series` picks them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Series {
+    /// The fixed rate at the usual concurrency: latency, CPU and memory.
+    Latency,
+    /// No rate limit: maximum throughput.
+    Throughput,
+    /// HTTP/1.1 at the fixed rate with more connections (`run.connections`): how the tail
+    /// grows with the number of connections.
+    Connections,
+}
+
 /// One scenario under one load, measured in rounds interleaved with the other scenarios.
 #[derive(Debug, Serialize)]
 pub struct Measurement {
     pub scenario: Scenario,
+    pub series: Series,
     pub run: Run,
     pub rounds: Vec<Round>,
     /// Runs thrown away and measured again because other processes were busy meanwhile.
@@ -274,13 +312,56 @@ pub struct Verdict {
 }
 
 impl Report {
-    /// The measurement of `scenario` in `protocol`, fixed-rate (`rate`) or maximum throughput.
+    /// The measurement of `scenario` in `protocol`, fixed-rate (`rate`) or maximum throughput,
+    /// at the usual concurrency.
     pub fn find(&self, protocol: Protocol, rate: bool, scenario: Scenario) -> Option<&Measurement> {
+        let series = if rate {
+            Series::Latency
+        } else {
+            Series::Throughput
+        };
+        self.measurements
+            .iter()
+            .find(|m| m.run.protocol == protocol && m.series == series && m.scenario == scenario)
+    }
+
+    /// The HTTP/1.1 fixed-rate measurement of `scenario` with `connections` connections: the
+    /// latency table's when it used that many, else the connections table's.
+    pub fn find_connections(&self, scenario: Scenario, connections: u32) -> Option<&Measurement> {
         self.measurements.iter().find(|m| {
-            m.run.protocol == protocol
-                && matches!(m.run.load, Load::Rate(_)) == rate
+            m.run.protocol == Protocol::Http1
+                && matches!(m.series, Series::Latency | Series::Connections)
+                && m.run.connections == connections
                 && m.scenario == scenario
         })
+    }
+
+    /// The connection counts of the connections table, the latency table's HTTP/1.1 first.
+    fn connection_counts(&self) -> Vec<u32> {
+        let mut counts: Vec<u32> = self
+            .measurements
+            .iter()
+            .filter(|m| m.series == Series::Connections)
+            .map(|m| m.run.connections)
+            .collect();
+        if counts.is_empty() {
+            return counts;
+        }
+        if let Some(usual) = self
+            .measurements
+            .iter()
+            .find(|m| m.series == Series::Latency && m.run.protocol == Protocol::Http1)
+        {
+            counts.push(usual.run.connections);
+        }
+        counts.sort_unstable();
+        counts.dedup();
+        counts
+    }
+
+    /// Whether the "(before)" scenarios could run.
+    fn has_baseline(&self) -> bool {
+        self.baseline.as_ref().is_some_and(|b| b.found)
     }
 
     /// The rate of the fixed-rate runs.
@@ -350,6 +431,64 @@ impl Report {
                 met(one >= peer)
             ))
         });
+        let one_thread = per_protocol(&|p| {
+            let one = self.find(p, false, Scenario::OneHop)?.rps();
+            let peer = self.find(p, false, Scenario::HaproxyOneThread)?.rps();
+            Some(format!(
+                "{} vs {} req/s ({}): {}",
+                thousands(one),
+                thousands(peer),
+                ratio(one, peer),
+                met(one >= peer)
+            ))
+        });
+        let after_before = |after: Scenario| {
+            let no_baseline = !self.has_baseline();
+            per_protocol(&|p| {
+                if no_baseline {
+                    return Some("not measured (no pre-rebuild proxy)".to_string());
+                }
+                let before = after.before()?;
+                let (a_max, b_max) = (self.find(p, false, after)?, self.find(p, false, before)?);
+                let (a_rate, b_rate) = (self.find(p, true, after)?, self.find(p, true, before)?);
+                let (a_rps, b_rps) = (a_max.rps(), b_max.rps());
+                let (a_p99, b_p99) = (a_rate.p99_ms(), b_rate.p99_ms());
+                // Say when the rounds of the two overlap: the verdict is then within noise.
+                let overlap = |a: (f64, f64), b: (f64, f64)| a.0 <= b.1 && b.0 <= a.1;
+                let mut noise = Vec::new();
+                if a_max.rounds.len() > 1
+                    && overlap(a_max.spread(Round::rps), b_max.spread(Round::rps))
+                {
+                    noise.push("req/s");
+                }
+                if a_rate.rounds.len() > 1
+                    && overlap(a_rate.spread(|r| r.p99_ms), b_rate.spread(|r| r.p99_ms))
+                {
+                    noise.push("p99");
+                }
+                let noise = if noise.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (the rounds' {} ranges overlap)", noise.join(" and "))
+                };
+                Some(format!(
+                    "{} vs {} req/s ({}), p99 {} vs {} ms: {}{noise}",
+                    thousands(a_rps),
+                    thousands(b_rps),
+                    ratio(a_rps, b_rps),
+                    ms(a_p99),
+                    ms(b_p99),
+                    met(a_rps >= b_rps && a_p99 <= b_p99)
+                ))
+            })
+        };
+        let after_before_target = |after: Scenario| {
+            format!(
+                "{0} after the rebuild: maximum throughput at least, and p99 at {at} at most, \
+                 the pre-rebuild proxy's ({0} vs {0} (before))",
+                after.name()
+            )
+        };
         vec![
             Verdict {
                 target: format!("p99 added by two hops at {at} under {TARGET_ADDED_P99_MS} ms"),
@@ -366,6 +505,24 @@ impl Report {
                 target: "maximum throughput of one hop at least HAProxy's (1-hop vs haproxy)"
                     .to_string(),
                 cells: throughput,
+            },
+            Verdict {
+                target: "maximum throughput of one hop at least HAProxy's with one thread \
+                         (1-hop vs haproxy nbthread 1)"
+                    .to_string(),
+                cells: one_thread,
+            },
+            Verdict {
+                target: after_before_target(Scenario::OneHop),
+                cells: after_before(Scenario::OneHop),
+            },
+            Verdict {
+                target: after_before_target(Scenario::TwoHop),
+                cells: after_before(Scenario::TwoHop),
+            },
+            Verdict {
+                target: after_before_target(Scenario::TwoHopMtls),
+                cells: after_before(Scenario::TwoHopMtls),
             },
         ]
     }
@@ -396,7 +553,13 @@ impl Report {
             write!(machine, ", {:.1} GB memory", mem as f64 / 1e9)?;
         }
         writeln!(out, "- machine: {machine}")?;
-        writeln!(out, "- last run: {}, `{}`", self.date, self.command)?;
+        writeln!(
+            out,
+            "- last run: {}, `{}`, took {}",
+            self.date,
+            self.command,
+            took(self.took_seconds)
+        )?;
         let sections: Vec<String> = Part::ALL
             .iter()
             .filter(|p| self.parts.contains(p) || self.carried.contains_key(p))
@@ -439,6 +602,11 @@ impl Report {
                         b.write_markdown(out)?;
                     }
                 }
+                Part::Redis => {
+                    if let Some(r) = &self.redis {
+                        r.write_markdown(out)?;
+                    }
+                }
             }
         }
         Ok(())
@@ -451,6 +619,7 @@ impl Report {
             "{}",
             METHOD.replace("{body}", &crate::server::BODY.len().to_string())
         )?;
+        self.write_method_extras(out)?;
 
         writeln!(out, "### Targets\n")?;
         writeln!(out, "| target | HTTP/1.1 | HTTP/2 |")?;
@@ -465,9 +634,20 @@ impl Report {
         }
         writeln!(out)?;
 
+        if self.parts.contains(&Part::Redis) || self.carried.contains_key(&Part::Redis) {
+            writeln!(
+                out,
+                "The opaque-TCP targets (one hop against twemproxy, and against the pre-rebuild \
+                 proxy, on redis-benchmark) are in [{}](#{}).\n",
+                Part::Redis.title(),
+                Part::Redis.anchor()
+            )?;
+        }
+
         for protocol in PROTOCOLS {
             self.write_protocol(out, protocol)?;
         }
+        self.write_connections(out)?;
         if let Some(handshakes) = &self.handshakes {
             handshakes.write_markdown(out)?;
         }
@@ -475,7 +655,25 @@ impl Report {
     }
 
     fn write_protocol(&self, out: &mut String, protocol: Protocol) -> std::fmt::Result {
+        let (rate, max) = (
+            self.rows(protocol, true).next().is_some(),
+            self.rows(protocol, false).next().is_some(),
+        );
+        if !rate && !max {
+            // Not measured (`--series connections`): no empty tables.
+            return Ok(());
+        }
         writeln!(out, "### {}\n", protocol_name(protocol))?;
+        if rate {
+            self.write_latency(out, protocol)?;
+        }
+        if max {
+            self.write_throughput(out, protocol)?;
+        }
+        Ok(())
+    }
+
+    fn write_latency(&self, out: &mut String, protocol: Protocol) -> std::fmt::Result {
         let direct = self.find(protocol, true, Scenario::Direct);
         if let Some(first) = self.rows(protocol, true).next() {
             writeln!(
@@ -522,8 +720,10 @@ impl Report {
                 rss_cell(m),
             )?;
         }
-        writeln!(out)?;
+        writeln!(out)
+    }
 
+    fn write_throughput(&self, out: &mut String, protocol: Protocol) -> std::fmt::Result {
         let direct = self.find(protocol, false, Scenario::Direct);
         if let Some(first) = self.rows(protocol, false).next() {
             writeln!(
@@ -560,18 +760,37 @@ impl Report {
         writeln!(out, "### Noise\n")?;
         writeln!(
             out,
-            "Every scenario ran in rounds, interleaved with the others (direct, 1-hop, 2-hop, \
-             2-hop mTLS, haproxy, direct, …), so slow drifts of the machine hit all of them alike. The \
-             range over the rounds is the run-to-run noise; differences smaller than it mean \
-             nothing.\n"
+            "Every scenario ran in rounds, interleaved with the others (direct, 1-hop, 1-hop \
+             (before), 2-hop, …, haproxy nbthread 1, direct, …), so slow drifts of the machine hit \
+             all of them alike. The range over the rounds is the run-to-run noise; differences \
+             smaller than it mean nothing.\n"
         )?;
+        let counts: Vec<u32> = self
+            .connection_counts()
+            .into_iter()
+            .filter(|&c| {
+                self.measurements
+                    .iter()
+                    .any(|m| m.series == Series::Connections && m.run.connections == c)
+            })
+            .collect();
+        let mut heading =
+            "| scenario | HTTP/1.1 p99 ms | HTTP/1.1 max req/s | HTTP/2 p99 ms | HTTP/2 max req/s |"
+                .to_string();
+        for c in &counts {
+            write!(heading, " HTTP/1.1 p99 ms, {c} connections |")?;
+        }
+        writeln!(out, "{heading}")?;
         writeln!(
             out,
-            "| scenario | HTTP/1.1 p99 ms | HTTP/1.1 max req/s | HTTP/2 p99 ms | HTTP/2 max req/s |"
+            "|---|---:|---:|---:|---:|{}",
+            "---:|".repeat(counts.len())
         )?;
-        writeln!(out, "|---|---:|---:|---:|---:|")?;
         let mut noisy = false;
         for scenario in Scenario::ALL {
+            if !self.measurements.iter().any(|m| m.scenario == scenario) {
+                continue;
+            }
             let mut cells = Vec::new();
             for protocol in PROTOCOLS {
                 cells.push(match self.find(protocol, true, scenario) {
@@ -590,6 +809,20 @@ impl Report {
                     }
                     None => "–".to_string(),
                 });
+            }
+            for &c in &counts {
+                cells.push(
+                    match self
+                        .find_connections(scenario, c)
+                        .filter(|m| m.series == Series::Connections)
+                    {
+                        Some(m) => {
+                            let (lo, hi) = m.spread(|r| r.p99_ms);
+                            format!("{}–{}", ms(lo), ms(hi))
+                        }
+                        None => "–".to_string(),
+                    },
+                );
             }
             writeln!(out, "| {} | {} |", scenario.name(), cells.join(" | "))?;
         }
@@ -653,11 +886,149 @@ impl Report {
         Ok(())
     }
 
-    /// The measurements of `protocol`, fixed-rate or max, in the order they ran.
+    /// The measurements of `protocol`, fixed-rate or max at the usual concurrency, in the
+    /// order they ran.
     fn rows(&self, protocol: Protocol, rate: bool) -> impl Iterator<Item = &Measurement> {
-        self.measurements.iter().filter(move |m| {
-            m.run.protocol == protocol && matches!(m.run.load, Load::Rate(_)) == rate
-        })
+        let series = if rate {
+            Series::Latency
+        } else {
+            Series::Throughput
+        };
+        self.measurements
+            .iter()
+            .filter(move |m| m.run.protocol == protocol && m.series == series)
+    }
+
+    /// What the fixed method text cannot say: the pre-rebuild proxy, the connections series
+    /// and the open-files limit.
+    fn write_method_extras(&self, out: &mut String) -> std::fmt::Result {
+        match &self.baseline {
+            Some(b) if b.found => writeln!(
+                out,
+                "The \"(before)\" scenarios run the pre-rebuild proxy{} (`{}`, built by \
+                 scripts/bench-baseline.sh), in pods of its own, with the same environment as \
+                 the current proxy.\n",
+                b.commit
+                    .as_ref()
+                    .map(|c| format!(", commit `{}`", &c[..c.len().min(7)]))
+                    .unwrap_or_default(),
+                b.path
+            )?,
+            Some(b) => writeln!(
+                out,
+                "**The pre-rebuild proxy was not found** (`{}`): the \"(before)\" scenarios \
+                 and targets were not measured. `scripts/setup-bench.sh` builds it (or pass \
+                 `--baseline-proxy PATH`).\n",
+                b.path
+            )?,
+            None => {}
+        }
+        let counts = self.connection_counts();
+        if counts.len() > 1 {
+            let names: Vec<String> = Scenario::CONNECTIONS
+                .iter()
+                .filter(|s| self.measurements.iter().any(|m| m.scenario == **s))
+                .map(|s| s.name().to_string())
+                .collect();
+            let rate = self.rate().unwrap_or(TARGET_RATE);
+            let per_connection: Vec<String> = counts
+                .iter()
+                .map(|&c| format!("{c} ({:.0} req/s each)", f64::from(rate) / f64::from(c)))
+                .collect();
+            writeln!(
+                out,
+                "Last, HTTP/1.1 fixed-rate runs at the same rate with more connections (`oha -c`), \
+                 in rounds and with a warm-up like the others, for {}: the latency table's \
+                 connections and these, {} connections in all, show how the tail grows with \
+                 the number of connections at the same request rate.{}\n",
+                names.join(", "),
+                per_connection.join(", "),
+                self.open_files_limit
+                    .map(|l| format!(
+                        " The benchmark runs with an open-files limit of {} (it asks for \
+                         {}), which its pods' proxies, HAProxy and load generator inherit.",
+                        thousands(l as f64),
+                        thousands(crate::OPEN_FILES as f64)
+                    ))
+                    .unwrap_or_default()
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The connections table: HTTP/1.1 at the fixed rate with the latency table's connections
+    /// and more.
+    fn write_connections(&self, out: &mut String) -> std::fmt::Result {
+        let counts = self.connection_counts();
+        if counts.len() < 2 {
+            return Ok(());
+        }
+        let columns: Vec<String> = counts.iter().map(u32::to_string).collect();
+        let columns = columns.join(" / ");
+        let first = self
+            .measurements
+            .iter()
+            .find(|m| m.series == Series::Connections);
+        writeln!(
+            out,
+            "### HTTP/1.1 with more connections
+"
+        )?;
+        if let Some(first) = first {
+            writeln!(
+                out,
+                "{}, corrected for coordinated omission, with {columns} connections; each value \
+                 is the median of {} rounds, for each number of connections in turn. Proxy CPU \
+                 as above (for two hops: the sum).\n",
+                rate_text(&first.run),
+                first.rounds.len(),
+            )?;
+        }
+        writeln!(
+            out,
+            "| scenario | p50 ms ({columns}) | p99 ms ({columns}) | p99.9 ms ({columns}) \
+             | p99 × direct ({columns}) | proxy CPU s / 10k req ({columns}) | errors |"
+        )?;
+        writeln!(out, "|---|---:|---:|---:|---:|---:|---:|")?;
+        for scenario in Scenario::CONNECTIONS {
+            let row: Vec<Option<&Measurement>> = counts
+                .iter()
+                .map(|&c| self.find_connections(scenario, c))
+                .collect();
+            if row.iter().all(|m| m.is_none()) {
+                continue;
+            }
+            let cells = |value: &dyn Fn(&Measurement) -> String| -> String {
+                row.iter()
+                    .map(|m| m.map_or("–".to_string(), value))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            };
+            let versus: Vec<String> = counts
+                .iter()
+                .zip(&row)
+                .map(
+                    |(&c, m)| match (m, self.find_connections(Scenario::Direct, c)) {
+                        (Some(m), Some(d)) => ratio(m.p99_ms(), d.p99_ms()),
+                        _ => "–".to_string(),
+                    },
+                )
+                .collect();
+            let errors: u64 = row.iter().flatten().map(|m| m.failed()).sum();
+            writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {errors} |",
+                scenario.name(),
+                cells(&|m| ms(m.p50_ms())),
+                cells(&|m| ms(m.p99_ms())),
+                cells(&|m| ms(m.p999_ms())),
+                versus.join(" / "),
+                cells(&|m| m
+                    .cpu_per_10k()
+                    .map_or("–".to_string(), |(t, _)| format!("{t:.2}"))),
+            )?;
+        }
+        writeln!(out)
     }
 }
 
@@ -682,18 +1053,34 @@ plaintext, by the server's IP (no discovery, no identity).
 resolves it through the destination controller, then opens mutual TLS (TLS 1.3, ECDSA P-256 \
 certificates from the identity controller) and carries the requests as HTTP/2 to the server's \
 proxy, which restores HTTP/1.1 where the client spoke it.
+- **1-hop (before)**, **2-hop (before)**, **2-hop mTLS (before)**: the same paths through the \
+pre-rebuild proxy (below), in pods of their own (`client-before` → `server` or \
+`server-before`; `client-mtls-before` → `server-mtls-before` behind a ClusterIP of its own), \
+measured in the same run and interleaved with the others, so that before and after see the same \
+machine.
 - **haproxy**: HAProxy (`mode http`, default threads) in the unmeshed client pod, forwarding to \
 the server pod; the load generator targets it on the pod's loopback. HTTP/1.1 is forwarded as \
 HTTP/1.1 and HTTP/2 as HTTP/2, like the mesh proxy does.
+- **haproxy nbthread 1**: the same configuration with `nbthread 1` (a second HAProxy in the \
+client pod, on other ports): one thread, like the mesh proxy's one worker.
 
 Each protocol first gets fixed-rate runs, measuring latency and the proxies' CPU and memory, \
 then maximum-throughput runs. Each kind of run is repeated in rounds that interleave the \
 scenarios, and the tables show the median round; the first round of each scenario is preceded \
 by a one-second warm-up at the same rate. The proxies run with their defaults (one worker \
 thread on the single-threaded scheduler, log level `warn`) unless the command says otherwise \
-(`--proxy-env`); HAProxy runs with its default of one thread per core; nothing is pinned to a \
-core.
+(`--proxy-env`); HAProxy runs with its default of one thread per core, or one thread for \
+haproxy nbthread 1; nothing is pinned to a core.
 ";
+
+/// `1234.5` seconds → `20 min 35 s`.
+fn took(seconds: f64) -> String {
+    let seconds = seconds.max(0.0).round() as u64;
+    match seconds / 60 {
+        0 => format!("{seconds} s"),
+        minutes => format!("{minutes} min {} s", seconds % 60),
+    }
+}
 
 fn protocol_name(protocol: Protocol) -> &'static str {
     match protocol {
@@ -740,7 +1127,7 @@ fn rss_cell(m: &Measurement) -> String {
 }
 
 /// The middle value (the mean of the middle two for an even count); 0 for none.
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     if values.is_empty() {
         return 0.0;
     }
@@ -753,7 +1140,7 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-fn met(ok: bool) -> &'static str {
+pub(crate) fn met(ok: bool) -> &'static str {
     if ok {
         "met"
     } else {
@@ -798,6 +1185,10 @@ mod tests {
         };
         Measurement {
             scenario,
+            series: match load {
+                Load::Rate(_) => Series::Latency,
+                Load::Max => Series::Throughput,
+            },
             run: Run {
                 url: "http://10.244.0.2:8080/".to_string(),
                 protocol,
@@ -830,6 +1221,10 @@ mod tests {
             handshakes: None,
             discovery: None,
             balance: None,
+            redis: None,
+            baseline: None,
+            took_seconds: 61.0,
+            open_files_limit: None,
             carried: BTreeMap::new(),
         }
     }
@@ -875,10 +1270,34 @@ mod tests {
             ),
             measurement(OneHop, Http1, Load::Max, &[1.0], 100_000, &[]),
             measurement(Haproxy, Http1, Load::Max, &[1.0], 90_000, &[]),
+            measurement(HaproxyOneThread, Http1, Load::Max, &[1.0], 80_000, &[]),
+            measurement(OneHop, Http1, rate, &[0.3, 0.35, 0.32], 20_000, &[]),
+            measurement(OneHopBefore, Http1, rate, &[0.4, 0.45, 0.5], 20_000, &[]),
+            measurement(OneHopBefore, Http1, Load::Max, &[1.0], 90_000, &[]),
+            measurement(TwoHopBefore, Http1, rate, &[0.55, 0.65, 0.75], 20_000, &[]),
+            measurement(TwoHop, Http1, Load::Max, &[1.0], 80_000, &[]),
+            measurement(TwoHopBefore, Http1, Load::Max, &[1.0], 85_000, &[]),
             measurement(Direct, Http2, rate, &[0.2, 1.5, 0.25], 20_000, &[]),
             measurement(TwoHop, Http2, rate, &[0.9], 20_000, &[(1.0, 8_000_000)]),
         ]);
-        let cells: Vec<Vec<String>> = r.verdicts().into_iter().map(|v| v.cells).collect();
+        let cells = |r: &Report| -> Vec<Vec<String>> {
+            r.verdicts().into_iter().map(|v| v.cells).collect()
+        };
+        // Without the pre-rebuild proxy, its rows say so.
+        assert_eq!(
+            cells(&r)[4],
+            [
+                "not measured (no pre-rebuild proxy)",
+                "not measured (no pre-rebuild proxy)"
+            ]
+        );
+        let mut r = r;
+        r.baseline = Some(Baseline {
+            path: "target/bench-baseline/mesh-proxy".to_string(),
+            found: true,
+            commit: None,
+        });
+        let cells = cells(&r);
         assert_eq!(
             cells,
             [
@@ -888,6 +1307,17 @@ mod tests {
                 ],
                 vec!["13.0 MB: **not met**", "8.0 MB: met"],
                 vec!["10,000 vs 9,000 req/s (1.11×): met", "not measured"],
+                vec!["10,000 vs 8,000 req/s (1.25×): met", "not measured"],
+                vec![
+                    "10,000 vs 9,000 req/s (1.11×), p99 0.320 vs 0.450 ms: met",
+                    "not measured"
+                ],
+                vec![
+                    "8,000 vs 8,500 req/s (0.94×), p99 0.600 vs 0.650 ms: **not met** (the \
+                     rounds' p99 ranges overlap)",
+                    "not measured"
+                ],
+                vec!["not measured", "not measured"],
             ]
         );
         let two = r.find(Http1, true, TwoHop).expect("measured");
@@ -927,6 +1357,70 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("One round only"), "{md}");
+    }
+
+    #[test]
+    fn connections_table_and_missing_baseline() {
+        use Protocol::*;
+        use Scenario::*;
+        let rate = Load::Rate(2_000);
+        let with = |mut m: Measurement, connections: u32| {
+            m.series = Series::Connections;
+            m.run.connections = connections;
+            m
+        };
+        let mut r = report(vec![
+            measurement(Direct, Http1, rate, &[0.2], 20_000, &[]),
+            measurement(OneHop, Http1, rate, &[0.4], 20_000, &[(1.0, 8_000_000)]),
+            with(measurement(Direct, Http1, rate, &[0.3], 20_000, &[]), 50),
+            with(
+                measurement(OneHop, Http1, rate, &[0.9], 20_000, &[(2.0, 8_000_000)]),
+                50,
+            ),
+            with(measurement(Direct, Http1, rate, &[0.3], 20_000, &[]), 500),
+            with(
+                measurement(OneHop, Http1, rate, &[1.5], 20_000, &[(4.0, 8_000_000)]),
+                500,
+            ),
+        ]);
+        r.baseline = Some(Baseline {
+            path: "/repo/target/bench-baseline/mesh-proxy".to_string(),
+            found: false,
+            commit: None,
+        });
+        r.open_files_limit = Some(65_536);
+        let md = r.markdown();
+        assert!(md.contains("### HTTP/1.1 with more connections\n"), "{md}");
+        assert!(
+            md.contains(
+                "| 1-hop | 0.200 / 0.450 / 0.750 | 0.400 / 0.900 / 1.500 | 0.800 / 1.800 / 3.000 \
+                 | 2.00× / 3.00× / 5.00× | 0.50 / 1.00 / 2.00 | 0 |"
+            ),
+            "{md}"
+        );
+        // The latency table keeps only the usual concurrency.
+        assert!(md.contains("| 1-hop | 0.200 | 0.400 | 0.800 |"), "{md}");
+        assert!(!md.contains("| 1-hop | 0.450 |"), "{md}");
+        assert!(
+            md.contains("16 (125 req/s each), 50 (40 req/s each), 500 (4 req/s each)"),
+            "{md}"
+        );
+        assert!(md.contains("an open-files limit of 65,536"), "{md}");
+        assert!(
+            md.contains(
+                "**The pre-rebuild proxy was not found** (`/repo/target/bench-baseline/mesh-proxy`)"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| HTTP/1.1 p99 ms, 50 connections | HTTP/1.1 p99 ms, 500 connections |"),
+            "{md}"
+        );
+        assert!(md.contains("took 1 min 1 s"), "{md}");
+        assert_eq!(
+            r.find_connections(OneHop, 16).map(|m| m.series),
+            Some(Series::Latency)
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! ```text
 //! client         (plain)  ──────────────────────────────────▶ server        app :8080 (plain)
 //! client         (plain)  ─▶ haproxy 127.0.0.1:8081/8082 ────▶ server        app :8080
+//! client         (plain)  ─▶ haproxy nbthread 1 :8083/8084 ──▶ server        app :8080
 //! client-meshed  (proxy)  ─▶ outbound 4140 ──────────────────▶ server        app :8080
 //! client-meshed  (proxy)  ─▶ outbound 4140 ─▶ inbound 4143 ──▶ server-meshed app :8080 (proxy)
 //! client-mtls    (proxy)  ─▶ outbound 4140 ═▶ inbound 4143 ──▶ server-mtls   app :8080 (proxy)
@@ -10,12 +11,16 @@
 //! client         (plain)  ─▶ mutual-TLS handshakes ══════════▶ server-mtls   inbound / server :8443
 //! ```
 //!
-//! The `control` pod runs the destination and identity controllers for the mTLS pair.
+//! With the pre-rebuild proxy (`--baseline-proxy`), four more pods run it in the same roles, for
+//! the "(before)" scenarios: `client-before` (to `server`, and to `server-before`) and the mTLS
+//! pair `client-mtls-before` → `server-mtls-before` (its own ClusterIP).
+//!
+//! The `control` pod runs the destination and identity controllers for the mTLS pairs.
 //!
 //! Everything lives in one [`Cluster`] on `10.244.0.0/16`; dropping the testbed stops the
 //! processes and servers, then the cluster removes the namespaces.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -35,22 +40,46 @@ pub enum Scenario {
     Direct,
     /// The client's outbound proxy only; the server is not meshed.
     OneHop,
+    /// [`Scenario::OneHop`] with the pre-rebuild proxy.
+    OneHopBefore,
     /// The client's outbound proxy and the server's inbound proxy.
     TwoHop,
+    /// [`Scenario::TwoHop`] with the pre-rebuild proxy on both sides.
+    TwoHopBefore,
     /// Two hops with identity: discovery, then mutual TLS and HTTP/2 between the proxies.
     TwoHopMtls,
-    /// The peer: HAProxy in the client pod as a one-hop HTTP proxy.
+    /// [`Scenario::TwoHopMtls`] with the pre-rebuild proxy on both sides.
+    TwoHopMtlsBefore,
+    /// The peer: HAProxy in the client pod as a one-hop HTTP proxy, one thread per core.
     Haproxy,
+    /// The same HAProxy with one thread (`nbthread 1`), like the mesh proxy's one worker.
+    HaproxyOneThread,
 }
 
 impl Scenario {
-    /// Every scenario, baseline first.
-    pub const ALL: [Scenario; 5] = [
+    /// Every scenario, baseline first, each pre-rebuild one right after its current one.
+    pub const ALL: [Scenario; 9] = [
         Scenario::Direct,
         Scenario::OneHop,
+        Scenario::OneHopBefore,
         Scenario::TwoHop,
+        Scenario::TwoHopBefore,
         Scenario::TwoHopMtls,
+        Scenario::TwoHopMtlsBefore,
         Scenario::Haproxy,
+        Scenario::HaproxyOneThread,
+    ];
+
+    /// The scenarios of the connection-count runs (HTTP/1.1 at the fixed rate with many
+    /// connections): the mTLS pairs are left out to keep the run short.
+    pub const CONNECTIONS: [Scenario; 7] = [
+        Scenario::Direct,
+        Scenario::OneHop,
+        Scenario::OneHopBefore,
+        Scenario::TwoHop,
+        Scenario::TwoHopBefore,
+        Scenario::Haproxy,
+        Scenario::HaproxyOneThread,
     ];
 
     /// The scenario's name in the report.
@@ -58,10 +87,32 @@ impl Scenario {
         match self {
             Scenario::Direct => "direct",
             Scenario::OneHop => "1-hop",
+            Scenario::OneHopBefore => "1-hop (before)",
             Scenario::TwoHop => "2-hop",
+            Scenario::TwoHopBefore => "2-hop (before)",
             Scenario::TwoHopMtls => "2-hop mTLS",
+            Scenario::TwoHopMtlsBefore => "2-hop mTLS (before)",
             Scenario::Haproxy => "haproxy",
+            Scenario::HaproxyOneThread => "haproxy nbthread 1",
         }
+    }
+
+    /// The same path through the pre-rebuild proxy, for the mesh proxy's scenarios.
+    pub fn before(self) -> Option<Scenario> {
+        match self {
+            Scenario::OneHop => Some(Scenario::OneHopBefore),
+            Scenario::TwoHop => Some(Scenario::TwoHopBefore),
+            Scenario::TwoHopMtls => Some(Scenario::TwoHopMtlsBefore),
+            _ => None,
+        }
+    }
+
+    /// Whether the scenario runs the pre-rebuild proxy.
+    pub fn is_before(self) -> bool {
+        matches!(
+            self,
+            Scenario::OneHopBefore | Scenario::TwoHopBefore | Scenario::TwoHopMtlsBefore
+        )
     }
 }
 
@@ -72,16 +123,18 @@ pub struct Target<'a> {
     pub watched: Vec<Watched>,
 }
 
-/// The cluster with its four pods and everything running in them.
+/// The cluster with its pods and everything running in them.
 ///
 /// Fields drop in declaration order: processes and servers first, the cluster (and with it the
 /// namespaces) last.
 pub struct Testbed {
     haproxy: Haproxy,
+    haproxy_one_thread: Haproxy,
     client_proxy: Proxy,
     server_proxy: Proxy,
     mtls_client_proxy: Proxy,
     mtls_server_proxy: Proxy,
+    before: Option<Before>,
     _servers: [Server; 3],
     control: ControlPlane,
     client: Pod,
@@ -93,13 +146,60 @@ pub struct Testbed {
     cluster: Cluster,
 }
 
+/// The pods of the pre-rebuild proxy, in the roles of the current one's.
+struct Before {
+    client_proxy: Proxy,
+    server_proxy: Proxy,
+    mtls_client_proxy: Proxy,
+    mtls_server_proxy: Proxy,
+    _servers: [Server; 2],
+    client: Pod,
+    client_mtls: Pod,
+    server: Pod,
+}
+
+/// The pods and processes the redis part uses: the server pod (where redis-server runs), the
+/// unmeshed client pod (redis-benchmark direct, and nutcracker), and the meshed client pods
+/// with their proxy's pid.
+pub struct RedisPods<'a> {
+    pub server: &'a Pod,
+    pub client: &'a Pod,
+    pub meshed: (&'a Pod, u32),
+    pub before: Option<(&'a Pod, u32)>,
+}
+
 /// The mTLS server's service address (its proxies find it through discovery).
 pub const MTLS_CLUSTER_IP: [u8; 4] = [10, 96, 0, 20];
+/// The pre-rebuild mTLS server's service address.
+pub const MTLS_BEFORE_CLUSTER_IP: [u8; 4] = [10, 96, 0, 21];
+
+/// HAProxy with its default threads.
+const HAPROXY: haproxy::Setup = haproxy::Setup {
+    threads: None,
+    ports: haproxy::Ports {
+        http1: 8081,
+        http2: 8082,
+    },
+};
+/// HAProxy with one thread.
+const HAPROXY_ONE_THREAD: haproxy::Setup = haproxy::Setup {
+    threads: Some(1),
+    ports: haproxy::Ports {
+        http1: 8083,
+        http2: 8084,
+    },
+};
 
 impl Testbed {
-    /// Builds the pods, starts the server application in both server pods, meshes the meshed
-    /// ones (their proxies take `proxy_env`), and starts HAProxy in the client pod.
-    pub fn start(haproxy_program: &Path, proxy_env: &[(String, String)]) -> anyhow::Result<Self> {
+    /// Builds the pods, starts the server application in the server pods, meshes the meshed
+    /// ones (their proxies take `proxy_env`), and starts both HAProxies in the client pod. With
+    /// `baseline`, the pre-rebuild proxy's pods too, meshed with that program and the same
+    /// environment.
+    pub fn start(
+        haproxy_program: &Path,
+        proxy_env: &[(String, String)],
+        baseline: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let mut cluster = Cluster::new("bench").context("creating the benchmark's cluster")?;
         let server = cluster.add_pod("server")?;
         let server_meshed = cluster.add_pod("server-meshed")?;
@@ -131,38 +231,52 @@ impl Testbed {
             &ControlOptions::default(),
         )
         .context("starting the control plane")?;
-        control.write(
-            "server-mtls.yaml",
-            &service_yaml(
-                "bench",
-                "server-mtls",
-                MTLS_CLUSTER_IP.into(),
-                (server::PORT, server::PORT),
-                &[],
-                std::slice::from_ref(&server_mtls),
-            ),
+        let mtls = MtlsPair::start(
+            &control,
+            proxy_env,
+            None,
+            &server_mtls,
+            &client_mtls,
+            ("server-mtls", "server", "client"),
+            MTLS_CLUSTER_IP,
         )?;
-        let enroll = |pod: &Pod, sa: &str| -> anyhow::Result<MeshOptions> {
-            let mut options = control.enroll(pod, "bench", sa, &[])?;
-            options.env.extend(proxy_env.iter().cloned());
-            Ok(options)
+
+        let before = match baseline {
+            None => None,
+            Some(program) => Some(
+                Before::start(&mut cluster, &control, proxy_env, program)
+                    .context("meshing the pre-rebuild proxy's pods")?,
+            ),
         };
-        let mtls_server_proxy = server_mtls
-            .mesh(enroll(&server_mtls, "server")?)
-            .context("meshing the mTLS server pod")?;
-        client_mtls.route("10.96.0.0/12")?;
-        let mtls_client_proxy = client_mtls
-            .mesh(enroll(&client_mtls, "client")?)
-            .context("meshing the mTLS client pod")?;
+
         let upstream = SocketAddr::from((server.ip, server::PORT));
-        let haproxy = Haproxy::start(haproxy_program, &client, upstream, cluster.log_dir())
-            .context("starting haproxy")?;
+        let log_dir = cluster.log_dir();
+        let haproxy = Haproxy::start(
+            haproxy_program,
+            &client,
+            upstream,
+            HAPROXY,
+            log_dir,
+            "haproxy",
+        )
+        .context("starting haproxy")?;
+        let haproxy_one_thread = Haproxy::start(
+            haproxy_program,
+            &client,
+            upstream,
+            HAPROXY_ONE_THREAD,
+            log_dir,
+            "haproxy-nbthread-1",
+        )
+        .context("starting haproxy with one thread")?;
         Ok(Testbed {
             haproxy,
+            haproxy_one_thread,
             client_proxy,
             server_proxy,
-            mtls_client_proxy,
-            mtls_server_proxy,
+            mtls_client_proxy: mtls.client,
+            mtls_server_proxy: mtls.server,
+            before,
             _servers: servers,
             control,
             client,
@@ -175,14 +289,30 @@ impl Testbed {
         })
     }
 
-    /// Where `scenario` sends its load when speaking `protocol`.
-    pub fn target(&self, scenario: Scenario, protocol: Protocol) -> Target<'_> {
+    /// Where `scenario` sends its load when speaking `protocol`; `None` for a pre-rebuild
+    /// scenario without that proxy.
+    pub fn target(&self, scenario: Scenario, protocol: Protocol) -> Option<Target<'_>> {
         let app = |pod: &Pod| format!("http://{}:{}/", pod.ip, server::PORT);
+        let service = |ip: [u8; 4]| format!("http://{}:{}/", Ipv4Addr::from(ip), server::PORT);
         let watch = |name: &str, pid: u32| Watched {
             name: name.to_string(),
             pid,
         };
-        match scenario {
+        let haproxy = |h: &Haproxy, name: &str| Target {
+            pod: &self.client,
+            url: format!(
+                "http://127.0.0.1:{}/",
+                match protocol {
+                    Protocol::Http1 => h.ports().http1,
+                    Protocol::Http2 => h.ports().http2,
+                }
+            ),
+            watched: vec![watch(name, h.pid())],
+        };
+        if scenario.is_before() {
+            return self.before_target(scenario, &app, &watch);
+        }
+        Some(match scenario {
             Scenario::Direct => Target {
                 pod: &self.client,
                 url: app(&self.server),
@@ -203,27 +333,52 @@ impl Testbed {
             },
             Scenario::TwoHopMtls => Target {
                 pod: &self.client_mtls,
-                url: format!(
-                    "http://{}:{}/",
-                    std::net::Ipv4Addr::from(MTLS_CLUSTER_IP),
-                    server::PORT
-                ),
+                url: service(MTLS_CLUSTER_IP),
                 watched: vec![
                     watch("client proxy", self.mtls_client_proxy.pid()),
                     watch("server proxy", self.mtls_server_proxy.pid()),
                 ],
             },
-            Scenario::Haproxy => Target {
-                pod: &self.client,
-                url: format!(
-                    "http://127.0.0.1:{}/",
-                    match protocol {
-                        Protocol::Http1 => haproxy::HTTP1_PORT,
-                        Protocol::Http2 => haproxy::HTTP2_PORT,
-                    }
-                ),
-                watched: vec![watch("haproxy", self.haproxy.pid())],
-            },
+            Scenario::Haproxy => haproxy(&self.haproxy, "haproxy"),
+            Scenario::HaproxyOneThread => haproxy(&self.haproxy_one_thread, "haproxy"),
+            Scenario::OneHopBefore | Scenario::TwoHopBefore | Scenario::TwoHopMtlsBefore => {
+                return None
+            }
+        })
+    }
+
+    /// [`Testbed::target`] of the pre-rebuild scenarios.
+    fn before_target(
+        &self,
+        scenario: Scenario,
+        app: &dyn Fn(&Pod) -> String,
+        watch: &dyn Fn(&str, u32) -> Watched,
+    ) -> Option<Target<'_>> {
+        let before = self.before.as_ref()?;
+        let service = |ip: [u8; 4]| format!("http://{}:{}/", Ipv4Addr::from(ip), server::PORT);
+        let two = |client: &Proxy, server: &Proxy| {
+            vec![
+                watch("client proxy", client.pid()),
+                watch("server proxy", server.pid()),
+            ]
+        };
+        match scenario {
+            Scenario::OneHopBefore => Some(Target {
+                pod: &before.client,
+                url: app(&self.server),
+                watched: vec![watch("client proxy", before.client_proxy.pid())],
+            }),
+            Scenario::TwoHopBefore => Some(Target {
+                pod: &before.client,
+                url: app(&before.server),
+                watched: two(&before.client_proxy, &before.server_proxy),
+            }),
+            Scenario::TwoHopMtlsBefore => Some(Target {
+                pod: &before.client_mtls,
+                url: service(MTLS_BEFORE_CLUSTER_IP),
+                watched: two(&before.mtls_client_proxy, &before.mtls_server_proxy),
+            }),
+            _ => None,
         }
     }
 
@@ -239,8 +394,119 @@ impl Testbed {
         )
     }
 
+    /// What the redis part needs.
+    pub fn redis_pods(&self) -> RedisPods<'_> {
+        RedisPods {
+            server: &self.server,
+            client: &self.client,
+            meshed: (&self.client_meshed, self.client_proxy.pid()),
+            before: self
+                .before
+                .as_ref()
+                .map(|b| (&b.client, b.client_proxy.pid())),
+        }
+    }
+
     /// The cluster's log folder (proxy logs, HAProxy's configuration and log).
     pub fn log_dir(&self) -> &Path {
         self.cluster.log_dir()
+    }
+}
+
+// === impl Before ===
+
+impl Before {
+    /// Adds the pre-rebuild proxy's pods: a client meshed with it (calling the plain `server`
+    /// for one hop, and its own meshed server for two), and an mTLS pair behind its own
+    /// ClusterIP.
+    fn start(
+        cluster: &mut Cluster,
+        control: &ControlPlane,
+        proxy_env: &[(String, String)],
+        program: &Path,
+    ) -> anyhow::Result<Before> {
+        let server = cluster.add_pod("server-before")?;
+        let client = cluster.add_pod("client-before")?;
+        let server_mtls = cluster.add_pod("server-mtls-before")?;
+        let client_mtls = cluster.add_pod("client-mtls-before")?;
+        let servers = [Server::start(&server)?, Server::start(&server_mtls)?];
+        let options = MeshOptions {
+            env: proxy_env.to_vec(),
+            proxy_program: Some(program.to_path_buf()),
+            ..MeshOptions::default()
+        };
+        let server_proxy = server
+            .mesh(options.clone())
+            .context("meshing the pre-rebuild server pod")?;
+        let client_proxy = client
+            .mesh(options)
+            .context("meshing the pre-rebuild client pod")?;
+        let mtls = MtlsPair::start(
+            control,
+            proxy_env,
+            Some(program),
+            &server_mtls,
+            &client_mtls,
+            ("server-mtls-before", "server-before", "client-before"),
+            MTLS_BEFORE_CLUSTER_IP,
+        )?;
+        Ok(Before {
+            client_proxy,
+            server_proxy,
+            mtls_client_proxy: mtls.client,
+            mtls_server_proxy: mtls.server,
+            _servers: servers,
+            client,
+            client_mtls,
+            server,
+        })
+    }
+}
+
+/// The proxies of a meshed client and server with identity, the server behind a ClusterIP.
+struct MtlsPair {
+    client: Proxy,
+    server: Proxy,
+}
+
+impl MtlsPair {
+    /// Writes the service `names.0` at `cluster_ip` for `server_pod` (which runs the
+    /// application), enrolls both pods (service accounts `names.1` and `names.2`) and meshes
+    /// them with `program` (the current proxy when `None`).
+    fn start(
+        control: &ControlPlane,
+        proxy_env: &[(String, String)],
+        program: Option<&Path>,
+        server_pod: &Pod,
+        client_pod: &Pod,
+        names: (&str, &str, &str),
+        cluster_ip: [u8; 4],
+    ) -> anyhow::Result<MtlsPair> {
+        let (service, server_sa, client_sa) = names;
+        control.write(
+            &format!("{service}.yaml"),
+            &service_yaml(
+                "bench",
+                service,
+                cluster_ip.into(),
+                (server::PORT, server::PORT),
+                &[],
+                std::slice::from_ref(server_pod),
+            ),
+        )?;
+        let enroll = |pod: &Pod, sa: &str| -> anyhow::Result<MeshOptions> {
+            let mut options = control.enroll(pod, "bench", sa, &[])?;
+            options.env.extend(proxy_env.iter().cloned());
+            options.proxy_program = program.map(Path::to_path_buf);
+            Ok(options)
+        };
+        let server = server_pod
+            .mesh(enroll(server_pod, server_sa)?)
+            .with_context(|| format!("meshing the mTLS server pod {}", server_pod.name))?;
+        client_pod.route("10.96.0.0/12")?;
+        let client = client_pod
+            .mesh(enroll(client_pod, client_sa)?)
+            .with_context(|| format!("meshing the mTLS client pod {}", client_pod.name))?;
+        Ok(MtlsPair { client, server })
     }
 }
