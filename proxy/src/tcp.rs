@@ -5,7 +5,6 @@
 
 use crate::{
     balance::{BalanceConfig, InFlight},
-    connect::Connect,
     http::client::{NewClient, UpstreamError},
     identity::Alpn,
     metrics::TcpLabels,
@@ -127,24 +126,6 @@ impl tower::Service<BoxIo> for Forward {
     }
 }
 
-/// Connects to `target` and copies bytes between it and `client` until both directions end,
-/// returning the bytes copied (client to server, server to client). When the upstream cannot be
-/// reached the error is returned and `client` is left to the caller, which resets it.
-pub async fn forward<I>(
-    client: &mut I,
-    target: SocketAddr,
-    connect: &Connect,
-) -> Result<(u64, u64), TcpError>
-where
-    I: AsyncRead + AsyncWrite + Unpin,
-{
-    let server = connect
-        .connect(target)
-        .await
-        .map_err(|e| TcpError::Connect(e.into()))?;
-    copy(client, server, target).await
-}
-
 /// Copies bytes between `client` and `server` until both directions end.
 pub async fn copy<I, S>(
     client: &mut I,
@@ -177,6 +158,26 @@ pub enum TcpError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connect::Connect;
+
+    /// Connects to `target` and copies bytes between it and `client` until both directions end,
+    /// returning the bytes copied (client to server, server to client). When the upstream cannot be
+    /// reached the error is returned and `client` is left to the caller, which resets it.
+    async fn forward<I>(
+        client: &mut I,
+        target: SocketAddr,
+        connect: &Connect,
+    ) -> Result<(u64, u64), TcpError>
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        let server = connect
+            .connect(target)
+            .await
+            .map_err(|e| TcpError::Connect(e.into()))?;
+        copy(client, server, target).await
+    }
+
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;

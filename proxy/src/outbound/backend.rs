@@ -383,6 +383,24 @@ mod tests {
             .expect("still watching");
     }
 
+    /// The backend of [`route`], over endpoint stacks made by `new_endpoint`.
+    fn backend<N: NewService<Endpoint, Service = S> + Clone, S: Send + Sync + 'static>(
+        resolver: Option<Arc<Resolver>>,
+        new_endpoint: N,
+        failfast: Duration,
+        identity: bool,
+    ) -> Backend<N, S> {
+        NewBackend::new(
+            resolver,
+            new_endpoint,
+            Default::default(),
+            failfast,
+            identity,
+            IDLE,
+        )
+        .new_service(route())
+    }
+
     fn endpoints(n: usize) -> impl FnMut(&Resolution) -> bool {
         move |r| matches!(r, Resolution::Endpoints(eps) if eps.len() == n)
     }
@@ -390,16 +408,7 @@ mod tests {
     #[tokio::test]
     async fn without_discovery_requests_go_to_the_original_destination() {
         let (new_endpoint, made) = new_endpoint();
-        let failfast = Duration::from_secs(30);
-        let backend = NewBackend::new(
-            None,
-            new_endpoint,
-            Default::default(),
-            failfast,
-            false,
-            IDLE,
-        );
-        let mut backend = backend.new_service(route());
+        let mut backend = backend(None, new_endpoint, Duration::from_secs(30), false);
         for _ in 0..3 {
             assert_eq!(send(&mut backend).await.unwrap(), orig_dst());
         }
@@ -417,16 +426,12 @@ mod tests {
     async fn endpoint_stacks_are_made_once_and_kept_while_their_endpoint_stays() {
         let (resolver, updates) = discovery().await;
         let (new_endpoint, made) = new_endpoint();
-        let failfast = Duration::from_secs(30);
-        let backend = NewBackend::new(
+        let mut backend = backend(
             Some(resolver.clone()),
             new_endpoint,
-            Default::default(),
-            failfast,
+            Duration::from_secs(30),
             false,
-            IDLE,
         );
-        let mut backend = backend.new_service(route());
         let add = |ports: &[u16]| {
             let endpoints = ports.iter().map(|&p| endpoint(p, None)).collect();
             Update::Add(Add { endpoints })
@@ -469,16 +474,12 @@ mod tests {
         for identity in [false, true] {
             let (resolver, updates) = discovery().await;
             let (new_endpoint, made) = new_endpoint();
-            let failfast = Duration::from_secs(30);
-            let backend = NewBackend::new(
+            let mut backend = backend(
                 Some(resolver),
                 new_endpoint,
-                Default::default(),
-                failfast,
+                Duration::from_secs(30),
                 identity,
-                IDLE,
             );
-            let mut backend = backend.new_service(route());
             let meshed = endpoint(
                 1,
                 Some("web.demo.serviceaccount.identity.mesh.cluster.local"),
@@ -495,16 +496,12 @@ mod tests {
     async fn a_known_service_with_no_endpoints_fails() {
         let (resolver, updates) = discovery().await;
         let (new_endpoint, made) = new_endpoint();
-        let failfast = Duration::from_millis(50);
-        let backend = NewBackend::new(
+        let mut backend = backend(
             Some(resolver.clone()),
             new_endpoint,
-            Default::default(),
-            failfast,
+            Duration::from_millis(50),
             false,
-            IDLE,
         );
-        let mut backend = backend.new_service(route());
         let none = api::NoEndpoints { exists: true };
         updates.send(Update::NoEndpoints(none)).unwrap();
         resolved(&resolver, endpoints(0)).await;
@@ -518,16 +515,12 @@ mod tests {
     async fn a_name_the_controller_does_not_know_goes_to_the_original_destination() {
         let (resolver, updates) = discovery().await;
         let (new_endpoint, _) = new_endpoint();
-        let failfast = Duration::from_secs(30);
-        let backend = NewBackend::new(
+        let mut backend = backend(
             Some(resolver.clone()),
             new_endpoint,
-            Default::default(),
-            failfast,
+            Duration::from_secs(30),
             false,
-            IDLE,
         );
-        let mut backend = backend.new_service(route());
         let unknown = api::NoEndpoints { exists: false };
         updates.send(Update::NoEndpoints(unknown)).unwrap();
         resolved(&resolver, |r| matches!(r, Resolution::Unknown)).await;
