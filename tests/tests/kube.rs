@@ -116,17 +116,25 @@ async fn the_mesh_on_a_real_cluster() {
         "{version}"
     );
     assert!(version.matches(v.as_str()).count() >= 3, "{version}");
-    let endpoints = mesh_ok(&[
-        "diagnostics",
-        "endpoints",
-        "web-svc.demo.svc.cluster.local:80",
-        "-o",
-        "json",
-    ]);
+    // A pod's readiness reaches its EndpointSlice a moment after the rollout is reported done:
+    // the destination follows the slice, so the count settles within seconds.
+    let web_endpoints = || {
+        mesh_ok(&[
+            "diagnostics",
+            "endpoints",
+            "web-svc.demo.svc.cluster.local:80",
+            "-o",
+            "json",
+        ])
+    };
+    let web_identity = "web.demo.serviceaccount.identity.mesh.cluster.local";
+    eventually(Duration::from_secs(60), || async {
+        web_endpoints().matches(web_identity).count() == 2
+    })
+    .await;
+    let endpoints = web_endpoints();
     assert_eq!(
-        endpoints
-            .matches("web.demo.serviceaccount.identity.mesh.cluster.local")
-            .count(),
+        endpoints.matches(web_identity).count(),
         2,
         "both web pods, with their identity: {endpoints}"
     );
