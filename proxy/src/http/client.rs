@@ -8,7 +8,7 @@
 //! upgrades and tunnels on HTTP/1.1 connections of their own. The HTTP/2 connection belongs to
 //! the endpoint's client and closes when the endpoint is forgotten.
 
-use super::errors::{error_chain, InvalidUri};
+use super::{errors::InvalidUri, pool::Pool};
 use crate::{
     connect::Connect,
     drain::Drain,
@@ -18,10 +18,7 @@ use crate::{
 use futures_util::future::BoxFuture;
 use http::{StatusCode, Version};
 use hyper::{body::Incoming, client::conn, Request, Response, Uri};
-use hyper_util::{
-    client::legacy::Client as LegacyClient,
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::{
     io,
     net::SocketAddr,
@@ -102,7 +99,8 @@ pub struct NewClient {
 }
 
 struct Shared {
-    h1: LegacyClient<PoolConnector, BoxBody>,
+    /// How long an idle HTTP/1 connection is kept.
+    pool_idle_timeout: Duration,
     connect: Connect,
     identity: Option<Arc<LocalIdentity>>,
     /// Upgraded connections and tunnels are in-flight work that shutdown waits for.
@@ -117,8 +115,8 @@ pub struct Client {
 
 struct Endpoint {
     target: EndpointAddr,
-    /// `IP:port`, the authority of the HTTP/1 pool's URIs.
-    authority: http::uri::Authority,
+    /// The endpoint's idle keep-alive HTTP/1 connections.
+    h1: Arc<Pool>,
     /// The endpoint's one HTTP/2 connection, opened by whichever request needs it first.
     h2: tokio::sync::Mutex<Option<conn::http2::SendRequest<BoxBody>>>,
     /// The same connection, read without waiting while it is open.
@@ -135,15 +133,9 @@ impl NewClient {
         identity: Option<Arc<LocalIdentity>>,
         tunnels: Drain,
     ) -> Self {
-        let h1 = LegacyClient::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(pool_idle_timeout)
-            .pool_max_idle_per_host(128)
-            .set_host(false)
-            .build(PoolConnector(connect));
         Self {
             shared: Arc::new(Shared {
-                h1,
+                pool_idle_timeout,
                 connect,
                 identity,
                 tunnels,
@@ -171,14 +163,9 @@ impl<T: Param<EndpointAddr>> NewService<T> for NewClient {
     type Service = Client;
     fn new_service(&self, target: T) -> Client {
         let target: EndpointAddr = target.param();
-        let authority = target
-            .addr
-            .to_string()
-            .parse()
-            .expect("an IP address and port is an authority");
         Client {
             inner: Arc::new(Endpoint {
-                authority,
+                h1: Pool::new(self.shared.pool_idle_timeout, MAX_IDLE_HTTP1),
                 target,
                 h2: tokio::sync::Mutex::new(None),
                 h2_open: std::sync::Mutex::new(None),
@@ -200,14 +187,13 @@ impl tower::Service<Request<BoxBody>> for Client {
     fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
         let endpoint = self.inner.clone();
         Box::pin(async move {
-            let rsp = if is_tunnel(&req) {
-                endpoint.send_tunnel(req).await?
+            if is_tunnel(&req) {
+                Ok(endpoint.send_tunnel(req).await?.map(BoxBody::new))
             } else if req.version() == Version::HTTP_2 {
-                endpoint.send_http2(req).await?
+                Ok(endpoint.send_http2(req).await?.map(BoxBody::new))
             } else {
-                endpoint.send_http1(req).await?
-            };
-            Ok(rsp.map(BoxBody::new))
+                Ok(endpoint.send_http1(req).await?.map(BoxBody::new))
+            }
         })
     }
 }
@@ -220,25 +206,55 @@ pub fn is_tunnel<B>(req: &Request<B>) -> bool {
 }
 
 impl Endpoint {
-    /// Sends an HTTP/1 request over a pooled keep-alive connection, in origin form: the URI
-    /// names the endpoint (the pool's key); its `Host` header is sent as the client wrote it.
-    async fn send_http1(&self, mut req: Request<BoxBody>) -> Result<Response<Incoming>, BoxError> {
+    /// Sends an HTTP/1 request over a pooled keep-alive connection, in origin form; its `Host`
+    /// header is sent as the client wrote it. A request that could not be sent on a pooled
+    /// connection (the server closed it meanwhile) goes on another, or on a new one.
+    async fn send_http1(
+        &self,
+        mut req: Request<BoxBody>,
+    ) -> Result<Response<super::pool::PooledBody>, BoxError> {
         let target = self.target.addr;
         let uri = std::mem::take(req.uri_mut());
-        *req.uri_mut() = origin_uri(uri, &self.authority).map_err(|_| InvalidUri)?;
-        self.shared.h1.request(req).await.map_err(|e| {
-            if e.is_connect() && timed_out(&e) {
-                let timeout = self.shared.connect.timeout;
-                UpstreamError::ConnectTimeout { target, timeout }.into()
-            } else if e.is_connect() {
-                let source = io::Error::other(error_chain(&e));
-                UpstreamError::Connect { target, source }.into()
-            } else {
-                UpstreamError::Request {
-                    target,
-                    source: e.into(),
+        *req.uri_mut() = origin_form(uri).map_err(|_| InvalidUri)?;
+        let failed = |source: hyper::Error| UpstreamError::Request {
+            target,
+            source: source.into(),
+        };
+        loop {
+            let mut conn = match self.h1.checkout() {
+                Some(conn) => conn,
+                None => self.open_http1().await?,
+            };
+            if let Err(e) = conn.sender.ready().await {
+                if conn.reused() {
+                    continue;
                 }
-                .into()
+                return Err(failed(e).into());
+            }
+            match conn.sender.try_send_request(req).await {
+                Ok(rsp) => return Ok(self.h1.release_on_end(conn, rsp)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if conn.reused() => req = unsent,
+                    _ => return Err(failed(e.into_error()).into()),
+                },
+            }
+        }
+    }
+
+    /// Opens a new HTTP/1 connection of the pool (mutual TLS to a meshed endpoint).
+    async fn open_http1(&self) -> Result<super::pool::Pooled, UpstreamError> {
+        let target = self.target.addr;
+        let handshake = |source| UpstreamError::Handshake { target, source };
+        Ok(match &self.target.server_id {
+            None => {
+                let io = self.shared.connect(target).await?;
+                let (sender, conn) = super::pool::handshake(io).await.map_err(handshake)?;
+                self.h1.spawn(sender, conn, target)
+            }
+            Some(id) => {
+                let io = self.shared.connect_tls(target, id, Alpn::Http1).await?;
+                let (sender, conn) = super::pool::handshake(io).await.map_err(handshake)?;
+                self.h1.spawn(sender, conn, target)
             }
         })
     }
@@ -368,29 +384,17 @@ impl Shared {
     }
 }
 
-/// Whether a connect error of the pool was the connect timeout.
-fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(e);
-    while let Some(e) = source {
-        if e.downcast_ref::<io::Error>()
-            .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        source = e.source();
-    }
-    false
-}
-
-/// `http://target/path?query`: the URI the HTTP/1 pool is keyed by.
-fn origin_uri(uri: Uri, authority: &http::uri::Authority) -> Result<Uri, http::Error> {
-    let mut parts = uri.into_parts();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(authority.clone());
-    if parts.path_and_query.is_none() {
-        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-    }
-    Ok(Uri::from_parts(parts)?)
+/// `/path?query`: what an HTTP/1 request line names on a connection to the endpoint itself.
+fn origin_form(uri: Uri) -> Result<Uri, http::Error> {
+    let path = uri
+        .into_parts()
+        .path_and_query
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    Ok(Uri::from_parts({
+        let mut parts = http::uri::Parts::default();
+        parts.path_and_query = Some(path);
+        parts
+    })?)
 }
 
 async fn http2_handshake<I>(
@@ -433,41 +437,8 @@ where
     Ok(sender)
 }
 
-/// The HTTP/1 pool's connector: [`Connect`] to the target that the request's URI names
-/// (`http://IP:PORT/…`, set by [`Client`]).
-#[derive(Clone, Copy, Debug)]
-pub struct PoolConnector(Connect);
-
-impl tower::Service<Uri> for PoolConnector {
-    type Response = TokioIo<TcpStream>;
-    type Error = io::Error;
-    type Future = BoxFuture<'static, io::Result<Self::Response>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connect = self.0;
-        Box::pin(async move {
-            let target: SocketAddr = uri
-                .authority()
-                .and_then(|a| a.as_str().parse().ok())
-                .ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("{uri} does not name an IP address and port"),
-                    )
-                })?;
-            // `send_http1` adds the target; only the cause is wanted here.
-            match connect.connect(target).await {
-                Ok(io) => Ok(TokioIo::new(io)),
-                Err(crate::connect::ConnectError::Io { source, .. }) => Err(source),
-                Err(e) => Err(io::Error::new(io::ErrorKind::TimedOut, e.to_string())),
-            }
-        })
-    }
-}
+/// The most idle HTTP/1 connections an endpoint keeps.
+const MAX_IDLE_HTTP1: usize = 128;
 
 #[cfg(test)]
 mod tests {

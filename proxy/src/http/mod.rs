@@ -8,7 +8,7 @@
 //!   (`mesh-orig-proto`).
 //! - [`classify`]: request metrics, response classification and tap.
 //! - [`client`]: the upstream clients (HTTP/1 pool, one HTTP/2 connection per endpoint,
-//!   upgrades and tunnels).
+//!   upgrades and tunnels), and [`pool`]: an endpoint's keep-alive HTTP/1 connections.
 //!
 //! Which of them a direction uses, and in which order, only `inbound::stack` and
 //! `outbound::stack` say.
@@ -17,6 +17,7 @@ pub mod classify;
 pub mod client;
 pub mod errors;
 pub mod headers;
+pub mod pool;
 pub mod server;
 
 use http::{header, Request};
