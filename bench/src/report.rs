@@ -315,14 +315,7 @@ impl Report {
     /// The measurement of `scenario` in `protocol`, fixed-rate (`rate`) or maximum throughput,
     /// at the usual concurrency.
     pub fn find(&self, protocol: Protocol, rate: bool, scenario: Scenario) -> Option<&Measurement> {
-        let series = if rate {
-            Series::Latency
-        } else {
-            Series::Throughput
-        };
-        self.measurements
-            .iter()
-            .find(|m| m.run.protocol == protocol && m.series == series && m.scenario == scenario)
+        self.rows(protocol, rate).find(|m| m.scenario == scenario)
     }
 
     /// The HTTP/1.1 fixed-rate measurement of `scenario` with `connections` connections: the
@@ -420,28 +413,22 @@ impl Report {
                 met(peak < TARGET_PEAK_RSS_BYTES)
             ))
         });
-        let throughput = per_protocol(&|p| {
-            let one = self.find(p, false, Scenario::OneHop)?.rps();
-            let peer = self.find(p, false, Scenario::Haproxy)?.rps();
-            Some(format!(
-                "{} vs {} req/s ({}): {}",
-                thousands(one),
-                thousands(peer),
-                ratio(one, peer),
-                met(one >= peer)
-            ))
-        });
-        let one_thread = per_protocol(&|p| {
-            let one = self.find(p, false, Scenario::OneHop)?.rps();
-            let peer = self.find(p, false, Scenario::HaproxyOneThread)?.rps();
-            Some(format!(
-                "{} vs {} req/s ({}): {}",
-                thousands(one),
-                thousands(peer),
-                ratio(one, peer),
-                met(one >= peer)
-            ))
-        });
+        // One hop's maximum throughput against a peer's.
+        let against = |peer: Scenario| {
+            per_protocol(&|p| {
+                let one = self.find(p, false, Scenario::OneHop)?.rps();
+                let peer = self.find(p, false, peer)?.rps();
+                Some(format!(
+                    "{} vs {} req/s ({}): {}",
+                    thousands(one),
+                    thousands(peer),
+                    ratio(one, peer),
+                    met(one >= peer)
+                ))
+            })
+        };
+        let throughput = against(Scenario::Haproxy);
+        let one_thread = against(Scenario::HaproxyOneThread);
         let after_before = |after: Scenario| {
             let no_baseline = !self.has_baseline();
             per_protocol(&|p| {

@@ -361,16 +361,22 @@ mod tests {
         }
     }
 
+    /// The identity-required layer for port 8443, over a stage that reports what it reads.
+    fn require_identity_on_8443(
+        metrics: &Metrics,
+        tx: mpsc::UnboundedSender<(Decided<Accepted>, Vec<u8>)>,
+    ) -> impl NewService<Accepted, Service = impl tower::Service<BoxIo, Response = (), Error = BoxError>>
+    {
+        let layer =
+            NewRequireIdentity::layer("8443".parse().unwrap(), NO_TLS_FROM_REMOTE, refuse(metrics));
+        tower::Layer::layer(&layer, reader::<Decided<Accepted>>(tx))
+    }
+
     #[tokio::test]
     async fn a_port_that_requires_identity_refuses_a_connection_with_a_reset() {
         let metrics = Metrics::new(10, true);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let layer = NewRequireIdentity::layer(
-            "8443".parse().unwrap(),
-            NO_TLS_FROM_REMOTE,
-            refuse(&metrics),
-        );
-        let stack = tower::Layer::layer(&layer, reader::<Decided<Accepted>>(tx));
+        let stack = require_identity_on_8443(&metrics, tx);
         let (mut client, server) = tcp_pair().await;
         stack
             .new_service(accepted(8443))
@@ -387,12 +393,7 @@ mod tests {
     async fn other_ports_pass_with_no_identity_and_the_reason() {
         let metrics = Metrics::new(10, true);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let layer = NewRequireIdentity::layer(
-            "8443".parse().unwrap(),
-            NO_TLS_FROM_REMOTE,
-            refuse(&metrics),
-        );
-        let stack = tower::Layer::layer(&layer, reader::<Decided<Accepted>>(tx));
+        let stack = require_identity_on_8443(&metrics, tx);
         let (mut client, server) = tcp_pair().await;
         client.write_all(b"hello").await.unwrap();
         client.shutdown().await.unwrap();

@@ -425,8 +425,7 @@ async fn http1_handshake<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, connection) = conn::http1::Builder::new()
-        .handshake(TokioIo::new(io))
+    let (sender, connection) = super::pool::handshake(io)
         .await
         .map_err(|source| UpstreamError::Handshake { target, source })?;
     tokio::spawn(async move {

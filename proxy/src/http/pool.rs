@@ -126,7 +126,8 @@ impl Pool {
 
     /// How many idle connections the pool holds (closed ones included until a request finds
     /// them).
-    pub fn idle_len(&self) -> usize {
+    #[cfg(test)]
+    fn idle_len(&self) -> usize {
         lock(&self.idle).len()
     }
 
@@ -253,7 +254,8 @@ impl Body for PooledBody {
     }
 }
 
-/// Opens an HTTP/1 connection over `io` (the handshake sends nothing).
+/// Opens an HTTP/1 connection over `io` (the handshake sends nothing): the pool's, and a
+/// tunnel's (`client.rs`), which then drives it with upgrades.
 pub async fn handshake<I>(
     io: I,
 ) -> Result<
