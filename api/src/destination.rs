@@ -28,7 +28,7 @@ use futures_util::{future::BoxFuture, Stream};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde::{Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use crate::wire::{error_text, AbortOnDrop, LineDecoder, TooLong};
 
@@ -175,7 +175,7 @@ pub enum WatchError {
         /// The watched authority.
         authority: String,
     },
-    /// A line was not a valid [`Update`].
+    /// A line was not a valid message of the watch.
     #[error("watching {authority}: invalid update {line:?}: {source}")]
     Decode {
         /// The watched authority.
@@ -205,12 +205,26 @@ pub fn watch_with(
     addr: SocketAddr,
     authority: &str,
 ) -> impl Stream<Item = Result<Update, WatchError>> + Send + 'static {
+    watch_lines(connector, addr, WATCH_PATH, authority, Vec::new())
+}
+
+/// A JSON-lines watch of `path?authority=…` (and the `extra` query pairs): one `T` per line.
+/// The destination and policy watches share it.
+pub(crate) fn watch_lines<T: DeserializeOwned + Send + 'static>(
+    connector: Connector,
+    addr: SocketAddr,
+    path: &'static str,
+    authority: &str,
+    extra: Vec<(&'static str, String)>,
+) -> impl Stream<Item = Result<T, WatchError>> + Send + 'static {
     let state = State::Connect {
         connector,
         addr,
+        path,
         authority: authority.to_owned(),
+        extra,
     };
-    futures_util::stream::unfold(state, step)
+    futures_util::stream::unfold(state, step::<T>)
 }
 
 /// How a control-plane client (the destination watch, the certify client) opens its TCP
@@ -268,7 +282,9 @@ enum State {
     Connect {
         connector: Connector,
         addr: SocketAddr,
+        path: &'static str,
         authority: String,
+        extra: Vec<(&'static str, String)>,
     },
     Streaming {
         authority: String,
@@ -280,7 +296,7 @@ enum State {
     Done,
 }
 
-async fn step(state: State) -> Option<(Result<Update, WatchError>, State)> {
+async fn step<T: DeserializeOwned>(state: State) -> Option<(Result<T, WatchError>, State)> {
     let mut state = state;
     loop {
         state = match state {
@@ -288,8 +304,10 @@ async fn step(state: State) -> Option<(Result<Update, WatchError>, State)> {
             State::Connect {
                 connector,
                 addr,
+                path,
                 authority,
-            } => match connect(&connector, addr, &authority).await {
+                extra,
+            } => match connect(&connector, addr, path, &authority, &extra).await {
                 Ok((body, conn)) => State::Streaming {
                     authority,
                     body,
@@ -346,7 +364,9 @@ async fn step(state: State) -> Option<(Result<Update, WatchError>, State)> {
 async fn connect(
     connector: &Connector,
     addr: SocketAddr,
+    path: &str,
     authority: &str,
+    extra: &[(&'static str, String)],
 ) -> Result<(Incoming, AbortOnDrop<()>), WatchError> {
     let http_err = |source| WatchError::Http {
         addr,
@@ -364,10 +384,15 @@ async fn connect(
     let conn = AbortOnDrop(tokio::spawn(async move {
         let _ = conn.await;
     }));
-    let query: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("authority", authority)
-        .finish();
-    let request = http::Request::get(format!("http://{addr}{WATCH_PATH}?{query}"))
+    let query = {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.append_pair("authority", authority);
+        for (k, v) in extra {
+            query.append_pair(k, v);
+        }
+        query.finish()
+    };
+    let request = http::Request::get(format!("http://{addr}{path}?{query}"))
         .body(Empty::<Bytes>::new())
         .map_err(|source| WatchError::Request {
             authority: authority.to_owned(),
@@ -386,7 +411,7 @@ async fn connect(
     Ok((response.into_body(), conn))
 }
 
-fn decode(authority: &str, line: &[u8]) -> Result<Update, WatchError> {
+fn decode<T: DeserializeOwned>(authority: &str, line: &[u8]) -> Result<T, WatchError> {
     serde_json::from_slice(line).map_err(|source| WatchError::Decode {
         authority: authority.to_owned(),
         line: String::from_utf8_lossy(&line[..line.len().min(200)]).into_owned(),
