@@ -593,7 +593,11 @@ mod tests {
         assert!(long_prefix.rank() > with_header.rank());
         assert!(with_header.rank() > with_method.rank());
         assert!(with_method.rank() > prefix.rank());
-        assert_eq!(prefix.rank(), prefix_slash.rank(), "a trailing slash is no longer");
+        assert_eq!(
+            prefix.rank(),
+            prefix_slash.rank(),
+            "a trailing slash is no longer"
+        );
         assert!(prefix.rank() > Match::default().rank());
     }
 
@@ -609,10 +613,16 @@ mod tests {
             ..Route::default()
         };
         let routes = vec![
-            route("old", vec![rule(vec![path_match("prefix", "/a")]), rule(vec![])]),
+            route(
+                "old",
+                vec![rule(vec![path_match("prefix", "/a")]), rule(vec![])],
+            ),
             route(
                 "new",
-                vec![rule(vec![path_match("prefix", "/a"), path_match("exact", "/a/b")])],
+                vec![rule(vec![
+                    path_match("prefix", "/a"),
+                    path_match("exact", "/a/b"),
+                ])],
             ),
         ];
         assert_eq!(

@@ -16,15 +16,28 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// The metric families the aggregations read (`mesh_viz::stat`, `mesh_viz::edges`); sources keep
-/// only these, and the metrics API queries only these, so no view can come to depend on a
-/// family the metrics API does not query.
+/// The metric families the aggregations read (`mesh_viz::stat`, `mesh_viz::edges`,
+/// `mesh_viz::routes`); sources keep only these, and the metrics API queries only these, so no
+/// view can come to depend on a family the metrics API does not query.
 pub const FAMILIES: &[&str] = &[
     "response_total",
     "response_latency_ms_bucket",
     "request_total",
     "tcp_open_connections",
     "tcp_open_total",
+    // Per route (`mesh viz routes`): the outbound proxies' route, backend, retry, fault and
+    // mirror families.
+    "outbound_http_route_request_total",
+    "outbound_http_route_response_total",
+    "outbound_http_route_response_latency_ms_bucket",
+    "outbound_http_route_backend_request_total",
+    "outbound_http_route_backend_response_total",
+    "outbound_http_route_backend_response_latency_ms_bucket",
+    "outbound_http_retry_total",
+    "retry_budget_exhausted_total",
+    "fault_injected_total",
+    "mirror_total",
+    "mirror_dropped_total",
 ];
 
 /// The metrics API's samples endpoint: `GET /api/v1/samples?namespace=demo&window=5000ms`.

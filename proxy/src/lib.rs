@@ -174,6 +174,14 @@ pub async fn start_with(
             connector: connect.control_plane(),
         })
     });
+    let policies = config.destination_addr.as_ref().map(|controller| {
+        outbound::Policies::new(outbound::PolicyConfig {
+            controller: controller.clone(),
+            namespace: config.destination_namespace.clone(),
+            idle_timeout: config.destination_idle_timeout,
+            connector: connect.control_plane(),
+        })
+    });
     let own_ports = vec![
         started.inbound.port(),
         started.outbound.port(),
@@ -208,6 +216,7 @@ pub async fn start_with(
             cluster_domain: config.cluster_domain.clone(),
         }),
         resolver: discovery,
+        policies,
         failfast_timeout: config.failfast_timeout,
         idle_timeout: config.destination_idle_timeout,
         balance: BalanceConfig::default(),

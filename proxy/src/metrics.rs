@@ -121,6 +121,8 @@ pub struct Metrics {
     pub tap_active: Gauge,
     /// The certificate's expiry and refreshes (registered when identity is on).
     pub identity: IdentityMetrics,
+    /// Outbound routes and their backends, retries, faults and mirrors.
+    pub route: RouteMetrics,
     authorities: Arc<AuthorityBudget>,
     targets: Arc<Cache<(Direction, SocketAddr), TargetMetrics>>,
 }
@@ -170,6 +172,7 @@ impl Metrics {
             tap_events_dropped_total: Family::default(),
             tap_active: Gauge::default(),
             identity: IdentityMetrics::default(),
+            route: RouteMetrics::default(),
             authorities: Arc::new(AuthorityBudget::new(max_authority_labels)),
             targets: Cache::new(idle),
         };
@@ -220,6 +223,7 @@ impl Metrics {
             m.tap_events_dropped_total.clone(),
         );
         registry.register("tap_active", "Taps streaming now", m.tap_active.clone());
+        m.route.register(&mut registry);
         if identity {
             m.identity.register(&mut registry);
         }
@@ -626,5 +630,246 @@ mod tests {
         assert_eq!(&*m.authority_label("B:80"), "b:80");
         assert_eq!(&*m.authority_label("c:80"), "overflow");
         assert_eq!(&*m.authority_label("A:80"), "a:80", "known values stay");
+    }
+}
+
+// === routes ===
+
+/// The labels of an outbound route: the Service it belongs to and the route (Gateway API's
+/// kind, namespace and name; `default` for a Service without routes).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RouteLabels {
+    pub parent_namespace: Arc<str>,
+    pub parent_name: Arc<str>,
+    pub parent_port: u16,
+    pub route_kind: &'static str,
+    pub route_namespace: Arc<str>,
+    pub route_name: Arc<str>,
+}
+
+/// The labels of a route's backend.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BackendLabels {
+    pub route: Arc<RouteLabels>,
+    /// `Service`, or `default` (the route's own destination).
+    pub kind: &'static str,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    pub port: u16,
+}
+
+/// A route's or backend's response, classified.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Classified<L> {
+    pub labels: L,
+    pub classification: Classification,
+}
+
+/// A retry attempt and how it ended (`success`, `failure`), or a retry not made because the
+/// request's body was too large to replay (`not_replayable`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RetryLabels {
+    pub route: Arc<RouteLabels>,
+    pub result: &'static str,
+}
+
+/// A Service whose retry budget refused a retry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ParentLabels(pub Arc<RouteLabels>);
+
+/// An injected fault.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FaultLabels {
+    pub route: Arc<RouteLabels>,
+    pub fault: Arc<str>,
+    /// `abort` or `delay`.
+    pub kind: &'static str,
+}
+
+/// The families of outbound routes. Their label sets come from the routes the controller
+/// serves, a bounded set.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    pub request_total: Family<RouteKey, Counter>,
+    pub response_total: Family<Classified<RouteKey>, Counter>,
+    pub response_latency_ms: Family<RouteKey, Histogram>,
+    pub backend_request_total: Family<BackendKey, Counter>,
+    pub backend_response_total: Family<Classified<BackendKey>, Counter>,
+    pub backend_response_latency_ms: Family<BackendKey, Histogram>,
+    pub retry_total: Family<RetryLabels, Counter>,
+    pub retry_budget_exhausted_total: Family<ParentLabels, Counter>,
+    pub fault_injected_total: Family<FaultLabels, Counter>,
+    pub mirror_total: Family<BackendKey, Counter>,
+    pub mirror_dropped_total: Family<BackendKey, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS_MS.into_iter())
+}
+
+impl Default for RouteMetrics {
+    fn default() -> Self {
+        Self {
+            request_total: Family::default(),
+            response_total: Family::default(),
+            response_latency_ms: Family::new_with_constructor(latency_histogram),
+            backend_request_total: Family::default(),
+            backend_response_total: Family::default(),
+            backend_response_latency_ms: Family::new_with_constructor(latency_histogram),
+            retry_total: Family::default(),
+            retry_budget_exhausted_total: Family::default(),
+            fault_injected_total: Family::default(),
+            mirror_total: Family::default(),
+            mirror_dropped_total: Family::default(),
+        }
+    }
+}
+
+impl RouteMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "outbound_http_route_request",
+            "Requests by outbound route",
+            self.request_total.clone(),
+        );
+        registry.register(
+            "outbound_http_route_response",
+            "Responses by outbound route, by classification (retries included in one response)",
+            self.response_total.clone(),
+        );
+        registry.register(
+            "outbound_http_route_response_latency_ms",
+            "Time from a routed request's headers to its response's headers, retries included, in milliseconds",
+            self.response_latency_ms.clone(),
+        );
+        registry.register(
+            "outbound_http_route_backend_request",
+            "Attempts sent to each backend of a route",
+            self.backend_request_total.clone(),
+        );
+        registry.register(
+            "outbound_http_route_backend_response",
+            "Responses of each backend of a route, by classification",
+            self.backend_response_total.clone(),
+        );
+        registry.register(
+            "outbound_http_route_backend_response_latency_ms",
+            "Time from an attempt's headers to its response's headers, in milliseconds",
+            self.backend_response_latency_ms.clone(),
+        );
+        registry.register(
+            "outbound_http_retry",
+            "Retries by outcome (success, failure), and retries not made because the body was too large to replay (not_replayable)",
+            self.retry_total.clone(),
+        );
+        registry.register(
+            "retry_budget_exhausted",
+            "Retries refused by a Service's retry budget",
+            self.retry_budget_exhausted_total.clone(),
+        );
+        registry.register(
+            "fault_injected",
+            "Requests delayed or aborted by an HTTPFault",
+            self.fault_injected_total.clone(),
+        );
+        registry.register(
+            "mirror",
+            "Requests copied to a mirror backend",
+            self.mirror_total.clone(),
+        );
+        registry.register(
+            "mirror_dropped",
+            "Mirror copies dropped because too many were in flight or the mirror was too slow",
+            self.mirror_dropped_total.clone(),
+        );
+    }
+}
+
+fn encode_route(r: &RouteLabels, e: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+    label(e, "parent_namespace", &r.parent_namespace)?;
+    label(e, "parent_name", &r.parent_name)?;
+    label(e, "parent_port", &r.parent_port.to_string())?;
+    label(e, "route_kind", r.route_kind)?;
+    label(e, "route_namespace", &r.route_namespace)?;
+    label(e, "route_name", &r.route_name)
+}
+
+fn encode_backend(b: &BackendLabels, e: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+    encode_route(&b.route, e)?;
+    label(e, "backend_kind", b.kind)?;
+    label(e, "backend_namespace", &b.namespace)?;
+    label(e, "backend_name", &b.name)?;
+    label(e, "backend_port", &b.port.to_string())
+}
+
+fn classification(c: Classification) -> &'static str {
+    match c {
+        Classification::Success => "success",
+        Classification::Failure => "failure",
+    }
+}
+
+/// A route's label set, shared by its handles.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RouteKey(pub Arc<RouteLabels>);
+
+/// A backend's label set, shared by its handles.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct BackendKey(pub Arc<BackendLabels>);
+
+impl EncodeLabelSet for RouteKey {
+    fn encode(&self, mut e: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        encode_route(&self.0, &mut e)
+    }
+}
+
+impl EncodeLabelSet for BackendKey {
+    fn encode(&self, mut e: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        encode_backend(&self.0, &mut e)
+    }
+}
+
+impl EncodeLabelSet for Classified<RouteKey> {
+    fn encode(&self, mut e: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        encode_route(&self.labels.0, &mut e)?;
+        label(
+            &mut e,
+            "classification",
+            classification(self.classification),
+        )
+    }
+}
+
+impl EncodeLabelSet for Classified<BackendKey> {
+    fn encode(&self, mut e: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        encode_backend(&self.labels.0, &mut e)?;
+        label(
+            &mut e,
+            "classification",
+            classification(self.classification),
+        )
+    }
+}
+
+impl EncodeLabelSet for RetryLabels {
+    fn encode(&self, mut e: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        encode_route(&self.route, &mut e)?;
+        label(&mut e, "result", self.result)
+    }
+}
+
+impl EncodeLabelSet for ParentLabels {
+    fn encode(&self, mut e: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        label(&mut e, "parent_namespace", &self.0.parent_namespace)?;
+        label(&mut e, "parent_name", &self.0.parent_name)?;
+        label(&mut e, "parent_port", &self.0.parent_port.to_string())
+    }
+}
+
+impl EncodeLabelSet for FaultLabels {
+    fn encode(&self, mut e: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        encode_route(&self.route, &mut e)?;
+        label(&mut e, "fault", &self.fault)?;
+        label(&mut e, "kind", self.kind)
     }
 }

@@ -24,6 +24,21 @@ pub struct NoEndpoints(pub String);
 #[error("invalid request URI")]
 pub struct InvalidUri;
 
+/// A request that took longer than its route's `timeouts.request`.
+#[derive(Debug, thiserror::Error)]
+#[error("the request timed out after {0:?} (its route's request timeout)")]
+pub struct RequestTimeout(pub std::time::Duration);
+
+/// A request that matches no rule of a Service that has routes.
+#[derive(Debug, thiserror::Error)]
+#[error("no route of {0} matches the request")]
+pub struct NoRoute(pub String);
+
+/// A rule whose backend cannot be used (an unknown Service), or that has none.
+#[derive(Debug, thiserror::Error)]
+#[error("the route has no usable backend: {0}")]
+pub struct InvalidBackend(pub String);
+
 /// An error the metrics layer has already recorded (as a response of the endpoint it was
 /// sent to): the layers above it answer it without counting it again.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +66,14 @@ impl Failure {
             (StatusCode::SERVICE_UNAVAILABLE, "no_endpoints")
         } else if error.is::<InvalidUri>() {
             (StatusCode::BAD_REQUEST, "invalid_uri")
+        } else if error.is::<RequestTimeout>() {
+            (StatusCode::GATEWAY_TIMEOUT, "request_timeout")
+        } else if error.is::<super::retry::AttemptTimeout>() {
+            (StatusCode::GATEWAY_TIMEOUT, "response_timeout")
+        } else if error.is::<NoRoute>() {
+            (StatusCode::NOT_FOUND, "no_route")
+        } else if error.is::<InvalidBackend>() {
+            (StatusCode::INTERNAL_SERVER_ERROR, "invalid_backend")
         } else if let Some(upstream) = error.downcast_ref::<UpstreamError>() {
             let status = match upstream {
                 UpstreamError::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -67,10 +90,48 @@ impl Failure {
         }
     }
 
-    /// The response the client gets.
-    pub fn response(&self) -> Response<BoxBody> {
-        error_response(self.status, &self.message)
+    /// The response the client gets; a gRPC client gets its status in gRPC's terms.
+    pub fn response(&self, grpc: bool) -> Response<BoxBody> {
+        if grpc {
+            grpc_error_response(grpc_code(self.status), &self.message)
+        } else {
+            error_response(self.status, &self.message)
+        }
     }
+}
+
+/// The gRPC status code that says what an HTTP error status says.
+pub fn grpc_code(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        400 => 13,       // INTERNAL: the proxy could not read the request
+        403 => 7,        // PERMISSION_DENIED
+        404 => 12,       // UNIMPLEMENTED: no route for the method
+        429 => 8,        // RESOURCE_EXHAUSTED
+        502 | 503 => 14, // UNAVAILABLE
+        504 => 4,        // DEADLINE_EXCEEDED
+        _ => 13,         // INTERNAL
+    }
+}
+
+/// A trailers-only gRPC response the proxy makes itself: status 200, `grpc-status` and
+/// `grpc-message` in the headers, the reason in `mesh-proxy-error`.
+pub fn grpc_error_response(code: u16, msg: &str) -> Response<BoxBody> {
+    let mut rsp = Response::new(BoxBody::empty());
+    let clean = msg.replace(|c: char| !c.is_ascii() || c.is_ascii_control(), " ");
+    let reason =
+        HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static("proxy error"));
+    let headers = rsp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(code));
+    // grpc-message is percent-encoded; the cleaned text only needs its '%' escaped.
+    if let Ok(v) = HeaderValue::from_str(&clean.replace('%', "%25")) {
+        headers.insert("grpc-message", v);
+    }
+    headers.insert(PROXY_ERROR_HEADER, reason);
+    rsp
 }
 
 /// A response the proxy makes itself, with the reason in a header and the body.
@@ -104,6 +165,26 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
+type Answer = fn(Result<Response<BoxBody>, BoxError>) -> Result<Response<BoxBody>, BoxError>;
+
+fn respond_http(
+    result: Result<Response<BoxBody>, BoxError>,
+) -> Result<Response<BoxBody>, BoxError> {
+    Ok(result.unwrap_or_else(|error| answer(&error, false)))
+}
+
+fn respond_grpc(
+    result: Result<Response<BoxBody>, BoxError>,
+) -> Result<Response<BoxBody>, BoxError> {
+    Ok(result.unwrap_or_else(|error| answer(&error, true)))
+}
+
+fn answer(error: &BoxError, grpc: bool) -> Response<BoxBody> {
+    let failure = Failure::of(&**error);
+    tracing::info!(error = %failure.message, "request failed");
+    failure.response(grpc)
+}
+
 /// Answers every error of the stack below with the response the client gets.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RespondLayer;
@@ -125,23 +206,16 @@ where
 {
     type Response = Response<BoxBody>;
     type Error = BoxError;
-    type Future = future::Map<
-        S::Future,
-        fn(Result<Response<BoxBody>, BoxError>) -> Result<Response<BoxBody>, BoxError>,
-    >;
+    type Future = future::Map<S::Future, Answer>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.0.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
-        self.0.call(req).map(|result| {
-            Ok(result.unwrap_or_else(|error| {
-                let failure = Failure::of(&*error);
-                tracing::info!(error = %failure.message, "request failed");
-                failure.response()
-            }))
-        })
+        let grpc = super::classify::is_grpc(req.headers());
+        let respond = if grpc { respond_grpc } else { respond_http };
+        self.0.call(req).map(respond)
     }
 }
 

@@ -16,9 +16,13 @@
 pub mod classify;
 pub mod client;
 pub mod errors;
+pub mod filters;
 pub mod headers;
 pub mod pool;
+pub mod replay;
+pub mod retry;
 pub mod server;
+pub mod timeout;
 
 use http::{header, Request};
 use std::{borrow::Cow, net::SocketAddr};

@@ -141,7 +141,7 @@ where
                 Box::pin(service.clone().oneshot(req).map(|result| {
                     // The stack answers its errors itself (`errors::RespondLayer`); one that
                     // still gets here is answered the same way.
-                    Ok(result.unwrap_or_else(|error| Failure::of(&*error).response()))
+                    Ok(result.unwrap_or_else(|error| Failure::of(&*error).response(false)))
                 }));
             rsp
         });

@@ -7,7 +7,7 @@
 //! connection was going; a known service with no endpoints fails it (503) after waiting the
 //! failfast timeout for some to appear.
 
-use super::{Endpoint, Route};
+use super::{Endpoint, Logical};
 use crate::{
     balance::{Balance, BalanceConfig},
     discover::{self, Destination, Resolution, Resolver},
@@ -75,7 +75,7 @@ impl<N, S> Clone for Backend<N, S> {
 type Current<S> = (Arc<Vec<discover::Endpoint>>, Balance<S>);
 
 struct Shared<N, S> {
-    route: Route,
+    logical: Logical,
     destination: Option<Arc<Destination>>,
     new_endpoint: N,
     config: Arc<BalanceConfig>,
@@ -88,20 +88,20 @@ struct Shared<N, S> {
     originals: Arc<Cache<SocketAddr, S>>,
 }
 
-impl<N, S> NewService<Route> for NewBackend<N>
+impl<N, S> NewService<Logical> for NewBackend<N>
 where
     N: NewService<Endpoint, Service = S> + Clone,
     S: Send + Sync + 'static,
 {
     type Service = Backend<N, S>;
-    fn new_service(&self, route: Route) -> Self::Service {
+    fn new_service(&self, logical: Logical) -> Self::Service {
         let destination = self
             .resolver
             .as_ref()
-            .map(|r| r.resolve(&route.logical.addr.to_string()));
+            .map(|r| r.resolve(&logical.addr.to_string()));
         Backend {
             shared: Arc::new(Shared {
-                route,
+                logical,
                 destination,
                 new_endpoint: self.new_endpoint.clone(),
                 config: self.balance.clone(),
@@ -144,12 +144,12 @@ where
                     let Some(orig_dst) =
                         req.extensions().get::<Received>().map(|r| r.conn.orig_dst)
                     else {
-                        return Err(NoEndpoints(shared.route.logical.addr.to_string()).into());
+                        return Err(NoEndpoints(shared.logical.addr.to_string()).into());
                     };
                     shared.original(orig_dst).oneshot(req).await
                 }
                 Resolution::Endpoints(endpoints) if endpoints.is_empty() => {
-                    Err(NoEndpoints(shared.route.logical.addr.to_string()).into())
+                    Err(NoEndpoints(shared.logical.addr.to_string()).into())
                 }
                 Resolution::Endpoints(endpoints) => shared.balance(&endpoints).oneshot(req).await,
             }
@@ -201,7 +201,7 @@ where
             addr: ep.balance.addr,
             server_id: ep.identity.clone().filter(|_| self.identity),
             dst: Some(ep.labels.clone()),
-            no_tls: self.route.logical.no_tls,
+            no_tls: self.logical.no_tls,
         }
     }
 
@@ -212,7 +212,7 @@ where
                 addr,
                 server_id: None,
                 dst: None,
-                no_tls: self.route.logical.no_tls,
+                no_tls: self.logical.no_tls,
             })
         });
         (*stack).clone()
@@ -288,11 +288,11 @@ mod tests {
         lock(made).iter().map(|ep| ep.addr.port()).collect()
     }
 
-    fn route() -> Route {
-        Route::default_for(Logical {
+    fn route() -> Logical {
+        Logical {
             addr: LogicalAddr::Name(WEB.into()),
             no_tls: NO_TLS_DISABLED,
-        })
+        }
     }
 
     fn orig_dst() -> SocketAddr {

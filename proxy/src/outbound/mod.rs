@@ -18,8 +18,11 @@
 mod backend;
 mod logical;
 mod opaque;
+pub mod policy;
+pub mod route;
 
 pub use logical::Names;
+pub use policy::{Policies, PolicyConfig};
 
 use crate::{
     balance::BalanceConfig,
@@ -30,13 +33,17 @@ use crate::{
         classify::{MeterTarget, NewMeter, Record},
         client::{EndpointAddr, NewClient},
         errors::RespondLayer,
+        filters::FiltersLayer,
         headers,
+        retry::RetryLayer,
         server::{HttpSettings, NewServeHttp},
+        timeout::TimeoutLayer,
     },
     metrics::{Direction, Metrics, TcpLabels, Tls, NO_TLS_DISABLED, NO_TLS_FROM_DISCOVERY},
     ports::PortList,
     svc::{
         BoxError, BoxIo, Cache, ConnFuture, ForEachLayer, MapTargetLayer, NewService, Param, Stack,
+        WrapLayer,
     },
     tap::Taps,
     tcp::NewForward,
@@ -51,6 +58,8 @@ pub struct Outbound {
     pub http: HttpSettings,
     /// Discovery, when a destination controller is configured.
     pub resolver: Option<Arc<Resolver>>,
+    /// Outbound policies (routes), when a destination controller is configured.
+    pub policies: Option<Arc<Policies>>,
     pub names: Option<Names>,
     pub failfast_timeout: Duration,
     /// How long a logical destination's stack is kept after its last connection.
@@ -96,24 +105,6 @@ pub struct Logical {
     pub no_tls: &'static str,
 }
 
-/// A route of a logical destination: today the default one, which sends everything to the
-/// destination itself as its one backend.
-#[derive(Clone, Debug)]
-pub struct Route {
-    pub logical: Logical,
-    pub name: &'static str,
-}
-
-impl Route {
-    /// The route every logical destination has.
-    pub fn default_for(logical: Logical) -> Self {
-        Self {
-            logical,
-            name: "default",
-        }
-    }
-}
-
 /// An endpoint of a backend, or an original destination.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Endpoint {
@@ -142,6 +133,7 @@ pub fn stack(
         detect_timeout,
         http,
         resolver,
+        policies,
         names,
         failfast_timeout,
         idle_timeout,
@@ -163,21 +155,47 @@ pub fn stack(
         .push(headers::hop_by_hop())
         .push(NewMeter::layer(metrics.clone(), taps.clone(), Record::All))
         .into_inner();
-    let logical = Stack::new(backend::NewBackend::new(
-        resolver.clone(),
-        endpoint,
-        balance.clone(),
-        failfast_timeout,
-        identity,
-        idle_timeout,
+    let backends = route::split::Backends::new(
+        backend::NewBackend::new(
+            resolver.clone(),
+            endpoint,
+            balance.clone(),
+            failfast_timeout,
+            identity,
+            idle_timeout,
+        ),
+        Cache::new(idle_timeout),
+        no_tls,
+    );
+    let rule = Stack::new(route::split::NewSplit::new(
+        backends.clone(),
+        metrics.route.clone(),
     ))
-    .push(MapTargetLayer(Route::default_for))
-    .push(NewMeter::layer(
-        metrics.clone(),
-        taps.clone(),
-        Record::UnrecordedFailures,
-    ))
+    .push(WrapLayer(route::mirror::MirrorLayer {
+        backends,
+        metrics: metrics.route.clone(),
+    }))
+    .push(WrapLayer(FiltersLayer {
+        metrics: metrics.route.clone(),
+    }))
+    .push(WrapLayer(RetryLayer {
+        metrics: metrics.route.clone(),
+    }))
+    .push(WrapLayer(TimeoutLayer))
+    .push(WrapLayer(route::metrics::RouteMetricsLayer(
+        metrics.route.clone(),
+    )))
+    .push(ForEachLayer(tower::layer::layer_fn(
+        route::RuleService::new,
+    )))
     .into_inner();
+    let logical = Stack::new(route::NewRouter::new(policies, rule, failfast_timeout))
+        .push(NewMeter::layer(
+            metrics.clone(),
+            taps.clone(),
+            Record::UnrecordedFailures,
+        ))
+        .into_inner();
     let http_stack = Stack::new(logical::NewLogicalRouter::new(
         logical,
         Cache::new(idle_timeout),

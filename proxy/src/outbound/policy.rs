@@ -1,0 +1,479 @@
+//! The outbound policy of each logical destination: one shared watch of the destination
+//! controller's `/v1/policy/outbound/watch` per name (reconnecting with backoff, the last policy
+//! kept meanwhile, dropped when idle), and the policy compiled for matching: the matches of
+//! every rule in Gateway API's precedence ([`mesh_api::policy::select`]), regular expressions
+//! compiled once per update, so that a request only walks a list.
+
+use crate::{discover::Backoff, svc::Cache};
+use futures_util::StreamExt;
+use http::{HeaderName, Method, Request};
+use mesh_api::{
+    destination::Connector,
+    policy::{self, OutboundPolicy, PathMatch, ValueMatch, ValueMatchKind},
+};
+use regex::Regex;
+use std::{sync::Arc, time::Duration};
+use tokio::sync::watch;
+
+/// Where the policy watches go.
+#[derive(Clone, Debug)]
+pub struct PolicyConfig {
+    /// The destination controller, `host:port`.
+    pub controller: String,
+    /// The pod's namespace: consumer routes of this namespace apply to it.
+    pub namespace: String,
+    /// How long an unused policy watch is kept.
+    pub idle_timeout: Duration,
+    pub connector: Connector,
+}
+
+/// The policy watches of every logical name, shared by the whole proxy.
+pub struct Policies {
+    config: PolicyConfig,
+    cache: Arc<Cache<String, PolicyWatch>>,
+}
+
+/// One logical name's policy: `None` until the controller first answers.
+pub struct PolicyWatch {
+    state: watch::Receiver<Option<Arc<Compiled>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PolicyWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Policies {
+    pub fn new(config: PolicyConfig) -> Arc<Self> {
+        Arc::new(Self {
+            cache: Cache::new(config.idle_timeout),
+            config,
+        })
+    }
+
+    /// The shared watch of `authority`'s policy, started on first use.
+    pub fn watch(&self, authority: &str) -> Arc<PolicyWatch> {
+        self.cache.get_or_insert_with(&authority.to_string(), || {
+            let (tx, state) = watch::channel(None);
+            let task = tokio::spawn(follow(self.config.clone(), authority.to_string(), tx));
+            PolicyWatch { state, task }
+        })
+    }
+
+    /// How many names are watched.
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
+    }
+}
+
+impl PolicyWatch {
+    /// A receiver of the compiled policy.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Compiled>>> {
+        self.state.clone()
+    }
+}
+
+/// Follows one name's policy forever: reconnects with backoff and keeps the last policy.
+async fn follow(config: PolicyConfig, authority: String, tx: watch::Sender<Option<Arc<Compiled>>>) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        match tokio::net::lookup_host(&config.controller)
+            .await
+            .map(|mut a| a.next())
+        {
+            Ok(Some(addr)) => {
+                let updates = policy::watch_outbound(
+                    config.connector.clone(),
+                    addr,
+                    &authority,
+                    &config.namespace,
+                );
+                futures_util::pin_mut!(updates);
+                while let Some(update) = updates.next().await {
+                    match update {
+                        Ok(policy) => {
+                            backoff.reset();
+                            tracing::debug!(%authority, routes = policy.routes.len(), "outbound policy");
+                            tx.send_replace(Some(Arc::new(Compiled::new(policy))));
+                        }
+                        Err(error) => {
+                            tracing::info!(%authority, %error, "policy watch failed; keeping the last policy");
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok(None) => {
+                tracing::warn!(controller = %config.controller, "the destination controller's name has no address")
+            }
+            Err(error) => {
+                tracing::warn!(controller = %config.controller, %error, "resolving the destination controller failed")
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        // An old controller without the policy watch answers 404: keep the default route and
+        // ask again later, without flooding it.
+        if tx.borrow().is_none() {
+            tx.send_replace(Some(Arc::new(Compiled::new(OutboundPolicy::default()))));
+        }
+        tokio::time::sleep(backoff.next()).await;
+    }
+}
+
+// === matching ===
+
+/// A policy ready for matching.
+#[derive(Debug)]
+pub struct Compiled {
+    pub policy: OutboundPolicy,
+    /// The matches of every rule, best first: `(route, rule, match)`.
+    order: Vec<(Matcher, usize, usize)>,
+}
+
+/// Which rule a request matched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selected {
+    pub route: usize,
+    pub rule: usize,
+    /// The prefix its `PathPrefix` match matched, for `ReplacePrefixMatch`.
+    pub prefix: Option<Arc<str>>,
+}
+
+#[derive(Debug)]
+struct Matcher {
+    path: Option<PathMatcher>,
+    method: Option<Method>,
+    headers: Vec<(HeaderName, ValueMatcher)>,
+    query: Vec<(String, ValueMatcher)>,
+}
+
+#[derive(Debug)]
+enum PathMatcher {
+    Exact(String),
+    Prefix(Arc<str>),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+enum ValueMatcher {
+    Exact(String),
+    Regex(Regex),
+}
+
+/// A regular expression that must match the whole value.
+fn whole(pattern: &str) -> Result<Regex, regex::Error> {
+    Regex::new(&format!("^(?:{pattern})$"))
+}
+
+impl Compiled {
+    /// Compiles `policy`; a match the proxy cannot compile (the controller validates them, so
+    /// only a newer controller's) is left out and logged, never the whole policy.
+    pub fn new(policy: OutboundPolicy) -> Self {
+        let mut order = Vec::new();
+        for (route, rule, mi) in policy::select(&policy.routes) {
+            let r = &policy.routes[route];
+            let m = r.rules[rule].matches.get(mi).cloned().unwrap_or_default();
+            match Matcher::new(&m) {
+                Ok(matcher) => order.push((matcher, route, rule)),
+                Err(error) => {
+                    tracing::warn!(route = %format!("{}/{}", r.namespace, r.name), rule, %error, "skipping a match the proxy cannot compile")
+                }
+            }
+        }
+        Self { policy, order }
+    }
+
+    /// Whether the destination has routes (else: its default route).
+    pub fn has_routes(&self) -> bool {
+        !self.policy.routes.is_empty()
+    }
+
+    /// The first rule whose match `req` meets, in precedence order.
+    pub fn select<B>(&self, req: &Request<B>) -> Option<Selected> {
+        let query: Vec<(String, String)> = match req.uri().query() {
+            Some(q) if self.order.iter().any(|(m, ..)| !m.query.is_empty()) => {
+                form_urlencoded::parse(q.as_bytes()).into_owned().collect()
+            }
+            _ => Vec::new(),
+        };
+        self.order.iter().find_map(|(m, route, rule)| {
+            m.matches(req, &query).map(|prefix| Selected {
+                route: *route,
+                rule: *rule,
+                prefix,
+            })
+        })
+    }
+}
+
+impl Matcher {
+    fn new(m: &policy::Match) -> Result<Self, String> {
+        let value = |v: &ValueMatch| -> Result<ValueMatcher, String> {
+            Ok(match v.kind {
+                ValueMatchKind::Exact => ValueMatcher::Exact(v.value.clone()),
+                ValueMatchKind::RegularExpression => {
+                    ValueMatcher::Regex(whole(&v.value).map_err(|e| e.to_string())?)
+                }
+            })
+        };
+        let path = match &m.path {
+            None => None,
+            Some(PathMatch::Exact(p)) => Some(PathMatcher::Exact(p.clone())),
+            Some(PathMatch::PathPrefix(p)) => {
+                Some(PathMatcher::Prefix(p.trim_end_matches('/').into()))
+            }
+            Some(PathMatch::RegularExpression(p)) => {
+                Some(PathMatcher::Regex(whole(p).map_err(|e| e.to_string())?))
+            }
+        };
+        let method = match &m.method {
+            Some(method) => Some(Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let headers = m
+            .headers
+            .iter()
+            .map(|h| {
+                let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|e| e.to_string())?;
+                Ok((name, value(h)?))
+            })
+            .collect::<Result<_, String>>()?;
+        let query = m
+            .query_params
+            .iter()
+            .map(|q| Ok((q.name.clone(), value(q)?)))
+            .collect::<Result<_, String>>()?;
+        Ok(Self {
+            path,
+            method,
+            headers,
+            query,
+        })
+    }
+
+    /// `Some` when `req` matches, with the prefix a `PathPrefix` matched.
+    fn matches<B>(&self, req: &Request<B>, query: &[(String, String)]) -> Option<Option<Arc<str>>> {
+        if let Some(method) = &self.method {
+            if req.method() != method {
+                return None;
+            }
+        }
+        for (name, value) in &self.headers {
+            // Several values of a header match as their comma-joined list.
+            let mut values = req.headers().get_all(name).iter();
+            let first = values.next()?.to_str().ok()?;
+            let joined;
+            let text = match values.next() {
+                None => first,
+                Some(_) => {
+                    joined = req
+                        .headers()
+                        .get_all(name)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    &joined
+                }
+            };
+            if !value.matches(text) {
+                return None;
+            }
+        }
+        for (name, value) in &self.query {
+            // The first value of a repeated parameter, as Gateway API says.
+            let (_, v) = query.iter().find(|(k, _)| k == name)?;
+            if !value.matches(v) {
+                return None;
+            }
+        }
+        let path = req.uri().path();
+        match &self.path {
+            None => Some(None),
+            Some(PathMatcher::Exact(p)) => (path == p).then_some(None),
+            Some(PathMatcher::Regex(re)) => re.is_match(path).then_some(None),
+            Some(PathMatcher::Prefix(prefix)) => {
+                let rest = path.strip_prefix(&**prefix)?;
+                (rest.is_empty() || rest.starts_with('/')).then(|| Some(prefix.clone()))
+            }
+        }
+    }
+}
+
+impl ValueMatcher {
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            Self::Exact(v) => v == value,
+            Self::Regex(re) => re.is_match(value),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_api::policy::{Match, Route, Rule};
+
+    fn rule(matches: Vec<Match>) -> Rule {
+        Rule {
+            matches,
+            ..Rule::default()
+        }
+    }
+
+    fn route(name: &str, rules: Vec<Rule>) -> Route {
+        Route {
+            name: name.into(),
+            namespace: "demo".into(),
+            rules,
+            ..Route::default()
+        }
+    }
+
+    fn path(kind: &str, value: &str) -> Match {
+        Match {
+            path: Some(match kind {
+                "exact" => PathMatch::Exact(value.into()),
+                "prefix" => PathMatch::PathPrefix(value.into()),
+                _ => PathMatch::RegularExpression(value.into()),
+            }),
+            ..Match::default()
+        }
+    }
+
+    fn header(name: &str, value: &str, regex: bool) -> ValueMatch {
+        ValueMatch {
+            name: name.into(),
+            kind: if regex {
+                ValueMatchKind::RegularExpression
+            } else {
+                ValueMatchKind::Exact
+            },
+            value: value.into(),
+        }
+    }
+
+    fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    fn selected(c: &Compiled, r: Request<()>) -> Option<(String, usize)> {
+        c.select(&r)
+            .map(|s| (c.policy.routes[s.route].name.clone(), s.rule))
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        let c = Compiled::new(OutboundPolicy {
+            routes: vec![route("r", vec![rule(vec![path("prefix", "/api/")])])],
+            ..OutboundPolicy::default()
+        });
+        for (uri, hit) in [
+            ("/api", true),
+            ("/api/", true),
+            ("/api/x?y=1", true),
+            ("/apix", false),
+            ("/", false),
+        ] {
+            assert_eq!(c.select(&req("GET", uri, &[])).is_some(), hit, "{uri}");
+        }
+        assert_eq!(
+            c.select(&req("GET", "/api/v1", &[]))
+                .unwrap()
+                .prefix
+                .as_deref(),
+            Some("/api")
+        );
+    }
+
+    #[test]
+    fn the_best_match_wins_across_routes() {
+        let with = |m: Match, f: &dyn Fn(&mut Match)| {
+            let mut m = m;
+            f(&mut m);
+            m
+        };
+        let c = Compiled::new(OutboundPolicy {
+            routes: vec![
+                route(
+                    "old",
+                    vec![
+                        rule(vec![path("prefix", "/")]),
+                        rule(vec![with(path("prefix", "/a"), &|m| {
+                            m.method = Some("POST".into())
+                        })]),
+                    ],
+                ),
+                route(
+                    "new",
+                    vec![
+                        rule(vec![path("exact", "/a/b")]),
+                        rule(vec![path("prefix", "/a")]),
+                        rule(vec![with(path("prefix", "/a"), &|m| {
+                            m.headers = vec![header("x-canary", "t.*", true)];
+                            m.query_params = vec![header("v", "2", false)];
+                        })]),
+                    ],
+                ),
+            ],
+            ..OutboundPolicy::default()
+        });
+        let s = |m: &str, uri: &str, h: &[(&str, &str)]| selected(&c, req(m, uri, h));
+        assert_eq!(s("GET", "/a/b", &[]), Some(("new".into(), 0)));
+        assert_eq!(s("GET", "/a/c", &[]), Some(("new".into(), 1)));
+        assert_eq!(
+            s("POST", "/a/c", &[]),
+            Some(("old".into(), 1)),
+            "method wins"
+        );
+        assert_eq!(
+            s("POST", "/a/c?v=2", &[("x-canary", "true")]),
+            Some(("old".into(), 1)),
+            "a method outranks headers"
+        );
+        assert_eq!(
+            s("GET", "/a/c?v=2", &[("x-canary", "true")]),
+            Some(("new".into(), 2))
+        );
+        assert_eq!(
+            s("GET", "/a/c?v=3", &[("x-canary", "true")]),
+            Some(("new".into(), 1))
+        );
+        assert_eq!(s("GET", "/z", &[]), Some(("old".into(), 0)));
+    }
+
+    #[test]
+    fn a_match_the_proxy_cannot_compile_is_left_out() {
+        let c = Compiled::new(OutboundPolicy {
+            routes: vec![route(
+                "r",
+                vec![
+                    rule(vec![path("regex", "(")]),
+                    rule(vec![path("exact", "/x")]),
+                ],
+            )],
+            ..OutboundPolicy::default()
+        });
+        assert_eq!(selected(&c, req("GET", "/x", &[])), Some(("r".into(), 1)));
+        assert_eq!(selected(&c, req("GET", "/(", &[])), None);
+    }
+
+    #[test]
+    fn no_routes_no_match() {
+        let c = Compiled::new(OutboundPolicy::default());
+        assert!(!c.has_routes());
+        assert_eq!(c.select(&req("GET", "/", &[])), None);
+    }
+}

@@ -1,0 +1,417 @@
+//! The route stage of the outbound stack: each request of a logical destination is matched
+//! against the destination's routes (its outbound policy, `policy.rs`) and handed to the stack
+//! of the rule it matched; a destination without routes has one default rule that sends
+//! everything to the destination itself. A request that matches no rule of a Service that has
+//! routes is a 404 ([`NoRoute`]).
+//!
+//! Rule stacks are made when a policy arrives, not per request: a request only takes the
+//! current set (an `Arc`) and walks its matches. A new policy makes new rule stacks for new
+//! requests; requests in flight finish on the ones they started with, and connections are not
+//! touched. The backends' balancers outlive policies (`split::Backends`).
+//!
+//! What a rule's stack is made of is the business of `outbound::stack`; this module only
+//! provides the [`RouteTarget`] and what the layers read of it.
+
+pub mod metrics;
+pub mod mirror;
+pub mod split;
+
+use self::{
+    mirror::MirrorsParam,
+    split::{BackendRef, BackendsParam},
+};
+use super::{
+    policy::{Compiled, Policies, PolicyWatch},
+    Logical, LogicalAddr,
+};
+use crate::{
+    http::{
+        errors::NoRoute,
+        filters::{FilterParams, MatchedPrefix},
+        retry::{Budget, RetryParams},
+        timeout::RequestTimeoutParam,
+    },
+    metrics::{BackendLabels, RouteKey, RouteLabels},
+    svc::{lock, BoxBody, BoxError, NewService, Param},
+};
+use futures_util::future::BoxFuture;
+use http::{Request, Response};
+use mesh_api::policy::{self, Filter, OutboundPolicy, Rule};
+use std::{
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::sync::watch;
+use tower::{util::BoxCloneSyncService, ServiceExt};
+
+/// The service of one rule.
+pub type RuleService = BoxCloneSyncService<Request<BoxBody>, Response<BoxBody>, BoxError>;
+
+/// One rule of a route (or the default route) of a logical destination: the target of the
+/// route stack.
+#[derive(Clone, Debug)]
+pub struct RouteTarget {
+    pub logical: Logical,
+    pub labels: Arc<RouteLabels>,
+    pub rule: Arc<Rule>,
+    /// The rule's backends (the destination itself for the default route).
+    pub backends: Vec<BackendRef>,
+    /// The retry of the default route (routes carry theirs in `rule`).
+    pub default_retry: Option<policy::Retry>,
+    pub budget: Arc<Budget>,
+}
+
+/// Makes each logical destination's router over rule stacks made by `R`.
+#[derive(Clone)]
+pub struct NewRouter<R> {
+    policies: Option<Arc<Policies>>,
+    new_rule: R,
+    /// How long a request waits for a destination's first policy.
+    wait: Duration,
+}
+
+impl<R> NewRouter<R> {
+    pub fn new(policies: Option<Arc<Policies>>, new_rule: R, wait: Duration) -> Self {
+        Self {
+            policies,
+            new_rule,
+            wait,
+        }
+    }
+}
+
+/// A logical destination's router.
+pub struct Router<R> {
+    shared: Arc<Shared<R>>,
+}
+
+impl<R> Clone for Router<R> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+struct Shared<R> {
+    logical: Logical,
+    new_rule: R,
+    wait: Duration,
+    /// The destination's policy, when it is a name and a controller is configured.
+    policy: Option<(Arc<PolicyWatch>, PolicyRx)>,
+    /// The rule stacks of the latest policy.
+    current: Mutex<Option<Arc<Routes>>>,
+}
+
+type PolicyRx = watch::Receiver<Option<Arc<Compiled>>>;
+
+/// The rule stacks of one policy.
+struct Routes {
+    compiled: Arc<Compiled>,
+    /// By route, then rule.
+    rules: Vec<Vec<RuleService>>,
+    /// The default rule, when the destination has no routes.
+    default: Option<RuleService>,
+    budget: Arc<Budget>,
+}
+
+impl<R: NewService<RouteTarget, Service = RuleService> + Clone> NewService<Logical>
+    for NewRouter<R>
+{
+    type Service = Router<R>;
+    fn new_service(&self, logical: Logical) -> Router<R> {
+        let policy = match (&self.policies, &logical.addr) {
+            (Some(policies), LogicalAddr::Name(name)) => {
+                let watch = policies.watch(name);
+                let rx = watch.subscribe();
+                Some((watch, rx))
+            }
+            _ => None,
+        };
+        Router {
+            shared: Arc::new(Shared {
+                logical,
+                new_rule: self.new_rule.clone(),
+                wait: self.wait,
+                policy,
+                current: Mutex::default(),
+            }),
+        }
+    }
+}
+
+impl<R> tower::Service<Request<BoxBody>> for Router<R>
+where
+    R: NewService<RouteTarget, Service = RuleService> + Send + Sync + 'static,
+{
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<BoxBody>, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let routes = shared.routes().await;
+            if let Some(default) = &routes.default {
+                return default.clone().oneshot(req).await;
+            }
+            let mut req = req;
+            let Some(selected) = routes.compiled.select(&req) else {
+                let parent = match &routes.compiled.policy.parent {
+                    Some(p) => format!("{}/{}:{}", p.namespace, p.name, p.port),
+                    None => shared.logical.addr.to_string(),
+                };
+                return Err(NoRoute(parent).into());
+            };
+            if let Some(prefix) = selected.prefix {
+                req.extensions_mut().insert(MatchedPrefix(prefix));
+            }
+            let rule = routes.rules[selected.route][selected.rule].clone();
+            rule.oneshot(req).await
+        })
+    }
+}
+
+impl<R: NewService<RouteTarget, Service = RuleService>> Shared<R> {
+    /// The rule stacks of the current policy: made once per policy.
+    async fn routes(&self) -> Arc<Routes> {
+        let compiled = match &self.policy {
+            None => None,
+            Some((_, rx)) => {
+                let now = rx.borrow().clone();
+                match now {
+                    Some(c) => Some(c),
+                    None => {
+                        // The destination's first policy: wait for it a little.
+                        let mut rx = rx.clone();
+                        let waited =
+                            tokio::time::timeout(self.wait, rx.wait_for(Option::is_some)).await;
+                        match waited {
+                            Ok(Ok(c)) => c.clone(),
+                            _ => None,
+                        }
+                    }
+                }
+            }
+        };
+        let mut current = lock(&self.current);
+        if let Some(routes) = current.as_ref() {
+            let same = match &compiled {
+                Some(c) => Arc::ptr_eq(c, &routes.compiled),
+                // No policy (yet): keep what there is.
+                None => true,
+            };
+            if same {
+                return routes.clone();
+            }
+        }
+        let compiled =
+            compiled.unwrap_or_else(|| Arc::new(Compiled::new(OutboundPolicy::default())));
+        let budget = match current.as_ref() {
+            Some(r) if *r.budget.config() == compiled.policy.retry_budget => r.budget.clone(),
+            _ => Arc::new(Budget::new(compiled.policy.retry_budget)),
+        };
+        let routes = Arc::new(self.make(compiled, budget));
+        *current = Some(routes.clone());
+        routes
+    }
+
+    fn make(&self, compiled: Arc<Compiled>, budget: Arc<Budget>) -> Routes {
+        let policy = &compiled.policy;
+        let (parent_ns, parent_name, parent_port) = match &policy.parent {
+            Some(p) => (p.namespace.as_str().into(), p.name.as_str().into(), p.port),
+            None => parent_of(&self.logical.addr),
+        };
+        let route_labels = |kind, namespace: &str, name: &str| {
+            Arc::new(RouteLabels {
+                parent_namespace: parent_ns.clone(),
+                parent_name: parent_name.clone(),
+                parent_port,
+                route_kind: kind,
+                route_namespace: namespace.into(),
+                route_name: name.into(),
+            })
+        };
+        if !compiled.has_routes() {
+            let labels = route_labels("default", "", "default");
+            let backend = BackendRef {
+                addr: self.logical.addr.clone(),
+                weight: 1,
+                labels: Arc::new(BackendLabels {
+                    route: labels.clone(),
+                    kind: "default",
+                    namespace: parent_ns.clone(),
+                    name: parent_name.clone(),
+                    port: parent_port,
+                }),
+                error: None,
+            };
+            let default = self.new_rule.new_service(RouteTarget {
+                logical: self.logical.clone(),
+                labels,
+                rule: Arc::default(),
+                backends: vec![backend],
+                default_retry: policy.retry.clone(),
+                budget: budget.clone(),
+            });
+            return Routes {
+                compiled,
+                rules: Vec::new(),
+                default: Some(default),
+                budget,
+            };
+        }
+        let rules = policy
+            .routes
+            .iter()
+            .map(|route| {
+                let labels = route_labels(route.kind.as_str(), &route.namespace, &route.name);
+                route
+                    .rules
+                    .iter()
+                    .map(|rule| {
+                        let backends = rule
+                            .backends
+                            .iter()
+                            .map(|b| backend_ref(b, &labels))
+                            .collect();
+                        self.new_rule.new_service(RouteTarget {
+                            logical: self.logical.clone(),
+                            labels: labels.clone(),
+                            rule: Arc::new(rule.clone()),
+                            backends,
+                            default_retry: None,
+                            budget: budget.clone(),
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        Routes {
+            compiled,
+            rules,
+            default: None,
+            budget,
+        }
+    }
+}
+
+fn backend_ref(b: &policy::Backend, route: &Arc<RouteLabels>) -> BackendRef {
+    BackendRef {
+        addr: LogicalAddr::Name(b.authority.as_str().into()),
+        weight: b.weight,
+        labels: Arc::new(BackendLabels {
+            route: route.clone(),
+            kind: "Service",
+            namespace: b.namespace.as_str().into(),
+            name: b.name.as_str().into(),
+            port: b.port,
+        }),
+        error: b.error.as_deref().map(Into::into),
+    }
+}
+
+/// The parent labels of a destination the controller names no Service for: its name's first
+/// two labels (`web.demo.svc…:80`), or its address.
+fn parent_of(addr: &LogicalAddr) -> (Arc<str>, Arc<str>, u16) {
+    match addr {
+        LogicalAddr::Addr(a) => ("".into(), a.ip().to_string().into(), a.port()),
+        LogicalAddr::Name(name) => {
+            let (host, port) = name.rsplit_once(':').unwrap_or((name, "0"));
+            let port = port.parse().unwrap_or(0);
+            let mut labels = host.split('.');
+            let svc = labels.next().unwrap_or_default();
+            let ns = labels.next().unwrap_or_default();
+            (ns.into(), svc.into(), port)
+        }
+    }
+}
+
+// === what the route stack's layers read ===
+
+impl Param<RouteKey> for RouteTarget {
+    fn param(&self) -> RouteKey {
+        RouteKey(self.labels.clone())
+    }
+}
+
+impl Param<RequestTimeoutParam> for RouteTarget {
+    fn param(&self) -> RequestTimeoutParam {
+        RequestTimeoutParam(
+            self.rule
+                .timeouts
+                .request_ms
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis),
+        )
+    }
+}
+
+impl Param<RetryParams> for RouteTarget {
+    fn param(&self) -> RetryParams {
+        let retry = self
+            .rule
+            .retry
+            .clone()
+            .or_else(|| self.default_retry.clone());
+        // The shorter of the backend request timeout and the retry's per-attempt timeout.
+        let attempt_timeout = [
+            self.rule.timeouts.backend_request_ms,
+            retry.as_ref().and_then(|r| r.timeout_ms),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|ms| *ms > 0)
+        .min()
+        .map(Duration::from_millis);
+        RetryParams {
+            retry: retry.filter(|r| r.limit > 0).map(Arc::new),
+            attempt_timeout,
+            budget: self.budget.clone(),
+            labels: self.labels.clone(),
+        }
+    }
+}
+
+impl Param<FilterParams> for RouteTarget {
+    fn param(&self) -> FilterParams {
+        FilterParams {
+            filters: self
+                .rule
+                .filters
+                .iter()
+                .filter(|f| !matches!(f, Filter::RequestMirror(_)))
+                .cloned()
+                .collect(),
+            labels: self.labels.clone(),
+        }
+    }
+}
+
+impl Param<MirrorsParam> for RouteTarget {
+    fn param(&self) -> MirrorsParam {
+        MirrorsParam(
+            self.rule
+                .filters
+                .iter()
+                .filter_map(|f| match f {
+                    Filter::RequestMirror(m) => {
+                        Some((backend_ref(&m.backend, &self.labels), m.percent))
+                    }
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Param<BackendsParam> for RouteTarget {
+    fn param(&self) -> BackendsParam {
+        BackendsParam(self.backends.clone())
+    }
+}
