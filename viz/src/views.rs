@@ -1,6 +1,6 @@
 //! The ratatui views (top, stat, dashboard) as pure functions of their models, so the same
 //! drawing serves the live terminal and `TestBackend` snapshots; and the plain-text tables
-//! printed when stdout is not a terminal.
+//! printed when stdout is not a terminal (also `routes`, which has no live view).
 
 use ratatui::layout::{Constraint, Direction, Layout, Rect};
 use ratatui::style::{Modifier, Style};
@@ -9,6 +9,7 @@ use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row as TableRow, Sparkli
 use ratatui::Frame;
 
 use crate::edges::Edge;
+use crate::routes::{BackendStats, RouteStats, Routes};
 use crate::stat::StatRow;
 use crate::tap::ms;
 use crate::top::{Column, Row};
@@ -301,6 +302,33 @@ pub fn edges_text(edges: &[Edge]) -> String {
     text_table(&header, &body)
 }
 
+/// The plain `mesh viz routes` table: a row per route, and under it a row per backend
+/// (`├─`/`└─`). RETRIES is retry attempts per second (a count without a window) and their share
+/// of the route's requests; NOTES, what is not zero of: retryable failures that were not
+/// replayable, retries refused by the parent's budget, injected faults, mirrored requests.
+///
+/// ```text
+/// PARENT           ROUTE                     SUCCESS  RPS      LATENCY_P50  …  RETRIES         NOTES
+/// demo/web-svc:80  HTTPRoute demo/web-split  90.00%   10.0rps  10.0ms       …  2.0rps (20.0%)  budget exhausted: 3
+///                  ├─ Service demo/web-v1:80 100.00%  7.5rps   5.00ms       …  -
+/// ```
+pub fn routes_text(routes: &Routes) -> String {
+    let header: Vec<String> = ROUTES_COLUMNS.iter().map(|c| c.to_string()).collect();
+    let mut body: Vec<Vec<String>> = Vec::new();
+    for r in &routes.routes {
+        body.push(route_cells(r));
+        for (i, b) in r.backends.iter().enumerate() {
+            let branch = if i + 1 == r.backends.len() {
+                "└─"
+            } else {
+                "├─"
+            };
+            body.push(backend_cells(branch, b));
+        }
+    }
+    text_table(&header, &body)
+}
+
 /// The lines of a rendered buffer (trailing spaces trimmed), for snapshots and the dashboard's
 /// one-shot output.
 pub fn buffer_text(buffer: &ratatui::buffer::Buffer) -> String {
@@ -327,6 +355,72 @@ const STAT_COLUMNS: [&str; 8] = [
     "LATENCY_P99",
     "TCP_CONN",
 ];
+
+const ROUTES_COLUMNS: [&str; 9] = [
+    "PARENT",
+    "ROUTE",
+    "SUCCESS",
+    "RPS",
+    "LATENCY_P50",
+    "LATENCY_P95",
+    "LATENCY_P99",
+    "RETRIES",
+    "NOTES",
+];
+
+fn route_cells(r: &RouteStats) -> Vec<String> {
+    let retries = &r.retries;
+    let attempts = retries.success + retries.failure;
+    let retried = match (attempts, retries.rps) {
+        (0, _) => "-".to_string(),
+        (_, Some(rps)) => rate(Some(rps)),
+        (n, None) => n.to_string(),
+    };
+    let retried = match retries.share {
+        Some(share) if attempts > 0 => format!("{retried} ({:.1}%)", share * 100.0),
+        _ => retried,
+    };
+    let mut notes = Vec::new();
+    if retries.not_replayable > 0 {
+        notes.push(format!("not replayable: {}", retries.not_replayable));
+    }
+    if retries.budget_exhausted > 0 {
+        notes.push(format!("budget exhausted: {}", retries.budget_exhausted));
+    }
+    for f in &r.faults {
+        notes.push(format!("{} {}: {}", f.kind, f.fault, f.count));
+    }
+    vec![
+        r.parent.to_string(),
+        r.route.to_string(),
+        percent(r.success_rate),
+        rate(r.rps),
+        latency(r.latency_ms.p50),
+        latency(r.latency_ms.p95),
+        latency(r.latency_ms.p99),
+        retried,
+        notes.join(", "),
+    ]
+}
+
+fn backend_cells(branch: &str, b: &BackendStats) -> Vec<String> {
+    let notes = match (b.mirrored, b.mirror_dropped) {
+        (0, 0) => String::new(),
+        (n, 0) => format!("mirrored: {n}"),
+        (n, dropped) => format!("mirrored: {n} ({dropped} dropped)"),
+    };
+    vec![
+        String::new(),
+        format!("{branch} {}", b.backend),
+        percent(b.success_rate),
+        rate(b.rps),
+        latency(b.latency_ms.p50),
+        latency(b.latency_ms.p95),
+        latency(b.latency_ms.p99),
+        "-".to_string(),
+        notes,
+    ]
+}
 
 fn top_cells(r: &Row) -> Vec<String> {
     vec![

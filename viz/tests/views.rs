@@ -1,5 +1,7 @@
 //! Snapshots of the ratatui views (`TestBackend`) and the plain tables, from recorded scrapes of
-//! the pod harness (`tests/data/scrape-*.txt`) and a recorded tap stream (`tap-web.jsonl`).
+//! the pod harness (`tests/data/scrape-*.txt`) and a recorded tap stream (`tap-web.jsonl`); the
+//! routes table from two scrapes of web's pods written to the proxy's route families
+//! (`tests/data/scrape-routes-*.txt`).
 //! `UPDATE_GOLDEN=1 cargo test -p mesh-viz` rewrites `tests/golden/`; review the diff.
 
 use std::collections::HashMap;
@@ -8,6 +10,7 @@ use std::path::Path;
 use mesh_api::tap::Event;
 use mesh_viz::edges::edges;
 use mesh_viz::model::{Kind, PodInfo, Workload};
+use mesh_viz::routes::routes;
 use mesh_viz::stat::{stat, Measure, Scrapes};
 use mesh_viz::top::{Column, Top};
 use mesh_viz::views::{self, Dashboard, WorkloadView};
@@ -198,4 +201,39 @@ fn dashboard_of_recorded_data() {
         "dashboard.txt",
         &render(120, 24, |f| views::render_dashboard(f, &model)),
     );
+}
+
+/// The route scrapes of web-1 and web-2 taken `when` (`before`, `after`).
+fn route_scrapes(when: &str) -> Scrapes {
+    ["web-1", "web-2"]
+        .iter()
+        .map(|p| {
+            let text = data(&format!("scrape-routes-{p}-{when}.txt"));
+            let samples = mesh_viz::prom::parse(&text).unwrap();
+            (("demo".to_string(), p.to_string()), samples)
+        })
+        .collect()
+}
+
+#[test]
+fn routes_of_two_scrapes() {
+    let web: Vec<PodInfo> = pods()
+        .into_iter()
+        .filter(|p| p.services.len() == 1)
+        .collect();
+    let (before, after) = (route_scrapes("before"), route_scrapes("after"));
+    let r = routes(&web, Some(&before), &after, 5.0);
+    // web-1 sent half its traffic so far in the window, web-2 all of its second half.
+    let voting = r
+        .routes
+        .iter()
+        .find(|r| r.route.name == "voting-split")
+        .unwrap();
+    assert_eq!((voting.requests, voting.rps), (100, Some(20.0)));
+    assert_eq!(voting.success_rate, Some(0.92));
+    golden("routes.txt", &views::routes_text(&r));
+    let whole = routes(&web, None, &after, 0.0);
+    golden("routes-since-start.txt", &views::routes_text(&whole));
+    // The callers are web's pods: client's scrape has no route families.
+    assert_eq!(routes(&pods()[2..], None, &scrapes(), 0.0).routes, vec![]);
 }

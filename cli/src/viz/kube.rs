@@ -70,6 +70,7 @@ impl Scope {
                 .into_iter()
                 .flatten()
                 .collect(),
+            VizCommand::Routes(a) => vec![&a.resource],
             VizCommand::Edges(a) => vec![&a.resource],
             VizCommand::Tap(a) => vec![&a.filter.resource],
             VizCommand::Top(a) => vec![&a.filter.resource],

@@ -1,7 +1,7 @@
-//! `mesh viz`: the observability commands (`tap`, `top`, `stat`, `edges`, `dashboard`) over a
-//! [`Target`]: the local mesh (its state folder, and its pods' proxies reached in their network
-//! namespaces) or a cluster (its objects from the Kubernetes API, the viz component's metrics
-//! API and tap aggregator through the API server's service proxy), behind the same
+//! `mesh viz`: the observability commands (`tap`, `top`, `stat`, `routes`, `edges`, `dashboard`)
+//! over a [`Target`]: the local mesh (its state folder, and its pods' proxies reached in their
+//! network namespaces) or a cluster (its objects from the Kubernetes API, the viz component's
+//! metrics API and tap aggregator through the API server's service proxy), behind the same
 //! [`MetricsSource`] and [`TapSource`]: one code path above them.
 
 pub mod install;
@@ -58,6 +58,9 @@ pub enum VizCommand {
     Top(TopArgs),
     /// Shows golden metrics per workload: meshed pods, success rate, RPS, latency, TCP.
     Stat(StatArgs),
+    /// Shows the traffic a resource's pods sent per route (HTTPRoute, GRPCRoute, or a Service's
+    /// default route) and per backend: success rate, RPS, latency, retries, faults.
+    Routes(RoutesArgs),
     /// Shows who talks to whom, with identities and whether the hop is mutual TLS.
     Edges(EdgesArgs),
     /// Opens a full-screen dashboard: workloads, their edges and their live traffic.
@@ -140,6 +143,26 @@ pub struct StatArgs {
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JsonOutput {
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RoutesArgs {
+    /// The resource whose pods' outbound requests to show (the callers), e.g. deploy/web,
+    /// po/web-1, ns/demo.
+    pub resource: Resource,
+    /// The window of rates: two scrapes this far apart; 0s reports everything since the proxies
+    /// started, without rates.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub window: Duration,
+    /// `table` (the default) for people, `json` for machines.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: RoutesOutput,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoutesOutput {
+    Table,
     Json,
 }
 
@@ -290,6 +313,7 @@ pub async fn run_command(
     let namespace = target.namespace(namespace);
     match command {
         VizCommand::Stat(a) => stat(target, namespace, &a, out).await,
+        VizCommand::Routes(a) => routes(target, namespace, &a, out).await,
         VizCommand::Edges(a) => edges(target, namespace, &a, out).await,
         VizCommand::Tap(a) => tap(target, namespace, &a, out).await,
         VizCommand::Top(a) => top_once(target, namespace, &a, out).await,
@@ -342,6 +366,60 @@ async fn stat(
     let text = match args.output {
         Some(JsonOutput::Json) => format!("{}\n", serde_json::to_string_pretty(&rows)?),
         None => views::stat_text(&rows),
+    };
+    out.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// The routes of the resource's meshed pods over the window; without route samples, a line
+/// that says the workload sent no routed traffic (JSON: no routes).
+async fn routes(
+    target: &Target,
+    namespace: &str,
+    args: &RoutesArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let groups = args.resource.resolve(&target.state, namespace)?;
+    let mut pods: Vec<PodInfo> = groups.into_iter().flat_map(|(_, pods)| pods).collect();
+    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    pods.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
+    let (meshed, unmeshed): (Vec<PodInfo>, Vec<PodInfo>) = pods.into_iter().partition(|p| p.meshed);
+    if meshed.is_empty() {
+        let names: Vec<&str> = unmeshed.iter().map(|p| p.name.as_str()).collect();
+        bail!(
+            "{} has no meshed pod ({}): route metrics come from the pods' proxies; mesh them \
+             first (`mesh inject`, or enroll them in the local mesh)",
+            args.resource,
+            if names.is_empty() {
+                "no pods".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
+    let window = samples(target, &meshed, args.window).await?;
+    let routes = mesh_viz::routes::routes(
+        &meshed,
+        window.before.as_ref(),
+        &window.after,
+        window.seconds,
+    );
+    let text = match args.output {
+        RoutesOutput::Json => format!("{}\n", serde_json::to_string_pretty(&routes)?),
+        RoutesOutput::Table if routes.routes.is_empty() => {
+            let when = if routes.window > 0.0 {
+                format!("in the last {}", humantime(args.window))
+            } else {
+                "since its proxies started".to_string()
+            };
+            format!(
+                "{} sent no routed traffic {when}: its proxies counted no request on a route \
+                 (outbound_http_route_*); routes count the HTTP requests a workload sends to a \
+                 Service\n",
+                args.resource
+            )
+        }
+        RoutesOutput::Table => views::routes_text(&routes),
     };
     out.write_all(text.as_bytes())?;
     Ok(())
@@ -886,6 +964,15 @@ async fn dashboard_once(
 }
 
 // === helpers ===
+
+/// A flag's duration as it was likely written: `5s`, `500ms`, `2m`.
+fn humantime(d: Duration) -> String {
+    match (d.as_millis(), d.subsec_millis()) {
+        (ms, 0) if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        (ms, 0) => format!("{}s", ms / 1000),
+        (ms, _) => format!("{ms}ms"),
+    }
+}
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
