@@ -161,6 +161,9 @@ pub fn check_typed(doc: &Value) -> Result<(), String> {
         ("admissionregistration.k8s.io/v1", "MutatingWebhookConfiguration") => {
             round_trip::<admission::MutatingWebhookConfiguration>(doc)
         }
+        ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => round_trip::<
+            k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+        >(doc),
         _ => Err(format!(
             "{api_version} {kind} is not a type this check knows"
         )),
@@ -194,6 +197,8 @@ fn lost(want: &Value, got: &Value, path: String) -> Option<String> {
             .enumerate()
             .find_map(|(i, (v, w))| lost(v, w, format!("{path}/{i}"))),
         _ if want == got => None,
+        // A schema's `minimum: 1` comes back as the type's `1.0`: the same number.
+        (Value::Number(a), Value::Number(b)) if a.as_f64() == b.as_f64() => None,
         _ => Some(format!("{path}: {want} became {got}")),
     }
 }

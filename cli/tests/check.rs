@@ -1,6 +1,6 @@
 //! `mesh check` against an in-process fake API server that serves the recorded responses
 //! (`testdata/k8s-fixtures`) and the control plane `mesh install` renders: a healthy cluster,
-//! a missing deployment, an expiring issuer, RBAC denials, the proxies of meshed pods, a user
+//! a missing deployment, a missing or outdated CRD, an expiring issuer, RBAC denials, the proxies of meshed pods, a user
 //! allowed one namespace, Kubernetes 1.28 and 1.30, and an API server that never answers.
 
 mod support;
@@ -36,6 +36,10 @@ struct Cluster {
     rbac_denied: bool,
     /// The proxies' pods (namespace demo).
     meshed_pods: Vec<Value>,
+    /// The CRD that is not installed, if any.
+    missing_crd: Option<&'static str>,
+    /// The CRD installed in an older version, serving only `v1beta1`, if any.
+    beta_crd: Option<&'static str>,
 }
 
 fn not_found(kind: &str, name: &str) -> (u16, String) {
@@ -44,6 +48,30 @@ fn not_found(kind: &str, name: &str) -> (u16, String) {
     status["message"] = format!("{kind} \"{name}\" not found").into();
     status["details"]["name"] = name.into();
     (404, status.to_string())
+}
+
+/// A CRD that `mesh install` renders as the API server serves it once it took it: established,
+/// its names accepted.
+fn established_crd(crd: &Value, beta: bool) -> Value {
+    let mut crd = crd.clone();
+    if beta {
+        crd["spec"]["versions"][0]["name"] = "v1beta1".into();
+    }
+    let version = crd["spec"]["versions"][0]["name"].clone();
+    crd["metadata"]["uid"] = "7b0e7a64-3f0c-4bd4-9a55-2f4e3c1f0d11".into();
+    crd["metadata"]["creationTimestamp"] = "2025-01-01T00:00:00Z".into();
+    crd["status"] = json!({
+        "acceptedNames": crd["spec"]["names"],
+        "conditions": [
+            {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
+             "message": "no conflicts found", "lastTransitionTime": "2025-01-01T00:00:00Z"},
+            {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+             "message": "the initial names have been accepted",
+             "lastTransitionTime": "2025-01-01T00:00:00Z"},
+        ],
+        "storedVersions": [version],
+    });
+    crd
 }
 
 /// The recorded Deployment `web`, renamed into the control plane (ready, 2 of 2); the
@@ -164,6 +192,18 @@ fn respond(
                 name,
             )
         }),
+        ("GET", ["apis", "apiextensions.k8s.io", "v1", "customresourcedefinitions", name]) => {
+            match cluster
+                .installed
+                .get(&format!("CustomResourceDefinition/{name}"))
+            {
+                Some(crd) if cluster.missing_crd != Some(*name) => {
+                    let beta = cluster.beta_crd == Some(*name);
+                    (200, established_crd(crd, beta).to_string())
+                }
+                _ => not_found("customresourcedefinitions.apiextensions.k8s.io", name),
+            }
+        }
         ("GET", ["apis", "rbac.authorization.k8s.io", "v1", "clusterroles", name]) => {
             installed(&format!("ClusterRole/{name}"))
                 .unwrap_or_else(|| not_found("clusterroles.rbac.authorization.k8s.io", name))
@@ -354,6 +394,52 @@ async fn a_missing_deployment_fails_with_the_api_message() {
     assert!(out.contains("× the destination controller is ready\n    deployments.apps \"mesh-destination\" not found\n    hint: "), "{out}");
     assert!(out.contains("✔ the identity controller is ready"), "{out}");
     assert!(out.ends_with("Status check results are ×\n"), "{out}");
+}
+
+#[tokio::test]
+async fn a_missing_or_outdated_crd_fails_with_how_to_install_the_crds() {
+    let cluster = Cluster {
+        missing_crd: Some("httpfaults.policy.mesh.io"),
+        ..healthy()
+    };
+    let (code, out, _) = check(cluster, &[]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "mesh-crds\n---------\n× the CRDs the mesh reads are installed\n    \
+             httpfaults.policy.mesh.io is not installed\n    \
+             hint: install them: mesh install --crds | kubectl apply -f -\n"
+        ),
+        "{out}"
+    );
+    // The other categories still run.
+    assert!(
+        out.contains("✔ the injector webhook answers and injects"),
+        "{out}"
+    );
+
+    let cluster = Cluster {
+        beta_crd: Some("httproutes.gateway.networking.k8s.io"),
+        ..healthy()
+    };
+    let (code, out, _) = check(cluster, &[]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("    httproutes.gateway.networking.k8s.io serves v1beta1, not v1\n"),
+        "{out}"
+    );
+
+    // Nothing installed: every CRD is named.
+    let (code, out, _) = check(Cluster::default(), &[]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "httproutes.gateway.networking.k8s.io is not installed; \
+             grpcroutes.gateway.networking.k8s.io is not installed; \
+             httpfaults.policy.mesh.io is not installed"
+        ),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -697,7 +783,13 @@ async fn check_on_a_cluster_whose_injector_never_answers_streams_and_ends() {
     let (code, json, err) = check_bounded(api, &["--check-timeout", "1s", "-o", "json"]).await;
     assert_eq!(code, 1, "{json}{err}");
     let report: Value = serde_json::from_str(&json).unwrap();
-    let last = &report["categories"][3]["checks"][3];
+    let webhook = report["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["categoryName"] == "mesh-webhook")
+        .unwrap();
+    let last = &webhook["checks"][3];
     assert_eq!(last["result"], "error", "{json}");
     assert_eq!(
         last["error"],

@@ -1,5 +1,6 @@
 //! `mesh install` / `mesh uninstall`: golden output with fixed certificates, every object checked
-//! against the API's types, and the errors of bad flags.
+//! against the API's types, the CRDs printed first (and alone with `--crds`), and the errors of
+//! bad flags.
 
 mod support;
 
@@ -18,6 +19,24 @@ fn install(extra: &[&str]) -> (String, Vec<Value>) {
     render(&args)
 }
 
+/// `mesh install --crds`: its text and its documents.
+fn crds() -> (String, Vec<Value>) {
+    render(&["install", "--crds"])
+}
+
+/// The output of `mesh install` without the CRDs, which it must start with (right after its
+/// header comment): the CRDs are pinned once, in `install-crds.yaml`.
+fn without_crds(text: &str) -> String {
+    let (crds, _) = crds();
+    let (_, crds) = crds.split_once('\n').expect("a header line");
+    let start = text.find("---\n").expect("documents");
+    let (header, rest) = text.split_at(start);
+    let rest = rest.strip_prefix(crds).unwrap_or_else(|| {
+        panic!("mesh install does not start with the CRDs of mesh install --crds:\n{text}")
+    });
+    format!("{header}{rest}")
+}
+
 fn b64(v: &Value) -> String {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(v.as_str().expect("a string"))
@@ -28,7 +47,7 @@ fn b64(v: &Value) -> String {
 #[test]
 fn install_matches_the_golden_file_and_the_api_types() {
     let (text, docs) = install(&[]);
-    golden("install.yaml", &text);
+    golden("install.yaml", &without_crds(&text));
     assert_typed(&docs);
     for (kind, name) in [
         ("Namespace", "mesh"),
@@ -49,7 +68,7 @@ fn install_matches_the_golden_file_and_the_api_types() {
 #[test]
 fn ha_renders_replicas_anti_affinity_and_budgets() {
     let (text, docs) = install(&["--ha"]);
-    golden("install-ha.yaml", &text);
+    golden("install-ha.yaml", &without_crds(&text));
     assert_typed(&docs);
     for name in ["mesh-destination", "mesh-identity", "mesh-injector"] {
         let d = find(&docs, "Deployment", name);
@@ -286,7 +305,7 @@ async fn native_sidecars_where_the_cluster_has_none() {
 
     // Asked for, on any cluster or none; the injector is told too.
     let (asked, docs) = install(&["--set", "proxy.nativeSidecar=true"]);
-    golden("install-native.yaml", &asked);
+    golden("install-native.yaml", &without_crds(&asked));
     assert_eq!(pod_shape(&docs, "mesh-injector"), native);
     assert_eq!(injector_mode(&docs), "true");
     assert_eq!(body(&asked).replace("=true", "=auto"), body(&out));
@@ -299,11 +318,170 @@ async fn native_sidecars_where_the_cluster_has_none() {
 }
 
 #[test]
-fn uninstall_lists_what_to_delete_webhook_first() {
+fn uninstall_lists_what_to_delete_webhook_first_crds_last() {
     let (text, docs) = render(&["uninstall"]);
     golden("uninstall.yaml", &text);
     assert_eq!(docs[0]["kind"], "MutatingWebhookConfiguration");
-    assert_eq!(docs.last().unwrap()["kind"], "Namespace");
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    let namespace = kinds.iter().position(|k| *k == "Namespace").unwrap();
+    assert!(kinds[namespace + 1..]
+        .iter()
+        .all(|k| *k == "CustomResourceDefinition"));
+    let names: Vec<&str> = docs[namespace + 1..]
+        .iter()
+        .map(|d| d["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, CRD_NAMES);
+}
+
+// === the CRDs ===
+
+const CRD_NAMES: [&str; 3] = [
+    "httproutes.gateway.networking.k8s.io",
+    "grpcroutes.gateway.networking.k8s.io",
+    "httpfaults.policy.mesh.io",
+];
+
+/// The CustomResourceDefinition `doc`, typed (which also proves it is one).
+fn crd(
+    doc: &Value,
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{doc}: {e}"))
+}
+
+#[test]
+fn crds_prints_exactly_the_crds_without_a_cluster() {
+    let (text, docs) = crds();
+    golden("install-crds.yaml", &text);
+    assert!(text.starts_with("# mesh v"), "{text}");
+    assert_typed(&docs);
+    let names: Vec<&str> = docs
+        .iter()
+        .map(|d| d["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, CRD_NAMES);
+    // What manifests/crds/ holds, object for object.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds");
+    let files: Vec<Value> = ["httproutes.yaml", "grpcroutes.yaml", "httpfaults.yaml"]
+        .iter()
+        .flat_map(|f| support::docs(&std::fs::read_to_string(dir.join(f)).unwrap()))
+        .collect();
+    assert_eq!(docs, files);
+
+    for doc in &docs[..2] {
+        let crd = crd(doc);
+        let annotations = crd.metadata.annotations.unwrap();
+        assert_eq!(
+            annotations["gateway.networking.k8s.io/bundle-version"],
+            "v1.2.0"
+        );
+        assert_eq!(annotations["gateway.networking.k8s.io/channel"], "standard");
+        assert!(annotations.contains_key("api-approved.kubernetes.io"));
+        assert_eq!(crd.spec.group, "gateway.networking.k8s.io");
+        assert_eq!(crd.spec.scope, "Namespaced");
+        let [v1] = &crd.spec.versions[..] else {
+            panic!("one version: {:?}", crd.spec.versions)
+        };
+        assert_eq!(
+            (v1.name.as_str(), v1.served, v1.storage),
+            ("v1", true, true)
+        );
+        assert!(v1.subresources.as_ref().unwrap().status.is_some());
+        let schema = serde_json::to_value(&v1.schema).unwrap()["openAPIV3Schema"].clone();
+        let conditions = &schema["properties"]["status"]["properties"]["parents"]["items"]
+            ["properties"]["conditions"]["items"];
+        assert_eq!(
+            conditions["properties"]["status"]["enum"],
+            serde_json::json!(["True", "False", "Unknown"])
+        );
+        let rule = &schema["properties"]["spec"]["properties"]["rules"]["items"]["properties"];
+        let filter = &rule["filters"]["items"]["properties"];
+        assert!(filter["extensionRef"].is_object() && filter["requestMirror"].is_object());
+        let backend = &rule["backendRefs"]["items"]["properties"];
+        assert_eq!(backend["weight"]["default"], 1);
+        assert_eq!(backend["kind"]["default"], "Service");
+    }
+    let http = serde_json::to_value(&crd(&docs[0]).spec.versions[0].schema).unwrap();
+    let rule = &http["openAPIV3Schema"]["properties"]["spec"]["properties"]["rules"]["items"]
+        ["properties"];
+    for field in ["matches", "filters", "backendRefs", "timeouts", "retry"] {
+        assert!(rule[field].is_object(), "HTTPRoute rules[].{field}");
+    }
+    let fault = crd(&docs[2]);
+    assert_eq!(fault.spec.group, "policy.mesh.io");
+    assert_eq!(fault.spec.scope, "Namespaced");
+    assert_eq!(fault.spec.names.short_names, Some(vec!["hf".to_string()]));
+    assert_eq!(fault.spec.versions[0].name, "v1alpha1");
+    assert!(fault.spec.versions[0].additional_printer_columns.is_some());
+
+    // The rendering flags do not apply to the CRDs: asking for both is a usage error.
+    let out = mesh(&["install", "--crds", "--ha"], None);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn install_starts_with_the_crds_then_the_control_plane() {
+    let (_, crds) = crds();
+    let (_, docs) = install(&[]);
+    assert_eq!(docs[..crds.len()], crds[..]);
+    assert!(docs[crds.len()..]
+        .iter()
+        .all(|d| d["kind"] != "CustomResourceDefinition"));
+    assert_eq!(docs[crds.len()]["kind"], "Namespace");
+}
+
+#[test]
+fn the_destination_controller_may_read_routes_and_faults_and_report_on_routes() {
+    let (_, docs) = install(&[]);
+    let role: k8s_openapi::api::rbac::v1::ClusterRole =
+        serde_json::from_value(find(&docs, "ClusterRole", "mesh-destination").clone()).unwrap();
+    let rules = role.rules.unwrap();
+    let allowed = |group: &str, resource: &str, verb: &str| {
+        rules.iter().any(|r| {
+            let has = |list: &Option<Vec<String>>, x: &str| {
+                list.as_ref().is_some_and(|l| l.iter().any(|v| v == x))
+            };
+            has(&r.api_groups, group)
+                && has(&r.resources, resource)
+                && r.verbs.iter().any(|v| v == verb)
+        })
+    };
+    for (group, resource, verbs) in [
+        (
+            "gateway.networking.k8s.io",
+            "httproutes",
+            &["get", "list", "watch"][..],
+        ),
+        (
+            "gateway.networking.k8s.io",
+            "grpcroutes",
+            &["get", "list", "watch"],
+        ),
+        ("policy.mesh.io", "httpfaults", &["get", "list", "watch"]),
+        (
+            "gateway.networking.k8s.io",
+            "httproutes/status",
+            &["get", "patch", "update"],
+        ),
+        (
+            "gateway.networking.k8s.io",
+            "grpcroutes/status",
+            &["get", "patch", "update"],
+        ),
+    ] {
+        for verb in verbs {
+            assert!(allowed(group, resource, verb), "{verb} {group} {resource}");
+        }
+    }
+    // Reading, not writing: no create or delete of routes or faults, no write of their specs.
+    for resource in ["httproutes", "grpcroutes", "httpfaults"] {
+        for verb in ["create", "update", "patch", "delete"] {
+            for group in ["gateway.networking.k8s.io", "policy.mesh.io"] {
+                assert!(!allowed(group, resource, verb), "{verb} {group} {resource}");
+            }
+        }
+    }
 }
 
 // === keys written by openssl, step and cert-manager ===

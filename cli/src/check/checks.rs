@@ -14,6 +14,7 @@ use k8s_openapi::api::authorization::v1::{
 };
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::version::Info;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
@@ -456,6 +457,7 @@ pub async fn run_control_plane(cluster: &ClusterArgs, list: &mut Checklist<'_>) 
     let (ctx, info) = (&ctx, &info);
     list.category(|| async move { (control_plane(ctx, info).await, ()) })
         .await;
+    list.category(|| async move { (crds(ctx).await, ()) }).await;
     list.category(|| async move { (identity(ctx).await, ()) })
         .await;
     list.category(|| async move { (webhook(ctx).await, ()) })
@@ -560,6 +562,71 @@ async fn control_plane(ctx: &Ctx, info: &Info) -> Category {
         },
     );
     category("mesh-control-plane", checks)
+}
+
+/// `mesh-crds`: the CustomResourceDefinitions `mesh install --crds` prints are in the cluster,
+/// established, and serve the version the mesh reads (a Gateway API older than v1.0 has no
+/// HTTPRoute v1, a GRPCRoute v1 came with v1.1).
+async fn crds(ctx: &Ctx) -> Category {
+    const WHAT: &str = "the CRDs the mesh reads are installed";
+    const HINT: &str = "install them: mesh install --crds | kubectl apply -f -";
+    let wanted = match crate::install::crds() {
+        Ok(wanted) => wanted,
+        Err(e) => return category("mesh-crds", vec![fail(WHAT, format!("{e:#}"), "a bug")]),
+    };
+    let api: Api<CustomResourceDefinition> = Api::all(ctx.client.clone());
+    let mut problems = Vec::new();
+    for want in &wanted {
+        let name = want["metadata"]["name"].as_str().unwrap_or_default();
+        let version = want["spec"]["versions"][0]["name"]
+            .as_str()
+            .unwrap_or_default();
+        match ctx.call(WHAT, api.get_opt(name)).await {
+            Ok(Some(crd)) => problems.extend(crd_problem(&crd, name, version)),
+            Ok(None) => problems.push(format!("{name} is not installed")),
+            Err(check) => return category("mesh-crds", vec![check]),
+        }
+    }
+    let check = if problems.is_empty() {
+        ok(WHAT)
+    } else {
+        fail(WHAT, problems.join("; "), HINT)
+    };
+    category("mesh-crds", vec![check])
+}
+
+/// Why the installed CRD `name` does not do: not established, or not serving `version`.
+fn crd_problem(crd: &CustomResourceDefinition, name: &str, version: &str) -> Option<String> {
+    let established = crd
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        });
+    if !established {
+        return Some(format!("{name} is not established yet"));
+    }
+    if !crd
+        .spec
+        .versions
+        .iter()
+        .any(|v| v.name == version && v.served)
+    {
+        let served: Vec<&str> = crd
+            .spec
+            .versions
+            .iter()
+            .filter(|v| v.served)
+            .map(|v| v.name.as_str())
+            .collect();
+        return Some(format!(
+            "{name} serves {}, not {version}",
+            served.join(", ")
+        ));
+    }
+    None
 }
 
 /// The value of the `--native-sidecar` flag of the injector Deployment's containers, as

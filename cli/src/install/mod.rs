@@ -1,5 +1,6 @@
-//! `mesh install` and `mesh uninstall`: the control plane rendered from the templates in
-//! `manifests/control-plane/` (embedded at build time) with minijinja.
+//! `mesh install` and `mesh uninstall`: the CRDs of `manifests/crds/` and the control plane
+//! rendered from the templates in `manifests/control-plane/` (both embedded at build time) with
+//! minijinja.
 
 pub mod certs;
 
@@ -45,6 +46,24 @@ const TEMPLATES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The CustomResourceDefinitions the mesh reads, applied before the control plane: Gateway API's
+/// HTTPRoute and GRPCRoute (v1, standard channel) and the mesh's own HTTPFault. Plain YAML, not
+/// templates.
+const CRDS: &[(&str, &str)] = &[
+    (
+        "httproutes.yaml",
+        include_str!("../../../manifests/crds/httproutes.yaml"),
+    ),
+    (
+        "grpcroutes.yaml",
+        include_str!("../../../manifests/crds/grpcroutes.yaml"),
+    ),
+    (
+        "httpfaults.yaml",
+        include_str!("../../../manifests/crds/httpfaults.yaml"),
+    ),
+];
+
 /// The defaults `--set` overrides.
 const VALUES: &str = include_str!("../../../manifests/control-plane/values.yaml");
 
@@ -56,6 +75,10 @@ pub fn version() -> String {
 /// `mesh install`'s flags.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct InstallArgs {
+    /// Prints only the CustomResourceDefinitions the mesh reads (HTTPRoute, GRPCRoute,
+    /// HTTPFault), without contacting a cluster: `mesh install --crds | kubectl apply -f -`.
+    #[arg(long, conflicts_with_all = ["ha", "proxy_image", "controller_image", "image_tag", "set"])]
+    pub crds: bool,
     /// Renders for high availability: 3 replicas of each controller spread over nodes, and
     /// disruption budgets.
     #[arg(long)]
@@ -242,6 +265,23 @@ pub fn render(values: &Value, certs: &Certs, mode: &SidecarMode) -> anyhow::Resu
     })
 }
 
+/// The CRDs, each checked against the CustomResourceDefinition type like every object
+/// `mesh install` prints.
+pub fn crds() -> anyhow::Result<Vec<Value>> {
+    let mut objects = Vec::new();
+    for (name, text) in CRDS {
+        let (_, docs) = manifest::parse(text, name)
+            .with_context(|| format!("manifests/crds/{name} is invalid YAML (a bug)"))?;
+        for doc in docs {
+            manifest::check_typed(&doc).map_err(|e| {
+                anyhow::anyhow!("manifests/crds/{name}: {}: {e}", manifest::describe(&doc))
+            })?;
+            objects.push(doc);
+        }
+    }
+    Ok(objects)
+}
+
 /// Gives a control-plane Deployment annotated `mesh.io/inject: enabled` its proxy, the same
 /// way `mesh inject --manual` would (the webhook never sees the control plane's namespace).
 fn mesh_control_plane_pod(doc: &mut Value, proxy: &ProxyConfig) -> anyhow::Result<()> {
@@ -256,11 +296,20 @@ fn mesh_control_plane_pod(doc: &mut Value, proxy: &ProxyConfig) -> anyhow::Resul
     Ok(())
 }
 
-/// `mesh install`: the whole stream of YAML, or an error before anything is written.
+/// `mesh install`: the whole stream of YAML (the CRDs, then the control plane), or an error
+/// before anything is written. With `--crds`, the CRDs alone.
 pub async fn install(
     args: &InstallArgs,
     cluster: &crate::kube::ClusterArgs,
 ) -> anyhow::Result<String> {
+    let crds = crds()?;
+    if args.crds {
+        return Ok(format!(
+            "# mesh {} CRDs: mesh install --crds | kubectl apply -f -\n{}",
+            version(),
+            manifest::write(manifest::Format::Yaml, &crds)
+        ));
+    }
     let values = values(args)?;
     let asked = asked_sidecar_mode(&values);
     let mode = if args.ignore_cluster {
@@ -286,7 +335,8 @@ pub async fn install(
         days("issuerLifetimeDays", "identity"),
         days("certificateLifetimeDays", "webhook"),
     )?;
-    let objects = render(&values, &certs, &mode)?;
+    let mut objects = crds;
+    objects.extend(render(&values, &certs, &mode)?);
     Ok(format!(
         "# mesh {} control plane: mesh install | kubectl apply -f -\n\
          # proxies: {} sidecars ({}; proxy.nativeSidecar={})\n{}",
@@ -319,7 +369,8 @@ async fn refuse_existing(client: &kube::Client) -> anyhow::Result<()> {
 }
 
 /// `mesh uninstall`: what to delete, as YAML for `kubectl delete -f -`: the webhook first (so
-/// no pod is injected meanwhile), the cluster-wide RBAC, then the namespace with everything in it.
+/// no pod is injected meanwhile), the cluster-wide RBAC, the namespace with everything in it,
+/// then the CRDs (and with them every HTTPRoute, GRPCRoute and HTTPFault of the cluster).
 pub fn uninstall() -> anyhow::Result<String> {
     let args = InstallArgs::default();
     let values = values(&args)?;
@@ -332,17 +383,19 @@ pub fn uninstall() -> anyhow::Result<String> {
         1,
         1,
     )?;
-    let objects = render(&values, &certs, &SidecarMode::without_cluster(None))?;
+    let mut objects = render(&values, &certs, &SidecarMode::without_cluster(None))?;
+    objects.extend(crds()?);
     let rank = |kind: &str| match kind {
         "MutatingWebhookConfiguration" => 0,
         "ClusterRoleBinding" => 1,
         "ClusterRole" => 2,
         "Namespace" => 3,
-        _ => 4,
+        "CustomResourceDefinition" => 4,
+        _ => 5,
     };
     let mut deletions: Vec<Value> = objects
         .iter()
-        .filter(|o| rank(o["kind"].as_str().unwrap_or_default()) < 4)
+        .filter(|o| rank(o["kind"].as_str().unwrap_or_default()) < 5)
         .map(|o| {
             json!({
                 "apiVersion": o["apiVersion"],
