@@ -6,6 +6,11 @@
 //! target once and publishes it if it changed; every watcher of that target reads the latest
 //! value and diffs it against what it last sent. A slow watcher only ever skips to the latest
 //! state: there is no queue to grow.
+//!
+//! Outbound policies fan out the same way, one channel per watched (target, client namespace).
+//! A route and its backends can live in other namespaces than the Service, so every watched
+//! policy is recomputed after a change that can touch policies (a Service, a route, an
+//! HTTPFault: [`Index::policy_version`]), and sent only when it differs.
 
 mod server;
 
@@ -17,9 +22,10 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
 use mesh_api::destination::{Add, Endpoint, NoEndpoints, Remove, Update};
+use mesh_api::policy::OutboundPolicy;
 use tokio::sync::watch;
 
-use crate::index::{Index, IndexConfig, Resolution, Target};
+use crate::index::{Index, IndexConfig, Resolution, RouteReport, Target};
 use crate::metrics::Metrics;
 
 /// The shared state of the destination service; cheap to clone.
@@ -28,9 +34,17 @@ pub struct Destination {
     inner: Arc<Inner>,
 }
 
+/// A policy watch's key: the target and the client's namespace.
+type PolicyKey = (Target, Option<String>);
+
+type Policies = HashMap<PolicyKey, watch::Sender<Arc<OutboundPolicy>>>;
+
 struct Inner {
     index: RwLock<Index>,
     targets: Mutex<HashMap<Target, watch::Sender<Arc<Resolution>>>>,
+    policies: Mutex<Policies>,
+    /// The index's policy version after the last update (see [`Destination::policy_changes`]).
+    policy_version: watch::Sender<u64>,
     ready: watch::Sender<bool>,
     metrics: Metrics,
 }
@@ -42,6 +56,8 @@ impl Destination {
             inner: Arc::new(Inner {
                 index: RwLock::new(Index::new(config)),
                 targets: Mutex::new(HashMap::new()),
+                policies: Mutex::new(HashMap::new()),
+                policy_version: watch::Sender::new(0),
                 ready: watch::Sender::new(false),
                 metrics,
             }),
@@ -61,6 +77,11 @@ impl Destination {
     /// Marks the source as synced (its first full state is in the index).
     pub fn set_ready(&self) {
         self.inner.ready.send_replace(true);
+    }
+
+    /// Follows whether the source has synced.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.inner.ready.subscribe()
     }
 
     /// Whether the source has synced.
@@ -105,6 +126,24 @@ impl Destination {
             });
         }
         drop(targets);
+        let version = index.policy_version();
+        if *self.inner.policy_version.borrow() != version {
+            let mut policies = self.lock_policies();
+            policies.retain(|_, tx| tx.receiver_count() > 0);
+            for ((target, client_ns), tx) in policies.iter() {
+                let policy = index.outbound_policy(target, client_ns.as_deref());
+                tx.send_if_modified(|current| {
+                    if **current == policy {
+                        return false;
+                    }
+                    *current = Arc::new(policy);
+                    pushed += 1;
+                    true
+                });
+            }
+            drop(policies);
+            self.inner.policy_version.send_replace(version);
+        }
         drop(index);
         self.inner
             .metrics
@@ -125,6 +164,45 @@ impl Destination {
         rx
     }
 
+    /// Subscribes to the outbound policy of `target` for clients in `client_ns`; the
+    /// receiver's current value is the current policy.
+    pub fn subscribe_policy(
+        &self,
+        target: Target,
+        client_ns: Option<String>,
+    ) -> watch::Receiver<Arc<OutboundPolicy>> {
+        let index = self.read_index();
+        let mut policies = self.lock_policies();
+        let key = (target, client_ns);
+        if let Some(tx) = policies.get(&key) {
+            return tx.subscribe();
+        }
+        let policy = index.outbound_policy(&key.0, key.1.as_deref());
+        let (tx, rx) = watch::channel(Arc::new(policy));
+        policies.insert(key, tx);
+        rx
+    }
+
+    /// How many distinct (target, client namespace) policies are watched.
+    pub fn watched_policies(&self) -> usize {
+        self.lock_policies()
+            .values()
+            .filter(|tx| tx.receiver_count() > 0)
+            .count()
+    }
+
+    /// Changes whenever an update may have changed a policy or a route's status: what the
+    /// Kubernetes source's status writer waits on.
+    pub fn policy_changes(&self) -> watch::Receiver<u64> {
+        self.inner.policy_version.subscribe()
+    }
+
+    /// What the controller reports on every route with a Service parent (see
+    /// [`Index::route_reports`]).
+    pub fn route_reports(&self) -> Vec<RouteReport> {
+        self.read_index().route_reports()
+    }
+
     /// How many distinct targets are watched.
     pub fn watched_targets(&self) -> usize {
         self.lock_targets()
@@ -139,6 +217,13 @@ impl Destination {
         self.inner
             .index
             .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_policies(&self) -> std::sync::MutexGuard<'_, Policies> {
+        self.inner
+            .policies
+            .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 

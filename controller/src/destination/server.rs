@@ -1,4 +1,5 @@
-//! The HTTP server of the destination service: the watch, health and metrics endpoints.
+//! The HTTP server of the destination service: the destination and outbound policy watches,
+//! health and metrics endpoints.
 //!
 //! Plaintext HTTP/2 (prior knowledge) and HTTP/1.1 on one port (hyper-util's auto builder).
 
@@ -10,6 +11,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use mesh_api::destination::WATCH_PATH;
+use mesh_api::policy::{OutboundPolicy, OUTBOUND_WATCH_PATH};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -40,6 +42,7 @@ fn route(dest: &Destination, req: Request<Incoming>) -> Response<Body> {
     }
     match req.uri().path() {
         WATCH_PATH => watch_response(dest, req.uri().query().unwrap_or("")),
+        OUTBOUND_WATCH_PATH => policy_response(dest, req.uri().query().unwrap_or("")),
         "/ready" if dest.is_ready() => text(StatusCode::OK, "ready\n".into()),
         "/ready" => text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -60,25 +63,34 @@ fn route(dest: &Destination, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-fn watch_response(dest: &Destination, query: &str) -> Response<Body> {
+/// The `authority` and `ns` of a watch's query, parsed into a target, or why the query is bad
+/// (answered 400).
+fn parse_query(
+    dest: &Destination,
+    query: &str,
+) -> Result<(String, Target, Option<String>), String> {
     let mut authority = None;
     let mut ns = None;
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         match &*k {
             "authority" => authority = Some(v.into_owned()),
-            "ns" => ns = Some(v.into_owned()),
+            "ns" => ns = Some(v.into_owned()).filter(|n| !n.is_empty()),
             _ => {}
         }
     }
     let Some(authority) = authority.filter(|a| !a.is_empty()) else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "missing authority: use ?authority=HOST:PORT\n".into(),
-        );
+        return Err("missing authority: use ?authority=HOST:PORT\n".into());
     };
-    let target = match Target::parse(&authority, ns.as_deref(), &dest.cluster_domain()) {
-        Ok(target) => target,
-        Err(error) => return text(StatusCode::BAD_REQUEST, format!("{error}\n")),
+    match Target::parse(&authority, ns.as_deref(), &dest.cluster_domain()) {
+        Ok(target) => Ok((authority, target, ns)),
+        Err(error) => Err(format!("{error}\n")),
+    }
+}
+
+fn watch_response(dest: &Destination, query: &str) -> Response<Body> {
+    let (authority, target, _) = match parse_query(dest, query) {
+        Ok(parsed) => parsed,
+        Err(message) => return text(StatusCode::BAD_REQUEST, message),
     };
     tracing::debug!(%authority, ?target, "watch started");
     let rx = dest.subscribe(target);
@@ -88,7 +100,28 @@ fn watch_response(dest: &Destination, query: &str) -> Response<Body> {
         _gauge: GaugeGuard::new(dest.metrics().watchers.clone()),
     };
     let stream = futures_util::stream::unfold(watcher, Watcher::next);
-    let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
+    jsonl(StreamBody::new(stream).boxed_unsync())
+}
+
+/// `GET /v1/policy/outbound/watch?authority=HOST:PORT&ns=CLIENT_NS`: the whole policy as one
+/// line at once, then again after every change.
+fn policy_response(dest: &Destination, query: &str) -> Response<Body> {
+    let (authority, target, ns) = match parse_query(dest, query) {
+        Ok(parsed) => parsed,
+        Err(message) => return text(StatusCode::BAD_REQUEST, message),
+    };
+    tracing::debug!(%authority, ?target, ?ns, "policy watch started");
+    let watcher = PolicyWatcher {
+        rx: dest.subscribe_policy(target, ns),
+        last: None,
+        _gauge: GaugeGuard::new(dest.metrics().watchers.clone()),
+    };
+    let stream = futures_util::stream::unfold(watcher, PolicyWatcher::next);
+    jsonl(StreamBody::new(stream).boxed_unsync())
+}
+
+fn jsonl(body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/jsonl"),
@@ -135,6 +168,33 @@ impl Watcher {
                 buf.extend_from_slice(&update.to_line());
             }
             return Some((Ok(Frame::data(buf.freeze())), self));
+        }
+    }
+}
+
+// === impl PolicyWatcher ===
+
+/// One policy watch: sends the latest policy of its channel whenever it differs from the last
+/// line sent (a slow client skips intermediate policies).
+struct PolicyWatcher {
+    rx: watch::Receiver<Arc<OutboundPolicy>>,
+    last: Option<Arc<OutboundPolicy>>,
+    _gauge: GaugeGuard,
+}
+
+impl PolicyWatcher {
+    async fn next(mut self) -> Option<(Result<Frame<Bytes>, Infallible>, Self)> {
+        loop {
+            if self.last.is_some() && self.rx.changed().await.is_err() {
+                return None;
+            }
+            let current = self.rx.borrow_and_update().clone();
+            if self.last.as_deref() == Some(&*current) {
+                continue;
+            }
+            let line = current.to_line();
+            self.last = Some(current);
+            return Some((Ok(Frame::data(line)), self));
         }
     }
 }

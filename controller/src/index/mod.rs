@@ -1,10 +1,14 @@
-//! The one index of Kubernetes objects (Services, EndpointSlices, Pods, ReplicaSets) and how a
-//! watch target resolves to endpoints against it.
+//! The one index of Kubernetes objects (Services, EndpointSlices, Pods, ReplicaSets, and the
+//! Gateway API routes and `HTTPFault`s of `routes.rs`), how a watch target resolves to
+//! endpoints against it, and its outbound policy.
 //!
 //! Both sources (kube-rs watchers and the folder of YAML) feed the same [`Index`]; everything
-//! above it is shared. Resolution is a pure function of the index, so it is unit-tested without
-//! sockets (see `tests.rs`).
+//! above it is shared. Resolution and policies are pure functions of the index, so they are
+//! unit-tested without sockets (see `tests.rs` and `policy_tests.rs`).
 
+#[cfg(test)]
+mod policy_tests;
+pub mod routes;
 mod target;
 #[cfg(test)]
 mod tests;
@@ -19,6 +23,8 @@ use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use mesh_api::destination::{Endpoint, ProtocolHint, DEFAULT_WEIGHT};
+use mesh_api::policy::{OutboundPolicy, Parent};
+use routes::{HttpFault, ParentConditions, RouteObject, RouteStatus};
 
 /// The name of the proxy container: a pod that has it (as a container or a native-sidecar init
 /// container) is meshed.
@@ -56,6 +62,12 @@ pub enum Object {
     Pod(Box<Pod>),
     /// A ReplicaSet (to find a pod's Deployment).
     ReplicaSet(Box<ReplicaSet>),
+    /// A Gateway API HTTPRoute, validated.
+    HttpRoute(Box<RouteObject>),
+    /// A Gateway API GRPCRoute, validated.
+    GrpcRoute(Box<RouteObject>),
+    /// A `policy.mesh.io` HTTPFault.
+    HttpFault(Box<HttpFault>),
 }
 
 /// The kinds of [`Object`].
@@ -69,6 +81,27 @@ pub enum Kind {
     Pod,
     /// ReplicaSet.
     ReplicaSet,
+    /// HTTPRoute.
+    HttpRoute,
+    /// GRPCRoute.
+    GrpcRoute,
+    /// HTTPFault.
+    HttpFault,
+}
+
+impl Kind {
+    /// The kind as Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Pod => "Pod",
+            Kind::ReplicaSet => "ReplicaSet",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
+            Kind::HttpFault => "HTTPFault",
+        }
+    }
 }
 
 /// Names one object: kind, namespace and name.
@@ -116,6 +149,31 @@ pub struct Index {
     replicasets: HashMap<NsName, ReplicaSet>,
     cluster_ips: HashMap<IpAddr, NsName>,
     pod_ips: HashMap<IpAddr, NsName>,
+    http_routes: HashMap<NsName, RouteObject>,
+    grpc_routes: HashMap<NsName, RouteObject>,
+    faults: HashMap<NsName, HttpFault>,
+    /// Bumped by every change that can change a policy (Services, routes, HTTPFaults).
+    policy_version: u64,
+}
+
+/// What the controller reports on one route: its Service parents' conditions, next to the
+/// status the API holds (see [`routes::merge_status`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteReport {
+    /// HTTPRoute or GRPCRoute.
+    pub kind: Kind,
+    /// The route's namespace.
+    pub namespace: String,
+    /// The route's name.
+    pub name: String,
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// `metadata.resourceVersion`: what the status was computed from.
+    pub resource_version: Option<String>,
+    /// The status the route holds now.
+    pub current: Option<RouteStatus>,
+    /// One entry per Service parentRef.
+    pub parents: Vec<ParentConditions>,
 }
 
 impl Object {
@@ -126,11 +184,30 @@ impl Object {
             Object::EndpointSlice(o) => (Kind::EndpointSlice, &o.metadata),
             Object::Pod(o) => (Kind::Pod, &o.metadata),
             Object::ReplicaSet(o) => (Kind::ReplicaSet, &o.metadata),
+            Object::HttpRoute(o) => (Kind::HttpRoute, o.metadata()),
+            Object::GrpcRoute(o) => (Kind::GrpcRoute, o.metadata()),
+            Object::HttpFault(o) => (Kind::HttpFault, &o.metadata),
         };
         ObjectKey {
             kind,
             namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
             name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+
+    /// What is worth a warning about the object when a source reads it: why a route is not
+    /// served, an unusable HTTPFault, annotations that are ignored. Empty for a sound object.
+    pub fn warnings(&self) -> Vec<String> {
+        match self {
+            Object::Service(svc) => {
+                routes::service_annotation_errors(svc.metadata.annotations.as_ref())
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect()
+            }
+            Object::HttpRoute(r) | Object::GrpcRoute(r) => r.warnings(),
+            Object::HttpFault(f) => routes::fault(f).err().into_iter().collect(),
+            _ => Vec::new(),
         }
     }
 }
@@ -155,7 +232,20 @@ impl Index {
         self.delete(&key);
         let nn = (key.namespace, key.name);
         match object {
+            Object::HttpRoute(route) => {
+                self.policy_version += 1;
+                self.http_routes.insert(nn, *route);
+            }
+            Object::GrpcRoute(route) => {
+                self.policy_version += 1;
+                self.grpc_routes.insert(nn, *route);
+            }
+            Object::HttpFault(fault) => {
+                self.policy_version += 1;
+                self.faults.insert(nn, *fault);
+            }
             Object::Service(svc) => {
+                self.policy_version += 1;
                 for ip in cluster_ips(&svc) {
                     self.cluster_ips.insert(ip, nn.clone());
                 }
@@ -186,8 +276,18 @@ impl Index {
     pub fn delete(&mut self, key: &ObjectKey) {
         let nn = (key.namespace.clone(), key.name.clone());
         match key.kind {
+            Kind::HttpRoute => {
+                self.policy_version += u64::from(self.http_routes.remove(&nn).is_some());
+            }
+            Kind::GrpcRoute => {
+                self.policy_version += u64::from(self.grpc_routes.remove(&nn).is_some());
+            }
+            Kind::HttpFault => {
+                self.policy_version += u64::from(self.faults.remove(&nn).is_some());
+            }
             Kind::Service => {
                 if let Some(svc) = self.services.remove(&nn) {
+                    self.policy_version += 1;
                     for ip in cluster_ips(&svc) {
                         if self.cluster_ips.get(&ip) == Some(&nn) {
                             self.cluster_ips.remove(&ip);
@@ -237,7 +337,9 @@ impl Index {
 
     /// Replaces the whole content of the index with `objects` (a folder rescan).
     pub fn reset(&mut self, objects: Vec<Object>) {
+        let version = self.policy_version + 1;
         *self = Index::new(self.config.clone());
+        self.policy_version = version;
         for object in objects {
             self.apply(object);
         }
@@ -250,6 +352,9 @@ impl Index {
             Kind::EndpointSlice => self.slices.keys().collect(),
             Kind::Pod => self.pods.keys().collect(),
             Kind::ReplicaSet => self.replicasets.keys().collect(),
+            Kind::HttpRoute => self.http_routes.keys().collect(),
+            Kind::GrpcRoute => self.grpc_routes.keys().collect(),
+            Kind::HttpFault => self.faults.keys().collect(),
         };
         names
             .into_iter()
@@ -464,6 +569,218 @@ impl Index {
         };
         Some((label, owner.name.clone()))
     }
+}
+
+// === policy ===
+
+impl Index {
+    /// A number that changes whenever a policy may have changed (a Service, a route or an
+    /// HTTPFault was added, changed or removed); Pods and EndpointSlices leave it alone.
+    pub fn policy_version(&self) -> u64 {
+        self.policy_version
+    }
+
+    /// The outbound policy of `target` for a client in `client_ns`: the routes of the Service
+    /// port it names, in Gateway API's tie-break order (oldest first, then namespace, then
+    /// name). A route in the Service's namespace (a producer route) applies to every client; a
+    /// route in another namespace (a consumer route) only to clients in its namespace, and
+    /// those clients then ignore the producer routes. Anything that is not a Service port
+    /// (or its ClusterIP) has the default policy.
+    pub fn outbound_policy(&self, target: &Target, client_ns: Option<&str>) -> OutboundPolicy {
+        let (ns, name, port) = match target {
+            Target::Service {
+                namespace,
+                name,
+                port,
+                ..
+            } => (namespace.as_str(), name.as_str(), *port),
+            Target::Addr(addr) => match self.cluster_ips.get(&addr.ip()) {
+                Some((ns, name)) => (ns.as_str(), name.as_str(), addr.port()),
+                None => return OutboundPolicy::default(),
+            },
+            Target::External(_) => return OutboundPolicy::default(),
+        };
+        if self.service_port_exists(ns, name, port).is_err() {
+            return OutboundPolicy::default();
+        }
+        let annotations = self
+            .services
+            .get(&(ns.to_owned(), name.to_owned()))
+            .and_then(|s| s.metadata.annotations.as_ref());
+        let attached: Vec<&RouteObject> = self
+            .routes()
+            .filter(|r| r.invalid.is_none())
+            .filter(|r| {
+                r.service_parents().any(|(_, p)| {
+                    p.namespace == ns && p.name == name && p.port.is_none_or(|p| p == port)
+                })
+            })
+            .collect();
+        let consumer: Vec<&RouteObject> = attached
+            .iter()
+            .copied()
+            .filter(|r| r.namespace() != ns && Some(r.namespace()) == client_ns)
+            .collect();
+        let mut chosen = if consumer.is_empty() {
+            attached
+                .into_iter()
+                .filter(|r| r.namespace() == ns)
+                .collect()
+        } else {
+            consumer
+        };
+        chosen.sort_by(|a, b| route_order(a).cmp(&route_order(b)));
+        let mut unresolved = Vec::new();
+        OutboundPolicy {
+            parent: Some(Parent {
+                namespace: ns.to_owned(),
+                name: name.to_owned(),
+                port,
+            }),
+            routes: chosen
+                .into_iter()
+                .map(|r| routes::convert(r, (ns, name), self, &mut unresolved))
+                .collect(),
+            retry: routes::retry_annotations(annotations).0,
+            retry_budget: routes::budget_annotations(annotations).0,
+        }
+    }
+
+    /// What the controller reports on every route that has a Service parentRef (or had one:
+    /// its entries are then removed).
+    pub fn route_reports(&self) -> Vec<RouteReport> {
+        let mut reports = Vec::new();
+        for (kind, map) in [
+            (Kind::HttpRoute, &self.http_routes),
+            (Kind::GrpcRoute, &self.grpc_routes),
+        ] {
+            for route in map.values() {
+                let parents: Vec<ParentConditions> = route
+                    .service_parents()
+                    .map(|(parent_ref, p)| self.parent_conditions(route, parent_ref, &p))
+                    .collect();
+                let has_ours = route.status().is_some_and(|s| {
+                    s.parents
+                        .iter()
+                        .any(|p| p.controller_name == routes::CONTROLLER_NAME)
+                });
+                if parents.is_empty() && !has_ours {
+                    continue;
+                }
+                reports.push(RouteReport {
+                    kind,
+                    namespace: route.namespace().to_owned(),
+                    name: route.name().to_owned(),
+                    generation: route.metadata().generation,
+                    resource_version: route.metadata().resource_version.clone(),
+                    current: route.status().cloned(),
+                    parents,
+                });
+            }
+        }
+        reports
+            .sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
+        reports
+    }
+
+    fn parent_conditions(
+        &self,
+        route: &RouteObject,
+        parent_ref: &routes::ParentRef,
+        parent: &routes::ServiceParent,
+    ) -> ParentConditions {
+        let accepted = match &route.invalid {
+            Some(invalid) => Err((invalid.reason, invalid.message.clone())),
+            None => match parent.port {
+                Some(port) => self.service_port_exists(&parent.namespace, &parent.name, port),
+                None => self
+                    .services
+                    .contains_key(&(parent.namespace.clone(), parent.name.clone()))
+                    .then_some(())
+                    .ok_or_else(|| {
+                        format!("Service {}/{} not found", parent.namespace, parent.name)
+                    }),
+            }
+            .map_err(|message| ("NoMatchingParent", message)),
+        };
+        let mut unresolved = Vec::new();
+        routes::convert(
+            route,
+            (&parent.namespace, &parent.name),
+            self,
+            &mut unresolved,
+        );
+        let resolved_refs = match unresolved.first() {
+            None => Ok(()),
+            Some(first) => Err((
+                first.reason,
+                unresolved
+                    .iter()
+                    .map(|u| u.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )),
+        };
+        ParentConditions {
+            parent_ref: parent_ref.clone(),
+            accepted,
+            resolved_refs,
+        }
+    }
+
+    fn routes(&self) -> impl Iterator<Item = &RouteObject> {
+        self.http_routes.values().chain(self.grpc_routes.values())
+    }
+
+    /// `Ok` when the Service exists and forwards `port` (a headless Service forwards any).
+    fn service_port_exists(&self, ns: &str, name: &str, port: u16) -> Result<(), String> {
+        let Some(svc) = self.services.get(&(ns.to_owned(), name.to_owned())) else {
+            return Err(format!("Service {ns}/{name} not found"));
+        };
+        let spec = svc.spec.as_ref();
+        let headless = spec.and_then(|s| s.cluster_ip.as_deref()) == Some("None");
+        let declared = spec
+            .and_then(|s| s.ports.as_ref())
+            .is_some_and(|ports| ports.iter().any(|p| p.port == i32::from(port)));
+        if declared || headless {
+            Ok(())
+        } else {
+            Err(format!("Service {ns}/{name} has no port {port}"))
+        }
+    }
+}
+
+impl routes::Lookup for Index {
+    fn service_port(&self, ns: &str, name: &str, port: u16) -> Result<(), String> {
+        self.service_port_exists(ns, name, port)
+    }
+
+    fn fault(&self, ns: &str, name: &str) -> Option<&HttpFault> {
+        self.faults.get(&(ns.to_owned(), name.to_owned()))
+    }
+
+    fn cluster_domain(&self) -> &str {
+        &self.config.cluster_domain
+    }
+
+    fn service_annotations(&self, ns: &str, name: &str) -> Option<&BTreeMap<String, String>> {
+        self.services
+            .get(&(ns.to_owned(), name.to_owned()))
+            .and_then(|s| s.metadata.annotations.as_ref())
+    }
+}
+
+/// Gateway API's tie-break order: the oldest first (a route without a creation time last),
+/// then namespace, then name (then kind, so the order is total).
+fn route_order(r: &RouteObject) -> (bool, Option<k8s_openapi::jiff::Timestamp>, &str, &str, &str) {
+    let created = r.metadata().creation_timestamp.as_ref().map(|t| t.0);
+    (
+        created.is_none(),
+        created,
+        r.namespace(),
+        r.name(),
+        r.kind().as_str(),
+    )
 }
 
 // === helpers ===

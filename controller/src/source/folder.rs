@@ -225,13 +225,24 @@ impl Folder {
                     }) => {
                         let previous = old_objects.iter().find(|o| {
                             let k = o.key();
-                            format!("{:?}", k.kind) == *kind
-                                && k.namespace == *namespace
-                                && k.name == *name
+                            k.kind.as_str() == kind && k.namespace == *namespace && k.name == *name
                         });
                         objects.extend(previous.cloned());
                     }
                     ParseError::Object(_) => {}
+                }
+            }
+            for object in &objects {
+                for reason in object.warnings() {
+                    let key = object.key();
+                    tracing::warn!(
+                        file = %path.display(),
+                        kind = key.kind.as_str(),
+                        namespace = %key.namespace,
+                        name = %key.name,
+                        %reason,
+                        "object read with a problem"
+                    );
                 }
             }
             tracing::debug!(file = %path.display(), objects = objects.len(), "loaded");

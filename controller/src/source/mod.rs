@@ -5,6 +5,7 @@ pub mod kube;
 
 use std::path::PathBuf;
 
+use crate::index::routes::{AnyRoute, RouteObject, GATEWAY_GROUP, POLICY_GROUP};
 use crate::index::Object;
 
 /// Where the index's objects come from.
@@ -66,6 +67,22 @@ pub enum ObjectError {
         /// The cause.
         source: serde_json::Error,
     },
+    /// A kind the index holds, in an API version it does not read.
+    #[error("document {index}: {kind} {namespace}/{name}: apiVersion {api_version:?} is not supported (use {expected})")]
+    Version {
+        /// The document's position.
+        index: usize,
+        /// Its kind.
+        kind: String,
+        /// Its `metadata.namespace` (`default` when unset).
+        namespace: String,
+        /// Its `metadata.name`, if any.
+        name: String,
+        /// The version it has.
+        api_version: String,
+        /// The versions read.
+        expected: &'static str,
+    },
 }
 
 /// Decodes one JSON object of a known kind into an [`Object`]; a `List` yields its items.
@@ -117,7 +134,51 @@ pub fn decode(index: usize, value: serde_json::Value) -> Vec<Result<Object, Obje
         name: name.clone(),
         source,
     };
+    let api_version = value
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let version = |expected: &'static str, group: &str, versions: &[&str]| {
+        let ok = api_version
+            .split_once('/')
+            .is_some_and(|(g, v)| g == group && versions.contains(&v));
+        if ok {
+            Ok(())
+        } else {
+            Err(ObjectError::Version {
+                index,
+                kind: kind.clone(),
+                namespace: namespace.clone(),
+                name: name.clone(),
+                api_version: api_version.clone(),
+                expected,
+            })
+        }
+    };
     let object = match kind.as_str() {
+        "HTTPRoute" => {
+            let expected = "gateway.networking.k8s.io/v1 or v1beta1";
+            if let Err(e) = version(expected, GATEWAY_GROUP, &["v1", "v1beta1"]) {
+                return vec![Err(e)];
+            }
+            serde_json::from_value(value)
+                .map(|r| Object::HttpRoute(Box::new(RouteObject::new(AnyRoute::Http(r)))))
+        }
+        "GRPCRoute" => {
+            let expected = "gateway.networking.k8s.io/v1 or v1alpha2";
+            if let Err(e) = version(expected, GATEWAY_GROUP, &["v1", "v1alpha2"]) {
+                return vec![Err(e)];
+            }
+            serde_json::from_value(value)
+                .map(|r| Object::GrpcRoute(Box::new(RouteObject::new(AnyRoute::Grpc(r)))))
+        }
+        "HTTPFault" => {
+            if let Err(e) = version("policy.mesh.io/v1alpha1", POLICY_GROUP, &["v1alpha1"]) {
+                return vec![Err(e)];
+            }
+            serde_json::from_value(value).map(|f| Object::HttpFault(Box::new(f)))
+        }
         "Service" => serde_json::from_value(value).map(|o| Object::Service(Box::new(o))),
         "EndpointSlice" => {
             serde_json::from_value(value).map(|o| Object::EndpointSlice(Box::new(o)))
@@ -134,6 +195,8 @@ fn api_version_of(kind: &str) -> Option<&'static str> {
         "Service" | "Pod" => "v1",
         "EndpointSlice" => "discovery.k8s.io/v1",
         "ReplicaSet" => "apps/v1",
+        "HTTPRoute" | "GRPCRoute" => "gateway.networking.k8s.io/v1",
+        "HTTPFault" => "policy.mesh.io/v1alpha1",
         _ => return None,
     })
 }
