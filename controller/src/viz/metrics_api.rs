@@ -264,9 +264,14 @@ mod tests {
         assert_eq!(q.window, Duration::from_secs(5));
         assert_eq!(
             q.selector(),
-            "{__name__=~\"response_total|response_latency_ms_bucket|request_total|\
-             tcp_open_connections|tcp_open_total\",namespace=~\"demo|emojivoto\"}"
+            format!(
+                "{{__name__=~\"{}\",namespace=~\"demo|emojivoto\"}}",
+                mesh_api::viz::FAMILIES.join("|")
+            )
         );
+        assert!(q.selector().starts_with(
+            "{__name__=~\"response_total|response_latency_ms_bucket|request_total|"
+        ));
         assert_eq!(Query::parse("").unwrap().namespaces, Vec::<String>::new());
         for bad in ["namespace=a%22b", "namespace=", "window=soon", "pod=x"] {
             assert!(Query::parse(bad).is_err(), "{bad}");
