@@ -183,7 +183,11 @@ async fn policy_watch_follows_route_files() {
     }
     web.wait("no routes", |p| p.routes.is_empty() && p.parent.is_some())
         .await;
-    assert_eq!(web.0.lock().expect("lock").1, None, "the watch is still open");
+    assert_eq!(
+        web.0.lock().expect("lock").1,
+        None,
+        "the watch is still open"
+    );
 }
 
 #[tokio::test]
