@@ -6,14 +6,15 @@
 //! |---|---|---|
 //! | connection | [`Accepted`], then [`OutboundConn`] | detect the protocol (opaque ports skip it) → by protocol: HTTP server, or opaque |
 //! | HTTP connection | [`OutboundConn`] | TCP metrics → HTTP server → errors become responses → logical router |
-//! | logical | [`Logical`] (service name and port, or the address dialed) | metrics of requests that fail before an endpoint → default route |
-//! | route | [`Route`] (today one default route per logical destination) | backend |
-//! | backend | [`Route`]'s backend | discovery → P2C peak-EWMA balancer over endpoint stacks |
+//! | logical | [`Logical`] (service name and port, or the address dialed) | metrics of requests that fail before an endpoint → route selection by the destination's outbound policy (`route`, `policy`) |
+//! | route | [`route::RouteTarget`] (a rule of an HTTPRoute/GRPCRoute, or the default rule) | route metrics → request timeout → retry (budget, replayed body, per-attempt timeout) → filters (headers, redirect, rewrite, faults) → mirrors → weighted split |
+//! | backend | the backend Service's [`Logical`] (one balancer per Service, shared by the routes) | backend metrics (in the split) → discovery → P2C peak-EWMA balancer over endpoint stacks |
 //! | endpoint | [`Endpoint`] (address, identity, labels) | metrics, classification and tap → hop-by-hop headers → HTTP/2 between proxies (`mesh-orig-proto`) → client (HTTP/1 pool, the endpoint's HTTP/2 connection, mutual TLS) |
 //! | opaque | [`OutboundConn`], then [`TcpEndpoint`] | discovery by the original destination and a balanced pick → TCP metrics → connect (mutual TLS to a meshed endpoint) and copy |
 //!
-//! Logical stacks are shared by every connection and forgotten when idle; a backend's
-//! endpoint stacks live as long as the endpoint does.
+//! Logical stacks are shared by every connection and forgotten when idle, as are backends'
+//! balancers; a backend's endpoint stacks live as long as the endpoint does; rule stacks are
+//! made once per policy update.
 
 mod backend;
 mod logical;
