@@ -106,6 +106,23 @@ pub struct Peer {
     pub labels: BTreeMap<String, String>,
 }
 
+/// A route, as tap events name it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RouteRef {
+    /// `HTTPRoute` or `GRPCRoute`.
+    pub kind: String,
+    /// The route's namespace.
+    pub namespace: String,
+    /// The route's name.
+    pub name: String,
+}
+
+impl std::fmt::Display for RouteRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
 /// One tap event.
 // A request start is much larger than the others, but an event lives only until it is written
 // out; boxing it would cost an allocation per event for nothing.
@@ -139,6 +156,9 @@ pub enum Event {
         headers: Vec<(String, String)>,
         /// Milliseconds since the Unix epoch.
         timestamp_ms: u64,
+        /// Outbound: the route that took the request (absent for a destination without routes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        route: Option<RouteRef>,
     },
     /// The response's headers went back.
     #[serde(rename_all = "camelCase")]

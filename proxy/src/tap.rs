@@ -152,6 +152,8 @@ pub struct RequestMeta<'a> {
     pub server_id: Option<&'a Arc<str>>,
     /// Whether the hop is mutual TLS (as the `tls` metric label says).
     pub tls: bool,
+    /// Outbound: the route that took the request.
+    pub route: Option<&'a crate::metrics::RouteLabels>,
 }
 
 /// A request some taps took: where its response events go.
@@ -319,6 +321,13 @@ impl Taps {
             timestamp_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
+            route: meta.route.filter(|r| r.route_kind != "default").map(|r| {
+                mesh_api::tap::RouteRef {
+                    kind: r.route_kind.to_owned(),
+                    namespace: r.route_namespace.to_string(),
+                    name: r.route_name.to_string(),
+                }
+            }),
         };
         matched.retain(|tap| tap.admit(&event, now, &self.inner.metrics));
         if matched.is_empty() {
@@ -687,6 +696,7 @@ mod tests {
                 dst: self.dst.as_ref(),
                 server_id: None,
                 tls: false,
+                route: None,
             }
         }
     }

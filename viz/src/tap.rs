@@ -98,6 +98,7 @@ impl Formatter {
                 method,
                 authority,
                 path,
+                route,
                 ..
             } => {
                 let proxy = match direction {
@@ -114,7 +115,11 @@ impl Formatter {
                     self.peer(destination, "dst")
                 ));
                 self.remember(pod, *id, common.clone());
-                format!("req id={id} {common} :method={method} :authority={authority} :path={path}")
+                let route = route
+                    .as_ref()
+                    .map(|r| format!(" route={r}"))
+                    .unwrap_or_default();
+                format!("req id={id} {common} :method={method} :authority={authority} :path={path}{route}")
             }
             Event::ResponseStart {
                 id,

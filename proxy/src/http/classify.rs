@@ -513,6 +513,10 @@ impl MeterShared {
             dst: t.dst.as_deref(),
             server_id: t.server_id.as_ref(),
             tls: matches!(t.tls, Tls::Established(_)),
+            route: req
+                .extensions()
+                .get::<crate::metrics::RouteKey>()
+                .map(|r| &*r.0),
         };
         self.taps.start(&conn.tap, start, &meta)
     }

@@ -202,8 +202,32 @@ impl Body for Classify {
 pub struct RouteMetricsLayer(pub RouteMetrics);
 
 impl<T: crate::svc::Param<RouteKey>, S> crate::svc::Wrap<T, S> for RouteMetricsLayer {
-    type Service = Metered<S>;
-    fn wrap(&self, target: &T, inner: S) -> Metered<S> {
-        Metered::new(inner, Handles::route(&self.0, &target.param()))
+    type Service = Metered<Tagged<S>>;
+    fn wrap(&self, target: &T, inner: S) -> Metered<Tagged<S>> {
+        let key = target.param();
+        let handles = Handles::route(&self.0, &key);
+        Metered::new(Tagged { inner, key }, handles)
+    }
+}
+
+/// Tags each request with its route, for the tap events further in.
+#[derive(Clone)]
+pub struct Tagged<S> {
+    inner: S,
+    key: RouteKey,
+}
+
+impl<S: tower::Service<Request<BoxBody>>> tower::Service<Request<BoxBody>> for Tagged<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<BoxBody>) -> S::Future {
+        req.extensions_mut().insert(self.key.clone());
+        self.inner.call(req)
     }
 }
