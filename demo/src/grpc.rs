@@ -2,7 +2,7 @@
 //!
 //! Only what the demo needs, written out so that every failure has a defined answer: one
 //! length-prefixed message each way, no compression, `grpc-status` always sent (in trailers, or
-//! trailers-only for errors), messages capped at [`MAX_MESSAGE`].
+//! trailers-only for protocol errors and refused calls), messages capped at [`MAX_MESSAGE`].
 
 use std::convert::Infallible;
 use std::fmt;
@@ -95,6 +95,14 @@ impl std::error::Error for Status {}
 /// answers `Code::Unimplemented`.
 pub trait Unary: Send + Sync + 'static {
     fn call(&self, path: &str, request: Bytes) -> Result<Vec<u8>, Status>;
+
+    /// A status to answer the call `path` with instead of calling it, as a server that sheds
+    /// load does: trailers-only (the status in the response headers, no message), the form a
+    /// proxy can see, and retry, without reading the body. `None`, the default, calls
+    /// [`Unary::call`].
+    fn refuse(&self, _path: &str) -> Option<Status> {
+        None
+    }
 }
 
 /// Decodes a request message, any protobuf error being the caller's: `INVALID_ARGUMENT`.
@@ -150,6 +158,9 @@ async fn handle<U: Unary>(service: &U, req: Request<Incoming>) -> Response<GrpcB
         Ok(m) => m,
         Err(status) => return trailers_only(&status),
     };
+    if let Some(status) = service.refuse(&path) {
+        return trailers_only(&status);
+    }
     match service.call(&path, message) {
         Ok(response) if response.len() > MAX_MESSAGE => trailers_only(&Status::new(
             Code::Internal,

@@ -42,6 +42,11 @@ enum Command {
         /// Every vote for this emoji fails with grpc-status 2 UNKNOWN; `none` fails nothing.
         #[arg(long, default_value = voting::DEFAULT_FAIL)]
         fail: String,
+        /// Refuses this share of calls (0 to 100, evenly spread) with grpc-status 14
+        /// UNAVAILABLE, trailers-only: a transient failure that a retry recovers.
+        #[arg(long, value_name = "PERCENT", default_value_t = 0,
+              value_parser = clap::value_parser!(u8).range(0..=100))]
+        unavailable_percent: u8,
     },
     /// Serves the web front end (HTML page and JSON API), calling the emoji and voting services.
     Web {
@@ -60,6 +65,10 @@ enum Command {
         /// The bound on each call to a back end, in milliseconds.
         #[arg(long, value_name = "MS", default_value_t = web::DEFAULT_TIMEOUT.as_millis() as u64)]
         timeout_ms: u64,
+        /// What this front end calls itself (`v2` for a canary), in every answer's
+        /// x-demo-release header and on the page.
+        #[arg(long, default_value = web::DEFAULT_RELEASE)]
+        release: String,
     },
     /// Sends a steady trickle of votes through the web front end, for ever.
     VoteBot {
@@ -124,11 +133,19 @@ async fn run(command: Command, delay: Duration) -> anyhow::Result<()> {
             tracing::info!("emoji: listening on {listen}");
             emoji::serve(listener, shutdown).await;
         }
-        Command::Voting { listen, fail } => {
+        Command::Voting {
+            listen,
+            fail,
+            unavailable_percent,
+        } => {
             let listener = bind(listen).await?;
             let fail = (fail != "none").then(|| emoji::shortcode(&fail));
-            tracing::info!(fail = ?fail, "voting: listening on {listen}");
-            voting::serve(listener, voting::Config { fail }, shutdown).await;
+            tracing::info!(fail = ?fail, unavailable_percent, "voting: listening on {listen}");
+            let config = voting::Config {
+                fail,
+                unavailable_percent,
+            };
+            voting::serve(listener, config, shutdown).await;
         }
         Command::Web {
             listen,
@@ -136,17 +153,20 @@ async fn run(command: Command, delay: Duration) -> anyhow::Result<()> {
             voting,
             resolve,
             timeout_ms,
+            release,
         } => {
             let resolve = Resolve::new(resolve);
             let config = web::Config {
                 emoji: Target::new(&emoji, &resolve).context("--emoji")?,
                 voting: Target::new(&voting, &resolve).context("--voting")?,
                 timeout: Duration::from_millis(timeout_ms.max(1)),
+                release,
             };
             let listener = bind(listen).await?;
             tracing::info!(
                 emoji = %config.emoji,
                 voting = %config.voting,
+                release = %config.release,
                 "web: listening on {listen}"
             );
             web::serve(listener, config, shutdown).await;

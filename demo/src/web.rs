@@ -11,7 +11,9 @@
 //! | `GET /healthz` | `ok` |
 //!
 //! A back end that cannot be reached answers 503, one that does not answer in time 504, one
-//! that answers nonsense 502, always as JSON `{"error": …}`.
+//! that answers nonsense 502, always as JSON `{"error": …}`. Every answer names the front end's
+//! release (`--release`, `v1` by default) in an `x-demo-release` header, and the page says it
+//! too: a canary's answers can be told apart.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -37,23 +39,40 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest request body read (a vote form).
 pub const MAX_BODY: usize = 16 * 1024;
 
+/// The release a front end is unless configured otherwise.
+pub const DEFAULT_RELEASE: &str = "v1";
+
+/// The response header that names the release.
+pub const RELEASE_HEADER: &str = "x-demo-release";
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub emoji: Target,
     pub voting: Target,
     /// The bound on each gRPC call, connecting included.
     pub timeout: Duration,
+    /// What this front end calls itself (`v2` for a canary): in a header and on the page.
+    pub release: String,
 }
 
 /// Serves the front end until `shutdown` completes.
 pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
+    // A release that is no header value is named `invalid` rather than not at all.
+    let release = HeaderValue::from_str(&config.release)
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     let web = Arc::new(Web {
         emoji: Channel::new(config.emoji, config.timeout),
         voting: Channel::new(config.voting, config.timeout),
+        release,
     });
     let svc = hyper::service::service_fn(move |req| {
         let web = web.clone();
-        async move { Ok::<_, Infallible>(web.route(req).await) }
+        async move {
+            let mut rsp = web.route(req).await;
+            rsp.headers_mut()
+                .insert(RELEASE_HEADER, web.release.clone());
+            Ok::<_, Infallible>(rsp)
+        }
     });
     net::serve(listener, svc, shutdown).await
 }
@@ -63,6 +82,7 @@ type Rsp = Response<Full<Bytes>>;
 struct Web {
     emoji: Channel,
     voting: Channel,
+    release: HeaderValue,
 }
 
 /// Why a vote did not count.
@@ -213,6 +233,11 @@ impl Web {
             .collect())
     }
 
+    /// The release, as the page shows it.
+    fn release(&self) -> &str {
+        self.release.to_str().unwrap_or("invalid")
+    }
+
     async fn index(&self, query: &str) -> Rsp {
         let (list, results) =
             tokio::join!(emoji::list_all(&self.emoji), voting::results(&self.voting));
@@ -223,10 +248,13 @@ impl Web {
                 return text(
                     status,
                     "text/html; charset=utf-8",
-                    page(&format!(
-                        "<p class=\"bad\">The emoji service cannot list the emojis: {}</p>",
-                        escape(&e.to_string())
-                    )),
+                    page(
+                        self.release(),
+                        &format!(
+                            "<p class=\"bad\">The emoji service cannot list the emojis: {}</p>",
+                            escape(&e.to_string())
+                        ),
+                    ),
                 );
             }
         };
@@ -287,7 +315,11 @@ impl Web {
                 );
             }
         }
-        text(StatusCode::OK, "text/html; charset=utf-8", page(&html))
+        text(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            page(self.release(), &html),
+        )
     }
 }
 
@@ -372,7 +404,7 @@ fn truncate(s: &str) -> String {
     s.chars().take(200).collect()
 }
 
-fn page(body: &str) -> String {
+fn page(release: &str, body: &str) -> String {
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <title>mesh demo: emoji vote</title>\n<style>\
@@ -382,7 +414,8 @@ fn page(body: &str) -> String {
          .good{{color:#060}}.bad{{color:#a00}}\
          </style></head>\n<body>\n<h1>🗳️ mesh demo: emoji vote</h1>\n{body}\
          <p><small>API: <a href=\"/api/list\">/api/list</a> · <a href=\"/api/leaderboard\">/api/leaderboard</a> · \
-         <code>POST /api/vote?choice=joy</code></small></p>\n</body></html>\n"
+         <code>POST /api/vote?choice=joy</code> · web {release}</small></p>\n</body></html>\n",
+        release = escape(release),
     )
 }
 

@@ -61,16 +61,29 @@ async fn start_emoji() -> Running<()> {
 }
 
 async fn start_voting() -> Running<()> {
+    start_voting_with(voting::Config::default()).await
+}
+
+async fn start_voting_with(config: voting::Config) -> Running<()> {
     let listener = listener().await;
     let addr = listener.local_addr().unwrap();
     let (stop, signal) = shutdown();
-    let task = tokio::spawn(voting::serve(listener, voting::Config::default(), signal));
+    let task = tokio::spawn(voting::serve(listener, config, signal));
     Running { addr, stop, task }
 }
 
 /// The web front end, calling the back ends by name (`emoji.test`, `voting.test`) pinned to
 /// their addresses with `--resolve`.
 async fn start_web(emoji: SocketAddr, voting: SocketAddr, timeout: Duration) -> Running<()> {
+    start_web_release(emoji, voting, timeout, web::DEFAULT_RELEASE).await
+}
+
+async fn start_web_release(
+    emoji: SocketAddr,
+    voting: SocketAddr,
+    timeout: Duration,
+    release: &str,
+) -> Running<()> {
     let resolve = Resolve::new([
         Resolve::parse_entry(&format!("emoji.test={}", emoji.ip())).unwrap(),
         Resolve::parse_entry(&format!("voting.test={}", voting.ip())).unwrap(),
@@ -79,6 +92,7 @@ async fn start_web(emoji: SocketAddr, voting: SocketAddr, timeout: Duration) -> 
         emoji: Target::new(&format!("http://emoji.test:{}", emoji.port()), &resolve).unwrap(),
         voting: Target::new(&format!("http://voting.test:{}", voting.port()), &resolve).unwrap(),
         timeout,
+        release: release.into(),
     };
     let listener = listener().await;
     let addr = listener.local_addr().unwrap();
@@ -387,6 +401,108 @@ async fn a_doughnut_vote_fails_with_grpc_status_2() {
     let page = String::from_utf8(page.to_vec()).unwrap();
     assert!(page.contains("Your vote for 🍩 failed"), "{page}");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn unavailable_calls_are_trailers_only_and_the_doughnut_is_not() {
+    let voting = start_voting_with(voting::Config {
+        unavailable_percent: 50,
+        ..voting::Config::default()
+    })
+    .await;
+    // Every other call is refused: the first is answered, the second refused.
+    let joy = grpc_raw(
+        voting.addr,
+        "/demo.Voting/VoteJoy",
+        "application/grpc",
+        framed(b""),
+    )
+    .await;
+    assert_eq!(joy.grpc_status().as_deref(), Some("0"));
+    let refused = grpc_raw(
+        voting.addr,
+        "/demo.Voting/VoteJoy",
+        "application/grpc",
+        framed(b""),
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::OK);
+    assert_eq!(refused.headers["grpc-status"], "14", "in the headers");
+    assert!(
+        refused.headers["grpc-message"]
+            .to_str()
+            .unwrap()
+            .contains("transient"),
+        "{:?}",
+        refused.headers
+    );
+    assert!(refused.body.is_empty(), "no message");
+    assert!(
+        refused.trailers.is_none(),
+        "no trailers: {:?}",
+        refused.trailers
+    );
+
+    // The doughnut's failure is an answer, status in the trailers, whatever the share refused.
+    let doughnut = grpc_raw(
+        voting.addr,
+        "/demo.Voting/VoteDoughnut",
+        "application/grpc",
+        framed(b""),
+    )
+    .await;
+    assert!(doughnut.headers.get("grpc-status").is_none());
+    assert_eq!(doughnut.trailers.expect("trailers")["grpc-status"], "2");
+
+    // Through the web front end, a refused vote is a 500 that names the status.
+    let emoji = start_emoji().await;
+    let web = start_web(emoji.addr, voting.addr, Duration::from_secs(10)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let (status, body) = http(
+            web.addr,
+            Version::Http1,
+            Method::POST,
+            "/api/vote?choice=joy",
+            "",
+        )
+        .await;
+        statuses.push((status, body["grpc_status"].clone()));
+    }
+    statuses.sort_by_key(|(s, _)| *s);
+    assert_eq!(
+        statuses,
+        [
+            (StatusCode::OK, Value::Null),
+            (StatusCode::INTERNAL_SERVER_ERROR, Value::from(14))
+        ]
+    );
+    web.stop().await;
+    emoji.stop().await;
+    voting.stop().await;
+}
+
+#[tokio::test]
+async fn a_canary_names_its_release() {
+    let emoji = start_emoji().await;
+    let voting = start_voting().await;
+    let v1 = start_web(emoji.addr, voting.addr, Duration::from_secs(10)).await;
+    let v2 = start_web_release(emoji.addr, voting.addr, Duration::from_secs(10), "v2").await;
+    for (web, release) in [(&v1, "v1"), (&v2, "v2")] {
+        for path in ["/", "/api/list", "/nowhere"] {
+            let (_, headers, body) =
+                http_raw(web.addr, Version::Http2, Method::GET, path, "").await;
+            assert_eq!(headers["x-demo-release"], release, "{path}");
+            if path == "/" {
+                let page = String::from_utf8(body.to_vec()).unwrap();
+                assert!(page.contains(&format!("web {release}")), "{page}");
+            }
+        }
+    }
+    v2.stop().await;
+    v1.stop().await;
+    voting.stop().await;
+    emoji.stop().await;
 }
 
 #[tokio::test]
