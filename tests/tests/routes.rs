@@ -41,6 +41,8 @@ type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 struct Stats {
     hits: Arc<AtomicU64>,
     counter: Arc<AtomicU64>,
+    /// Calls of `/echo-fail-every-2` alone.
+    echo_fail: Arc<AtomicU64>,
 }
 
 struct Routes {
@@ -277,7 +279,12 @@ async fn handle(
         "/echo" | "/echo-fail-every-2" => {
             let body = req.into_body().collect().await.map(|b| b.to_bytes());
             match body {
-                Ok(_) if path == "/echo-fail-every-2" && n % 2 == 0 => (500, Bytes::new()),
+                Ok(_)
+                    if path == "/echo-fail-every-2"
+                        && stats.echo_fail.fetch_add(1, Ordering::SeqCst) % 2 == 0 =>
+                {
+                    (500, Bytes::new())
+                }
                 Ok(body) => (200, body),
                 Err(_) => (400, Bytes::new()),
             }
@@ -821,10 +828,10 @@ fn a_small_body_is_replayed_on_retry_and_a_large_one_is_sent_once() {
         let (small, large) = (small.clone(), large.clone());
         mesh.in_client(move || async move {
             let mut c = Client::h1().await;
-            // The app fails every other /echo-fail-every-2: the first attempt fails.
+            // The app fails the first, third … call of /echo-fail-every-2: the first attempt
+            // fails, its retry succeeds; the next request's first attempt fails again.
             let s = c.request("POST", "/echo-fail-every-2", &[], small).await.1;
             let l_ok = c.request("POST", "/echo", &[], large.clone()).await.1;
-            // Counter is odd now if the app saw three requests: make the next one fail.
             let l_fail = c.request("POST", "/echo-fail-every-2", &[], large).await.1;
             (s, l_ok, l_fail)
         })
