@@ -582,9 +582,13 @@ pub fn compile(pattern: &str) -> Result<regex::Regex, regex::Error> {
 
 fn check_regex(field: &str, pattern: &str) -> Result<(), Invalid> {
     compile(pattern).map(drop).map_err(|e| {
+        // A syntax error's text draws the pattern over several lines; its last says what.
+        let text = e.to_string();
+        let reason = text.lines().last().unwrap_or_default().trim();
+        let reason = reason.trim_start_matches("error: ");
         invalid(
             field,
-            format!("invalid regular expression {pattern:?}: {e}"),
+            format!("invalid regular expression {pattern:?}: {reason}"),
         )
     })
 }

@@ -239,6 +239,7 @@ async fn follow<K>(
 {
     let mut listing: Option<Vec<Object>> = None;
     let mut listed_once = false;
+    let mut warned = Warned::default();
     let count_synced = || {
         if synced.fetch_add(1, Ordering::SeqCst) + 1 == kinds {
             tracing::info!("all kinds listed: ready");
@@ -277,13 +278,13 @@ async fn follow<K>(
             Event::Init => listing = Some(Vec::new()),
             Event::InitApply(object) => {
                 if let (Some(list), Some(object)) = (listing.as_mut(), into(object)) {
-                    warn_about(&object);
+                    warned.warn_about(&object);
                     list.push(object);
                 }
             }
             Event::InitDone => {
                 let objects = listing.take().unwrap_or_default();
-                tracing::info!(?kind, objects = objects.len(), "listed");
+                tracing::info!(kind = kind.as_str(), objects = objects.len(), "listed");
                 dest.update(started, None, |index| index.replace(kind, objects));
                 if !listed_once {
                     listed_once = true;
@@ -294,7 +295,7 @@ async fn follow<K>(
                 let Some(object) = into(object) else {
                     continue;
                 };
-                warn_about(&object);
+                warned.warn_about(&object);
                 let namespaces = BTreeSet::from([object.key().namespace]);
                 tracing::debug!(key = ?object.key(), "applied");
                 dest.update(started, Some(&namespaces), |index| index.apply(object));
@@ -308,23 +309,44 @@ async fn follow<K>(
                 };
                 let namespaces = BTreeSet::from([key.namespace.clone()]);
                 tracing::debug!(?key, "deleted");
+                warned.0.remove(&key);
                 dest.update(started, Some(&namespaces), |index| index.delete(&key));
             }
         }
     }
 }
 
-/// Logs what is worth a warning about an object read from the API.
-fn warn_about(object: &Object) {
-    for reason in object.warnings() {
+/// The warnings last logged per object, so that an object is warned about once per problem,
+/// not again at every update (a route's own status write comes back as one).
+#[derive(Default)]
+struct Warned(std::collections::HashMap<ObjectKey, Vec<String>>);
+
+impl Warned {
+    /// Logs what is worth a warning about an object read from the API, unless it was already.
+    fn warn_about(&mut self, object: &Object) {
         let key = object.key();
-        tracing::warn!(
-            kind = key.kind.as_str(),
-            namespace = %key.namespace,
-            name = %key.name,
-            %reason,
-            "object read with a problem"
-        );
+        let warnings = object.warnings();
+        if self
+            .0
+            .get(&key)
+            .map_or(warnings.is_empty(), |w| *w == warnings)
+        {
+            return;
+        }
+        for reason in &warnings {
+            tracing::warn!(
+                kind = key.kind.as_str(),
+                namespace = %key.namespace,
+                name = %key.name,
+                %reason,
+                "object read with a problem"
+            );
+        }
+        if warnings.is_empty() {
+            self.0.remove(&key);
+        } else {
+            self.0.insert(key, warnings);
+        }
     }
 }
 
