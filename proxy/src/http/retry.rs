@@ -1,7 +1,8 @@
 //! Retries of a route's requests, within its Service's budget.
 //!
-//! An attempt is retried when its response has a status (or a `grpc-status` in the headers of a
-//! trailers-only response) that the route's retry names, when it timed out (the per-attempt
+//! An attempt is retried when its response has a status, or a `grpc-status` (in the headers of
+//! a trailers-only response, or in trailers that come right after the first message: the
+//! response's first frames are peeked and given back), that the route's retry names, when it timed out (the per-attempt
 //! timeout), or when it failed to connect or was refused unsent (HTTP/2 `REFUSED_STREAM`), which
 //! are always safe. A retry needs the request's body again: bodies are kept up to
 //! [`MAX_REPLAY`](super::replay::MAX_REPLAY) while they stream (`replay.rs`), and a larger one is
@@ -140,7 +141,12 @@ where
                 let this = body.take().expect("a body for each attempt");
                 let next = this.replay();
                 let req = Request::from_parts(clone_head(&head), BoxBody::new(this));
-                let result = attempt(inner.clone(), req, params.attempt_timeout).await;
+                let mut result = attempt(inner.clone(), req, params.attempt_timeout).await;
+                if !retry.grpc.is_empty() {
+                    if let Ok(rsp) = result {
+                        result = Ok(peek_trailers(rsp).await);
+                    }
+                }
                 if retries > 0 {
                     match &result {
                         Ok(rsp) if !failed(&retry, rsp) => handles.success.inc(),
@@ -200,6 +206,97 @@ fn clone_head(head: &http::request::Parts) -> http::request::Parts {
     req.into_parts().0
 }
 
+/// The `grpc-status` a gRPC response's trailers carried, when the first frames showed them.
+#[derive(Clone, Copy, Debug)]
+struct PeekedStatus(u32);
+
+/// Reads the first frame of a gRPC response without a status in its headers (and the next one,
+/// if it is there already), so that a unary call's status in the trailers decides a retry; the
+/// frames read are given back in front of the body.
+async fn peek_trailers(rsp: Response<BoxBody>) -> Response<BoxBody> {
+    use futures_util::FutureExt;
+    use http_body_util::BodyExt;
+    if !is_grpc(rsp.headers())
+        || grpc_status(rsp.headers()).is_some()
+        || http_body::Body::is_end_stream(rsp.body())
+    {
+        return rsp;
+    }
+    let (mut parts, mut body) = rsp.into_parts();
+    let mut frames = std::collections::VecDeque::new();
+    let mut status = None;
+    let mut note = |frame: &http_body::Frame<bytes::Bytes>| {
+        if let Some(t) = frame.trailers_ref() {
+            status = grpc_status(t);
+        }
+    };
+    match body.frame().await {
+        Some(Ok(frame)) => {
+            note(&frame);
+            let is_data = frame.is_data();
+            frames.push_back(Ok(frame));
+            if is_data {
+                if let Some(Some(Ok(frame))) = body.frame().now_or_never() {
+                    note(&frame);
+                    frames.push_back(Ok(frame));
+                }
+            }
+        }
+        Some(Err(e)) => frames.push_back(Err(e)),
+        None => {}
+    }
+    if let Some(code) = status {
+        parts.extensions.insert(PeekedStatus(code));
+    }
+    Response::from_parts(
+        parts,
+        BoxBody::new(Prefixed {
+            frames,
+            inner: body,
+        }),
+    )
+}
+
+/// A body whose first frames were read already.
+struct Prefixed {
+    frames: std::collections::VecDeque<Result<http_body::Frame<bytes::Bytes>, BoxError>>,
+    inner: BoxBody,
+}
+
+impl http_body::Body for Prefixed {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        if let Some(frame) = self.frames.pop_front() {
+            return Poll::Ready(Some(frame));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        let buffered: u64 = self
+            .frames
+            .iter()
+            .filter_map(|f| f.as_ref().ok()?.data_ref().map(|d| d.len() as u64))
+            .sum();
+        let inner = self.inner.size_hint();
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(inner.lower() + buffered);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + buffered);
+        }
+        hint
+    }
+}
+
 /// Whether a response is one the retry names.
 fn failed(retry: &policy::Retry, rsp: &Response<BoxBody>) -> bool {
     let status = rsp.status().as_u16();
@@ -207,7 +304,9 @@ fn failed(retry: &policy::Retry, rsp: &Response<BoxBody>) -> bool {
         return true;
     }
     if !retry.grpc.is_empty() && is_grpc(rsp.headers()) {
-        if let Some(code) = grpc_status(rsp.headers()) {
+        let code = grpc_status(rsp.headers())
+            .or_else(|| rsp.extensions().get::<PeekedStatus>().map(|p| p.0));
+        if let Some(code) = code {
             return retry.grpc.iter().any(|c| u32::from(*c) == code);
         }
     }
@@ -441,6 +540,73 @@ mod tests {
             metrics.retry_total.get_or_create(&labels("failure")).get(),
             0
         );
+    }
+
+    #[tokio::test]
+    async fn a_grpc_status_in_the_trailers_is_retried_and_the_body_kept() {
+        use http_body_util::StreamBody;
+        #[derive(Clone)]
+        struct Grpc(Arc<AtomicUsize>);
+        impl tower::Service<Request<BoxBody>> for Grpc {
+            type Response = Response<BoxBody>;
+            type Error = BoxError;
+            type Future = BoxFuture<'static, Result<Response<BoxBody>, BoxError>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+                Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, _: Request<BoxBody>) -> Self::Future {
+                let code = if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+                    "14"
+                } else {
+                    "0"
+                };
+                Box::pin(async move {
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", code.parse().unwrap());
+                    let frames: Vec<Result<http_body::Frame<Bytes>, BoxError>> = vec![
+                        Ok(http_body::Frame::data(Bytes::from_static(b"\0\0\0\0\x01x"))),
+                        Ok(http_body::Frame::trailers(trailers)),
+                    ];
+                    let mut rsp = Response::new(BoxBody::new(StreamBody::new(
+                        futures_util::stream::iter(frames),
+                    )));
+                    rsp.headers_mut()
+                        .insert("content-type", "application/grpc".parse().unwrap());
+                    Ok(rsp)
+                })
+            }
+        }
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut p = params(2, RetryBudget::default());
+        p.retry = Some(Arc::new(policy::Retry {
+            grpc: vec![14],
+            limit: 2,
+            ..policy::Retry::default()
+        }));
+        let layer = crate::svc::WrapLayer(RetryLayer {
+            metrics: RouteMetrics::default(),
+        });
+        let inner = Grpc(calls.clone());
+        let mut svc = tower::Layer::layer(
+            &layer,
+            crate::svc::NewFn(move |_: RetryParams| inner.clone()),
+        )
+        .new_service(p);
+        let rsp = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(Request::new(BoxBody::empty()))
+            .await
+            .unwrap();
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "UNAVAILABLE in the trailers was retried"
+        );
+        let body = rsp.into_body().collect().await.unwrap();
+        assert_eq!(body.trailers().unwrap()["grpc-status"], "0");
+        assert_eq!(body.to_bytes(), Bytes::from_static(b"\0\0\0\0\x01x"));
     }
 
     #[tokio::test]
