@@ -142,7 +142,10 @@ fn routes(name: &str, routes_yaml: &str) -> Routes {
     ];
     let client_proxy = client
         .mesh(MeshOptions {
-            env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
             ..MeshOptions::default()
         })
         .expect("mesh the client pod");
@@ -271,7 +274,7 @@ async fn handle(
             (200, Bytes::new())
         }
         "/slow-every-2" => {
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
             (200, Bytes::new())
@@ -281,7 +284,10 @@ async fn handle(
             match body {
                 Ok(_)
                     if path == "/echo-fail-every-2"
-                        && stats.echo_fail.fetch_add(1, Ordering::SeqCst) % 2 == 0 =>
+                        && stats
+                            .echo_fail
+                            .fetch_add(1, Ordering::SeqCst)
+                            .is_multiple_of(2) =>
                 {
                     (500, Bytes::new())
                 }
@@ -330,9 +336,10 @@ impl Client {
     }
 
     async fn h1() -> Self {
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(Self::connect().await))
-            .await
-            .expect("handshake");
+        let (send, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(Self::connect().await))
+                .await
+                .expect("handshake");
         tokio::spawn(conn);
         Self {
             conn: Conn::H1(send),
@@ -453,6 +460,14 @@ fn one_rule(name: &str, extra: &str, backends: &str) -> String {
 
 // === the tests ===
 
+/// A request (method, path, headers) and the rule that must answer it.
+type Case = (
+    &'static str,
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+    &'static str,
+);
+
 #[test]
 fn matches_follow_gateway_api_precedence() {
     let a = http_route(
@@ -520,7 +535,7 @@ fn matches_follow_gateway_api_precedence() {
     mesh.wait_for_rule("/api/x", "a/0");
 
     // method, path, headers, the rule that must answer.
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("GET", "/api/x", vec![], "a/0"),
         ("GET", "/api", vec![], "a/0"),
         ("DELETE", "/api/x", vec![], "a/0"),
@@ -564,7 +579,10 @@ fn matches_follow_gateway_api_precedence() {
         got
     });
     let wrong: Vec<_> = got.iter().filter(|(_, want, rule)| want != rule).collect();
-    assert!(wrong.is_empty(), "requests that took the wrong rule: {wrong:#?}");
+    assert!(
+        wrong.is_empty(),
+        "requests that took the wrong rule: {wrong:#?}"
+    );
 }
 
 #[test]
@@ -601,7 +619,9 @@ fn split(v1: u32, v2: u32) -> String {
     one_rule(
         "canary",
         "",
-        &format!("[{{name: web-svc, port: 80, weight: {v1}}}, {{name: web-v2, port: 80, weight: {v2}}}]"),
+        &format!(
+            "[{{name: web-svc, port: 80, weight: {v1}}}, {{name: web-v2, port: 80, weight: {v2}}}]"
+        ),
     )
 }
 
@@ -656,7 +676,9 @@ fn a_canary_split_lands_on_its_weights_and_moves_under_load_without_failing() {
                                 let mut c = Client::h1().await;
                                 while !stop.load(Ordering::SeqCst) {
                                     let a = get(&mut c, "/").await;
-                                    log.lock().unwrap().push((Instant::now(), a.status, a.server));
+                                    log.lock()
+                                        .unwrap()
+                                        .push((Instant::now(), a.status, a.server));
                                 }
                             }));
                         }
@@ -704,10 +726,7 @@ fn retried(path_annotations: &str, extra: &str) -> String {
 fn retries_hide_a_flaky_backend_and_the_budget_stops_a_storm() {
     let mesh = routes(
         "rt-retry",
-        &retried(
-            "retry.mesh.io/http: 5xx, retry.mesh.io/limit: \"3\"",
-            "",
-        ),
+        &retried("retry.mesh.io/http: 5xx, retry.mesh.io/limit: \"3\"", ""),
     );
     mesh.wait_for_rule("/", "");
     // Wait until the retry is in force: a failing request is seen twice.
@@ -726,9 +745,16 @@ fn retries_hide_a_flaky_backend_and_the_budget_stops_a_storm() {
         }
         ok
     });
-    assert!(ok >= 1_998, "retries hide a 20% failure: {ok} of 2000 succeeded");
+    assert!(
+        ok >= 1_998,
+        "retries hide a 20% failure: {ok} of 2000 succeeded"
+    );
     let metrics = mesh.metrics();
-    let retries = metric_sum(&metrics, "outbound_http_retry_total", &["result=\"success\""]);
+    let retries = metric_sum(
+        &metrics,
+        "outbound_http_retry_total",
+        &["result=\"success\""],
+    );
     assert!(retries >= 350, "the retries are counted: {retries}");
 
     // Everything fails: retries stay within the budget (20% of requests, plus 10 per second
@@ -787,7 +813,10 @@ fn timeouts_answer_504_or_deadline_exceeded_and_a_slow_attempt_is_retried() {
     );
     mesh.wait_for_rule("/slow-every-2", "per-try");
     let (took, h1, grpc, per_try) = mesh.in_client(|| async {
-        let (took, h1) = Client::h1().await.request("GET", "/slow", &[], Bytes::new()).await;
+        let (took, h1) = Client::h1()
+            .await
+            .request("GET", "/slow", &[], Bytes::new())
+            .await;
         let grpc = Client::h2()
             .await
             .request(
@@ -806,12 +835,19 @@ fn timeouts_answer_504_or_deadline_exceeded_and_a_slow_attempt_is_retried() {
         (took, h1, grpc, per_try)
     });
     assert_eq!(h1.status, 504);
-    assert!(took < Duration::from_secs(2), "answered at the timeout, not the app's 2 s");
+    assert!(
+        took < Duration::from_secs(2),
+        "answered at the timeout, not the app's 2 s"
+    );
     assert!(h1.proxy_error.unwrap_or_default().contains("timed out"));
     assert_eq!(grpc.status, 200);
     assert_eq!(grpc.grpc_status.as_deref(), Some("4"), "DEADLINE_EXCEEDED");
     assert_eq!(per_try, [200; 4], "every slow first attempt was retried");
-    let retries = metric_sum(&mesh.metrics(), "outbound_http_retry_total", &["result=\"success\""]);
+    let retries = metric_sum(
+        &mesh.metrics(),
+        "outbound_http_retry_total",
+        &["result=\"success\""],
+    );
     assert!(retries >= 1, "retries counted: {retries}");
 }
 
@@ -822,8 +858,14 @@ fn a_small_body_is_replayed_on_retry_and_a_large_one_is_sent_once() {
         &retried("retry.mesh.io/http: 5xx, retry.mesh.io/limit: \"1\"", ""),
     );
     mesh.wait_for_rule("/", "");
-    let small: Bytes = (0..10 * 1024).map(|i| (i % 251) as u8).collect::<Vec<_>>().into();
-    let large: Bytes = (0..1024 * 1024).map(|i| (i % 253) as u8).collect::<Vec<_>>().into();
+    let small: Bytes = (0..10 * 1024)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    let large: Bytes = (0..1024 * 1024)
+        .map(|i| (i % 253) as u8)
+        .collect::<Vec<_>>()
+        .into();
     let (s, l_ok, l_fail) = {
         let (small, large) = (small.clone(), large.clone());
         mesh.in_client(move || async move {
@@ -839,7 +881,11 @@ fn a_small_body_is_replayed_on_retry_and_a_large_one_is_sent_once() {
     assert_eq!(s.status, 200, "the retry succeeded");
     assert_eq!(s.body, small, "the retry carried the same 10 KiB body");
     assert_eq!(l_ok.status, 200);
-    assert_eq!(l_ok.body.len(), large.len(), "a large body goes through whole");
+    assert_eq!(
+        l_ok.body.len(),
+        large.len(),
+        "a large body goes through whole"
+    );
     assert_eq!(l_fail.status, 500, "a large body is not retried");
     let not_replayable = metric_sum(
         &mesh.metrics(),
@@ -885,12 +931,23 @@ fn faults_hit_their_percentages() {
         aborted
     });
     let share = f64::from(aborted) / f64::from(n);
-    assert!((0.17..=0.23).contains(&share), "20% ± 3% aborted: {aborted} of {n}");
+    assert!(
+        (0.17..=0.23).contains(&share),
+        "20% ± 3% aborted: {aborted} of {n}"
+    );
     let reached = mesh.hits("web-v1") - hits;
-    assert_eq!(reached, u64::from(n - aborted), "aborted requests never reach the app");
+    assert_eq!(
+        reached,
+        u64::from(n - aborted),
+        "aborted requests never reach the app"
+    );
     let metrics = mesh.metrics();
     let delayed = metric_sum(&metrics, "fault_injected_total", &["kind=\"delay\""]) as f64;
-    let total = metric_sum(&metrics, "outbound_http_route_request_total", &["route_name=\"faulty\""]) as f64;
+    let total = metric_sum(
+        &metrics,
+        "outbound_http_route_request_total",
+        &["route_name=\"faulty\""],
+    ) as f64;
     assert!(
         (0.07..=0.13).contains(&(delayed / total)),
         "10% ± 3% delayed: {delayed} of {total}"
@@ -928,7 +985,10 @@ fn a_mirror_gets_copies_and_a_hanging_one_does_not_slow_the_original() {
     mesh.in_client(move || async move {
         let mut c = Client::h1().await;
         for _ in 0..n {
-            assert_eq!(c.request("POST", "/echo", &[], body.clone()).await.1.status, 200);
+            assert_eq!(
+                c.request("POST", "/echo", &[], body.clone()).await.1.status,
+                200
+            );
         }
     });
     let originals = mesh.hits("web-v1") - before.0;
@@ -947,7 +1007,9 @@ fn a_mirror_gets_copies_and_a_hanging_one_does_not_slow_the_original() {
         let mut c = Client::h1().await;
         let mut slowest = Duration::ZERO;
         for _ in 0..50 {
-            let (took, a) = c.request("GET", "/", &[("x-hang", "1")], Bytes::new()).await;
+            let (took, a) = c
+                .request("GET", "/", &[("x-hang", "1")], Bytes::new())
+                .await;
             assert_eq!(a.status, 200);
             slowest = slowest.max(took);
         }
@@ -994,6 +1056,12 @@ fn an_invalid_route_is_left_out_and_the_others_still_work() {
         (get(&mut c, "/bad/(").await, get(&mut c, "/gone").await)
     });
     assert_eq!(bad.status, 404, "the invalid route is not served: {bad:?}");
-    assert_eq!(gone.status, 500, "an unknown backend's share is a 500: {gone:?}");
-    assert!(gone.proxy_error.unwrap_or_default().contains("BackendNotFound"));
+    assert_eq!(
+        gone.status, 500,
+        "an unknown backend's share is a 500: {gone:?}"
+    );
+    assert!(gone
+        .proxy_error
+        .unwrap_or_default()
+        .contains("BackendNotFound"));
 }
