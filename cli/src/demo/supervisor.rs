@@ -8,14 +8,17 @@
 //! |---|---|---|---|---|
 //! | `control` | | | | `mesh-controller destination` and `identity` (a CA made for the run) |
 //! | `emoji-1` | `emoji` | `emoji` | `emoji-svc:8080` | gRPC `demo.Emoji` |
-//! | `voting-1` | `voting` | `voting` | `voting-svc:8080` | gRPC `demo.Voting`; every doughnut vote fails |
+//! | `voting-1` | `voting` | `voting` | `voting-svc:8080` | gRPC `demo.Voting`; every doughnut vote fails, and 10 % of calls are refused with `UNAVAILABLE` |
 //! | `web-1`, `web-2` | `web` | `web` | `web-svc:80` | the HTTP front end, calling emoji and voting |
+//! | `web-v2-1` | `web-v2` | `web` | `web-v2:80` | the front end's canary (`--release v2`) |
 //! | `vote-bot-1` | `vote-bot` | `vote-bot` | | votes through `web-svc` a few times a second |
 //!
 //! Every pod but `control` runs `mesh-init`, `mesh-proxy` (with a certificate for its service
 //! account) and its `mesh-demo-app` workload; every hop between them is mutual TLS. The pods
 //! have no DNS: the applications connect to a Service's ClusterIP with its name as authority
-//! (`--resolve`), and their proxies route by that name.
+//! (`--resolve`), and their proxies route by that name, following the routes of
+//! [`ROUTES_FILE`] (written once, then the user's to edit): HTTPRoute `web-canary` sends 10 % of
+//! `web-svc`'s requests to `web-v2`, GRPCRoute `voting` retries `UNAVAILABLE` calls to voting.
 
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -44,6 +47,13 @@ const PROXY_MARK: u32 = 0x2102;
 const PODS_DIR: &str = "/run/mesh/pods";
 /// The bot's votes per second.
 const BOT_RATE: &str = "5";
+/// The share of voting's calls refused with `UNAVAILABLE` (trailers-only), which the route's
+/// retries recover.
+const VOTING_UNAVAILABLE_PERCENT: &str = "10";
+/// The routes' file in the state folder: the user's to edit while the demo runs.
+pub const ROUTES_FILE: &str = "routes.yaml";
+/// The share of `web-svc`'s requests that the canary route sends to `web-v2`, in percent.
+const CANARY_PERCENT: u32 = 10;
 
 /// `mesh demo supervise` (hidden): started by `mesh demo up` inside fresh namespaces.
 #[derive(clap::Args, Debug)]
@@ -95,33 +105,52 @@ const VOTING_SVC: Service = Service {
     cluster_ip: Ipv4Addr::new(10, 96, 0, 12),
     port: APP_PORT,
 };
+const WEB_V2_SVC: Service = Service {
+    name: "web-v2",
+    cluster_ip: Ipv4Addr::new(10, 96, 0, 13),
+    port: 80,
+};
 
-/// A Deployment of the demo: its pods, and the Service that selects them (if any).
+/// A Deployment of the demo: its pods, their service account, and the Service that selects
+/// them (if any).
 struct Workload {
     name: &'static str,
     replicas: usize,
+    account: &'static str,
     service: Option<&'static Service>,
 }
 
-const WORKLOADS: [Workload; 4] = [
+/// In the order they start: the bot last, once what it calls serves.
+const WORKLOADS: [Workload; 5] = [
     Workload {
         name: "emoji",
         replicas: 1,
+        account: "emoji",
         service: Some(&EMOJI_SVC),
     },
     Workload {
         name: "voting",
         replicas: 1,
+        account: "voting",
         service: Some(&VOTING_SVC),
     },
     Workload {
         name: "web",
         replicas: 2,
+        account: "web",
         service: Some(&WEB_SVC),
+    },
+    // The canary: the same application and identity, its own Deployment and Service.
+    Workload {
+        name: "web-v2",
+        replicas: 1,
+        account: "web",
+        service: Some(&WEB_V2_SVC),
     },
     Workload {
         name: "vote-bot",
         replicas: 1,
+        account: "vote-bot",
         service: None,
     },
 ];
@@ -132,8 +161,14 @@ impl Workload {
         let listen = format!("0.0.0.0:{APP_PORT}");
         let args: Vec<String> = match self.name {
             "emoji" => vec!["emoji".into(), "--listen".into(), listen],
-            "voting" => vec!["voting".into(), "--listen".into(), listen],
-            "web" => vec![
+            "voting" => vec![
+                "voting".into(),
+                "--listen".into(),
+                listen,
+                "--unavailable-percent".into(),
+                VOTING_UNAVAILABLE_PERCENT.into(),
+            ],
+            "web" | "web-v2" => vec![
                 "web".into(),
                 "--listen".into(),
                 listen,
@@ -145,6 +180,8 @@ impl Workload {
                 EMOJI_SVC.resolve(),
                 "--resolve".into(),
                 VOTING_SVC.resolve(),
+                "--release".into(),
+                if self.name == "web" { "v1" } else { "v2" }.into(),
             ],
             _ => vec![
                 "vote-bot".into(),
@@ -204,19 +241,20 @@ impl Demo {
             || ControlPlane::start(&control_pod, dir, &ControlOptions::default()),
         )?;
         let mut pods: Vec<(&Workload, Pod)> = Vec::new();
-        step(
-            "creating pods emoji-1, voting-1, web-1, web-2, vote-bot-1",
-            || {
-                for w in &WORKLOADS {
-                    for n in 1..=w.replicas {
-                        let pod = cluster.add_pod(&format!("{}-{n}", w.name))?;
-                        pod.route(SERVICE_NETWORK)?;
-                        pods.push((w, pod));
-                    }
+        let names: Vec<String> = WORKLOADS
+            .iter()
+            .flat_map(|w| (1..=w.replicas).map(move |n| format!("{}-{n}", w.name)))
+            .collect();
+        step(&format!("creating pods {}", names.join(", ")), || {
+            for w in &WORKLOADS {
+                for n in 1..=w.replicas {
+                    let pod = cluster.add_pod(&format!("{}-{n}", w.name))?;
+                    pod.route(SERVICE_NETWORK)?;
+                    pods.push((w, pod));
                 }
-                Ok(())
-            },
-        )?;
+            }
+            Ok(())
+        })?;
         step(
             "writing the cluster's objects (Namespace demo, ServiceAccounts, Services, EndpointSlices)",
             || {
@@ -243,6 +281,14 @@ impl Demo {
                 Ok(())
             },
         )?;
+        step(
+            &format!(
+                "writing the routes to state/{ROUTES_FILE}: HTTPRoute web-canary (web-svc {}/{CANARY_PERCENT} % \
+                 to web-v2), GRPCRoute voting (retries UNAVAILABLE)",
+                100 - CANARY_PERCENT
+            ),
+            || control.write(ROUTES_FILE, &routes_yaml()),
+        )?;
         let mut demo = Demo {
             apps: Vec::new(),
             proxies: Vec::new(),
@@ -253,12 +299,12 @@ impl Demo {
         for (w, pod) in &pods {
             let what = format!(
                 "starting pod {}: mesh-init, mesh-proxy (identity {}.{NAMESPACE}), {}",
-                pod.name, w.name, w.name
+                pod.name, w.account, w.name
             );
             let (proxy, app) = step(&what, || {
                 let mut opts =
                     demo.control
-                        .enroll_in(pod, NAMESPACE, w.name, &w.labels(), Some(w.name))?;
+                        .enroll_in(pod, NAMESPACE, w.account, &w.labels(), Some(w.name))?;
                 if args.mode == Mode::UserNamespace {
                     opts.proxy_mark = Some(PROXY_MARK);
                 }
@@ -284,8 +330,8 @@ impl Demo {
             ""
         };
         say(&format!(
-            "\nThe demo is up ({:.1?}): namespace {NAMESPACE}, Deployments web (2 pods), emoji, \
-             voting and vote-bot, every hop mutual TLS. Pods:",
+            "\nThe demo is up ({:.1?}): namespace {NAMESPACE}, Deployments web (2 pods), its \
+             canary web-v2, emoji, voting and vote-bot, every hop mutual TLS. Pods:",
             self.started.elapsed()
         ));
         for pod in self.cluster.pods() {
@@ -299,7 +345,12 @@ impl Demo {
              \x20 {sudo}mesh viz edges deploy         who talks to whom, with identities\n\
              \x20 {sudo}mesh viz dashboard            all of it at once\n\
              \x20 {sudo}mesh check --proxy            are the proxies healthy\n\
-             \x20 {sudo}mesh demo down                stop it (or Ctrl-C here)\n"
+             \nTraffic policy:\n\
+             \x20 {sudo}mesh viz routes deploy/vote-bot  the canary split of web-svc: web-svc and web-v2\n\
+             \x20 {sudo}mesh viz routes deploy/web       the voting route: retries recovering UNAVAILABLE\n\
+             \x20 edit {routes} to move the split live\n\
+             \n\x20 {sudo}mesh demo down                stop it (or Ctrl-C here)\n",
+            routes = self.control.state_dir().join(ROUTES_FILE).display(),
         ));
         say(READY_LINE);
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -444,13 +495,73 @@ fn inbound_responses(metrics: &str) -> (u64, u64) {
 /// The Namespace and the ServiceAccounts of the demo.
 fn namespace_yaml() -> String {
     let mut yaml = format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NAMESPACE}}}\n");
-    for w in &WORKLOADS {
+    let mut accounts: Vec<&str> = WORKLOADS.iter().map(|w| w.account).collect();
+    accounts.sort_unstable();
+    accounts.dedup();
+    for account in accounts {
         yaml.push_str(&format!(
-            "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {}, namespace: {NAMESPACE}}}\n",
-            w.name
+            "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {account}, namespace: {NAMESPACE}}}\n"
         ));
     }
     yaml
+}
+
+/// The demo's routes ([`ROUTES_FILE`]), commented for the user who edits them: Gateway API
+/// routes with a Service parent, as `manifests/demo/demo.yaml` has them for a cluster.
+fn routes_yaml() -> String {
+    let (web, v2, voting) = (&WEB_SVC, &WEB_V2_SVC, &VOTING_SVC);
+    format!(
+        "# The demo's traffic policy: Gateway API routes whose parent is a Service, which the\n\
+         # callers' proxies follow. Edit this file while the demo runs: the destination controller\n\
+         # rereads it and the proxies follow within a second. Watch it with\n\
+         #   mesh viz routes deploy/vote-bot     (the split)\n\
+         #   mesh viz routes deploy/web          (the voting route's retries)\n\
+         # A document the controller cannot use keeps its last good version (see destination.log).\n\
+         \n\
+         # The canary: of the requests to web-svc, {stay} % stay on web-svc's own pods (web-1,\n\
+         # web-2) and {canary} % go to web-v2. Change the weights (0 drains a backend), e.g. 50/50.\n\
+         apiVersion: gateway.networking.k8s.io/v1\n\
+         kind: HTTPRoute\n\
+         metadata:\n\
+         \x20 name: web-canary\n\
+         \x20 namespace: {NAMESPACE}\n\
+         spec:\n\
+         \x20 parentRefs:\n\
+         \x20 - {{group: \"\", kind: Service, name: {web}, port: {web_port}}}\n\
+         \x20 rules:\n\
+         \x20 - backendRefs:\n\
+         \x20   - {{name: {web}, port: {web_port}, weight: {stay}}}\n\
+         \x20   - {{name: {v2}, port: {v2_port}, weight: {canary}}}\n\
+         ---\n\
+         # The voting path: web's calls to voting. voting refuses {unavailable} % of calls with UNAVAILABLE\n\
+         # (trailers-only), which the proxy retries, up to twice, each attempt within 500 ms; the\n\
+         # doughnut's failure (grpc-status 2, the demo's bug) is not retried. A GRPCRoute has no\n\
+         # `timeouts` in Gateway API: the time limit is retry.mesh.io/timeout, per attempt.\n\
+         apiVersion: gateway.networking.k8s.io/v1\n\
+         kind: GRPCRoute\n\
+         metadata:\n\
+         \x20 name: voting\n\
+         \x20 namespace: {NAMESPACE}\n\
+         \x20 annotations:\n\
+         \x20   retry.mesh.io/grpc: unavailable\n\
+         \x20   retry.mesh.io/limit: \"2\"\n\
+         \x20   retry.mesh.io/timeout: 500ms\n\
+         spec:\n\
+         \x20 parentRefs:\n\
+         \x20 - {{group: \"\", kind: Service, name: {voting}, port: {voting_port}}}\n\
+         \x20 rules:\n\
+         \x20 - backendRefs:\n\
+         \x20   - {{name: {voting}, port: {voting_port}}}\n",
+        web = web.name,
+        web_port = web.port,
+        v2 = v2.name,
+        v2_port = v2.port,
+        voting = voting.name,
+        voting_port = voting.port,
+        stay = 100 - CANARY_PERCENT,
+        canary = CANARY_PERCENT,
+        unavailable = VOTING_UNAVAILABLE_PERCENT,
+    )
 }
 
 /// Runs one setup step, printing it with a tick (or a cross) and how long it took.
@@ -487,6 +598,92 @@ response_total{direction="outbound",authority="x",classification="failure",statu
 "#;
         assert_eq!(super::inbound_responses(metrics), (18, 2));
         assert_eq!(super::inbound_responses(""), (0, 0));
+    }
+
+    /// The routes file as the destination controller reads it, beside the demo's Services:
+    /// every document valid, the split and the retries as the demo means them.
+    #[test]
+    fn the_routes_are_what_the_controller_serves() {
+        use super::*;
+        let mut texts = vec![routes_yaml()];
+        for w in &WORKLOADS {
+            if let Some(svc) = w.service {
+                texts.push(local::service_yaml(
+                    NAMESPACE,
+                    svc.name,
+                    svc.cluster_ip,
+                    (svc.port, APP_PORT),
+                    &w.labels(),
+                    &[],
+                ));
+            }
+        }
+        check_routes(&texts);
+    }
+
+    /// The cluster's demo routes as the local one does.
+    #[test]
+    fn the_cluster_demo_has_the_same_routes() {
+        let manifest = include_str!("../../../manifests/demo/demo.yaml");
+        check_routes(&[manifest.to_string()]);
+    }
+
+    fn check_routes(texts: &[String]) {
+        use super::*;
+        use mesh_api::policy::RouteKind;
+        use mesh_controller::index::{Index, IndexConfig, Target};
+        use mesh_controller::source::folder::parse_yaml;
+
+        let mut index = Index::new(IndexConfig::default());
+        for text in texts {
+            let (objects, errors) = parse_yaml(text);
+            assert!(errors.is_empty(), "{errors:?}\n{text}");
+            for object in objects {
+                index.apply(object);
+            }
+        }
+        let policy = |svc: &Service| {
+            let target = Target::Service {
+                namespace: NAMESPACE.into(),
+                name: svc.name.into(),
+                port: svc.port,
+                hostname: None,
+            };
+            index.outbound_policy(&target, Some(NAMESPACE))
+        };
+
+        let web = policy(&WEB_SVC);
+        assert_eq!(web.routes.len(), 1, "{web:?}");
+        let route = &web.routes[0];
+        assert_eq!(
+            (route.kind, route.name.as_str()),
+            (RouteKind::Http, "web-canary")
+        );
+        let backends: Vec<(&str, u32, Option<&String>)> = route.rules[0]
+            .backends
+            .iter()
+            .map(|b| (b.name.as_str(), b.weight, b.error.as_ref()))
+            .collect();
+        assert_eq!(backends, [("web-svc", 90, None), ("web-v2", 10, None)]);
+
+        let voting = policy(&VOTING_SVC);
+        assert_eq!(voting.routes.len(), 1, "{voting:?}");
+        let route = &voting.routes[0];
+        assert_eq!(
+            (route.kind, route.name.as_str()),
+            (RouteKind::Grpc, "voting")
+        );
+        let rule = &route.rules[0];
+        assert_eq!(rule.backends.len(), 1);
+        assert_eq!(rule.backends[0].error, None);
+        let retry = rule.retry.as_ref().expect("a retry");
+        assert_eq!(
+            (retry.grpc.as_slice(), retry.limit, retry.timeout_ms),
+            (&[14][..], 2, Some(500))
+        );
+
+        // Nothing else is routed: emoji keeps its default route.
+        assert!(policy(&EMOJI_SVC).routes.is_empty());
     }
 
     #[test]
