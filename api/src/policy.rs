@@ -136,7 +136,8 @@ pub struct Rule {
     /// Applied in order.
     #[serde(default)]
     pub filters: Vec<Filter>,
-    /// Weighted backends. None, or only invalid ones: the request is answered 500.
+    /// Weighted backends (a rule of the route that names none gets the parent Service from the
+    /// controller). Only invalid ones, or all weights 0: the request is answered 500.
     #[serde(default)]
     pub backends: Vec<Backend>,
     /// `timeouts.request` and `timeouts.backendRequest`.

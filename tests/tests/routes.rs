@@ -367,10 +367,10 @@ impl Client {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> (Duration, Answer) {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", WEB);
+        let mut req = Request::builder().method(method).uri(path);
+        if !headers.iter().any(|(k, _)| *k == "host") {
+            req = req.header("host", WEB);
+        }
         if matches!(self.conn, Conn::H2(_)) {
             req = Request::builder()
                 .method(method)
@@ -594,8 +594,14 @@ fn a_request_no_rule_matches_is_a_404_or_unimplemented() {
     );
     let mesh = routes("rt-404", &only);
     mesh.wait_for_rule("/only", "only");
-    let (h1, grpc) = mesh.in_client(|| async {
+    let (h1, by_ip, grpc) = mesh.in_client(|| async {
         let h1 = get(&mut Client::h1().await, "/other").await;
+        // Called by its ClusterIP, the Service has the same routes.
+        let by_ip = Client::h1()
+            .await
+            .request("GET", "/other", &[("host", "10.96.0.10")], Bytes::new())
+            .await
+            .1;
         let grpc = Client::h2()
             .await
             .request(
@@ -606,9 +612,10 @@ fn a_request_no_rule_matches_is_a_404_or_unimplemented() {
             )
             .await
             .1;
-        (h1, grpc)
+        (h1, by_ip, grpc)
     });
     assert_eq!(h1.status, 404);
+    assert_eq!(by_ip.status, 404, "by ClusterIP: {by_ip:?}");
     assert!(h1.proxy_error.unwrap_or_default().contains("no route"));
     assert_eq!(grpc.status, 200);
     assert_eq!(grpc.grpc_status.as_deref(), Some("12"), "UNIMPLEMENTED");

@@ -631,16 +631,31 @@ impl Index {
         };
         chosen.sort_by(|a, b| route_order(a).cmp(&route_order(b)));
         let mut unresolved = Vec::new();
+        let mut routes: Vec<_> = chosen
+            .into_iter()
+            .map(|r| routes::convert(r, (ns, name), self, &mut unresolved))
+            .collect();
+        // GAMMA: a rule that names no backend sends its requests to the parent Service.
+        let parent_backend = mesh_api::policy::Backend {
+            authority: format!("{name}.{ns}.svc.{}:{port}", self.config.cluster_domain),
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+            port,
+            weight: 1,
+            error: None,
+        };
+        for rule in routes.iter_mut().flat_map(|r| r.rules.iter_mut()) {
+            if rule.backends.is_empty() {
+                rule.backends.push(parent_backend.clone());
+            }
+        }
         OutboundPolicy {
             parent: Some(Parent {
                 namespace: ns.to_owned(),
                 name: name.to_owned(),
                 port,
             }),
-            routes: chosen
-                .into_iter()
-                .map(|r| routes::convert(r, (ns, name), self, &mut unresolved))
-                .collect(),
+            routes,
             retry: routes::retry_annotations(annotations).0,
             retry_budget: routes::budget_annotations(annotations).0,
         }

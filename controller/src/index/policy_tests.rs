@@ -143,7 +143,9 @@ fn converts_http_routes() {
                                      "statusCode": 301}},
                 {"urlRewrite": {"hostname": "example.org", "path": {"replaceFullPath": "/x"}}},
             ],
-            "backends": [],
+            // No backendRefs: the parent Service (GAMMA).
+            "backends": [{"authority": "web-svc.demo.svc.cluster.local:80", "namespace": "demo",
+                          "name": "web-svc", "port": 80, "weight": 1}],
             "timeouts": {},
         })
     );
@@ -684,4 +686,24 @@ status:
     assert_eq!(conditions[0].last_transition_time, t1);
     assert_eq!(conditions[1].last_transition_time, t2);
     assert_eq!(conditions[1].status, "True");
+}
+
+#[test]
+fn a_rule_without_backends_goes_to_the_parent_service() {
+    let index = index(&http_route(
+        "demo",
+        "timeout-only",
+        "",
+        "[{timeouts: {request: 1s}}, {backendRefs: [{name: web-v2, port: 80, weight: 3}]}]",
+    ));
+    let policy = index.outbound_policy(&web(80), None);
+    let rules = &policy.routes[0].rules;
+    assert_eq!(rules[0].backends.len(), 1);
+    let parent = &rules[0].backends[0];
+    assert_eq!(
+        (parent.authority.as_str(), parent.name.as_str(), parent.weight),
+        ("web-svc.demo.svc.cluster.local:80", "web-svc", 1)
+    );
+    assert!(parent.error.is_none());
+    assert_eq!(rules[1].backends[0].name, "web-v2", "named backends stay");
 }

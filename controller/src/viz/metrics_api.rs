@@ -269,9 +269,9 @@ mod tests {
                 mesh_api::viz::FAMILIES.join("|")
             )
         );
-        assert!(q.selector().starts_with(
-            "{__name__=~\"response_total|response_latency_ms_bucket|request_total|"
-        ));
+        assert!(q
+            .selector()
+            .starts_with("{__name__=~\"response_total|response_latency_ms_bucket|request_total|"));
         assert_eq!(Query::parse("").unwrap().namespaces, Vec::<String>::new());
         for bad in ["namespace=a%22b", "namespace=", "window=soon", "pod=x"] {
             assert!(Query::parse(bad).is_err(), "{bad}");

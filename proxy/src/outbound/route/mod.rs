@@ -98,7 +98,7 @@ struct Shared<R> {
     logical: Logical,
     new_rule: R,
     wait: Duration,
-    /// The destination's policy, when it is a name and a controller is configured.
+    /// The destination's policy, when a controller is configured.
     policy: Option<(Arc<PolicyWatch>, PolicyRx)>,
     /// The rule stacks of the latest policy.
     current: Mutex<Option<Arc<Routes>>>,
@@ -121,14 +121,12 @@ impl<R: NewService<RouteTarget, Service = RuleService> + Clone> NewService<Logic
 {
     type Service = Router<R>;
     fn new_service(&self, logical: Logical) -> Router<R> {
-        let policy = match (&self.policies, &logical.addr) {
-            (Some(policies), LogicalAddr::Name(name)) => {
-                let watch = policies.watch(name);
-                let rx = watch.subscribe();
-                Some((watch, rx))
-            }
-            _ => None,
-        };
+        // A name, or the address dialed (a Service's ClusterIP has the Service's routes).
+        let policy = self.policies.as_ref().map(|policies| {
+            let watch = policies.watch(&logical.addr.to_string());
+            let rx = watch.subscribe();
+            (watch, rx)
+        });
         Router {
             shared: Arc::new(Shared {
                 logical,
