@@ -701,7 +701,11 @@ fn a_rule_without_backends_goes_to_the_parent_service() {
     assert_eq!(rules[0].backends.len(), 1);
     let parent = &rules[0].backends[0];
     assert_eq!(
-        (parent.authority.as_str(), parent.name.as_str(), parent.weight),
+        (
+            parent.authority.as_str(),
+            parent.name.as_str(),
+            parent.weight
+        ),
         ("web-svc.demo.svc.cluster.local:80", "web-svc", 1)
     );
     assert!(parent.error.is_none());
