@@ -46,6 +46,8 @@ struct Stats {
 }
 
 struct Routes {
+    /// The destination controller's stderr.
+    log: tempfile::NamedTempFile,
     client: Pod,
     client_proxy: Proxy,
     state: tempfile::TempDir,
@@ -67,6 +69,11 @@ impl Drop for Routes {
 /// `web-v2` (.11), `mirror` behind `mirror` (.12), all meshed; a meshed client pod; `routes`
 /// in the state folder.
 fn routes(name: &str, routes_yaml: &str) -> Routes {
+    routes_with(name, routes_yaml, "")
+}
+
+/// [`routes`], with `annotations` (YAML flow, e.g. `{a: b}`) on Service `web-svc`.
+fn routes_with(name: &str, routes_yaml: &str, annotations: &str) -> Routes {
     require_root().expect("end-to-end tests need root and network namespaces");
     let mut cluster = Cluster::new(name).expect("cluster");
     let control = cluster.add_pod("control").expect("control pod");
@@ -94,8 +101,17 @@ fn routes(name: &str, routes_yaml: &str) -> Routes {
             )
         })
         .collect();
-    write(state.path(), "services.yaml", &services.join("---\n"));
+    let mut services = services.join("---\n");
+    if !annotations.is_empty() {
+        services = services.replacen(
+            "metadata: {name: web-svc, namespace: demo}",
+            &format!("metadata: {{name: web-svc, namespace: demo, annotations: {annotations}}}"),
+            1,
+        );
+    }
+    write(state.path(), "services.yaml", &services);
     write(state.path(), "routes.yaml", routes_yaml);
+    let log = tempfile::NamedTempFile::new().expect("a log file");
     let controller = control
         .command(binary("mesh-controller").expect("mesh-controller"))
         .args([
@@ -106,7 +122,7 @@ fn routes(name: &str, routes_yaml: &str) -> Routes {
         .arg("--source")
         .arg(format!("dir:{}", state.path().display()))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log.reopen().expect("the controller's log"))
         .spawn()
         .expect("start the controller");
     control
@@ -150,6 +166,7 @@ fn routes(name: &str, routes_yaml: &str) -> Routes {
         })
         .expect("mesh the client pod");
     Routes {
+        log,
         client,
         client_proxy,
         state,
@@ -620,6 +637,37 @@ fn a_request_no_rule_matches_is_a_404_or_unimplemented() {
     assert_eq!(grpc.status, 200);
     assert_eq!(grpc.grpc_status.as_deref(), Some("12"), "UNIMPLEMENTED");
     assert_eq!(mesh.hits("web-v1"), 1, "only the probe reached the app");
+
+    // A tap of the client's proxy names the route a request took.
+    let route = mesh.in_client(|| async {
+        use futures_util::StreamExt;
+        let admin = mesh_api::defaults::LOCAL_ADMIN_ADDR;
+        let io = tokio::net::TcpStream::connect(admin).await.expect("admin");
+        let filter = mesh_api::tap::Filter::from_query("").expect("filter");
+        let events = mesh_api::tap::stream(io, &admin.to_string(), &filter)
+            .await
+            .expect("tap");
+        futures_util::pin_mut!(events);
+        let sent = tokio::spawn(async { probe("/only/x").await });
+        let mut route = None;
+        while let Ok(Some(Ok(event))) =
+            tokio::time::timeout(Duration::from_secs(5), events.next()).await
+        {
+            if let mesh_api::tap::Event::RequestStart { route: r, path, .. } = event {
+                if path == "/only/x" {
+                    route = r;
+                    break;
+                }
+            }
+        }
+        sent.await.expect("the request");
+        route
+    });
+    assert_eq!(
+        route.map(|r| r.to_string()).as_deref(),
+        Some("HTTPRoute/demo/only"),
+        "tap events carry the route"
+    );
 }
 
 fn split(v1: u32, v2: u32) -> String {
@@ -731,16 +779,34 @@ fn retried(path_annotations: &str, extra: &str) -> String {
 
 #[test]
 fn retries_hide_a_flaky_backend_and_the_budget_stops_a_storm() {
-    let mesh = routes(
+    // web-svc retries up to 3 times; web-v2, whose app always fails on /fail, has its own
+    // route and budget (20% of its requests plus 10 per second).
+    let storm = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: storm\n  namespace: demo\n  annotations: {retry.mesh.io/http: 5xx, retry.mesh.io/limit: \"3\"}\nspec:\n  parentRefs: [{group: core, kind: Service, name: web-v2, port: 80}]\n  rules:\n  - backendRefs: [{name: web-v2, port: 80}]\n";
+    // A backend failing 20% of its attempts needs retries for 25% of the requests (a retry
+    // fails 20% of the time too): web-svc's budget is raised to 30% for it. web-v2 keeps the
+    // default budget.
+    let mesh = routes_with(
         "rt-retry",
-        &retried("retry.mesh.io/http: 5xx, retry.mesh.io/limit: \"3\"", ""),
+        &format!(
+            "{}{storm}",
+            retried("retry.mesh.io/http: 5xx, retry.mesh.io/limit: \"3\"", "")
+        ),
+        "{retry.mesh.io/budget-ratio: \"0.3\"}",
     );
-    mesh.wait_for_rule("/", "");
-    // Wait until the retry is in force: a failing request is seen twice.
-    let before = mesh.hits("web-v1");
-    let probe = mesh.in_client(|| async { get(&mut Client::h1().await, "/fail").await });
-    assert_eq!(probe.status, 500);
-    let _ = before;
+    // The retry is in force once a failing request is tried four times.
+    let stats = mesh.stats["web-v1"].clone();
+    let ready = mesh.in_client(move || async move {
+        eventually(Duration::from_secs(10), || {
+            let stats = stats.clone();
+            async move {
+                let before = stats.hits.load(Ordering::SeqCst);
+                probe("/fail").await;
+                stats.hits.load(Ordering::SeqCst) - before >= 4
+            }
+        })
+        .await
+    });
+    assert!(ready, "a failing request is retried");
 
     let ok = mesh.in_client(|| async {
         let mut c = Client::h1().await;
@@ -764,30 +830,58 @@ fn retries_hide_a_flaky_backend_and_the_budget_stops_a_storm() {
     );
     assert!(retries >= 350, "the retries are counted: {retries}");
 
-    // Everything fails: retries stay within the budget (20% of requests, plus 10 per second
-    // over the 10 s window).
-    let hits = mesh.hits("web-v1");
+    // Everything fails on web-v2: retries stay within its budget, 20% of its requests plus
+    // 10 per second of the 10 s window (or of the run, if it is longer).
+    let hits = mesh.hits("web-v2");
     let n = 2_000u64;
+    let started = Instant::now();
     let failed = mesh.in_client(move || async move {
         let mut c = Client::h1().await;
         let mut failed = 0u64;
         for _ in 0..n {
-            if get(&mut c, "/fail").await.status == 500 {
+            let a = c
+                .request(
+                    "GET",
+                    "/fail",
+                    &[("host", "web-v2.demo.svc.cluster.local")],
+                    Bytes::new(),
+                )
+                .await
+                .1;
+            if a.status == 500 && a.server == "web-v2" {
                 failed += 1;
             }
         }
         failed
     });
+    let seconds = started.elapsed().as_secs().max(10) + 1;
     assert_eq!(failed, n);
-    let attempts = mesh.hits("web-v1") - hits;
-    let retries = attempts - n;
-    // The window also holds the 2000 successful requests before: 0.2 × 4000 + 100 at most.
+    let retries = mesh.hits("web-v2") - hits - n;
+    let budget = n / 5 + 10 * seconds;
     assert!(
-        retries <= 900,
-        "no storm: {retries} retries for {n} failing requests"
+        retries <= budget,
+        "no storm: {retries} retries for {n} failing requests (budget {budget})"
     );
-    let exhausted = metric_sum(&mesh.metrics(), "retry_budget_exhausted_total", &[]);
-    assert!(exhausted > 0, "the budget refused retries, counted");
+    assert!(
+        retries >= n / 10,
+        "the budget's share was used: {retries} retries"
+    );
+    let metrics = mesh.metrics();
+    let exhausted = metric_sum(
+        &metrics,
+        "retry_budget_exhausted_total",
+        &["parent_name=\"web-v2\""],
+    );
+    assert!(
+        exhausted >= n - budget,
+        "the budget refused retries, counted: {exhausted}"
+    );
+    let counted = metric_sum(
+        &metrics,
+        "outbound_http_retry_total",
+        &["route_name=\"storm\"", "result=\"failure\""],
+    );
+    assert_eq!(counted, retries, "every retry is counted");
 }
 
 #[test]
@@ -1063,6 +1157,15 @@ fn an_invalid_route_is_left_out_and_the_others_still_work() {
         (get(&mut c, "/bad/(").await, get(&mut c, "/gone").await)
     });
     assert_eq!(bad.status, 404, "the invalid route is not served: {bad:?}");
+    let log = std::fs::read_to_string(mesh.log.path()).expect("the controller's log");
+    let warning = log
+        .lines()
+        .find(|l| l.contains("bad-regex"))
+        .unwrap_or_else(|| panic!("the controller names the invalid route:\n{log}"));
+    assert!(
+        warning.contains("routes.yaml") && warning.contains("regular expression"),
+        "with its file and reason: {warning}"
+    );
     assert_eq!(
         gone.status, 500,
         "an unknown backend's share is a 500: {gone:?}"
