@@ -1,6 +1,8 @@
 //! `mesh demo` end to end, through the real `mesh` binary: `up --detach`, then what a newcomer
-//! would look at (`mesh viz edges`, `stat`, `tap`, `mesh check --proxy`), then `down`, which
-//! must leave nothing behind; and `down` after the demo was killed with SIGKILL.
+//! would look at (`mesh viz edges`, `stat`, `tap`, `mesh check --proxy`), the traffic policy
+//! (`mesh viz routes`: the canary's split, the voting route's retries, and the split moved by
+//! editing `routes.yaml` in the state folder), then `down`, which must leave nothing behind; and
+//! `down` after the demo was killed with SIGKILL.
 //!
 //! As root, and (when this host allows unprivileged user namespaces) once more as an ordinary
 //! user, which runs the demo inside a user namespace. The demos run one at a time: each is a
@@ -13,6 +15,7 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use mesh_tests::fixtures::eventually;
 use serde_json::Value;
 
 /// One demo at a time.
@@ -177,6 +180,135 @@ fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
+/// The tier's `eventually` for a blocking check: polls `f` until it is true or `deadline`
+/// passes.
+fn eventually_sync(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime")
+        .block_on(eventually(deadline, || std::future::ready(f())))
+}
+
+/// The row of route `name` in `mesh viz routes -o json`.
+fn route<'a>(routes: &'a Value, name: &str) -> Option<&'a Value> {
+    routes["routes"]
+        .as_array()?
+        .iter()
+        .find(|r| r["route"]["name"] == name)
+}
+
+/// The requests of a route's backend `name` (0 when it is not listed).
+fn backend_requests(route: &Value, name: &str) -> u64 {
+    route["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b["backend"]["name"] == name)
+        .and_then(|b| b["requests"].as_u64())
+        .unwrap_or(0)
+}
+
+/// The traffic policy of the demo: its routes and the canary's pod in the state folder, the
+/// split and the retries in `mesh viz routes`, and the split moved by editing the routes' file.
+fn traffic_policy(user: &User) {
+    let state = user.dir.join("state");
+    let routes_file = state.join("routes.yaml");
+    let routes_text =
+        std::fs::read_to_string(&routes_file).expect("routes.yaml in the state folder");
+    for expected in [
+        "kind: HTTPRoute",
+        "name: web-canary",
+        "weight: 90",
+        "weight: 10",
+        "kind: GRPCRoute",
+        "retry.mesh.io/grpc: unavailable",
+    ] {
+        assert!(
+            routes_text.contains(expected),
+            "no {expected:?} in:\n{routes_text}"
+        );
+    }
+    assert!(
+        state.join("pod-demo-web-v2-1.yaml").exists(),
+        "no Pod object of web-v2-1 in {}",
+        state.display()
+    );
+
+    // The bot's proxy splits web-svc's requests: both backends of web-canary get some, most
+    // stay on web-svc.
+    let mut routes = Value::Null;
+    let split = eventually_sync(Duration::from_secs(60), || {
+        routes = json(&user.ok(&[
+            "viz",
+            "routes",
+            "deploy/vote-bot",
+            "--window",
+            "0s",
+            "-o",
+            "json",
+        ]));
+        route(&routes, "web-canary").is_some_and(|r| {
+            let (stay, canary) = (
+                backend_requests(r, "web-svc"),
+                backend_requests(r, "web-v2"),
+            );
+            r["route"]["kind"] == "HTTPRoute" && canary > 0 && stay > canary
+        })
+    });
+    assert!(
+        split,
+        "web-canary never sent most requests to web-svc and some to web-v2: {routes:#}"
+    );
+
+    // web's proxy retries the calls voting refuses with UNAVAILABLE, and the retries succeed.
+    let retried = eventually_sync(Duration::from_secs(60), || {
+        routes = json(&user.ok(&[
+            "viz",
+            "routes",
+            "deploy/web",
+            "--window",
+            "0s",
+            "-o",
+            "json",
+        ]));
+        route(&routes, "voting").is_some_and(|r| {
+            r["route"]["kind"] == "GRPCRoute" && r["retries"]["success"].as_u64().unwrap_or(0) > 0
+        })
+    });
+    assert!(
+        retried,
+        "the voting route never retried successfully: {routes:#}"
+    );
+
+    // Editing the file moves the split live: all to web-v2.
+    let all_to_v2 = routes_text
+        .replace("weight: 90", "weight: 0")
+        .replace("weight: 10", "weight: 100");
+    assert_ne!(all_to_v2, routes_text);
+    std::fs::write(&routes_file, &all_to_v2).unwrap();
+    let moved = eventually_sync(Duration::from_secs(60), || {
+        routes = json(&user.ok(&[
+            "viz",
+            "routes",
+            "deploy/vote-bot",
+            "--window",
+            "2s",
+            "-o",
+            "json",
+        ]));
+        route(&routes, "web-canary").is_some_and(|r| {
+            backend_requests(r, "web-svc") == 0 && backend_requests(r, "web-v2") > 0
+        })
+    });
+    assert!(
+        moved,
+        "the split never moved to web-v2 after editing routes.yaml: {routes:#}"
+    );
+    // And back, for the rest of the tour (which counts web's failures).
+    std::fs::write(&routes_file, &routes_text).unwrap();
+}
+
 /// The newcomer's tour: up, look around, down, nothing left.
 /// Brings a detached demo down when dropped, so that a failing test leaves nothing running.
 struct DownOnDrop<'a>(&'a User);
@@ -224,6 +356,8 @@ fn tour(user: &User) {
         std::thread::sleep(Duration::from_secs(1));
     };
     assert_eq!(web["meshedPods"], 2, "{web}");
+
+    traffic_policy(user);
 
     // Every edge is mutual TLS, with the workloads' identities.
     let edges = json(&user.ok(&["viz", "edges", "deploy", "-o", "json"]));

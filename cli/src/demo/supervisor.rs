@@ -339,17 +339,16 @@ impl Demo {
         }
         say(&format!(
             "\nSomething is failing. Find it:\n\
-             \x20 {sudo}mesh viz stat deploy          golden metrics per Deployment\n\
-             \x20 {sudo}mesh viz top deploy/web       live routes through web\n\
-             \x20 {sudo}mesh viz tap deploy/web       live requests (add --path /api/vote)\n\
-             \x20 {sudo}mesh viz edges deploy         who talks to whom, with identities\n\
-             \x20 {sudo}mesh viz dashboard            all of it at once\n\
-             \x20 {sudo}mesh check --proxy            are the proxies healthy\n\
-             \nTraffic policy:\n\
-             \x20 {sudo}mesh viz routes deploy/vote-bot  the canary split of web-svc: web-svc and web-v2\n\
+             \x20 {sudo}mesh viz stat deploy             golden metrics per Deployment\n\
+             \x20 {sudo}mesh viz top deploy/web          live routes through web\n\
+             \x20 {sudo}mesh viz tap deploy/web          live requests (add --path /api/vote)\n\
+             \x20 {sudo}mesh viz edges deploy            who talks to whom, with identities\n\
+             \x20 {sudo}mesh viz dashboard               all of it at once\n\
+             \x20 {sudo}mesh check --proxy               are the proxies healthy\n\
+             \nTraffic policy (the routes are {routes}; edit them to move the split live):\n\
+             \x20 {sudo}mesh viz routes deploy/vote-bot  web-svc's canary split (web-v2 {CANARY_PERCENT} % to start)\n\
              \x20 {sudo}mesh viz routes deploy/web       the voting route: retries recovering UNAVAILABLE\n\
-             \x20 edit {routes} to move the split live\n\
-             \n\x20 {sudo}mesh demo down                stop it (or Ctrl-C here)\n",
+             \n\x20 {sudo}mesh demo down                   stop it (or Ctrl-C here)\n",
             routes = self.control.state_dir().join(ROUTES_FILE).display(),
         ));
         say(READY_LINE);
@@ -516,7 +515,7 @@ fn routes_yaml() -> String {
          # rereads it and the proxies follow within a second. Watch it with\n\
          #   mesh viz routes deploy/vote-bot     (the split)\n\
          #   mesh viz routes deploy/web          (the voting route's retries)\n\
-         # A document the controller cannot use keeps its last good version (see destination.log).\n\
+         # A file that is not valid YAML keeps its last good routes (see ../destination.log).\n\
          \n\
          # The canary: of the requests to web-svc, {stay} % stay on web-svc's own pods (web-1,\n\
          # web-2) and {canary} % go to web-v2. Change the weights (0 drains a backend), e.g. 50/50.\n\
