@@ -17,7 +17,8 @@ struct Cli {
 enum Command {
     /// Runs a whole meshed application on this machine, with no cluster: `mesh demo [up|down]`.
     Demo(mesh_cli::demo::DemoArgs),
-    /// Prints the control plane as YAML: `mesh install | kubectl apply -f -`.
+    /// Prints the CRDs the mesh reads and the control plane as YAML: `mesh install | kubectl
+    /// apply -f -` (`--crds`: the CRDs alone).
     Install(mesh_cli::install::InstallArgs),
     /// Prints what to delete to remove the control plane: `mesh uninstall | kubectl delete -f -`.
     Uninstall,
