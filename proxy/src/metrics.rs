@@ -785,6 +785,55 @@ impl RouteMetrics {
     }
 }
 
+impl RouteMetrics {
+    /// Removes a route's label sets (its destination is forgotten).
+    pub fn forget_route(&self, route: &Arc<RouteLabels>) {
+        let key = RouteKey(route.clone());
+        self.request_total.remove(&key);
+        self.response_latency_ms.remove(&key);
+        for classification in [Classification::Success, Classification::Failure] {
+            self.response_total.remove(&Classified {
+                labels: key.clone(),
+                classification,
+            });
+        }
+        for result in ["success", "failure", "not_replayable"] {
+            self.retry_total.remove(&RetryLabels {
+                route: route.clone(),
+                result,
+            });
+        }
+        self.retry_budget_exhausted_total
+            .remove(&ParentLabels(route.clone()));
+    }
+
+    /// Removes a route backend's label sets.
+    pub fn forget_backend(&self, backend: &Arc<BackendLabels>) {
+        let key = BackendKey(backend.clone());
+        self.backend_request_total.remove(&key);
+        self.backend_response_latency_ms.remove(&key);
+        self.mirror_total.remove(&key);
+        self.mirror_dropped_total.remove(&key);
+        for classification in [Classification::Success, Classification::Failure] {
+            self.backend_response_total.remove(&Classified {
+                labels: key.clone(),
+                classification,
+            });
+        }
+    }
+
+    /// Removes a fault's label sets.
+    pub fn forget_fault(&self, route: &Arc<RouteLabels>, fault: &Arc<str>) {
+        for kind in ["abort", "delay"] {
+            self.fault_injected_total.remove(&FaultLabels {
+                route: route.clone(),
+                fault: fault.clone(),
+                kind,
+            });
+        }
+    }
+}
+
 fn encode_route(r: &RouteLabels, e: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
     label(e, "parent_namespace", &r.parent_namespace)?;
     label(e, "parent_name", &r.parent_name)?;

@@ -66,7 +66,7 @@ async fn the_mesh_on_a_real_cluster() {
     let pods: Value =
         serde_json::from_str(&kubectl_ok(&["get", "pods", "-n", "demo", "-o", "json"])).unwrap();
     let pods = pods["items"].as_array().unwrap();
-    assert_eq!(pods.len(), 5, "emoji, voting, 2 × web, vote-bot");
+    assert_eq!(pods.len(), 6, "emoji, voting, 2 × web, web-v2, vote-bot");
     for pod in pods {
         let name = pod["metadata"]["name"].as_str().unwrap();
         let spec = &pod["spec"];

@@ -57,6 +57,12 @@ impl<T: Param<RetryParams>, S> Wrap<T, S> for RetryLayer {
     type Service = Retry<S>;
     fn wrap(&self, target: &T, inner: S) -> Retry<S> {
         let params = target.param();
+        if params.retry.is_none() {
+            return Retry {
+                inner,
+                shared: Arc::new((params, None)),
+            };
+        }
         let counter = |result| {
             self.metrics
                 .retry_total
@@ -78,7 +84,7 @@ impl<T: Param<RetryParams>, S> Wrap<T, S> for RetryLayer {
         };
         Retry {
             inner,
-            shared: Arc::new((params, handles)),
+            shared: Arc::new((params, Some(handles))),
         }
     }
 }
@@ -94,7 +100,8 @@ struct Handles {
 #[derive(Clone)]
 pub struct Retry<S> {
     inner: S,
-    shared: Arc<(RetryParams, Handles)>,
+    /// The counters exist when the target retries.
+    shared: Arc<(RetryParams, Option<Handles>)>,
 }
 
 impl<S> tower::Service<Request<BoxBody>> for Retry<S>
@@ -119,7 +126,7 @@ where
         Box::pin(async move {
             let (params, handles) = &*shared;
             params.budget.deposit();
-            let Some(retry) = params.retry.clone() else {
+            let (Some(retry), Some(handles)) = (params.retry.clone(), handles.as_ref()) else {
                 return attempt(inner, req, params.attempt_timeout).await;
             };
             let (head, body) = req.into_parts();

@@ -190,13 +190,18 @@ pub fn stack(
         route::RuleService::new,
     )))
     .into_inner();
-    let logical = Stack::new(route::NewRouter::new(policies, rule, failfast_timeout))
-        .push(NewMeter::layer(
-            metrics.clone(),
-            taps.clone(),
-            Record::UnrecordedFailures,
-        ))
-        .into_inner();
+    let logical = Stack::new(route::NewRouter::new(
+        policies,
+        rule,
+        failfast_timeout,
+        metrics.route.clone(),
+    ))
+    .push(NewMeter::layer(
+        metrics.clone(),
+        taps.clone(),
+        Record::UnrecordedFailures,
+    ))
+    .into_inner();
     let http_stack = Stack::new(logical::NewLogicalRouter::new(
         logical,
         Cache::new(idle_timeout),

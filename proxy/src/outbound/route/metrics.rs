@@ -73,14 +73,15 @@ impl Handles {
 #[derive(Clone)]
 pub struct Metered<S> {
     inner: S,
-    handles: Arc<Handles>,
+    /// `None`: not metered (a destination that is no Service).
+    handles: Option<Arc<Handles>>,
 }
 
 impl<S> Metered<S> {
-    pub fn new(inner: S, handles: Handles) -> Self {
+    pub fn new(inner: S, handles: Option<Handles>) -> Self {
         Self {
             inner,
-            handles: Arc::new(handles),
+            handles: handles.map(Arc::new),
         }
     }
 }
@@ -99,7 +100,9 @@ where
     }
 
     fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
-        let handles = self.handles.clone();
+        let Some(handles) = self.handles.clone() else {
+            return Box::pin(self.inner.call(req));
+        };
         handles.request.inc();
         let start = Instant::now();
         let call = self.inner.call(req);
@@ -201,11 +204,11 @@ impl Body for Classify {
 #[derive(Clone)]
 pub struct RouteMetricsLayer(pub RouteMetrics);
 
-impl<T: crate::svc::Param<RouteKey>, S> crate::svc::Wrap<T, S> for RouteMetricsLayer {
+impl<T: crate::svc::Param<Option<RouteKey>>, S> crate::svc::Wrap<T, S> for RouteMetricsLayer {
     type Service = Metered<Tagged<S>>;
     fn wrap(&self, target: &T, inner: S) -> Metered<Tagged<S>> {
         let key = target.param();
-        let handles = Handles::route(&self.0, &key);
+        let handles = key.as_ref().map(|key| Handles::route(&self.0, key));
         Metered::new(Tagged { inner, key }, handles)
     }
 }
@@ -214,7 +217,7 @@ impl<T: crate::svc::Param<RouteKey>, S> crate::svc::Wrap<T, S> for RouteMetricsL
 #[derive(Clone)]
 pub struct Tagged<S> {
     inner: S,
-    key: RouteKey,
+    key: Option<RouteKey>,
 }
 
 impl<S: tower::Service<Request<BoxBody>>> tower::Service<Request<BoxBody>> for Tagged<S> {
@@ -227,7 +230,9 @@ impl<S: tower::Service<Request<BoxBody>>> tower::Service<Request<BoxBody>> for T
     }
 
     fn call(&mut self, mut req: Request<BoxBody>) -> S::Future {
-        req.extensions_mut().insert(self.key.clone());
+        if let Some(key) = &self.key {
+            req.extensions_mut().insert(key.clone());
+        }
         self.inner.call(req)
     }
 }

@@ -31,13 +31,14 @@ use crate::{
         retry::{Budget, RetryParams},
         timeout::RequestTimeoutParam,
     },
-    metrics::{BackendLabels, RouteKey, RouteLabels},
+    metrics::{BackendLabels, RouteKey, RouteLabels, RouteMetrics},
     svc::{lock, BoxBody, BoxError, NewService, Param},
 };
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use mesh_api::policy::{self, Filter, OutboundPolicy, Rule};
 use std::{
+    collections::HashSet,
     sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Duration,
@@ -60,6 +61,9 @@ pub struct RouteTarget {
     /// The retry of the default route (routes carry theirs in `rule`).
     pub default_retry: Option<policy::Retry>,
     pub budget: Arc<Budget>,
+    /// Whether the route is counted: its destination is a Service (the label sets of every
+    /// address an application calls would be unbounded).
+    pub metered: bool,
 }
 
 /// Makes each logical destination's router over rule stacks made by `R`.
@@ -69,14 +73,21 @@ pub struct NewRouter<R> {
     new_rule: R,
     /// How long a request waits for a destination's first policy.
     wait: Duration,
+    metrics: RouteMetrics,
 }
 
 impl<R> NewRouter<R> {
-    pub fn new(policies: Option<Arc<Policies>>, new_rule: R, wait: Duration) -> Self {
+    pub fn new(
+        policies: Option<Arc<Policies>>,
+        new_rule: R,
+        wait: Duration,
+        metrics: RouteMetrics,
+    ) -> Self {
         Self {
             policies,
             new_rule,
             wait,
+            metrics,
         }
     }
 }
@@ -102,6 +113,31 @@ struct Shared<R> {
     policy: Option<(Arc<PolicyWatch>, PolicyRx)>,
     /// The rule stacks of the latest policy.
     current: Mutex<Option<Arc<Routes>>>,
+    /// The label sets its routes were counted under, forgotten with the destination.
+    counted: Mutex<Counted>,
+    metrics: RouteMetrics,
+}
+
+#[derive(Default)]
+struct Counted {
+    routes: HashSet<Arc<RouteLabels>>,
+    backends: HashSet<Arc<BackendLabels>>,
+    faults: HashSet<(Arc<RouteLabels>, Arc<str>)>,
+}
+
+impl<R> Drop for Shared<R> {
+    fn drop(&mut self) {
+        let counted = std::mem::take(&mut *lock(&self.counted));
+        for route in &counted.routes {
+            self.metrics.forget_route(route);
+        }
+        for backend in &counted.backends {
+            self.metrics.forget_backend(backend);
+        }
+        for (route, fault) in &counted.faults {
+            self.metrics.forget_fault(route, fault);
+        }
+    }
 }
 
 type PolicyRx = watch::Receiver<Option<Arc<Compiled>>>;
@@ -134,6 +170,8 @@ impl<R: NewService<RouteTarget, Service = RuleService> + Clone> NewService<Logic
                 wait: self.wait,
                 policy,
                 current: Mutex::default(),
+                counted: Mutex::default(),
+                metrics: self.metrics.clone(),
             }),
         }
     }
@@ -221,6 +259,8 @@ impl<R: NewService<RouteTarget, Service = RuleService>> Shared<R> {
 
     fn make(&self, compiled: Arc<Compiled>, budget: Arc<Budget>) -> Routes {
         let policy = &compiled.policy;
+        let metered = policy.parent.is_some();
+        let mut counted = lock(&self.counted);
         let (parent_ns, parent_name, parent_port) = match &policy.parent {
             Some(p) => (p.namespace.as_str().into(), p.name.as_str().into(), p.port),
             None => parent_of(&self.logical.addr),
@@ -237,26 +277,33 @@ impl<R: NewService<RouteTarget, Service = RuleService>> Shared<R> {
         };
         if !compiled.has_routes() {
             let labels = route_labels("default", "", "default");
+            let backend_labels = Arc::new(BackendLabels {
+                route: labels.clone(),
+                kind: "default",
+                namespace: parent_ns.clone(),
+                name: parent_name.clone(),
+                port: parent_port,
+            });
             let backend = BackendRef {
+                metered,
                 addr: self.logical.addr.clone(),
                 weight: 1,
-                labels: Arc::new(BackendLabels {
-                    route: labels.clone(),
-                    kind: "default",
-                    namespace: parent_ns.clone(),
-                    name: parent_name.clone(),
-                    port: parent_port,
-                }),
+                labels: backend_labels.clone(),
                 error: None,
             };
             let default = self.new_rule.new_service(RouteTarget {
                 logical: self.logical.clone(),
-                labels,
+                labels: labels.clone(),
                 rule: Arc::default(),
                 backends: vec![backend],
                 default_retry: policy.retry.clone(),
                 budget: budget.clone(),
+                metered,
             });
+            if metered {
+                counted.routes.insert(labels);
+                counted.backends.insert(backend_labels);
+            }
             return Routes {
                 compiled,
                 rules: Vec::new(),
@@ -269,15 +316,34 @@ impl<R: NewService<RouteTarget, Service = RuleService>> Shared<R> {
             .iter()
             .map(|route| {
                 let labels = route_labels(route.kind.as_str(), &route.namespace, &route.name);
+                counted.routes.insert(labels.clone());
                 route
                     .rules
                     .iter()
                     .map(|rule| {
-                        let backends = rule
+                        let backends: Vec<BackendRef> = rule
                             .backends
                             .iter()
                             .map(|b| backend_ref(b, &labels))
                             .collect();
+                        for filter in &rule.filters {
+                            match filter {
+                                Filter::RequestMirror(m) => {
+                                    counted
+                                        .backends
+                                        .insert(backend_ref(&m.backend, &labels).labels);
+                                }
+                                Filter::Fault(f) => {
+                                    counted
+                                        .faults
+                                        .insert((labels.clone(), f.name.as_str().into()));
+                                }
+                                _ => {}
+                            }
+                        }
+                        counted
+                            .backends
+                            .extend(backends.iter().map(|b| b.labels.clone()));
                         self.new_rule.new_service(RouteTarget {
                             logical: self.logical.clone(),
                             labels: labels.clone(),
@@ -285,6 +351,7 @@ impl<R: NewService<RouteTarget, Service = RuleService>> Shared<R> {
                             backends,
                             default_retry: None,
                             budget: budget.clone(),
+                            metered,
                         })
                     })
                     .collect()
@@ -311,6 +378,8 @@ fn backend_ref(b: &policy::Backend, route: &Arc<RouteLabels>) -> BackendRef {
             port: b.port,
         }),
         error: b.error.as_deref().map(Into::into),
+        // Routes exist only for Services.
+        metered: true,
     }
 }
 
@@ -332,9 +401,9 @@ fn parent_of(addr: &LogicalAddr) -> (Arc<str>, Arc<str>, u16) {
 
 // === what the route stack's layers read ===
 
-impl Param<RouteKey> for RouteTarget {
-    fn param(&self) -> RouteKey {
-        RouteKey(self.labels.clone())
+impl Param<Option<RouteKey>> for RouteTarget {
+    fn param(&self) -> Option<RouteKey> {
+        self.metered.then(|| RouteKey(self.labels.clone()))
     }
 }
 
@@ -411,5 +480,96 @@ impl Param<MirrorsParam> for RouteTarget {
 impl Param<BackendsParam> for RouteTarget {
     fn param(&self) -> BackendsParam {
         BackendsParam(self.backends.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{metrics::NO_TLS_DISABLED, svc::NewFn};
+    use tower::Service;
+
+    /// Rule stacks that answer with their route's name and backend.
+    fn new_rule() -> impl NewService<RouteTarget, Service = RuleService> + Clone {
+        NewFn(|t: RouteTarget| {
+            let backend = t.backends[0].addr.to_string();
+            let metered = t.metered;
+            RuleService::new(tower::service_fn(move |_: Request<BoxBody>| {
+                let mut rsp = Response::new(BoxBody::empty());
+                rsp.headers_mut()
+                    .insert("backend", backend.parse().unwrap());
+                rsp.headers_mut()
+                    .insert("metered", metered.to_string().parse().unwrap());
+                futures_util::future::ready(Ok::<_, BoxError>(rsp))
+            }))
+        })
+    }
+
+    #[tokio::test]
+    async fn without_a_controller_every_request_takes_the_default_rule_uncounted() {
+        let metrics = RouteMetrics::default();
+        let router = NewRouter::new(None, new_rule(), Duration::from_millis(10), metrics);
+        let mut svc = router.new_service(Logical {
+            addr: LogicalAddr::Addr("10.0.0.1:80".parse().unwrap()),
+            no_tls: NO_TLS_DISABLED,
+        });
+        for path in ["/", "/a"] {
+            let req = Request::get(path).body(BoxBody::empty()).unwrap();
+            let rsp = svc.call(req).await.unwrap();
+            assert_eq!(rsp.headers()["backend"], "10.0.0.1:80");
+            assert_eq!(
+                rsp.headers()["metered"],
+                "false",
+                "an address that is no Service leaves no route label sets"
+            );
+        }
+    }
+
+    #[test]
+    fn parents_of_destinations_without_a_service() {
+        assert_eq!(
+            parent_of(&LogicalAddr::Name("web.demo.svc.cluster.local:8080".into())),
+            ("demo".into(), "web".into(), 8080)
+        );
+        assert_eq!(
+            parent_of(&LogicalAddr::Addr("10.0.0.1:80".parse().unwrap())),
+            ("".into(), "10.0.0.1".into(), 80)
+        );
+    }
+
+    #[test]
+    fn forgotten_routes_leave_the_metrics() {
+        let metrics = RouteMetrics::default();
+        let route = Arc::new(RouteLabels {
+            route_name: "canary".into(),
+            ..RouteLabels::default()
+        });
+        metrics
+            .request_total
+            .get_or_create(&RouteKey(route.clone()))
+            .inc();
+        let backend = Arc::new(BackendLabels {
+            route: route.clone(),
+            kind: "Service",
+            namespace: "demo".into(),
+            name: "web-v2".into(),
+            port: 80,
+        });
+        metrics
+            .backend_request_total
+            .get_or_create(&crate::metrics::BackendKey(backend.clone()))
+            .inc();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("r", "r", metrics.request_total.clone());
+        registry.register("b", "b", metrics.backend_request_total.clone());
+        let text = |r: &prometheus_client::registry::Registry| {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, r).unwrap();
+            out
+        };
+        assert!(text(&registry).contains("canary"));
+        metrics.forget_route(&route);
+        metrics.forget_backend(&backend);
+        assert!(!text(&registry).contains("canary"), "{}", text(&registry));
     }
 }

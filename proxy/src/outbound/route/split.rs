@@ -27,6 +27,8 @@ pub struct BackendRef {
     pub labels: Arc<BackendLabels>,
     /// Why it cannot be used.
     pub error: Option<Arc<str>>,
+    /// Whether its requests are counted (its destination is a Service).
+    pub metered: bool,
 }
 
 /// The backends of a rule.
@@ -133,7 +135,9 @@ where
                 Some(error) => Choice::Invalid(error),
                 None => {
                     let held = self.backends.get(&backend.addr);
-                    let handles = Handles::backend(&self.metrics, &BackendKey(backend.labels));
+                    let handles = backend
+                        .metered
+                        .then(|| Handles::backend(&self.metrics, &BackendKey(backend.labels)));
                     Choice::Backend {
                         service: Metered::new((*held).clone(), handles),
                         _held: held,
@@ -227,6 +231,7 @@ mod tests {
                 port: 80,
             }),
             error: error.map(Into::into),
+            metered: true,
         }
     }
 
