@@ -248,6 +248,57 @@ async fn viz_and_load(step: &impl Fn(&str)) {
     let tap = tap_lines("deploy/web", "/demo.Voting/VoteDoughnut", 1).await;
     assert!(tap.iter().any(|l| l.contains("grpc-status=2")), "{tap:?}");
 
+    step("mesh viz routes: the canary split and the retried voting route");
+    // The demo's HTTPRoute sends 10 % of vote-bot's calls to web-v2, through the destination
+    // controller's route watch of the real API server.
+    let mut routes = String::new();
+    let split_seen = eventually(Duration::from_secs(120), || {
+        let out = mesh(&[
+            "viz",
+            "routes",
+            "deploy/vote-bot",
+            "-n",
+            "demo",
+            "-o",
+            "json",
+        ]);
+        routes = String::from_utf8_lossy(&out.stdout).to_string();
+        let json: Value = serde_json::from_str(&routes).unwrap_or_default();
+        let canary = json["routes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["route"]["name"] == "web-canary");
+        let served = |name: &str| {
+            canary.is_some_and(|r| {
+                r["backends"].as_array().into_iter().flatten().any(|b| {
+                    b["backend"]["name"] == name && b["requests"].as_f64().unwrap_or(0.0) > 0.0
+                })
+            })
+        };
+        let both = served("web-svc") && served("web-v2");
+        async move { both }
+    })
+    .await;
+    assert!(
+        split_seen,
+        "both backends of web-canary served vote-bot: {routes}"
+    );
+    let retried = eventually(Duration::from_secs(120), || {
+        let out = mesh(&["viz", "routes", "deploy/web", "-n", "demo", "-o", "json"]);
+        routes = String::from_utf8_lossy(&out.stdout).to_string();
+        let json: Value = serde_json::from_str(&routes).unwrap_or_default();
+        let ok = json["routes"].as_array().into_iter().flatten().any(|r| {
+            r["route"]["name"] == "voting" && r["retries"]["success"].as_f64().unwrap_or(0.0) > 0.0
+        });
+        async move { ok }
+    })
+    .await;
+    assert!(
+        retried,
+        "web's voting route retried UNAVAILABLE answers: {routes}"
+    );
+
     step("scaling web under load loses no request");
     let load = start_load("web-svc.demo.svc.cluster.local:80/api/list", 45);
     for replicas in ["4", "1", "2"] {
