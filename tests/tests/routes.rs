@@ -668,6 +668,17 @@ fn a_request_no_rule_matches_is_a_404_or_unimplemented() {
         Some("HTTPRoute/demo/only"),
         "tap events carry the route"
     );
+
+    // The controller goes away: the proxy keeps the last routes it had.
+    let mut mesh = mesh;
+    mesh.controller.kill().expect("stop the controller");
+    let _ = mesh.controller.wait();
+    let (only, other) = mesh.in_client(|| async {
+        let mut c = Client::h1().await;
+        (get(&mut c, "/only").await, get(&mut c, "/other").await)
+    });
+    assert_eq!((only.status, only.rule.as_str()), (200, "only"));
+    assert_eq!(other.status, 404, "the routes stay without the controller");
 }
 
 fn split(v1: u32, v2: u32) -> String {
