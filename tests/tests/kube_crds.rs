@@ -4,17 +4,39 @@
 //! match; HTTPFaults), fill in the schema's defaults, refuse the wrong ones with the schema's
 //! message, and take a status report through the status subresource.
 //!
+//! Then the destination controller against that API server: `mesh-controller destination
+//! --source kube` on this machine, with the admin kubeconfig, reads routes that are valid,
+//! invalid, with a missing backend and with a missing HTTPFault; its outbound policy watch
+//! serves what it must (and never the invalid route), it writes each route's
+//! `status.parents[]` conditions, and both follow when the routes are fixed.
+//!
 //! Run by `./scripts/test-kube` after the mesh's own tier (or `cargo test -p mesh-tests --test
-//! kube_crds -- --ignored` with `KUBECONFIG` set: it needs no images). It works in namespace
-//! `crd-tier` and leaves the CRDs installed (`mesh uninstall` removes them).
+//! kube_crds -- --ignored` with `KUBECONFIG` set: it needs no images). The CRD test works in
+//! namespace `crd-tier`, the controller's in `crd-status-<pid>`, which it deletes however it
+//! ends; both leave the CRDs installed (`mesh uninstall` removes them). They take turns, so the
+//! controller is not writing statuses while the CRD test patches its own.
 
 use std::io::Write as _;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
+use futures_util::{Stream, StreamExt as _};
+use mesh_api::destination::{Connector, WatchError};
+use mesh_api::policy::{
+    watch_outbound, Fault, FaultAbort, FaultDelay, Filter, OutboundPolicy, Route, RouteKind,
+};
+use mesh_tests::fixtures::eventually;
 use mesh_tests::kube::{kubectl, kubectl_ok, kubectl_stdin, mesh_ok, Cluster};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const NS: &str = "crd-tier";
+
+/// The two tests take turns: each installs the CRDs, and the second one's controller watches
+/// every namespace.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// What the mesh reads, as a user would write it.
 const ACCEPTED: &str = r#"
@@ -198,19 +220,11 @@ const REFUSED: &[(&str, &str, &str, &str)] = &[
 #[tokio::test]
 #[ignore = "the cluster tier: ./scripts/test-kube runs it against a real cluster"]
 async fn the_crds_accept_what_the_mesh_reads_and_refuse_the_rest() {
+    let _turn = SERIAL.lock().await;
     let mut cluster = Cluster::from_env();
     cluster.namespaces = vec![NS.into()];
 
-    // mesh install --crds | kubectl apply -f -
-    kubectl_stdin(&["apply"], &mesh_ok(&["install", "--crds"]));
-    kubectl_ok(&[
-        "wait",
-        "--for=condition=established",
-        "--timeout=60s",
-        "crd/httproutes.gateway.networking.k8s.io",
-        "crd/grpcroutes.gateway.networking.k8s.io",
-        "crd/httpfaults.policy.mesh.io",
-    ]);
+    install_crds().await;
     kubectl_stdin(
         &["apply"],
         &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {NS}}}\n"),
@@ -316,8 +330,45 @@ async fn the_crds_accept_what_the_mesh_reads_and_refuse_the_rest() {
 
 /// `kubectl apply --dry-run=server -f -` of `yaml`: whether it was accepted, and stderr.
 fn dry_run(yaml: &str) -> (bool, String) {
+    let out = kubectl_input(&["apply", "--dry-run=server"], yaml);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// `mesh install --crds | kubectl apply -f -`, then waits until the API server serves them.
+/// Another process applying them at the same moment can make one apply fail (`AlreadyExists`,
+/// a conflict): it is tried again.
+async fn install_crds() {
+    let crds = mesh_ok(&["install", "--crds"]);
+    let mut last = String::new();
+    let applied = eventually(Duration::from_secs(60), || {
+        let out = kubectl_input(&["apply"], &crds);
+        let ok = out.status.success();
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        async move { ok }
+    })
+    .await;
+    assert!(
+        applied,
+        "kubectl apply of `mesh install --crds` failed: {last}"
+    );
+    kubectl_ok(&[
+        "wait",
+        "--for=condition=established",
+        "--timeout=60s",
+        "crd/httproutes.gateway.networking.k8s.io",
+        "crd/grpcroutes.gateway.networking.k8s.io",
+        "crd/httpfaults.policy.mesh.io",
+    ]);
+}
+
+/// `kubectl ARGS -f -` with `yaml` on stdin, whatever its outcome.
+fn kubectl_input(args: &[&str], yaml: &str) -> std::process::Output {
     let mut child = Command::new("kubectl")
-        .args(["apply", "--dry-run=server", "-f", "-"])
+        .args(args)
+        .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -329,9 +380,510 @@ fn dry_run(yaml: &str) -> (bool, String) {
         .expect("stdin")
         .write_all(yaml.as_bytes())
         .expect("write to kubectl");
-    let out = child.wait_with_output().expect("kubectl ends");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
+    child.wait_with_output().expect("kubectl ends")
+}
+
+// === the destination controller against the API server ===
+
+/// The controller name the destination controller writes its status entries with.
+const CONTROLLER_NAME: &str = "mesh.io/destination-controller";
+
+/// How long the controller may take to see a change and answer it (watch event, policy line,
+/// status write).
+const WITHIN: Duration = Duration::from_secs(30);
+
+/// The two Services, in namespace `$NS`.
+const SERVICES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web-svc, namespace: $NS}
+spec: {type: ClusterIP, selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-v2, namespace: $NS}
+spec: {type: ClusterIP, selector: {app: web-v2}, ports: [{port: 80, targetPort: 8080}]}
+"#;
+
+/// The routes of web-svc:80: a canary split; a regular expression that does not compile; a
+/// backend Service that does not exist; a GRPCRoute whose HTTPFault does not exist (yet).
+const ROUTES: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: good, namespace: $NS}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web-svc, port: 80}]
+  rules:
+    - backendRefs:
+        - {name: web-svc, port: 80, weight: 90}
+        - {name: web-v2, port: 80, weight: 10}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: gone, namespace: $NS}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web-svc, port: 80}]
+  rules:
+    - matches: [{path: {type: PathPrefix, value: /gone}}]
+      backendRefs: [{name: nowhere, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: voting, namespace: $NS}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web-svc, port: 80}]
+  rules:
+    - matches: [{method: {service: demo.Voting}}]
+      filters:
+        - type: ExtensionRef
+          extensionRef: {group: policy.mesh.io, kind: HTTPFault, name: voting-delay}
+      backendRefs: [{name: web-svc, port: 80}]
+"#;
+
+/// HTTPRoute `bad-regex` with the path pattern `$PATTERN`.
+const BAD_REGEX: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: bad-regex, namespace: $NS}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web-svc, port: 80}]
+  rules:
+    - matches: [{path: {type: RegularExpression, value: "$PATTERN"}}]
+      backendRefs: [{name: web-v2, port: 80}]
+"#;
+
+/// The HTTPFault the GRPCRoute names.
+const FAULT_CREATED: &str = r#"
+apiVersion: policy.mesh.io/v1alpha1
+kind: HTTPFault
+metadata: {name: voting-delay, namespace: $NS}
+spec:
+  delay: {duration: 250ms, percent: 50}
+"#;
+
+#[tokio::test]
+#[ignore = "the cluster tier: ./scripts/test-kube runs it against a real cluster"]
+async fn the_destination_controller_serves_valid_routes_and_reports_every_route_status() {
+    let _turn = SERIAL.lock().await;
+    let mut cluster = Cluster::from_env();
+    let ns = Namespace::create(&format!("crd-status-{}", std::process::id()));
+    cluster.namespaces = vec![ns.0.clone()];
+    let yaml = |text: &str| text.replace("$NS", &ns.0);
+
+    // 1. The CRDs and the Services.
+    install_crds().await;
+    kubectl_stdin(&["apply"], &yaml(SERVICES));
+
+    // 2. The controller, on this machine, with the admin kubeconfig.
+    let controller = Controller::start().await;
+
+    // 3. The routes.
+    kubectl_stdin(&["apply"], &yaml(ROUTES));
+    kubectl_stdin(&["apply"], &yaml(&BAD_REGEX.replace("$PATTERN", "/((")));
+
+    // 4. The policy: the valid routes, the missing backend and fault in them; never bad-regex.
+    let authority = format!("web-svc.{}.svc.cluster.local:80", ns.0);
+    let mut watch = PolicyWatch::open(controller.addr, &authority, &ns.0);
+    let policy = watch
+        .until("good, gone and voting (the fault missing)", |p| {
+            route(p, "good").is_some() && route(p, "gone").is_some() && fault(p).is_some()
+        })
+        .await;
+    let good = route(&policy, "good").unwrap();
+    let backends: Vec<(&str, u32, Option<&str>)> = good.rules[0]
+        .backends
+        .iter()
+        .map(|b| (b.name.as_str(), b.weight, b.error.as_deref()))
+        .collect();
+    assert_eq!(
+        backends,
+        [("web-svc", 90, None), ("web-v2", 10, None)],
+        "{policy:#?}"
+    );
+    let gone = &route(&policy, "gone").unwrap().rules[0].backends[0];
+    assert_eq!(gone.name, "nowhere", "{policy:#?}");
+    assert!(
+        gone.error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("BackendNotFound")),
+        "the missing backend's error: {gone:?}"
+    );
+    assert_eq!(route(&policy, "voting").unwrap().kind, RouteKind::Grpc);
+    assert_eq!(
+        fault(&policy).unwrap().abort,
+        Some(FaultAbort {
+            http_status: Some(500),
+            grpc_status: None,
+            percent: 100.0
+        }),
+        "a missing HTTPFault aborts every request with 500: {policy:#?}"
+    );
+
+    // 5. The status of every route.
+    let statuses = wait_for_statuses(
+        &ns.0,
+        &[
+            (
+                "httproute",
+                "good",
+                ("True", "Accepted"),
+                ("True", "ResolvedRefs"),
+            ),
+            (
+                "httproute",
+                "bad-regex",
+                ("False", "UnsupportedValue"),
+                ("True", "ResolvedRefs"),
+            ),
+            (
+                "httproute",
+                "gone",
+                ("True", "Accepted"),
+                ("False", "BackendNotFound"),
+            ),
+            (
+                "grpcroute",
+                "voting",
+                ("True", "Accepted"),
+                ("False", "BackendNotFound"),
+            ),
+        ],
     )
+    .await;
+    let message = |at: usize, kind: &str| {
+        condition(&statuses[at], kind).unwrap()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let bad = message(1, "Accepted");
+    assert!(
+        bad.contains("spec.rules[0].matches[0].path.value") && bad.contains("/(("),
+        "the message names the field and the pattern: {bad}"
+    );
+    assert!(
+        message(2, "ResolvedRefs").contains("nowhere"),
+        "{}",
+        statuses[2]
+    );
+    assert!(
+        message(3, "ResolvedRefs").contains("voting-delay"),
+        "{}",
+        statuses[3]
+    );
+    // Never bad-regex: in no policy sent so far, nor in a new watch's first one, which is the
+    // state of the index that wrote bad-regex's status.
+    let mut now = PolicyWatch::open(controller.addr, &authority, &ns.0);
+    now.until("the current policy", |_| true).await;
+    assert!(
+        watch
+            .seen
+            .iter()
+            .chain(&now.seen)
+            .all(|p| route(p, "bad-regex").is_none()),
+        "bad-regex was served: {:#?}",
+        watch.seen.iter().chain(&now.seen).collect::<Vec<_>>()
+    );
+    drop(now);
+
+    // 6. bad-regex fixed, the HTTPFault created: both follow.
+    let resolved_since =
+        condition(&statuses[1], "ResolvedRefs").unwrap()["lastTransitionTime"].clone();
+    kubectl_stdin(
+        &["apply"],
+        &yaml(&BAD_REGEX.replace("$PATTERN", "/v[0-9]+/.*")),
+    );
+    kubectl_stdin(&["apply"], &yaml(FAULT_CREATED));
+    let policy = watch
+        .until("bad-regex served and voting's HTTPFault inlined", |p| {
+            route(p, "bad-regex").is_some() && fault(p).is_some_and(|f| f.abort.is_none())
+        })
+        .await;
+    assert_eq!(
+        route(&policy, "bad-regex").unwrap().rules[0].backends[0].name,
+        "web-v2"
+    );
+    assert_eq!(
+        fault(&policy).unwrap(),
+        &Fault {
+            name: "voting-delay".into(),
+            delay: Some(FaultDelay {
+                duration_ms: 250,
+                percent: 50.0
+            }),
+            abort: None,
+        },
+        "{policy:#?}"
+    );
+    let statuses = wait_for_statuses(
+        &ns.0,
+        &[
+            (
+                "httproute",
+                "bad-regex",
+                ("True", "Accepted"),
+                ("True", "ResolvedRefs"),
+            ),
+            (
+                "grpcroute",
+                "voting",
+                ("True", "Accepted"),
+                ("True", "ResolvedRefs"),
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(statuses[0]["metadata"]["generation"], 2, "{}", statuses[0]);
+    assert_eq!(
+        condition(&statuses[0], "ResolvedRefs").unwrap()["lastTransitionTime"],
+        resolved_since,
+        "a condition whose status stays keeps its lastTransitionTime: {}",
+        statuses[0]
+    );
+
+    drop(watch);
+    drop(controller);
+    drop(ns);
+    drop(cluster);
+}
+
+/// The route `name` of a policy.
+fn route<'a>(policy: &'a OutboundPolicy, name: &str) -> Option<&'a Route> {
+    policy.routes.iter().find(|r| r.name == name)
+}
+
+/// The fault of the GRPCRoute `voting`'s rule.
+fn fault(policy: &OutboundPolicy) -> Option<&Fault> {
+    route(policy, "voting")?
+        .rules
+        .first()?
+        .filters
+        .iter()
+        .find_map(|f| match f {
+            Filter::Fault(fault) => Some(fault),
+            _ => None,
+        })
+}
+
+/// The condition `kind` of the destination controller's entry in a route's `status.parents`.
+fn condition<'a>(route: &'a Value, kind: &str) -> Option<&'a Value> {
+    route["status"]["parents"]
+        .as_array()?
+        .iter()
+        .find(|p| p["controllerName"] == CONTROLLER_NAME)?["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+/// What is wrong with a route's status, against `(status, reason)` of its `Accepted` and
+/// `ResolvedRefs`: one entry, the controller's, for parent Service web-svc port 80, each
+/// condition for the route's current generation.
+fn status_mismatch(
+    route: &Value,
+    accepted: (&str, &str),
+    resolved: (&str, &str),
+) -> Option<String> {
+    let parents = route["status"]["parents"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if parents.len() != 1 {
+        return Some(format!("{} status.parents entries", parents.len()));
+    }
+    let parent = &parents[0];
+    if parent["controllerName"] != CONTROLLER_NAME {
+        return Some(format!("controllerName {}", parent["controllerName"]));
+    }
+    let parent_ref = &parent["parentRef"];
+    if parent_ref["kind"] != "Service"
+        || parent_ref["name"] != "web-svc"
+        || parent_ref["port"] != 80
+    {
+        return Some(format!("parentRef {parent_ref}"));
+    }
+    let generation = &route["metadata"]["generation"];
+    for (kind, (status, reason)) in [("Accepted", accepted), ("ResolvedRefs", resolved)] {
+        let Some(c) = condition(route, kind) else {
+            return Some(format!("no {kind} condition"));
+        };
+        if c["status"] != status || c["reason"] != reason {
+            return Some(format!("{kind}={}/{}", c["status"], c["reason"]));
+        }
+        if c["observedGeneration"] != *generation {
+            return Some(format!(
+                "{kind}: observedGeneration {} of generation {generation}",
+                c["observedGeneration"]
+            ));
+        }
+        if !c["lastTransitionTime"].is_string() {
+            return Some(format!("{kind} without lastTransitionTime"));
+        }
+    }
+    None
+}
+
+/// Waits until every `(kind, name, Accepted, ResolvedRefs)` route has that status; the routes,
+/// as `kubectl get -o json` shows them.
+async fn wait_for_statuses(
+    ns: &str,
+    expected: &[(&str, &str, (&str, &str), (&str, &str))],
+) -> Vec<Value> {
+    let mut last: Vec<Value> = Vec::new();
+    let mut wrong = String::new();
+    let done = eventually(WITHIN, || {
+        last = expected
+            .iter()
+            .map(|(kind, name, ..)| {
+                let json = kubectl_ok(&["get", kind, name, "-n", ns, "-o", "json"]);
+                serde_json::from_str(&json).expect("kubectl's JSON")
+            })
+            .collect();
+        wrong = expected
+            .iter()
+            .zip(&last)
+            .filter_map(|((kind, name, accepted, resolved), route)| {
+                status_mismatch(route, *accepted, *resolved).map(|w| format!("{kind} {name}: {w}"))
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let ok = wrong.is_empty();
+        async move { ok }
+    })
+    .await;
+    assert!(
+        done,
+        "the route statuses within {WITHIN:?}: {wrong}\n{}",
+        last.iter()
+            .map(|r| format!("{}: {}", r["metadata"]["name"], r["status"]))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    last
+}
+
+/// A namespace of the test's own, deleted when dropped, however the test ends.
+struct Namespace(String);
+
+impl Namespace {
+    fn create(name: &str) -> Self {
+        kubectl_stdin(
+            &["apply"],
+            &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n"),
+        );
+        Self(name.to_owned())
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = kubectl(&["delete", "namespace", &self.0, "--wait=false"]);
+    }
+}
+
+/// `mesh-controller destination --source kube` on this machine, killed when dropped; its log
+/// is printed when the test failed.
+struct Controller {
+    child: std::process::Child,
+    addr: SocketAddr,
+    log: tempfile::NamedTempFile,
+}
+
+impl Controller {
+    /// Starts it with `$KUBECONFIG` on a free port and waits until it is ready.
+    async fn start() -> Self {
+        let kubeconfig = std::env::var("KUBECONFIG").expect("KUBECONFIG");
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let log = tempfile::NamedTempFile::new().expect("a log file");
+        let child = Command::new(
+            mesh_cli::local::binary("mesh-controller").expect("the mesh-controller binary"),
+        )
+        .args([
+            "destination",
+            "--source",
+            "kube",
+            "--kubeconfig",
+            &kubeconfig,
+        ])
+        .args(["--listen", &addr.to_string()])
+        .stdin(Stdio::null())
+        .stdout(log.reopen().expect("the log file"))
+        .stderr(log.reopen().expect("the log file"))
+        .spawn()
+        .expect("mesh-controller runs");
+        let controller = Self { child, addr, log };
+        let ready = eventually(Duration::from_secs(60), || ready(addr)).await;
+        assert!(ready, "the destination controller was not ready within 60s");
+        controller
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.log.path()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            eprintln!("==== mesh-controller destination's log (last 80 lines) ====");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// Whether `GET /ready` at `addr` answers 200.
+async fn ready(addr: SocketAddr) -> bool {
+    let Ok(mut io) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    let request = b"GET /ready HTTP/1.1\r\nHost: controller\r\nConnection: close\r\n\r\n";
+    if io.write_all(request).await.is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), io.read_to_end(&mut answer)).await;
+    answer.starts_with(b"HTTP/1.1 200")
+}
+
+/// One outbound policy watch, and every policy it has sent.
+struct PolicyWatch {
+    lines: Pin<Box<dyn Stream<Item = Result<OutboundPolicy, WatchError>> + Send>>,
+    seen: Vec<OutboundPolicy>,
+}
+
+impl PolicyWatch {
+    fn open(addr: SocketAddr, authority: &str, ns: &str) -> Self {
+        Self {
+            lines: Box::pin(watch_outbound(Connector::default(), addr, authority, ns)),
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads policies until the latest one satisfies `ok`, within [`WITHIN`], and returns it.
+    async fn until(&mut self, what: &str, ok: impl Fn(&OutboundPolicy) -> bool) -> OutboundPolicy {
+        if let Some(latest) = self.seen.last().filter(|p| ok(p)) {
+            return latest.clone();
+        }
+        let deadline = tokio::time::Instant::now() + WITHIN;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.lines.next()).await;
+            let policy = match next {
+                Ok(Some(Ok(policy))) => policy,
+                Ok(Some(Err(error))) => panic!("the policy watch failed: {error}"),
+                Ok(None) => panic!("the controller ended the policy watch"),
+                Err(_) => panic!(
+                    "the policy watch did not send {what} within {WITHIN:?}; the latest: {:#?}",
+                    self.seen.last()
+                ),
+            };
+            self.seen.push(policy.clone());
+            if ok(&policy) {
+                return policy;
+            }
+        }
+    }
 }
