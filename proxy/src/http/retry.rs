@@ -501,13 +501,37 @@ mod tests {
         }
     }
 
-    fn retry(script: &Script, params: RetryParams, metrics: &RouteMetrics) -> Retry<Script> {
+    /// The retry layer around `inner`.
+    fn retrying<S: Clone>(inner: S, params: RetryParams, metrics: &RouteMetrics) -> Retry<S> {
         let layer = crate::svc::WrapLayer(RetryLayer {
             metrics: metrics.clone(),
         });
-        let s = script.clone();
-        tower::Layer::layer(&layer, crate::svc::NewFn(move |_: RetryParams| s.clone()))
-            .new_service(params)
+        tower::Layer::layer(
+            &layer,
+            crate::svc::NewFn(move |_: RetryParams| inner.clone()),
+        )
+        .new_service(params)
+    }
+
+    fn retry(script: &Script, params: RetryParams, metrics: &RouteMetrics) -> Retry<Script> {
+        retrying(script.clone(), params, metrics)
+    }
+
+    /// Sends one empty request; the response.
+    async fn call_once<S>(svc: &mut Retry<S>) -> Response<BoxBody>
+    where
+        S: tower::Service<Request<BoxBody>, Response = Response<BoxBody>, Error = BoxError>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Request::new(BoxBody::empty()))
+            .await
+            .unwrap()
     }
 
     async fn send(svc: &mut Retry<Script>, body: Vec<u8>) -> u16 {
@@ -590,22 +614,8 @@ mod tests {
             limit: 2,
             ..policy::Retry::default()
         }));
-        let layer = crate::svc::WrapLayer(RetryLayer {
-            metrics: RouteMetrics::default(),
-        });
-        let inner = Grpc(calls.clone());
-        let mut svc = tower::Layer::layer(
-            &layer,
-            crate::svc::NewFn(move |_: RetryParams| inner.clone()),
-        )
-        .new_service(p);
-        let rsp = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(Request::new(BoxBody::empty()))
-            .await
-            .unwrap();
+        let mut svc = retrying(Grpc(calls.clone()), p, &RouteMetrics::default());
+        let rsp = call_once(&mut svc).await;
         assert_eq!(
             calls.load(Ordering::SeqCst),
             2,
@@ -688,22 +698,8 @@ mod tests {
         let calls = Arc::new(AtomicUsize::new(0));
         let mut p = params(1, RetryBudget::default());
         p.attempt_timeout = Some(Duration::from_millis(100));
-        let layer = crate::svc::WrapLayer(RetryLayer {
-            metrics: RouteMetrics::default(),
-        });
-        let inner = SlowFirst(calls.clone());
-        let mut svc = tower::Layer::layer(
-            &layer,
-            crate::svc::NewFn(move |_: RetryParams| inner.clone()),
-        )
-        .new_service(p);
-        let rsp = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(Request::new(BoxBody::empty()))
-            .await
-            .unwrap();
+        let mut svc = retrying(SlowFirst(calls.clone()), p, &RouteMetrics::default());
+        let rsp = call_once(&mut svc).await;
         assert_eq!(rsp.status(), 200);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
