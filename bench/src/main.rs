@@ -1,4 +1,4 @@
-//! `mesh-bench`: the mesh proxy (and the pre-rebuild one) against direct calls and HAProxy on network-namespace pods (reported as ratios to the direct call), opaque TCP against twemproxy with redis-benchmark, discovery's propagation and memory, and load balancing between equal endpoints and between a fast and a slow one.
+//! `mesh-bench`: the mesh proxy (and the pre-rebuild one) against direct calls and HAProxy on network-namespace pods (reported as ratios to the direct call), opaque TCP against twemproxy with redis-benchmark, discovery's propagation and memory, load balancing between equal endpoints and between a fast and a slow one, and 50 HTTPRoutes on a Service against none.
 //!
 //! ```text
 //! scripts/setup-bench.sh && cargo run --release -p mesh-bench -- --out BENCHMARKS.md   # just bench
@@ -6,7 +6,7 @@
 //! cargo run --release -p mesh-bench -- --only discovery --out BENCHMARKS.md              # one part
 //! ```
 //!
-//! The proxy, redis and balancing parts need root (they build pods out of network namespaces);
+//! The proxy, redis, balancing and routes parts need root (they build pods out of network namespaces);
 //! the discovery part runs the controller on loopback. It stops by itself (every run is bounded in
 //! time), and removes its pods when it ends.
 #![forbid(unsafe_code)]
@@ -20,6 +20,7 @@ mod oha;
 mod redis;
 mod report;
 mod resources;
+mod routes;
 mod server;
 mod testbed;
 mod units;
@@ -50,8 +51,10 @@ use crate::testbed::{Scenario, Testbed};
 /// watchers of the destination controller, and the controller's memory with 10,000 endpoints.
 /// The balance part measures how the proxy splits requests between two equal endpoints at 2, 50
 /// and 2,000 req/s (the first for 40 s), and compares its split between a fast and a slow
-/// endpoint with round-robin's. The proxy, redis and balance parts need root; a whole run takes
-/// about 20 minutes on two cores.
+/// endpoint with round-robin's. The routes part measures p99 at the fixed rate and maximum
+/// throughput of HTTP/1.1 through one meshed hop to a Service with 50 HTTPRoutes against the same
+/// Service without routes, interleaved. The proxy, redis, balance and routes parts need root; a
+/// whole run takes about 20 minutes on two cores.
 #[derive(Debug, Parser)]
 #[command(name = "mesh-bench", version)]
 struct Args {
@@ -232,12 +235,12 @@ fn run(mut args: Args) -> anyhow::Result<()> {
             .collect()
     };
     let testbed_parts = parts.contains(&Part::Proxy) || parts.contains(&Part::Redis);
-    let pods = testbed_parts || parts.contains(&Part::Balance);
+    let pods = testbed_parts || parts.contains(&Part::Balance) || parts.contains(&Part::Routes);
     let mut open_files_limit = None;
     if pods {
         if !nix::unistd::geteuid().is_root() {
             bail!(
-                "mesh-bench needs root for the proxy, redis and balance parts: they build pods \
+                "mesh-bench needs root for the proxy, redis, balance and routes parts: they build pods \
                  out of network namespaces, veth links and iptables rules. Run it as root, e.g. \
                  `sudo -E just bench`, or measure only discovery with `--only discovery`"
             );
@@ -389,6 +392,20 @@ fn run(mut args: Args) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let routes = match (parts.contains(&Part::Routes), &oha) {
+        (true, Some(oha)) => {
+            eprintln!("mesh-bench: routes");
+            let plan = routes::Plan {
+                latency: plan(&args, String::new(), Protocol::Http1, true),
+                throughput: plan(&args, String::new(), Protocol::Http1, false),
+                rounds: args.rounds,
+                clock_ticks,
+                cores: machine().cores,
+            };
+            Some(routes::run(&plan, oha, &proxy_env, work.path()).context("routes")?)
+        }
+        _ => None,
+    };
 
     // With --only, the parts not measured keep their sections of the report being replaced.
     let carried = match &args.out {
@@ -413,6 +430,7 @@ fn run(mut args: Args) -> anyhow::Result<()> {
         handshakes,
         discovery,
         balance,
+        routes,
         redis,
         baseline,
         took_seconds: started.elapsed().as_secs_f64(),

@@ -44,6 +44,8 @@ pub struct Report {
     pub discovery: Option<crate::discovery::Results>,
     /// The load-balancing part, when it ran.
     pub balance: Option<crate::balance::Results>,
+    /// The routes part, when it ran.
+    pub routes: Option<crate::routes::Results>,
     /// The redis part, when it ran.
     pub redis: Option<crate::redis::Results>,
     /// The pre-rebuild proxy of the "(before)" scenarios, when the proxy or redis part ran.
@@ -71,11 +73,19 @@ pub enum Part {
     Discovery,
     /// Load balancing between equal endpoints, and between a fast and a slow one, on pods.
     Balance,
+    /// Outbound routes: 50 HTTPRoutes on a Service against none, on pods.
+    Routes,
 }
 
 impl Part {
     /// Every part, in the report's order.
-    pub const ALL: [Part; 4] = [Part::Proxy, Part::Redis, Part::Discovery, Part::Balance];
+    pub const ALL: [Part; 5] = [
+        Part::Proxy,
+        Part::Redis,
+        Part::Discovery,
+        Part::Balance,
+        Part::Routes,
+    ];
 
     /// The part's name in markers and flags.
     pub fn name(self) -> &'static str {
@@ -84,6 +94,7 @@ impl Part {
             Part::Redis => "redis",
             Part::Discovery => "discovery",
             Part::Balance => "balance",
+            Part::Routes => "routes",
         }
     }
 
@@ -94,6 +105,7 @@ impl Part {
             Part::Redis => "Redis: opaque TCP through one hop and through twemproxy",
             Part::Discovery => "Discovery: update propagation and controller memory",
             Part::Balance => "Load balancing: equal endpoints, and a fast and a slow one",
+            Part::Routes => "Routes: 50 HTTPRoutes on a Service against none",
         }
     }
 
@@ -568,7 +580,7 @@ impl Report {
                 if let (Some(oha), Some(haproxy)) = (&self.oha, &self.haproxy) {
                     write!(provenance, " with {oha} and {haproxy}")?;
                 }
-            } else if part == Part::Balance {
+            } else if matches!(part, Part::Balance | Part::Routes) {
                 if let Some(oha) = &self.oha {
                     write!(provenance, " with {oha}")?;
                 }
@@ -591,6 +603,11 @@ impl Report {
                 }
                 Part::Redis => {
                     if let Some(r) = &self.redis {
+                        r.write_markdown(out)?;
+                    }
+                }
+                Part::Routes => {
+                    if let Some(r) = &self.routes {
                         r.write_markdown(out)?;
                     }
                 }
@@ -1208,6 +1225,7 @@ mod tests {
             handshakes: None,
             discovery: None,
             balance: None,
+            routes: None,
             redis: None,
             baseline: None,
             took_seconds: 61.0,
