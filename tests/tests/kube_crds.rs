@@ -723,12 +723,12 @@ fn status_mismatch(
     None
 }
 
+/// A route (kind, name) and the `(status, reason)` of its Accepted and ResolvedRefs conditions.
+type Expected<'a> = (&'a str, &'a str, (&'a str, &'a str), (&'a str, &'a str));
+
 /// Waits until every `(kind, name, Accepted, ResolvedRefs)` route has that status; the routes,
 /// as `kubectl get -o json` shows them.
-async fn wait_for_statuses(
-    ns: &str,
-    expected: &[(&str, &str, (&str, &str), (&str, &str))],
-) -> Vec<Value> {
+async fn wait_for_statuses(ns: &str, expected: &[Expected<'_>]) -> Vec<Value> {
     let mut last: Vec<Value> = Vec::new();
     let mut wrong = String::new();
     let done = eventually(WITHIN, || {
