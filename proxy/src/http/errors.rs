@@ -29,6 +29,12 @@ pub struct InvalidUri;
 #[error("the request timed out after {0:?} (its route's request timeout)")]
 pub struct RequestTimeout(pub std::time::Duration);
 
+/// An attempt that took longer than its per-attempt timeout (a retry's, or the route's
+/// `timeouts.backendRequest`).
+#[derive(Debug, thiserror::Error)]
+#[error("the backend did not answer within {0:?}")]
+pub struct AttemptTimeout(pub std::time::Duration);
+
 /// A request that matches no rule of a Service that has routes.
 #[derive(Debug, thiserror::Error)]
 #[error("no route of {0} matches the request")]
@@ -68,7 +74,7 @@ impl Failure {
             (StatusCode::BAD_REQUEST, "invalid_uri")
         } else if error.is::<RequestTimeout>() {
             (StatusCode::GATEWAY_TIMEOUT, "request_timeout")
-        } else if error.is::<super::retry::AttemptTimeout>() {
+        } else if error.is::<AttemptTimeout>() {
             (StatusCode::GATEWAY_TIMEOUT, "response_timeout")
         } else if error.is::<NoRoute>() {
             (StatusCode::NOT_FOUND, "no_route")

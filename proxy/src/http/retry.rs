@@ -14,6 +14,7 @@
 use super::{
     classify::{grpc_status, is_grpc},
     client::UpstreamError,
+    errors::AttemptTimeout,
     replay::{ReplayBody, MAX_REPLAY},
 };
 use crate::{
@@ -41,11 +42,6 @@ pub struct RetryParams {
     pub budget: Arc<Budget>,
     pub labels: Arc<RouteLabels>,
 }
-
-/// An attempt that took longer than its timeout.
-#[derive(Debug, thiserror::Error)]
-#[error("the backend did not answer within {0:?}")]
-pub struct AttemptTimeout(pub Duration);
 
 /// Wraps each target's service in [`Retry`].
 #[derive(Clone)]
