@@ -219,27 +219,53 @@ async fn watch_destination(
     connector: destination::Connector,
 ) {
     let mut endpoints: HashMap<SocketAddr, Endpoint> = HashMap::new();
+    follow_controller(
+        &controller,
+        &authority,
+        |addr| destination::watch_with(connector.clone(), addr, &authority),
+        |update, first| {
+            // A new watch starts with the full state: it replaces what we had.
+            tx.send_replace(apply(&mut endpoints, update, first, &config));
+        },
+        || !tx.is_closed(),
+    )
+    .await
+}
+
+/// Follows a watch of the destination controller (`controller`, `host:port`) forever: resolves
+/// its address, opens the watch with `open`, hands each message to `message` (with whether it
+/// is the first of its connection: the full state), and after an error or the end of the watch
+/// reconnects with backoff (from 100 ms to 5 s), while `go_on` says so. What the watch published
+/// stays meanwhile. The destination and the policy watches share it.
+pub(crate) async fn follow_controller<T, E, S>(
+    controller: &str,
+    authority: &str,
+    mut open: impl FnMut(SocketAddr) -> S,
+    mut message: impl FnMut(T, bool),
+    mut go_on: impl FnMut() -> bool,
+) where
+    E: std::fmt::Display,
+    S: futures_util::Stream<Item = Result<T, E>>,
+{
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        match tokio::net::lookup_host(&controller)
+        match tokio::net::lookup_host(controller)
             .await
             .map(|mut a| a.next())
         {
             Ok(Some(addr)) => {
-                let updates = destination::watch_with(connector.clone(), addr, &authority);
+                let updates = open(addr);
                 futures_util::pin_mut!(updates);
                 let mut first = true;
                 while let Some(update) = updates.next().await {
                     match update {
                         Ok(update) => {
                             backoff.reset();
-                            // A new watch starts with the full state: it replaces what we had.
-                            let resolution = apply(&mut endpoints, update, first, &config);
+                            message(update, first);
                             first = false;
-                            tx.send_replace(resolution);
                         }
                         Err(error) => {
-                            tracing::info!(%authority, %error, "destination watch failed; keeping the last endpoints");
+                            tracing::info!(%authority, %error, "watch failed; keeping the last state");
                             break;
                         }
                     }
@@ -252,7 +278,7 @@ async fn watch_destination(
                 tracing::warn!(%controller, %error, "resolving the destination controller failed")
             }
         }
-        if tx.is_closed() {
+        if !go_on() {
             return;
         }
         tokio::time::sleep(backoff.next()).await;
@@ -319,14 +345,14 @@ fn apply(
 }
 
 /// Exponential backoff with jitter.
-pub(crate) struct Backoff {
+struct Backoff {
     min: Duration,
     max: Duration,
     next: Duration,
 }
 
 impl Backoff {
-    pub(crate) fn new(min: Duration, max: Duration) -> Self {
+    fn new(min: Duration, max: Duration) -> Self {
         Self {
             min,
             max,
@@ -334,11 +360,11 @@ impl Backoff {
         }
     }
 
-    pub(crate) fn reset(&mut self) {
+    fn reset(&mut self) {
         self.next = self.min;
     }
 
-    pub(crate) fn next(&mut self) -> Duration {
+    fn next(&mut self) -> Duration {
         let base = self.next;
         self.next = (self.next * 2).min(self.max);
         // Up to half again, so that many proxies do not reconnect in lockstep.

@@ -46,39 +46,53 @@ impl<T: Param<FilterParams>, S> Wrap<T, S> for FiltersLayer {
     type Service = Filters<S>;
     fn wrap(&self, target: &T, inner: S) -> Filters<S> {
         let FilterParams { filters, labels } = target.param();
-        let faults = filters
+        let steps = filters
             .iter()
-            .filter_map(|f| match f {
-                Filter::Fault(fault) => {
-                    let counter = |kind| {
-                        self.metrics
-                            .fault_injected_total
-                            .get_or_create(&FaultLabels {
-                                route: labels.clone(),
-                                fault: fault.name.as_str().into(),
-                                kind,
-                            })
-                            .clone()
-                    };
-                    Some(FaultCounters {
-                        delay: counter("delay"),
-                        abort: counter("abort"),
-                    })
-                }
-                _ => None,
+            .filter_map(|f| {
+                Some(match f {
+                    Filter::RequestHeaderModifier(m) => Step::Request(Modifier::new(m)),
+                    Filter::ResponseHeaderModifier(m) => Step::Response(Modifier::new(m)),
+                    Filter::RequestRedirect(r) => Step::Redirect(r.clone()),
+                    Filter::UrlRewrite(r) => Step::Rewrite(r.clone()),
+                    Filter::Fault(fault) => {
+                        let counter = |kind| {
+                            self.metrics
+                                .fault_injected_total
+                                .get_or_create(&FaultLabels {
+                                    route: labels.clone(),
+                                    fault: fault.name.as_str().into(),
+                                    kind,
+                                })
+                                .clone()
+                        };
+                        Step::Fault(
+                            fault.clone(),
+                            FaultCounters {
+                                delay: counter("delay"),
+                                abort: counter("abort"),
+                            },
+                        )
+                    }
+                    // A layer of its own (`mirror.rs`).
+                    Filter::RequestMirror(_) => return None,
+                })
             })
-            .collect();
+            .collect::<Vec<_>>();
         Filters {
             inner,
-            shared: Arc::new(Shared { filters, faults }),
+            steps: steps.into(),
         }
     }
 }
 
-struct Shared {
-    filters: Arc<[Filter]>,
-    /// The counters of each fault filter, in order.
-    faults: Vec<FaultCounters>,
+/// A filter, made ready once per rule: header names and values parsed, a fault with its
+/// counters.
+enum Step {
+    Request(Modifier),
+    Response(Modifier),
+    Redirect(Redirect),
+    Rewrite(UrlRewrite),
+    Fault(Fault, FaultCounters),
 }
 
 struct FaultCounters {
@@ -89,7 +103,7 @@ struct FaultCounters {
 #[derive(Clone)]
 pub struct Filters<S> {
     inner: S,
-    shared: Arc<Shared>,
+    steps: Arc<[Step]>,
 }
 
 impl<S> tower::Service<Request<BoxBody>> for Filters<S>
@@ -109,37 +123,29 @@ where
     }
 
     fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
-        let shared = self.shared.clone();
+        let steps = self.steps.clone();
         let mut inner = self.inner.clone();
-        if shared.filters.is_empty() {
-            return Box::pin(async move {
-                tower::ServiceExt::ready(&mut inner).await?;
-                inner.call(req).await
-            });
-        }
         Box::pin(async move {
             let mut req = req;
-            let mut faults = shared.faults.iter();
-            for filter in shared.filters.iter() {
-                match filter {
-                    Filter::RequestHeaderModifier(m) => modify(req.headers_mut(), m),
-                    Filter::RequestRedirect(r) => return Ok(redirect(&req, r)),
-                    Filter::UrlRewrite(r) => rewrite(&mut req, r),
-                    Filter::Fault(f) => {
-                        let counters = faults.next().expect("one counter set per fault");
+            for step in steps.iter() {
+                match step {
+                    Step::Request(m) => m.apply(req.headers_mut()),
+                    Step::Redirect(r) => return Ok(redirect(&req, r)),
+                    Step::Rewrite(r) => rewrite(&mut req, r),
+                    Step::Fault(f, counters) => {
                         let grpc = is_grpc(req.headers());
                         if let Some(rsp) = fault(grpc, f, counters).await {
                             return Ok(rsp);
                         }
                     }
-                    Filter::ResponseHeaderModifier(_) | Filter::RequestMirror(_) => {}
+                    Step::Response(_) => {}
                 }
             }
             tower::ServiceExt::ready(&mut inner).await?;
             let mut rsp = inner.call(req).await?;
-            for filter in shared.filters.iter() {
-                if let Filter::ResponseHeaderModifier(m) = filter {
-                    modify(rsp.headers_mut(), m);
+            for step in steps.iter() {
+                if let Step::Response(m) = step {
+                    m.apply(rsp.headers_mut());
                 }
             }
             Ok(rsp)
@@ -147,27 +153,46 @@ where
     }
 }
 
-/// Gateway API's header modifier: `set` replaces, `add` appends, `remove` removes. Names or
-/// values that are not valid headers are skipped (the controller refuses them).
-fn modify(headers: &mut http::HeaderMap, m: &HeaderModifier) {
-    let pair = |h: &mut mesh_api::policy::Header| {
-        Some((
-            HeaderName::from_bytes(h.name.as_bytes()).ok()?,
-            HeaderValue::from_str(&h.value).ok()?,
-        ))
-    };
-    for h in &m.set {
-        if let Some((name, value)) = pair(&mut h.clone()) {
-            headers.insert(name, value);
+/// Gateway API's header modifier, parsed: `set` replaces, `add` appends, `remove` removes.
+/// Names or values that are not valid headers are left out (the controller refuses them).
+struct Modifier {
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+}
+
+impl Modifier {
+    fn new(m: &HeaderModifier) -> Self {
+        let pairs = |headers: &[mesh_api::policy::Header]| {
+            headers
+                .iter()
+                .filter_map(|h| {
+                    Some((
+                        HeaderName::from_bytes(h.name.as_bytes()).ok()?,
+                        HeaderValue::from_str(&h.value).ok()?,
+                    ))
+                })
+                .collect()
+        };
+        Self {
+            set: pairs(&m.set),
+            add: pairs(&m.add),
+            remove: m
+                .remove
+                .iter()
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .collect(),
         }
     }
-    for h in &m.add {
-        if let Some((name, value)) = pair(&mut h.clone()) {
-            headers.append(name, value);
+
+    fn apply(&self, headers: &mut http::HeaderMap) {
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
         }
-    }
-    for name in &m.remove {
-        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+        for name in &self.remove {
             headers.remove(name);
         }
     }
@@ -297,8 +322,9 @@ fn rewrite<B>(req: &mut Request<B>, r: &UrlRewrite) {
     }
 }
 
-/// Whether a share of `percent` (0 to 100) is hit this time.
-fn hit(percent: f64) -> bool {
+/// Whether a share of `percent` (0 to 100) is hit this time (faults here, mirrors in
+/// `mirror.rs`).
+pub fn hit(percent: f64) -> bool {
     percent >= 100.0 || (percent > 0.0 && fastrand::f64() * 100.0 < percent)
 }
 

@@ -20,6 +20,17 @@ use std::{
 /// The most a replayable body keeps (64 KiB).
 pub const MAX_REPLAY: usize = 64 * 1024;
 
+/// A copy of a request's head (for another attempt, or a mirror).
+pub fn clone_head(head: &http::request::Parts) -> http::request::Parts {
+    let mut req = http::Request::new(());
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = head.uri.clone();
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers.clone();
+    *req.extensions_mut() = head.extensions.clone();
+    req.into_parts().0
+}
+
 /// One attempt's view of a replayable body.
 pub struct ReplayBody {
     shared: Arc<Mutex<Shared>>,

@@ -15,7 +15,7 @@ use super::{
     classify::{grpc_status, is_grpc},
     client::UpstreamError,
     errors::AttemptTimeout,
-    replay::{ReplayBody, MAX_REPLAY},
+    replay::{clone_head, ReplayBody, MAX_REPLAY},
 };
 use crate::{
     metrics::{ParentLabels, RetryLabels, RouteLabels, RouteMetrics},
@@ -197,16 +197,6 @@ where
             Err(_) => Err(AttemptTimeout(t).into()),
         },
     }
-}
-
-fn clone_head(head: &http::request::Parts) -> http::request::Parts {
-    let mut req = Request::new(());
-    *req.method_mut() = head.method.clone();
-    *req.uri_mut() = head.uri.clone();
-    *req.version_mut() = head.version;
-    *req.headers_mut() = head.headers.clone();
-    *req.extensions_mut() = head.extensions.clone();
-    req.into_parts().0
 }
 
 /// The `grpc-status` a gRPC response's trailers carried, when the first frames showed them.

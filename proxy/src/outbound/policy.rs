@@ -4,8 +4,7 @@
 //! every rule in Gateway API's precedence ([`mesh_api::policy::select`]), regular expressions
 //! compiled once per update, so that a request only walks a list.
 
-use crate::{discover::Backoff, svc::Cache};
-use futures_util::StreamExt;
+use crate::{discover::follow_controller, svc::Cache};
 use http::{HeaderName, Method, Request};
 use mesh_api::{
     destination::Connector,
@@ -81,51 +80,31 @@ impl PolicyWatch {
 
 /// Follows one name's policy forever: reconnects with backoff and keeps the last policy.
 async fn follow(config: PolicyConfig, authority: String, tx: watch::Sender<Option<Arc<Compiled>>>) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        match tokio::net::lookup_host(&config.controller)
-            .await
-            .map(|mut a| a.next())
-        {
-            Ok(Some(addr)) => {
-                let updates = policy::watch_outbound(
-                    config.connector.clone(),
-                    addr,
-                    &authority,
-                    &config.namespace,
-                );
-                futures_util::pin_mut!(updates);
-                while let Some(update) = updates.next().await {
-                    match update {
-                        Ok(policy) => {
-                            backoff.reset();
-                            tracing::debug!(%authority, routes = policy.routes.len(), "outbound policy");
-                            tx.send_replace(Some(Arc::new(Compiled::new(policy))));
-                        }
-                        Err(error) => {
-                            tracing::info!(%authority, %error, "policy watch failed; keeping the last policy");
-                            break;
-                        }
-                    }
-                }
+    follow_controller(
+        &config.controller,
+        &authority,
+        |addr| {
+            policy::watch_outbound(
+                config.connector.clone(),
+                addr,
+                &authority,
+                &config.namespace,
+            )
+        },
+        |policy: OutboundPolicy, _| {
+            tracing::debug!(%authority, routes = policy.routes.len(), "outbound policy");
+            tx.send_replace(Some(Arc::new(Compiled::new(policy))));
+        },
+        || {
+            // An old controller without the policy watch answers 404: keep the default route
+            // and ask again later, without flooding it.
+            if tx.borrow().is_none() {
+                tx.send_replace(Some(Arc::new(Compiled::new(OutboundPolicy::default()))));
             }
-            Ok(None) => {
-                tracing::warn!(controller = %config.controller, "the destination controller's name has no address")
-            }
-            Err(error) => {
-                tracing::warn!(controller = %config.controller, %error, "resolving the destination controller failed")
-            }
-        }
-        if tx.is_closed() {
-            return;
-        }
-        // An old controller without the policy watch answers 404: keep the default route and
-        // ask again later, without flooding it.
-        if tx.borrow().is_none() {
-            tx.send_replace(Some(Arc::new(Compiled::new(OutboundPolicy::default()))));
-        }
-        tokio::time::sleep(backoff.next()).await;
-    }
+            !tx.is_closed()
+        },
+    )
+    .await
 }
 
 // === matching ===

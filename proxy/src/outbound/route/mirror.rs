@@ -8,7 +8,10 @@
 
 use super::split::{BackendRef, Backends};
 use crate::{
-    http::replay::MAX_REPLAY,
+    http::{
+        filters::hit,
+        replay::{clone_head, MAX_REPLAY},
+    },
     metrics::{BackendKey, RouteMetrics},
     outbound::Logical,
     svc::{BoxBody, BoxError, NewService, Param, Wrap},
@@ -166,12 +169,8 @@ where
                     continue;
                 };
                 target.sent.inc();
-                let mut copy = Request::new(BoxBody::new(Full::new(body.clone())));
-                *copy.method_mut() = head.method.clone();
-                *copy.uri_mut() = head.uri.clone();
-                *copy.version_mut() = head.version;
-                *copy.headers_mut() = head.headers.clone();
-                *copy.extensions_mut() = head.extensions.clone();
+                let copy =
+                    Request::from_parts(clone_head(&head), BoxBody::new(Full::new(body.clone())));
                 let backend = target.backend.clone();
                 let dropped = target.dropped.clone();
                 tokio::spawn(async move {
@@ -196,8 +195,4 @@ where
             inner.oneshot(req).await
         })
     }
-}
-
-fn hit(percent: f64) -> bool {
-    percent >= 100.0 || (percent > 0.0 && fastrand::f64() * 100.0 < percent)
 }
