@@ -205,23 +205,24 @@ pub fn watch_with(
     addr: SocketAddr,
     authority: &str,
 ) -> impl Stream<Item = Result<Update, WatchError>> + Send + 'static {
-    watch_lines(connector, addr, WATCH_PATH, authority, Vec::new())
+    watch_lines(connector, addr, WATCH_PATH, ("authority", authority), Vec::new())
 }
 
-/// A JSON-lines watch of `path?authority=…` (and the `extra` query pairs): one `T` per line.
-/// The destination and policy watches share it.
+/// A JSON-lines watch of `path?KEY=SUBJECT` (and the `extra` query pairs): one `T` per line.
+/// The destination and policy watches share it; errors name the subject (an authority, a pod).
 pub(crate) fn watch_lines<T: DeserializeOwned + Send + 'static>(
     connector: Connector,
     addr: SocketAddr,
     path: &'static str,
-    authority: &str,
+    (key, subject): (&'static str, &str),
     extra: Vec<(&'static str, String)>,
 ) -> impl Stream<Item = Result<T, WatchError>> + Send + 'static {
     let state = State::Connect {
         connector,
         addr,
         path,
-        authority: authority.to_owned(),
+        key,
+        authority: subject.to_owned(),
         extra,
     };
     futures_util::stream::unfold(state, step::<T>)
@@ -283,6 +284,8 @@ enum State {
         connector: Connector,
         addr: SocketAddr,
         path: &'static str,
+        /// The query key of the subject (`authority`, `pod`).
+        key: &'static str,
         authority: String,
         extra: Vec<(&'static str, String)>,
     },
@@ -305,9 +308,10 @@ async fn step<T: DeserializeOwned>(state: State) -> Option<(Result<T, WatchError
                 connector,
                 addr,
                 path,
+                key,
                 authority,
                 extra,
-            } => match connect(&connector, addr, path, &authority, &extra).await {
+            } => match connect(&connector, addr, path, (key, &authority), &extra).await {
                 Ok((body, conn)) => State::Streaming {
                     authority,
                     body,
@@ -365,7 +369,7 @@ async fn connect(
     connector: &Connector,
     addr: SocketAddr,
     path: &str,
-    authority: &str,
+    (key, authority): (&str, &str),
     extra: &[(&'static str, String)],
 ) -> Result<(Incoming, AbortOnDrop<()>), WatchError> {
     let http_err = |source| WatchError::Http {
@@ -386,7 +390,7 @@ async fn connect(
     }));
     let query = {
         let mut query = form_urlencoded::Serializer::new(String::new());
-        query.append_pair("authority", authority);
+        query.append_pair(key, authority);
         for (k, v) in extra {
             query.append_pair(k, v);
         }

@@ -2,7 +2,7 @@
 //!
 //! The API is HTTP/2 with JSON-lines bodies, versioned under `/v1` (see `api/README.md` for the
 //! protocol). It holds the destination watch ([`destination::Update`] and its client
-//! [`destination::watch`]), the outbound policy watch ([`policy`]), identities and the certify client ([`identity`]), tap ([`tap`]),
+//! [`destination::watch`]), the outbound and inbound policy watches ([`policy`], [`inbound`]), identities and the certify client ([`identity`]), tap ([`tap`]),
 //! sidecar injection (`inject`, feature `inject`), and what several crates must spell alike:
 //! the proxy's ports and uid ([`defaults`]), durations ([`duration`]) and the viz component's
 //! wire format ([`viz`]). The proxy never depends on the controller; everything the two sides
@@ -14,6 +14,7 @@ pub mod defaults;
 pub mod destination;
 pub mod duration;
 pub mod identity;
+pub mod inbound;
 #[cfg(feature = "inject")]
 pub mod inject;
 pub mod policy;

@@ -549,7 +549,7 @@ pub fn watch_outbound(
         connector,
         addr,
         OUTBOUND_WATCH_PATH,
-        authority,
+        ("authority", authority),
         vec![("ns", namespace.to_owned())],
     )
 }
