@@ -205,7 +205,13 @@ pub fn watch_with(
     addr: SocketAddr,
     authority: &str,
 ) -> impl Stream<Item = Result<Update, WatchError>> + Send + 'static {
-    watch_lines(connector, addr, WATCH_PATH, ("authority", authority), Vec::new())
+    watch_lines(
+        connector,
+        addr,
+        WATCH_PATH,
+        ("authority", authority),
+        Vec::new(),
+    )
 }
 
 /// A JSON-lines watch of `path?KEY=SUBJECT` (and the `extra` query pairs): one `T` per line.

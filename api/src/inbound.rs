@@ -388,7 +388,9 @@ impl Cidr {
         };
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
@@ -487,16 +489,20 @@ mod tests {
         let id = "web.demo.serviceaccount.identity.mesh.cluster.local";
         assert!(IdentityMatch::parse("*").unwrap().matches(id));
         assert!(IdentityMatch::parse(id).unwrap().matches(id));
-        assert!(IdentityMatch::parse("WEB.demo.serviceaccount.identity.mesh.cluster.local")
-            .unwrap()
-            .matches(id));
+        assert!(
+            IdentityMatch::parse("WEB.demo.serviceaccount.identity.mesh.cluster.local")
+                .unwrap()
+                .matches(id)
+        );
         let ns = IdentityMatch::parse("*.demo.serviceaccount.identity.mesh.cluster.local").unwrap();
         assert!(ns.matches(id));
         assert!(!ns.matches("web.other.serviceaccount.identity.mesh.cluster.local"));
         assert!(!ns.matches("demo.serviceaccount.identity.mesh.cluster.local"));
-        assert!(!IdentityMatch::parse("vote-bot.demo.serviceaccount.identity.mesh.cluster.local")
-            .unwrap()
-            .matches(id));
+        assert!(
+            !IdentityMatch::parse("vote-bot.demo.serviceaccount.identity.mesh.cluster.local")
+                .unwrap()
+                .matches(id)
+        );
         for bad in ["", "a.*", "*web.demo", "a..b", "web demo", "*."] {
             assert!(IdentityMatch::parse(bad).is_err(), "{bad:?}");
         }

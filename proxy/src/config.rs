@@ -16,6 +16,7 @@ use crate::{init::Mark, ports::PortList, tap::TapConfig};
 use mesh_api::{
     defaults,
     identity::{ca, Identity},
+    inbound::{parse_networks, DefaultPolicy, Network, DEFAULT_CLUSTER_NETWORKS},
 };
 use rustls_pki_types::CertificateDer;
 use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
@@ -89,6 +90,17 @@ pub struct Config {
     /// `MESH_PROXY_INBOUND_REQUIRE_IDENTITY_PORTS`: inbound ports that refuse connections
     /// without a verified client identity (mutual TLS from another proxy).
     pub inbound_require_identity_ports: PortList,
+    /// `MESH_PROXY_INBOUND_DEFAULT_POLICY`: who may call the ports no `Server` selects (and
+    /// every port while the controller has not answered): `all-unauthenticated` (the default),
+    /// `all-authenticated`, `cluster-authenticated`, `cluster-unauthenticated`, `deny` or
+    /// `audit`.
+    pub inbound_default_policy: DefaultPolicy,
+    /// `MESH_PROXY_INBOUND_CLUSTER_NETWORKS`: the cluster's networks for the `cluster-*`
+    /// default policies (comma-separated CIDRs; default the private ranges).
+    pub inbound_cluster_networks: Vec<Network>,
+    /// `MESH_PROXY_INBOUND_POLICY_TIMEOUT`: how long the first connection to a port waits for
+    /// the port's inbound policy from the controller before the default policy applies to it.
+    pub inbound_policy_timeout: Duration,
     /// Tap: who may tap (`MESH_PROXY_TAP_IDENTITY`), which request headers are streamed
     /// (`MESH_PROXY_TAP_HEADERS`, `MESH_PROXY_TAP_SENSITIVE_HEADERS`), and the pod's own labels
     /// (`MESH_PROXY_POD_NAME`, `MESH_PROXY_POD_NAMESPACE`, `MESH_PROXY_WORKLOAD`).
@@ -205,6 +217,22 @@ impl Config {
                 "",
                 PORTS_EXPECTED,
             )?,
+            inbound_default_policy: env.parse(
+                "MESH_PROXY_INBOUND_DEFAULT_POLICY",
+                "all-unauthenticated",
+                "all-unauthenticated, all-authenticated, cluster-authenticated, \
+                 cluster-unauthenticated, deny or audit",
+            )?,
+            inbound_cluster_networks: {
+                let var = "MESH_PROXY_INBOUND_CLUSTER_NETWORKS";
+                let value = get(var).unwrap_or_else(|| DEFAULT_CLUSTER_NETWORKS.to_string());
+                parse_networks(&value).map_err(|error| ConfigError {
+                    var,
+                    value,
+                    expected: format!("comma-separated networks like 10.0.0.0/8 ({error})"),
+                })?
+            },
+            inbound_policy_timeout: env.duration("MESH_PROXY_INBOUND_POLICY_TIMEOUT", "3s")?,
             log: get("MESH_PROXY_LOG").unwrap_or_else(|| "warn,mesh_proxy=info".to_string()),
             log_format: env.parse("MESH_PROXY_LOG_FORMAT", "plain", "plain or json")?,
         })
@@ -624,6 +652,9 @@ mod tests {
             assert!(c.outbound_opaque_ports.contains(port), "{port}");
         }
         assert!(!c.inbound_opaque_ports.contains(80));
+        assert_eq!(c.inbound_default_policy, DefaultPolicy::AllUnauthenticated);
+        assert_eq!(c.inbound_cluster_networks.len(), 5);
+        assert_eq!(c.inbound_policy_timeout, Duration::from_secs(3));
         assert_eq!(
             c.destination_addr, None,
             "discovery is off unless configured"
@@ -728,6 +759,17 @@ mod tests {
             "ports and ranges",
         );
         check("MESH_PROXY_DETECT_TIMEOUT", "10 parsecs", "duration");
+        check(
+            "MESH_PROXY_INBOUND_DEFAULT_POLICY",
+            "allow",
+            "cluster-authenticated",
+        );
+        check(
+            "MESH_PROXY_INBOUND_CLUSTER_NETWORKS",
+            "10.0.0.0/33",
+            "10.0.0.0/8",
+        );
+        check("MESH_PROXY_INBOUND_POLICY_TIMEOUT", "soon", "duration");
         check("MESH_PROXY_DETECT_TIMEOUT", "", "duration");
         check("MESH_PROXY_LOG_FORMAT", "xml", "plain or json");
         check("MESH_PROXY_MAX_HEADER_BYTES", "100", "8192");

@@ -182,6 +182,20 @@ pub async fn start_with(
             connector: connect.control_plane(),
         })
     });
+    let labels = &config.tap.pod_labels;
+    let inbound_policies = inbound::policy::PortPolicies::new(inbound::policy::PolicyConfig {
+        controller: config.destination_addr.clone(),
+        pod: labels
+            .get("namespace")
+            .zip(labels.get("pod"))
+            .map(|(ns, pod)| format!("{ns}/{pod}")),
+        default: config.inbound_default_policy,
+        cluster_networks: config.inbound_cluster_networks.clone(),
+        first_timeout: config.inbound_policy_timeout,
+        idle_timeout: config.destination_idle_timeout,
+        connector: connect.control_plane(),
+        metrics: metrics.authz.clone(),
+    });
     let own_ports = vec![
         started.inbound.port(),
         started.outbound.port(),
@@ -195,6 +209,7 @@ pub async fn start_with(
         NewClient::new(connect, config.pool_idle_timeout, identity, drain.clone())
     };
     let inbound_stack = inbound::stack(inbound::Inbound {
+        policies: inbound_policies,
         opaque_ports: config.inbound_opaque_ports.clone(),
         require_identity_ports: config.inbound_require_identity_ports.clone(),
         detect_timeout: config.detect_timeout,

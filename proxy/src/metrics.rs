@@ -123,6 +123,8 @@ pub struct Metrics {
     pub identity: IdentityMetrics,
     /// Outbound routes and their backends, retries, faults and mirrors.
     pub route: RouteMetrics,
+    /// Inbound authorization decisions and rate limits.
+    pub authz: AuthzMetrics,
     authorities: Arc<AuthorityBudget>,
     targets: Arc<Cache<(Direction, SocketAddr), TargetMetrics>>,
 }
@@ -173,6 +175,7 @@ impl Metrics {
             tap_active: Gauge::default(),
             identity: IdentityMetrics::default(),
             route: RouteMetrics::default(),
+            authz: AuthzMetrics::default(),
             authorities: Arc::new(AuthorityBudget::new(max_authority_labels)),
             targets: Cache::new(idle),
         };
@@ -224,6 +227,7 @@ impl Metrics {
         );
         registry.register("tap_active", "Taps streaming now", m.tap_active.clone());
         m.route.register(&mut registry);
+        m.authz.register(&mut registry);
         if identity {
             m.identity.register(&mut registry);
         }
@@ -920,5 +924,95 @@ impl EncodeLabelSet for FaultLabels {
         encode_route(&self.route, &mut e)?;
         label(&mut e, "fault", &self.fault)?;
         label(&mut e, "kind", self.kind)
+    }
+}
+
+// === inbound authorization ===
+
+/// Who decided on an inbound connection or request: the Server (or default policy), the
+/// inbound route (HTTP), and the authorization that allowed it (none on deny, or on an audit
+/// that no authorization allowed).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct AuthzLabels {
+    /// `Server`, or `default` for a default inbound policy.
+    pub srv_kind: &'static str,
+    /// The Server's name, or the default policy's (`all-unauthenticated`).
+    pub srv_name: Arc<str>,
+    /// HTTP only: the inbound HTTPRoute, or `default` when the Server has none.
+    pub route_name: Option<Arc<str>>,
+    /// `AuthorizationPolicy`, `default`, or empty.
+    pub authz_kind: Arc<str>,
+    /// The authorization's name, or empty.
+    pub authz_name: Arc<str>,
+}
+
+/// A request a local rate limit refused.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RateLimitLabels {
+    pub srv_kind: &'static str,
+    pub srv_name: Arc<str>,
+    /// The `HTTPLocalRateLimitPolicy`.
+    pub ratelimit_name: Arc<str>,
+    /// Which limit refused it: `total`, `identity` or `override`.
+    pub scope: &'static str,
+}
+
+/// The families of inbound policy. Their label sets come from the policies the controller
+/// serves, a bounded set.
+#[derive(Clone, Default)]
+pub struct AuthzMetrics {
+    pub http_allow_total: Family<AuthzLabels, Counter>,
+    pub http_deny_total: Family<AuthzLabels, Counter>,
+    pub http_audit_total: Family<AuthzLabels, Counter>,
+    pub tcp_allow_total: Family<AuthzLabels, Counter>,
+    pub tcp_deny_total: Family<AuthzLabels, Counter>,
+    pub tcp_audit_total: Family<AuthzLabels, Counter>,
+    pub ratelimit_total: Family<RateLimitLabels, Counter>,
+}
+
+impl std::fmt::Debug for AuthzMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthzMetrics")
+    }
+}
+
+impl AuthzMetrics {
+    fn register(&self, registry: &mut Registry) {
+        for (name, help, family) in [
+            ("inbound_http_authz_allow", "Inbound requests an authorization allowed", &self.http_allow_total),
+            ("inbound_http_authz_deny", "Inbound requests refused: no authorization allowed them (403, gRPC PERMISSION_DENIED)", &self.http_deny_total),
+            ("inbound_http_authz_audit", "Inbound requests no authorization allowed, let through by an audit policy", &self.http_audit_total),
+            ("inbound_tcp_authz_allow", "Inbound opaque connections an authorization allowed", &self.tcp_allow_total),
+            ("inbound_tcp_authz_deny", "Inbound opaque connections refused: no authorization allowed them", &self.tcp_deny_total),
+            ("inbound_tcp_authz_audit", "Inbound opaque connections no authorization allowed, let through by an audit policy", &self.tcp_audit_total),
+        ] {
+            registry.register(name, help, family.clone());
+        }
+        registry.register(
+            "inbound_http_local_ratelimit",
+            "Inbound requests refused by a local rate limit (429, gRPC RESOURCE_EXHAUSTED)",
+            self.ratelimit_total.clone(),
+        );
+    }
+}
+
+impl EncodeLabelSet for AuthzLabels {
+    fn encode(&self, mut e: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        label(&mut e, "srv_kind", self.srv_kind)?;
+        label(&mut e, "srv_name", &self.srv_name)?;
+        if let Some(route) = &self.route_name {
+            label(&mut e, "route_name", route)?;
+        }
+        label(&mut e, "authz_kind", &self.authz_kind)?;
+        label(&mut e, "authz_name", &self.authz_name)
+    }
+}
+
+impl EncodeLabelSet for RateLimitLabels {
+    fn encode(&self, mut e: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        label(&mut e, "srv_kind", self.srv_kind)?;
+        label(&mut e, "srv_name", &self.srv_name)?;
+        label(&mut e, "ratelimit_name", &self.ratelimit_name)?;
+        label(&mut e, "scope", self.scope)
     }
 }

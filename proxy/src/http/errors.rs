@@ -40,6 +40,17 @@ pub struct AttemptTimeout(pub std::time::Duration);
 #[error("no route of {0} matches the request")]
 pub struct NoRoute(pub String);
 
+/// An inbound connection or request that no authorization allows (403, gRPC
+/// `PERMISSION_DENIED`); the message names the Server or default policy that refused it.
+#[derive(Debug, thiserror::Error)]
+#[error("unauthorized: {0}")]
+pub struct Unauthorized(pub String);
+
+/// An inbound request over its Server's local rate limit (429, gRPC `RESOURCE_EXHAUSTED`).
+#[derive(Debug, thiserror::Error)]
+#[error("rate limited by {0}")]
+pub struct RateLimited(pub String);
+
 /// A rule whose backend cannot be used (an unknown Service), or that has none.
 #[derive(Debug, thiserror::Error)]
 #[error("the route has no usable backend: {0}")]
@@ -78,6 +89,10 @@ impl Failure {
             (StatusCode::GATEWAY_TIMEOUT, "response_timeout")
         } else if error.is::<NoRoute>() {
             (StatusCode::NOT_FOUND, "no_route")
+        } else if error.is::<Unauthorized>() {
+            (StatusCode::FORBIDDEN, "unauthorized")
+        } else if error.is::<RateLimited>() {
+            (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
         } else if error.is::<InvalidBackend>() {
             (StatusCode::INTERNAL_SERVER_ERROR, "invalid_backend")
         } else if let Some(upstream) = error.downcast_ref::<UpstreamError>() {

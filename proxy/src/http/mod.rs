@@ -6,6 +6,8 @@
 //!   `mesh-proxy-error`).
 //! - [`headers`]: hop-by-hop headers, `mesh-client-id`, and HTTP/1↔HTTP/2 between proxies
 //!   (`mesh-orig-proto`).
+//! - [`matches`]: Gateway API route matching in precedence order (outbound routing, inbound
+//!   per-route authorization).
 //! - [`classify`]: request metrics, response classification and tap.
 //! - [`client`]: the upstream clients (HTTP/1 pool, one HTTP/2 connection per endpoint,
 //!   upgrades and tunnels), and [`pool`]: an endpoint's keep-alive HTTP/1 connections.
@@ -18,6 +20,7 @@ pub mod client;
 pub mod errors;
 pub mod filters;
 pub mod headers;
+pub mod matches;
 pub mod pool;
 pub mod replay;
 pub mod retry;

@@ -50,6 +50,33 @@ pub struct Received {
     pub conn: Arc<ConnInfo>,
 }
 
+/// A connection's own reason to close gracefully, besides the proxy's shutdown: an inbound
+/// connection whose authorization was revoked. The server then finishes the requests in flight
+/// and takes no more. Most targets have none ([`CloseSignal::never`]).
+#[derive(Clone, Default)]
+pub struct CloseSignal(Option<Arc<CloseFn>>);
+
+type CloseFn = dyn Fn() -> BoxFuture<'static, ()> + Send + Sync;
+
+impl CloseSignal {
+    /// A signal that completes when the future `make` returns does.
+    pub fn new(make: impl Fn() -> BoxFuture<'static, ()> + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(make)))
+    }
+
+    pub fn never() -> Self {
+        Self(None)
+    }
+
+    /// Completes when the connection should close.
+    pub fn wait(&self) -> BoxFuture<'static, ()> {
+        match &self.0 {
+            Some(make) => make(),
+            None => Box::pin(futures_util::future::pending()),
+        }
+    }
+}
+
 /// Serves HTTP connections with the request stack `N` makes for each.
 #[derive(Clone)]
 pub struct NewServeHttp<N> {
@@ -76,6 +103,7 @@ impl<N> NewServeHttp<N> {
 
 pub struct ServeHttp<S> {
     protocol: Protocol,
+    close: CloseSignal,
     conn: Arc<ConnInfo>,
     settings: HttpSettings,
     drain: Drain,
@@ -84,7 +112,7 @@ pub struct ServeHttp<S> {
 
 impl<T, N, S> NewService<T> for NewServeHttp<N>
 where
-    T: Param<Protocol> + Param<ClientAddr> + Param<OrigDst> + Param<Tls>,
+    T: Param<Protocol> + Param<ClientAddr> + Param<OrigDst> + Param<Tls> + Param<CloseSignal>,
     N: NewService<T, Service = S>,
 {
     type Service = ServeHttp<S>;
@@ -97,6 +125,7 @@ where
         };
         ServeHttp {
             protocol: target.param(),
+            close: target.param(),
             conn: Arc::new(ConnInfo {
                 client,
                 orig_dst,
@@ -147,6 +176,7 @@ where
         });
         let io = TokioIo::new(io);
         let drain = self.drain.clone();
+        let close = self.close.wait();
         let settings = self.settings.clone();
         let http2 = self.protocol == Protocol::HTTP2;
         Box::pin(async move {
@@ -163,6 +193,10 @@ where
                         conn.as_mut().graceful_shutdown();
                         conn.await?
                     }
+                    () = close => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await?
+                    }
                 }
             } else {
                 let mut builder = conn::http1::Builder::new();
@@ -175,6 +209,10 @@ where
                 tokio::select! {
                     res = conn.as_mut() => res?,
                     () = drain.signaled() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await?
+                    }
+                    () = close => {
                         conn.as_mut().graceful_shutdown();
                         conn.await?
                     }
@@ -205,6 +243,13 @@ mod tests {
         client: SocketAddr,
         orig_dst: SocketAddr,
         tls: Tls,
+        close: CloseSignal,
+    }
+
+    impl Param<CloseSignal> for Conn {
+        fn param(&self) -> CloseSignal {
+            self.close.clone()
+        }
     }
 
     impl Param<Protocol> for Conn {
@@ -270,6 +315,19 @@ mod tests {
         SocketAddr,
         tokio::task::JoinHandle<Result<(), BoxError>>,
     ) {
+        connect_closing(protocol, tls, drain, CloseSignal::never()).await
+    }
+
+    async fn connect_closing(
+        protocol: Protocol,
+        tls: Tls,
+        drain: &Drain,
+        close: CloseSignal,
+    ) -> (
+        TcpStream,
+        SocketAddr,
+        tokio::task::JoinHandle<Result<(), BoxError>>,
+    ) {
         let settings = HttpSettings {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
@@ -287,6 +345,7 @@ mod tests {
             client: client_addr,
             orig_dst: orig_dst(),
             tls,
+            close,
         };
         let conn = tokio::spawn(serve.new_service(target).oneshot(BoxIo::new(io)));
         (client, client_addr, conn)
@@ -367,6 +426,31 @@ mod tests {
                 .expect("closed within the deadline")
                 .unwrap()
                 .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_closes_when_its_own_signal_fires() {
+        for protocol in PROTOCOLS {
+            let drain = Drain::new();
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            let close = CloseSignal::new(move || {
+                let mut rx = rx.clone();
+                Box::pin(async move {
+                    let _ = rx.wait_for(|closed| *closed).await;
+                })
+            });
+            let tls = Tls::NoIdentity(NO_TLS_DISABLED);
+            let (io, _, conn) = connect_closing(protocol, tls, &drain, close).await;
+            let rsp = send(protocol, io, "/x", "").await;
+            assert_eq!(rsp.status(), http::StatusCode::OK);
+            tx.send_replace(true);
+            tokio::time::timeout(Duration::from_secs(10), conn)
+                .await
+                .expect("closed within the deadline")
+                .unwrap()
+                .unwrap();
+            assert!(!drain.is_draining(), "only this connection closed");
         }
     }
 }

@@ -9,11 +9,21 @@
 //!    detect again inside; anything else: refuse it on a port that requires identity;
 //! 3. by protocol: HTTP to the HTTP server, the rest (other TLS included) opaque.
 //!
+//! Before all of them, the port's inbound policy is looked up ([`policy`]: the first connection
+//! to a port waits for the controller's answer, bounded).
+//!
 //! HTTP, per request: errors become responses → `mesh-client-id` set from the proven identity
 //! → HTTP/1 restored from a peer proxy's HTTP/2 (`mesh-orig-proto`) → metrics, classification
-//! and tap → hop-by-hop headers → the application's client (shared per port).
+//! and tap → authorization ([`authorize`]) → local rate limit ([`ratelimit`]) → hop-by-hop
+//! headers → the application's client (shared per port). A connection whose authorization is
+//! revoked closes after its in-flight requests.
 //!
-//! Opaque: TCP metrics → bytes copied to the application.
+//! Opaque: authorization (refused: a reset; revoked: closed) → TCP metrics → bytes copied to
+//! the application.
+
+pub mod authorize;
+pub mod policy;
+pub mod ratelimit;
 
 use crate::{
     detect::{Detect, DetectConfig, NewSwitch, Protocol},
@@ -23,7 +33,7 @@ use crate::{
         client::{EndpointAddr, NewClient},
         errors::RespondLayer,
         headers,
-        server::{HttpSettings, NewServeHttp},
+        server::{CloseSignal, HttpSettings, NewServeHttp},
     },
     identity::LocalIdentity,
     metrics::{Direction, Metrics, TcpLabels, Tls, NO_TLS_DISABLED, NO_TLS_FROM_REMOTE},
@@ -37,6 +47,9 @@ use crate::{
     tls::{Decided, NewRequireIdentity, NewTerminate, TerminateConfig},
     transport::{Accepted, ClientAddr, OrigDst, Refuse},
 };
+use authorize::{NewAuthorizeHttp, NewAuthorizeTcp};
+use policy::{NewPortPolicy, Policied, PolicyHandle, PortPolicies};
+use ratelimit::{ClientIdentity, NewRateLimit};
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
@@ -60,6 +73,8 @@ pub struct Inbound {
     pub identity: Option<Arc<LocalIdentity>>,
     pub client: NewClient,
     pub drain: Drain,
+    /// The inbound policy of each port.
+    pub policies: PortPolicies,
 }
 
 /// An inbound connection once its protocol and TLS are known: the target of everything below
@@ -73,14 +88,12 @@ pub struct InboundConn {
     pub target: SocketAddr,
     pub protocol: Protocol,
     pub tls: Tls,
+    /// The port's inbound policy.
+    pub policy: PolicyHandle,
 }
 
 impl InboundConn {
-    fn new<T: Param<ClientAddr> + Param<OrigDst>>(
-        parent: &T,
-        protocol: Protocol,
-        tls: Tls,
-    ) -> Self {
+    fn new(parent: &Policied<Accepted>, protocol: Protocol, tls: Tls) -> Self {
         let ClientAddr(client) = parent.param();
         let OrigDst(orig_dst) = parent.param();
         Self {
@@ -89,7 +102,15 @@ impl InboundConn {
             target: SocketAddr::new(loopback(orig_dst.ip()), orig_dst.port()),
             protocol,
             tls,
+            policy: parent.policy.clone(),
         }
+    }
+
+    fn client_id(&self) -> ClientIdentity {
+        ClientIdentity(match &self.tls {
+            Tls::Established(id) => Some(id.clone()),
+            Tls::NoIdentity(_) => None,
+        })
     }
 }
 
@@ -115,6 +136,7 @@ pub fn stack(
         identity,
         client,
         drain,
+        policies,
     } = inbound;
     let refuse = Refuse {
         metrics: metrics.clone(),
@@ -124,6 +146,8 @@ pub fn stack(
     let app = Stack::new(client.clone())
         .push(CacheLayer::new(Cache::<EndpointAddr, _>::new(idle_timeout)))
         .push(headers::hop_by_hop())
+        .push(NewRateLimit::layer(metrics.authz.clone()))
+        .push(NewAuthorizeHttp::layer())
         .push(NewMeter::layer(metrics.clone(), taps.clone(), Record::All))
         .push(headers::downgrade())
         .push(headers::client_id())
@@ -140,6 +164,7 @@ pub fn stack(
             in_flight: None,
             unavailable: None,
         }))
+        .push(NewAuthorizeTcp::layer())
         .into_inner();
     let by_protocol = Arc::new(NewSwitch::new(app, opaque));
 
@@ -155,7 +180,7 @@ pub fn stack(
         None => NO_TLS_DISABLED,
     };
     let plain = Stack::new(by_protocol.clone())
-        .push(MapTargetLayer(|d: Decided<Detect<Accepted>>| {
+        .push(MapTargetLayer(|d: Decided<Detect<Policied<Accepted>>>| {
             InboundConn::new(&d.parent.parent, d.parent.protocol, d.tls)
         }))
         .push(NewRequireIdentity::layer(
@@ -166,9 +191,11 @@ pub fn stack(
         .shared()
         .into_inner();
     let meshed = Stack::new(by_protocol)
-        .push(MapTargetLayer(|d: Detect<Decided<Detect<Accepted>>>| {
-            InboundConn::new(&d.parent.parent.parent, d.protocol, d.parent.tls)
-        }))
+        .push(MapTargetLayer(
+            |d: Detect<Decided<Detect<Policied<Accepted>>>>| {
+                InboundConn::new(&d.parent.parent.parent, d.protocol, d.parent.tls)
+            },
+        ))
         .push(detect(None).layer())
         .into_inner();
     let terminate = identity.clone().map(|identity| TerminateConfig {
@@ -180,12 +207,13 @@ pub fn stack(
     let tls_on = terminate.is_some();
     let terminate = terminate.map(|config| NewTerminate::new(config, meshed, plain.clone()));
     let accepted = NewSelect::new(
-        move |d: &Detect<Accepted>| tls_on && d.protocol == Protocol::TLS,
+        move |d: &Detect<Policied<Accepted>>| tls_on && d.protocol == Protocol::TLS,
         NewOption(terminate),
         plain,
     );
     Stack::new(accepted)
         .push(detect(identity.is_some().then_some(OPAQUE_TLS_PEEK)).layer())
+        .push(NewPortPolicy::layer(policies))
         .into_inner()
 }
 
@@ -218,6 +246,24 @@ impl Param<ClientAddr> for InboundConn {
 impl Param<OrigDst> for InboundConn {
     fn param(&self) -> OrigDst {
         OrigDst(self.orig_dst)
+    }
+}
+
+impl Param<PolicyHandle> for InboundConn {
+    fn param(&self) -> PolicyHandle {
+        self.policy.clone()
+    }
+}
+
+impl Param<ClientIdentity> for InboundConn {
+    fn param(&self) -> ClientIdentity {
+        self.client_id()
+    }
+}
+
+impl Param<CloseSignal> for InboundConn {
+    fn param(&self) -> CloseSignal {
+        authorize::close_when_revoked(&self.policy, ClientAddr(self.client), self.client_id())
     }
 }
 

@@ -37,7 +37,7 @@ use crate::{
         filters::FiltersLayer,
         headers,
         retry::RetryLayer,
-        server::{HttpSettings, NewServeHttp},
+        server::{CloseSignal, HttpSettings, NewServeHttp},
         timeout::TimeoutLayer,
     },
     metrics::{Direction, Metrics, TcpLabels, Tls, NO_TLS_DISABLED, NO_TLS_FROM_DISCOVERY},
@@ -262,6 +262,12 @@ impl Param<OrigDst> for OutboundConn {
 }
 
 /// The application's own connection carries no mesh identity.
+impl Param<CloseSignal> for OutboundConn {
+    fn param(&self) -> CloseSignal {
+        CloseSignal::never()
+    }
+}
+
 impl Param<Tls> for OutboundConn {
     fn param(&self) -> Tls {
         Tls::NoIdentity(NO_TLS_DISABLED)

@@ -1,0 +1,166 @@
+//! Authorization, after TLS termination (the identity is the one the client proved, never a
+//! header): per request on HTTP ([`NewAuthorizeHttp`]: 403, gRPC `PERMISSION_DENIED`, with
+//! `mesh-proxy-error` naming the policy) and per connection on opaque ports
+//! ([`NewAuthorizeTcp`]: a reset). Both decide with the port's policy of the moment, so an
+//! update applies to the next request or connection; a connection whose client the new policy
+//! no longer allows is closed: an opaque one at once, an HTTP one after its in-flight requests
+//! (the HTTP server's [`CloseSignal`](crate::http::server::CloseSignal), made here).
+
+use crate::{
+    http::server::CloseSignal,
+    svc::{reset, BoxBody, BoxError, BoxIo, ConnFuture, NewService, Param},
+    transport::ClientAddr,
+};
+use futures_util::future::{self, Either};
+use http::{Request, Response};
+use std::task::{Context, Poll};
+use tower::ServiceExt;
+
+use super::{policy::PolicyHandle, ratelimit::ClientIdentity};
+
+/// The close signal of an HTTP connection: its authorization revoked.
+pub fn close_when_revoked(
+    policy: &PolicyHandle,
+    client: ClientAddr,
+    id: ClientIdentity,
+) -> CloseSignal {
+    let policy = policy.clone();
+    CloseSignal::new(move || {
+        let ClientAddr(addr) = client;
+        Box::pin(policy.clone().revoked(addr.ip(), id.0.clone()))
+    })
+}
+
+// === HTTP ===
+
+/// Refuses the requests no authorization of the port's policy allows.
+#[derive(Clone)]
+pub struct NewAuthorizeHttp<N> {
+    inner: N,
+}
+
+impl<N> NewAuthorizeHttp<N> {
+    pub fn layer() -> impl tower::Layer<N, Service = Self> + Clone {
+        tower::layer::layer_fn(|inner| Self { inner })
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthorizeHttp<S> {
+    policy: PolicyHandle,
+    client: ClientAddr,
+    id: ClientIdentity,
+    inner: S,
+}
+
+impl<T, N> NewService<T> for NewAuthorizeHttp<N>
+where
+    T: Param<PolicyHandle> + Param<ClientAddr> + Param<ClientIdentity>,
+    N: NewService<T>,
+{
+    type Service = AuthorizeHttp<N::Service>;
+    fn new_service(&self, target: T) -> Self::Service {
+        AuthorizeHttp {
+            policy: target.param(),
+            client: target.param(),
+            id: target.param(),
+            inner: self.inner.new_service(target),
+        }
+    }
+}
+
+impl<S> tower::Service<Request<BoxBody>> for AuthorizeHttp<S>
+where
+    S: tower::Service<Request<BoxBody>, Response = Response<BoxBody>, Error = BoxError>,
+{
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = Either<future::Ready<Result<Response<BoxBody>, BoxError>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
+        let ClientAddr(client) = self.client;
+        let policy = self.policy.current();
+        match policy.authorize_http(&req, client.ip(), self.id.0.as_deref()) {
+            Ok(()) => Either::Right(self.inner.call(req)),
+            Err(error) => {
+                tracing::info!(%client, id = ?self.id.0, %error, "request refused");
+                Either::Left(future::ready(Err(error)))
+            }
+        }
+    }
+}
+
+// === opaque ===
+
+/// Resets the opaque connections no authorization of the port's policy allows, and closes
+/// the allowed ones whose authorization is revoked.
+#[derive(Clone)]
+pub struct NewAuthorizeTcp<N> {
+    inner: N,
+}
+
+impl<N> NewAuthorizeTcp<N> {
+    pub fn layer() -> impl tower::Layer<N, Service = Self> + Clone {
+        tower::layer::layer_fn(|inner| Self { inner })
+    }
+}
+
+pub struct AuthorizeTcp<T, N> {
+    target: Option<T>,
+    inner: N,
+}
+
+impl<T, N: Clone> NewService<T> for NewAuthorizeTcp<N> {
+    type Service = AuthorizeTcp<T, N>;
+    fn new_service(&self, target: T) -> Self::Service {
+        AuthorizeTcp {
+            target: Some(target),
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T, N, S> tower::Service<BoxIo> for AuthorizeTcp<T, N>
+where
+    T: Param<PolicyHandle> + Param<ClientAddr> + Param<ClientIdentity> + Send + 'static,
+    N: NewService<T, Service = S> + Send + 'static,
+    S: tower::Service<BoxIo, Response = (), Error = BoxError, Future = ConnFuture> + Send + 'static,
+{
+    type Response = ();
+    type Error = BoxError;
+    type Future = ConnFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, io: BoxIo) -> ConnFuture {
+        let target = self
+            .target
+            .take()
+            .expect("a connection's service serves it once");
+        let policy: PolicyHandle = target.param();
+        let ClientAddr(client) = target.param();
+        let ClientIdentity(id) = target.param();
+        if let Err(error) = policy.current().authorize_tcp(client.ip(), id.as_deref()) {
+            tracing::info!(%client, ?id, %error, "connection refused");
+            reset(&io);
+            return Box::pin(future::ready(Ok(())));
+        }
+        let forward = self.inner.new_service(target).oneshot(io);
+        Box::pin(async move {
+            tokio::select! {
+                res = forward => res,
+                () = policy.revoked(client.ip(), id.clone()) => {
+                    // Dropping the forwarding closes both sides.
+                    tracing::info!(%client, ?id, "authorization revoked: closing the connection");
+                    Ok(())
+                }
+            }
+        })
+    }
+}
