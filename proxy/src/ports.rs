@@ -91,6 +91,14 @@ impl FromStr for PortRange {
 // === impl PortList ===
 
 impl PortList {
+    /// Every port.
+    pub fn all() -> Self {
+        Self(vec![PortRange {
+            start: 1,
+            end: u16::MAX,
+        }])
+    }
+
     /// The ranges in the order they were written.
     pub fn ranges(&self) -> &[PortRange] {
         &self.0

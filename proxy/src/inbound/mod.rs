@@ -48,6 +48,7 @@ use crate::{
     transport::{Accepted, ClientAddr, OrigDst, Refuse},
 };
 use authorize::{NewAuthorizeHttp, NewAuthorizeTcp};
+use mesh_api::inbound::ProxyProtocol;
 use policy::{NewPortPolicy, Policied, PolicyHandle, PortPolicies};
 use ratelimit::{ClientIdentity, NewRateLimit};
 use std::{
@@ -55,6 +56,7 @@ use std::{
     sync::Arc,
     time::Duration,
 };
+use tower::Layer;
 
 /// How long an opaque inbound port waits for a ClientHello (identity on) before it takes the
 /// connection as plaintext: a peer proxy sends it at once.
@@ -211,8 +213,24 @@ pub fn stack(
         NewOption(terminate),
         plain,
     );
-    Stack::new(accepted)
-        .push(detect(identity.is_some().then_some(OPAQUE_TLS_PEEK)).layer())
+    // A Server whose `proxyProtocol` is `opaque` or `TLS` makes its port opaque, as if it
+    // were listed in `MESH_PROXY_INBOUND_OPAQUE_PORTS`.
+    let peek = identity.is_some().then_some(OPAQUE_TLS_PEEK);
+    let declared_opaque = DetectConfig {
+        opaque_ports: PortList::all(),
+        ..detect(peek)
+    };
+    let by_policy = NewSelect::new(
+        |p: &Policied<Accepted>| {
+            matches!(
+                p.policy.current().protocol,
+                ProxyProtocol::Opaque | ProxyProtocol::Tls
+            )
+        },
+        declared_opaque.layer().layer(accepted.clone()),
+        detect(peek).layer().layer(accepted),
+    );
+    Stack::new(by_policy)
         .push(NewPortPolicy::layer(policies))
         .into_inner()
 }
