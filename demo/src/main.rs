@@ -70,6 +70,22 @@ enum Command {
         #[arg(long, default_value = web::DEFAULT_RELEASE)]
         release: String,
     },
+    /// Casts one vote straight to the voting service, as web does, and says how it went: how
+    /// the voting service's inbound policy answers a caller (`mesh demo exec vote-bot-1 --
+    /// mesh-demo-app vote`). Exits 1 when the vote fails.
+    Vote {
+        /// The voting service's URL; its authority is sent as :authority.
+        #[arg(long, default_value = "http://voting-svc.demo.svc.cluster.local:8080")]
+        voting: String,
+        /// Connects to IP for HOST, keeping HOST as the authority (like curl's --resolve).
+        /// `mesh demo exec` passes the demo's Services in MESH_DEMO_RESOLVE.
+        #[arg(long, value_name = "HOST=IP", value_parser = Resolve::parse_entry,
+              env = "MESH_DEMO_RESOLVE", value_delimiter = ',')]
+        resolve: Vec<(String, IpAddr)>,
+        /// The emoji to vote for.
+        #[arg(long, default_value = ":joy:")]
+        emoji: String,
+    },
     /// Sends a steady trickle of votes through the web front end, for ever.
     VoteBot {
         /// The web front end's URL; its authority is sent as Host.
@@ -170,6 +186,19 @@ async fn run(command: Command, delay: Duration) -> anyhow::Result<()> {
                 "web: listening on {listen}"
             );
             web::serve(listener, config, shutdown).await;
+        }
+        Command::Vote {
+            voting: url,
+            resolve,
+            emoji: choice,
+        } => {
+            let target = Target::new(&url, &Resolve::new(resolve)).context("--voting")?;
+            let channel = mesh_demo_app::grpc::Channel::new(target, Duration::from_secs(5));
+            let shortcode = emoji::shortcode(&choice);
+            voting::vote(&channel, &shortcode)
+                .await
+                .with_context(|| format!("voting for {shortcode} at {url}"))?;
+            println!("voted for {shortcode} at {url}");
         }
         Command::VoteBot { web, resolve, rate } => {
             let resolve = Resolve::new(resolve);

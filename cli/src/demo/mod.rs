@@ -6,7 +6,8 @@
 //! control plane and the demo application, and reports each step on a pipe that `up` relays;
 //! `up` then either stays until Ctrl-C (and asks the supervisor to tear down) or, with
 //! `--detach`, returns once everything is ready. `mesh demo down` stops a running demo and
-//! removes what a crashed one left in its folder.
+//! removes what a crashed one left in its folder. `mesh demo exec POD -- COMMAND` runs a
+//! command inside one of its pods, like `kubectl exec`.
 
 mod supervisor;
 
@@ -43,6 +44,13 @@ pub enum DemoCommand {
     Up(UpArgs),
     /// Stops the running demo and removes its folder; also cleans up after a crashed one.
     Down,
+    /// Runs a command inside a pod of the running demo, like `kubectl exec`: its connections
+    /// go through the pod's proxy. The demo's binaries are on its PATH, and the demo's Services
+    /// in MESH_DEMO_RESOLVE (HOST=IP,…; the pods have no DNS), which `mesh-demo-app` reads.
+    ///
+    /// `mesh demo exec vote-bot-1 -- mesh-demo-app vote` casts a vote as vote-bot, which the
+    /// demo's policy refuses.
+    Exec(ExecArgs),
     /// The supervisor, inside the demo's namespaces (started by `up`).
     #[command(hide = true)]
     Supervise(SuperviseArgs),
@@ -59,14 +67,85 @@ pub struct UpArgs {
     pub every: u64,
 }
 
+#[derive(clap::Args, Debug, Clone)]
+pub struct ExecArgs {
+    /// The pod (`vote-bot-1`; `mesh viz stat po` lists them).
+    pub pod: String,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
 /// Runs `mesh demo …`.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     match args.command {
         None => up(&args.up),
         Some(DemoCommand::Up(up_args)) => up(&up_args),
         Some(DemoCommand::Down) => down(),
+        Some(DemoCommand::Exec(args)) => exec(&args),
         Some(DemoCommand::Supervise(args)) => supervisor::supervise(args),
     }
+}
+
+/// `mesh demo exec`: enters the demo's namespaces (before any thread starts), then runs the
+/// command in the pod's network namespace and exits with its status.
+fn exec(args: &ExecArgs) -> anyhow::Result<()> {
+    let dir = running::home()?;
+    let Found::Running(demo) = running::find(&dir)? else {
+        bail!("no demo is running: start one with `mesh demo`");
+    };
+    let netns = pod_netns(&dir.join("state"), &args.pod)?;
+    let bin_dir = crate::local::binary("mesh-demo-app")?
+        .parent()
+        .map(PathBuf::from)
+        .context("no binary folder")?;
+    let mut path = bin_dir.into_os_string();
+    path.push(":");
+    path.push(path_with_sbin());
+    demo.enter()?;
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", &netns])
+        .args(&args.command)
+        .env("PATH", path)
+        .env("MESH_DEMO_RESOLVE", supervisor::resolve_env())
+        .status()
+        .with_context(|| format!("running {:?} in pod {}", args.command, args.pod))?;
+    match status.code() {
+        Some(0) => Ok(()),
+        code => std::process::exit(code.unwrap_or(1)),
+    }
+}
+
+/// The network namespace of `pod`, from its Pod object in the demo's state folder.
+fn pod_netns(state: &std::path::Path, pod: &str) -> anyhow::Result<String> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(state).with_context(|| format!("reading {}", state.display()))? {
+        let path = entry?.path();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+            let Ok(object) =
+                <k8s_openapi::api::core::v1::Pod as serde::Deserialize>::deserialize(doc)
+            else {
+                continue;
+            };
+            let name = object.metadata.name.clone().unwrap_or_default();
+            let netns = object
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::local::NETNS_ANNOTATION));
+            match netns {
+                Some(netns) if name == pod => return Ok(netns.clone()),
+                Some(_) => names.push(name),
+                None => {}
+            }
+        }
+    }
+    names.sort();
+    bail!(
+        "the demo has no pod {pod}: its pods are {}",
+        names.join(", ")
+    )
 }
 
 /// `mesh demo up`.

@@ -19,6 +19,9 @@
 //! (`--resolve`), and their proxies route by that name, following the routes of
 //! [`ROUTES_FILE`] (written once, then the user's to edit): HTTPRoute `web-canary` sends 10 % of
 //! `web-svc`'s requests to `web-v2`, GRPCRoute `voting` retries `UNAVAILABLE` calls to voting.
+//! The inbound policy of [`POLICY_FILE`] (also the user's) lets only the `web` identity call
+//! voting and emoji, and limits emoji's rate: `mesh demo exec vote-bot-1 -- mesh-demo-app vote`
+//! is refused with `PERMISSION_DENIED`.
 
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -54,6 +57,10 @@ const VOTING_UNAVAILABLE_PERCENT: &str = "10";
 pub const ROUTES_FILE: &str = "routes.yaml";
 /// The share of `web-svc`'s requests that the canary route sends to `web-v2`, in percent.
 const CANARY_PERCENT: u32 = 10;
+/// The inbound policy's file in the state folder: the user's to edit while the demo runs.
+pub const POLICY_FILE: &str = "policy.yaml";
+/// emoji's local rate limit: requests per second in total, and per client identity.
+const EMOJI_RATE_LIMIT: (u32, u32) = (100, 50);
 
 /// `mesh demo supervise` (hidden): started by `mesh demo up` inside fresh namespaces.
 #[derive(clap::Args, Debug)]
@@ -289,6 +296,14 @@ impl Demo {
             ),
             || control.write(ROUTES_FILE, &routes_yaml()),
         )?;
+        step(
+            &format!(
+                "writing the inbound policy to state/{POLICY_FILE}: only identity web may call \
+                 voting and emoji; emoji limited to {} rps ({} per caller)",
+                EMOJI_RATE_LIMIT.0, EMOJI_RATE_LIMIT.1
+            ),
+            || control.write(POLICY_FILE, &policy_yaml()),
+        )?;
         let mut demo = Demo {
             apps: Vec::new(),
             proxies: Vec::new(),
@@ -348,8 +363,12 @@ impl Demo {
              \nTraffic policy (the routes are {routes}; edit them to move the split live):\n\
              \x20 {sudo}mesh viz routes deploy/vote-bot  web-svc's canary split (web-v2 {CANARY_PERCENT} % to start)\n\
              \x20 {sudo}mesh viz routes deploy/web       the voting route: retries recovering UNAVAILABLE\n\
+             \nWho may call what (the policy is {policy}): only web may call voting and emoji.\n\
+             \x20 {sudo}mesh demo exec vote-bot-1 -- mesh-demo-app vote   refused: PERMISSION_DENIED\n\
+             \x20 {sudo}mesh viz authz deploy/voting     allowed and denied, per authorization\n\
              \n\x20 {sudo}mesh demo down                   stop it (or Ctrl-C here)\n",
             routes = self.control.state_dir().join(ROUTES_FILE).display(),
+            policy = self.control.state_dir().join(POLICY_FILE).display(),
         ));
         say(READY_LINE);
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -561,6 +580,82 @@ fn routes_yaml() -> String {
         canary = CANARY_PERCENT,
         unavailable = VOTING_UNAVAILABLE_PERCENT,
     )
+}
+
+/// The demo's inbound policy ([`POLICY_FILE`]), commented for the user who edits it:
+/// `policy.mesh.io` resources, as `manifests/demo/demo.yaml` has them for a cluster.
+fn policy_yaml() -> String {
+    let (total, per_caller) = EMOJI_RATE_LIMIT;
+    format!(
+        "# The demo's inbound policy: who may call what. A Server names a port of some pods; once\n\
+         # one does, only what an AuthorizationPolicy allows gets in (403, or PERMISSION_DENIED for\n\
+         # gRPC). Edit this file while the demo runs: new requests follow within a second. Watch it\n\
+         # with\n\
+         #   mesh viz authz deploy/voting     (allowed and denied rates, per authorization)\n\
+         #   mesh viz tap deploy/voting       (denials show as grpc-status 7)\n\
+         # Try it: mesh demo exec vote-bot-1 -- mesh-demo-app vote   (vote-bot is not web)\n\
+         \n\
+         # The identity of web's pods (web-1, web-2 and the canary web-v2 share it).\n\
+         apiVersion: policy.mesh.io/v1alpha1\n\
+         kind: MeshTLSAuthentication\n\
+         metadata: {{name: web, namespace: {NAMESPACE}}}\n\
+         spec:\n\
+         \x20 identityRefs:\n\
+         \x20 - {{kind: ServiceAccount, name: web}}\n\
+         ---\n\
+         # voting's gRPC port: only web may call it.\n\
+         apiVersion: policy.mesh.io/v1alpha1\n\
+         kind: Server\n\
+         metadata: {{name: voting-grpc, namespace: {NAMESPACE}}}\n\
+         spec:\n\
+         \x20 podSelector: {{matchLabels: {{app: voting}}}}\n\
+         \x20 port: {APP_PORT}\n\
+         \x20 proxyProtocol: gRPC\n\
+         ---\n\
+         apiVersion: policy.mesh.io/v1alpha1\n\
+         kind: AuthorizationPolicy\n\
+         metadata: {{name: voting-from-web, namespace: {NAMESPACE}}}\n\
+         spec:\n\
+         \x20 targetRef: {{group: policy.mesh.io, kind: Server, name: voting-grpc}}\n\
+         \x20 requiredAuthenticationRefs:\n\
+         \x20 - {{group: policy.mesh.io, kind: MeshTLSAuthentication, name: web}}\n\
+         ---\n\
+         # emoji's gRPC port: only web may call it, at most {total} requests per second in all and\n\
+         # {per_caller} per caller (429, or RESOURCE_EXHAUSTED for gRPC, beyond). Lower them to see it.\n\
+         apiVersion: policy.mesh.io/v1alpha1\n\
+         kind: Server\n\
+         metadata: {{name: emoji-grpc, namespace: {NAMESPACE}}}\n\
+         spec:\n\
+         \x20 podSelector: {{matchLabels: {{app: emoji}}}}\n\
+         \x20 port: {APP_PORT}\n\
+         \x20 proxyProtocol: gRPC\n\
+         ---\n\
+         apiVersion: policy.mesh.io/v1alpha1\n\
+         kind: AuthorizationPolicy\n\
+         metadata: {{name: emoji-from-web, namespace: {NAMESPACE}}}\n\
+         spec:\n\
+         \x20 targetRef: {{group: policy.mesh.io, kind: Server, name: emoji-grpc}}\n\
+         \x20 requiredAuthenticationRefs:\n\
+         \x20 - {{group: policy.mesh.io, kind: MeshTLSAuthentication, name: web}}\n\
+         ---\n\
+         apiVersion: policy.mesh.io/v1alpha1\n\
+         kind: HTTPLocalRateLimitPolicy\n\
+         metadata: {{name: emoji-rate, namespace: {NAMESPACE}}}\n\
+         spec:\n\
+         \x20 targetRef: {{group: policy.mesh.io, kind: Server, name: emoji-grpc}}\n\
+         \x20 total: {{requestsPerSecond: {total}}}\n\
+         \x20 identity: {{requestsPerSecond: {per_caller}}}\n"
+    )
+}
+
+/// What `mesh demo exec` hands its command in `MESH_DEMO_RESOLVE`: the demo's Services as
+/// `HOST=IP` pairs, comma-separated (the pods have no DNS).
+pub fn resolve_env() -> String {
+    [&WEB_SVC, &EMOJI_SVC, &VOTING_SVC, &WEB_V2_SVC]
+        .iter()
+        .map(|s| s.resolve())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Runs one setup step, printing it with a tick (or a cross) and how long it took.
