@@ -10,7 +10,14 @@
 //! Outbound policies fan out the same way, one channel per watched (target, client namespace).
 //! A route and its backends can live in other namespaces than the Service, so every watched
 //! policy is recomputed after a change that can touch policies (a Service, a route, an
-//! HTTPFault: [`Index::policy_version`]), and sent only when it differs.
+//! HTTPFault, an inbound policy resource: [`Index::policy_version`]), and sent only when it
+//! differs.
+//!
+//! Inbound policies too, one channel per watched (pod, port): recomputed when the policy
+//! version moves, or when their pod's stamp does ([`Index::pod_stamp`]: the pod was applied or
+//! deleted; another pod's events recompute nothing). What the index finds worth a warning
+//! (several Servers on one port, an AuthorizationPolicy that requires a missing
+//! authentication) is logged once, when it first appears.
 
 mod server;
 
@@ -22,6 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 
 use mesh_api::destination::{Add, Endpoint, NoEndpoints, Remove, Update};
+use mesh_api::inbound::InboundPolicy;
 use mesh_api::policy::OutboundPolicy;
 use tokio::sync::watch;
 
@@ -39,10 +47,25 @@ type PolicyKey = (Target, Option<String>);
 
 type Policies = HashMap<PolicyKey, watch::Sender<Arc<OutboundPolicy>>>;
 
+/// An inbound policy watch's key: the pod's namespace and name, and the port.
+type InboundKey = (String, String, u16);
+
+/// One watched inbound policy.
+struct InboundWatch {
+    tx: watch::Sender<Arc<InboundPolicy>>,
+    /// The pod's stamp when the policy was last computed.
+    pod_stamp: Option<u64>,
+    /// What was worth a warning then (a new warning is logged).
+    warnings: Vec<String>,
+}
+
 struct Inner {
     index: RwLock<Index>,
     targets: Mutex<HashMap<Target, watch::Sender<Arc<Resolution>>>>,
     policies: Mutex<Policies>,
+    inbound: Mutex<HashMap<InboundKey, InboundWatch>>,
+    /// The index's inbound warnings after the last policy change (a new one is logged).
+    inbound_warnings: Mutex<Vec<String>>,
     /// The index's policy version after the last update (see [`Destination::policy_changes`]).
     policy_version: watch::Sender<u64>,
     ready: watch::Sender<bool>,
@@ -57,6 +80,8 @@ impl Destination {
                 index: RwLock::new(Index::new(config)),
                 targets: Mutex::new(HashMap::new()),
                 policies: Mutex::new(HashMap::new()),
+                inbound: Mutex::new(HashMap::new()),
+                inbound_warnings: Mutex::new(Vec::new()),
                 policy_version: watch::Sender::new(0),
                 ready: watch::Sender::new(false),
                 metrics,
@@ -127,7 +152,38 @@ impl Destination {
         }
         drop(targets);
         let version = index.policy_version();
-        if *self.inner.policy_version.borrow() != version {
+        let policies_moved = *self.inner.policy_version.borrow() != version;
+        let mut inbound = self.lock_inbound();
+        inbound.retain(|_, w| w.tx.receiver_count() > 0);
+        for ((ns, pod, port), w) in inbound.iter_mut() {
+            let stamp = index.pod_stamp(ns, pod);
+            if !policies_moved && stamp == w.pod_stamp {
+                continue;
+            }
+            w.pod_stamp = stamp;
+            let (policy, warnings) = index.inbound(ns, pod, *port);
+            log_new(&w.warnings, &warnings);
+            w.warnings = warnings;
+            w.tx.send_if_modified(|current| {
+                if **current == policy {
+                    return false;
+                }
+                *current = Arc::new(policy);
+                pushed += 1;
+                true
+            });
+        }
+        drop(inbound);
+        if policies_moved {
+            let warnings = index.inbound_warnings();
+            let mut last = self
+                .inner
+                .inbound_warnings
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            log_new(&last, &warnings);
+            *last = warnings;
+            drop(last);
             let mut policies = self.lock_policies();
             policies.retain(|_, tx| tx.receiver_count() > 0);
             for ((target, client_ns), tx) in policies.iter() {
@@ -183,6 +239,42 @@ impl Destination {
         rx
     }
 
+    /// Subscribes to the inbound policy of `port` of the pod `namespace/pod`; the receiver's
+    /// current value is the current policy (the default one while the pod is unknown).
+    pub fn subscribe_inbound(
+        &self,
+        namespace: String,
+        pod: String,
+        port: u16,
+    ) -> watch::Receiver<Arc<InboundPolicy>> {
+        let index = self.read_index();
+        let mut inbound = self.lock_inbound();
+        let key = (namespace, pod, port);
+        if let Some(w) = inbound.get(&key) {
+            return w.tx.subscribe();
+        }
+        let (policy, warnings) = index.inbound(&key.0, &key.1, port);
+        log_new(&[], &warnings);
+        let (tx, rx) = watch::channel(Arc::new(policy));
+        inbound.insert(
+            key.clone(),
+            InboundWatch {
+                tx,
+                pod_stamp: index.pod_stamp(&key.0, &key.1),
+                warnings,
+            },
+        );
+        rx
+    }
+
+    /// How many distinct (pod, port) inbound policies are watched.
+    pub fn watched_inbound(&self) -> usize {
+        self.lock_inbound()
+            .values()
+            .filter(|w| w.tx.receiver_count() > 0)
+            .count()
+    }
+
     /// How many distinct (target, client namespace) policies are watched.
     pub fn watched_policies(&self) -> usize {
         self.lock_policies()
@@ -220,6 +312,13 @@ impl Destination {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn lock_inbound(&self) -> std::sync::MutexGuard<'_, HashMap<InboundKey, InboundWatch>> {
+        self.inner
+            .inbound
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn lock_policies(&self) -> std::sync::MutexGuard<'_, Policies> {
         self.inner
             .policies
@@ -234,6 +333,13 @@ impl Destination {
             .targets
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Logs each of `current` that `last` did not have.
+fn log_new(last: &[String], current: &[String]) {
+    for reason in current.iter().filter(|w| !last.contains(w)) {
+        tracing::warn!(%reason, "inbound policy problem");
     }
 }
 
@@ -351,6 +457,52 @@ mod tests {
             &empty,
             &[r#"{"noEndpoints":{"exists":true}}"#],
         );
+    }
+
+    /// A Pod event moves no policy version (the Kubernetes source applies one object at a
+    /// time), yet it changes that pod's inbound policy.
+    #[tokio::test]
+    async fn inbound_watches_follow_their_pod() {
+        let dest = Destination::new(IndexConfig::default(), Metrics::default());
+        let apply = |yaml: &str| {
+            let (objects, errors) = crate::source::folder::parse_yaml(yaml);
+            assert!(errors.is_empty(), "{errors:?}");
+            for object in objects {
+                dest.update(Instant::now(), None, |index| index.apply(object));
+            }
+        };
+        let pod = |name: &str, app: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: demo, \
+                 labels: {{app: {app}}}}}\nspec: {{containers: [{{name: a}}]}}\n"
+            )
+        };
+        apply(
+            "apiVersion: policy.mesh.io/v1alpha1\nkind: Server\n\
+             metadata: {name: s, namespace: demo}\n\
+             spec: {podSelector: {matchLabels: {app: web}}, port: 80}\n",
+        );
+        let mut rx = dest.subscribe_inbound("demo".into(), "web-0".into(), 80);
+        assert_eq!(dest.watched_inbound(), 1);
+        assert_eq!(rx.borrow_and_update().server, None, "no pod yet");
+        let version = dest.policy_changes();
+        apply(&pod("web-0", "web"));
+        assert!(rx.has_changed().expect("open"));
+        assert_eq!(
+            rx.borrow_and_update()
+                .server
+                .as_ref()
+                .map(|s| s.name.as_str()),
+            Some("s")
+        );
+        apply(&pod("web-1", "web"));
+        assert!(!rx.has_changed().expect("open"), "another pod's event");
+        apply(&pod("web-0", "other"));
+        assert_eq!(rx.borrow_and_update().server, None, "relabelled");
+        assert!(!version.has_changed().expect("open"), "no policy moved");
+        drop(rx);
+        dest.update(Instant::now(), None, |_| {});
+        assert_eq!(dest.watched_inbound(), 0, "unwatched policies are dropped");
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
-//! The HTTP server of the destination service: the destination and outbound policy watches,
-//! health and metrics endpoints.
+//! The HTTP server of the destination service: the destination, outbound policy and inbound
+//! policy watches, health and metrics endpoints.
 //!
 //! Plaintext HTTP/2 (prior knowledge) and HTTP/1.1 on one port (hyper-util's auto builder).
 
@@ -11,6 +11,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use mesh_api::destination::WATCH_PATH;
+use mesh_api::inbound::{InboundPolicy, INBOUND_WATCH_PATH};
 use mesh_api::policy::{OutboundPolicy, OUTBOUND_WATCH_PATH};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpListener;
@@ -43,6 +44,7 @@ fn route(dest: &Destination, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         WATCH_PATH => watch_response(dest, req.uri().query().unwrap_or("")),
         OUTBOUND_WATCH_PATH => policy_response(dest, req.uri().query().unwrap_or("")),
+        INBOUND_WATCH_PATH => inbound_response(dest, req.uri().query().unwrap_or("")),
         "/ready" if dest.is_ready() => text(StatusCode::OK, "ready\n".into()),
         "/ready" => text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -120,6 +122,54 @@ fn policy_response(dest: &Destination, query: &str) -> Response<Body> {
     jsonl(StreamBody::new(stream).boxed_unsync())
 }
 
+/// The `pod` (`NAMESPACE/NAME`) and `port` of an inbound watch's query, or why the query is
+/// bad (answered 400).
+fn parse_inbound_query(query: &str) -> Result<(String, String, u16), String> {
+    const USE: &str = "use ?pod=NAMESPACE/NAME&port=N";
+    let mut pod = None;
+    let mut port = None;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "pod" => pod = Some(v.into_owned()),
+            "port" => port = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let Some(pod) = pod.filter(|p| !p.is_empty()) else {
+        return Err(format!("missing pod: {USE}\n"));
+    };
+    let (namespace, name) = pod
+        .split_once('/')
+        .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
+        .ok_or_else(|| format!("pod {pod:?} is not NAMESPACE/NAME: {USE}\n"))?;
+    let Some(port) = port.filter(|p| !p.is_empty()) else {
+        return Err(format!("missing port: {USE}\n"));
+    };
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("port {port:?} is not a port number (1-65535): {USE}\n"))?;
+    Ok((namespace.to_owned(), name.to_owned(), port))
+}
+
+/// `GET /v1/policy/inbound/watch?pod=NAMESPACE/NAME&port=N`: the port's whole inbound policy
+/// as one line at once, then again after every change to it.
+fn inbound_response(dest: &Destination, query: &str) -> Response<Body> {
+    let (namespace, pod, port) = match parse_inbound_query(query) {
+        Ok(parsed) => parsed,
+        Err(message) => return text(StatusCode::BAD_REQUEST, message),
+    };
+    tracing::debug!(%namespace, %pod, port, "inbound policy watch started");
+    let watcher = PolicyWatcher {
+        rx: dest.subscribe_inbound(namespace, pod, port),
+        last: None,
+        _gauge: GaugeGuard::new(dest.metrics().watchers.clone()),
+    };
+    let stream = futures_util::stream::unfold(watcher, PolicyWatcher::next);
+    jsonl(StreamBody::new(stream).boxed_unsync())
+}
+
 fn jsonl(body: Body) -> Response<Body> {
     let mut response = Response::new(body);
     response.headers_mut().insert(
@@ -174,15 +224,32 @@ impl Watcher {
 
 // === impl PolicyWatcher ===
 
-/// One policy watch: sends the latest policy of its channel whenever it differs from the last
-/// line sent (a slow client skips intermediate policies).
-struct PolicyWatcher {
-    rx: watch::Receiver<Arc<OutboundPolicy>>,
-    last: Option<Arc<OutboundPolicy>>,
+/// A policy sent whole as one line of a watch.
+trait Line: PartialEq {
+    fn line(&self) -> Bytes;
+}
+
+impl Line for OutboundPolicy {
+    fn line(&self) -> Bytes {
+        self.to_line()
+    }
+}
+
+impl Line for InboundPolicy {
+    fn line(&self) -> Bytes {
+        self.to_line()
+    }
+}
+
+/// One policy watch (outbound or inbound): sends the latest policy of its channel whenever it
+/// differs from the last line sent (a slow client skips intermediate policies).
+struct PolicyWatcher<P> {
+    rx: watch::Receiver<Arc<P>>,
+    last: Option<Arc<P>>,
     _gauge: GaugeGuard,
 }
 
-impl PolicyWatcher {
+impl<P: Line> PolicyWatcher<P> {
     async fn next(mut self) -> Option<(Result<Frame<Bytes>, Infallible>, Self)> {
         loop {
             if self.last.is_some() && self.rx.changed().await.is_err() {
@@ -192,7 +259,7 @@ impl PolicyWatcher {
             if self.last.as_deref() == Some(&*current) {
                 continue;
             }
-            let line = current.to_line();
+            let line = current.line();
             self.last = Some(current);
             return Some((Ok(Frame::data(line)), self));
         }

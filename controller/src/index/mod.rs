@@ -1,11 +1,15 @@
-//! The one index of Kubernetes objects (Services, EndpointSlices, Pods, ReplicaSets, and the
-//! Gateway API routes and `HTTPFault`s of `routes.rs`), how a watch target resolves to
-//! endpoints against it, and its outbound policy.
+//! The one index of Kubernetes objects (Services, EndpointSlices, Pods, ReplicaSets, the
+//! Gateway API routes and `HTTPFault`s of `routes.rs`, and the inbound policy resources of
+//! `inbound.rs`), how a watch target resolves to endpoints against it, its outbound policy,
+//! and a pod port's inbound policy.
 //!
 //! Both sources (kube-rs watchers and the folder of YAML) feed the same [`Index`]; everything
 //! above it is shared. Resolution and policies are pure functions of the index, so they are
-//! unit-tested without sockets (see `tests.rs` and `policy_tests.rs`).
+//! unit-tested without sockets (see `tests.rs`, `policy_tests.rs` and `inbound_tests.rs`).
 
+pub mod inbound;
+#[cfg(test)]
+mod inbound_tests;
 #[cfg(test)]
 mod policy_tests;
 pub mod routes;
@@ -18,6 +22,10 @@ pub use target::{AuthorityError, Target};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
+use inbound::{
+    AuthorizationPolicy, Checked, HttpLocalRateLimitPolicy, MeshTlsAuthentication,
+    NetworkAuthentication, Server,
+};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointSlice};
@@ -68,6 +76,16 @@ pub enum Object {
     GrpcRoute(Box<RouteObject>),
     /// A `policy.mesh.io` HTTPFault.
     HttpFault(Box<HttpFault>),
+    /// A `policy.mesh.io` Server, validated.
+    Server(Box<Checked<Server>>),
+    /// A `policy.mesh.io` AuthorizationPolicy, validated.
+    AuthorizationPolicy(Box<Checked<AuthorizationPolicy>>),
+    /// A `policy.mesh.io` MeshTLSAuthentication, validated.
+    MeshTlsAuthentication(Box<Checked<MeshTlsAuthentication>>),
+    /// A `policy.mesh.io` NetworkAuthentication, validated.
+    NetworkAuthentication(Box<Checked<NetworkAuthentication>>),
+    /// A `policy.mesh.io` HTTPLocalRateLimitPolicy, validated.
+    HttpLocalRateLimitPolicy(Box<Checked<HttpLocalRateLimitPolicy>>),
 }
 
 /// The kinds of [`Object`].
@@ -87,6 +105,16 @@ pub enum Kind {
     GrpcRoute,
     /// HTTPFault.
     HttpFault,
+    /// Server.
+    Server,
+    /// AuthorizationPolicy.
+    AuthorizationPolicy,
+    /// MeshTLSAuthentication.
+    MeshTlsAuthentication,
+    /// NetworkAuthentication.
+    NetworkAuthentication,
+    /// HTTPLocalRateLimitPolicy.
+    HttpLocalRateLimitPolicy,
 }
 
 impl Kind {
@@ -100,6 +128,11 @@ impl Kind {
             Kind::HttpRoute => "HTTPRoute",
             Kind::GrpcRoute => "GRPCRoute",
             Kind::HttpFault => "HTTPFault",
+            Kind::Server => "Server",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::MeshTlsAuthentication => "MeshTLSAuthentication",
+            Kind::NetworkAuthentication => "NetworkAuthentication",
+            Kind::HttpLocalRateLimitPolicy => "HTTPLocalRateLimitPolicy",
         }
     }
 }
@@ -152,8 +185,20 @@ pub struct Index {
     http_routes: HashMap<NsName, RouteObject>,
     grpc_routes: HashMap<NsName, RouteObject>,
     faults: HashMap<NsName, HttpFault>,
-    /// Bumped by every change that can change a policy (Services, routes, HTTPFaults).
+    // The inbound policy resources, ordered so that a namespace's are one range.
+    servers: BTreeMap<NsName, Checked<Server>>,
+    authorization_policies: BTreeMap<NsName, Checked<AuthorizationPolicy>>,
+    meshtls_authentications: BTreeMap<NsName, Checked<MeshTlsAuthentication>>,
+    network_authentications: BTreeMap<NsName, Checked<NetworkAuthentication>>,
+    rate_limits: BTreeMap<NsName, Checked<HttpLocalRateLimitPolicy>>,
+    /// Bumped by every change that can change a policy (Services, routes, HTTPFaults, the
+    /// inbound policy resources).
     policy_version: u64,
+    /// Each pod's stamp: a new one whenever the pod is applied, none once it is deleted (see
+    /// [`Index::pod_stamp`]).
+    pod_stamps: HashMap<NsName, u64>,
+    /// The last stamp given.
+    last_pod_stamp: u64,
 }
 
 /// What the controller reports on one route: its Service parents' conditions, next to the
@@ -187,6 +232,11 @@ impl Object {
             Object::HttpRoute(o) => (Kind::HttpRoute, o.metadata()),
             Object::GrpcRoute(o) => (Kind::GrpcRoute, o.metadata()),
             Object::HttpFault(o) => (Kind::HttpFault, &o.metadata),
+            Object::Server(o) => (Kind::Server, o.metadata()),
+            Object::AuthorizationPolicy(o) => (Kind::AuthorizationPolicy, o.metadata()),
+            Object::MeshTlsAuthentication(o) => (Kind::MeshTlsAuthentication, o.metadata()),
+            Object::NetworkAuthentication(o) => (Kind::NetworkAuthentication, o.metadata()),
+            Object::HttpLocalRateLimitPolicy(o) => (Kind::HttpLocalRateLimitPolicy, o.metadata()),
         };
         ObjectKey {
             kind,
@@ -195,9 +245,24 @@ impl Object {
         }
     }
 
-    /// What is worth a warning about the object when a source reads it: why a route is not
-    /// served, an unusable HTTPFault, annotations that are ignored. Empty for a sound object.
+    /// What is worth a warning about the object when a source reads it: why a route or an
+    /// inbound policy resource is not served, an unusable HTTPFault, annotations that are
+    /// ignored. Empty for a sound object.
     pub fn warnings(&self) -> Vec<String> {
+        fn not_served<T: inbound::Spec>(kind: &str, o: &Checked<T>) -> Vec<String> {
+            let what = match kind {
+                "MeshTLSAuthentication" | "NetworkAuthentication" => {
+                    "cannot be used (the AuthorizationPolicies that require it authorize nothing)"
+                }
+                _ => "is not served",
+            };
+            o.valid
+                .as_ref()
+                .err()
+                .map(|e| format!("the {kind} {what}: {e}"))
+                .into_iter()
+                .collect()
+        }
         match self {
             Object::Service(svc) => {
                 routes::service_annotation_errors(svc.metadata.annotations.as_ref())
@@ -207,7 +272,12 @@ impl Object {
             }
             Object::HttpRoute(r) | Object::GrpcRoute(r) => r.warnings(),
             Object::HttpFault(f) => routes::fault(f).err().into_iter().collect(),
-            _ => Vec::new(),
+            Object::Server(o) => not_served("Server", o),
+            Object::AuthorizationPolicy(o) => not_served("AuthorizationPolicy", o),
+            Object::MeshTlsAuthentication(o) => not_served("MeshTLSAuthentication", o),
+            Object::NetworkAuthentication(o) => not_served("NetworkAuthentication", o),
+            Object::HttpLocalRateLimitPolicy(o) => not_served("HTTPLocalRateLimitPolicy", o),
+            Object::EndpointSlice(_) | Object::Pod(_) | Object::ReplicaSet(_) => Vec::new(),
         }
     }
 }
@@ -244,6 +314,26 @@ impl Index {
                 self.policy_version += 1;
                 self.faults.insert(nn, *fault);
             }
+            Object::Server(o) => {
+                self.policy_version += 1;
+                self.servers.insert(nn, *o);
+            }
+            Object::AuthorizationPolicy(o) => {
+                self.policy_version += 1;
+                self.authorization_policies.insert(nn, *o);
+            }
+            Object::MeshTlsAuthentication(o) => {
+                self.policy_version += 1;
+                self.meshtls_authentications.insert(nn, *o);
+            }
+            Object::NetworkAuthentication(o) => {
+                self.policy_version += 1;
+                self.network_authentications.insert(nn, *o);
+            }
+            Object::HttpLocalRateLimitPolicy(o) => {
+                self.policy_version += 1;
+                self.rate_limits.insert(nn, *o);
+            }
             Object::Service(svc) => {
                 self.policy_version += 1;
                 for ip in cluster_ips(&svc) {
@@ -264,6 +354,8 @@ impl Index {
                 if let Some(ip) = pod_ip(&pod) {
                     self.pod_ips.insert(ip, nn.clone());
                 }
+                self.last_pod_stamp += 1;
+                self.pod_stamps.insert(nn.clone(), self.last_pod_stamp);
                 self.pods.insert(nn, *pod);
             }
             Object::ReplicaSet(rs) => {
@@ -284,6 +376,23 @@ impl Index {
             }
             Kind::HttpFault => {
                 self.policy_version += u64::from(self.faults.remove(&nn).is_some());
+            }
+            Kind::Server => {
+                self.policy_version += u64::from(self.servers.remove(&nn).is_some());
+            }
+            Kind::AuthorizationPolicy => {
+                self.policy_version += u64::from(self.authorization_policies.remove(&nn).is_some());
+            }
+            Kind::MeshTlsAuthentication => {
+                self.policy_version +=
+                    u64::from(self.meshtls_authentications.remove(&nn).is_some());
+            }
+            Kind::NetworkAuthentication => {
+                self.policy_version +=
+                    u64::from(self.network_authentications.remove(&nn).is_some());
+            }
+            Kind::HttpLocalRateLimitPolicy => {
+                self.policy_version += u64::from(self.rate_limits.remove(&nn).is_some());
             }
             Kind::Service => {
                 if let Some(svc) = self.services.remove(&nn) {
@@ -309,6 +418,7 @@ impl Index {
                 }
             }
             Kind::Pod => {
+                self.pod_stamps.remove(&nn);
                 if let Some(pod) = self.pods.remove(&nn) {
                     if let Some(ip) = pod_ip(&pod) {
                         if self.pod_ips.get(&ip) == Some(&nn) {
@@ -338,8 +448,11 @@ impl Index {
     /// Replaces the whole content of the index with `objects` (a folder rescan).
     pub fn reset(&mut self, objects: Vec<Object>) {
         let version = self.policy_version + 1;
+        let last_pod_stamp = self.last_pod_stamp;
         *self = Index::new(self.config.clone());
         self.policy_version = version;
+        // Stamps stay unique across resets: a stamp seen before never comes back.
+        self.last_pod_stamp = last_pod_stamp;
         for object in objects {
             self.apply(object);
         }
@@ -347,6 +460,9 @@ impl Index {
 
     /// The keys of every object of `kind`.
     pub fn keys(&self, kind: Kind) -> Vec<ObjectKey> {
+        fn keys<V>(map: &BTreeMap<NsName, V>) -> Vec<&NsName> {
+            map.keys().collect()
+        }
         let names: Vec<&NsName> = match kind {
             Kind::Service => self.services.keys().collect(),
             Kind::EndpointSlice => self.slices.keys().collect(),
@@ -355,6 +471,11 @@ impl Index {
             Kind::HttpRoute => self.http_routes.keys().collect(),
             Kind::GrpcRoute => self.grpc_routes.keys().collect(),
             Kind::HttpFault => self.faults.keys().collect(),
+            Kind::Server => keys(&self.servers),
+            Kind::AuthorizationPolicy => keys(&self.authorization_policies),
+            Kind::MeshTlsAuthentication => keys(&self.meshtls_authentications),
+            Kind::NetworkAuthentication => keys(&self.network_authentications),
+            Kind::HttpLocalRateLimitPolicy => keys(&self.rate_limits),
         };
         names
             .into_iter()
@@ -516,10 +637,7 @@ impl Index {
                     .as_ref()
                     .and_then(|s| s.service_account_name.as_deref())
                     .unwrap_or("default");
-                identity = Some(format!(
-                    "{sa}.{ns}.serviceaccount.identity.mesh.{}",
-                    self.config.trust_domain
-                ));
+                identity = Some(self.service_account_identity(ns, sa));
                 protocol_hint = Some(ProtocolHint::H2);
             }
         }
@@ -530,6 +648,24 @@ impl Index {
             identity,
             protocol_hint,
         }
+    }
+
+    /// The mesh identity of the ServiceAccount `namespace/sa`:
+    /// `<sa>.<ns>.serviceaccount.identity.mesh.<trust domain>`.
+    pub fn service_account_identity(&self, namespace: &str, sa: &str) -> String {
+        format!(
+            "{sa}.{namespace}.serviceaccount.identity.mesh.{}",
+            self.config.trust_domain
+        )
+    }
+
+    /// The pod's stamp: it changes whenever the pod is applied (so whenever its labels or
+    /// ports may have changed), and is `None` while the index has no such pod. The inbound
+    /// watches of a pod are recomputed when its stamp moves, not at every Pod event.
+    pub fn pod_stamp(&self, namespace: &str, name: &str) -> Option<u64> {
+        self.pod_stamps
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .copied()
     }
 
     /// The pod's owning workload as (label, name): its controller, through its ReplicaSet to a
@@ -574,8 +710,10 @@ impl Index {
 // === policy ===
 
 impl Index {
-    /// A number that changes whenever a policy may have changed (a Service, a route or an
-    /// HTTPFault was added, changed or removed); Pods and EndpointSlices leave it alone.
+    /// A number that changes whenever a policy may have changed (a Service, a route, an
+    /// HTTPFault or an inbound policy resource was added, changed or removed); Pods and
+    /// EndpointSlices leave it alone (an inbound policy also follows its pod: see
+    /// [`Index::pod_stamp`]).
     pub fn policy_version(&self) -> u64 {
         self.policy_version
     }

@@ -1,6 +1,8 @@
 //! Gateway API routes (HTTPRoute, GRPCRoute) whose parent is a Service (GAMMA), the mesh's
 //! `HTTPFault`, their validation, their conversion into the outbound policy's wire format
-//! (`mesh_api::policy`), and the status the controller reports on them.
+//! (`mesh_api::policy`), and the status the controller reports on them. A route whose parent is
+//! a `policy.mesh.io` `Server` is an inbound route of that Server instead: only its matches are
+//! served ([`inbound_route`], used by `inbound.rs`).
 //!
 //! The serde structs hold only the fields the mesh reads, spelled as Gateway API spells them.
 //! Validation is pure and runs once, when an object is decoded ([`RouteObject::new`]): a route
@@ -47,7 +49,8 @@ pub struct HttpRoute {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteSpec {
-    /// What the route attaches to; only Service parents concern the mesh.
+    /// What the route attaches to; Service parents (outbound) and Server parents (inbound)
+    /// concern the mesh.
     #[serde(default)]
     pub parent_refs: Vec<ParentRef>,
     /// The rules.
@@ -257,7 +260,8 @@ pub struct HttpRouteRetry {
     pub backoff: Option<String>,
 }
 
-/// `ParentReference`: only `kind: Service` with `group: ""` (or `core`) concerns the mesh.
+/// `ParentReference`: `kind: Service` with `group: ""` (or `core`) for the outbound side, and
+/// `kind: Server` with `group: policy.mesh.io` for a Server's inbound routes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ParentRef {
@@ -539,6 +543,21 @@ impl RouteObject {
                 )
             })
         })
+    }
+
+    /// The names of the `policy.mesh.io` Servers it attaches to as an inbound route: parentRefs
+    /// of kind `Server` in the route's own namespace (a parentRef to another namespace's
+    /// Server is not followed).
+    pub fn server_parents(&self) -> impl Iterator<Item = &str> + '_ {
+        let ns = self.namespace();
+        self.parent_refs()
+            .iter()
+            .filter(move |p| {
+                p.group.as_deref() == Some(POLICY_GROUP)
+                    && p.kind.as_deref() == Some("Server")
+                    && p.namespace.as_deref().is_none_or(|n| n == ns)
+            })
+            .map(|p| p.name.as_str())
     }
 
     /// Warnings worth a log line when the object is read: why it is not served, and its invalid
@@ -1310,16 +1329,7 @@ pub fn convert(
             .rules
             .iter()
             .map(|rule| {
-                let matches = rule
-                    .matches
-                    .iter()
-                    .map(|m| Match {
-                        path: http_path_match("", m.path.as_ref()).ok(),
-                        method: m.method.clone(),
-                        headers: value_matches(&m.headers),
-                        query_params: value_matches(&m.query_params),
-                    })
-                    .collect();
+                let matches = http_matches(rule);
                 let timeouts = rule
                     .timeouts
                     .as_ref()
@@ -1357,19 +1367,7 @@ pub fn convert(
             .rules
             .iter()
             .map(|rule| policy::Rule {
-                matches: rule
-                    .matches
-                    .iter()
-                    .map(|m| Match {
-                        path: m
-                            .method
-                            .as_ref()
-                            .and_then(|mm| grpc_path_match("", mm).ok()),
-                        method: None,
-                        headers: value_matches(&m.headers),
-                        query_params: Vec::new(),
-                    })
-                    .collect(),
+                matches: grpc_matches(rule),
                 filters: cx.filters(&rule.filters),
                 backends: cx.backends(&rule.backend_refs),
                 timeouts: Timeouts::default(),
@@ -1383,6 +1381,56 @@ pub fn convert(
         name: route.name().to_owned(),
         rules,
     }
+}
+
+/// A valid route as an inbound route of a Server: its rules' matches only (an inbound route
+/// selects requests for authorization; it has no backends, and its filters are not applied).
+pub fn inbound_route(route: &RouteObject) -> policy::Route {
+    let rules: Vec<Vec<Match>> = match &route.route {
+        AnyRoute::Http(r) => r.spec.rules.iter().map(http_matches).collect(),
+        AnyRoute::Grpc(r) => r.spec.rules.iter().map(grpc_matches).collect(),
+    };
+    policy::Route {
+        kind: route.kind(),
+        namespace: route.namespace().to_owned(),
+        name: route.name().to_owned(),
+        rules: rules
+            .into_iter()
+            .map(|matches| policy::Rule {
+                matches,
+                ..policy::Rule::default()
+            })
+            .collect(),
+    }
+}
+
+/// The matches of an HTTPRoute rule in the wire's shape (the route was validated).
+fn http_matches(rule: &HttpRouteRule) -> Vec<Match> {
+    rule.matches
+        .iter()
+        .map(|m| Match {
+            path: http_path_match("", m.path.as_ref()).ok(),
+            method: m.method.clone(),
+            headers: value_matches(&m.headers),
+            query_params: value_matches(&m.query_params),
+        })
+        .collect()
+}
+
+/// The matches of a GRPCRoute rule: the method as a path match (the route was validated).
+fn grpc_matches(rule: &GrpcRouteRule) -> Vec<Match> {
+    rule.matches
+        .iter()
+        .map(|m| Match {
+            path: m
+                .method
+                .as_ref()
+                .and_then(|mm| grpc_path_match("", mm).ok()),
+            method: None,
+            headers: value_matches(&m.headers),
+            query_params: Vec::new(),
+        })
+        .collect()
 }
 
 fn value_matches(specs: &[ValueMatchSpec]) -> Vec<ValueMatch> {

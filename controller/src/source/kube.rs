@@ -1,5 +1,7 @@
 //! The Kubernetes source: kube-rs watchers of Services, EndpointSlices, Pods, ReplicaSets,
-//! HTTPRoutes, GRPCRoutes and HTTPFaults, and the writer of the routes' status.
+//! HTTPRoutes, GRPCRoutes, HTTPFaults and the inbound policy resources (Servers,
+//! AuthorizationPolicies, MeshTLSAuthentications, NetworkAuthentications,
+//! HTTPLocalRateLimitPolicies), and the writer of the routes' status.
 //!
 //! Each kind has its own `kube::runtime::watcher`: it lists, then watches from the list's
 //! resourceVersion; on a desync (410 Expired) it re-lists, and API errors are retried with the
@@ -12,11 +14,13 @@
 //! then inferred from the pod's `pod-template-hash`, and a ReplicaSet of another owner is not
 //! followed) and keeps trying, so a fixed ClusterRole takes effect without a restart.
 //!
-//! The Gateway API routes and the mesh's HTTPFaults are optional the same way: where their CRD
-//! is not installed (404) or RBAC forbids them (403), the destination serves without them and
-//! keeps trying, so installing the CRDs later takes effect without a restart. They are watched
-//! as `DynamicObject`s (HTTPRoute and GRPCRoute at `v1`, HTTPFault at `v1alpha1`) and decoded
-//! by [`super::decode`], like the folder's documents.
+//! The Gateway API routes and the mesh's `policy.mesh.io` kinds are optional the same way:
+//! where their CRD is not installed (404) or RBAC forbids them (403), the destination serves
+//! without them and keeps trying, so installing the CRDs later takes effect without a restart.
+//! They are watched as `DynamicObject`s (HTTPRoute and GRPCRoute at `v1`, the mesh's kinds at
+//! `v1alpha1`) and decoded by [`super::decode`], like the folder's documents. Each kind is
+//! followed on its own: a cluster without the AuthorizationPolicy CRD still serves its
+//! Servers, whose `deny` then refuses every client (a warning says so).
 //!
 //! Route status: once the source has synced, after every change that can change a route's
 //! conditions, each route with a Service parentRef gets one `status.parents[]` entry per Service
@@ -90,7 +94,7 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
 
 /// Runs the watchers and the route status writer until the destination is dropped.
 pub async fn run(client: Client, dest: Destination) {
-    const KINDS: usize = 7;
+    const KINDS: usize = 12;
     let synced = Arc::new(AtomicUsize::new(0));
     tokio::join!(
         follow::<Service>(
@@ -135,6 +139,17 @@ pub async fn run(client: Client, dest: Destination) {
         follow_dynamic(&client, Kind::HttpRoute, &dest, &synced, KINDS),
         follow_dynamic(&client, Kind::GrpcRoute, &dest, &synced, KINDS),
         follow_dynamic(&client, Kind::HttpFault, &dest, &synced, KINDS),
+        follow_dynamic(&client, Kind::Server, &dest, &synced, KINDS),
+        follow_dynamic(&client, Kind::AuthorizationPolicy, &dest, &synced, KINDS),
+        follow_dynamic(&client, Kind::MeshTlsAuthentication, &dest, &synced, KINDS),
+        follow_dynamic(&client, Kind::NetworkAuthentication, &dest, &synced, KINDS),
+        follow_dynamic(
+            &client,
+            Kind::HttpLocalRateLimitPolicy,
+            &dest,
+            &synced,
+            KINDS
+        ),
         write_statuses(client.clone(), &dest),
     );
 }
@@ -145,6 +160,11 @@ pub fn api_resource(kind: Kind) -> Option<ApiResource> {
         Kind::HttpRoute => (GATEWAY_GROUP, "v1", "httproutes"),
         Kind::GrpcRoute => (GATEWAY_GROUP, "v1", "grpcroutes"),
         Kind::HttpFault => (POLICY_GROUP, "v1alpha1", "httpfaults"),
+        Kind::Server => (POLICY_GROUP, "v1alpha1", "servers"),
+        Kind::AuthorizationPolicy => (POLICY_GROUP, "v1alpha1", "authorizationpolicies"),
+        Kind::MeshTlsAuthentication => (POLICY_GROUP, "v1alpha1", "meshtlsauthentications"),
+        Kind::NetworkAuthentication => (POLICY_GROUP, "v1alpha1", "networkauthentications"),
+        Kind::HttpLocalRateLimitPolicy => (POLICY_GROUP, "v1alpha1", "httplocalratelimitpolicies"),
         _ => return None,
     };
     let gvk = GroupVersionKind::gvk(group, version, kind.as_str());
@@ -184,6 +204,20 @@ async fn follow_dynamic(
         Kind::HttpFault => {
             "serving without them (an ExtensionRef to an HTTPFault answers 500); install the \
              mesh's CRDs and grant list and watch on them to the destination's ClusterRole"
+        }
+        Kind::Server => {
+            "serving without them (every port gets the proxy's default inbound policy); \
+             install the mesh's CRDs and grant list and watch on them to the destination's \
+             ClusterRole"
+        }
+        Kind::AuthorizationPolicy | Kind::MeshTlsAuthentication | Kind::NetworkAuthentication => {
+            "serving without them (a Server's port then authorizes no client, or only what its \
+             other policies allow); install the mesh's CRDs and grant list and watch on them \
+             to the destination's ClusterRole"
+        }
+        Kind::HttpLocalRateLimitPolicy => {
+            "serving without them (no Server is rate limited); install the mesh's CRDs and \
+             grant list and watch on them to the destination's ClusterRole"
         }
         _ => {
             "serving Services without routes; install the Gateway API CRDs and grant list, \

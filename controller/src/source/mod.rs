@@ -5,6 +5,7 @@ pub mod kube;
 
 use std::path::PathBuf;
 
+use crate::index::inbound::{Checked, Spec};
 use crate::index::routes::{AnyRoute, RouteObject, GATEWAY_GROUP, POLICY_GROUP};
 use crate::index::Object;
 
@@ -173,11 +174,16 @@ pub fn decode(index: usize, value: serde_json::Value) -> Vec<Result<Object, Obje
             serde_json::from_value(value)
                 .map(|r| Object::GrpcRoute(Box::new(RouteObject::new(AnyRoute::Grpc(r)))))
         }
-        "HTTPFault" => {
+        "HTTPFault"
+        | "Server"
+        | "AuthorizationPolicy"
+        | "MeshTLSAuthentication"
+        | "NetworkAuthentication"
+        | "HTTPLocalRateLimitPolicy" => {
             if let Err(e) = version("policy.mesh.io/v1alpha1", POLICY_GROUP, &["v1alpha1"]) {
                 return vec![Err(e)];
             }
-            serde_json::from_value(value).map(|f| Object::HttpFault(Box::new(f)))
+            decode_policy(&kind, value)
         }
         "Service" => serde_json::from_value(value).map(|o| Object::Service(Box::new(o))),
         "EndpointSlice" => {
@@ -190,13 +196,37 @@ pub fn decode(index: usize, value: serde_json::Value) -> Vec<Result<Object, Obje
     vec![object.map_err(invalid)]
 }
 
+/// Decodes a `policy.mesh.io` object of `kind` (its apiVersion checked).
+fn decode_policy(kind: &str, value: serde_json::Value) -> Result<Object, serde_json::Error> {
+    fn checked<T: Spec + serde::de::DeserializeOwned>(
+        value: serde_json::Value,
+        into: fn(Box<Checked<T>>) -> Object,
+    ) -> Result<Object, serde_json::Error> {
+        serde_json::from_value(value).map(|o| into(Box::new(Checked::new(o))))
+    }
+    match kind {
+        "Server" => checked(value, Object::Server),
+        "AuthorizationPolicy" => checked(value, Object::AuthorizationPolicy),
+        "MeshTLSAuthentication" => checked(value, Object::MeshTlsAuthentication),
+        "NetworkAuthentication" => checked(value, Object::NetworkAuthentication),
+        "HTTPLocalRateLimitPolicy" => checked(value, Object::HttpLocalRateLimitPolicy),
+        // HTTPFault, the group's one kind without validation at decode time.
+        _ => serde_json::from_value(value).map(|f| Object::HttpFault(Box::new(f))),
+    }
+}
+
 fn api_version_of(kind: &str) -> Option<&'static str> {
     Some(match kind {
         "Service" | "Pod" => "v1",
         "EndpointSlice" => "discovery.k8s.io/v1",
         "ReplicaSet" => "apps/v1",
         "HTTPRoute" | "GRPCRoute" => "gateway.networking.k8s.io/v1",
-        "HTTPFault" => "policy.mesh.io/v1alpha1",
+        "HTTPFault"
+        | "Server"
+        | "AuthorizationPolicy"
+        | "MeshTLSAuthentication"
+        | "NetworkAuthentication"
+        | "HTTPLocalRateLimitPolicy" => "policy.mesh.io/v1alpha1",
         _ => return None,
     })
 }
