@@ -24,6 +24,7 @@ use std::fmt;
 
 use crate::defaults::{self, ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID};
 use crate::duration::parse_duration;
+use crate::inbound::{self, DefaultPolicy};
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
@@ -57,6 +58,10 @@ pub const PROXY_SHUTDOWN_DELAY_ANNOTATION: &str = "config.mesh.io/proxy-shutdown
 pub const DEFAULT_SHUTDOWN_DELAY: &str = "5s";
 /// `enabled` or `disabled`: whether the proxy runs as a native sidecar.
 pub const NATIVE_SIDECAR_ANNOTATION: &str = "config.mesh.io/native-sidecar";
+/// The pod's default inbound policy, for the ports no Server selects
+/// (`MESH_PROXY_INBOUND_DEFAULT_POLICY`): `all-unauthenticated`, `deny`… (see
+/// [`DefaultPolicy`]).
+pub const DEFAULT_INBOUND_POLICY_ANNOTATION: &str = inbound::DEFAULT_POLICY_ANNOTATION;
 
 /// The proxy container's name: a pod with a container or init container of this name is meshed.
 pub const PROXY_CONTAINER: &str = "mesh-proxy";
@@ -102,6 +107,12 @@ pub struct ProxyConfig {
     pub native_sidecar: bool,
     /// The proxy's log filter unless the pod says otherwise.
     pub log_level: String,
+    /// The default inbound policy unless the pod or its namespace says otherwise
+    /// (`config.mesh.io/default-inbound-policy`).
+    pub default_inbound_policy: DefaultPolicy,
+    /// The cluster's networks, which the `cluster-*` default policies allow, as the proxy reads
+    /// them (`10.0.0.0/8,fd00::/8`; check a list with [`cluster_networks`]).
+    pub cluster_networks: String,
 }
 
 impl ProxyConfig {
@@ -117,6 +128,8 @@ impl ProxyConfig {
             trust_anchors_pem: trust_anchors_pem.to_string(),
             native_sidecar: true,
             log_level: "warn,mesh_proxy=info".into(),
+            default_inbound_policy: DefaultPolicy::default(),
+            cluster_networks: inbound::DEFAULT_CLUSTER_NETWORKS.into(),
         }
     }
 
@@ -176,8 +189,29 @@ pub enum InjectError {
         /// Its value.
         value: String,
         /// What is wrong with it.
-        reason: &'static str,
+        reason: String,
     },
+}
+
+/// Checks a list of the cluster's networks (`MESH_PROXY_INBOUND_CLUSTER_NETWORKS`, the
+/// install's `proxy.clusterNetworks`, the injector's `--cluster-networks`) and writes it the way
+/// the proxy reads it: comma-separated, each a network with its prefix. An empty list is
+/// refused: the `cluster-*` default policies would then allow no one.
+///
+/// ```
+/// use mesh_api::inject::cluster_networks;
+/// assert_eq!(cluster_networks("10.0.0.0/8, fd00::/8").unwrap(), "10.0.0.0/8,fd00::/8");
+/// assert_eq!(cluster_networks("192.0.2.7").unwrap(), "192.0.2.7/32");
+/// assert!(cluster_networks("10.0.0.0/33").is_err());
+/// assert!(cluster_networks(" ").is_err());
+/// ```
+pub fn cluster_networks(list: &str) -> Result<String, String> {
+    let networks = inbound::parse_networks(list)?;
+    if networks.is_empty() {
+        return Err("no network: name the cluster's networks, e.g. 10.0.0.0/8,fd00::/8".into());
+    }
+    let cidrs: Vec<String> = networks.iter().map(|n| n.cidr.to_string()).collect();
+    Ok(cidrs.join(","))
 }
 
 /// Whether the proxy runs as a native sidecar on a cluster, and why: what the CLI and the
@@ -410,6 +444,7 @@ struct Settings {
     native: bool,
     log_level: String,
     shutdown_delay: String,
+    default_inbound_policy: DefaultPolicy,
     opaque_ports: Option<String>,
     skip_inbound: Option<String>,
     skip_outbound: Option<String>,
@@ -438,7 +473,7 @@ impl Settings {
                     .map_err(|reason| InjectError::Annotation {
                         name,
                         value: v,
-                        reason,
+                        reason: reason.into(),
                     }),
             }
         };
@@ -450,7 +485,7 @@ impl Settings {
                 return Err(InjectError::Annotation {
                     name: NATIVE_SIDECAR_ANNOTATION,
                     value: other.into(),
-                    reason: "is not enabled or disabled",
+                    reason: "is not enabled or disabled".into(),
                 })
             }
         };
@@ -459,7 +494,7 @@ impl Settings {
                 return Err(InjectError::Annotation {
                     name: PROXY_LOG_LEVEL_ANNOTATION,
                     value: v,
-                    reason: "is not a log filter (e.g. warn,mesh_proxy=debug)",
+                    reason: "is not a log filter (e.g. warn,mesh_proxy=debug)".into(),
                 })
             }
             Some(v) => v,
@@ -472,14 +507,29 @@ impl Settings {
                 return Err(InjectError::Annotation {
                     name: PROXY_SHUTDOWN_DELAY_ANNOTATION,
                     value: v,
-                    reason: "is not a duration (e.g. 5s, 500ms, 0s)",
+                    reason: "is not a duration (e.g. 5s, 500ms, 0s)".into(),
                 })
             }
+        };
+        let default_inbound_policy = match get(DEFAULT_INBOUND_POLICY_ANNOTATION) {
+            None => config.default_inbound_policy,
+            Some(v) => v.parse().map_err(|_| {
+                let names: Vec<&str> = DefaultPolicy::ALL.iter().map(|p| p.as_str()).collect();
+                InjectError::Annotation {
+                    name: DEFAULT_INBOUND_POLICY_ANNOTATION,
+                    value: v,
+                    reason: format!(
+                        "is not a default inbound policy: use one of {}",
+                        names.join(", ")
+                    ),
+                }
+            })?,
         };
         Ok(Self {
             native,
             log_level,
             shutdown_delay,
+            default_inbound_policy,
             opaque_ports: ports(OPAQUE_PORTS_ANNOTATION)?,
             skip_inbound: ports(SKIP_INBOUND_PORTS_ANNOTATION)?,
             skip_outbound: ports(SKIP_OUTBOUND_PORTS_ANNOTATION)?,
@@ -629,6 +679,15 @@ fn proxy_container(config: &ProxyConfig, settings: &Settings) -> Container {
         // The proxy's own pod, for the labels of its side of tap events.
         env_field("MESH_PROXY_POD_NAME", "metadata.name"),
         env_field("MESH_PROXY_POD_NAMESPACE", "metadata.namespace"),
+        // Who may call the ports no Server selects.
+        env(
+            "MESH_PROXY_INBOUND_DEFAULT_POLICY",
+            settings.default_inbound_policy.as_str(),
+        ),
+        env(
+            "MESH_PROXY_INBOUND_CLUSTER_NETWORKS",
+            config.cluster_networks.clone(),
+        ),
     ];
     if let Some(ports) = &settings.opaque_ports {
         vars.push(env("MESH_PROXY_INBOUND_OPAQUE_PORTS", ports.clone()));
@@ -1025,6 +1084,93 @@ mod tests {
         assert!(SidecarMode::for_version("1", "28").reason.contains("1.28"));
         assert!(!SidecarMode::without_cluster(None).native);
         assert!(SidecarMode::without_cluster(Some(true)).native);
+    }
+
+    /// The default inbound policy: the pod's annotation, else its namespace's, else the
+    /// install's; an invalid one is an error naming the annotation (the webhook then allows
+    /// the pod without a proxy, with a warning), never a proxy that would refuse to start.
+    #[test]
+    fn the_default_inbound_policy_comes_from_the_pod_its_namespace_or_the_install() {
+        let check = |own: Option<&str>, namespace: Option<&str>, install, expected: &str| {
+            let annotations = match own {
+                Some(v) => json!({DEFAULT_INBOUND_POLICY_ANNOTATION: v}),
+                None => json!({}),
+            };
+            let inherited: BTreeMap<String, String> = namespace
+                .map(|v| (DEFAULT_INBOUND_POLICY_ANNOTATION.to_string(), v.to_string()))
+                .into_iter()
+                .collect();
+            let config = ProxyConfig {
+                default_inbound_policy: install,
+                ..config()
+            };
+            let mut v = pod(annotations);
+            let got = match inject(&mut v, &inherited, &config) {
+                Ok(_) => env_of(&v, "initContainers")["MESH_PROXY_INBOUND_DEFAULT_POLICY"].clone(),
+                Err(e) => format!("error: {e}"),
+            };
+            assert_eq!(
+                got, expected,
+                "pod {own:?}, namespace {namespace:?}, install {install}"
+            );
+        };
+        use DefaultPolicy::*;
+        check(None, None, AllUnauthenticated, "all-unauthenticated");
+        check(None, None, ClusterAuthenticated, "cluster-authenticated");
+        check(None, Some("deny"), AllUnauthenticated, "deny");
+        check(Some("audit"), Some("deny"), AllUnauthenticated, "audit");
+        check(Some(" all-authenticated "), None, Deny, "all-authenticated");
+        check(
+            Some("cluster-unauthenticated"),
+            None,
+            Deny,
+            "cluster-unauthenticated",
+        );
+        let refused =
+            "error: annotation config.mesh.io/default-inbound-policy: \"allow\" is not a \
+                       default inbound policy: use one of all-unauthenticated, all-authenticated, \
+                       cluster-authenticated, cluster-unauthenticated, deny, audit";
+        check(Some("allow"), None, Deny, refused);
+        check(None, Some("allow"), Deny, refused);
+        // The pod's own valid value wins over its namespace's invalid one.
+        check(Some("deny"), Some("allow"), AllUnauthenticated, "deny");
+    }
+
+    #[test]
+    fn the_cluster_networks_are_the_installs() {
+        let mut v = pod(json!({}));
+        let config = ProxyConfig {
+            cluster_networks: "10.244.0.0/16,fd00::/8".into(),
+            ..config()
+        };
+        inject(&mut v, &BTreeMap::new(), &config).unwrap();
+        let env = env_of(&v, "initContainers");
+        assert_eq!(
+            env["MESH_PROXY_INBOUND_CLUSTER_NETWORKS"],
+            "10.244.0.0/16,fd00::/8"
+        );
+        let mut v = pod(json!({}));
+        inject(&mut v, &BTreeMap::new(), &self::config()).unwrap();
+        assert_eq!(
+            env_of(&v, "initContainers")["MESH_PROXY_INBOUND_CLUSTER_NETWORKS"],
+            inbound::DEFAULT_CLUSTER_NETWORKS
+        );
+        for (list, expected) in [
+            ("10.0.0.0/8", Ok("10.0.0.0/8")),
+            (" 10.0.0.0/8 , 192.0.2.1 ", Ok("10.0.0.0/8,192.0.2.1/32")),
+            (
+                inbound::DEFAULT_CLUSTER_NETWORKS,
+                Ok(inbound::DEFAULT_CLUSTER_NETWORKS),
+            ),
+            ("", Err("no network")),
+            ("10.0.0.0/8,pods", Err("\"pods\" is not a network")),
+        ] {
+            match (cluster_networks(list), expected) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{list:?}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{list:?}: {got}"),
+                (got, want) => panic!("{list:?}: {got:?}, expected {want:?}"),
+            }
+        }
     }
 
     #[test]

@@ -50,6 +50,15 @@ pub async fn client(
     kube::Client::try_from(config).context("configuring the Kubernetes client")
 }
 
+/// A kube error in one line: the API server's own message when there is one
+/// (`namespaces "shop" is forbidden: …`).
+pub fn error_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// How long asking the API server for its version may take.
 pub const VERSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 

@@ -95,16 +95,17 @@ fn inject(args: &mesh_cli::inject::InjectArgs, cluster: &mesh_cli::kube::Cluster
         if !args.manual {
             return run(&inputs, &Mode::Annotate);
         }
-        let (config, sidecar) = block_on(mesh_cli::inject::manual_config(args, cluster))?;
-        let mut report = run(&inputs, &Mode::Manual(config))?;
-        report.summary.insert(
-            0,
-            format!(
-                "proxies are {} sidecars: {}",
-                sidecar.name(),
-                sidecar.reason
-            ),
-        );
+        let (manual, sidecar) =
+            block_on(mesh_cli::inject::manual_config(args, cluster, &inputs))?;
+        let notes = manual.notes.clone();
+        let mut report = run(&inputs, &Mode::Manual(Box::new(manual)))?;
+        let mut head = vec![format!(
+            "proxies are {} sidecars: {}",
+            sidecar.name(),
+            sidecar.reason
+        )];
+        head.extend(notes);
+        report.summary.splice(0..0, head);
         Ok(report)
     });
     finish_report(report)

@@ -1,7 +1,8 @@
 //! `mesh check` against an in-process fake API server that serves the recorded responses
 //! (`testdata/k8s-fixtures`) and the control plane `mesh install` renders: a healthy cluster,
 //! a missing deployment, a missing or outdated CRD, an expiring issuer, RBAC denials, the proxies of meshed pods, a user
-//! allowed one namespace, Kubernetes 1.28 and 1.30, and an API server that never answers.
+//! allowed one namespace, Kubernetes 1.28 and 1.30, inbound policy objects that refer to what
+//! does not exist, and an API server that never answers.
 
 mod support;
 
@@ -40,6 +41,44 @@ struct Cluster {
     missing_crd: Option<&'static str>,
     /// The CRD installed in an older version, serving only `v1beta1`, if any.
     beta_crd: Option<&'static str>,
+    /// The `policy.mesh.io` and Gateway API objects, as a user applies them (served when their
+    /// CRD is installed).
+    policy: Vec<Value>,
+}
+
+/// What the API server answers for a resource no CRD defines (seen on 1.28: plain text).
+const NO_SUCH_RESOURCE: &str = "404 page not found";
+
+/// The objects of `plural.group` in `namespace` (all of them: `None`) as the API server lists
+/// them, in the recorded pod list's envelope; `None` when the CRD is not installed.
+fn custom_list(
+    cluster: &Cluster,
+    group: &str,
+    plural: &str,
+    namespace: Option<&str>,
+) -> Option<String> {
+    let crd = format!("{plural}.{group}");
+    if !cluster
+        .installed
+        .contains_key(&format!("CustomResourceDefinition/{crd}"))
+        || cluster.missing_crd == Some(crd.as_str())
+    {
+        return None;
+    }
+    let definition = &cluster.installed[&format!("CustomResourceDefinition/{crd}")];
+    let kind = definition["spec"]["names"]["kind"].as_str().unwrap();
+    let version = definition["spec"]["versions"][0]["name"].as_str().unwrap();
+    let mut list = fixture_json("pods-list.json");
+    list["apiVersion"] = format!("{group}/{version}").into();
+    list["kind"] = format!("{kind}List").into();
+    list["items"] = cluster
+        .policy
+        .iter()
+        .filter(|o| o["kind"] == kind)
+        .filter(|o| namespace.is_none_or(|ns| o["metadata"]["namespace"] == ns))
+        .cloned()
+        .collect();
+    Some(list.to_string())
 }
 
 fn not_found(kind: &str, name: &str) -> (u16, String) {
@@ -203,6 +242,17 @@ fn respond(
                 }
                 _ => not_found("customresourcedefinitions.apiextensions.k8s.io", name),
             }
+        }
+        ("GET", ["apis", group @ "policy.mesh.io", "v1alpha1", plural]) => {
+            custom_list(cluster, group, plural, None)
+                .map_or_else(|| (404, NO_SUCH_RESOURCE.into()), |list| (200, list))
+        }
+        ("GET", ["apis", group @ "gateway.networking.k8s.io", "v1", "namespaces", ns, plural]) => {
+            custom_list(cluster, group, plural, Some(ns))
+                .map_or_else(|| (404, NO_SUCH_RESOURCE.into()), |list| (200, list))
+        }
+        ("GET", ["api", "v1", "namespaces", "demo", "serviceaccounts"]) => {
+            (200, fixture("serviceaccounts-list.json"))
         }
         ("GET", ["apis", "rbac.authorization.k8s.io", "v1", "clusterroles", name]) => {
             installed(&format!("ClusterRole/{name}"))
@@ -436,8 +486,141 @@ async fn a_missing_or_outdated_crd_fails_with_how_to_install_the_crds() {
         out.contains(
             "httproutes.gateway.networking.k8s.io is not installed; \
              grpcroutes.gateway.networking.k8s.io is not installed; \
-             httpfaults.policy.mesh.io is not installed"
+             httpfaults.policy.mesh.io is not installed; \
+             servers.policy.mesh.io is not installed; \
+             authorizationpolicies.policy.mesh.io is not installed; \
+             meshtlsauthentications.policy.mesh.io is not installed; \
+             networkauthentications.policy.mesh.io is not installed; \
+             httplocalratelimitpolicies.policy.mesh.io is not installed"
         ),
+        "{out}"
+    );
+}
+
+/// The inbound policy of namespace demo as a user would apply it: Server `web-http` selects the
+/// recorded web pods by their `http` port; Server `ghost` selects nothing; the
+/// AuthorizationPolicies need a MeshTLSAuthentication that is missing (and the recorded
+/// ServiceAccount `web`, which exists) and an HTTPRoute that is missing; the rate limit names a
+/// Server that is missing.
+const POLICY: &str = r#"
+apiVersion: policy.mesh.io/v1alpha1
+kind: Server
+metadata: {name: web-http, namespace: demo}
+spec: {podSelector: {matchLabels: {app: web}}, port: http, proxyProtocol: HTTP/1}
+---
+apiVersion: policy.mesh.io/v1alpha1
+kind: Server
+metadata: {name: ghost, namespace: demo}
+spec: {podSelector: {matchExpressions: [{key: app, operator: In, values: [ghost]}]}, port: 80}
+---
+apiVersion: policy.mesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: web-from-vote-bot, namespace: demo}
+spec:
+  targetRef: {group: policy.mesh.io, kind: Server, name: web-http}
+  requiredAuthenticationRefs:
+    - {group: policy.mesh.io, kind: MeshTLSAuthentication, name: vote-bot}
+    - {group: "", kind: ServiceAccount, name: web}
+---
+apiVersion: policy.mesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: web-api, namespace: demo}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: web-api}
+  requiredAuthenticationRefs: [{group: policy.mesh.io, kind: MeshTLSAuthentication, name: web-clients}]
+---
+apiVersion: policy.mesh.io/v1alpha1
+kind: MeshTLSAuthentication
+metadata: {name: web-clients, namespace: demo}
+spec: {identities: ["*.demo.serviceaccount.identity.mesh.cluster.local"]}
+---
+apiVersion: policy.mesh.io/v1alpha1
+kind: HTTPLocalRateLimitPolicy
+metadata: {name: web-rl, namespace: demo}
+spec:
+  targetRef: {group: policy.mesh.io, kind: Server, name: web}
+  total: {requestsPerSecond: 100}
+"#;
+
+fn policy_objects() -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(POLICY)
+        .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn policy_that_refers_to_what_does_not_exist_fails_and_a_server_without_pods_warns() {
+    let anchors = std::fs::read_to_string(testdata("certs/trust-anchors.pem")).unwrap();
+    let cluster = Cluster {
+        policy: policy_objects(),
+        meshed_pods: meshed_pods(&anchors, &mesh_cli::install::version()),
+        ..healthy()
+    };
+    let (code, out, _) = check(cluster.clone(), &[]).await;
+    assert_eq!(code, 1, "{out}");
+    let policy = out
+        .split_once("mesh-policy\n-----------\n")
+        .map(|(_, rest)| rest.split("\n\n").next().unwrap())
+        .unwrap_or_else(|| panic!("no mesh-policy category: {out}"));
+    assert_eq!(
+        policy,
+        "‼ every Server selects a pod\n    \
+         demo/ghost selects no pod\n    \
+         hint: compare the Server's podSelector and port with the pods' labels and container \
+         ports: kubectl get pods -n NAMESPACE --show-labels (a Server written before its \
+         workload is fine)\n\
+         × every AuthorizationPolicy targets a Server, route or Namespace that exists\n    \
+         demo/web-api: HTTPRoute demo/web-api does not exist\n    \
+         hint: create what spec.targetRef names in the policy's namespace, or fix it: until then \
+         the policy authorizes nothing\n\
+         × every authentication an AuthorizationPolicy requires exists\n    \
+         demo/web-from-vote-bot: MeshTLSAuthentication demo/vote-bot does not exist\n    \
+         hint: create the authentication, or fix spec.requiredAuthenticationRefs: a policy that \
+         requires a missing one allows no one\n\
+         × every HTTPLocalRateLimitPolicy targets a Server that exists\n    \
+         demo/web-rl: Server demo/web does not exist\n    \
+         hint: create the Server in the policy's namespace, or fix spec.targetRef: until then \
+         nothing is limited"
+    );
+    // The other categories are unaffected.
+    assert!(
+        out.contains("✔ the CRDs the mesh reads are installed"),
+        "{out}"
+    );
+
+    // Without the Gateway API CRDs, no HTTPRoute can exist.
+    let (_, out, _) = check(
+        Cluster {
+            missing_crd: Some("httproutes.gateway.networking.k8s.io"),
+            ..cluster
+        },
+        &[],
+    )
+    .await;
+    assert!(
+        out.contains("    demo/web-api: HTTPRoute demo/web-api does not exist\n"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn without_the_policy_crds_there_is_no_policy_to_check() {
+    let mut cluster = healthy();
+    cluster
+        .installed
+        .retain(|key, _| !key.ends_with(".policy.mesh.io") || key.contains("httpfaults"));
+    cluster.policy = policy_objects();
+    let (code, out, _) = check(cluster, &[]).await;
+    assert_eq!(code, 1, "the CRDs are missing: {out}");
+    assert!(
+        out.contains(
+            "mesh-policy\n-----------\n✔ no inbound policy to check\n    \
+             the policy.mesh.io CRDs are not installed\n\n"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("servers.policy.mesh.io is not installed; authorizationpolicies"),
         "{out}"
     );
 }

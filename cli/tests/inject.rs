@@ -324,3 +324,200 @@ fn unknown_kinds_pass_through() {
     let out = inject_stdin(&[], text);
     assert_eq!(docs(&out), docs(text));
 }
+
+/// A Namespace `shop` (annotated as `ns` says, when it is given) and a Deployment `web` in it
+/// (its pod template annotated as `pod` says), as one YAML stream.
+fn shop_with(ns: Option<&str>, pod: Option<&str>) -> String {
+    let annotations = |policy: Option<&str>| match policy {
+        Some(p) => format!("annotations: {{config.mesh.io/default-inbound-policy: {p}}}"),
+        None => "annotations: {}".to_string(),
+    };
+    let namespace = match ns {
+        Some(_) => format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop, {}}}\n---\n",
+            annotations(ns)
+        ),
+        None => String::new(),
+    };
+    format!(
+        "{namespace}apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web, namespace: shop}}\n\
+         spec:\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    \
+         metadata: {{labels: {{app: web}}, {}}}\n    \
+         spec: {{containers: [{{name: web, image: example/web:1}}]}}\n",
+        annotations(pod)
+    )
+}
+
+/// The proxy's value of `var` in the Deployment of `out`.
+fn proxy_env(out: &str, var: &str) -> String {
+    let deployment = docs(out)
+        .into_iter()
+        .find(|d| d["kind"] == "Deployment")
+        .unwrap();
+    let spec = &deployment["spec"]["template"]["spec"];
+    let proxy = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|list| spec[*list].as_array().cloned().unwrap_or_default())
+        .find(|c| c["name"] == "mesh-proxy")
+        .unwrap_or_else(|| panic!("no proxy: {out}"));
+    let env = proxy["env"].as_array().unwrap();
+    let value = env.iter().find(|e| e["name"] == var).map(|e| &e["value"]);
+    value
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// `mesh inject --manual` sets the default inbound policy the way the webhook does: the pod's
+/// annotation, else its namespace's (a Namespace among the inputs, or the cluster's), else the
+/// flag; the cluster networks come from the flag.
+#[tokio::test]
+async fn manual_inject_takes_the_default_inbound_policy_from_the_pod_its_namespace_or_the_flag() {
+    let policy = |flags: &[&str], input: &str| {
+        let mut args: Vec<String> = manual_flags();
+        args.extend(flags.iter().map(|f| f.to_string()));
+        proxy_env(
+            &inject_stdin(&args, input),
+            "MESH_PROXY_INBOUND_DEFAULT_POLICY",
+        )
+    };
+    for (flags, ns, pod, expected) in [
+        (&[][..], None, None, "all-unauthenticated"),
+        (
+            &["--default-inbound-policy", "deny"][..],
+            None,
+            None,
+            "deny",
+        ),
+        (
+            &["--default-inbound-policy", "deny"],
+            Some("audit"),
+            None,
+            "audit",
+        ),
+        (
+            &[],
+            Some("audit"),
+            Some("all-authenticated"),
+            "all-authenticated",
+        ),
+        (
+            &[],
+            None,
+            Some("cluster-authenticated"),
+            "cluster-authenticated",
+        ),
+    ] {
+        assert_eq!(
+            policy(flags, &shop_with(ns, pod)),
+            expected,
+            "flags {flags:?}, namespace {ns:?}, pod {pod:?}"
+        );
+    }
+
+    let mut args = manual_flags();
+    args.extend([
+        "--cluster-networks".into(),
+        "10.244.0.0/16, 10.96.0.0/12".into(),
+    ]);
+    let out = inject_stdin(&args, &shop_with(None, None));
+    assert_eq!(
+        proxy_env(&out, "MESH_PROXY_INBOUND_CLUSTER_NETWORKS"),
+        "10.244.0.0/16,10.96.0.0/12"
+    );
+    assert_eq!(
+        proxy_env(
+            &inject_stdin(&manual_flags(), &shop_with(None, None)),
+            "MESH_PROXY_INBOUND_CLUSTER_NETWORKS"
+        ),
+        mesh_api::inbound::DEFAULT_CLUSTER_NETWORKS
+    );
+
+    // Invalid values: the flag's is a usage error, an annotation's names it; nothing is written.
+    let mut args: Vec<&str> = vec!["inject"];
+    let flags = manual_flags();
+    args.extend(flags.iter().map(String::as_str));
+    args.extend(["--default-inbound-policy", "allow", "-"]);
+    let out = mesh(&args, Some(&shop_with(None, None)));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown default inbound policy \"allow\""),
+        "{}",
+        stderr(&out)
+    );
+    args.truncate(args.len() - 3);
+    args.push("-");
+    let out = mesh(&args, Some(&shop_with(Some("allow"), None)));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr(&out).contains(
+            "annotation config.mesh.io/default-inbound-policy: \"allow\" is not a default inbound \
+             policy: use one of all-unauthenticated"
+        ),
+        "{}",
+        stderr(&out)
+    );
+
+    // With a cluster: the workload's namespace as the API server has it (the recorded
+    // namespace, renamed and annotated), unless the inputs hold the Namespace.
+    let api = fake_api_server(|req| match req.path.as_str() {
+        "/version" => (200, version_answer("30")),
+        "/api/v1/namespaces/shop" => {
+            let mut ns = fixture_json("namespace-demo.json");
+            ns["metadata"]["name"] = "shop".into();
+            ns["metadata"]["annotations"]["config.mesh.io/default-inbound-policy"] =
+                "cluster-authenticated".into();
+            (200, ns.to_string())
+        }
+        _ => (404, fixture("notfound-404.json")),
+    })
+    .await;
+    let on_cluster = |input: String| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let input_file = dir.path().join("shop.yaml");
+        std::fs::write(&input_file, input).unwrap();
+        let anchors = testdata_arg("certs/trust-anchors.pem");
+        let file = input_file.display().to_string();
+        let flags = [
+            "--manual",
+            "--identity-trust-anchors-file",
+            anchors.as_str(),
+            file.as_str(),
+        ];
+        let (code, out, summary) = mesh_on_cluster(api, "inject", &flags).await;
+        assert_eq!(code, 0, "{summary}");
+        proxy_env(&out, "MESH_PROXY_INBOUND_DEFAULT_POLICY")
+    };
+    assert_eq!(
+        on_cluster(shop_with(None, None)).await,
+        "cluster-authenticated"
+    );
+    assert_eq!(on_cluster(shop_with(Some("deny"), None)).await, "deny");
+    assert_eq!(on_cluster(shop_with(None, Some("audit"))).await, "audit");
+
+    // A namespace the user may not read: said, and nothing inherited.
+    let forbidden = fake_api_server(|req| match req.path.as_str() {
+        "/version" => (200, version_answer("30")),
+        "/api/v1/namespaces/shop" => (403, fixture("forbidden-403.json")),
+        _ => (404, fixture("notfound-404.json")),
+    })
+    .await;
+    let anchors = testdata_arg("certs/trust-anchors.pem");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shop.yaml");
+    std::fs::write(&file, shop_with(None, None)).unwrap();
+    let file = file.display().to_string();
+    let flags = ["--manual", "--identity-trust-anchors-file", &anchors, &file];
+    let (code, out, summary) = mesh_on_cluster(forbidden, "inject", &flags).await;
+    assert_eq!(code, 0, "{summary}");
+    assert!(
+        summary.contains("namespace shop could not be read (")
+            && summary.contains("its pods inherit none"),
+        "{summary}"
+    );
+    assert_eq!(
+        proxy_env(&out, "MESH_PROXY_INBOUND_DEFAULT_POLICY"),
+        "all-unauthenticated"
+    );
+}

@@ -336,10 +336,27 @@ fn uninstall_lists_what_to_delete_webhook_first_crds_last() {
 
 // === the CRDs ===
 
-const CRD_NAMES: [&str; 3] = [
+const CRD_NAMES: [&str; 8] = [
     "httproutes.gateway.networking.k8s.io",
     "grpcroutes.gateway.networking.k8s.io",
     "httpfaults.policy.mesh.io",
+    "servers.policy.mesh.io",
+    "authorizationpolicies.policy.mesh.io",
+    "meshtlsauthentications.policy.mesh.io",
+    "networkauthentications.policy.mesh.io",
+    "httplocalratelimitpolicies.policy.mesh.io",
+];
+
+/// The files of `manifests/crds/`, in the order `mesh install` prints them.
+const CRD_FILES: [&str; 8] = [
+    "httproutes.yaml",
+    "grpcroutes.yaml",
+    "httpfaults.yaml",
+    "servers.yaml",
+    "authorizationpolicies.yaml",
+    "meshtlsauthentications.yaml",
+    "networkauthentications.yaml",
+    "httplocalratelimitpolicies.yaml",
 ];
 
 /// The CustomResourceDefinition `doc`, typed (which also proves it is one).
@@ -362,7 +379,7 @@ fn crds_prints_exactly_the_crds_without_a_cluster() {
     assert_eq!(names, CRD_NAMES);
     // What manifests/crds/ holds, object for object.
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds");
-    let files: Vec<Value> = ["httproutes.yaml", "grpcroutes.yaml", "httpfaults.yaml"]
+    let files: Vec<Value> = CRD_FILES
         .iter()
         .flat_map(|f| support::docs(&std::fs::read_to_string(dir.join(f)).unwrap()))
         .collect();
@@ -414,6 +431,68 @@ fn crds_prints_exactly_the_crds_without_a_cluster() {
     assert_eq!(fault.spec.versions[0].name, "v1alpha1");
     assert!(fault.spec.versions[0].additional_printer_columns.is_some());
 
+    // The inbound policy resources: Linkerd's kinds under policy.mesh.io/v1alpha1, each with
+    // a required spec, printer columns and the enums and rules the API server checks (the
+    // cluster tier, tests/tests/kube_crds.rs, proves they hold).
+    let policy: Vec<_> = docs[3..].iter().map(crd).collect();
+    let kinds: Vec<&str> = policy.iter().map(|c| c.spec.names.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "Server",
+            "AuthorizationPolicy",
+            "MeshTLSAuthentication",
+            "NetworkAuthentication",
+            "HTTPLocalRateLimitPolicy"
+        ]
+    );
+    for c in &policy {
+        assert_eq!(c.spec.group, mesh_api::inbound::POLICY_GROUP);
+        assert_eq!(c.spec.scope, "Namespaced");
+        let [v] = &c.spec.versions[..] else {
+            panic!("one version: {:?}", c.spec.versions)
+        };
+        assert_eq!(
+            (v.name.as_str(), v.served, v.storage),
+            ("v1alpha1", true, true)
+        );
+        assert!(
+            v.additional_printer_columns.is_some(),
+            "{}",
+            c.spec.names.kind
+        );
+        let schema = serde_json::to_value(&v.schema).unwrap()["openAPIV3Schema"].clone();
+        assert_eq!(schema["required"], serde_json::json!(["spec"]));
+    }
+    let spec = |i: usize| {
+        serde_json::to_value(&policy[i].spec.versions[0].schema).unwrap()["openAPIV3Schema"]
+            ["properties"]["spec"]
+            .clone()
+    };
+    let server = spec(0);
+    assert_eq!(
+        server["properties"]["proxyProtocol"]["enum"],
+        serde_json::json!(["unknown", "HTTP/1", "HTTP/2", "gRPC", "opaque", "TLS"])
+    );
+    assert_eq!(
+        server["properties"]["accessPolicy"]["enum"],
+        serde_json::json!(["deny", "audit"])
+    );
+    assert_eq!(
+        server["properties"]["port"]["x-kubernetes-int-or-string"],
+        true
+    );
+    let mesh_tls = spec(2);
+    assert_eq!(
+        mesh_tls["x-kubernetes-validations"][0]["rule"],
+        "has(self.identities) != has(self.identityRefs)"
+    );
+    let rate_limit = spec(4);
+    assert_eq!(
+        rate_limit["properties"]["total"]["properties"]["requestsPerSecond"]["minimum"],
+        1.0
+    );
+
     // The rendering flags do not apply to the CRDs: asking for both is a usage error.
     let out = mesh(&["install", "--crds", "--ha"], None);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -432,7 +511,7 @@ fn install_starts_with_the_crds_then_the_control_plane() {
 }
 
 #[test]
-fn the_destination_controller_may_read_routes_and_faults_and_report_on_routes() {
+fn the_destination_controller_may_read_routes_faults_and_inbound_policy_and_report_on_routes() {
     let (_, docs) = install(&[]);
     let role: k8s_openapi::api::rbac::v1::ClusterRole =
         serde_json::from_value(find(&docs, "ClusterRole", "mesh-destination").clone()).unwrap();
@@ -459,6 +538,27 @@ fn the_destination_controller_may_read_routes_and_faults_and_report_on_routes() 
             &["get", "list", "watch"],
         ),
         ("policy.mesh.io", "httpfaults", &["get", "list", "watch"]),
+        ("policy.mesh.io", "servers", &["get", "list", "watch"]),
+        (
+            "policy.mesh.io",
+            "authorizationpolicies",
+            &["get", "list", "watch"],
+        ),
+        (
+            "policy.mesh.io",
+            "meshtlsauthentications",
+            &["get", "list", "watch"],
+        ),
+        (
+            "policy.mesh.io",
+            "networkauthentications",
+            &["get", "list", "watch"],
+        ),
+        (
+            "policy.mesh.io",
+            "httplocalratelimitpolicies",
+            &["get", "list", "watch"],
+        ),
         (
             "gateway.networking.k8s.io",
             "httproutes/status",
@@ -474,13 +574,83 @@ fn the_destination_controller_may_read_routes_and_faults_and_report_on_routes() 
             assert!(allowed(group, resource, verb), "{verb} {group} {resource}");
         }
     }
-    // Reading, not writing: no create or delete of routes or faults, no write of their specs.
-    for resource in ["httproutes", "grpcroutes", "httpfaults"] {
+    // Reading, not writing: no create or delete of routes, faults or inbound policy, no write
+    // of their specs.
+    for resource in [
+        "httproutes",
+        "grpcroutes",
+        "httpfaults",
+        "servers",
+        "authorizationpolicies",
+        "meshtlsauthentications",
+        "networkauthentications",
+        "httplocalratelimitpolicies",
+    ] {
         for verb in ["create", "update", "patch", "delete"] {
             for group in ["gateway.networking.k8s.io", "policy.mesh.io"] {
                 assert!(!allowed(group, resource, verb), "{verb} {group} {resource}");
             }
         }
+    }
+}
+
+/// `proxy.defaultInboundPolicy` and `proxy.clusterNetworks` reach the injector, which gives
+/// them to the workloads' proxies; the control plane's own proxies allow every client whatever
+/// the value (the kubelet's probes, the API server's webhook calls and every proxy reach them
+/// without a mesh identity).
+#[test]
+fn the_default_inbound_policy_is_the_workloads_not_the_control_planes() {
+    let (_, docs) = install(&[
+        "--set",
+        "proxy.defaultInboundPolicy=deny",
+        "--set",
+        "proxy.clusterNetworks=10.244.0.0/16",
+    ]);
+    let injector = find(&docs, "Deployment", "mesh-injector");
+    let args = injector["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "injector")
+        .unwrap()["args"]
+        .clone();
+    let args: Vec<&str> = args
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(args.contains(&"--default-inbound-policy=deny"), "{args:?}");
+    assert!(
+        args.contains(&"--cluster-networks=10.244.0.0/16"),
+        "{args:?}"
+    );
+    for name in ["mesh-destination", "mesh-injector"] {
+        let template = &find(&docs, "Deployment", name)["spec"]["template"];
+        let spec = &template["spec"];
+        let proxy = ["initContainers", "containers"]
+            .iter()
+            .flat_map(|l| spec[*l].as_array().cloned().unwrap_or_default())
+            .find(|c| c["name"] == "mesh-proxy")
+            .unwrap();
+        let env = |var: &str| {
+            proxy["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == var)
+                .map(|e| e["value"].clone())
+        };
+        assert_eq!(
+            env("MESH_PROXY_INBOUND_DEFAULT_POLICY"),
+            Some("all-unauthenticated".into()),
+            "{name}"
+        );
+        assert_eq!(
+            env("MESH_PROXY_INBOUND_CLUSTER_NETWORKS"),
+            Some("10.244.0.0/16".into()),
+            "{name}"
+        );
     }
 }
 

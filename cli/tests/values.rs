@@ -31,6 +31,8 @@ fn other_value(key: &str) -> Option<&'static str> {
         "proxy.image" => "registry.example/mesh/proxy",
         "proxy.logLevel" => "debug,mesh_proxy=trace",
         "proxy.nativeSidecar" => "false",
+        "proxy.defaultInboundPolicy" => "cluster-authenticated",
+        "proxy.clusterNetworks" => "10.244.0.0/16, fd00:10:244::/56",
         "controller.image" => "registry.example/mesh/controller",
         "controller.logLevel" => "debug",
         "controller.cpuRequest" => "250m",
@@ -275,6 +277,20 @@ fn every_value_renders_what_its_binary_parses() {
     golden("values-set-every-key.txt", &report);
 }
 
+/// The install's defaults of the inbound policy are the proxy's own.
+#[test]
+fn the_default_inbound_policy_values_are_the_proxys_defaults() {
+    let values: Value = serde_yaml_ng::from_str(CONTROL_PLANE).unwrap();
+    assert_eq!(
+        values["proxy"]["defaultInboundPolicy"],
+        mesh_api::inbound::DefaultPolicy::default().as_str()
+    );
+    assert_eq!(
+        values["proxy"]["clusterNetworks"],
+        mesh_api::inbound::DEFAULT_CLUSTER_NETWORKS
+    );
+}
+
 #[test]
 fn values_a_consumer_would_refuse_are_refused_when_rendering() {
     for (args, message) in [
@@ -290,6 +306,35 @@ fn values_a_consumer_would_refuse_are_refused_when_rendering() {
         (
             vec!["install", "--ignore-cluster", "--set", "ha=yes"],
             "\"yes\" is not true or false",
+        ),
+        (
+            vec![
+                "install",
+                "--ignore-cluster",
+                "--set",
+                "proxy.defaultInboundPolicy=allow",
+            ],
+            "proxy.defaultInboundPolicy: unknown default inbound policy \"allow\": use one of \
+             all-unauthenticated, all-authenticated, cluster-authenticated, \
+             cluster-unauthenticated, deny, audit",
+        ),
+        (
+            vec![
+                "install",
+                "--ignore-cluster",
+                "--set",
+                "proxy.clusterNetworks=10.0.0.0/8,pods",
+            ],
+            "proxy.clusterNetworks: \"pods\" is not a network: use an address or address/prefix",
+        ),
+        (
+            vec![
+                "install",
+                "--ignore-cluster",
+                "--set",
+                "proxy.clusterNetworks=",
+            ],
+            "proxy.clusterNetworks: no network",
         ),
         (
             vec!["viz", "install", "--set", "prometheus.retention=a day"],

@@ -118,6 +118,15 @@ pub struct InjectorArgs {
     /// The proxy's log filter unless a pod's config.mesh.io/proxy-log-level says otherwise.
     #[arg(long, default_value = "warn,mesh_proxy=info")]
     pub proxy_log_level: String,
+    /// Who may call the ports no Server selects, unless a pod's (or its namespace's)
+    /// config.mesh.io/default-inbound-policy says otherwise: all-unauthenticated,
+    /// all-authenticated, cluster-authenticated, cluster-unauthenticated, deny or audit.
+    #[arg(long, value_name = "POLICY", default_value = "all-unauthenticated")]
+    pub default_inbound_policy: mesh_api::inbound::DefaultPolicy,
+    /// The cluster's networks, which the cluster-* default inbound policies allow
+    /// (comma-separated CIDRs).
+    #[arg(long, value_name = "CIDRS", default_value = mesh_api::inbound::DEFAULT_CLUSTER_NETWORKS, value_parser = mesh_api::inject::cluster_networks)]
+    pub cluster_networks: String,
     /// Whether the proxy is a native sidecar unless a pod's config.mesh.io/native-sidecar says
     /// otherwise: `true`, `false`, or `auto`, from the API server's version (native from 1.29),
     /// read at start-up and every 10 minutes.

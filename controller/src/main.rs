@@ -94,6 +94,8 @@ fn run_injector(args: InjectorArgs) -> anyhow::Result<()> {
     let mut proxy =
         mesh_api::inject::ProxyConfig::new(&args.proxy_image, &args.proxy_version, &anchors);
     proxy.log_level = args.proxy_log_level;
+    proxy.default_inbound_policy = args.default_inbound_policy;
+    proxy.cluster_networks = args.cluster_networks;
     proxy.image_pull_policy = args.image_pull_policy;
     proxy.control_plane_namespace = args.control_plane_namespace;
     proxy.trust_domain = args.trust_domain;

@@ -88,7 +88,7 @@ pub(super) struct Waiting<'a> {
 }
 
 /// The API server itself.
-const API_SERVER: Waiting = Waiting {
+pub(super) const API_SERVER: Waiting = Waiting {
     from: "the API server",
     hint: "check that the API server answers: kubectl get --raw /readyz",
 };
@@ -123,9 +123,9 @@ pub(super) async fn within<T>(
 }
 
 /// What the checks of a cluster share: its client, and how long each check may wait for it.
-struct Ctx {
-    client: Client,
-    timeout: Duration,
+pub(super) struct Ctx {
+    pub(super) client: Client,
+    pub(super) timeout: Duration,
 }
 
 impl Ctx {
@@ -143,15 +143,20 @@ impl Ctx {
 
     /// An API call of the check `description`: its answer, or the check failed with the
     /// API's message or for lack of an answer.
-    async fn call<T>(
+    pub(super) async fn call<T>(
         &self,
         description: &str,
         call: impl Future<Output = Result<T, kube::Error>>,
     ) -> Result<T, Check> {
         within(self.timeout, description, API_SERVER, call)
             .await?
-            .map_err(|e| fail(description, describe(&e), forbidden_hint(&e)))
+            .map_err(|e| api_failure(description, &e))
     }
+}
+
+/// The failure of `description` for the API's error `e`, with what to do about it.
+pub(super) fn api_failure(description: &str, e: &kube::Error) -> Check {
+    fail(description, describe(e), forbidden_hint(e))
 }
 
 /// A kube error in one line: the API's own message when there is one.
@@ -461,6 +466,8 @@ pub async fn run_control_plane(cluster: &ClusterArgs, list: &mut Checklist<'_>) 
     list.category(|| async move { (identity(ctx).await, ()) })
         .await;
     list.category(|| async move { (webhook(ctx).await, ()) })
+        .await;
+    list.category(|| async move { (super::policy::policy(ctx).await, ()) })
         .await;
 }
 

@@ -1,11 +1,13 @@
 //! `mesh check`: is the cluster ready for mesh (`--pre`), is the control plane healthy (the
-//! default), are the proxies healthy (`--proxy`). Each check is a line of a checklist under
+//! default, with its CRDs and whether the inbound policy resources refer to what exists), are
+//! the proxies healthy (`--proxy`). Each check is a line of a checklist under
 //! its category: ✔ passed, ‼ a warning (does not fail the run), × failed, with a hint. Every
 //! check waits for the cluster at most `--check-timeout`, and each category is printed as soon
 //! as its checks are done ([`Checklist`]).
 
 mod checks;
 mod local;
+mod policy;
 
 use std::future::Future;
 use std::io::Write;

@@ -3,13 +3,16 @@
 //! Input is files, folders (their `.yaml`, `.yml` and `.json` files, recursively, in name
 //! order) or `-` for stdin; YAML streams or JSON, `List`s included. Everything that is not a
 //! workload passes through unchanged. The proxy itself is added by [`mesh_api::inject`], the
-//! same function the injector webhook uses.
+//! same function the injector webhook uses, with the same inheritance: a pod's own
+//! `config.mesh.io/*` annotations, else its namespace's (read from the cluster, or from a
+//! Namespace object among the inputs), else the flags' values.
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use mesh_api::inbound::{DefaultPolicy, DEFAULT_CLUSTER_NETWORKS};
 use mesh_api::inject::{self as core, Outcome, ProxyConfig, SidecarMode};
 use serde_json::Value;
 
@@ -54,6 +57,16 @@ pub struct InjectArgs {
     /// With --manual: the proxy's log filter.
     #[arg(long, value_name = "FILTER", default_value = "warn,mesh_proxy=info")]
     pub proxy_log_level: String,
+    /// With --manual: who may call the ports no Server selects, unless the pod or its namespace
+    /// is annotated config.mesh.io/default-inbound-policy: all-unauthenticated,
+    /// all-authenticated, cluster-authenticated, cluster-unauthenticated, deny or audit (the
+    /// install's proxy.defaultInboundPolicy).
+    #[arg(long, value_name = "POLICY", default_value = "all-unauthenticated")]
+    pub default_inbound_policy: DefaultPolicy,
+    /// With --manual: the cluster's networks, which the cluster-* default inbound policies
+    /// allow (the install's proxy.clusterNetworks).
+    #[arg(long, value_name = "CIDRS", default_value = DEFAULT_CLUSTER_NETWORKS, value_parser = core::cluster_networks)]
+    pub cluster_networks: String,
 }
 
 /// What happens to the documents.
@@ -62,9 +75,44 @@ pub enum Mode {
     /// Annotate workloads and namespaces with `mesh.io/inject: enabled`.
     Annotate,
     /// Add the proxy (`--manual`).
-    Manual(ProxyConfig),
+    Manual(Box<Manual>),
     /// Take the mesh away.
     Uninject,
+}
+
+/// What `--manual` adds: the proxy's configuration, and what pods inherit from their namespace.
+#[derive(Clone, Debug)]
+pub struct Manual {
+    /// The proxy, as the flags configure it.
+    pub config: ProxyConfig,
+    /// The annotations of the workloads' namespaces, as the cluster has them (a Namespace
+    /// object among the inputs replaces its namespace's: it is what will be applied).
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// The namespace of an object that names none: the kubeconfig context's, else `default`.
+    pub default_namespace: String,
+    /// What the summary says about the configuration (a namespace that could not be read).
+    pub notes: Vec<String>,
+}
+
+impl Manual {
+    /// `--manual` with `config` and no namespace annotations.
+    pub fn new(config: ProxyConfig) -> Self {
+        Self {
+            config,
+            namespaces: BTreeMap::new(),
+            default_namespace: "default".into(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// The annotations a workload inherits from its namespace.
+    fn inherited(&self, workload: &Value) -> BTreeMap<String, String> {
+        let namespace = workload
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or(&self.default_namespace);
+        self.namespaces.get(namespace).cloned().unwrap_or_default()
+    }
 }
 
 /// The result of a run: the output (all of it or nothing) and one summary line per object.
@@ -130,8 +178,33 @@ fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
 /// Transforms every input; on any error nothing is returned but the error.
 pub fn run(inputs: &[(String, String)], mode: &Mode) -> anyhow::Result<Report> {
     let mut report = Report::default();
+    let mut parsed = Vec::new();
     for (name, text) in inputs {
-        let (format, mut docs) = manifest::parse(text, name)?;
+        let (format, docs) = manifest::parse(text, name)?;
+        parsed.push((name, format, docs));
+    }
+    let mode = match mode {
+        // The inputs' own Namespaces are what their workloads will inherit.
+        Mode::Manual(manual) => {
+            let mut manual = manual.clone();
+            for (_, _, docs) in &parsed {
+                for namespace in docs.iter().flat_map(|d| objects(d, "Namespace")) {
+                    let Some(name) = namespace.pointer("/metadata/name").and_then(Value::as_str)
+                    else {
+                        continue;
+                    };
+                    let annotations = core::annotations(namespace)
+                        .into_iter()
+                        .filter_map(|(k, v)| Some((k, v.as_str()?.to_string())))
+                        .collect();
+                    manual.namespaces.insert(name.to_string(), annotations);
+                }
+            }
+            &Mode::Manual(manual)
+        }
+        other => other,
+    };
+    for (name, format, mut docs) in parsed {
         for (i, doc) in docs.iter_mut().enumerate() {
             transform(doc, mode, &mut report.summary).with_context(|| {
                 format!("{name}: document {} ({})", i + 1, manifest::describe(doc))
@@ -142,6 +215,45 @@ pub fn run(inputs: &[(String, String)], mode: &Mode) -> anyhow::Result<Report> {
         }
     }
     Ok(report)
+}
+
+/// The objects of `kind` in a document: itself, or the items of a `List`.
+fn objects<'a>(doc: &'a Value, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+    let items = match doc["kind"].as_str() {
+        Some(k) if k.ends_with("List") => doc["items"].as_array().map(|a| a.iter()),
+        _ => None,
+    };
+    std::iter::once(doc)
+        .chain(items.into_iter().flatten())
+        .filter(move |o| o["kind"] == kind)
+}
+
+/// The namespaces of the workloads among `inputs` (`default` for those that name none), which
+/// `--manual` reads the annotations of.
+pub fn workload_namespaces(
+    inputs: &[(String, String)],
+    default: &str,
+) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let mut namespaces = std::collections::BTreeSet::new();
+    for (name, text) in inputs {
+        let (_, docs) = manifest::parse(text, name)?;
+        for doc in &docs {
+            let items = match doc["kind"].as_str() {
+                Some(k) if k.ends_with("List") => doc["items"].as_array().cloned(),
+                _ => None,
+            };
+            for object in std::iter::once(doc).chain(items.iter().flatten()) {
+                if template_pointer(object["kind"].as_str().unwrap_or_default()).is_none() {
+                    continue;
+                }
+                let namespace = object
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str);
+                namespaces.insert(namespace.unwrap_or(default).to_string());
+            }
+        }
+    }
+    Ok(namespaces)
 }
 
 /// Where a workload keeps its pod template, or `None` for other kinds.
@@ -187,6 +299,10 @@ fn transform(doc: &mut Value, mode: &Mode, summary: &mut Vec<String>) -> anyhow:
         summary.push(format!("{what} unchanged: not a workload"));
         return Ok(());
     };
+    let inherited = match mode {
+        Mode::Manual(manual) => manual.inherited(doc),
+        _ => BTreeMap::new(),
+    };
     let template = doc
         .pointer_mut(pointer)
         .filter(|t| t.is_object())
@@ -194,7 +310,7 @@ fn transform(doc: &mut Value, mode: &Mode, summary: &mut Vec<String>) -> anyhow:
     let line = match mode {
         Mode::Uninject if core::uninject(template) => "uninjected".to_string(),
         Mode::Uninject => "unchanged: not injected".to_string(),
-        Mode::Manual(config) => match core::inject(template, &BTreeMap::new(), config)? {
+        Mode::Manual(manual) => match core::inject(template, &inherited, &manual.config)? {
             Outcome::Injected => "injected".to_string(),
             Outcome::Skipped(why) => format!("skipped: {why}"),
         },
@@ -232,11 +348,15 @@ fn annotate(template: &mut Value) -> anyhow::Result<String> {
 }
 
 /// The proxy configuration of `--manual`: the trust anchors from the file or the cluster; the
-/// sidecar mode as asked, else from the cluster's version, else (no cluster) classic.
+/// sidecar mode as asked, else from the cluster's version, else (no cluster) classic; and, with
+/// a cluster, the annotations of the namespaces of the workloads among `inputs`, which their
+/// pods inherit as the webhook's would (a namespace that cannot be read is said in
+/// [`Manual::notes`], and inherits nothing).
 pub async fn manual_config(
     args: &InjectArgs,
     cluster: &crate::kube::ClusterArgs,
-) -> anyhow::Result<(ProxyConfig, SidecarMode)> {
+    inputs: &[(String, String)],
+) -> anyhow::Result<(Manual, SidecarMode)> {
     let client = if args.ignore_cluster {
         None
     } else {
@@ -261,6 +381,29 @@ pub async fn manual_config(
         (None, Some(client)) => crate::kube::sidecar_mode(client).await?,
         (None, None) => SidecarMode::without_cluster(None),
     };
+    let mut manual = Manual::new(ProxyConfig::new("", "", ""));
+    if let Some(client) = &client {
+        manual.default_namespace = client.default_namespace().to_string();
+        let wanted = workload_namespaces(inputs, &manual.default_namespace)?;
+        let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+        let timeout = crate::kube::VERSION_TIMEOUT;
+        for name in wanted {
+            let why = match tokio::time::timeout(timeout, api.get_opt(&name)).await {
+                Ok(Ok(Some(ns))) => {
+                    let annotations = ns.metadata.annotations.unwrap_or_default();
+                    manual.namespaces.insert(name, annotations);
+                    continue;
+                }
+                Ok(Ok(None)) => continue,
+                Ok(Err(e)) => crate::kube::error_message(&e),
+                Err(_) => format!("no answer within {timeout:?}"),
+            };
+            manual.notes.push(format!(
+                "namespace {name} could not be read ({why}): its pods inherit none of its \
+                 config.mesh.io annotations"
+            ));
+        }
+    }
     let anchors = match &args.identity_trust_anchors_file {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("reading the trust anchors {}", path.display()))?,
@@ -290,5 +433,8 @@ pub async fn manual_config(
     config.trust_domain = args.trust_domain.clone();
     config.cluster_domain = args.cluster_domain.clone();
     config.log_level = args.proxy_log_level.clone();
-    Ok((config, mode))
+    config.default_inbound_policy = args.default_inbound_policy;
+    config.cluster_networks = args.cluster_networks.clone();
+    manual.config = config;
+    Ok((manual, mode))
 }

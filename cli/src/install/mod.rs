@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context as _};
 use base64::Engine as _;
+use mesh_api::inbound::DefaultPolicy;
 use mesh_api::inject::{self, ProxyConfig, SidecarMode};
 use serde_json::{json, Value};
 
@@ -47,7 +48,9 @@ const TEMPLATES: &[(&str, &str)] = &[
 ];
 
 /// The CustomResourceDefinitions the mesh reads, applied before the control plane: Gateway API's
-/// HTTPRoute and GRPCRoute (v1, standard channel) and the mesh's own HTTPFault. Plain YAML, not
+/// HTTPRoute and GRPCRoute (v1, standard channel), the mesh's own HTTPFault, and the inbound
+/// policy resources of `policy.mesh.io` (Linkerd's model: Server, AuthorizationPolicy,
+/// MeshTLSAuthentication, NetworkAuthentication, HTTPLocalRateLimitPolicy). Plain YAML, not
 /// templates.
 const CRDS: &[(&str, &str)] = &[
     (
@@ -61,6 +64,26 @@ const CRDS: &[(&str, &str)] = &[
     (
         "httpfaults.yaml",
         include_str!("../../../manifests/crds/httpfaults.yaml"),
+    ),
+    (
+        "servers.yaml",
+        include_str!("../../../manifests/crds/servers.yaml"),
+    ),
+    (
+        "authorizationpolicies.yaml",
+        include_str!("../../../manifests/crds/authorizationpolicies.yaml"),
+    ),
+    (
+        "meshtlsauthentications.yaml",
+        include_str!("../../../manifests/crds/meshtlsauthentications.yaml"),
+    ),
+    (
+        "networkauthentications.yaml",
+        include_str!("../../../manifests/crds/networkauthentications.yaml"),
+    ),
+    (
+        "httplocalratelimitpolicies.yaml",
+        include_str!("../../../manifests/crds/httplocalratelimitpolicies.yaml"),
     ),
 ];
 
@@ -76,7 +99,9 @@ pub fn version() -> String {
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct InstallArgs {
     /// Prints only the CustomResourceDefinitions the mesh reads (HTTPRoute, GRPCRoute,
-    /// HTTPFault), without contacting a cluster: `mesh install --crds | kubectl apply -f -`.
+    /// HTTPFault, and the inbound policy's Server, AuthorizationPolicy, MeshTLSAuthentication,
+    /// NetworkAuthentication and HTTPLocalRateLimitPolicy), without contacting a cluster:
+    /// `mesh install --crds | kubectl apply -f -`.
     #[arg(long, conflicts_with_all = ["ha", "proxy_image", "controller_image", "image_tag", "set"])]
     pub crds: bool,
     /// Renders for high availability: 3 replicas of each controller spread over nodes, and
@@ -120,9 +145,16 @@ pub fn values(args: &InstallArgs) -> anyhow::Result<Value> {
             overrides.push((key.into(), v.clone()));
         }
     }
-    let values =
+    let mut values =
         manifest::template_values(VALUES, "control-plane", overrides, &args.set, &version())?;
     validate(&values)?;
+    // Written the way the proxy reads it (checked by `validate`).
+    let networks = values["proxy"]["clusterNetworks"]
+        .as_str()
+        .unwrap_or_default();
+    if let Ok(networks) = inject::cluster_networks(networks) {
+        values["proxy"]["clusterNetworks"] = Value::String(networks);
+    }
     Ok(values)
 }
 
@@ -144,6 +176,18 @@ fn validate(values: &Value) -> anyhow::Result<()> {
         .unwrap_or_default();
     if !["auto", "true", "false"].contains(&native) {
         bail!("proxy.nativeSidecar: {native:?} is not auto, true or false");
+    }
+    let policy = values["proxy"]["defaultInboundPolicy"]
+        .as_str()
+        .unwrap_or_default();
+    if let Err(e) = policy.parse::<DefaultPolicy>() {
+        bail!("proxy.defaultInboundPolicy: {e}");
+    }
+    let networks = values["proxy"]["clusterNetworks"]
+        .as_str()
+        .unwrap_or_default();
+    if let Err(e) = inject::cluster_networks(networks) {
+        bail!("proxy.clusterNetworks: {e}");
     }
     manifest::check_pull_policy(values)?;
     if values["webhook"]["timeoutSeconds"]
@@ -178,6 +222,12 @@ pub fn proxy_config(values: &Value, trust_anchors_pem: &str, mode: &SidecarMode)
         trust_anchors_pem: trust_anchors_pem.into(),
         native_sidecar: mode.native,
         log_level: s(&values["proxy"]["logLevel"]),
+        // `validate` checked both.
+        default_inbound_policy: values["proxy"]["defaultInboundPolicy"]
+            .as_str()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_default(),
+        cluster_networks: s(&values["proxy"]["clusterNetworks"]),
     }
 }
 
@@ -370,7 +420,8 @@ async fn refuse_existing(client: &kube::Client) -> anyhow::Result<()> {
 
 /// `mesh uninstall`: what to delete, as YAML for `kubectl delete -f -`: the webhook first (so
 /// no pod is injected meanwhile), the cluster-wide RBAC, the namespace with everything in it,
-/// then the CRDs (and with them every HTTPRoute, GRPCRoute and HTTPFault of the cluster).
+/// then the CRDs (and with them every route, HTTPFault and inbound policy object of the
+/// cluster).
 pub fn uninstall() -> anyhow::Result<String> {
     let args = InstallArgs::default();
     let values = values(&args)?;
