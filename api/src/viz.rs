@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The metric families the aggregations read (`mesh_viz::stat`, `mesh_viz::edges`,
-/// `mesh_viz::routes`); sources keep only these, and the metrics API queries only these, so no
+/// `mesh_viz::routes`, `mesh_viz::authz`); sources keep only these, and the metrics API queries only these, so no
 /// view can come to depend on a family the metrics API does not query.
 pub const FAMILIES: &[&str] = &[
     "response_total",
@@ -38,6 +38,15 @@ pub const FAMILIES: &[&str] = &[
     "fault_injected_total",
     "mirror_total",
     "mirror_dropped_total",
+    // Per Server, route and authorization (`mesh viz authz`): the inbound proxies'
+    // authorization decisions and local rate limits.
+    "inbound_http_authz_allow_total",
+    "inbound_http_authz_deny_total",
+    "inbound_http_authz_audit_total",
+    "inbound_tcp_authz_allow_total",
+    "inbound_tcp_authz_deny_total",
+    "inbound_tcp_authz_audit_total",
+    "inbound_http_local_ratelimit_total",
 ];
 
 /// The metrics API's samples endpoint: `GET /api/v1/samples?namespace=demo&window=5000ms`.

@@ -1,6 +1,6 @@
 //! The ratatui views (top, stat, dashboard) as pure functions of their models, so the same
 //! drawing serves the live terminal and `TestBackend` snapshots; and the plain-text tables
-//! printed when stdout is not a terminal (also `routes`, which has no live view).
+//! printed when stdout is not a terminal (also `routes` and `authz`, which have no live view).
 
 use ratatui::layout::{Constraint, Direction, Layout, Rect};
 use ratatui::style::{Modifier, Style};
@@ -8,6 +8,7 @@ use ratatui::text::Line;
 use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row as TableRow, Sparkline, Table};
 use ratatui::Frame;
 
+use crate::authz::{Authz, Counted, Decisions, Protocol, ServerStats};
 use crate::edges::Edge;
 use crate::routes::{BackendStats, RouteStats, Routes};
 use crate::stat::StatRow;
@@ -329,6 +330,42 @@ pub fn routes_text(routes: &Routes) -> String {
     text_table(&header, &body)
 }
 
+/// The `mesh viz authz` table: per Server (or default policy), a row per route and
+/// authorization of its HTTP requests (`rps`), then a row per authorization of its TCP
+/// connections (route `TCP`, `cps`); `-` where no authorization allowed (what was denied or
+/// audited). The Server's rate limit refusals are the notes of its first row.
+pub fn authz_text(authz: &Authz) -> String {
+    let header: Vec<String> = AUTHZ_COLUMNS.iter().map(|c| c.to_string()).collect();
+    let mut body: Vec<Vec<String>> = Vec::new();
+    for server in &authz.servers {
+        let notes = rate_limit_notes(server);
+        if server.decisions.is_empty() {
+            body.push(vec![
+                server.server.to_string(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                notes,
+            ]);
+            continue;
+        }
+        for (i, d) in server.decisions.iter().enumerate() {
+            let mut cells = decision_cells(d);
+            if i == 0 {
+                cells.insert(0, server.server.to_string());
+                cells.push(notes.clone());
+            } else {
+                cells.insert(0, String::new());
+                cells.push(String::new());
+            }
+            body.push(cells);
+        }
+    }
+    text_table(&header, &body)
+}
+
 /// The lines of a rendered buffer (trailing spaces trimmed), for snapshots and the dashboard's
 /// one-shot output.
 pub fn buffer_text(buffer: &ratatui::buffer::Buffer) -> String {
@@ -420,6 +457,61 @@ fn backend_cells(branch: &str, b: &BackendStats) -> Vec<String> {
         "-".to_string(),
         notes,
     ]
+}
+
+const AUTHZ_COLUMNS: [&str; 7] = [
+    "SERVER",
+    "ROUTE",
+    "AUTHORIZATION",
+    "ALLOWED",
+    "DENIED",
+    "AUDITED",
+    "NOTES",
+];
+
+/// ROUTE, AUTHORIZATION, ALLOWED, DENIED, AUDITED.
+fn decision_cells(d: &Decisions) -> Vec<String> {
+    let unit = match d.protocol {
+        Protocol::Http => "rps",
+        Protocol::Tcp => "cps",
+    };
+    let figure = |c: &Counted| match (c.count, c.rate) {
+        (0, _) => "-".to_string(),
+        (_, Some(rate)) => format!("{rate:.1}{unit}"),
+        (n, None) => n.to_string(),
+    };
+    vec![
+        match d.protocol {
+            Protocol::Http => d.route.clone().unwrap_or_default(),
+            Protocol::Tcp => "TCP".to_string(),
+        },
+        d.authorization
+            .as_ref()
+            .map_or_else(|| "-".to_string(), ToString::to_string),
+        figure(&d.allowed),
+        figure(&d.denied),
+        figure(&d.audited),
+    ]
+}
+
+/// `rate limited by voting-rl: identity 4.0rps, total 1.0rps` (counts without a window).
+fn rate_limit_notes(server: &ServerStats) -> String {
+    let mut by_policy: Vec<(&str, Vec<String>)> = Vec::new();
+    for r in &server.rate_limited {
+        let figure = match r.rate {
+            Some(rate) => format!("{} {rate:.1}rps", r.scope),
+            None => format!("{} {}", r.scope, r.count),
+        };
+        match by_policy.iter_mut().find(|(name, _)| *name == r.name) {
+            Some((_, scopes)) => scopes.push(figure),
+            None => by_policy.push((&r.name, vec![figure])),
+        }
+    }
+    by_policy
+        .into_iter()
+        .map(|(name, scopes)| format!("rate limited by {name}: {}", scopes.join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn top_cells(r: &Row) -> Vec<String> {

@@ -1,13 +1,15 @@
 //! Snapshots of the ratatui views (`TestBackend`) and the plain tables, from recorded scrapes of
 //! the pod harness (`tests/data/scrape-*.txt`) and a recorded tap stream (`tap-web.jsonl`); the
 //! routes table from two scrapes of web's pods written to the proxy's route families
-//! (`tests/data/scrape-routes-*.txt`).
+//! (`tests/data/scrape-routes-*.txt`), the authz table from two written to its authorization
+//! families (`tests/data/scrape-authz-*.txt`).
 //! `UPDATE_GOLDEN=1 cargo test -p mesh-viz` rewrites `tests/golden/`; review the diff.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use mesh_api::tap::Event;
+use mesh_viz::authz::authz;
 use mesh_viz::edges::edges;
 use mesh_viz::model::{Kind, PodInfo, Workload};
 use mesh_viz::routes::routes;
@@ -236,4 +238,51 @@ fn routes_of_two_scrapes() {
     golden("routes-since-start.txt", &views::routes_text(&whole));
     // The callers are web's pods: client's scrape has no route families.
     assert_eq!(routes(&pods()[2..], None, &scrapes(), 0.0).routes, vec![]);
+}
+
+/// The authorization scrapes of web-1 and web-2 taken `when` (`before`, `after`).
+fn authz_scrapes(when: &str) -> Scrapes {
+    ["web-1", "web-2"]
+        .iter()
+        .map(|p| {
+            let text = data(&format!("scrape-authz-{p}-{when}.txt"));
+            let samples = mesh_viz::prom::parse(&text).unwrap();
+            (("demo".to_string(), p.to_string()), samples)
+        })
+        .collect()
+}
+
+#[test]
+fn authz_of_two_scrapes() {
+    let web: Vec<PodInfo> = pods()
+        .into_iter()
+        .filter(|p| p.services.len() == 1)
+        .collect();
+    let (before, after) = (authz_scrapes("before"), authz_scrapes("after"));
+    let a = authz(&web, Some(&before), &after, 5.0);
+    let names: Vec<String> = a.servers.iter().map(|s| s.server.to_string()).collect();
+    assert_eq!(
+        names,
+        [
+            "Server demo/web-admin",
+            "Server demo/web-http",
+            "default all-unauthenticated"
+        ]
+    );
+    // web-page: 50 more on each pod; web-api: 10 on web-1, 5 new on web-2.
+    let http = &a.servers[1].decisions;
+    assert_eq!(
+        (
+            http[0].route.as_deref(),
+            http[0].allowed.count,
+            http[0].allowed.rate
+        ),
+        (Some("web-api"), 15, Some(3.0))
+    );
+    assert_eq!((http[1].allowed.count, http[2].denied.count), (100, 8));
+    golden("authz.txt", &views::authz_text(&a));
+    let whole = authz(&web, None, &after, 0.0);
+    golden("authz-since-start.txt", &views::authz_text(&whole));
+    // The client's scrape has no authorization families.
+    assert_eq!(authz(&pods()[2..], None, &scrapes(), 0.0).servers, vec![]);
 }

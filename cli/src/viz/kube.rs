@@ -71,6 +71,7 @@ impl Scope {
                 .flatten()
                 .collect(),
             VizCommand::Routes(a) => vec![&a.resource],
+            VizCommand::Authz(a) => vec![&a.resource],
             VizCommand::Edges(a) => vec![&a.resource],
             VizCommand::Tap(a) => vec![&a.filter.resource],
             VizCommand::Top(a) => vec![&a.filter.resource],

@@ -1,4 +1,5 @@
-//! `mesh viz`: the observability commands (`tap`, `top`, `stat`, `routes`, `edges`, `dashboard`)
+//! `mesh viz`: the observability commands (`tap`, `top`, `stat`, `routes`, `authz`, `edges`,
+//! `dashboard`)
 //! over a [`Target`]: the local mesh (its state folder, and its pods' proxies reached in their
 //! network namespaces) or a cluster (its objects from the Kubernetes API, the viz component's
 //! metrics API and tap aggregator through the API server's service proxy), behind the same
@@ -61,6 +62,10 @@ pub enum VizCommand {
     /// Shows the traffic a resource's pods sent per route (HTTPRoute, GRPCRoute, or a Service's
     /// default route) and per backend: success rate, RPS, latency, retries, faults.
     Routes(RoutesArgs),
+    /// Shows what a resource's pods' inbound policy decided, per Server (or default policy),
+    /// route and authorization: the requests and TCP connections allowed, denied and audited,
+    /// and the requests a rate limit refused.
+    Authz(AuthzArgs),
     /// Shows who talks to whom, with identities and whether the hop is mutual TLS.
     Edges(EdgesArgs),
     /// Opens a full-screen dashboard: workloads, their edges and their live traffic.
@@ -164,6 +169,20 @@ pub struct RoutesArgs {
 pub enum RoutesOutput {
     Table,
     Json,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AuthzArgs {
+    /// The resource whose pods' inbound decisions to show (the servers), e.g. deploy/voting,
+    /// po/voting-1, ns/demo.
+    pub resource: Resource,
+    /// The window of rates: two scrapes this far apart; 0s reports everything since the proxies
+    /// started, without rates.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub window: Duration,
+    /// `table` (the default) for people, `json` for machines.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: RoutesOutput,
 }
 
 #[derive(clap::Args, Debug)]
@@ -314,6 +333,7 @@ pub async fn run_command(
     match command {
         VizCommand::Stat(a) => stat(target, namespace, &a, out).await,
         VizCommand::Routes(a) => routes(target, namespace, &a, out).await,
+        VizCommand::Authz(a) => authz(target, namespace, &a, out).await,
         VizCommand::Edges(a) => edges(target, namespace, &a, out).await,
         VizCommand::Tap(a) => tap(target, namespace, &a, out).await,
         VizCommand::Top(a) => top_once(target, namespace, &a, out).await,
@@ -371,6 +391,43 @@ async fn stat(
     Ok(())
 }
 
+/// The meshed pods of `resource`, each once; an error naming the pods when none is meshed
+/// (`what` says which metrics the command needed from their proxies).
+fn meshed_pods(
+    target: &Target,
+    namespace: &str,
+    resource: &Resource,
+    what: &str,
+) -> anyhow::Result<Vec<PodInfo>> {
+    let groups = resource.resolve(&target.state, namespace)?;
+    let mut pods: Vec<PodInfo> = groups.into_iter().flat_map(|(_, pods)| pods).collect();
+    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    pods.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
+    let (meshed, unmeshed): (Vec<PodInfo>, Vec<PodInfo>) = pods.into_iter().partition(|p| p.meshed);
+    if meshed.is_empty() {
+        let names: Vec<&str> = unmeshed.iter().map(|p| p.name.as_str()).collect();
+        bail!(
+            "{resource} has no meshed pod ({}): {what} come from the pods' proxies; mesh them \
+             first (`mesh inject`, or enroll them in the local mesh)",
+            if names.is_empty() {
+                "no pods".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
+    Ok(meshed)
+}
+
+/// `in the last 5s`, or `since its proxies started` for a zero window.
+fn when(window: f64, asked: Duration) -> String {
+    if window > 0.0 {
+        format!("in the last {}", humantime(asked))
+    } else {
+        "since its proxies started".to_string()
+    }
+}
+
 /// The routes of the resource's meshed pods over the window; without route samples, a line
 /// that says the workload sent no routed traffic (JSON: no routes).
 async fn routes(
@@ -379,24 +436,7 @@ async fn routes(
     args: &RoutesArgs,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let groups = args.resource.resolve(&target.state, namespace)?;
-    let mut pods: Vec<PodInfo> = groups.into_iter().flat_map(|(_, pods)| pods).collect();
-    pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    pods.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
-    let (meshed, unmeshed): (Vec<PodInfo>, Vec<PodInfo>) = pods.into_iter().partition(|p| p.meshed);
-    if meshed.is_empty() {
-        let names: Vec<&str> = unmeshed.iter().map(|p| p.name.as_str()).collect();
-        bail!(
-            "{} has no meshed pod ({}): route metrics come from the pods' proxies; mesh them \
-             first (`mesh inject`, or enroll them in the local mesh)",
-            args.resource,
-            if names.is_empty() {
-                "no pods".to_string()
-            } else {
-                names.join(", ")
-            }
-        );
-    }
+    let meshed = meshed_pods(target, namespace, &args.resource, "route metrics")?;
     let window = samples(target, &meshed, args.window).await?;
     let routes = mesh_viz::routes::routes(
         &meshed,
@@ -406,20 +446,44 @@ async fn routes(
     );
     let text = match args.output {
         RoutesOutput::Json => format!("{}\n", serde_json::to_string_pretty(&routes)?),
-        RoutesOutput::Table if routes.routes.is_empty() => {
-            let when = if routes.window > 0.0 {
-                format!("in the last {}", humantime(args.window))
-            } else {
-                "since its proxies started".to_string()
-            };
-            format!(
-                "{} sent no routed traffic {when}: its proxies counted no request on a route \
-                 (outbound_http_route_*); routes count the HTTP requests a workload sends to a \
-                 Service\n",
-                args.resource
-            )
-        }
+        RoutesOutput::Table if routes.routes.is_empty() => format!(
+            "{} sent no routed traffic {}: its proxies counted no request on a route \
+             (outbound_http_route_*); routes count the HTTP requests a workload sends to a \
+             Service\n",
+            args.resource,
+            when(routes.window, args.window)
+        ),
         RoutesOutput::Table => views::routes_text(&routes),
+    };
+    out.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// The inbound authorization decisions of the resource's meshed pods over the window; without
+/// any, a line that says so (JSON: no servers).
+async fn authz(
+    target: &Target,
+    namespace: &str,
+    args: &AuthzArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let meshed = meshed_pods(target, namespace, &args.resource, "authorization metrics")?;
+    let window = samples(target, &meshed, args.window).await?;
+    let authz = mesh_viz::authz::authz(
+        &meshed,
+        window.before.as_ref(),
+        &window.after,
+        window.seconds,
+    );
+    let text = match args.output {
+        RoutesOutput::Json => format!("{}\n", serde_json::to_string_pretty(&authz)?),
+        RoutesOutput::Table if authz.servers.is_empty() => format!(
+            "{} received no request or connection its inbound policy decided on {}: its \
+             proxies counted no authorization (inbound_http_authz_*, inbound_tcp_authz_*)\n",
+            args.resource,
+            when(authz.window, args.window)
+        ),
+        RoutesOutput::Table => views::authz_text(&authz),
     };
     out.write_all(text.as_bytes())?;
     Ok(())
