@@ -2,7 +2,10 @@
 //! must accept the routes and faults the mesh reads (an HTTPRoute whose parent is a Service, with
 //! weighted backends, every filter, timeouts and the experimental retry; a GRPCRoute with a method
 //! match; HTTPFaults), fill in the schema's defaults, refuse the wrong ones with the schema's
-//! message, and take a status report through the status subresource.
+//! message, and take a status report through the status subresource. The same for the inbound
+//! policy resources (Server, AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication,
+//! HTTPLocalRateLimitPolicy), which `mesh check`'s `mesh-policy` category then reads from the
+//! real API server.
 //!
 //! Then the destination controller against that API server: `mesh-controller destination
 //! --source kube` on this machine, with the admin kubeconfig, reads routes that are valid,
@@ -11,10 +14,10 @@
 //! `status.parents[]` conditions, and both follow when the routes are fixed.
 //!
 //! Run by `./scripts/test-kube` after the mesh's own tier (or `cargo test -p mesh-tests --test
-//! kube_crds -- --ignored` with `KUBECONFIG` set: it needs no images). The CRD test works in
-//! namespace `crd-tier`, the controller's in `crd-status-<pid>`, which it deletes however it
-//! ends; both leave the CRDs installed (`mesh uninstall` removes them). They take turns, so the
-//! controller is not writing statuses while the CRD test patches its own.
+//! kube_crds -- --ignored` with `KUBECONFIG` set: it needs no images). The CRD tests work in
+//! namespaces `crd-tier` and `crd-policy`, the controller's in `crd-status-<pid>`, which it
+//! deletes however it ends; all leave the CRDs installed (`mesh uninstall` removes them). They
+//! take turns, so the controller is not writing statuses while the CRD test patches its own.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -28,7 +31,7 @@ use mesh_api::policy::{
     watch_outbound, Fault, FaultAbort, FaultDelay, Filter, OutboundPolicy, Route, RouteKind,
 };
 use mesh_tests::fixtures::eventually;
-use mesh_tests::kube::{kubectl, kubectl_ok, kubectl_stdin, mesh_ok, Cluster};
+use mesh_tests::kube::{kubectl, kubectl_ok, kubectl_stdin, mesh, mesh_ok, Cluster};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -328,6 +331,351 @@ async fn the_crds_accept_what_the_mesh_reads_and_refuse_the_rest() {
     drop(cluster);
 }
 
+// === the inbound policy resources ===
+
+const POLICY_NS: &str = "crd-policy";
+
+/// The inbound policy as a user writes it (Linkerd's model under policy.mesh.io): two Servers
+/// (one by a named port with expressions, one for every pod by number, audited), a policy for
+/// one of them requiring a mesh identity, a network and a ServiceAccount, one for the whole
+/// namespace requiring nothing, a policy for a GRPCRoute, both kinds of MeshTLSAuthentication,
+/// a NetworkAuthentication with exceptions, and a rate limit with an override.
+const POLICY_ACCEPTED: &str = r#"
+apiVersion: policy.mesh.io/v1alpha1
+kind: Server
+metadata: {name: voting-grpc, namespace: crd-policy}
+spec:
+  podSelector:
+    matchLabels: {app: voting}
+    matchExpressions:
+      - {key: tier, operator: In, values: [backend]}
+      - {key: canary, operator: DoesNotExist}
+  port: grpc
+  proxyProtocol: gRPC
+---
+apiVersion: policy.mesh.io/v1alpha1
+kind: Server
+metadata: {name: web-http, namespace: crd-policy}
+spec: {podSelector: {}, port: 8080, accessPolicy: audit}
+---
+apiVersion: policy.mesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: voting-from-web, namespace: crd-policy}
+spec:
+  targetRef: {group: policy.mesh.io, kind: Server, name: voting-grpc}
+  requiredAuthenticationRefs:
+    - {kind: MeshTLSAuthentication, name: web}
+    - {group: policy.mesh.io, kind: NetworkAuthentication, name: cluster, namespace: crd-policy}
+    - {group: "", kind: ServiceAccount, name: web}
+---
+apiVersion: policy.mesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: everyone, namespace: crd-policy}
+spec:
+  targetRef: {kind: Namespace, name: crd-policy}
+  requiredAuthenticationRefs: []
+---
+apiVersion: policy.mesh.io/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: votes, namespace: crd-policy}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: GRPCRoute, name: votes}
+  requiredAuthenticationRefs: [{kind: MeshTLSAuthentication, name: by-ref}]
+---
+apiVersion: policy.mesh.io/v1alpha1
+kind: MeshTLSAuthentication
+metadata: {name: web, namespace: crd-policy}
+spec:
+  identities:
+    - web.crd-policy.serviceaccount.identity.mesh.cluster.local
+    - "*.demo.serviceaccount.identity.mesh.cluster.local"
+---
+apiVersion: policy.mesh.io/v1alpha1
+kind: MeshTLSAuthentication
+metadata: {name: by-ref, namespace: crd-policy}
+spec:
+  identityRefs: [{kind: ServiceAccount, name: web}, {kind: Namespace, name: demo}]
+---
+apiVersion: policy.mesh.io/v1alpha1
+kind: NetworkAuthentication
+metadata: {name: cluster, namespace: crd-policy}
+spec:
+  networks: [{cidr: 10.0.0.0/8, except: [10.1.0.0/16, 10.2.3.4]}, {cidr: "fd00::/8"}]
+---
+apiVersion: policy.mesh.io/v1alpha1
+kind: HTTPLocalRateLimitPolicy
+metadata: {name: voting-rl, namespace: crd-policy}
+spec:
+  targetRef: {group: policy.mesh.io, kind: Server, name: voting-grpc}
+  total: {requestsPerSecond: 100}
+  identity: {requestsPerSecond: 20}
+  overrides:
+    - requestsPerSecond: 50
+      clientRefs: [{kind: ServiceAccount, name: web}]
+"#;
+
+const SERVER: &str = "apiVersion: policy.mesh.io/v1alpha1\nkind: Server\n\
+                      metadata: {name: bad, namespace: crd-policy}\nspec:";
+const AUTHZ: &str = "apiVersion: policy.mesh.io/v1alpha1\nkind: AuthorizationPolicy\n\
+                     metadata: {name: bad, namespace: crd-policy}\nspec:";
+const MESH_TLS: &str = "apiVersion: policy.mesh.io/v1alpha1\nkind: MeshTLSAuthentication\n\
+                        metadata: {name: bad, namespace: crd-policy}\nspec:";
+const NETWORK: &str = "apiVersion: policy.mesh.io/v1alpha1\nkind: NetworkAuthentication\n\
+                       metadata: {name: bad, namespace: crd-policy}\nspec:";
+const RATE_LIMIT: &str = "apiVersion: policy.mesh.io/v1alpha1\nkind: HTTPLocalRateLimitPolicy\n\
+                          metadata: {name: bad, namespace: crd-policy}\nspec:\n  \
+                          targetRef: {group: policy.mesh.io, kind: Server, name: voting-grpc}";
+
+/// What the API server must refuse of the policy resources: (what is wrong, the object's head,
+/// the rest of it, what the API server says).
+const POLICY_REFUSED: &[(&str, &str, &str, &str)] = &[
+    (
+        "an accessPolicy of allow",
+        SERVER,
+        "\n  podSelector: {}\n  port: 80\n  accessPolicy: allow",
+        "spec.accessPolicy: Unsupported value: \"allow\"",
+    ),
+    (
+        "a proxyProtocol of http",
+        SERVER,
+        "\n  podSelector: {}\n  port: 80\n  proxyProtocol: http",
+        "spec.proxyProtocol: Unsupported value: \"http\"",
+    ),
+    (
+        "port 0",
+        SERVER,
+        "\n  podSelector: {}\n  port: 0",
+        "port is a number from 1 to 65535, or the name of a container port",
+    ),
+    (
+        "a port name longer than 15",
+        SERVER,
+        "\n  podSelector: {}\n  port: a-very-long-port-name",
+        "port is a number from 1 to 65535, or the name of a container port",
+    ),
+    (
+        "a Server without a port",
+        SERVER,
+        "\n  podSelector: {}",
+        "spec.port: Required value",
+    ),
+    (
+        "an In expression without values",
+        SERVER,
+        "\n  podSelector: {matchExpressions: [{key: app, operator: In}]}\n  port: 80",
+        "In and NotIn need values; Exists and DoesNotExist take none",
+    ),
+    (
+        "a Service as target",
+        AUTHZ,
+        "\n  targetRef: {kind: Service, name: web}\n  requiredAuthenticationRefs: []",
+        "spec.targetRef.kind: Unsupported value: \"Service\"",
+    ),
+    (
+        "a Server target without its group",
+        AUTHZ,
+        "\n  targetRef: {kind: Server, name: web}\n  requiredAuthenticationRefs: []",
+        "targetRef is a Server (group policy.mesh.io)",
+    ),
+    (
+        "a ServiceAccount of the policy group",
+        AUTHZ,
+        "\n  targetRef: {kind: Namespace, name: crd-policy}\n  \
+         requiredAuthenticationRefs: [{kind: ServiceAccount, name: web}]",
+        "a ServiceAccount of group \"\" (write group: \"\")",
+    ),
+    (
+        "an AuthorizationPolicy without requiredAuthenticationRefs",
+        AUTHZ,
+        "\n  targetRef: {kind: Namespace, name: crd-policy}",
+        "spec.requiredAuthenticationRefs: Required value",
+    ),
+    (
+        "identities and identityRefs both",
+        MESH_TLS,
+        "\n  identities: [\"*\"]\n  identityRefs: [{kind: ServiceAccount, name: web}]",
+        "a MeshTLSAuthentication sets exactly one of identities or identityRefs",
+    ),
+    (
+        "neither identities nor identityRefs",
+        MESH_TLS,
+        " {}",
+        "a MeshTLSAuthentication sets exactly one of identities or identityRefs",
+    ),
+    (
+        "a wildcard that is not a first label",
+        MESH_TLS,
+        "\n  identities: [\"web.*\"]",
+        "spec.identities[0] in body should match",
+    ),
+    (
+        "a Namespace reference with a namespace",
+        MESH_TLS,
+        "\n  identityRefs: [{kind: Namespace, name: demo, namespace: demo}]",
+        "a Namespace reference has no namespace",
+    ),
+    (
+        "a network that is not one",
+        NETWORK,
+        "\n  networks: [{cidr: \"pods/8\"}]",
+        "spec.networks[0].cidr in body should match",
+    ),
+    (
+        "no network",
+        NETWORK,
+        "\n  networks: []",
+        "spec.networks in body should have at least 1 items",
+    ),
+    (
+        "a limit of 0",
+        RATE_LIMIT,
+        "\n  total: {requestsPerSecond: 0}",
+        "spec.total.requestsPerSecond in body should be greater than or equal to 1",
+    ),
+    (
+        "no limit",
+        RATE_LIMIT,
+        "",
+        "an HTTPLocalRateLimitPolicy sets total, identity or overrides",
+    ),
+    (
+        "an identity limit over the total",
+        RATE_LIMIT,
+        "\n  total: {requestsPerSecond: 10}\n  identity: {requestsPerSecond: 20}",
+        "identity.requestsPerSecond cannot be more than total.requestsPerSecond",
+    ),
+];
+
+#[tokio::test]
+#[ignore = "the cluster tier: ./scripts/test-kube runs it against a real cluster"]
+async fn the_policy_crds_accept_linkerds_model_and_refuse_the_rest() {
+    let _turn = SERIAL.lock().await;
+    let mut cluster = Cluster::from_env();
+    cluster.namespaces = vec![POLICY_NS.into()];
+
+    install_crds().await;
+    // The namespace, and the ServiceAccount the policy requires.
+    kubectl_stdin(
+        &["apply"],
+        &format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {POLICY_NS}}}\n---\n\
+             apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: web, namespace: {POLICY_NS}}}\n"
+        ),
+    );
+
+    // Accepted, with the schema's defaults filled in and nothing pruned.
+    let out = kubectl_stdin(
+        &["apply", "--dry-run=server", "-o", "json"],
+        POLICY_ACCEPTED,
+    );
+    let list: Value = serde_json::from_str(&out).expect("kubectl's JSON");
+    let items = list["items"].as_array().expect("a List");
+    assert_eq!(items.len(), 9, "{out}");
+    let spec = |name: &str| {
+        items
+            .iter()
+            .find(|i| i["metadata"]["name"] == name)
+            .map(|i| i["spec"].clone())
+            .unwrap_or_else(|| panic!("{name}: {out}"))
+    };
+    let voting = spec("voting-grpc");
+    assert_eq!(voting["accessPolicy"], "deny", "the default access policy");
+    assert_eq!(voting["port"], "grpc");
+    assert_eq!(
+        voting["podSelector"]["matchExpressions"][1]["operator"],
+        "DoesNotExist"
+    );
+    let web = spec("web-http");
+    assert_eq!(
+        (&web["port"], &web["proxyProtocol"]),
+        (&json!(8080), &json!("unknown"))
+    );
+    let refs = &spec("voting-from-web")["requiredAuthenticationRefs"];
+    assert_eq!(refs[0]["group"], "policy.mesh.io", "the group's default");
+    assert_eq!(
+        refs[2],
+        json!({"group": "", "kind": "ServiceAccount", "name": "web"})
+    );
+    assert_eq!(
+        spec("by-ref")["identityRefs"][1],
+        json!({"kind": "Namespace", "name": "demo"})
+    );
+    assert_eq!(spec("cluster")["networks"][0]["except"][1], "10.2.3.4");
+    assert_eq!(
+        spec("voting-rl")["overrides"][0]["clientRefs"][0],
+        json!({"kind": "ServiceAccount", "name": "web"})
+    );
+
+    // Refused, each with the schema's own message.
+    for (what, head, rest, message) in POLICY_REFUSED {
+        let (ok, stderr) = dry_run(&format!("{head}{rest}\n"));
+        assert!(!ok, "{what} was accepted");
+        assert!(stderr.contains(message), "{what}: {stderr}");
+    }
+
+    // The printer columns.
+    kubectl_stdin(&["apply"], POLICY_ACCEPTED);
+    let servers = kubectl_ok(&["get", "srv", "-n", POLICY_NS]);
+    assert!(
+        servers.contains("PROTOCOL") && servers.contains("ACCESS") && servers.contains("gRPC"),
+        "{servers}"
+    );
+    let limits = kubectl_ok(&["get", "ratelimit", "-n", POLICY_NS]);
+    assert!(
+        limits.contains("TOTAL-RPS") && limits.contains("100"),
+        "{limits}"
+    );
+    let policies = kubectl_ok(&["get", "authzpolicy", "-n", POLICY_NS]);
+    assert!(
+        policies.contains("TARGET-KIND") && policies.contains("Namespace"),
+        "{policies}"
+    );
+
+    // mesh check reads them from the API server: no pod runs in the namespace, so the Servers
+    // select none (a warning); the GRPCRoute does not exist; everything else does (the
+    // ServiceAccount too).
+    let out = mesh(&["check", "-o", "json", "--check-timeout", "10s"]);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "mesh check -o json: {e}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let policy = report["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["categoryName"] == "mesh-policy")
+        .unwrap_or_else(|| panic!("no mesh-policy category: {report}"))
+        .clone();
+    let line = |i: usize| {
+        let check = &policy["checks"][i];
+        let found = check["error"].as_str().unwrap_or_default().to_string();
+        (
+            check["result"].as_str().unwrap_or_default().to_string(),
+            found,
+        )
+    };
+    let (result, found) = line(0);
+    assert_eq!(result, "warning", "{policy}");
+    assert!(
+        found.contains("crd-policy/voting-grpc selects no pod"),
+        "{found}"
+    );
+    let (_, found) = line(1);
+    assert!(
+        found.contains("crd-policy/votes: GRPCRoute crd-policy/votes does not exist"),
+        "{policy}"
+    );
+    for i in [2, 3] {
+        let (_, found) = line(i);
+        assert!(!found.contains("crd-policy/"), "{policy}");
+    }
+
+    kubectl_ok(&["delete", "namespace", POLICY_NS, "--wait=false"]);
+    drop(cluster);
+}
+
 /// `kubectl apply --dry-run=server -f -` of `yaml`: whether it was accepted, and stderr.
 fn dry_run(yaml: &str) -> (bool, String) {
     let out = kubectl_input(&["apply", "--dry-run=server"], yaml);
@@ -361,6 +709,11 @@ async fn install_crds() {
         "crd/httproutes.gateway.networking.k8s.io",
         "crd/grpcroutes.gateway.networking.k8s.io",
         "crd/httpfaults.policy.mesh.io",
+        "crd/servers.policy.mesh.io",
+        "crd/authorizationpolicies.policy.mesh.io",
+        "crd/meshtlsauthentications.policy.mesh.io",
+        "crd/networkauthentications.policy.mesh.io",
+        "crd/httplocalratelimitpolicies.policy.mesh.io",
     ]);
 }
 
