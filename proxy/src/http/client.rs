@@ -107,6 +107,9 @@ struct Shared {
     tunnels: Drain,
 }
 
+/// An endpoint's HTTP/2 connection and its number.
+type H2 = (u64, conn::http2::SendRequest<BoxBody>);
+
 /// Sends requests to one endpoint.
 #[derive(Clone)]
 pub struct Client {
@@ -117,10 +120,13 @@ struct Endpoint {
     target: EndpointAddr,
     /// The endpoint's idle keep-alive HTTP/1 connections.
     h1: Arc<Pool>,
-    /// The endpoint's one HTTP/2 connection, opened by whichever request needs it first.
-    h2: tokio::sync::Mutex<Option<conn::http2::SendRequest<BoxBody>>>,
+    /// The endpoint's one HTTP/2 connection, opened by whichever request needs it first, and
+    /// numbered, so that a request that finds it going away forgets this one and no newer.
+    h2: tokio::sync::Mutex<Option<H2>>,
     /// The same connection, read without waiting while it is open.
-    h2_open: std::sync::Mutex<Option<conn::http2::SendRequest<BoxBody>>>,
+    h2_open: std::sync::Mutex<Option<H2>>,
+    /// The number of the next HTTP/2 connection.
+    h2_next: std::sync::atomic::AtomicU64,
     shared: Arc<Shared>,
 }
 
@@ -169,6 +175,7 @@ impl<T: Param<EndpointAddr>> NewService<T> for NewClient {
                 target,
                 h2: tokio::sync::Mutex::new(None),
                 h2_open: std::sync::Mutex::new(None),
+                h2_next: std::sync::atomic::AtomicU64::new(0),
                 shared: self.shared.clone(),
             }),
         }
@@ -267,31 +274,51 @@ impl Endpoint {
             target,
             source: e.into(),
         };
-        let mut sender = self.http2_sender().await?;
+        let (mut n, mut sender) = self.http2_sender().await?;
         if sender.ready().await.is_err() {
-            // The connection closed after it was taken: open another, once.
-            self.forget_closed_http2();
-            sender = self.http2_sender().await?;
-            sender.ready().await.map_err(request)?;
+            // The connection closed, or is going away (the server said GOAWAY: it finishes
+            // what it has, takes nothing new), after it was taken: open another, once.
+            self.forget_http2(n).await;
+            (n, sender) = self.http2_sender().await?;
+            if let Err(e) = sender.ready().await {
+                self.forget_http2(n).await;
+                return Err(request(e).into());
+            }
         }
-        Ok(sender.send_request(req).await.map_err(request)?)
+        match sender.try_send_request(req).await {
+            Ok(rsp) => Ok(rsp),
+            Err(mut e) => match e.take_message() {
+                // The connection closed or went away before the request was written (a server
+                // that drains, or revokes a client's authorization, says GOAWAY): nothing of
+                // it reached the server, so it goes once more on a new connection.
+                Some(req) => {
+                    self.forget_http2(n).await;
+                    let (_, mut sender) = self.http2_sender().await?;
+                    sender.ready().await.map_err(request)?;
+                    Ok(sender.send_request(req).await.map_err(request)?)
+                }
+                None => Err(request(e.into_error()).into()),
+            },
+        }
     }
 
-    /// Forgets the HTTP/2 connection if it closed.
-    fn forget_closed_http2(&self) {
-        let mut open = lock(&self.h2_open);
-        if open.as_ref().is_some_and(|s| s.is_closed()) {
-            *open = None;
+    /// Forgets HTTP/2 connection `n`, if it is still the endpoint's.
+    async fn forget_http2(&self, n: u64) {
+        let mut slot = self.h2.lock().await;
+        for held in [&mut *slot, &mut *lock(&self.h2_open)] {
+            if held.as_ref().is_some_and(|(m, _)| *m == n) {
+                *held = None;
+            }
         }
     }
 
-    async fn http2_sender(&self) -> Result<conn::http2::SendRequest<BoxBody>, UpstreamError> {
-        if let Some(sender) = lock(&self.h2_open).as_ref().filter(|s| !s.is_closed()) {
-            return Ok(sender.clone());
+    async fn http2_sender(&self) -> Result<H2, UpstreamError> {
+        if let Some(open) = lock(&self.h2_open).as_ref().filter(|(_, s)| !s.is_closed()) {
+            return Ok(open.clone());
         }
         let mut slot = self.h2.lock().await;
-        if let Some(sender) = slot.as_ref().filter(|s| !s.is_closed()) {
-            return Ok(sender.clone());
+        if let Some(open) = slot.as_ref().filter(|(_, s)| !s.is_closed()) {
+            return Ok(open.clone());
         }
         let target = self.target.addr;
         let sender = match &self.target.server_id {
@@ -301,9 +328,12 @@ impl Endpoint {
                 http2_handshake(io, target).await?
             }
         };
-        *slot = Some(sender.clone());
-        *lock(&self.h2_open) = Some(sender.clone());
-        Ok(sender)
+        let n = self
+            .h2_next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *slot = Some((n, sender.clone()));
+        *lock(&self.h2_open) = Some((n, sender.clone()));
+        Ok((n, sender))
     }
 
     /// Forwards a WebSocket upgrade or a CONNECT on a connection of its own; when the server

@@ -48,7 +48,6 @@ use crate::{
     transport::{Accepted, ClientAddr, OrigDst, Refuse},
 };
 use authorize::{NewAuthorizeHttp, NewAuthorizeTcp};
-use mesh_api::inbound::ProxyProtocol;
 use policy::{NewPortPolicy, Policied, PolicyHandle, PortPolicies};
 use ratelimit::{ClientIdentity, NewRateLimit};
 use std::{
@@ -192,14 +191,24 @@ pub fn stack(
         ))
         .shared()
         .into_inner();
+    // A Server whose `proxyProtocol` is `opaque` or `TLS` makes its port opaque, as if it
+    // were listed in `MESH_PROXY_INBOUND_OPAQUE_PORTS`: outside mutual TLS and inside it.
+    let declared_opaque = |peek| DetectConfig {
+        opaque_ports: PortList::all(),
+        ..detect(peek)
+    };
     let meshed = Stack::new(by_protocol)
         .push(MapTargetLayer(
             |d: Detect<Decided<Detect<Policied<Accepted>>>>| {
                 InboundConn::new(&d.parent.parent.parent, d.protocol, d.parent.tls)
             },
         ))
-        .push(detect(None).layer())
         .into_inner();
+    let meshed = NewSelect::new(
+        |d: &Decided<Detect<Policied<Accepted>>>| d.parent.parent.policy.declares_opaque(),
+        declared_opaque(None).layer().layer(meshed.clone()),
+        detect(None).layer().layer(meshed),
+    );
     let terminate = identity.clone().map(|identity| TerminateConfig {
         identity,
         timeout: detect_timeout,
@@ -213,21 +222,10 @@ pub fn stack(
         NewOption(terminate),
         plain,
     );
-    // A Server whose `proxyProtocol` is `opaque` or `TLS` makes its port opaque, as if it
-    // were listed in `MESH_PROXY_INBOUND_OPAQUE_PORTS`.
     let peek = identity.is_some().then_some(OPAQUE_TLS_PEEK);
-    let declared_opaque = DetectConfig {
-        opaque_ports: PortList::all(),
-        ..detect(peek)
-    };
     let by_policy = NewSelect::new(
-        |p: &Policied<Accepted>| {
-            matches!(
-                p.policy.current().protocol,
-                ProxyProtocol::Opaque | ProxyProtocol::Tls
-            )
-        },
-        declared_opaque.layer().layer(accepted.clone()),
+        |p: &Policied<Accepted>| p.policy.declares_opaque(),
+        declared_opaque(peek).layer().layer(accepted.clone()),
         detect(peek).layer().layer(accepted),
     );
     Stack::new(by_policy)

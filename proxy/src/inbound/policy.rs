@@ -218,16 +218,35 @@ impl PolicyHandle {
             .unwrap_or_else(|| self.default.clone())
     }
 
-    /// Completes once the policy no longer lets this client connect (never, when the policy
-    /// cannot change): the connection then closes after what it has in flight.
+    /// Whether the port's Server says its protocol is opaque (`opaque` or `TLS`): the port
+    /// then skips protocol detection.
+    pub fn declares_opaque(&self) -> bool {
+        matches!(
+            self.current().protocol,
+            ProxyProtocol::Opaque | ProxyProtocol::Tls
+        )
+    }
+
+    /// Completes once an update takes away this client's permission to connect (never, when
+    /// the policy cannot change): the connection then closes after what it has in flight. A
+    /// client the policy refuses from the start keeps its connection, and each of its requests
+    /// is answered with the refusal.
     pub async fn revoked(mut self, client: IpAddr, id: Option<Arc<str>>) {
+        let permits = |p: &Option<Arc<PortPolicy>>, default: &PortPolicy| {
+            p.as_deref()
+                .unwrap_or(default)
+                .permits_connection(client, id.as_deref())
+        };
+        let mut permitted = permits(&self.state.borrow_and_update(), &self.default);
         loop {
             if self.state.changed().await.is_err() {
                 return std::future::pending().await;
             }
-            if !self.current().permits_connection(client, id.as_deref()) {
+            let now = permits(&self.state.borrow_and_update(), &self.default);
+            if permitted && !now {
                 return;
             }
+            permitted = now;
         }
     }
 }
@@ -851,10 +870,17 @@ mod tests {
             default: open(&[]),
             _watch: None,
         };
-        let revoked = tokio::spawn(handle.revoked(ip("10.0.0.1"), Some(WEB.into())));
+        let revoked = tokio::spawn(handle.clone().revoked(ip("10.0.0.1"), Some(WEB.into())));
+        let refused_from_start = tokio::spawn(handle.revoked(ip("10.0.0.2"), Some(BOT.into())));
         tx.send_replace(Some(open(&[WEB, BOT])));
         tokio::task::yield_now().await;
         assert!(!revoked.is_finished(), "still allowed");
+        tx.send_replace(Some(open(&[WEB])));
+        tokio::task::yield_now().await;
+        tokio::time::timeout(Duration::from_secs(5), refused_from_start)
+            .await
+            .expect("bot was allowed, then revoked")
+            .unwrap();
         tx.send_replace(Some(open(&[BOT])));
         tokio::time::timeout(Duration::from_secs(5), revoked)
             .await
