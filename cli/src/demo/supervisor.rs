@@ -780,6 +780,86 @@ response_total{direction="outbound",authority="x",classification="failure",statu
         assert!(policy(&EMOJI_SVC).routes.is_empty());
     }
 
+    /// The policy file as the destination controller reads it, beside the demo's pods: only
+    /// web may call voting and emoji, and emoji is rate-limited.
+    #[test]
+    fn the_policy_is_what_the_controller_serves() {
+        check_policy(&super::policy_yaml());
+    }
+
+    /// The cluster's demo policy as the local one does.
+    #[test]
+    fn the_cluster_demo_has_the_same_policy() {
+        check_policy(include_str!("../../../manifests/demo/demo.yaml"));
+    }
+
+    fn check_policy(text: &str) {
+        use super::*;
+        use mesh_api::inbound::{Access, ProxyProtocol, Requirement};
+        use mesh_controller::index::{Index, IndexConfig};
+        use mesh_controller::source::folder::parse_yaml;
+
+        let mut index = Index::new(IndexConfig::default());
+        let pods: String = ["emoji", "voting", "vote-bot", "web"]
+            .iter()
+            .enumerate()
+            .map(|(i, app)| {
+                format!(
+                    "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {app}-1, namespace: {NAMESPACE}, \
+                     labels: {{app: {app}}}}}\nspec: {{serviceAccountName: {app}, containers: \
+                     [{{name: app, image: app, ports: [{{name: grpc, containerPort: {APP_PORT}}}]}}]}}\n\
+                     status: {{podIP: 10.244.0.{}}}\n",
+                    i + 3
+                )
+            })
+            .collect();
+        for text in [text, &pods] {
+            let (objects, errors) = parse_yaml(text);
+            assert!(errors.is_empty(), "{errors:?}\n{text}");
+            for object in objects {
+                index.apply(object);
+            }
+        }
+        let web = "web.demo.serviceaccount.identity.mesh.cluster.local";
+        for (pod, server, authz) in [
+            ("voting-1", "voting-grpc", "voting-from-web"),
+            ("emoji-1", "emoji-grpc", "emoji-from-web"),
+        ] {
+            let policy = index.inbound_policy(NAMESPACE, pod, APP_PORT);
+            let name = policy.server.as_ref().map(|s| s.name.as_str());
+            assert_eq!(name, Some(server), "{policy:?}");
+            assert_eq!(
+                (policy.protocol, policy.access),
+                (ProxyProtocol::Grpc, Access::Deny)
+            );
+            assert_eq!(policy.authorizations.len(), 1, "{policy:?}");
+            let a = &policy.authorizations[0];
+            assert_eq!(a.name, authz);
+            assert_eq!(
+                a.requires,
+                [Requirement::MeshTls {
+                    identities: vec![web.to_string()]
+                }]
+            );
+        }
+        let limit = index
+            .inbound_policy(NAMESPACE, "emoji-1", APP_PORT)
+            .rate_limit
+            .expect("emoji's rate limit");
+        assert_eq!(
+            (limit.name.as_str(), limit.total, limit.identity),
+            ("emoji-rate", Some(100), Some(50))
+        );
+        assert_eq!(
+            (limit.total, limit.identity),
+            (Some(EMOJI_RATE_LIMIT.0), Some(EMOJI_RATE_LIMIT.1))
+        );
+        // Nothing else has a Server: the default policy.
+        for pod in ["web-1", "vote-bot-1"] {
+            assert_eq!(index.inbound_policy(NAMESPACE, pod, APP_PORT).server, None);
+        }
+    }
+
     #[test]
     fn the_objects_parse_as_kubernetes_objects() {
         let yaml = super::namespace_yaml();

@@ -13,7 +13,7 @@
 //! will get (see `errors::Failure`) and passed up marked [`Recorded`].
 
 use super::{
-    errors::{Failure, Recorded},
+    errors::{grpc_code, Failure, Recorded},
     server::Received,
 };
 use crate::{
@@ -356,6 +356,7 @@ where
                 let authority = super::authority(&req, fallback);
                 let label = shared.count_request(&authority, conn_dst);
                 let tapped = shared.tap(&req, received.as_ref(), &authority, start);
+                let grpc = is_grpc(req.headers());
                 // Boxed before the async block, which then holds no projection of `S`.
                 let call: ResponseFuture = Box::pin(self.inner.call(req));
                 Box::pin(async move {
@@ -371,7 +372,9 @@ where
                             );
                             Ok(rsp.map(|body| BoxBody::new(MeteredBody::new(body, meter))))
                         }
-                        Err(error) => Err(shared.failed(error, &label, conn_dst, start, tapped)),
+                        Err(error) => {
+                            Err(shared.failed(error, grpc, (&label, conn_dst), start, tapped))
+                        }
                     }
                 })
             }
@@ -386,6 +389,7 @@ where
                 });
                 // The authority, kept cheaply (shared bytes) for the rare failure.
                 let uri_authority = req.uri().authority().cloned();
+                let grpc = is_grpc(req.headers());
                 let host = req.headers().get(http::header::HOST).cloned();
                 let call: ResponseFuture = Box::pin(self.inner.call(req));
                 Box::pin(async move {
@@ -405,7 +409,7 @@ where
                     let label = shared.count_request(&authority, conn_dst);
                     let tapped = snapshot
                         .and_then(|req| shared.tap(&req, received.as_ref(), &authority, start));
-                    Err(shared.failed(error, &label, conn_dst, start, tapped))
+                    Err(shared.failed(error, grpc, (&label, conn_dst), start, tapped))
                 })
             }
         }
@@ -522,12 +526,13 @@ impl MeterShared {
     }
 
     /// Records a failed request as the response the client gets (and tells the taps), and
-    /// marks it recorded.
+    /// marks it recorded. A gRPC client gets status 200 and a `grpc-status` (`errors.rs`), and
+    /// that is what is recorded.
     fn failed(
         &self,
         error: BoxError,
-        authority: &Arc<str>,
-        conn_dst: Option<SocketAddr>,
+        grpc: bool,
+        (authority, conn_dst): (&Arc<str>, Option<SocketAddr>),
         start: Instant,
         tapped: Option<Tapped>,
     ) -> BoxError {
@@ -535,16 +540,23 @@ impl MeterShared {
             return error;
         }
         let failure = Failure::of(&*error);
+        let (status, grpc_status, bytes) = match grpc {
+            true => (200, Some(u32::from(grpc_code(failure.status))), 0),
+            // The body: the message and a line end.
+            false => (
+                failure.status.as_u16(),
+                None,
+                failure.message.len() as u64 + 1,
+            ),
+        };
         if let Some(tapped) = tapped {
-            // The body of the response the client gets: the message and a line end.
-            let bytes = failure.message.len() as u64 + 1;
-            tapped.response_start(failure.status.as_u16());
-            tapped.response_end(None, bytes, false, Some(failure.label));
+            tapped.response_start(status);
+            tapped.response_end(grpc_status, bytes, false, Some(failure.label));
         }
         let outcome = Outcome {
             classification: Classification::Failure,
-            status_code: Some(failure.status.as_u16()),
-            grpc_status: None,
+            status_code: Some(status),
+            grpc_status,
             error: Some(failure.label),
         };
         self.record_response(authority, conn_dst, outcome, start);
@@ -710,5 +722,21 @@ mod tests {
         let svc = meter(&m, Record::UnrecordedFailures, failing);
         svc.oneshot(request()).await.unwrap_err();
         assert!(m.encode().contains(line), "{}", m.encode());
+
+        // A gRPC client gets a trailers-only grpc-status, and that is what is recorded.
+        let m = Metrics::new(10, false);
+        let denied = || Err(Box::new(super::super::errors::Unauthorized("no".into())) as BoxError);
+        let mut req = request();
+        req.headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        meter(&m, Record::All, denied)
+            .oneshot(req)
+            .await
+            .unwrap_err();
+        let text = m.encode();
+        assert!(
+            text.contains(r#"classification="failure",status_code="200",grpc_status="7",error="unauthorized"} 1"#),
+            "{text}"
+        );
     }
 }
