@@ -1,4 +1,4 @@
-//! `mesh-bench`: the mesh proxy (and the pre-rebuild one) against direct calls and HAProxy on network-namespace pods (reported as ratios to the direct call), opaque TCP against twemproxy with redis-benchmark, discovery's propagation and memory, load balancing between equal endpoints and between a fast and a slow one, and 50 HTTPRoutes on a Service against none.
+//! `mesh-bench`: the mesh proxy (and the pre-rebuild one) against direct calls and HAProxy on network-namespace pods (reported as ratios to the direct call), opaque TCP against twemproxy with redis-benchmark, discovery's propagation and memory, load balancing between equal endpoints and between a fast and a slow one, 50 HTTPRoutes on a Service against none, and 20 inbound AuthorizationPolicies on a Server against none.
 //!
 //! ```text
 //! scripts/setup-bench.sh && cargo run --release -p mesh-bench -- --out BENCHMARKS.md   # just bench
@@ -6,11 +6,12 @@
 //! cargo run --release -p mesh-bench -- --only discovery --out BENCHMARKS.md              # one part
 //! ```
 //!
-//! The proxy, redis, balancing and routes parts need root (they build pods out of network namespaces);
+//! The proxy, redis, balancing, routes and authz parts need root (they build pods out of network namespaces);
 //! the discovery part runs the controller on loopback. It stops by itself (every run is bounded in
 //! time), and removes its pods when it ends.
 #![forbid(unsafe_code)]
 
+mod authz;
 mod balance;
 mod controller;
 mod discovery;
@@ -53,8 +54,10 @@ use crate::testbed::{Scenario, Testbed};
 /// and 2,000 req/s (the first for 40 s), and compares its split between a fast and a slow
 /// endpoint with round-robin's. The routes part measures p99 at the fixed rate and maximum
 /// throughput of HTTP/1.1 through one meshed hop to a Service with 50 HTTPRoutes against the same
-/// Service without routes, interleaved. The proxy, redis, balance and routes parts need root; a
-/// whole run takes about 20 minutes on two cores.
+/// Service without routes, interleaved. The authz part measures the same through two meshed hops
+/// with mutual TLS to a server whose port has 20 AuthorizationPolicies (only the last allows the
+/// client) against the same port without a policy, interleaved. The proxy, redis, balance,
+/// routes and authz parts need root; a whole run takes about 25 minutes on two cores.
 #[derive(Debug, Parser)]
 #[command(name = "mesh-bench", version)]
 struct Args {
@@ -235,13 +238,17 @@ fn run(mut args: Args) -> anyhow::Result<()> {
             .collect()
     };
     let testbed_parts = parts.contains(&Part::Proxy) || parts.contains(&Part::Redis);
-    let pods = testbed_parts || parts.contains(&Part::Balance) || parts.contains(&Part::Routes);
+    let pods = testbed_parts
+        || parts.contains(&Part::Balance)
+        || parts.contains(&Part::Routes)
+        || parts.contains(&Part::Authz);
     let mut open_files_limit = None;
     if pods {
         if !nix::unistd::geteuid().is_root() {
             bail!(
-                "mesh-bench needs root for the proxy, redis, balance and routes parts: they build pods \
-                 out of network namespaces, veth links and iptables rules. Run it as root, e.g. \
+                "mesh-bench needs root for the proxy, redis, balance, routes and authz parts: they \
+                 build pods out of network namespaces, veth links and iptables rules. Run it as \
+                 root, e.g. \
                  `sudo -E just bench`, or measure only discovery with `--only discovery`"
             );
         }
@@ -406,6 +413,20 @@ fn run(mut args: Args) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let authz = match (parts.contains(&Part::Authz), &oha) {
+        (true, Some(oha)) => {
+            eprintln!("mesh-bench: authz");
+            let plan = authz::Plan {
+                latency: plan(&args, String::new(), Protocol::Http1, true),
+                throughput: plan(&args, String::new(), Protocol::Http1, false),
+                rounds: args.rounds,
+                clock_ticks,
+                cores: machine().cores,
+            };
+            Some(authz::run(&plan, oha, &proxy_env).context("authz")?)
+        }
+        _ => None,
+    };
 
     // With --only, the parts not measured keep their sections of the report being replaced.
     let carried = match &args.out {
@@ -431,6 +452,7 @@ fn run(mut args: Args) -> anyhow::Result<()> {
         discovery,
         balance,
         routes,
+        authz,
         redis,
         baseline,
         took_seconds: started.elapsed().as_secs_f64(),

@@ -46,6 +46,8 @@ pub struct Report {
     pub balance: Option<crate::balance::Results>,
     /// The routes part, when it ran.
     pub routes: Option<crate::routes::Results>,
+    /// The authz part, when it ran.
+    pub authz: Option<crate::authz::Results>,
     /// The redis part, when it ran.
     pub redis: Option<crate::redis::Results>,
     /// The pre-rebuild proxy of the "(before)" scenarios, when the proxy or redis part ran.
@@ -75,16 +77,19 @@ pub enum Part {
     Balance,
     /// Outbound routes: 50 HTTPRoutes on a Service against none, on pods.
     Routes,
+    /// Inbound authorization: 20 AuthorizationPolicies on a Server against none, on pods.
+    Authz,
 }
 
 impl Part {
     /// Every part, in the report's order.
-    pub const ALL: [Part; 5] = [
+    pub const ALL: [Part; 6] = [
         Part::Proxy,
         Part::Redis,
         Part::Discovery,
         Part::Balance,
         Part::Routes,
+        Part::Authz,
     ];
 
     /// The part's name in markers and flags.
@@ -95,6 +100,7 @@ impl Part {
             Part::Discovery => "discovery",
             Part::Balance => "balance",
             Part::Routes => "routes",
+            Part::Authz => "authz",
         }
     }
 
@@ -106,6 +112,7 @@ impl Part {
             Part::Discovery => "Discovery: update propagation and controller memory",
             Part::Balance => "Load balancing: equal endpoints, and a fast and a slow one",
             Part::Routes => "Routes: 50 HTTPRoutes on a Service against none",
+            Part::Authz => "Authorization: 20 AuthorizationPolicies on a Server against none",
         }
     }
 
@@ -580,7 +587,7 @@ impl Report {
                 if let (Some(oha), Some(haproxy)) = (&self.oha, &self.haproxy) {
                     write!(provenance, " with {oha} and {haproxy}")?;
                 }
-            } else if matches!(part, Part::Balance | Part::Routes) {
+            } else if matches!(part, Part::Balance | Part::Routes | Part::Authz) {
                 if let Some(oha) = &self.oha {
                     write!(provenance, " with {oha}")?;
                 }
@@ -609,6 +616,11 @@ impl Report {
                 Part::Routes => {
                     if let Some(r) = &self.routes {
                         r.write_markdown(out)?;
+                    }
+                }
+                Part::Authz => {
+                    if let Some(a) = &self.authz {
+                        a.write_markdown(out)?;
                     }
                 }
             }
@@ -1226,6 +1238,7 @@ mod tests {
             discovery: None,
             balance: None,
             routes: None,
+            authz: None,
             redis: None,
             baseline: None,
             took_seconds: 61.0,
