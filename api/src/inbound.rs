@@ -76,6 +76,12 @@ pub struct InboundPolicy {
     /// The Server's `HTTPLocalRateLimitPolicy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// The paths of the pod's HTTP probes on this port (`httpGet` liveness, readiness and
+    /// startup probes): a `GET` or `HEAD` of one of them is allowed from anyone, whatever the
+    /// Server or the default policy says, so that a strict policy does not fail the kubelet's
+    /// probes. Served with or without a Server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probe_paths: Vec<String>,
 }
 
 /// A namespaced object.
@@ -288,6 +294,7 @@ impl DefaultPolicy {
             authorizations,
             routes: Vec::new(),
             rate_limit: None,
+            probe_paths: Vec::new(),
         }
     }
 }
@@ -571,6 +578,7 @@ mod tests {
                     identities: vec!["x".into()],
                 }],
             }),
+            probe_paths: vec!["/ready".into()],
         };
         let line = policy.to_line();
         let text = std::str::from_utf8(&line).unwrap();

@@ -742,6 +742,34 @@ impl ServerPort {
     }
 }
 
+/// The paths of the pod's `httpGet` probes (liveness, readiness, startup) on `port`, by number
+/// or by the name of a port of the probe's container; sorted, each once.
+fn probe_paths(pod: &Pod, port: u16) -> Vec<String> {
+    let mut paths = BTreeSet::new();
+    for c in pod.spec.iter().flat_map(|s| &s.containers) {
+        let probes = [&c.liveness_probe, &c.readiness_probe, &c.startup_probe];
+        for get in probes
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.http_get.as_ref())
+        {
+            let on_port = match &get.port {
+                IntOrString::Int(n) => *n == i32::from(port),
+                IntOrString::String(name) => c.ports.iter().flatten().any(|p| {
+                    p.name.as_deref() == Some(name.as_str()) && p.container_port == i32::from(port)
+                }),
+            };
+            if on_port {
+                let path = get.path.as_deref().filter(|p| !p.is_empty()).unwrap_or("/");
+                // The kubelet sends the path as given; the query is not part of the match.
+                let path = path.split('?').next().unwrap_or("/");
+                paths.insert(path.to_owned());
+            }
+        }
+    }
+    paths.into_iter().collect()
+}
+
 fn group(r: &ObjectReference) -> &str {
     match r.group.as_deref() {
         None | Some("core") => "",
@@ -799,6 +827,7 @@ impl Index {
         let Some(pod) = self.pods.get(&(ns.to_owned(), pod_name.to_owned())) else {
             return (InboundPolicy::default(), warnings);
         };
+        let probe_paths = probe_paths(pod, port);
         let empty = BTreeMap::new();
         let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
         let mut servers: Vec<(&str, &Checked<Server>, &ServerRule)> =
@@ -808,7 +837,11 @@ impl Index {
                 .collect();
         servers.sort_by(|a, b| age(a.1.metadata(), a.0).cmp(&age(b.1.metadata(), b.0)));
         let Some(&(server, _, rule)) = servers.first() else {
-            return (InboundPolicy::default(), warnings);
+            let policy = InboundPolicy {
+                probe_paths,
+                ..InboundPolicy::default()
+            };
+            return (policy, warnings);
         };
         if servers.len() > 1 {
             let names: Vec<&str> = servers.iter().map(|s| s.0).collect();
@@ -880,6 +913,7 @@ impl Index {
             authorizations,
             routes,
             rate_limit,
+            probe_paths,
         };
         (policy, warnings)
     }

@@ -846,3 +846,33 @@ fn inbound_routes_are_not_outbound_routes() {
         Access::Deny
     );
 }
+
+/// The pod's HTTP probes on a port are served with its policy, with a Server or without one,
+/// by port number or container port name.
+#[test]
+fn probe_paths_come_with_the_policy() {
+    let mut index = index(&server("web-http", WEB_HTTP));
+    let (objects, errors) = parse_yaml(
+        "apiVersion: v1
+kind: Pod
+metadata: {name: probed-0, namespace: demo, labels: {app: web}}
+spec:
+  containers:
+  - name: web
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /ready, port: http}}
+    livenessProbe: {httpGet: {path: '/live?full=1', port: 8080}}
+    startupProbe: {httpGet: {port: 9000}}
+",
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    for o in objects {
+        index.apply(o);
+    }
+    let on = |port| index.inbound_policy("demo", "probed-0", port);
+    assert_eq!(on(8080).probe_paths, ["/live", "/ready"]);
+    assert!(on(8080).server.is_some(), "the Server's port");
+    assert_eq!(on(9000).probe_paths, ["/"], "no Server there: still served");
+    assert_eq!(on(9000).server, None);
+    assert!(on(7000).probe_paths.is_empty());
+}

@@ -175,7 +175,10 @@ async fn follow(
             let compiled = PortPolicy::compile(
                 match policy.server {
                     Some(_) => policy,
-                    None => config.default.policy(&config.cluster_networks),
+                    None => InboundPolicy {
+                        probe_paths: policy.probe_paths,
+                        ..config.default.policy(&config.cluster_networks)
+                    },
                 },
                 config.default,
                 &config.metrics,
@@ -351,6 +354,9 @@ pub struct PortPolicy {
     /// The Server's inbound routes, when it has any.
     routes: Option<Routes>,
     pub rate_limit: Option<Arc<RateLimiter>>,
+    /// The pod's HTTP probe paths on the port, allowed to anyone, and their counter.
+    probes: Vec<String>,
+    probe_allowed: Slot,
     /// HTTP counters of the default route (a Server without routes).
     http_default: RouteCounters,
     tcp: RouteCounters,
@@ -499,6 +505,14 @@ impl PortPolicy {
             }
         });
         Self {
+            probes: policy.probe_paths,
+            probe_allowed: Slot::new(AuthzLabels {
+                srv_kind: server.srv_kind,
+                srv_name: server.srv_name.clone(),
+                route_name: Some("probe".into()),
+                authz_kind: "default".into(),
+                authz_name: "probe".into(),
+            }),
             http_default: counters(Some("default".into()), &server_refs),
             tcp: counters(None, &server_refs),
             server,
@@ -517,14 +531,22 @@ impl PortPolicy {
         self.record(decision, &self.tcp, true, client, id)
     }
 
-    /// Decides a request: the route it matches (when the Server has routes; none: 404), then
-    /// the authorizations of the Server and of the route. Counts it.
+    /// Decides a request: a probe of the pod's is allowed; else the route it matches (when the
+    /// Server has routes; none: 404), then the authorizations of the Server and of the route.
+    /// Counts it.
     pub fn authorize_http<B>(
         &self,
         req: &Request<B>,
         client: IpAddr,
         id: Option<&str>,
     ) -> Result<(), BoxError> {
+        if !self.probes.is_empty()
+            && matches!(*req.method(), http::Method::GET | http::Method::HEAD)
+            && self.probes.iter().any(|p| p == req.uri().path())
+        {
+            self.probe_allowed.inc(&self.metrics.http_allow_total);
+            return Ok(());
+        }
         let (route_authz, counters): (&[Authz], _) = match &self.routes {
             None => (&[], &self.http_default),
             Some(routes) => {
@@ -851,6 +873,43 @@ mod tests {
             p.permits_connection(client, Some(BOT)),
             "GET is open to all"
         );
+    }
+
+    #[test]
+    fn probes_pass_a_policy_that_refuses_everyone_else() {
+        let mut policy = DefaultPolicy::Deny.policy(&[]);
+        policy.probe_paths = vec!["/ready".into()];
+        let m = AuthzMetrics::default();
+        let p = PortPolicy::compile(policy, DefaultPolicy::Deny, &m, None);
+        let req = |method: &str, path: &str| {
+            Request::builder()
+                .method(method)
+                .uri(path)
+                .body(())
+                .unwrap()
+        };
+        let client = ip("192.0.2.1");
+        assert!(p
+            .authorize_http(&req("GET", "/ready"), client, None)
+            .is_ok());
+        assert!(p
+            .authorize_http(&req("HEAD", "/ready?x=1"), client, None)
+            .is_ok());
+        assert!(p
+            .authorize_http(&req("POST", "/ready"), client, None)
+            .is_err());
+        assert!(p
+            .authorize_http(&req("GET", "/ready/x"), client, None)
+            .is_err());
+        assert!(p.authorize_tcp(client, None).is_err(), "HTTP probes only");
+        let probe = AuthzLabels {
+            srv_kind: "default",
+            srv_name: "deny".into(),
+            route_name: Some("probe".into()),
+            authz_kind: "default".into(),
+            authz_name: "probe".into(),
+        };
+        assert_eq!(m.http_allow_total.get_or_create(&probe).get(), 2);
     }
 
     #[tokio::test]
