@@ -4,10 +4,13 @@
 //! ([`NewAuthorizeTcp`]: a reset). Both decide with the port's policy of the moment, so an
 //! update applies to the next request or connection; a connection whose client the new policy
 //! no longer allows is closed: an opaque one at once, an HTTP one after its in-flight requests
-//! (the HTTP server's [`CloseSignal`](crate::http::server::CloseSignal), made here).
+//! (the HTTP server's [`CloseSignal`](crate::http::server::CloseSignal), made here). Then the
+//! Server's local rate limit ([`NewRateLimit`], with the limiters of [`super::ratelimit`]): 429,
+//! gRPC `RESOURCE_EXHAUSTED`.
 
 use crate::{
-    http::server::CloseSignal,
+    http::{errors::RateLimited, server::CloseSignal},
+    metrics::{AuthzMetrics, RateLimitLabels},
     svc::{reset, BoxBody, BoxError, BoxIo, ConnFuture, NewService, Param},
     transport::ClientAddr,
 };
@@ -16,7 +19,8 @@ use http::{Request, Response};
 use std::task::{Context, Poll};
 use tower::ServiceExt;
 
-use super::{policy::PolicyHandle, ratelimit::ClientIdentity};
+use super::policy::{PolicyHandle, ServerLabels};
+use std::sync::Arc;
 
 /// The close signal of an HTTP connection: its authorization revoked.
 pub fn close_when_revoked(
@@ -162,5 +166,94 @@ where
                 }
             }
         })
+    }
+}
+
+// === rate limits ===
+
+/// Refuses the requests over the port's rate limit, if its Server has one.
+#[derive(Clone)]
+pub struct NewRateLimit<N> {
+    metrics: AuthzMetrics,
+    inner: N,
+}
+
+impl<N> NewRateLimit<N> {
+    pub fn layer(metrics: AuthzMetrics) -> impl tower::Layer<N, Service = Self> + Clone {
+        tower::layer::layer_fn(move |inner| Self {
+            metrics: metrics.clone(),
+            inner,
+        })
+    }
+}
+
+#[derive(Clone)]
+pub struct RateLimitService<S> {
+    policy: PolicyHandle,
+    client_id: Option<Arc<str>>,
+    metrics: AuthzMetrics,
+    inner: S,
+}
+
+/// A connection's client identity, as it proved it over mutual TLS.
+#[derive(Clone, Debug)]
+pub struct ClientIdentity(pub Option<Arc<str>>);
+
+impl<T, N> NewService<T> for NewRateLimit<N>
+where
+    T: Param<PolicyHandle> + Param<ClientIdentity>,
+    N: NewService<T>,
+{
+    type Service = RateLimitService<N::Service>;
+    fn new_service(&self, target: T) -> Self::Service {
+        let ClientIdentity(client_id) = target.param();
+        RateLimitService {
+            policy: target.param(),
+            client_id,
+            metrics: self.metrics.clone(),
+            inner: self.inner.new_service(target),
+        }
+    }
+}
+
+impl<S> tower::Service<Request<BoxBody>> for RateLimitService<S>
+where
+    S: tower::Service<Request<BoxBody>, Response = Response<BoxBody>, Error = BoxError>,
+{
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = Either<future::Ready<Result<Response<BoxBody>, BoxError>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
+        let policy = self.policy.current();
+        if let Some(limiter) = &policy.rate_limit {
+            if let Err(scope) = limiter.admit(self.client_id.as_deref()) {
+                let ServerLabels {
+                    srv_kind, srv_name, ..
+                } = &policy.server;
+                let c = limiter.config();
+                self.metrics
+                    .ratelimit_total
+                    .get_or_create(&RateLimitLabels {
+                        srv_kind,
+                        srv_name: srv_name.clone(),
+                        ratelimit_name: c.name.as_str().into(),
+                        scope: scope.as_str(),
+                    })
+                    .inc();
+                let error = RateLimited(format!(
+                    "{}/{} ({} limit)",
+                    c.namespace,
+                    c.name,
+                    scope.as_str()
+                ));
+                return Either::Left(future::ready(Err(error.into())));
+            }
+        }
+        Either::Right(self.inner.call(req))
     }
 }

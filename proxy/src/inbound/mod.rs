@@ -14,7 +14,7 @@
 //!
 //! HTTP, per request: errors become responses → `mesh-client-id` set from the proven identity
 //! → HTTP/1 restored from a peer proxy's HTTP/2 (`mesh-orig-proto`) → metrics, classification
-//! and tap → authorization ([`authorize`]) → local rate limit ([`ratelimit`]) → hop-by-hop
+//! and tap → authorization ([`authorize`]) → local rate limit ([`ratelimit`]'s limiters) → hop-by-hop
 //! headers → the application's client (shared per port). A connection whose authorization is
 //! revoked closes after its in-flight requests.
 //!
@@ -47,9 +47,8 @@ use crate::{
     tls::{Decided, NewRequireIdentity, NewTerminate, TerminateConfig},
     transport::{Accepted, ClientAddr, OrigDst, Refuse},
 };
-use authorize::{NewAuthorizeHttp, NewAuthorizeTcp};
+use authorize::{ClientIdentity, NewAuthorizeHttp, NewAuthorizeTcp, NewRateLimit};
 use policy::{NewPortPolicy, Policied, PolicyHandle, PortPolicies};
-use ratelimit::{ClientIdentity, NewRateLimit};
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,

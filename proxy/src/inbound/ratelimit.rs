@@ -1,8 +1,7 @@
 //! Local rate limits (`HTTPLocalRateLimitPolicy`): requests per second to a Server, in total
-//! and per client identity, enforced by each proxy on its own, as a layer of the inbound HTTP
-//! stack after authorization (a refused request does not spend the budget). A request over a
-//! limit is answered 429 (gRPC `RESOURCE_EXHAUSTED`) and counted in
-//! `inbound_http_local_ratelimit_total`.
+//! and per client identity, enforced by each proxy on its own. The layer that applies them
+//! (after authorization, so that a refused request does not spend the budget: 429, gRPC
+//! `RESOURCE_EXHAUSTED`) is [`super::authorize::NewRateLimit`].
 //!
 //! Each limit is a GCRA (generic cell rate algorithm): one atomic "theoretical arrival time" per
 //! limit, so that a request costs a compare-and-swap, not a lock or a timer. A limit of `r` per
@@ -11,13 +10,6 @@
 //! `governor` crate: the whole algorithm is the twenty lines of [`Gcra::admit`], and the keyed
 //! limiter needs only a map we bound ourselves.
 
-use crate::{
-    http::errors::RateLimited,
-    metrics::{AuthzMetrics, RateLimitLabels},
-    svc::{BoxBody, BoxError, NewService, Param},
-};
-use futures_util::future::{self, Either};
-use http::{Request, Response};
 use mesh_api::inbound::RateLimit;
 use std::{
     collections::HashMap,
@@ -25,11 +17,8 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
     },
-    task::{Context, Poll},
     time::Instant,
 };
-
-use super::policy::{PolicyHandle, ServerLabels};
 
 /// The most client identities whose limits are kept; past it, idle ones are forgotten.
 const MAX_IDENTITIES: usize = 10_000;
@@ -52,7 +41,7 @@ pub enum Scope {
 }
 
 impl Scope {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Total => "total",
             Self::Identity => "identity",
@@ -156,95 +145,6 @@ impl Gcra {
                 Err(actual) => tat = actual,
             }
         }
-    }
-}
-
-// === the layer ===
-
-/// Refuses the requests over the port's rate limit, if its Server has one.
-#[derive(Clone)]
-pub struct NewRateLimit<N> {
-    metrics: AuthzMetrics,
-    inner: N,
-}
-
-impl<N> NewRateLimit<N> {
-    pub fn layer(metrics: AuthzMetrics) -> impl tower::Layer<N, Service = Self> + Clone {
-        tower::layer::layer_fn(move |inner| Self {
-            metrics: metrics.clone(),
-            inner,
-        })
-    }
-}
-
-#[derive(Clone)]
-pub struct RateLimitService<S> {
-    policy: PolicyHandle,
-    client_id: Option<Arc<str>>,
-    metrics: AuthzMetrics,
-    inner: S,
-}
-
-/// A connection's client identity, as it proved it over mutual TLS.
-#[derive(Clone, Debug)]
-pub struct ClientIdentity(pub Option<Arc<str>>);
-
-impl<T, N> NewService<T> for NewRateLimit<N>
-where
-    T: Param<PolicyHandle> + Param<ClientIdentity>,
-    N: NewService<T>,
-{
-    type Service = RateLimitService<N::Service>;
-    fn new_service(&self, target: T) -> Self::Service {
-        let ClientIdentity(client_id) = target.param();
-        RateLimitService {
-            policy: target.param(),
-            client_id,
-            metrics: self.metrics.clone(),
-            inner: self.inner.new_service(target),
-        }
-    }
-}
-
-impl<S> tower::Service<Request<BoxBody>> for RateLimitService<S>
-where
-    S: tower::Service<Request<BoxBody>, Response = Response<BoxBody>, Error = BoxError>,
-{
-    type Response = Response<BoxBody>;
-    type Error = BoxError;
-    type Future = Either<future::Ready<Result<Response<BoxBody>, BoxError>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
-        let policy = self.policy.current();
-        if let Some(limiter) = &policy.rate_limit {
-            if let Err(scope) = limiter.admit(self.client_id.as_deref()) {
-                let ServerLabels {
-                    srv_kind, srv_name, ..
-                } = &policy.server;
-                let c = &limiter.config;
-                self.metrics
-                    .ratelimit_total
-                    .get_or_create(&RateLimitLabels {
-                        srv_kind,
-                        srv_name: srv_name.clone(),
-                        ratelimit_name: c.name.as_str().into(),
-                        scope: scope.as_str(),
-                    })
-                    .inc();
-                let error = RateLimited(format!(
-                    "{}/{} ({} limit)",
-                    c.namespace,
-                    c.name,
-                    scope.as_str()
-                ));
-                return Either::Left(future::ready(Err(error.into())));
-            }
-        }
-        Either::Right(self.inner.call(req))
     }
 }
 
