@@ -28,11 +28,11 @@
 //! that is new counts whole too); without a first scrape, the figures cover the proxies' whole
 //! life and there are no rates.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::model::PodInfo;
-use crate::prom::Sample;
-use crate::stat::Scrapes;
+use crate::prom::{label, Sample};
+use crate::stat::{count, counted, rate, window, Scrapes};
 
 /// HTTP requests an authorization allowed.
 pub const HTTP_ALLOW: &str = "inbound_http_authz_allow_total";
@@ -166,46 +166,13 @@ pub struct ServerStats {
 /// `after`, `seconds` apart); without `before`, since the proxies started, without rates.
 pub fn authz(pods: &[PodInfo], before: Option<&Scrapes>, after: &Scrapes, seconds: f64) -> Authz {
     let mut fold = Fold::default();
-    for pod in pods {
-        let key = (pod.namespace.clone(), pod.name.clone());
-        let Some(now) = after.get(&key) else {
-            continue;
-        };
-        let then = before.and_then(|b| b.get(&key)).map(Vec::as_slice);
-        for (sample, value) in deltas(now, then) {
-            fold.add(&pod.namespace, sample, value);
-        }
+    for (pod, sample, value) in counted(pods, before, after, &AUTHZ_FAMILIES) {
+        fold.add(&pod.namespace, sample, value);
     }
-    let window = match before {
-        Some(_) if seconds > 0.0 => seconds,
-        _ => 0.0,
-    };
-    fold.finish(window)
+    fold.finish(window(before, seconds))
 }
 
 // === the fold ===
-
-/// Each sample of the families [`authz`] reads in `now`, with what it counted since `then`.
-fn deltas<'a>(
-    now: &'a [Sample],
-    then: Option<&'a [Sample]>,
-) -> impl Iterator<Item = (&'a Sample, f64)> + 'a {
-    let earlier: HashMap<(&str, &BTreeMap<String, String>), f64> = then
-        .unwrap_or_default()
-        .iter()
-        .map(|s| ((s.name.as_str(), &s.labels), s.value))
-        .collect();
-    now.iter()
-        .filter(|s| AUTHZ_FAMILIES.contains(&s.name.as_str()))
-        .map(move |s| {
-            let value = match earlier.get(&(s.name.as_str(), &s.labels)) {
-                Some(&then) if s.value >= then => s.value - then,
-                // Reset (the proxy restarted), or new since `then`: all of it is new.
-                _ => s.value,
-            };
-            (s, value)
-        })
-}
 
 /// A row of decisions: (protocol, route, authorization).
 type RowKey = (Protocol, Option<String>, Option<AuthzRef>);
@@ -258,7 +225,7 @@ impl Fold {
     fn finish(self, window: f64) -> Authz {
         let counted = |n: f64| Counted {
             count: count(n),
-            rate: (window > 0.0).then(|| n / window),
+            rate: rate(n, window),
         };
         let mut servers: Vec<ServerStats> = self
             .servers
@@ -300,7 +267,7 @@ impl Fold {
                         name,
                         scope,
                         count: count(n),
-                        rate: (window > 0.0).then(|| n / window),
+                        rate: rate(n, window),
                     })
                     .collect();
                 (!decisions.is_empty() || !rate_limited.is_empty()).then_some(ServerStats {
@@ -317,15 +284,6 @@ impl Fold {
         });
         Authz { window, servers }
     }
-}
-
-fn label(s: &Sample, name: &str) -> String {
-    s.label(name).unwrap_or_default().to_string()
-}
-
-/// A counted value as a whole number.
-fn count(n: f64) -> u64 {
-    n.max(0.0).round() as u64
 }
 
 // === display ===
@@ -350,30 +308,14 @@ impl std::fmt::Display for AuthzRef {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Kind, Workload};
-    use crate::prom::parse;
+    use crate::testing;
 
     fn pod(name: &str) -> PodInfo {
-        PodInfo {
-            namespace: "demo".into(),
-            name: name.into(),
-            ip: None,
-            owner: Workload::new(Kind::Deployment, "demo", "voting"),
-            services: vec![],
-            meshed: true,
-            identity: None,
-            address: String::new(),
-        }
+        testing::pod(name, "voting")
     }
 
     fn scrapes(entries: &[(&str, &str)]) -> Scrapes {
-        entries
-            .iter()
-            .map(|(pod, text)| {
-                let samples = parse(&expand(text)).unwrap_or_else(|e| panic!("{e}\n{text}"));
-                (("demo".to_string(), pod.to_string()), samples)
-            })
-            .collect()
+        testing::scrapes(entries, expand)
     }
 
     /// The scrapes spell labels in short: `S` is Server voting-grpc, `D` the default policy,
@@ -565,11 +507,6 @@ response_total{direction="inbound",classification="success"} 1000
 
     #[test]
     fn every_family_read_is_one_the_sources_keep() {
-        for family in AUTHZ_FAMILIES {
-            assert!(
-                mesh_api::viz::FAMILIES.contains(&family),
-                "{family} is not in mesh_api::viz::FAMILIES: the sources would drop it"
-            );
-        }
+        testing::assert_the_sources_keep(&AUTHZ_FAMILIES);
     }
 }

@@ -23,6 +23,8 @@ pub mod routes;
 pub mod source;
 pub mod stat;
 pub mod tap;
+#[cfg(test)]
+mod testing;
 pub mod top;
 #[cfg(feature = "tui")]
 pub mod views;

@@ -41,6 +41,11 @@ pub fn parse(text: &str) -> Result<Vec<Sample>, ParseError> {
     Ok(samples)
 }
 
+/// The value of `s`'s label `name`, empty when it has none: how the folds key their rows.
+pub(crate) fn label(s: &Sample, name: &str) -> String {
+    s.label(name).unwrap_or_default().to_string()
+}
+
 fn parse_line(line: &str) -> Result<Sample, String> {
     let name_end = line
         .find(|c: char| c == '{' || c.is_whitespace())

@@ -31,8 +31,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::model::PodInfo;
-use crate::prom::Sample;
-use crate::stat::{quantile, Scrapes};
+use crate::prom::{label, Sample};
+use crate::stat::{self, count, counted, quantile, window, Scrapes};
 
 /// Requests per route.
 pub const REQUESTS: &str = "outbound_http_route_request_total";
@@ -203,46 +203,13 @@ pub struct BackendStats {
 /// `seconds` apart); without `before`, since the proxies started, without rates.
 pub fn routes(pods: &[PodInfo], before: Option<&Scrapes>, after: &Scrapes, seconds: f64) -> Routes {
     let mut fold = Fold::default();
-    for pod in pods {
-        let key = (pod.namespace.clone(), pod.name.clone());
-        let Some(now) = after.get(&key) else {
-            continue;
-        };
-        let then = before.and_then(|b| b.get(&key)).map(Vec::as_slice);
-        for (sample, value) in deltas(now, then) {
-            fold.add(sample, value);
-        }
+    for (_, sample, value) in counted(pods, before, after, &ROUTE_FAMILIES) {
+        fold.add(sample, value);
     }
-    let window = match before {
-        Some(_) if seconds > 0.0 => seconds,
-        _ => 0.0,
-    };
-    fold.finish(window)
+    fold.finish(window(before, seconds))
 }
 
 // === the fold ===
-
-/// Each sample of the families [`routes`] reads in `now`, with what it counted since `then`.
-fn deltas<'a>(
-    now: &'a [Sample],
-    then: Option<&'a [Sample]>,
-) -> impl Iterator<Item = (&'a Sample, f64)> + 'a {
-    let earlier: HashMap<(&str, &BTreeMap<String, String>), f64> = then
-        .unwrap_or_default()
-        .iter()
-        .map(|s| ((s.name.as_str(), &s.labels), s.value))
-        .collect();
-    now.iter()
-        .filter(|s| ROUTE_FAMILIES.contains(&s.name.as_str()))
-        .map(move |s| {
-            let value = match earlier.get(&(s.name.as_str(), &s.labels)) {
-                Some(&then) if s.value >= then => s.value - then,
-                // Reset (the proxy restarted), or new since `then`: all of it is new.
-                _ => s.value,
-            };
-            (s, value)
-        })
-}
 
 #[derive(Default)]
 struct Fold {
@@ -313,7 +280,7 @@ impl Fold {
     }
 
     fn finish(self, window: f64) -> Routes {
-        let rate = |n: f64| (window > 0.0).then(|| n / window);
+        let rate = |n: f64| stat::rate(n, window);
         let routes = self
             .routes
             .into_iter()
@@ -417,10 +384,6 @@ impl Responses {
     }
 }
 
-fn label(s: &Sample, name: &str) -> String {
-    s.label(name).unwrap_or_default().to_string()
-}
-
 fn parent(s: &Sample) -> Parent {
     Parent {
         namespace: label(s, "parent_namespace"),
@@ -444,11 +407,6 @@ fn backend(s: &Sample) -> BackendRef {
         name: label(s, "backend_name"),
         port: label(s, "backend_port"),
     }
-}
-
-/// A counted value as a whole number.
-fn count(n: f64) -> u64 {
-    n.max(0.0).round() as u64
 }
 
 // === display ===
@@ -487,30 +445,14 @@ impl std::fmt::Display for BackendRef {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Kind, Workload};
-    use crate::prom::parse;
+    use crate::testing;
 
     fn pod(name: &str) -> PodInfo {
-        PodInfo {
-            namespace: "demo".into(),
-            name: name.into(),
-            ip: None,
-            owner: Workload::new(Kind::Deployment, "demo", "client"),
-            services: vec![],
-            meshed: true,
-            identity: None,
-            address: String::new(),
-        }
+        testing::pod(name, "client")
     }
 
     fn scrapes(entries: &[(&str, &str)]) -> Scrapes {
-        entries
-            .iter()
-            .map(|(pod, text)| {
-                let samples = parse(&expand(text)).unwrap_or_else(|e| panic!("{e}\n{text}"));
-                (("demo".to_string(), pod.to_string()), samples)
-            })
-            .collect()
+        testing::scrapes(entries, expand)
     }
 
     /// The scrapes spell labels in short: `R` is the split route's labels, `D` the default
@@ -737,11 +679,6 @@ mirror_dropped_total{$R,$V2} 2
 
     #[test]
     fn every_family_read_is_one_the_sources_keep() {
-        for family in ROUTE_FAMILIES {
-            assert!(
-                mesh_api::viz::FAMILIES.contains(&family),
-                "{family} is not in mesh_api::viz::FAMILIES: the sources would drop it"
-            );
-        }
+        testing::assert_the_sources_keep(&ROUTE_FAMILIES);
     }
 }

@@ -198,20 +198,11 @@ pub fn window_of(pods: &[PodInfo], rsp: SamplesResponse) -> Window {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Kind, Workload};
     use crate::prom::Sample;
+    use crate::testing;
 
     fn pod(name: &str) -> PodInfo {
-        PodInfo {
-            namespace: "demo".into(),
-            name: name.into(),
-            ip: None,
-            owner: Workload::new(Kind::Deployment, "demo", "web"),
-            services: vec![],
-            meshed: true,
-            identity: None,
-            address: String::new(),
-        }
+        testing::pod(name, "web")
     }
 
     fn sample(value: f64) -> Sample {

@@ -3,7 +3,8 @@
 //!
 //! Counters are cumulative since a proxy started: a rate over a window is the difference of two
 //! scrapes (`before`, `after`); without `before`, the figures cover the proxies' whole life and
-//! there is no rate.
+//! there is no rate. The folds of `routes` and `authz` count their families the same way,
+//! through `counted` and `window` here.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -241,11 +242,73 @@ fn merge(mut a: Http, b: Http) -> Http {
     a
 }
 
+// === counting, shared with the folds of `routes` and `authz` ===
+
+/// What `pods`' proxies counted in the samples of `families` between two scrapes: each such
+/// sample of `after`, with its pod and its difference from the same series in `before`. A
+/// series that went down was reset (the proxy restarted) and counts whole, as does one that is
+/// new since `before`; without `before`, every series counts whole (since the proxies started).
+pub(crate) fn counted<'a>(
+    pods: &'a [PodInfo],
+    before: Option<&'a Scrapes>,
+    after: &'a Scrapes,
+    families: &'a [&'a str],
+) -> impl Iterator<Item = (&'a PodInfo, &'a Sample, f64)> + 'a {
+    pods.iter().flat_map(move |pod| {
+        let key = (pod.namespace.clone(), pod.name.clone());
+        let now = after.get(&key).map(Vec::as_slice).unwrap_or_default();
+        let then = before.and_then(|b| b.get(&key)).map(Vec::as_slice);
+        deltas(now, then, families).map(move |(sample, value)| (pod, sample, value))
+    })
+}
+
+/// The seconds [`counted`] covers: `seconds`, the time between the two scrapes; 0 without a
+/// first scrape or without time between them (since the proxies started: no rates).
+pub(crate) fn window(before: Option<&Scrapes>, seconds: f64) -> f64 {
+    match before {
+        Some(_) if seconds > 0.0 => seconds,
+        _ => 0.0,
+    }
+}
+
+/// `n` per second over `window`; `None` without a window.
+pub(crate) fn rate(n: f64, window: f64) -> Option<f64> {
+    (window > 0.0).then(|| n / window)
+}
+
+/// A counted value as a whole number.
+pub(crate) fn count(n: f64) -> u64 {
+    n.max(0.0).round() as u64
+}
+
+/// Each sample of `families` in `now`, with what it counted since `then` (see [`counted`]).
+fn deltas<'a>(
+    now: &'a [Sample],
+    then: Option<&'a [Sample]>,
+    families: &'a [&'a str],
+) -> impl Iterator<Item = (&'a Sample, f64)> + 'a {
+    let earlier: HashMap<(&str, &BTreeMap<String, String>), f64> = then
+        .unwrap_or_default()
+        .iter()
+        .map(|s| ((s.name.as_str(), &s.labels), s.value))
+        .collect();
+    now.iter()
+        .filter(move |s| families.contains(&s.name.as_str()))
+        .map(move |s| {
+            let value = match earlier.get(&(s.name.as_str(), &s.labels)) {
+                Some(&then) if s.value >= then => s.value - then,
+                // Reset (the proxy restarted), or new since `then`: all of it is new.
+                _ => s.value,
+            };
+            (s, value)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::Kind;
-    use crate::prom::parse;
+    use crate::testing::{self, pod};
 
     #[test]
     fn quantiles() {
@@ -299,24 +362,43 @@ mod tests {
         assert_eq!(Http::default().success_rate(), None);
     }
 
-    fn pod(name: &str, deploy: &str) -> PodInfo {
-        PodInfo {
-            namespace: "demo".into(),
-            name: name.into(),
-            ip: None,
-            owner: Workload::new(Kind::Deployment, "demo", deploy),
-            services: vec![],
-            meshed: true,
-            identity: None,
-            address: String::new(),
-        }
+    fn scrapes(entries: &[(&str, &str)]) -> Scrapes {
+        testing::scrapes(entries, str::to_string)
     }
 
-    fn scrapes(entries: &[(&str, &str)]) -> Scrapes {
-        entries
-            .iter()
-            .map(|(pod, text)| (("demo".to_string(), pod.to_string()), parse(text).unwrap()))
-            .collect()
+    #[test]
+    fn counted_between_two_scrapes() {
+        let before = scrapes(&[("a", "x_total 10\ny_total 5\nz_total 3\n")]);
+        let after = scrapes(&[
+            ("a", "x_total 16\ny_total 2\nw_total 4\nz_total 9\n"),
+            ("b", "x_total 1\n"),
+            ("other", "x_total 99\n"),
+        ]);
+        let pods = [pod("a", "d"), pod("b", "d"), pod("missing", "d")];
+        let families = ["x_total", "y_total", "w_total"];
+        let deltas: Vec<(&str, &str, f64)> = counted(&pods, Some(&before), &after, &families)
+            .map(|(pod, s, n)| (pod.name.as_str(), s.name.as_str(), n))
+            .collect();
+        // x: the difference; y: reset, whole; w: new, whole; z: not a family asked for; b: no
+        // first scrape, whole; other: not a pod asked for; missing: no scrape.
+        assert_eq!(
+            deltas,
+            [
+                ("a", "x_total", 6.0),
+                ("a", "y_total", 2.0),
+                ("a", "w_total", 4.0),
+                ("b", "x_total", 1.0)
+            ]
+        );
+        let whole: Vec<f64> = counted(&pods, None, &after, &families)
+            .map(|(_, _, n)| n)
+            .collect();
+        assert_eq!(whole, [16.0, 2.0, 4.0, 1.0]);
+        assert_eq!(window(Some(&before), 5.0), 5.0);
+        assert_eq!(window(Some(&before), 0.0), 0.0, "no time between them");
+        assert_eq!(window(None, 5.0), 0.0, "no first scrape");
+        assert_eq!((rate(10.0, 4.0), rate(10.0, 0.0)), (Some(2.5), None));
+        assert_eq!((count(2.5), count(-1.0)), (3, 0));
     }
 
     const BEFORE_WEB: &str = r#"
