@@ -7,117 +7,36 @@
 mod support;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use clap::Parser;
-use http_body_util::Full;
-use hyper_util::rt::TokioIo;
-use mesh_cli::viz::{local::State, run_command, Target, VizArgs};
-use mesh_viz::client::{Connecting, Io, Transport};
-use mesh_viz::model::PodInfo;
+use mesh_cli::viz::Target;
+use support::viz::{assert_fails, run, state, Answers, Proxies};
 use support::{golden, mesh, stderr, viz_data};
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    viz: VizArgs,
-}
-
-fn state_dir() -> PathBuf {
-    support::testdata("viz-state")
-}
-
-/// What a fake proxy answers.
-#[derive(Clone)]
-struct Answers {
-    metrics: String,
-    /// The tap body, or `None` for 403.
-    tap: Option<String>,
-}
-
-/// Serves each pod's answers over an in-memory connection.
-struct Recorded(HashMap<String, Answers>);
-
-impl Transport for Recorded {
-    fn connect<'a>(&'a self, pod: &'a PodInfo) -> Connecting<'a> {
-        let answers = self.0.get(&pod.name).cloned();
-        Box::pin(async move {
-            let Some(answers) = answers else {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionRefused,
-                    "connection refused",
-                ));
-            };
-            let (client, server) = tokio::io::duplex(1 << 16);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
-                    let answers = answers.clone();
-                    async move {
-                        let (status, body) = match req.uri().path() {
-                            "/metrics" => (200, answers.metrics),
-                            "/v1/tap" => match answers.tap {
-                                Some(t) => (200, t),
-                                None => (403, "tap: forbidden\n".into()),
-                            },
-                            _ => (404, String::new()),
-                        };
-                        let mut rsp = hyper::Response::new(Full::new(Bytes::from(body)));
-                        *rsp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                        Ok::<_, Infallible>(rsp)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(server), service)
-                    .await;
-            });
-            let io: Box<dyn Io> = Box::new(client);
-            Ok(io)
-        })
-    }
-}
-
-/// The recorded harness: web-1 and web-2 tapped with the recorded stream.
+/// The recorded harness: each pod answers its scrape; web-1 and web-2 answer a tap with `tap`
+/// (web-1 with the recorded stream, web-2 with nothing), or refuse it (403) without.
 fn recorded(tap: Option<&str>) -> Target {
-    let state = State::read(&state_dir()).expect("the recorded state");
-    let mut answers = HashMap::new();
+    let mut proxies = HashMap::new();
     for pod in ["web-1", "web-2", "client"] {
-        answers.insert(
-            pod.to_string(),
-            Answers {
-                metrics: viz_data(&format!("scrape-{pod}.txt")),
-                tap: tap.map(|t| {
-                    if pod == "web-1" {
-                        t.to_string()
-                    } else {
-                        String::new()
-                    }
-                }),
+        let metrics = viz_data(&format!("scrape-{pod}.txt"));
+        let tap = tap.map(|t| {
+            if pod == "web-1" {
+                t.to_string()
+            } else {
+                String::new()
+            }
+        });
+        let answers: Answers = Arc::new(move |path| match path {
+            "/metrics" => (200, metrics.clone()),
+            "/v1/tap" => match &tap {
+                Some(t) => (200, t.clone()),
+                None => (403, "tap: forbidden\n".into()),
             },
-        );
+            _ => (404, String::new()),
+        });
+        proxies.insert(pod.to_string(), answers);
     }
-    Target::local(state, Arc::new(Recorded(answers)))
-}
-
-fn run(target: &Target, args: &[&str]) -> Result<String, String> {
-    let cli = Cli::try_parse_from(std::iter::once("viz").chain(args.iter().copied()))
-        .map_err(|e| e.to_string())?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut out = Vec::new();
-    rt.block_on(run_command(
-        target,
-        cli.viz.namespace.as_deref(),
-        cli.viz.command,
-        &mut out,
-    ))
-    .map_err(|e| format!("{e:#}"))?;
-    Ok(String::from_utf8(out).unwrap())
+    Target::local(state(), Arc::new(Proxies(proxies)))
 }
 
 #[test]
@@ -197,10 +116,7 @@ fn dashboard() {
 #[test]
 fn errors_say_what_to_do() {
     let t = recorded(Some(""));
-    let check = |args: &[&str], expected: &str| {
-        let e = run(&t, args).expect_err("an error");
-        assert!(e.contains(expected), "{args:?}: {e}");
-    };
+    let check = |args: &[&str], expected: &str| assert_fails(&t, args, expected);
     check(
         &["stat", "deploy/nope"],
         "no such resource: deploy/nope in namespace demo; there are: deploy/client, deploy/web",

@@ -1,5 +1,6 @@
 //! What the CLI's tests share: running `mesh`, golden files, fixed certificates, typed checks,
-//! and a fake Kubernetes API server to run `mesh` against.
+//! and a fake Kubernetes API server to run `mesh` against; `viz`, running `mesh viz` in-process
+//! against recorded proxies.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
@@ -12,6 +13,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
+
+pub mod viz;
 
 /// `cli/tests/`.
 pub fn tests_dir() -> PathBuf {
