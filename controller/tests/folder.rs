@@ -3,12 +3,7 @@
 
 mod support;
 
-use std::path::Path;
-
-use mesh_controller::index::IndexConfig;
-use mesh_controller::source::Source;
-use mesh_controller::{start, DestinationConfig};
-use support::{get, get_h2, wait_ready, Watch};
+use support::{get, get_h2, on_folder, write, Watch};
 
 const SERVICE: &str = "
 apiVersion: v1
@@ -36,13 +31,6 @@ endpoints:
     )
 }
 
-/// Writes a file atomically (a temporary file renamed over it), as editors and kubectl do.
-fn write(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).expect("write");
-    std::fs::rename(&tmp, dir.join(name)).expect("rename");
-}
-
 #[tokio::test]
 async fn folder_source_follows_files() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -57,15 +45,8 @@ async fn folder_source_follows_files() {
         ),
     )
     .expect("write");
-    let running = start(DestinationConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        source: Source::Dir(d.to_owned()),
-        index: IndexConfig::default(),
-    })
-    .await
-    .expect("start");
+    let running = on_folder(d).await;
     let addr = running.addr;
-    wait_ready(addr).await;
 
     let web = Watch::start(addr, "web-svc.demo.svc.cluster.local:80");
     let by_ip = Watch::start(addr, "10.96.172.25:80");
@@ -133,15 +114,8 @@ async fn folder_source_follows_files() {
 async fn health_metrics_and_bad_requests() {
     let dir = tempfile::tempdir().expect("tempdir");
     write(dir.path(), "svc.yaml", SERVICE);
-    let running = start(DestinationConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        source: Source::Dir(dir.path().to_owned()),
-        index: IndexConfig::default(),
-    })
-    .await
-    .expect("start");
+    let running = on_folder(dir.path()).await;
     let addr = running.addr;
-    wait_ready(addr).await;
     assert_eq!(get(addr, "/live").await.0, 200);
     assert_eq!(get_h2(addr, "/live").await.0, 200);
     assert_eq!(get(addr, "/nope").await.0, 404);
@@ -207,14 +181,7 @@ async fn updates(addr: std::net::SocketAddr) -> u64 {
 async fn an_idle_folder_is_not_rescanned() {
     let dir = tempfile::tempdir().expect("tempdir");
     write(dir.path(), "svc.yaml", SERVICE);
-    let running = start(DestinationConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        source: Source::Dir(dir.path().to_path_buf()),
-        index: IndexConfig::default(),
-    })
-    .await
-    .expect("start");
-    wait_ready(running.addr).await;
+    let running = on_folder(dir.path()).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await; // let the first load settle
     let before = updates(running.addr).await;
     // An observation window: nothing changes in it, so nothing may be rescanned.

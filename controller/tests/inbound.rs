@@ -4,17 +4,11 @@
 
 mod support;
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::net::SocketAddr;
 
-use futures_util::StreamExt;
 use mesh_api::destination::Connector;
 use mesh_api::inbound::{Access, InboundPolicy, Requirement};
-use mesh_controller::index::IndexConfig;
-use mesh_controller::source::Source;
-use mesh_controller::{start, DestinationConfig, Running};
-use support::{eventually, get, wait_ready};
+use support::{get, on_folder, write, Lines};
 
 fn pod(name: &str, app: &str) -> String {
     format!(
@@ -58,54 +52,14 @@ spec:
     )
 }
 
-/// Writes a file atomically (a temporary file renamed over it), as editors and kubectl do.
-fn write(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).expect("write");
-    std::fs::rename(&tmp, dir.join(name)).expect("rename");
-}
-
-/// Every policy line a watch received, and the error that ended it.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<(Vec<InboundPolicy>, Option<String>)>>);
-
-impl Lines {
-    fn start(addr: std::net::SocketAddr, pod: &str, port: u16) -> Self {
-        let lines = Lines::default();
-        let state = lines.clone();
-        let stream = mesh_api::inbound::watch_inbound(Connector::default(), addr, pod, port);
-        tokio::spawn(async move {
-            futures_util::pin_mut!(stream);
-            while let Some(line) = stream.next().await {
-                let mut s = state.0.lock().expect("lock");
-                match line {
-                    Ok(policy) => s.0.push(policy),
-                    Err(e) => s.1 = Some(e.to_string()),
-                }
-            }
-        });
-        lines
-    }
-
-    fn last(&self) -> Option<InboundPolicy> {
-        self.0.lock().expect("lock").0.last().cloned()
-    }
-
-    fn count(&self) -> usize {
-        self.0.lock().expect("lock").0.len()
-    }
-
-    fn error(&self) -> Option<String> {
-        self.0.lock().expect("lock").1.clone()
-    }
-
-    /// Waits until the last line holds.
-    async fn wait(&self, what: &str, cond: impl Fn(&InboundPolicy) -> bool) {
-        eventually(what, Duration::from_secs(10), || {
-            self.last().is_some_and(|p| cond(&p))
-        })
-        .await;
-    }
+/// The inbound policy watch of `pod`'s `port`.
+fn watch(addr: SocketAddr, pod: &str, port: u16) -> Lines<InboundPolicy> {
+    Lines::follow(mesh_api::inbound::watch_inbound(
+        Connector::default(),
+        addr,
+        pod,
+        port,
+    ))
 }
 
 /// The server's name, or `-` without one.
@@ -118,18 +72,6 @@ fn authorized(p: &InboundPolicy) -> Vec<&str> {
     p.authorizations.iter().map(|a| a.name.as_str()).collect()
 }
 
-async fn controller(dir: &Path) -> Running {
-    let running = start(DestinationConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        source: Source::Dir(dir.to_owned()),
-        index: IndexConfig::default(),
-    })
-    .await
-    .expect("start");
-    wait_ready(running.addr).await;
-    running
-}
-
 #[tokio::test]
 async fn inbound_watch_follows_policy_files() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -137,10 +79,10 @@ async fn inbound_watch_follows_policy_files() {
     write(d, "pods.yaml", &pod("web-0", "web"));
     write(d, "server.yaml", &server("deny"));
     write(d, "authz.yaml", &authz("clients"));
-    let running = controller(d).await;
+    let running = on_folder(d).await;
     let addr = running.addr;
 
-    let web = Lines::start(addr, "demo/web-0", 8080);
+    let web = watch(addr, "demo/web-0", 8080);
     web.wait("the first line: the Server and its authorization", |p| {
         server_name(p) == "web-http" && authorized(p) == ["from-clients"]
     })
@@ -172,7 +114,7 @@ async fn inbound_watch_follows_policy_files() {
     // A change that touches neither this pod nor any policy sends no line. A pod that appears
     // later is followed: its watch starts on the default policy and gets the Server.
     let before = web.count();
-    let later = Lines::start(addr, "demo/web-1", 8080);
+    let later = watch(addr, "demo/web-1", 8080);
     later
         .wait("the default policy of an unknown pod", |p| {
             *p == InboundPolicy::default()
@@ -203,7 +145,7 @@ async fn inbound_watch_follows_policy_files() {
 async fn inbound_watch_bad_requests() {
     let dir = tempfile::tempdir().expect("tempdir");
     write(dir.path(), "pods.yaml", &pod("web-0", "web"));
-    let running = controller(dir.path()).await;
+    let running = on_folder(dir.path()).await;
     let addr = running.addr;
     const USE: &str = "use ?pod=NAMESPACE/NAME&port=N\n";
     for (query, expected) in [

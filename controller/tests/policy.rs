@@ -3,17 +3,11 @@
 
 mod support;
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::net::SocketAddr;
 
-use futures_util::StreamExt;
 use mesh_api::destination::Connector;
 use mesh_api::policy::{OutboundPolicy, PathMatch};
-use mesh_controller::index::IndexConfig;
-use mesh_controller::source::Source;
-use mesh_controller::{start, DestinationConfig};
-use support::{eventually, get, wait_ready};
+use support::{get, on_folder, write, Lines};
 
 const SERVICES: &str = "
 apiVersion: v1
@@ -42,50 +36,14 @@ spec:
     )
 }
 
-/// Writes a file atomically (a temporary file renamed over it), as editors and kubectl do.
-fn write(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).expect("write");
-    std::fs::rename(&tmp, dir.join(name)).expect("rename");
-}
-
-/// Every policy line a watch received, and the error that ended it.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<(Vec<OutboundPolicy>, Option<String>)>>);
-
-impl Lines {
-    fn start(addr: std::net::SocketAddr, authority: &str, ns: &str) -> Self {
-        let lines = Lines::default();
-        let state = lines.clone();
-        let stream = mesh_api::policy::watch_outbound(Connector::default(), addr, authority, ns);
-        tokio::spawn(async move {
-            futures_util::pin_mut!(stream);
-            while let Some(line) = stream.next().await {
-                let mut s = state.0.lock().expect("lock");
-                match line {
-                    Ok(policy) => s.0.push(policy),
-                    Err(e) => s.1 = Some(e.to_string()),
-                }
-            }
-        });
-        lines
-    }
-
-    fn last(&self) -> Option<OutboundPolicy> {
-        self.0.lock().expect("lock").0.last().cloned()
-    }
-
-    fn count(&self) -> usize {
-        self.0.lock().expect("lock").0.len()
-    }
-
-    /// Waits until the last line holds.
-    async fn wait(&self, what: &str, cond: impl Fn(&OutboundPolicy) -> bool) {
-        eventually(what, Duration::from_secs(10), || {
-            self.last().is_some_and(|p| cond(&p))
-        })
-        .await;
-    }
+/// The outbound policy watch of `authority` for a client in namespace `ns`.
+fn watch(addr: SocketAddr, authority: &str, ns: &str) -> Lines<OutboundPolicy> {
+    Lines::follow(mesh_api::policy::watch_outbound(
+        Connector::default(),
+        addr,
+        authority,
+        ns,
+    ))
 }
 
 fn prefixes(p: &OutboundPolicy) -> Vec<(String, String)> {
@@ -108,17 +66,10 @@ async fn policy_watch_follows_route_files() {
     let d = dir.path();
     write(d, "svc.yaml", SERVICES);
     write(d, "route.yaml", &route("canary", "/api", "web-v2"));
-    let running = start(DestinationConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        source: Source::Dir(d.to_owned()),
-        index: IndexConfig::default(),
-    })
-    .await
-    .expect("start");
+    let running = on_folder(d).await;
     let addr = running.addr;
-    wait_ready(addr).await;
 
-    let web = Lines::start(addr, "web-svc.demo.svc.cluster.local:80", "client");
+    let web = watch(addr, "web-svc.demo.svc.cluster.local:80", "client");
     web.wait("the first line: one route", |p| {
         prefixes(p) == [("canary".to_owned(), "/api".to_owned())]
     })
@@ -172,7 +123,7 @@ async fn policy_watch_follows_route_files() {
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s, namespace: demo, \
          labels: {kubernetes.io/service-name: web-svc}}\naddressType: IPv4\nendpoints: []\n",
     );
-    let ip = Lines::start(addr, "10.96.0.10:80", "");
+    let ip = watch(addr, "10.96.0.10:80", "");
     ip.wait("the policy by ClusterIP", |p| p.routes.len() == 2)
         .await;
     assert_eq!(web.count(), before);
@@ -183,26 +134,15 @@ async fn policy_watch_follows_route_files() {
     }
     web.wait("no routes", |p| p.routes.is_empty() && p.parent.is_some())
         .await;
-    assert_eq!(
-        web.0.lock().expect("lock").1,
-        None,
-        "the watch is still open"
-    );
+    assert_eq!(web.error(), None, "the watch is still open");
 }
 
 #[tokio::test]
 async fn policy_watch_bad_requests_and_unknown_targets() {
     let dir = tempfile::tempdir().expect("tempdir");
     write(dir.path(), "svc.yaml", SERVICES);
-    let running = start(DestinationConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        source: Source::Dir(dir.path().to_owned()),
-        index: IndexConfig::default(),
-    })
-    .await
-    .expect("start");
+    let running = on_folder(dir.path()).await;
     let addr = running.addr;
-    wait_ready(addr).await;
     let (status, body) = get(addr, "/v1/policy/outbound/watch").await;
     assert_eq!(status, 400);
     assert_eq!(body, "missing authority: use ?authority=HOST:PORT\n");
@@ -211,12 +151,12 @@ async fn policy_watch_bad_requests_and_unknown_targets() {
     assert!(body.contains("needs a numeric port"), "{body}");
 
     // Not a Service: the default policy, no parent.
-    let unknown = Lines::start(addr, "example.org:443", "demo");
+    let unknown = watch(addr, "example.org:443", "demo");
     unknown
         .wait("the default policy", |p| *p == OutboundPolicy::default())
         .await;
     // The short name with the client's namespace.
-    let short = Lines::start(addr, "web-svc:80", "demo");
+    let short = watch(addr, "web-svc:80", "demo");
     short.wait("a parent", |p| p.parent.is_some()).await;
     let (_, metrics) = get(addr, "/metrics").await;
     assert!(metrics.contains("mesh_destination_watchers 2"), "{metrics}");

@@ -1,6 +1,7 @@
 //! Data-driven tests of the inbound policy resources: validation, and the inbound policy of a
 //! pod's port (server selection, authorizations, routes, rate limits, updates).
 
+use super::tests::{http_route_on, index_of};
 use super::*;
 use crate::source::folder::parse_yaml;
 use mesh_api::inbound::{Access, InboundPolicy, Requirement};
@@ -26,15 +27,7 @@ const SA: &str = ".serviceaccount.identity.mesh.cluster.local";
 
 /// An index of [`PODS`] and `yaml`, whose documents must all decode.
 fn index(yaml: &str) -> Index {
-    let mut index = Index::new(IndexConfig::default());
-    for text in [PODS, yaml] {
-        let (objects, errors) = parse_yaml(text);
-        assert!(errors.is_empty(), "{errors:?}");
-        for o in objects {
-            index.apply(o);
-        }
-    }
-    index
+    index_of([PODS, yaml])
 }
 
 /// A `policy.mesh.io/v1alpha1` object of `kind` in `demo` with `spec` (YAML flow) and extra
@@ -70,16 +63,8 @@ fn authn(kind: &str, name: &str) -> String {
 
 /// An HTTPRoute `name` in `ns` whose parent is the Server `web-http`, with one path prefix.
 fn route(ns: &str, name: &str, meta: &str, prefix: &str) -> String {
-    format!(
-        "---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: {name}, namespace: {ns}{meta}}}
-spec:
-  parentRefs: [{{group: policy.mesh.io, kind: Server, name: web-http}}]
-  rules: [{{matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]}}]
-"
-    )
+    let rules = format!("[{{matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]}}]");
+    http_route_on(ns, name, meta, &format!("[{TO_WEB}]"), &rules)
 }
 
 /// A policy as short lines: `none` (no server), or the server, its authorizations, routes and

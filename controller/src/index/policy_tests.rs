@@ -1,6 +1,7 @@
 //! Data-driven tests of route conversion, validation, outbound policies and route status.
 
 use super::routes::*;
+use super::tests::{http_route_on, index_of};
 use super::*;
 use crate::source::folder::parse_yaml;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -26,15 +27,7 @@ spec: {clusterIP: 10.96.0.12, ports: [{port: 80}]}
 
 /// An index of [`SERVICES`] and `yaml`, whose documents must all decode.
 fn index(yaml: &str) -> Index {
-    let mut index = Index::new(IndexConfig::default());
-    for text in [SERVICES, yaml] {
-        let (objects, errors) = parse_yaml(text);
-        assert!(errors.is_empty(), "{errors:?}");
-        for o in objects {
-            index.apply(o);
-        }
-    }
-    index
+    index_of([SERVICES, yaml])
 }
 
 fn web(port: u16) -> Target {
@@ -48,16 +41,8 @@ fn web(port: u16) -> Target {
 
 /// An HTTPRoute `name` in `ns` on `web-svc` with `rules` (YAML flow) and extra metadata.
 fn http_route(ns: &str, name: &str, meta: &str, rules: &str) -> String {
-    format!(
-        "---
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: {name}, namespace: {ns}{meta}}}
-spec:
-  parentRefs: [{{group: '', kind: Service, name: web-svc, namespace: demo, port: 80}}]
-  rules: {rules}
-"
-    )
+    let parent_refs = "[{group: '', kind: Service, name: web-svc, namespace: demo, port: 80}]";
+    http_route_on(ns, name, meta, parent_refs, rules)
 }
 
 /// The routes' names, in the order the policy gives them.

@@ -1,4 +1,6 @@
-//! Data-driven tests of resolution, on the recorded fixtures and small YAML objects.
+//! Data-driven tests of resolution, on the recorded fixtures and small YAML objects; and what
+//! the index's tests share (`index_of`, `http_route_on`), which `policy_tests.rs` and
+//! `inbound_tests.rs` use too.
 
 use super::*;
 use crate::source::folder::parse_yaml;
@@ -23,15 +25,41 @@ fn index(with_replicasets: bool, extra_yaml: &str) -> Index {
         files.push(fixture("replicasets-list.json"));
     }
     files.push(extra_yaml.to_owned());
+    index_of(files)
+}
+
+/// An index of `texts`, YAML documents that must all decode.
+pub(super) fn index_of<T: AsRef<str>>(texts: impl IntoIterator<Item = T>) -> Index {
     let mut index = Index::new(IndexConfig::default());
-    for text in files {
-        let (objects, errors) = parse_yaml(&text);
+    for text in texts {
+        let (objects, errors) = parse_yaml(text.as_ref());
         assert!(errors.is_empty(), "{errors:?}");
         for o in objects {
             index.apply(o);
         }
     }
     index
+}
+
+/// An HTTPRoute `name` in `ns` with extra metadata `meta`, and its `parentRefs` and `rules`
+/// (YAML flow).
+pub(super) fn http_route_on(
+    ns: &str,
+    name: &str,
+    meta: &str,
+    parent_refs: &str,
+    rules: &str,
+) -> String {
+    format!(
+        "---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: {ns}{meta}}}
+spec:
+  parentRefs: {parent_refs}
+  rules: {rules}
+"
+    )
 }
 
 /// Renders a resolution: `unknown`, `empty`, or one line per endpoint.

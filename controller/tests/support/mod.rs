@@ -1,5 +1,6 @@
-//! Helpers of the controller's integration tests: a watch that records what it was sent,
-//! plain HTTP requests, polling with a deadline, and a fake Kubernetes API server.
+//! Helpers of the controller's integration tests: a controller on a folder and the files it
+//! reads, watches that record what they were sent, plain HTTP requests, polling with a
+//! deadline, and a fake Kubernetes API server.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -10,10 +11,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_api::destination::{Endpoint, Update};
+use mesh_controller::index::IndexConfig;
+use mesh_controller::source::Source;
+use mesh_controller::{start, DestinationConfig, Running};
 
 /// Polls `cond` every 20 ms until it holds, or panics after `deadline` with `what`.
 pub async fn eventually(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
@@ -24,6 +28,71 @@ pub async fn eventually(what: &str, deadline: Duration, mut cond: impl FnMut() -
             "not true within {deadline:?}: {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A controller on a free local port reading the folder `dir`, once it is ready.
+pub async fn on_folder(dir: &Path) -> Running {
+    let running = start(DestinationConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        source: Source::Dir(dir.to_owned()),
+        index: IndexConfig::default(),
+    })
+    .await
+    .expect("start");
+    wait_ready(running.addr).await;
+    running
+}
+
+/// Writes a file atomically (a temporary file renamed over it), as editors and kubectl do.
+pub fn write(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename");
+}
+
+/// Every line a JSON-lines watch (the outbound or the inbound policy's) received, and the
+/// error that ended it.
+pub struct Lines<T>(Arc<Mutex<(Vec<T>, Option<String>)>>);
+
+impl<T: Clone + Send + 'static> Lines<T> {
+    /// Follows `stream` in the background.
+    pub fn follow<E: std::fmt::Display>(
+        stream: impl Stream<Item = Result<T, E>> + Send + 'static,
+    ) -> Self {
+        let lines = Lines(Arc::new(Mutex::new((Vec::new(), None))));
+        let state = lines.0.clone();
+        tokio::spawn(async move {
+            futures_util::pin_mut!(stream);
+            while let Some(line) = stream.next().await {
+                let mut s = state.lock().expect("lock");
+                match line {
+                    Ok(policy) => s.0.push(policy),
+                    Err(e) => s.1 = Some(e.to_string()),
+                }
+            }
+        });
+        lines
+    }
+
+    pub fn last(&self) -> Option<T> {
+        self.0.lock().expect("lock").0.last().cloned()
+    }
+
+    pub fn count(&self) -> usize {
+        self.0.lock().expect("lock").0.len()
+    }
+
+    pub fn error(&self) -> Option<String> {
+        self.0.lock().expect("lock").1.clone()
+    }
+
+    /// Waits until the last line holds.
+    pub async fn wait(&self, what: &str, cond: impl Fn(&T) -> bool) {
+        eventually(what, Duration::from_secs(10), || {
+            self.last().is_some_and(|p| cond(&p))
+        })
+        .await;
     }
 }
 
