@@ -95,8 +95,7 @@ fn inject(args: &mesh_cli::inject::InjectArgs, cluster: &mesh_cli::kube::Cluster
         if !args.manual {
             return run(&inputs, &Mode::Annotate);
         }
-        let (manual, sidecar) =
-            block_on(mesh_cli::inject::manual_config(args, cluster, &inputs))?;
+        let (manual, sidecar) = block_on(mesh_cli::inject::manual_config(args, cluster, &inputs))?;
         let notes = manual.notes.clone();
         let mut report = run(&inputs, &Mode::Manual(Box::new(manual)))?;
         let mut head = vec![format!(
