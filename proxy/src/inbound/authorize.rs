@@ -49,13 +49,15 @@ impl<N> NewAuthorizeHttp<N> {
     }
 }
 
+/// The request check of [`NewAuthorizeHttp`].
 #[derive(Clone)]
-pub struct AuthorizeHttp<S> {
+pub struct Authorize {
     policy: PolicyHandle,
     client: ClientAddr,
     id: ClientIdentity,
-    inner: S,
 }
+
+pub type AuthorizeHttp<S> = Gated<Authorize, S>;
 
 impl<T, N> NewService<T> for NewAuthorizeHttp<N>
 where
@@ -64,16 +66,43 @@ where
 {
     type Service = AuthorizeHttp<N::Service>;
     fn new_service(&self, target: T) -> Self::Service {
-        AuthorizeHttp {
-            policy: target.param(),
-            client: target.param(),
-            id: target.param(),
+        Gated {
+            check: Authorize {
+                policy: target.param(),
+                client: target.param(),
+                id: target.param(),
+            },
             inner: self.inner.new_service(target),
         }
     }
 }
 
-impl<S> tower::Service<Request<BoxBody>> for AuthorizeHttp<S>
+impl Check for Authorize {
+    fn check(&self, req: &Request<BoxBody>) -> Result<(), BoxError> {
+        let ClientAddr(client) = self.client;
+        let policy = self.policy.current();
+        policy
+            .authorize_http(req, client.ip(), self.id.0.as_deref())
+            .inspect_err(|error| {
+                tracing::info!(%client, id = ?self.id.0, %error, "request refused");
+            })
+    }
+}
+
+/// A check a request must pass before it goes on: its error answers the request.
+pub trait Check {
+    fn check(&self, req: &Request<BoxBody>) -> Result<(), BoxError>;
+}
+
+/// A request service that forwards what its check passes and refuses the rest, without
+/// calling the inner service.
+#[derive(Clone)]
+pub struct Gated<C, S> {
+    check: C,
+    inner: S,
+}
+
+impl<C: Check, S> tower::Service<Request<BoxBody>> for Gated<C, S>
 where
     S: tower::Service<Request<BoxBody>, Response = Response<BoxBody>, Error = BoxError>,
 {
@@ -86,14 +115,9 @@ where
     }
 
     fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
-        let ClientAddr(client) = self.client;
-        let policy = self.policy.current();
-        match policy.authorize_http(&req, client.ip(), self.id.0.as_deref()) {
+        match self.check.check(&req) {
             Ok(()) => Either::Right(self.inner.call(req)),
-            Err(error) => {
-                tracing::info!(%client, id = ?self.id.0, %error, "request refused");
-                Either::Left(future::ready(Err(error)))
-            }
+            Err(error) => Either::Left(future::ready(Err(error))),
         }
     }
 }
@@ -187,13 +211,15 @@ impl<N> NewRateLimit<N> {
     }
 }
 
+/// The request check of [`NewRateLimit`].
 #[derive(Clone)]
-pub struct RateLimitService<S> {
+pub struct RateLimit {
     policy: PolicyHandle,
     client_id: Option<Arc<str>>,
     metrics: AuthzMetrics,
-    inner: S,
 }
+
+pub type RateLimitService<S> = Gated<RateLimit, S>;
 
 /// A connection's client identity, as it proved it over mutual TLS.
 #[derive(Clone, Debug)]
@@ -207,28 +233,19 @@ where
     type Service = RateLimitService<N::Service>;
     fn new_service(&self, target: T) -> Self::Service {
         let ClientIdentity(client_id) = target.param();
-        RateLimitService {
-            policy: target.param(),
-            client_id,
-            metrics: self.metrics.clone(),
+        Gated {
+            check: RateLimit {
+                policy: target.param(),
+                client_id,
+                metrics: self.metrics.clone(),
+            },
             inner: self.inner.new_service(target),
         }
     }
 }
 
-impl<S> tower::Service<Request<BoxBody>> for RateLimitService<S>
-where
-    S: tower::Service<Request<BoxBody>, Response = Response<BoxBody>, Error = BoxError>,
-{
-    type Response = Response<BoxBody>;
-    type Error = BoxError;
-    type Future = Either<future::Ready<Result<Response<BoxBody>, BoxError>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
+impl Check for RateLimit {
+    fn check(&self, _: &Request<BoxBody>) -> Result<(), BoxError> {
         let policy = self.policy.current();
         if let Some(limiter) = &policy.rate_limit {
             if let Err(scope) = limiter.admit(self.client_id.as_deref()) {
@@ -251,9 +268,9 @@ where
                     c.name,
                     scope.as_str()
                 ));
-                return Either::Left(future::ready(Err(error.into())));
+                return Err(error.into());
             }
         }
-        Either::Right(self.inner.call(req))
+        Ok(())
     }
 }
