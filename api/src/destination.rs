@@ -100,12 +100,16 @@ pub struct Endpoint {
     pub protocol_hint: Option<ProtocolHint>,
 }
 
-/// The protocol a meshed endpoint's proxy accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// How to talk to an endpoint: `"h2"`, or `{"codec":"redis"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ProtocolHint {
-    /// HTTP/2 between proxies (HTTP/1 is upgraded).
+    /// HTTP/2 between proxies (HTTP/1 is upgraded); the endpoint is meshed.
     #[serde(rename = "h2")]
     H2,
+    /// The Service port's `appProtocol` names a codec (`mesh.io/redis` → `redis`): its
+    /// connections carry that protocol's frames, meshed endpoint or not.
+    #[serde(rename = "codec")]
+    Codec(String),
 }
 
 /// The default endpoint weight.

@@ -78,6 +78,88 @@ pub struct OutboundPolicy {
     /// The Service's retry budget, shared by all its routes.
     #[serde(default)]
     pub retry_budget: RetryBudget,
+    /// The codec of the Service port (its `appProtocol` `mesh.io/<codec>`: `redis`, `thrift`),
+    /// when its connections carry a protocol the proxy decodes into frames; `None`: HTTP or
+    /// opaque TCP as detected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub codec: Option<String>,
+    /// The `MetaRoute`s whose parent is the Service port (codec ports only), in tie-break order
+    /// (oldest first, then namespace/name): the first rule whose match holds takes a frame;
+    /// none: the Service itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub meta_routes: Vec<MetaRoute>,
+}
+
+/// A `policy.mesh.io/v1alpha1` `MetaRoute`: routing of a codec's requests by their metadata.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetaRoute {
+    /// The route's namespace.
+    pub namespace: String,
+    /// The route's name.
+    pub name: String,
+    /// Its rules, in order.
+    pub rules: Vec<MetaRule>,
+}
+
+/// One rule of a [`MetaRoute`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetaRule {
+    /// Any of these selects the rule; none: every request.
+    #[serde(default)]
+    pub matches: Vec<MetaMatch>,
+    /// Weighted backends (none in the object: the parent Service, filled in by the controller).
+    #[serde(default)]
+    pub backends: Vec<Backend>,
+    /// Metadata keys set on the request before it is forwarded (the codec writes back the
+    /// keys it can: Thrift's `method`); metrics and tap see the new values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_mutation: Vec<MetaMutation>,
+    /// How long a request may wait for its response (absent: no timeout); when it fires the
+    /// client gets the codec's local reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// What a request's metadata must hold: every key match.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaMatch {
+    /// Matches of metadata keys, all of which must hold.
+    #[serde(default)]
+    pub metadata: Vec<MetaValueMatch>,
+}
+
+/// One metadata key's match (a missing key never matches).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaValueMatch {
+    /// The key: `command`, `key` (Redis), `method`, `type` (Thrift).
+    pub key: String,
+    /// How the value compares.
+    #[serde(rename = "type", default)]
+    pub kind: MetaMatchKind,
+    /// The value, prefix or pattern.
+    pub value: String,
+}
+
+/// How a [`MetaValueMatch`] compares.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaMatchKind {
+    /// Equal.
+    #[default]
+    Exact,
+    /// Starts with the value.
+    Prefix,
+    /// A regular expression matching the whole value.
+    RegularExpression,
+}
+
+/// A metadata key set on a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaMutation {
+    /// The key.
+    pub key: String,
+    /// Its new value.
+    pub value: String,
 }
 
 /// A Service port that routes attach to.

@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod balance;
+pub mod codec;
 pub mod config;
 pub mod connect;
 pub mod detect;
