@@ -42,6 +42,9 @@ pub const INJECT_ANNOTATION: &str = "mesh.io/inject";
 pub const PROXY_VERSION_ANNOTATION: &str = "mesh.io/proxy-version";
 /// Ports (and ranges) whose traffic skips protocol detection, inbound and outbound.
 pub const OPAQUE_PORTS_ANNOTATION: &str = "config.mesh.io/opaque-ports";
+/// Inbound ports whose connections carry a codec's protocol (`6379=redis,9090-9091=thrift`):
+/// the proxy decodes their requests (`MESH_PROXY_INBOUND_CODEC_PORTS`).
+pub const CODEC_PORTS_ANNOTATION: &str = "config.mesh.io/codec-ports";
 /// Local ports whose inbound connections bypass the proxy.
 pub const SKIP_INBOUND_PORTS_ANNOTATION: &str = "config.mesh.io/skip-inbound-ports";
 /// Remote ports whose outbound connections bypass the proxy.
@@ -1184,5 +1187,97 @@ mod tests {
         let mut bad = pod(json!({PROXY_SHUTDOWN_DELAY_ANNOTATION: "five"}));
         let e = inject(&mut bad, &BTreeMap::new(), &config()).unwrap_err();
         assert!(e.to_string().contains("is not a duration"), "{e}");
+    }
+}
+
+/// One entry of `config.mesh.io/codec-ports` / `MESH_PROXY_INBOUND_CODEC_PORTS`: a port or an
+/// inclusive range, and the codec its connections carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodecPorts {
+    pub first: u16,
+    pub last: u16,
+    pub codec: String,
+}
+
+/// The codecs the proxy has.
+pub const CODECS: [&str; 2] = ["redis", "thrift"];
+
+/// Parses `PORT=CODEC` entries separated by commas (`6379=redis, 9090-9091=thrift`); a codec
+/// must be one of [`CODECS`], a port 1–65535, a range ascending. An empty string is no ports.
+pub fn parse_codec_ports(value: &str) -> Result<Vec<CodecPorts>, String> {
+    let mut out = Vec::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (ports, codec) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("{entry:?}: expected PORT=CODEC (6379=redis)"))?;
+        let codec = codec.trim();
+        if !CODECS.contains(&codec) {
+            return Err(format!(
+                "{entry:?}: unknown codec {codec:?} (known: {})",
+                CODECS.join(", ")
+            ));
+        }
+        let port = |p: &str| -> Result<u16, String> {
+            match p.trim().parse::<u16>() {
+                Ok(0) | Err(_) => Err(format!("{entry:?}: {:?} is not a port (1-65535)", p.trim())),
+                Ok(p) => Ok(p),
+            }
+        };
+        let (first, last) = match ports.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => {
+                let p = port(ports)?;
+                (p, p)
+            }
+        };
+        if first > last {
+            return Err(format!("{entry:?}: the range is descending"));
+        }
+        out.push(CodecPorts {
+            first,
+            last,
+            codec: codec.to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod codec_ports_tests {
+    use super::*;
+
+    #[test]
+    fn parses_ports_and_ranges() {
+        let got = parse_codec_ports(" 6379=redis, 9090-9091=thrift,").unwrap();
+        assert_eq!(
+            got,
+            vec![
+                CodecPorts {
+                    first: 6379,
+                    last: 6379,
+                    codec: "redis".into()
+                },
+                CodecPorts {
+                    first: 9090,
+                    last: 9091,
+                    codec: "thrift".into()
+                },
+            ]
+        );
+        assert_eq!(parse_codec_ports("").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_use() {
+        for bad in [
+            "6379",
+            "6379=memcached",
+            "0=redis",
+            "x=redis",
+            "9-1=thrift",
+            "70000=redis",
+        ] {
+            assert!(parse_codec_ports(bad).is_err(), "{bad}");
+        }
     }
 }

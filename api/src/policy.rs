@@ -790,6 +790,26 @@ mod tests {
             }],
             retry: None,
             retry_budget: RetryBudget::default(),
+            codec: Some("redis".into()),
+            meta_routes: vec![MetaRoute {
+                namespace: "demo".into(),
+                name: "sessions".into(),
+                rules: vec![MetaRule {
+                    matches: vec![MetaMatch {
+                        metadata: vec![MetaValueMatch {
+                            key: "key".into(),
+                            kind: MetaMatchKind::Prefix,
+                            value: "session:".into(),
+                        }],
+                    }],
+                    backends: vec![],
+                    request_mutation: vec![MetaMutation {
+                        key: "method".into(),
+                        value: "get_v2".into(),
+                    }],
+                    timeout_ms: Some(500),
+                }],
+            }],
         };
         let line = policy.to_line();
         let text = std::str::from_utf8(&line).unwrap();
