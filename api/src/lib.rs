@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod codec_ports;
 pub mod defaults;
 pub mod destination;
 pub mod duration;

@@ -39,6 +39,10 @@ pub struct Config {
     pub inbound_opaque_ports: PortList,
     /// `MESH_PROXY_OUTBOUND_OPAQUE_PORTS`: outbound ports that skip protocol detection.
     pub outbound_opaque_ports: PortList,
+    /// `MESH_PROXY_INBOUND_CODEC_PORTS`: inbound ports whose connections carry a codec's
+    /// protocol, `PORT=CODEC` entries (`6379=redis,9090-9091=thrift`); they skip detection,
+    /// and their requests are decoded, metered and rate limited. Unset: none.
+    pub inbound_codec_ports: Vec<mesh_api::codec_ports::CodecPorts>,
     /// `MESH_PROXY_DETECT_TIMEOUT`: how long to wait for a client's first bytes.
     pub detect_timeout: Duration,
     /// `MESH_PROXY_HEADER_READ_TIMEOUT`: how long an HTTP/1 client may take to send a request's headers.
@@ -167,6 +171,15 @@ impl Config {
                 DEFAULT_OPAQUE_PORTS,
                 PORTS_EXPECTED,
             )?,
+            inbound_codec_ports: {
+                let var = "MESH_PROXY_INBOUND_CODEC_PORTS";
+                let value = get(var).unwrap_or_default();
+                mesh_api::codec_ports::parse_codec_ports(&value).map_err(|why| ConfigError {
+                    var,
+                    value,
+                    expected: format!("PORT=CODEC entries like 6379=redis,9090=thrift ({why})"),
+                })?
+            },
             detect_timeout: env.duration("MESH_PROXY_DETECT_TIMEOUT", "10s")?,
             header_read_timeout: env.duration("MESH_PROXY_HEADER_READ_TIMEOUT", "10s")?,
             max_header_bytes: env.bounded(

@@ -222,6 +222,7 @@ pub async fn start_with(
         // The application is on the pod's loopback: never mutual TLS.
         client: new_client(None),
         drain: drain.clone(),
+        codecs: inbound::codec::Codecs::new(&config.inbound_codec_ports),
     });
     let outbound_stack = outbound::stack(outbound::Outbound {
         opaque_ports: config.outbound_opaque_ports.clone(),

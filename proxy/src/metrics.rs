@@ -80,6 +80,16 @@ pub struct RequestLabels {
     /// `dst_pod`), when the target was discovered.
     pub dst: Option<Arc<DstLabels>>,
     pub tls: Tls,
+    /// A codec's request: the codec and the operation (`codec="redis"`, `method="GET"`).
+    pub codec: Option<CodecLabels>,
+}
+
+/// The labels a codec's requests add: which codec, and the operation (bounded: see
+/// `codec::meter`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CodecLabels {
+    pub codec: &'static str,
+    pub method: Arc<str>,
 }
 
 /// Labels of an HTTP response: the request's, plus how it was classified.
@@ -471,7 +481,12 @@ fn encode_request(r: &RequestLabels, e: &mut LabelSetEncoder) -> Result<(), std:
             }
         }
     }
-    encode_tls(&r.tls, r.direction, e)
+    encode_tls(&r.tls, r.direction, e)?;
+    if let Some(c) = &r.codec {
+        label(e, "codec", c.codec)?;
+        label(e, "method", &c.method)?;
+    }
+    Ok(())
 }
 
 impl EncodeLabelSet for ResponseLabels {
@@ -541,6 +556,7 @@ mod tests {
             target_addr: addr,
             dst: None,
             tls: Tls::NoIdentity(NO_TLS_DISABLED),
+            codec: None,
         };
         target.request_total(&labels).inc();
         let tcp = TcpLabels {
@@ -572,6 +588,7 @@ mod tests {
             tls: Tls::Established(Arc::from(
                 "web.demo.serviceaccount.identity.mesh.cluster.local",
             )),
+            codec: None,
         };
         m.request_total.get_or_create(&request).inc();
         let rsp = ResponseLabels {
@@ -621,6 +638,7 @@ mod tests {
             target_addr: "10.244.0.5:8080".parse().unwrap(),
             dst: Some(Arc::new(dst)),
             tls: Tls::NoIdentity(NO_TLS_FROM_DISCOVERY),
+            codec: None,
         };
         m.request_total.get_or_create(&labels).inc();
         let line = r#"request_total{direction="outbound",authority="web-svc.demo.svc.cluster.local:80",target_addr="10.244.0.5:8080",dst_namespace="demo",dst_service="web-svc",dst_deployment="web",dst_pod="web-1",tls="no_identity",no_tls_reason="not_provided_by_service_discovery"} 1"#;

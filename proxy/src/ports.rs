@@ -112,6 +112,18 @@ impl PortList {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// These ranges and `ports`.
+    pub fn with(&self, ports: impl IntoIterator<Item = u16>) -> Self {
+        let mut ranges = self.0.clone();
+        ranges.extend(
+            ports
+                .into_iter()
+                .filter(|p| *p != 0)
+                .map(|p| PortRange { start: p, end: p }),
+        );
+        Self(ranges)
+    }
 }
 
 impl From<Vec<PortRange>> for PortList {

@@ -10,8 +10,12 @@
 //! A codec never panics on what it reads: malformed bytes are a [`CodecError`], which closes
 //! the connection they came on and no other; a frame longer than [`MAX_FRAME`] is one too.
 
+pub mod meter;
 pub mod redis;
+pub mod route;
+pub mod serve;
 pub mod thrift;
+pub mod upstream;
 
 use bytes::{Bytes, BytesMut};
 use std::{borrow::Cow, fmt, sync::Arc};
@@ -203,6 +207,12 @@ impl LocalError {
     }
 }
 
+impl From<crate::http::errors::NoEndpoints> for LocalError {
+    fn from(e: crate::http::errors::NoEndpoints) -> Self {
+        Self::NoEndpoints(e.0.into())
+    }
+}
+
 impl fmt::Display for LocalError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -242,6 +252,31 @@ impl CodecError {
         }
     }
 }
+
+/// A request on its way through a request stack.
+pub struct Req {
+    pub frame: Arc<Frame>,
+    /// The client connection it came on.
+    pub conn: Arc<serve::Conn>,
+}
+
+/// What a request stack answers: the response (`None`: the request expects none, or its
+/// connection now streams), and where it was served.
+pub struct Answer {
+    pub frame: Option<Frame>,
+    pub info: Arc<meter::Served>,
+}
+
+/// A response is an endpoint's success for the balancer: a protocol error (`-ERR`) is the
+/// application's answer, not the endpoint failing; failures are the local errors.
+impl crate::balance::Outcome for Answer {
+    fn is_success(&self) -> bool {
+        true
+    }
+}
+
+/// The names of the codecs this proxy has.
+pub const NAMES: [&str; 2] = ["redis", "thrift"];
 
 /// The codecs this proxy has, by name.
 pub fn by_name(name: &str) -> Option<Arc<dyn Protocol>> {

@@ -439,6 +439,7 @@ impl MeterShared {
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
             dst: self.target.dst.clone(),
             tls: self.target.tls.clone(),
+            codec: None,
         }
     }
 

@@ -246,6 +246,40 @@ where
 
 impl Check for RateLimit {
     fn check(&self, _: &Request<BoxBody>) -> Result<(), BoxError> {
+        Ok(self.admit()?)
+    }
+}
+
+/// A codec's request over the port's rate limit gets the codec's local reply.
+impl<S> tower::Service<crate::codec::Req> for Gated<RateLimit, S>
+where
+    S: tower::Service<
+        crate::codec::Req,
+        Response = crate::codec::Answer,
+        Error = crate::codec::LocalError,
+    >,
+{
+    type Response = crate::codec::Answer;
+    type Error = crate::codec::LocalError;
+    type Future =
+        Either<future::Ready<Result<crate::codec::Answer, crate::codec::LocalError>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: crate::codec::Req) -> Self::Future {
+        match self.check.admit() {
+            Ok(()) => Either::Right(self.inner.call(req)),
+            Err(_) => Either::Left(future::ready(Err(crate::codec::LocalError::RateLimited))),
+        }
+    }
+}
+
+impl RateLimit {
+    /// Takes a request from the limiters of the port's Server, if it has any; counts a
+    /// refusal.
+    fn admit(&self) -> Result<(), RateLimited> {
         let policy = self.policy.current();
         if let Some(limiter) = &policy.rate_limit {
             if let Err(scope) = limiter.admit(self.client_id.as_deref()) {
@@ -262,13 +296,12 @@ impl Check for RateLimit {
                         scope: scope.as_str(),
                     })
                     .inc();
-                let error = RateLimited(format!(
+                return Err(RateLimited(format!(
                     "{}/{} ({} limit)",
                     c.namespace,
                     c.name,
                     scope.as_str()
-                ));
-                return Err(error.into());
+                )));
             }
         }
         Ok(())

@@ -22,6 +22,7 @@
 //! the application.
 
 pub mod authorize;
+pub mod codec;
 pub mod policy;
 pub mod ratelimit;
 
@@ -75,6 +76,8 @@ pub struct Inbound {
     pub drain: Drain,
     /// The inbound policy of each port.
     pub policies: PortPolicies,
+    /// The codec of each codec port (`MESH_PROXY_INBOUND_CODEC_PORTS`).
+    pub codecs: codec::Codecs,
 }
 
 /// An inbound connection once its protocol and TLS are known: the target of everything below
@@ -137,7 +140,10 @@ pub fn stack(
         client,
         drain,
         policies,
+        codecs,
     } = inbound;
+    // A codec port skips detection, as an opaque one does.
+    let opaque_ports = opaque_ports.with(codecs.ports());
     let refuse = Refuse {
         metrics: metrics.clone(),
         direction: Direction::Inbound,
@@ -152,10 +158,10 @@ pub fn stack(
         .push(headers::downgrade())
         .push(headers::client_id())
         .push(ForEachLayer(RespondLayer))
-        .push(NewServeHttp::layer(http.clone(), drain, taps))
+        .push(NewServeHttp::layer(http.clone(), drain, taps.clone()))
         .push(crate::transport::NewTcpMetrics::layer(metrics.clone()))
         .into_inner();
-    let opaque = Stack::new(NewForward::new(client))
+    let forward = Stack::new(NewForward::new(client.clone()))
         .push(crate::transport::NewTcpMetrics::layer(metrics.clone()))
         .push(MapTargetLayer(|conn: InboundConn| TcpEndpoint {
             addr: conn.target,
@@ -164,8 +170,15 @@ pub fn stack(
             in_flight: None,
             unavailable: None,
         }))
-        .push(NewAuthorizeTcp::layer())
         .into_inner();
+    let by_codec = codecs.clone();
+    let opaque = Stack::new(NewSelect::new(
+        move |conn: &InboundConn| by_codec.get(conn.target.port()).is_some(),
+        codec::stack(codecs, client, metrics.clone(), taps.clone()),
+        forward,
+    ))
+    .push(NewAuthorizeTcp::layer())
+    .into_inner();
     let by_protocol = Arc::new(NewSwitch::new(app, opaque));
 
     let detect = |opaque_tls_peek| DetectConfig {

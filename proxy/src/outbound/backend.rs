@@ -12,10 +12,10 @@ use crate::{
     balance::{Balance, BalanceConfig},
     discover::{self, Destination, Resolution, Resolver},
     http::{errors::NoEndpoints, server::Received},
-    svc::{lock, BoxBody, BoxError, Cache, NewService},
+    svc::{lock, BoxBody, Cache, NewService},
 };
 use futures_util::future::BoxFuture;
-use http::{Request, Response};
+use http::Request;
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -114,25 +114,42 @@ where
     }
 }
 
-impl<N, S> tower::Service<Request<BoxBody>> for Backend<N, S>
+/// What a backend reads of a request: where its connection was going, for a name the
+/// controller does not know (yet).
+pub trait Routed {
+    fn orig_dst(&self) -> Option<SocketAddr>;
+}
+
+impl Routed for Request<BoxBody> {
+    fn orig_dst(&self) -> Option<SocketAddr> {
+        self.extensions().get::<Received>().map(|r| r.conn.orig_dst)
+    }
+}
+
+impl Routed for crate::codec::Req {
+    fn orig_dst(&self) -> Option<SocketAddr> {
+        Some(self.conn.orig_dst)
+    }
+}
+
+impl<N, S, R, Rsp, E> tower::Service<R> for Backend<N, S>
 where
     N: NewService<Endpoint, Service = S> + Send + Sync + 'static,
-    S: tower::Service<Request<BoxBody>, Response = Response<BoxBody>, Error = BoxError>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: tower::Service<R, Response = Rsp, Error = E> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
+    R: Routed + Send + 'static,
+    Rsp: crate::balance::Outcome + Send + 'static,
+    E: From<NoEndpoints> + Send + 'static,
 {
-    type Response = Response<BoxBody>;
-    type Error = BoxError;
-    type Future = BoxFuture<'static, Result<Response<BoxBody>, BoxError>>;
+    type Response = Rsp;
+    type Error = E;
+    type Future = BoxFuture<'static, Result<Rsp, E>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), E>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: Request<BoxBody>) -> Self::Future {
+    fn call(&mut self, req: R) -> Self::Future {
         let shared = self.shared.clone();
         Box::pin(async move {
             let resolution = match &shared.destination {
@@ -141,9 +158,7 @@ where
             };
             match resolution {
                 Resolution::Pending | Resolution::Unknown => {
-                    let Some(orig_dst) =
-                        req.extensions().get::<Received>().map(|r| r.conn.orig_dst)
-                    else {
+                    let Some(orig_dst) = req.orig_dst() else {
                         return Err(NoEndpoints(shared.logical.addr.to_string()).into());
                     };
                     shared.original(orig_dst).oneshot(req).await
@@ -222,6 +237,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::svc::BoxError;
+    use http::Response;
 
     const IDLE: Duration = Duration::from_secs(60);
     use crate::{

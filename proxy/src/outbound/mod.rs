@@ -17,6 +17,7 @@
 //! made once per policy update.
 
 mod backend;
+mod codec;
 mod logical;
 mod opaque;
 pub mod policy;
@@ -145,6 +146,7 @@ pub fn stack(
         client,
         drain,
     } = outbound;
+    let (codec_policies, codec_names, taps_codec) = (policies.clone(), names.clone(), taps.clone());
     let no_tls = if identity {
         NO_TLS_FROM_DISCOVERY
     } else {
@@ -212,6 +214,19 @@ pub fn stack(
     .push(NewServeHttp::layer(http.clone(), drain, taps))
     .push(NewTcpMetrics::layer(metrics.clone()))
     .into_inner();
+    let codec = codec::CodecConfig {
+        policies: codec_policies,
+        names: codec_names,
+        resolver: resolver.clone(),
+        client: client.clone(),
+        balance: balance.clone(),
+        failfast: failfast_timeout,
+        identity,
+        no_tls,
+        idle: idle_timeout,
+        metrics: metrics.clone(),
+        taps: taps_codec,
+    };
     let opaque = Stack::new(NewForward::new(client))
         .push(NewTcpMetrics::layer(metrics))
         .push(opaque::NewOpaqueEndpoint::layer(
@@ -221,6 +236,7 @@ pub fn stack(
             identity,
             no_tls,
         ))
+        .push(codec::NewCodecSwitch::layer(codec))
         .into_inner();
     Stack::new(NewSwitch::new(http_stack, opaque))
         .push(MapTargetLayer(|d: Detect<Accepted>| OutboundConn {

@@ -116,6 +116,8 @@ async fn follow(config: PolicyConfig, authority: String, tx: watch::Sender<Optio
 pub struct Compiled {
     pub policy: OutboundPolicy,
     matches: RouteMatches,
+    /// The MetaRoutes of a codec's Service port.
+    pub meta: crate::codec::route::MetaTable,
 }
 
 impl Compiled {
@@ -123,7 +125,12 @@ impl Compiled {
     /// only a newer controller's) is left out and logged, never the whole policy.
     pub fn new(policy: OutboundPolicy) -> Self {
         let matches = RouteMatches::new(&policy.routes);
-        Self { policy, matches }
+        let meta = crate::codec::route::MetaTable::new(&policy.meta_routes);
+        Self {
+            policy,
+            matches,
+            meta,
+        }
     }
 
     /// Whether the destination has routes (else: its default route).

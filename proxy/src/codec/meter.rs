@@ -1,0 +1,256 @@
+//! A codec's requests in the golden metrics and in tap: `request_total`, `response_total` and
+//! `response_latency_ms` with `codec` and `method` labels, labelled with the endpoint that
+//! answered (or, for a request the proxy answered itself, where its connection was going), and
+//! a tap event pair per request (`GET user:*`).
+//!
+//! The `method` label is bounded: each codec has at most [`MAX_METHODS`] method names; requests
+//! of any other are counted as `other` (a client cannot grow the label sets without bound).
+
+use super::{Answer, Frame, Kind, LocalError, Req};
+use crate::{
+    discover::DstLabels,
+    metrics::{
+        Classification, CodecLabels, Direction, Metrics, RequestLabels, ResponseLabels, Tls,
+    },
+    svc::lock,
+    tap::{RequestMeta, Taps},
+};
+use futures_util::future::BoxFuture;
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, OnceLock},
+    task::{Context, Poll},
+    time::Instant,
+};
+
+/// The most method names one codec's `method` label takes.
+pub const MAX_METHODS: usize = 128;
+
+/// Where a request went, as its metrics and tap events say.
+#[derive(Clone, Debug)]
+pub struct Served {
+    pub direction: Direction,
+    /// The `authority` label: the Service (outbound), the pod's address dialed (inbound).
+    pub authority: Arc<str>,
+    pub target_addr: SocketAddr,
+    pub dst: Option<Arc<DstLabels>>,
+    pub tls: Tls,
+    /// Outbound: the identity the endpoint proved.
+    pub server_id: Option<Arc<str>>,
+}
+
+/// Counts a client connection's requests; made per connection with `fallback`: the labels of
+/// a request the proxy answered itself.
+#[derive(Clone)]
+pub struct Meter<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    metrics: Metrics,
+    taps: Taps,
+    codec: &'static str,
+    fallback: Arc<Served>,
+}
+
+impl<S> Meter<S> {
+    pub fn new(
+        inner: S,
+        metrics: Metrics,
+        taps: Taps,
+        codec: &'static str,
+        fallback: Served,
+    ) -> Self {
+        Self {
+            inner,
+            shared: Arc::new(Shared {
+                metrics,
+                taps,
+                codec,
+                fallback: Arc::new(fallback),
+            }),
+        }
+    }
+}
+
+impl<S> tower::Service<Req> for Meter<S>
+where
+    S: tower::Service<Req, Response = Answer, Error = LocalError>,
+    S::Future: Send + 'static,
+{
+    type Response = Answer;
+    type Error = LocalError;
+    type Future = BoxFuture<'static, Result<Answer, LocalError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LocalError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let request = req.frame.clone();
+        let conn = req.conn.clone();
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            let result = call.await;
+            let served = match &result {
+                Ok(answer) => answer.info.clone(),
+                Err(_) => shared.fallback.clone(),
+            };
+            let method = method_label(shared.codec, request.method().unwrap_or("unknown"));
+            let labels = RequestLabels {
+                direction: served.direction,
+                // What the client asked for, wherever a route sent it.
+                authority: shared.fallback.authority.clone(),
+                target_addr: served.target_addr,
+                dst: served.dst.clone(),
+                tls: served.tls.clone(),
+                codec: Some(CodecLabels {
+                    codec: shared.codec,
+                    method: method.clone(),
+                }),
+            };
+            let (success, error) = match &result {
+                Ok(Answer { frame: Some(f), .. }) => (f.kind != Kind::Error, None),
+                Ok(Answer { frame: None, .. }) => (true, None),
+                Err(e) => (false, Some(e.label())),
+            };
+            let target = shared.metrics.target(served.direction, served.target_addr);
+            target.request_total(&labels).inc();
+            let elapsed = start.elapsed();
+            let expects = request.kind == Kind::Request;
+            if expects || error.is_some() {
+                let rsp = ResponseLabels {
+                    request: labels,
+                    classification: if success {
+                        Classification::Success
+                    } else {
+                        Classification::Failure
+                    },
+                    status_code: None,
+                    grpc_status: None,
+                    error,
+                };
+                let (total, latency) = target.response(&rsp);
+                total.inc();
+                latency.observe(elapsed.as_secs_f64() * 1e3);
+            }
+            if shared.taps.is_active() {
+                tap(
+                    &shared.taps,
+                    &shared.fallback.authority,
+                    &conn,
+                    &served,
+                    &request,
+                    start,
+                    &result,
+                    success,
+                );
+            }
+            result
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tap(
+    taps: &Taps,
+    authority: &str,
+    conn: &super::serve::Conn,
+    served: &Served,
+    request: &Frame,
+    start: Instant,
+    result: &Result<Answer, LocalError>,
+    success: bool,
+) {
+    let path = request.get("key").map(key_pattern).unwrap_or_default();
+    let fallback_authority = authority.to_string();
+    let headers = http::HeaderMap::new();
+    let meta = RequestMeta {
+        direction: served.direction,
+        method: request.method().unwrap_or("unknown"),
+        authority: &fallback_authority,
+        path: &path,
+        headers: &headers,
+        client: conn.client,
+        client_id: conn.client_id.as_ref(),
+        target: served.target_addr,
+        dst: served.dst.as_deref(),
+        server_id: served.server_id.as_ref(),
+        tls: matches!(served.tls, Tls::Established(_)),
+        route: None,
+    };
+    let Some(tapped) = taps.start(&conn.tap, start, &meta) else {
+        return;
+    };
+    let (status, bytes, failure) = match result {
+        Ok(Answer { frame, .. }) => (
+            if success { 200 } else { 500 },
+            frame.as_ref().map_or(0, |f| f.bytes.len() as u64),
+            None,
+        ),
+        Err(e) => (503, 0, Some(e.to_string())),
+    };
+    tapped.response_start(status);
+    tapped.response_end(None, bytes, success, failure.as_deref());
+}
+
+/// How tap and `top` show a key: up to its first `:`, then `*` (`user:42` → `user:*`); a key
+/// without one as it is, cut at 64 bytes.
+pub fn key_pattern(key: &str) -> String {
+    match key.find(':') {
+        Some(i) => format!("{}*", &key[..=i]),
+        None => {
+            let mut end = key.len().min(64);
+            while !key.is_char_boundary(end) {
+                end -= 1;
+            }
+            key[..end].to_owned()
+        }
+    }
+}
+
+/// The `method` label of `method` for `codec`, within [`MAX_METHODS`].
+pub fn method_label(codec: &'static str, method: &str) -> Arc<str> {
+    type Names = HashMap<&'static str, HashMap<Box<str>, Arc<str>>>;
+    static NAMES: OnceLock<Mutex<Names>> = OnceLock::new();
+    let mut names = lock(NAMES.get_or_init(Default::default));
+    let names = names.entry(codec).or_default();
+    if let Some(label) = names.get(method) {
+        return label.clone();
+    }
+    if names.len() >= MAX_METHODS {
+        return names
+            .entry("other".into())
+            .or_insert_with(|| Arc::from("other"))
+            .clone();
+    }
+    let label: Arc<str> = Arc::from(method);
+    names.insert(method.into(), label.clone());
+    label
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_show_their_prefix() {
+        assert_eq!(key_pattern("user:42"), "user:*");
+        assert_eq!(key_pattern("session:a:b"), "session:*");
+        assert_eq!(key_pattern("plain"), "plain");
+        assert_eq!(key_pattern(&"é".repeat(40)).len(), 64);
+    }
+
+    #[test]
+    fn method_labels_are_bounded() {
+        for i in 0..MAX_METHODS * 2 {
+            method_label("bounded-test", &format!("m{i}"));
+        }
+        assert_eq!(&*method_label("bounded-test", "m0"), "m0");
+        assert_eq!(&*method_label("bounded-test", "new"), "other");
+    }
+}

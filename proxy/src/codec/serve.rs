@@ -1,0 +1,290 @@
+//! A client connection of a codec: its requests decoded and handed to the request stack as
+//! they come (pipelined: many in flight), its responses written back in the order of the
+//! requests, and the local reply of a request the stack could not forward.
+//!
+//! Order across upstream connections: a request that pins the connection ([`Session`]) is
+//! sent only once every request before it is answered, and the ones after it wait until it is
+//! answered, so that the pinned connection sees the client's requests in order.
+
+use super::{Codec, Frame, LocalError, Protocol, Side};
+use crate::{
+    codec::upstream::Upstream,
+    svc::{lock, BoxError, BoxIo, ConnFuture, NewService},
+    tap::ConnTap,
+};
+use bytes::BytesMut;
+use futures_util::{stream::FuturesOrdered, FutureExt, StreamExt};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    sync::mpsc,
+};
+use tower::ServiceExt;
+
+use super::{meter::Served, Answer, Req, Session};
+
+/// How many requests of one client connection may be in flight before it is read no more.
+const MAX_IN_FLIGHT: usize = 1024;
+/// How many frames a pinned upstream may push before the client's connection is written.
+const PUSHES: usize = 256;
+const READ_CHUNK: usize = 16 * 1024;
+
+/// One client connection, as its requests see it.
+pub struct Conn {
+    pub client: SocketAddr,
+    pub orig_dst: SocketAddr,
+    /// The identity the client proved (inbound, mutual TLS).
+    pub client_id: Option<Arc<str>>,
+    pub tap: ConnTap,
+    pushes: mpsc::Sender<Frame>,
+    pinned: Mutex<Option<(Upstream, Arc<Served>)>>,
+    /// Every request goes on the connection the first one opened.
+    pin_first: bool,
+}
+
+impl Conn {
+    /// Where a pinned upstream sends the frames it does not match to a request.
+    pub fn pushes(&self) -> mpsc::Sender<Frame> {
+        self.pushes.clone()
+    }
+
+    pub fn pin(&self, upstream: Upstream, served: Arc<Served>) {
+        *lock(&self.pinned) = Some((upstream, served));
+    }
+
+    pub fn pinned(&self) -> Option<(Upstream, Arc<Served>)> {
+        lock(&self.pinned).clone()
+    }
+}
+
+/// What a client connection's stage needs of its target.
+pub struct ConnParams {
+    pub client: SocketAddr,
+    pub orig_dst: SocketAddr,
+    pub client_id: Option<Arc<str>>,
+    pub protocol: Arc<dyn Protocol>,
+    /// Inbound: every request on one application connection per client connection.
+    pub pin_first: bool,
+}
+
+/// Serves each client connection with the request stack `N` makes for its target.
+#[derive(Clone)]
+pub struct NewServe<N> {
+    inner: N,
+    taps: crate::tap::Taps,
+}
+
+impl<N> NewServe<N> {
+    pub fn layer(taps: crate::tap::Taps) -> impl tower::Layer<N, Service = Self> + Clone {
+        tower::layer::layer_fn(move |inner| Self {
+            inner,
+            taps: taps.clone(),
+        })
+    }
+}
+
+pub struct Serve<S> {
+    params: Option<ConnParams>,
+    svc: S,
+    taps: crate::tap::Taps,
+}
+
+impl<T, N> NewService<T> for NewServe<N>
+where
+    T: crate::svc::Param<ConnParams>,
+    N: NewService<T>,
+{
+    type Service = Serve<N::Service>;
+    fn new_service(&self, target: T) -> Self::Service {
+        Serve {
+            params: Some(target.param()),
+            svc: self.inner.new_service(target),
+            taps: self.taps.clone(),
+        }
+    }
+}
+
+impl<S> tower::Service<BoxIo> for Serve<S>
+where
+    S: tower::Service<Req, Response = Answer, Error = LocalError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = ();
+    type Error = BoxError;
+    type Future = ConnFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, io: BoxIo) -> ConnFuture {
+        let params = self
+            .params
+            .take()
+            .expect("a connection's service serves it once");
+        let svc = self.svc.clone();
+        let tap = self.taps.connection();
+        Box::pin(serve(io, params, tap, svc))
+    }
+}
+
+async fn serve<S>(mut io: BoxIo, params: ConnParams, tap: ConnTap, svc: S) -> Result<(), BoxError>
+where
+    S: tower::Service<Req, Response = Answer, Error = LocalError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let (pushes, mut pushed) = mpsc::channel(PUSHES);
+    let conn = Arc::new(Conn {
+        client: params.client,
+        orig_dst: params.orig_dst,
+        client_id: params.client_id,
+        tap,
+        pushes,
+        pinned: Mutex::new(None),
+        pin_first: params.pin_first,
+    });
+    let mut codec = params.protocol.codec(Side::Client);
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut in_flight = FuturesOrdered::new();
+    // A decoded request that waits for the ones before it.
+    let mut held: Option<Frame> = None;
+    // A request that pins the connection is in flight: the next ones wait for it.
+    let mut pinning = false;
+    let mut reading = true;
+    let mut first = true;
+    loop {
+        // Hand on what can go.
+        while in_flight.len() < MAX_IN_FLIGHT && (!pinning || in_flight.is_empty()) {
+            pinning = false;
+            let frame = match held.take() {
+                Some(frame) => frame,
+                None => match codec.decode(&mut rbuf) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(error) => {
+                        tracing::info!(client = %conn.client, %error, "closing the connection");
+                        flush(&mut io, &mut codec, &mut in_flight, &mut wbuf).await?;
+                        return Ok(());
+                    }
+                },
+            };
+            if !frame.is_request() {
+                tracing::debug!(kind = ?frame.kind, "a client sent a frame that is no request");
+                continue;
+            }
+            let pins = conn.pinned().is_none()
+                && (frame.session != Session::None || (conn.pin_first && first));
+            first = false;
+            if pins && !in_flight.is_empty() {
+                held = Some(frame);
+                pinning = true;
+                break;
+            }
+            let frame = Arc::new(frame);
+            let request = frame.clone();
+            let call = svc.clone().oneshot(Req {
+                frame,
+                conn: conn.clone(),
+            });
+            in_flight.push_back(call.map(move |result| (result, request)));
+            if pins {
+                pinning = true;
+                break;
+            }
+        }
+        if !reading && in_flight.is_empty() && held.is_none() {
+            break;
+        }
+        let pinned = conn.pinned().map(|(up, _)| up);
+        let can_read = reading && held.is_none() && in_flight.len() < MAX_IN_FLIGHT;
+        tokio::select! {
+            biased;
+            Some((result, request)) = in_flight.next(), if !in_flight.is_empty() => {
+                write_answer(&mut codec, &request, result, &mut wbuf);
+                // Whatever else is ready goes in the same write.
+                while let Some(Some((result, request))) = in_flight.next().now_or_never() {
+                    write_answer(&mut codec, &request, result, &mut wbuf);
+                }
+                io.write_all(&wbuf).await?;
+                wbuf.clear();
+            }
+            Some(frame) = pushed.recv() => {
+                codec.encode(&frame, &mut wbuf)?;
+                while let Ok(frame) = pushed.try_recv() {
+                    codec.encode(&frame, &mut wbuf)?;
+                }
+                io.write_all(&wbuf).await?;
+                wbuf.clear();
+            }
+            () = closed(pinned.clone()), if pinned.is_some() => {
+                // Its state is gone: write what is answered, then close.
+                while let Ok(frame) = pushed.try_recv() {
+                    codec.encode(&frame, &mut wbuf)?;
+                }
+                flush(&mut io, &mut codec, &mut in_flight, &mut wbuf).await?;
+                return Ok(());
+            }
+            read = io.read_buf(&mut rbuf), if can_read => {
+                if read? == 0 {
+                    reading = false;
+                }
+                rbuf.reserve(READ_CHUNK.saturating_sub(rbuf.capacity() - rbuf.len()));
+            }
+        }
+    }
+    let _ = io.shutdown().await;
+    Ok(())
+}
+
+async fn closed(upstream: Option<Upstream>) {
+    match upstream {
+        Some(up) => up.closed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes the answers of the requests in flight, then the buffer.
+async fn flush<F>(
+    io: &mut BoxIo,
+    codec: &mut Box<dyn Codec>,
+    in_flight: &mut FuturesOrdered<F>,
+    wbuf: &mut BytesMut,
+) -> Result<(), BoxError>
+where
+    F: std::future::Future<Output = (Result<Answer, LocalError>, Arc<Frame>)>,
+{
+    while let Some((result, request)) = in_flight.next().await {
+        write_answer(codec, &request, result, wbuf);
+    }
+    io.write_all(wbuf).await?;
+    wbuf.clear();
+    let _ = io.shutdown().await;
+    Ok(())
+}
+
+/// Appends the response to `request`, or its local reply.
+fn write_answer(
+    codec: &mut Box<dyn Codec>,
+    request: &Frame,
+    result: Result<Answer, LocalError>,
+    wbuf: &mut BytesMut,
+) {
+    let frame = match result {
+        Ok(Answer { frame: None, .. }) => return,
+        Ok(Answer {
+            frame: Some(frame), ..
+        }) => frame,
+        Err(error) => match codec.local_reply(request, &error) {
+            Some(frame) => frame,
+            None => return,
+        },
+    };
+    if let Err(error) = codec.encode(&frame, wbuf) {
+        tracing::warn!(%error, "a response could not be written");
+    }
+}

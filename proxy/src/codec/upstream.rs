@@ -1,0 +1,418 @@
+//! A codec's upstream connections: requests written as they come (many clients' requests
+//! pipelined on one connection), responses matched back by id (a protocol whose frames carry
+//! one: the connection numbers its requests itself and gives each response back its client's
+//! id) or by order; and the layers that choose a request's connection: an endpoint's one shared
+//! connection, or the client connection's own once a request pinned it ([`Session`]).
+//!
+//! A connection that fails answers every request waiting on it with
+//! [`LocalError::Unavailable`]; the endpoint opens a new one for the next request. A client
+//! connection whose pinned upstream closes is closed after its answers are written: the state
+//! it had (a transaction, a subscription) is gone, and the client must know.
+
+use super::{Answer, Codec, Frame, Kind, LocalError, Protocol, Req, Session, Side};
+use crate::{
+    http::client::NewClient,
+    identity::Alpn,
+    svc::{lock, NewService},
+};
+use bytes::BytesMut;
+use futures_util::future::BoxFuture;
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    sync::{mpsc, oneshot, watch},
+};
+
+/// What a request waits for: the response (`None` for a request that expects none).
+pub type Reply = Result<Option<Frame>, LocalError>;
+
+/// How many requests may wait to be written on one connection before senders wait.
+const QUEUE: usize = 1024;
+/// How many queued requests are written with one write.
+const BATCH: usize = 128;
+/// The read buffer's growth step.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// One upstream connection; clones share it.
+#[derive(Clone)]
+pub struct Upstream {
+    tx: mpsc::Sender<Outgoing>,
+    closed: watch::Receiver<bool>,
+}
+
+struct Outgoing {
+    frame: Arc<Frame>,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// A request written and not yet answered.
+enum Waiting {
+    Reply {
+        reply: oneshot::Sender<Reply>,
+        /// The client's id, given back to the response.
+        id: Option<u32>,
+    },
+    /// A request after which the server sends frames of its own: from its response on,
+    /// every frame goes to the client connection as it comes.
+    Stream,
+}
+
+#[derive(Default)]
+struct Pending {
+    fifo: VecDeque<Waiting>,
+    by_id: HashMap<u32, Waiting>,
+    next_id: u32,
+    /// The connection failed: why (new requests are answered at once).
+    failed: Option<String>,
+}
+
+impl Pending {
+    fn fail(&mut self, why: &str) {
+        self.failed.get_or_insert_with(|| why.to_owned());
+        let fifo = self.fifo.drain(..);
+        let by_id = self.by_id.drain().map(|(_, w)| w);
+        for waiting in fifo.chain(by_id) {
+            if let Waiting::Reply { reply, .. } = waiting {
+                let _ = reply.send(Err(LocalError::Unavailable(why.to_owned())));
+            }
+        }
+    }
+}
+
+impl Upstream {
+    /// Serves `io` (a connection to a server of `protocol`) on two tasks; frames the server
+    /// sends on its own, and every frame once a request asked for a stream, go to `pushes`
+    /// (dropped without one).
+    pub fn spawn<I>(io: I, protocol: &dyn Protocol, pushes: Option<mpsc::Sender<Frame>>) -> Self
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (closed_tx, closed) = watch::channel(false);
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let (read, write) = tokio::io::split(io);
+        let writer = protocol.codec(Side::Server);
+        let reader = protocol.codec(Side::Server);
+        let name = protocol.name();
+        let p = pending.clone();
+        let write_task = tokio::spawn(async move {
+            let why = write_loop(write, writer, rx, &p).await;
+            lock(&p).fail(&why);
+        });
+        tokio::spawn(async move {
+            let why = read_loop(read, reader, &pending, pushes).await;
+            tracing::debug!(codec = name, %why, "upstream connection closed");
+            lock(&pending).fail(&why);
+            write_task.abort();
+            let _ = closed_tx.send(true);
+        });
+        Self { tx, closed }
+    }
+
+    /// Sends `frame` and waits for its response.
+    pub async fn send(&self, frame: Arc<Frame>) -> Reply {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Outgoing { frame, reply }).await.is_err() {
+            return Err(LocalError::Unavailable("connection closed".into()));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(LocalError::Unavailable("connection closed".into())))
+    }
+
+    pub fn is_closed(&self) -> bool {
+        *self.closed.borrow() || self.tx.is_closed()
+    }
+
+    /// Resolves once the connection has closed.
+    pub async fn closed(&self) {
+        let mut closed = self.closed.clone();
+        let _ = closed.wait_for(|c| *c).await;
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut io: W,
+    mut codec: Box<dyn Codec>,
+    mut rx: mpsc::Receiver<Outgoing>,
+    pending: &Mutex<Pending>,
+) -> String {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        if rx.recv_many(&mut batch, BATCH).await == 0 {
+            let _ = io.shutdown().await;
+            return "no more requests".into();
+        }
+        {
+            let mut p = lock(pending);
+            for Outgoing { frame, reply } in batch.drain(..) {
+                if let Some(why) = &p.failed {
+                    let _ = reply.send(Err(LocalError::Unavailable(why.clone())));
+                    continue;
+                }
+                let written = match (frame.id, frame.kind) {
+                    (_, Kind::OneWay) => {
+                        let written = codec.encode(&frame, &mut buf);
+                        let _ = reply.send(Ok(None));
+                        written
+                    }
+                    (Some(id), _) => {
+                        // Number the request on this connection; the response gets `id` back.
+                        let mut own = (*frame).clone();
+                        let mut next = p.next_id;
+                        while p.by_id.contains_key(&next) {
+                            next = next.wrapping_add(1);
+                        }
+                        p.next_id = next.wrapping_add(1);
+                        own.id = Some(next);
+                        p.by_id.insert(
+                            next,
+                            Waiting::Reply {
+                                reply,
+                                id: Some(id),
+                            },
+                        );
+                        codec.encode(&own, &mut buf)
+                    }
+                    (None, _) if frame.session == Session::Stream => {
+                        p.fifo.push_back(Waiting::Stream);
+                        let _ = reply.send(Ok(None));
+                        codec.encode(&frame, &mut buf)
+                    }
+                    (None, _) => {
+                        p.fifo.push_back(Waiting::Reply { reply, id: None });
+                        codec.encode(&frame, &mut buf)
+                    }
+                };
+                if let Err(e) = written {
+                    return format!("encoding a request: {e}");
+                }
+            }
+        }
+        if let Err(e) = io.write_all(&buf).await {
+            return format!("writing: {e}");
+        }
+        buf.clear();
+    }
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut io: R,
+    mut codec: Box<dyn Codec>,
+    pending: &Mutex<Pending>,
+    pushes: Option<mpsc::Sender<Frame>>,
+) -> String {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut streaming = false;
+    loop {
+        loop {
+            let frame = match codec.decode(&mut buf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => return e.to_string(),
+            };
+            let to_client = if streaming {
+                Some(frame)
+            } else {
+                match deliver(pending, frame) {
+                    Delivered::Done => None,
+                    Delivered::Stream(frame) => {
+                        streaming = true;
+                        Some(frame)
+                    }
+                    Delivered::Unsolicited(frame) => Some(frame),
+                }
+            };
+            if let (Some(frame), Some(pushes)) = (to_client, &pushes) {
+                if pushes.send(frame).await.is_err() {
+                    return "the client connection closed".into();
+                }
+            }
+        }
+        buf.reserve(READ_CHUNK);
+        match io.read_buf(&mut buf).await {
+            Ok(0) => return "closed by the server".into(),
+            Ok(_) => {}
+            Err(e) => return format!("reading: {e}"),
+        }
+    }
+}
+
+enum Delivered {
+    Done,
+    /// The response of a streaming request: it and every later frame go to the client.
+    Stream(Frame),
+    /// A frame no request waits for.
+    Unsolicited(Frame),
+}
+
+fn deliver(pending: &Mutex<Pending>, mut frame: Frame) -> Delivered {
+    let mut p = lock(pending);
+    if frame.kind == Kind::Push || frame.kind == Kind::Heartbeat {
+        return Delivered::Unsolicited(frame);
+    }
+    let waiting = match frame.id {
+        Some(id) => p.by_id.remove(&id),
+        None => p.fifo.pop_front(),
+    };
+    drop(p);
+    match waiting {
+        Some(Waiting::Reply { reply, id }) => {
+            if id.is_some() {
+                frame.id = id;
+            }
+            // The requester may have gone (a timeout): the response is dropped.
+            let _ = reply.send(Ok(Some(frame)));
+            Delivered::Done
+        }
+        Some(Waiting::Stream) => Delivered::Stream(frame),
+        None => Delivered::Unsolicited(frame),
+    }
+}
+
+// === choosing a request's connection ===
+
+/// Where an endpoint's upstream connections go, and how they are opened.
+#[derive(Clone)]
+pub struct EndpointTarget {
+    pub addr: SocketAddr,
+    /// The identity its proxy must prove (mutual TLS), when meshed.
+    pub server_id: Option<Arc<str>>,
+    /// What the answers say about where they came from (metrics, tap).
+    pub info: Arc<super::meter::Served>,
+    pub protocol: Arc<dyn Protocol>,
+    /// Every client connection gets its own upstream connection (inbound: one application
+    /// connection per peer connection), instead of sharing the endpoint's.
+    pub per_client: bool,
+}
+
+/// Makes each endpoint's client.
+#[derive(Clone)]
+pub struct NewEndpoint {
+    client: NewClient,
+}
+
+impl NewEndpoint {
+    pub fn new(client: NewClient) -> Self {
+        Self { client }
+    }
+}
+
+/// Sends requests to one endpoint: on its shared connection (opened by the first request
+/// that needs it, again after it fails), or on a connection of the client's own when the
+/// request pins one.
+#[derive(Clone)]
+pub struct Endpoint {
+    target: EndpointTarget,
+    client: NewClient,
+    shared: Arc<tokio::sync::Mutex<Option<Upstream>>>,
+}
+
+impl<T: Into<EndpointTarget>> NewService<T> for NewEndpoint {
+    type Service = Endpoint;
+    fn new_service(&self, target: T) -> Endpoint {
+        Endpoint {
+            target: target.into(),
+            client: self.client.clone(),
+            shared: Default::default(),
+        }
+    }
+}
+
+impl Endpoint {
+    /// Opens a connection to the endpoint (mutual TLS to a meshed one) and serves it.
+    async fn open(&self, pushes: Option<mpsc::Sender<Frame>>) -> Result<Upstream, LocalError> {
+        let t = &self.target;
+        let failed = |e| LocalError::Unavailable(format!("connecting to {}: {e}", t.addr));
+        let protocol = &*t.protocol;
+        Ok(match &t.server_id {
+            Some(id) => {
+                let io = self.client.connect_tls(t.addr, id, Alpn::None).await;
+                Upstream::spawn(io.map_err(failed)?, protocol, pushes)
+            }
+            None => {
+                let io = self.client.connect(t.addr).await.map_err(failed)?;
+                Upstream::spawn(io, protocol, pushes)
+            }
+        })
+    }
+
+    async fn shared(&self) -> Result<Upstream, LocalError> {
+        let mut shared = self.shared.lock().await;
+        if let Some(up) = shared.as_ref().filter(|up| !up.is_closed()) {
+            return Ok(up.clone());
+        }
+        let up = self.open(None).await?;
+        *shared = Some(up.clone());
+        Ok(up)
+    }
+}
+
+impl tower::Service<Req> for Endpoint {
+    type Response = Answer;
+    type Error = LocalError;
+    type Future = BoxFuture<'static, Result<Answer, LocalError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), LocalError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let info = this.target.info.clone();
+            let pin = this.target.per_client || req.frame.session != Session::None;
+            let up = if pin {
+                let up = this.open(Some(req.conn.pushes())).await?;
+                req.conn.pin(up.clone(), info.clone());
+                up
+            } else {
+                this.shared().await?
+            };
+            let frame = up.send(req.frame).await?;
+            Ok(Answer { frame, info })
+        })
+    }
+}
+
+/// Sends the requests of a pinned client connection on its own upstream connection, and the
+/// others down the stack.
+#[derive(Clone)]
+pub struct Pinned<S> {
+    inner: S,
+}
+
+impl<S> Pinned<S> {
+    pub fn layer() -> impl tower::Layer<S, Service = Self> + Clone {
+        tower::layer::layer_fn(|inner| Self { inner })
+    }
+}
+
+impl<S> tower::Service<Req> for Pinned<S>
+where
+    S: tower::Service<Req, Response = Answer, Error = LocalError>,
+    S::Future: Send + 'static,
+{
+    type Response = Answer;
+    type Error = LocalError;
+    type Future = BoxFuture<'static, Result<Answer, LocalError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LocalError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        match req.conn.pinned() {
+            Some((up, info)) => Box::pin(async move {
+                let frame = up.send(req.frame).await?;
+                Ok(Answer { frame, info })
+            }),
+            None => Box::pin(self.inner.call(req)),
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The codec stage of the outbound stack: a connection no built-in protocol claimed goes here
+//! first; when its original destination's outbound policy names a codec (the Service port's
+//! `appProtocol: mesh.io/redis`), its requests are decoded and each is metered, routed by the
+//! Service's MetaRoutes, balanced over the backend's endpoints and sent on the endpoint's
+//! shared connection (mutual TLS to a meshed endpoint), or on the client's own once it pinned
+//! one. Otherwise (no codec, no controller, or no answer within the failfast timeout) the
+//! connection is forwarded as opaque TCP.
+//!
+//! | stage | target | layers, outer to inner |
+//! |---|---|---|
+//! | connection | [`OutboundConn`] | the destination's codec, from its policy → serve: decode, answer in order (`codec::serve`) |
+//! | request | the connection | metrics and tap (`codec::meter`) → the pinned connection, if any (`codec::upstream::Pinned`) → MetaRoute: mutations, timeout, weighted backend (`codec::route`) |
+//! | backend | [`Logical`] (shared, idle-evicted) | discovery → P2C peak-EWMA (`outbound::backend`) |
+//! | endpoint | [`Endpoint`] | the endpoint's shared connection, or a new one the request pins (`codec::upstream::Endpoint`) |
+
+use super::{backend::NewBackend, Endpoint, Logical, LogicalAddr, Names, OutboundConn, Policies};
+use crate::{
+    balance::BalanceConfig,
+    codec::{
+        self,
+        meter::{Meter, Served},
+        route::Router,
+        serve::{ConnParams, NewServe},
+        upstream::{EndpointTarget, NewEndpoint, Pinned},
+        Protocol,
+    },
+    discover::Resolver,
+    http::client::NewClient,
+    metrics::{Direction, Metrics, Tls},
+    svc::{BoxError, BoxIo, Cache, ConnFuture, NewFn, NewService, Param},
+    tap::Taps,
+};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+use tower::{Layer, ServiceExt};
+
+/// Makes a codec's endpoint stacks from the balancer's endpoints.
+#[derive(Clone)]
+struct NewCodecEndpoint {
+    new: NewEndpoint,
+    protocol: Arc<dyn Protocol>,
+}
+
+impl NewService<Endpoint> for NewCodecEndpoint {
+    type Service = codec::upstream::Endpoint;
+    fn new_service(&self, ep: Endpoint) -> Self::Service {
+        self.new.new_service(endpoint(ep, &self.protocol))
+    }
+}
+type CodecBackend = super::backend::Backend<NewCodecEndpoint, codec::upstream::Endpoint>;
+
+/// One codec's backends, shared by every connection.
+struct PerCodec {
+    protocol: Arc<dyn Protocol>,
+    new_backend: NewBackend<NewCodecEndpoint>,
+    backends: Arc<Cache<LogicalAddr, CodecBackend>>,
+}
+
+/// Sends each connection to its destination's codec, or to `O` (opaque forwarding).
+#[derive(Clone)]
+pub struct NewCodecSwitch<O> {
+    shared: Arc<Shared>,
+    opaque: O,
+}
+
+struct Shared {
+    policies: Option<Arc<Policies>>,
+    names: Option<Names>,
+    failfast: Duration,
+    no_tls: &'static str,
+    codecs: HashMap<&'static str, PerCodec>,
+    metrics: Metrics,
+    taps: Taps,
+}
+
+/// What the codec stage is built from.
+pub struct CodecConfig {
+    pub policies: Option<Arc<Policies>>,
+    pub names: Option<Names>,
+    pub resolver: Option<Arc<Resolver>>,
+    pub client: NewClient,
+    pub balance: BalanceConfig,
+    pub failfast: Duration,
+    pub identity: bool,
+    pub no_tls: &'static str,
+    pub idle: Duration,
+    pub metrics: Metrics,
+    pub taps: Taps,
+}
+
+impl<O> NewCodecSwitch<O> {
+    pub fn layer(config: CodecConfig) -> impl tower::Layer<O, Service = Self> + Clone {
+        let new_endpoint = NewEndpoint::new(config.client.clone());
+        let codecs = codec::NAMES
+            .iter()
+            .filter_map(|name| codec::by_name(name))
+            .map(|protocol| {
+                let make = NewCodecEndpoint {
+                    new: new_endpoint.clone(),
+                    protocol: protocol.clone(),
+                };
+                let new_backend = NewBackend::new(
+                    config.resolver.clone(),
+                    make,
+                    config.balance.clone(),
+                    config.failfast,
+                    config.identity,
+                    config.idle,
+                );
+                let per = PerCodec {
+                    protocol: protocol.clone(),
+                    new_backend,
+                    backends: Cache::new(config.idle),
+                };
+                (protocol.name(), per)
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            policies: config.policies,
+            names: config.names,
+            failfast: config.failfast,
+            no_tls: config.no_tls,
+            codecs,
+            metrics: config.metrics,
+            taps: config.taps,
+        });
+        tower::layer::layer_fn(move |opaque| Self {
+            shared: shared.clone(),
+            opaque,
+        })
+    }
+}
+
+/// The target of a codec's endpoint.
+fn endpoint(ep: Endpoint, protocol: &Arc<dyn Protocol>) -> EndpointTarget {
+    let tls = match &ep.server_id {
+        Some(id) => Tls::Established(id.clone()),
+        None => Tls::NoIdentity(ep.no_tls),
+    };
+    EndpointTarget {
+        addr: ep.addr,
+        server_id: ep.server_id.clone(),
+        info: Arc::new(Served {
+            direction: Direction::Outbound,
+            authority: Arc::from(""),
+            target_addr: ep.addr,
+            dst: ep.dst.clone(),
+            tls,
+            server_id: ep.server_id.clone(),
+        }),
+        protocol: protocol.clone(),
+        per_client: false,
+    }
+}
+
+pub struct CodecSwitch<O> {
+    conn: Option<OutboundConn>,
+    shared: Arc<Shared>,
+    opaque: O,
+}
+
+impl<O: Clone> NewService<OutboundConn> for NewCodecSwitch<O> {
+    type Service = CodecSwitch<O>;
+    fn new_service(&self, conn: OutboundConn) -> Self::Service {
+        CodecSwitch {
+            conn: Some(conn),
+            shared: self.shared.clone(),
+            opaque: self.opaque.clone(),
+        }
+    }
+}
+
+impl<O, S> tower::Service<BoxIo> for CodecSwitch<O>
+where
+    O: NewService<OutboundConn, Service = S> + Send + 'static,
+    S: tower::Service<BoxIo, Response = (), Error = BoxError, Future = ConnFuture> + Send + 'static,
+{
+    type Response = ();
+    type Error = BoxError;
+    type Future = ConnFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, io: BoxIo) -> ConnFuture {
+        let conn = self
+            .conn
+            .take()
+            .expect("a connection's service serves it once");
+        let shared = self.shared.clone();
+        let opaque = self.opaque.new_service(conn.clone());
+        Box::pin(async move {
+            match shared.codec_of(&conn).await {
+                Some(serve) => serve.oneshot(io).await,
+                None => opaque.oneshot(io).await,
+            }
+        })
+    }
+}
+
+/// A codec connection's request stack.
+type Requests = Meter<Pinned<Router<NewBackend<NewCodecEndpoint>>>>;
+
+/// A codec connection's target.
+struct CodecConn {
+    conn: OutboundConn,
+    protocol: Arc<dyn Protocol>,
+}
+
+impl Param<ConnParams> for CodecConn {
+    fn param(&self) -> ConnParams {
+        ConnParams {
+            client: self.conn.client,
+            orig_dst: self.conn.orig_dst,
+            client_id: None,
+            protocol: self.protocol.clone(),
+            pin_first: false,
+        }
+    }
+}
+
+impl Shared {
+    /// The codec stack for `conn`, when its destination has a codec.
+    async fn codec_of(
+        self: &Arc<Self>,
+        conn: &OutboundConn,
+    ) -> Option<codec::serve::Serve<Requests>> {
+        let policies = self.policies.as_ref()?;
+        let watch = policies.watch(&conn.orig_dst.to_string());
+        let compiled = {
+            let mut policy = watch.subscribe();
+            let known = tokio::time::timeout(self.failfast, policy.wait_for(Option::is_some));
+            let compiled = match known.await {
+                Ok(Ok(compiled)) => compiled.clone(),
+                _ => None,
+            };
+            compiled?
+        };
+        let name = compiled.policy.codec.as_deref()?;
+        let Some(per) = self.codecs.get(name) else {
+            tracing::info!(codec = name, dst = %conn.orig_dst, "unknown codec: forwarded as opaque TCP");
+            return None;
+        };
+        let logical = match (&compiled.policy.parent, &self.names) {
+            (Some(p), Some(names)) => LogicalAddr::Name(
+                format!(
+                    "{}.{}.svc.{}:{}",
+                    p.name, p.namespace, names.cluster_domain, p.port
+                )
+                .into(),
+            ),
+            _ => LogicalAddr::Addr(conn.orig_dst),
+        };
+        let fallback = Served {
+            direction: Direction::Outbound,
+            authority: self.metrics.authority_label(&logical.to_string()),
+            target_addr: conn.orig_dst,
+            dst: None,
+            tls: Tls::NoIdentity(self.no_tls),
+            server_id: None,
+        };
+        let router = Router::new(
+            watch,
+            Logical {
+                addr: logical,
+                no_tls: self.no_tls,
+            },
+            per.new_backend.clone(),
+            per.backends.clone(),
+        );
+        let requests = Meter::new(
+            Pinned::layer().layer(router),
+            self.metrics.clone(),
+            self.taps.clone(),
+            per.protocol.name(),
+            fallback,
+        );
+        let target = CodecConn {
+            conn: conn.clone(),
+            protocol: per.protocol.clone(),
+        };
+        let serve =
+            NewServe::layer(self.taps.clone()).layer(NewFn(move |_: CodecConn| requests.clone()));
+        Some(serve.new_service(target))
+    }
+}
