@@ -286,3 +286,84 @@ pub fn by_name(name: &str) -> Option<Arc<dyn Protocol>> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+#[rustfmt::skip]
+mod tests {
+    //! The README's codec, as it is printed there: if it stops compiling, the README is wrong.
+
+    use super::{Codec, CodecError, Frame, Kind, LocalError, Metadata, Protocol, Session, Side};
+    use bytes::{Buf, BytesMut};
+
+    struct Lines;
+
+    impl Protocol for Lines {
+        fn name(&self) -> &'static str {
+            "lines"
+        }
+        fn codec(&self, side: Side) -> Box<dyn Codec> {
+            Box::new(LineCodec { side })
+        }
+    }
+
+    struct LineCodec {
+        side: Side,
+    }
+
+    impl Codec for LineCodec {
+        fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+            let Some(end) = buf.iter().position(|b| *b == b'\n') else {
+                return match buf.len() > 1024 {
+                    true => Err(CodecError::malformed("lines", "a line over 1 KiB")),
+                    false => Ok(None),
+                };
+            };
+            let bytes = buf.split_to(end + 1).freeze();
+            let text = String::from_utf8_lossy(&bytes[..end]).into_owned();
+            let mut words = text.split_whitespace().map(str::to_owned);
+            let (kind, metadata) = match self.side {
+                Side::Client => {
+                    let command = words.next().unwrap_or_default().to_uppercase();
+                    let mut meta = vec![("command".into(), command)];
+                    meta.extend(words.next().map(|key| ("key".into(), key)));
+                    (Kind::Request, meta)
+                }
+                Side::Server if text.starts_with("ERR") => (Kind::Error, vec![]),
+                Side::Server => (Kind::Response, vec![]),
+            };
+            let metadata = Metadata::decoded(metadata);
+            Ok(Some(Frame { kind, id: None, metadata, session: Session::None, bytes }))
+        }
+
+        fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+            dst.extend_from_slice(frame.bytes.chunk());
+            Ok(())
+        }
+
+        fn local_reply(&self, _: &Frame, error: &LocalError) -> Option<Frame> {
+            let bytes = format!("ERR mesh: {error}\n").into_bytes().into();
+            let metadata = Metadata::default();
+            Some(Frame { kind: Kind::Error, id: None, metadata, session: Session::None, bytes })
+        }
+    }
+
+    #[test]
+    fn a_line_protocol_in_fifty_lines() {
+        let mut client = Lines.codec(Side::Client);
+        let mut buf = BytesMut::from(&b"get user:1\nPING\npartial"[..]);
+        let get = client.decode(&mut buf).unwrap().unwrap();
+        assert_eq!((get.method(), get.get("key")), (Some("GET"), Some("user:1")));
+        let ping = client.decode(&mut buf).unwrap().unwrap();
+        assert_eq!((ping.method(), ping.get("key")), (Some("PING"), None));
+        assert!(client.decode(&mut buf).unwrap().is_none());
+        let reply = client.local_reply(&get, &LocalError::Timeout).unwrap();
+        let mut out = BytesMut::new();
+        client.encode(&reply, &mut out).unwrap();
+        assert_eq!(&out[..], b"ERR mesh: timed out\n");
+        let mut server = Lines.codec(Side::Server);
+        let mut buf = BytesMut::from(&b"ERR nope\n"[..]);
+        assert_eq!(server.decode(&mut buf).unwrap().unwrap().kind, Kind::Error);
+        let mut long = BytesMut::from(&[b'x'; 2000][..]);
+        assert!(client.decode(&mut long).is_err());
+    }
+}
