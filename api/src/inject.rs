@@ -22,6 +22,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+/// The codec ports' parser lives in `mesh_api::codec_ports` (the proxy reads the same variable
+/// without this feature); the injector's names for it.
+pub use crate::codec_ports::{parse_codec_ports, CodecPorts, CODECS};
 use crate::defaults::{self, ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_UID};
 use crate::duration::parse_duration;
 use crate::inbound::{self, DefaultPolicy};
@@ -449,6 +452,8 @@ struct Settings {
     shutdown_delay: String,
     default_inbound_policy: DefaultPolicy,
     opaque_ports: Option<String>,
+    /// `config.mesh.io/codec-ports`, normalized (`6379=redis,9090-9091=thrift`).
+    codec_ports: Option<String>,
     skip_inbound: Option<String>,
     skip_outbound: Option<String>,
     require_identity: Option<String>,
@@ -528,12 +533,31 @@ impl Settings {
                 }
             })?,
         };
+        let codec_ports = match get(CODEC_PORTS_ANNOTATION) {
+            None => None,
+            Some(v) => match parse_codec_ports(&v) {
+                Ok(entries) if entries.is_empty() => None,
+                Ok(entries) => Some(crate::codec_ports::format_codec_ports(&entries)),
+                Err(e) => {
+                    let reason = format!(
+                        "is not a list of PORT=CODEC entries (e.g. {}): {e}",
+                        "6379=redis,9090-9091=thrift"
+                    );
+                    return Err(InjectError::Annotation {
+                        name: CODEC_PORTS_ANNOTATION,
+                        value: v,
+                        reason,
+                    });
+                }
+            },
+        };
         Ok(Self {
             native,
             log_level,
             shutdown_delay,
             default_inbound_policy,
             opaque_ports: ports(OPAQUE_PORTS_ANNOTATION)?,
+            codec_ports,
             skip_inbound: ports(SKIP_INBOUND_PORTS_ANNOTATION)?,
             skip_outbound: ports(SKIP_OUTBOUND_PORTS_ANNOTATION)?,
             require_identity: ports(REQUIRE_IDENTITY_PORTS_ANNOTATION)?,
@@ -695,6 +719,9 @@ fn proxy_container(config: &ProxyConfig, settings: &Settings) -> Container {
     if let Some(ports) = &settings.opaque_ports {
         vars.push(env("MESH_PROXY_INBOUND_OPAQUE_PORTS", ports.clone()));
         vars.push(env("MESH_PROXY_OUTBOUND_OPAQUE_PORTS", ports.clone()));
+    }
+    if let Some(ports) = &settings.codec_ports {
+        vars.push(env("MESH_PROXY_INBOUND_CODEC_PORTS", ports.clone()));
     }
     if let Some(ports) = &settings.require_identity {
         vars.push(env(
@@ -975,6 +1002,7 @@ mod tests {
     fn annotations_configure_the_proxy_and_mesh_init() {
         let mut v = pod(json!({
             OPAQUE_PORTS_ANNOTATION: "3306, 6379",
+            CODEC_PORTS_ANNOTATION: " 6379=redis , 9090-9091=thrift,",
             SKIP_INBOUND_PORTS_ANNOTATION: "22",
             REQUIRE_IDENTITY_PORTS_ANNOTATION: "8080",
         }));
@@ -989,6 +1017,10 @@ mod tests {
         let env = env_of(&v, "initContainers");
         assert_eq!(env["MESH_PROXY_INBOUND_OPAQUE_PORTS"], "3306,6379");
         assert_eq!(env["MESH_PROXY_OUTBOUND_OPAQUE_PORTS"], "3306,6379");
+        assert_eq!(
+            env["MESH_PROXY_INBOUND_CODEC_PORTS"], "6379=redis,9090-9091=thrift",
+            "normalized"
+        );
         assert_eq!(env["MESH_PROXY_INBOUND_REQUIRE_IDENTITY_PORTS"], "8080");
         assert_eq!(env["MESH_PROXY_LOG"], "debug");
         assert_eq!(env["MESH_PROXY_SHUTDOWN_DELAY"], DEFAULT_SHUTDOWN_DELAY);
@@ -1010,6 +1042,8 @@ mod tests {
     fn bad_annotations_are_errors_naming_them() {
         for (name, value) in [
             (OPAQUE_PORTS_ANNOTATION, "mysql"),
+            (CODEC_PORTS_ANNOTATION, "6379=memcached"),
+            (CODEC_PORTS_ANNOTATION, "redis"),
             (SKIP_INBOUND_PORTS_ANNOTATION, "0"),
             (SKIP_OUTBOUND_PORTS_ANNOTATION, "9000-8000"),
             (NATIVE_SIDECAR_ANNOTATION, "maybe"),
@@ -1176,6 +1210,57 @@ mod tests {
         }
     }
 
+    /// `config.mesh.io/codec-ports`: the pod's, else its namespace's, normalized for the
+    /// proxy; none: no variable; an invalid one is an error naming the annotation and the entry.
+    #[test]
+    fn codec_ports_come_from_the_pod_or_its_namespace() {
+        let check = |own: Option<&str>, namespace: Option<&str>, expected: Option<&str>| {
+            let annotations = match own {
+                Some(v) => json!({CODEC_PORTS_ANNOTATION: v}),
+                None => json!({}),
+            };
+            let inherited: BTreeMap<String, String> = namespace
+                .map(|v| (CODEC_PORTS_ANNOTATION.to_string(), v.to_string()))
+                .into_iter()
+                .collect();
+            let mut v = pod(annotations);
+            let got = match inject(&mut v, &inherited, &config()) {
+                Ok(_) => env_of(&v, "initContainers")
+                    .get("MESH_PROXY_INBOUND_CODEC_PORTS")
+                    .cloned(),
+                Err(e) => Some(format!("error: {e}")),
+            };
+            assert_eq!(
+                got.as_deref(),
+                expected,
+                "pod {own:?}, namespace {namespace:?}"
+            );
+        };
+        check(None, None, None);
+        check(Some(""), None, None);
+        check(Some("6379=redis"), None, Some("6379=redis"));
+        check(None, Some("9090-9091 = thrift"), Some("9090-9091=thrift"));
+        check(Some("6380=redis"), Some("6379=redis"), Some("6380=redis"));
+        check(
+            Some("6379=redis,6380=memcached"),
+            None,
+            Some(
+                "error: annotation config.mesh.io/codec-ports: \"6379=redis,6380=memcached\" is \
+                 not a list of PORT=CODEC entries (e.g. 6379=redis,9090-9091=thrift): \
+                 \"6380=memcached\": unknown codec \"memcached\" (known: redis, thrift)",
+            ),
+        );
+        check(
+            None,
+            Some("6379"),
+            Some(
+                "error: annotation config.mesh.io/codec-ports: \"6379\" is not a list of \
+                 PORT=CODEC entries (e.g. 6379=redis,9090-9091=thrift): \"6379\": expected \
+                 PORT=CODEC (6379=redis)",
+            ),
+        );
+    }
+
     #[test]
     fn the_shutdown_delay_is_an_annotation_checked_as_a_duration() {
         let mut v = pod(json!({PROXY_SHUTDOWN_DELAY_ANNOTATION: "0s"}));
@@ -1187,97 +1272,5 @@ mod tests {
         let mut bad = pod(json!({PROXY_SHUTDOWN_DELAY_ANNOTATION: "five"}));
         let e = inject(&mut bad, &BTreeMap::new(), &config()).unwrap_err();
         assert!(e.to_string().contains("is not a duration"), "{e}");
-    }
-}
-
-/// One entry of `config.mesh.io/codec-ports` / `MESH_PROXY_INBOUND_CODEC_PORTS`: a port or an
-/// inclusive range, and the codec its connections carry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CodecPorts {
-    pub first: u16,
-    pub last: u16,
-    pub codec: String,
-}
-
-/// The codecs the proxy has.
-pub const CODECS: [&str; 2] = ["redis", "thrift"];
-
-/// Parses `PORT=CODEC` entries separated by commas (`6379=redis, 9090-9091=thrift`); a codec
-/// must be one of [`CODECS`], a port 1–65535, a range ascending. An empty string is no ports.
-pub fn parse_codec_ports(value: &str) -> Result<Vec<CodecPorts>, String> {
-    let mut out = Vec::new();
-    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let (ports, codec) = entry
-            .split_once('=')
-            .ok_or_else(|| format!("{entry:?}: expected PORT=CODEC (6379=redis)"))?;
-        let codec = codec.trim();
-        if !CODECS.contains(&codec) {
-            return Err(format!(
-                "{entry:?}: unknown codec {codec:?} (known: {})",
-                CODECS.join(", ")
-            ));
-        }
-        let port = |p: &str| -> Result<u16, String> {
-            match p.trim().parse::<u16>() {
-                Ok(0) | Err(_) => Err(format!("{entry:?}: {:?} is not a port (1-65535)", p.trim())),
-                Ok(p) => Ok(p),
-            }
-        };
-        let (first, last) = match ports.split_once('-') {
-            Some((a, b)) => (port(a)?, port(b)?),
-            None => {
-                let p = port(ports)?;
-                (p, p)
-            }
-        };
-        if first > last {
-            return Err(format!("{entry:?}: the range is descending"));
-        }
-        out.push(CodecPorts {
-            first,
-            last,
-            codec: codec.to_owned(),
-        });
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod codec_ports_tests {
-    use super::*;
-
-    #[test]
-    fn parses_ports_and_ranges() {
-        let got = parse_codec_ports(" 6379=redis, 9090-9091=thrift,").unwrap();
-        assert_eq!(
-            got,
-            vec![
-                CodecPorts {
-                    first: 6379,
-                    last: 6379,
-                    codec: "redis".into()
-                },
-                CodecPorts {
-                    first: 9090,
-                    last: 9091,
-                    codec: "thrift".into()
-                },
-            ]
-        );
-        assert_eq!(parse_codec_ports("").unwrap(), vec![]);
-    }
-
-    #[test]
-    fn refuses_what_it_cannot_use() {
-        for bad in [
-            "6379",
-            "6379=memcached",
-            "0=redis",
-            "x=redis",
-            "9-1=thrift",
-            "70000=redis",
-        ] {
-            assert!(parse_codec_ports(bad).is_err(), "{bad}");
-        }
     }
 }

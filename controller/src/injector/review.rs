@@ -199,6 +199,48 @@ mod tests {
     }
 
     #[test]
+    fn codec_ports_reach_the_proxy_and_bad_ones_are_a_warning() {
+        let request = parse(&fixture("admissionreview-pod-create-bare-pod.json")).unwrap();
+        // From the namespace, normalized.
+        let ns = BTreeMap::from([(
+            inject::CODEC_PORTS_ANNOTATION.to_string(),
+            "6379 = redis".to_string(),
+        )]);
+        let (decision, patch) = decide(&request, &ns, &config());
+        assert_eq!(decision, Decision::Injected);
+        let patch: json_patch::Patch = serde_json::from_value(patch.unwrap()).unwrap();
+        let mut patched = request.object.clone();
+        json_patch::patch(&mut patched, &patch).unwrap();
+        let proxy = ["initContainers", "containers"]
+            .iter()
+            .filter_map(|list| patched["spec"][list].as_array())
+            .flatten()
+            .find(|c| c["name"] == inject::PROXY_CONTAINER)
+            .unwrap();
+        assert!(
+            proxy["env"].as_array().unwrap().contains(
+                &json!({"name": "MESH_PROXY_INBOUND_CODEC_PORTS", "value": "6379=redis"})
+            ),
+            "{proxy}"
+        );
+
+        let mut request = request;
+        request.object["metadata"]["annotations"][inject::CODEC_PORTS_ANNOTATION] =
+            json!("6379=memcached");
+        let (decision, patch) = decide(&request, &BTreeMap::new(), &config());
+        assert!(matches!(decision, Decision::Failed(_)), "{decision:?}");
+        let answer = answer(&request.uid, &decision, patch.as_ref());
+        assert_eq!(answer["response"]["allowed"], true);
+        assert!(answer["response"].get("patch").is_none());
+        let warning = answer["response"]["warnings"][0].as_str().unwrap();
+        assert!(
+            warning.contains("config.mesh.io/codec-ports")
+                && warning.contains("unknown codec \"memcached\""),
+            "{warning}"
+        );
+    }
+
+    #[test]
     fn other_bodies_are_refused() {
         assert!(parse(b"{}").is_err());
         assert!(parse(b"not json").is_err());
