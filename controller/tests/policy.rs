@@ -1,5 +1,5 @@
-//! The outbound policy watch end to end on the folder source: routes written and edited as
-//! files, followed through `mesh_api::policy::watch_outbound` over HTTP/2.
+//! The outbound policy watch end to end on the folder source: routes and MetaRoutes written and
+//! edited as files, followed through `mesh_api::policy::watch_outbound` over HTTP/2.
 
 mod support;
 
@@ -135,6 +135,93 @@ async fn policy_watch_follows_route_files() {
     web.wait("no routes", |p| p.routes.is_empty() && p.parent.is_some())
         .await;
     assert_eq!(web.error(), None, "the watch is still open");
+}
+
+/// A Redis Service (its port's appProtocol `mesh.io/redis`), a second one, and the first one's
+/// endpoint.
+const REDIS: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: redis, namespace: demo}
+spec: {clusterIP: 10.96.0.20, ports: [{name: redis, port: 6379, appProtocol: mesh.io/redis}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: redis-sessions, namespace: demo}
+spec: {clusterIP: 10.96.0.21, ports: [{name: redis, port: 6379, appProtocol: mesh.io/redis}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: redis-1, namespace: demo, labels: {kubernetes.io/service-name: redis}}
+addressType: IPv4
+ports: [{name: redis, port: 6379}]
+endpoints: [{addresses: [10.244.0.30]}]
+";
+
+fn meta_route(match_type: &str) -> String {
+    format!(
+        "
+apiVersion: policy.mesh.io/v1alpha1
+kind: MetaRoute
+metadata: {{name: sessions, namespace: demo}}
+spec:
+  parentRefs: [{{group: core, kind: Service, name: redis, port: 6379}}]
+  rules:
+  - matches: [{{metadata: [{{key: key, type: {match_type}, value: 'session:'}}]}}]
+    backendRefs: [{{name: redis-sessions, port: 6379}}]
+    timeout: 500ms
+"
+    )
+}
+
+#[tokio::test]
+async fn a_codec_port_and_its_meta_routes_follow_the_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    write(d, "redis.yaml", REDIS);
+    write(d, "meta.yaml", &meta_route("Prefix"));
+    let running = on_folder(d).await;
+    let addr = running.addr;
+
+    let by_name = watch(addr, "redis.demo.svc.cluster.local:6379", "client");
+    let by_ip = watch(addr, "10.96.0.20:6379", "client");
+    for w in [&by_name, &by_ip] {
+        w.wait("the codec and the MetaRoute", |p| {
+            p.codec.as_deref() == Some("redis") && p.meta_routes.len() == 1
+        })
+        .await;
+    }
+    let rule = &by_name.last().expect("a line").meta_routes[0].rules[0];
+    assert_eq!(
+        rule.backends[0].authority,
+        "redis-sessions.demo.svc.cluster.local:6379"
+    );
+    assert_eq!(rule.timeout_ms, Some(500));
+
+    // The endpoints of the codec port are hinted with the codec.
+    let endpoints = support::Watch::start(addr, "redis.demo.svc.cluster.local:6379");
+    endpoints.wait_addrs(&["10.244.0.30:6379"]).await;
+    assert_eq!(
+        endpoints
+            .endpoint("10.244.0.30:6379")
+            .expect("endpoint")
+            .protocol_hint,
+        Some(mesh_api::destination::ProtocolHint::Codec("redis".into()))
+    );
+
+    // An invalid match type: the MetaRoute is no longer served; the codec stays.
+    write(d, "meta.yaml", &meta_route("Suffix"));
+    by_name
+        .wait("no MetaRoute", |p| {
+            p.meta_routes.is_empty() && p.codec.as_deref() == Some("redis")
+        })
+        .await;
+    // Fixed again.
+    write(d, "meta.yaml", &meta_route("RegularExpression"));
+    by_name
+        .wait("the fixed MetaRoute", |p| p.meta_routes.len() == 1)
+        .await;
+    assert_eq!(by_name.error(), None, "the watch is still open");
 }
 
 #[tokio::test]

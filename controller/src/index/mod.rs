@@ -1,15 +1,19 @@
 //! The one index of Kubernetes objects (Services, EndpointSlices, Pods, ReplicaSets, the
-//! Gateway API routes and `HTTPFault`s of `routes.rs`, and the inbound policy resources of
-//! `inbound.rs`), how a watch target resolves to endpoints against it, its outbound policy,
-//! and a pod port's inbound policy.
+//! Gateway API routes and `HTTPFault`s of `routes.rs`, the `MetaRoute`s of `meta.rs`, and the
+//! inbound policy resources of `inbound.rs`), how a watch target resolves to endpoints against
+//! it, its outbound policy, and a pod port's inbound policy.
 //!
 //! Both sources (kube-rs watchers and the folder of YAML) feed the same [`Index`]; everything
 //! above it is shared. Resolution and policies are pure functions of the index, so they are
-//! unit-tested without sockets (see `tests.rs`, `policy_tests.rs` and `inbound_tests.rs`).
+//! unit-tested without sockets (see `tests.rs`, `policy_tests.rs`, `meta_tests.rs` and
+//! `inbound_tests.rs`).
 
 pub mod inbound;
 #[cfg(test)]
 mod inbound_tests;
+pub mod meta;
+#[cfg(test)]
+mod meta_tests;
 #[cfg(test)]
 mod policy_tests;
 pub mod routes;
@@ -32,6 +36,7 @@ use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use mesh_api::destination::{Endpoint, ProtocolHint, DEFAULT_WEIGHT};
 use mesh_api::policy::{OutboundPolicy, Parent};
+use meta::MetaRoute;
 use routes::{HttpFault, ParentConditions, RouteObject, RouteStatus};
 
 /// The name of the proxy container: a pod that has it (as a container or a native-sidecar init
@@ -86,6 +91,8 @@ pub enum Object {
     NetworkAuthentication(Box<Checked<NetworkAuthentication>>),
     /// A `policy.mesh.io` HTTPLocalRateLimitPolicy, validated.
     HttpLocalRateLimitPolicy(Box<Checked<HttpLocalRateLimitPolicy>>),
+    /// A `policy.mesh.io` MetaRoute, validated.
+    MetaRoute(Box<Checked<MetaRoute>>),
 }
 
 /// The kinds of [`Object`].
@@ -115,6 +122,8 @@ pub enum Kind {
     NetworkAuthentication,
     /// HTTPLocalRateLimitPolicy.
     HttpLocalRateLimitPolicy,
+    /// MetaRoute.
+    MetaRoute,
 }
 
 impl Kind {
@@ -133,6 +142,7 @@ impl Kind {
             Kind::MeshTlsAuthentication => "MeshTLSAuthentication",
             Kind::NetworkAuthentication => "NetworkAuthentication",
             Kind::HttpLocalRateLimitPolicy => "HTTPLocalRateLimitPolicy",
+            Kind::MetaRoute => "MetaRoute",
         }
     }
 }
@@ -191,8 +201,9 @@ pub struct Index {
     meshtls_authentications: BTreeMap<NsName, Checked<MeshTlsAuthentication>>,
     network_authentications: BTreeMap<NsName, Checked<NetworkAuthentication>>,
     rate_limits: BTreeMap<NsName, Checked<HttpLocalRateLimitPolicy>>,
-    /// Bumped by every change that can change a policy (Services, routes, HTTPFaults, the
-    /// inbound policy resources).
+    meta_routes: BTreeMap<NsName, Checked<MetaRoute>>,
+    /// Bumped by every change that can change a policy (Services, routes, HTTPFaults,
+    /// MetaRoutes, the inbound policy resources).
     policy_version: u64,
     /// Each pod's stamp: a new one whenever the pod is applied, none once it is deleted (see
     /// [`Index::pod_stamp`]).
@@ -237,6 +248,7 @@ impl Object {
             Object::MeshTlsAuthentication(o) => (Kind::MeshTlsAuthentication, o.metadata()),
             Object::NetworkAuthentication(o) => (Kind::NetworkAuthentication, o.metadata()),
             Object::HttpLocalRateLimitPolicy(o) => (Kind::HttpLocalRateLimitPolicy, o.metadata()),
+            Object::MetaRoute(o) => (Kind::MetaRoute, o.metadata()),
         };
         ObjectKey {
             kind,
@@ -277,6 +289,7 @@ impl Object {
             Object::MeshTlsAuthentication(o) => not_served("MeshTLSAuthentication", o),
             Object::NetworkAuthentication(o) => not_served("NetworkAuthentication", o),
             Object::HttpLocalRateLimitPolicy(o) => not_served("HTTPLocalRateLimitPolicy", o),
+            Object::MetaRoute(o) => not_served("MetaRoute", o),
             Object::EndpointSlice(_) | Object::Pod(_) | Object::ReplicaSet(_) => Vec::new(),
         }
     }
@@ -333,6 +346,10 @@ impl Index {
             Object::HttpLocalRateLimitPolicy(o) => {
                 self.policy_version += 1;
                 self.rate_limits.insert(nn, *o);
+            }
+            Object::MetaRoute(o) => {
+                self.policy_version += 1;
+                self.meta_routes.insert(nn, *o);
             }
             Object::Service(svc) => {
                 self.policy_version += 1;
@@ -393,6 +410,9 @@ impl Index {
             }
             Kind::HttpLocalRateLimitPolicy => {
                 self.policy_version += u64::from(self.rate_limits.remove(&nn).is_some());
+            }
+            Kind::MetaRoute => {
+                self.policy_version += u64::from(self.meta_routes.remove(&nn).is_some());
             }
             Kind::Service => {
                 if let Some(svc) = self.services.remove(&nn) {
@@ -476,6 +496,7 @@ impl Index {
             Kind::MeshTlsAuthentication => keys(&self.meshtls_authentications),
             Kind::NetworkAuthentication => keys(&self.network_authentications),
             Kind::HttpLocalRateLimitPolicy => keys(&self.rate_limits),
+            Kind::MetaRoute => keys(&self.meta_routes),
         };
         names
             .into_iter()
@@ -523,7 +544,7 @@ impl Index {
                     let mut labels = BTreeMap::new();
                     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
                     labels.insert("namespace".to_owned(), ns.to_owned());
-                    let endpoint = self.endpoint(*addr, labels, Some(pod));
+                    let endpoint = self.endpoint(*addr, labels, Some(pod), None);
                     return Resolution::Endpoints(BTreeMap::from([(*addr, endpoint)]));
                 }
                 Resolution::Unknown
@@ -551,6 +572,7 @@ impl Index {
             // A ClusterIP service only forwards the ports it declares.
             return Resolution::Unknown;
         }
+        let codec = svc_port.and_then(meta::codec);
         let mut ready = BTreeMap::new();
         let mut terminating = BTreeMap::new();
         let slice_names = self.slices_by_service.get(&nn);
@@ -582,7 +604,7 @@ impl Index {
                 };
                 for ip in ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
                     let addr = SocketAddr::new(ip, endpoint_port);
-                    let endpoint = self.slice_endpoint(ns, name, addr, ep);
+                    let endpoint = self.slice_endpoint(ns, name, addr, ep, codec);
                     bucket.insert(addr, endpoint);
                 }
             }
@@ -597,6 +619,7 @@ impl Index {
         svc: &str,
         addr: SocketAddr,
         ep: &SliceEndpoint,
+        codec: Option<&str>,
     ) -> Endpoint {
         let mut labels = BTreeMap::new();
         labels.insert("namespace".to_owned(), ns.to_owned());
@@ -611,18 +634,21 @@ impl Index {
                 let pod_ns = r.namespace.clone().unwrap_or_else(|| ns.to_owned());
                 self.pods.get(&(pod_ns, name))
             });
-        self.endpoint(addr, labels, pod)
+        self.endpoint(addr, labels, pod, codec)
     }
 
-    /// An endpoint with the pod's labels, owner and (when meshed) identity.
+    /// An endpoint with the pod's labels, owner and (when meshed) identity. Its hint is the
+    /// codec of the Service port it was resolved through (`codec`), meshed or not; else `h2`
+    /// when meshed.
     fn endpoint(
         &self,
         addr: SocketAddr,
         mut labels: BTreeMap<String, String>,
         pod: Option<&Pod>,
+        codec: Option<&str>,
     ) -> Endpoint {
         let mut identity = None;
-        let mut protocol_hint = None;
+        let mut protocol_hint = codec.map(|c| ProtocolHint::Codec(c.to_owned()));
         if let Some(pod) = pod {
             let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
             if let Some(name) = &pod.metadata.name {
@@ -638,7 +664,7 @@ impl Index {
                     .and_then(|s| s.service_account_name.as_deref())
                     .unwrap_or("default");
                 identity = Some(self.service_account_identity(ns, sa));
-                protocol_hint = Some(ProtocolHint::H2);
+                protocol_hint.get_or_insert(ProtocolHint::H2);
             }
         }
         Endpoint {
@@ -711,7 +737,7 @@ impl Index {
 
 impl Index {
     /// A number that changes whenever a policy may have changed (a Service, a route, an
-    /// HTTPFault or an inbound policy resource was added, changed or removed); Pods and
+    /// HTTPFault, a MetaRoute or an inbound policy resource was added, changed or removed); Pods and
     /// EndpointSlices leave it alone (an inbound policy also follows its pod: see
     /// [`Index::pod_stamp`]).
     pub fn policy_version(&self) -> u64 {
@@ -722,8 +748,9 @@ impl Index {
     /// port it names, in Gateway API's tie-break order (oldest first, then namespace, then
     /// name). A route in the Service's namespace (a producer route) applies to every client; a
     /// route in another namespace (a consumer route) only to clients in its namespace, and
-    /// those clients then ignore the producer routes. Anything that is not a Service port
-    /// (or its ClusterIP) has the default policy.
+    /// those clients then ignore the producer routes. A port whose `appProtocol` names a codec
+    /// has that `codec` and its MetaRoutes, chosen and ordered the same way (see `meta.rs`).
+    /// Anything that is not a Service port (or its ClusterIP) has the default policy.
     pub fn outbound_policy(&self, target: &Target, client_ns: Option<&str>) -> OutboundPolicy {
         let (ns, name, port) = match target {
             Target::Service {
@@ -787,6 +814,12 @@ impl Index {
                 rule.backends.push(parent_backend.clone());
             }
         }
+        // MetaRoutes only mean something where the proxy decodes requests: on codec ports.
+        let codec = self.port_codec(ns, name, port);
+        let meta_routes = match codec {
+            Some(_) => self.meta_routes((ns, name, port), client_ns, &parent_backend),
+            None => Vec::new(),
+        };
         OutboundPolicy {
             parent: Some(Parent {
                 namespace: ns.to_owned(),
@@ -796,6 +829,8 @@ impl Index {
             routes,
             retry: routes::retry_annotations(annotations).0,
             retry_budget: routes::budget_annotations(annotations).0,
+            codec: codec.map(str::to_owned),
+            meta_routes,
         }
     }
 

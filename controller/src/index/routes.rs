@@ -599,7 +599,7 @@ pub fn compile(pattern: &str) -> Result<regex::Regex, regex::Error> {
     regex::Regex::new(&format!("^(?:{pattern})$"))
 }
 
-fn check_regex(field: &str, pattern: &str) -> Result<(), Invalid> {
+pub(super) fn check_regex(field: &str, pattern: &str) -> Result<(), Invalid> {
     compile(pattern).map(drop).map_err(|e| {
         // A syntax error's text draws the pattern over several lines; its last says what.
         let text = e.to_string();
@@ -964,7 +964,7 @@ fn mirror_percent(field: &str, m: &MirrorSpec) -> Result<f64, Invalid> {
     }
 }
 
-fn check_backend_refs(field: &str, refs: &[BackendRef]) -> Result<(), Invalid> {
+pub(super) fn check_backend_refs(field: &str, refs: &[BackendRef]) -> Result<(), Invalid> {
     for (i, b) in refs.iter().enumerate() {
         check_backend_ref(&format!("{field}.backendRefs[{i}]"), b)?;
     }
@@ -1381,6 +1381,23 @@ pub fn convert(
         name: route.name().to_owned(),
         rules,
     }
+}
+
+/// The backends of a valid object of namespace `ns` (a `MetaRoute`'s rule), resolved as a
+/// route's are: an authority for each, with an `error` for what does not resolve (collected in
+/// `unresolved`).
+pub fn resolve_backends(
+    ns: &str,
+    refs: &[BackendRef],
+    lookup: &dyn Lookup,
+    unresolved: &mut Vec<Unresolved>,
+) -> Vec<Backend> {
+    Convert {
+        ns,
+        lookup,
+        unresolved,
+    }
+    .backends(refs)
 }
 
 /// A valid route as an inbound route of a Server: its rules' matches only (an inbound route

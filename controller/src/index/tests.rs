@@ -1,6 +1,6 @@
 //! Data-driven tests of resolution, on the recorded fixtures and small YAML objects; and what
-//! the index's tests share (`index_of`, `http_route_on`), which `policy_tests.rs` and
-//! `inbound_tests.rs` use too.
+//! the index's tests share (`index_of`, `http_route_on`, `render`), which `policy_tests.rs`,
+//! `meta_tests.rs` and `inbound_tests.rs` use too.
 
 use super::*;
 use crate::source::folder::parse_yaml;
@@ -62,8 +62,9 @@ spec:
     )
 }
 
-/// Renders a resolution: `unknown`, `empty`, or one line per endpoint.
-fn render(r: &Resolution) -> String {
+/// Renders a resolution: `unknown`, `empty`, or one line per endpoint (its hint last: `h2`,
+/// `codec:redis`).
+pub(super) fn render(r: &Resolution) -> String {
     match r {
         Resolution::Unknown => "unknown".into(),
         Resolution::Endpoints(eps) if eps.is_empty() => "empty".into(),
@@ -76,8 +77,10 @@ fn render(r: &Resolution) -> String {
                 if let Some(id) = &e.identity {
                     s.push_str(&format!(" id={id}"));
                 }
-                if e.protocol_hint.is_some() {
-                    s.push_str(" h2");
+                match &e.protocol_hint {
+                    Some(ProtocolHint::H2) => s.push_str(" h2"),
+                    Some(ProtocolHint::Codec(codec)) => s.push_str(&format!(" codec:{codec}")),
+                    None => {}
                 }
                 s
             })

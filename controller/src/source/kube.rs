@@ -1,7 +1,8 @@
 //! The Kubernetes source: kube-rs watchers of Services, EndpointSlices, Pods, ReplicaSets,
-//! HTTPRoutes, GRPCRoutes, HTTPFaults and the inbound policy resources (Servers,
+//! HTTPRoutes, GRPCRoutes, HTTPFaults, MetaRoutes and the inbound policy resources (Servers,
 //! AuthorizationPolicies, MeshTLSAuthentications, NetworkAuthentications,
-//! HTTPLocalRateLimitPolicies), and the writer of the routes' status.
+//! HTTPLocalRateLimitPolicies), and the writer of the routes' status (not MetaRoutes': the
+//! controller writes none on them).
 //!
 //! Each kind has its own `kube::runtime::watcher`: it lists, then watches from the list's
 //! resourceVersion; on a desync (410 Expired) it re-lists, and API errors are retried with the
@@ -94,7 +95,7 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
 
 /// Runs the watchers and the route status writer until the destination is dropped.
 pub async fn run(client: Client, dest: Destination) {
-    const KINDS: usize = 12;
+    const KINDS: usize = 13;
     let synced = Arc::new(AtomicUsize::new(0));
     tokio::join!(
         follow::<Service>(
@@ -150,6 +151,7 @@ pub async fn run(client: Client, dest: Destination) {
             &synced,
             KINDS
         ),
+        follow_dynamic(&client, Kind::MetaRoute, &dest, &synced, KINDS),
         write_statuses(client.clone(), &dest),
     );
 }
@@ -165,6 +167,7 @@ pub fn api_resource(kind: Kind) -> Option<ApiResource> {
         Kind::MeshTlsAuthentication => (POLICY_GROUP, "v1alpha1", "meshtlsauthentications"),
         Kind::NetworkAuthentication => (POLICY_GROUP, "v1alpha1", "networkauthentications"),
         Kind::HttpLocalRateLimitPolicy => (POLICY_GROUP, "v1alpha1", "httplocalratelimitpolicies"),
+        Kind::MetaRoute => (POLICY_GROUP, "v1alpha1", "metaroutes"),
         _ => return None,
     };
     let gvk = GroupVersionKind::gvk(group, version, kind.as_str());
@@ -218,6 +221,10 @@ async fn follow_dynamic(
         Kind::HttpLocalRateLimitPolicy => {
             "serving without them (no Server is rate limited); install the mesh's CRDs and \
              grant list and watch on them to the destination's ClusterRole"
+        }
+        Kind::MetaRoute => {
+            "serving without them (a codec port's requests all go to its Service); install the \
+             mesh's CRDs and grant list and watch on them to the destination's ClusterRole"
         }
         _ => {
             "serving Services without routes; install the Gateway API CRDs and grant list, \

@@ -179,7 +179,8 @@ pub fn decode(index: usize, value: serde_json::Value) -> Vec<Result<Object, Obje
         | "AuthorizationPolicy"
         | "MeshTLSAuthentication"
         | "NetworkAuthentication"
-        | "HTTPLocalRateLimitPolicy" => {
+        | "HTTPLocalRateLimitPolicy"
+        | "MetaRoute" => {
             if let Err(e) = version("policy.mesh.io/v1alpha1", POLICY_GROUP, &["v1alpha1"]) {
                 return vec![Err(e)];
             }
@@ -210,6 +211,7 @@ fn decode_policy(kind: &str, value: serde_json::Value) -> Result<Object, serde_j
         "MeshTLSAuthentication" => checked(value, Object::MeshTlsAuthentication),
         "NetworkAuthentication" => checked(value, Object::NetworkAuthentication),
         "HTTPLocalRateLimitPolicy" => checked(value, Object::HttpLocalRateLimitPolicy),
+        "MetaRoute" => checked(value, Object::MetaRoute),
         // HTTPFault, the group's one kind without validation at decode time.
         _ => serde_json::from_value(value).map(|f| Object::HttpFault(Box::new(f))),
     }
@@ -226,7 +228,8 @@ fn api_version_of(kind: &str) -> Option<&'static str> {
         | "AuthorizationPolicy"
         | "MeshTLSAuthentication"
         | "NetworkAuthentication"
-        | "HTTPLocalRateLimitPolicy" => "policy.mesh.io/v1alpha1",
+        | "HTTPLocalRateLimitPolicy"
+        | "MetaRoute" => "policy.mesh.io/v1alpha1",
         _ => return None,
     })
 }
