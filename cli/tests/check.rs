@@ -1,7 +1,7 @@
 //! `mesh check` against an in-process fake API server that serves the recorded responses
 //! (`testdata/k8s-fixtures`) and the control plane `mesh install` renders: a healthy cluster,
 //! a missing deployment, a missing or outdated CRD, an expiring issuer, RBAC denials, the proxies of meshed pods, a user
-//! allowed one namespace, Kubernetes 1.28 and 1.30, inbound policy objects that refer to what
+//! allowed one namespace, Kubernetes 1.28 and 1.30, policy objects (inbound, a MetaRoute) that refer to what
 //! does not exist, and an API server that never answers.
 
 mod support;
@@ -254,6 +254,19 @@ fn respond(
         ("GET", ["api", "v1", "namespaces", "demo", "serviceaccounts"]) => {
             (200, fixture("serviceaccounts-list.json"))
         }
+        ("GET", ["api", "v1", "namespaces", ns, "services"]) => {
+            // The recorded Services, those of the namespace.
+            let mut list = fixture_json("services-list.json");
+            let items: Vec<Value> = list["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| s["metadata"]["namespace"] == *ns)
+                .cloned()
+                .collect();
+            list["items"] = items.into();
+            (200, list.to_string())
+        }
         ("GET", ["apis", "rbac.authorization.k8s.io", "v1", "clusterroles", name]) => {
             installed(&format!("ClusterRole/{name}"))
                 .unwrap_or_else(|| not_found("clusterroles.rbac.authorization.k8s.io", name))
@@ -491,17 +504,19 @@ async fn a_missing_or_outdated_crd_fails_with_how_to_install_the_crds() {
              authorizationpolicies.policy.mesh.io is not installed; \
              meshtlsauthentications.policy.mesh.io is not installed; \
              networkauthentications.policy.mesh.io is not installed; \
-             httplocalratelimitpolicies.policy.mesh.io is not installed"
+             httplocalratelimitpolicies.policy.mesh.io is not installed; \
+             metaroutes.policy.mesh.io is not installed"
         ),
         "{out}"
     );
 }
 
-/// The inbound policy of namespace demo as a user would apply it: Server `web-http` selects the
+/// The policy of namespace demo as a user would apply it: Server `web-http` selects the
 /// recorded web pods by their `http` port; Server `ghost` selects nothing; the
 /// AuthorizationPolicies need a MeshTLSAuthentication that is missing (and the recorded
 /// ServiceAccount `web`, which exists) and an HTTPRoute that is missing; the rate limit names a
-/// Server that is missing.
+/// Server that is missing; the MetaRoute's parent is the recorded `web-svc`, whose port is no
+/// codec's, and its backend is missing.
 const POLICY: &str = r#"
 apiVersion: policy.mesh.io/v1alpha1
 kind: Server
@@ -540,6 +555,13 @@ metadata: {name: web-rl, namespace: demo}
 spec:
   targetRef: {group: policy.mesh.io, kind: Server, name: web}
   total: {requestsPerSecond: 100}
+---
+apiVersion: policy.mesh.io/v1alpha1
+kind: MetaRoute
+metadata: {name: web-meta, namespace: demo}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web-svc, port: 80}]
+  rules: [{backendRefs: [{name: cache, port: 6379}]}]
 "#;
 
 fn policy_objects() -> Vec<Value> {
@@ -580,7 +602,14 @@ async fn policy_that_refers_to_what_does_not_exist_fails_and_a_server_without_po
          × every HTTPLocalRateLimitPolicy targets a Server that exists\n    \
          demo/web-rl: Server demo/web does not exist\n    \
          hint: create the Server in the policy's namespace, or fix spec.targetRef: until then \
-         nothing is limited"
+         nothing is limited\n\
+         ‼ every MetaRoute's parent is a codec Service port and its backends exist\n    \
+         demo/web-meta: port 80 of parent Service demo/web-svc is not a codec port \
+         (appProtocol unset, not mesh.io/redis or mesh.io/thrift); demo/web-meta: backend \
+         Service demo/cache port 6379 does not exist\n    \
+         hint: a MetaRoute is served only on a Service port whose appProtocol is mesh.io/redis \
+         or mesh.io/thrift, and a missing backend's share of requests fails: fix \
+         spec.parentRefs or backendRefs, or create the Service"
     );
     // The other categories are unaffected.
     assert!(

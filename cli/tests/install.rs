@@ -336,7 +336,7 @@ fn uninstall_lists_what_to_delete_webhook_first_crds_last() {
 
 // === the CRDs ===
 
-const CRD_NAMES: [&str; 8] = [
+const CRD_NAMES: [&str; 9] = [
     "httproutes.gateway.networking.k8s.io",
     "grpcroutes.gateway.networking.k8s.io",
     "httpfaults.policy.mesh.io",
@@ -345,10 +345,11 @@ const CRD_NAMES: [&str; 8] = [
     "meshtlsauthentications.policy.mesh.io",
     "networkauthentications.policy.mesh.io",
     "httplocalratelimitpolicies.policy.mesh.io",
+    "metaroutes.policy.mesh.io",
 ];
 
 /// The files of `manifests/crds/`, in the order `mesh install` prints them.
-const CRD_FILES: [&str; 8] = [
+const CRD_FILES: [&str; 9] = [
     "httproutes.yaml",
     "grpcroutes.yaml",
     "httpfaults.yaml",
@@ -357,6 +358,7 @@ const CRD_FILES: [&str; 8] = [
     "meshtlsauthentications.yaml",
     "networkauthentications.yaml",
     "httplocalratelimitpolicies.yaml",
+    "metaroutes.yaml",
 ];
 
 /// The CustomResourceDefinition `doc`, typed (which also proves it is one).
@@ -434,7 +436,7 @@ fn crds_prints_exactly_the_crds_without_a_cluster() {
     // The inbound policy resources: Linkerd's kinds under policy.mesh.io/v1alpha1, each with
     // a required spec, printer columns and the enums and rules the API server checks (the
     // cluster tier, tests/tests/kube_crds.rs, proves they hold).
-    let policy: Vec<_> = docs[3..].iter().map(crd).collect();
+    let policy: Vec<_> = docs[3..8].iter().map(crd).collect();
     let kinds: Vec<&str> = policy.iter().map(|c| c.spec.names.kind.as_str()).collect();
     assert_eq!(
         kinds,
@@ -492,6 +494,43 @@ fn crds_prints_exactly_the_crds_without_a_cluster() {
         rate_limit["properties"]["total"]["properties"]["requestsPerSecond"]["minimum"],
         1.0
     );
+
+    // MetaRoute: the routes of a codec's Service port by their metadata.
+    let meta = crd(&docs[8]);
+    assert_eq!(
+        (meta.spec.group.as_str(), meta.spec.names.kind.as_str()),
+        ("policy.mesh.io", "MetaRoute")
+    );
+    assert_eq!(meta.spec.names.plural, "metaroutes");
+    assert_eq!(meta.spec.scope, "Namespaced");
+    let [v] = &meta.spec.versions[..] else {
+        panic!("one version: {:?}", meta.spec.versions)
+    };
+    assert_eq!(
+        (v.name.as_str(), v.served, v.storage),
+        ("v1alpha1", true, true)
+    );
+    assert!(v.additional_printer_columns.is_some());
+    let schema = serde_json::to_value(&v.schema).unwrap()["openAPIV3Schema"].clone();
+    assert_eq!(schema["required"], serde_json::json!(["spec"]));
+    let spec = &schema["properties"]["spec"];
+    assert_eq!(spec["required"], serde_json::json!(["parentRefs"]));
+    assert_eq!(
+        spec["properties"]["parentRefs"]["items"]["properties"]["kind"]["enum"],
+        serde_json::json!(["Service"])
+    );
+    let rule = &spec["properties"]["rules"]["items"]["properties"];
+    let metadata = &rule["matches"]["items"]["properties"]["metadata"]["items"];
+    assert_eq!(
+        metadata["properties"]["type"]["enum"],
+        serde_json::json!(["Exact", "Prefix", "RegularExpression"])
+    );
+    assert_eq!(metadata["required"], serde_json::json!(["key", "value"]));
+    assert_eq!(
+        rule["backendRefs"]["items"]["required"],
+        serde_json::json!(["name", "port"])
+    );
+    assert!(rule["requestMutation"].is_object() && rule["timeout"]["pattern"].is_string());
 
     // The rendering flags do not apply to the CRDs: asking for both is a usage error.
     let out = mesh(&["install", "--crds", "--ha"], None);
@@ -559,6 +598,7 @@ fn the_destination_controller_may_read_routes_faults_and_inbound_policy_and_repo
             "httplocalratelimitpolicies",
             &["get", "list", "watch"],
         ),
+        ("policy.mesh.io", "metaroutes", &["get", "list", "watch"]),
         (
             "gateway.networking.k8s.io",
             "httproutes/status",
@@ -585,6 +625,8 @@ fn the_destination_controller_may_read_routes_faults_and_inbound_policy_and_repo
         "meshtlsauthentications",
         "networkauthentications",
         "httplocalratelimitpolicies",
+        "metaroutes",
+        "metaroutes/status",
     ] {
         for verb in ["create", "update", "patch", "delete"] {
             for group in ["gateway.networking.k8s.io", "policy.mesh.io"] {

@@ -1,17 +1,20 @@
-//! `mesh check`'s `mesh-policy` category: the inbound policy resources (`policy.mesh.io`) refer
-//! to what exists. A Server that selects no pod is a warning (it may be written ahead of its
-//! workload); an AuthorizationPolicy or HTTPLocalRateLimitPolicy whose target does not exist,
-//! and an authentication an AuthorizationPolicy requires that does not exist, fail: the
-//! destination controller then serves the policy without it (a missing authentication makes
-//! the policy allow no one), which is rarely what its author meant.
+//! `mesh check`'s `mesh-policy` category: the `policy.mesh.io` resources refer to what exists.
+//! A Server that selects no pod is a warning (it may be written ahead of its workload); an
+//! AuthorizationPolicy or HTTPLocalRateLimitPolicy whose target does not exist, and an
+//! authentication an AuthorizationPolicy requires that does not exist, fail: the destination
+//! controller then serves the policy without it (a missing authentication makes the policy
+//! allow no one), which is rarely what its author meant. A MetaRoute whose parent Service does
+//! not exist or whose parent port is not a codec port (`appProtocol: mesh.io/redis` or
+//! `mesh.io/thrift`: it is then not served), or whose backend Service does not exist (that
+//! backend's share fails), is a warning.
 //!
 //! The objects are read once ([`read`]), then checked by a pure function ([`checks`]). Without
-//! the policy CRDs (the API server answers 404 for all five kinds) there is nothing to check,
+//! the policy CRDs (the API server answers 404 for all six kinds) there is nothing to check,
 //! and the category says so.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount, ServicePort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::Api;
@@ -29,6 +32,7 @@ const AUTHZ_TARGETS: &str =
     "every AuthorizationPolicy targets a Server, route or Namespace that exists";
 const AUTHENTICATIONS: &str = "every authentication an AuthorizationPolicy requires exists";
 const RATE_LIMIT_TARGETS: &str = "every HTTPLocalRateLimitPolicy targets a Server that exists";
+const META_ROUTES: &str = "every MetaRoute's parent is a codec Service port and its backends exist";
 const READ: &str = "the inbound policy resources can be read";
 
 /// The Gateway API group of the routes an AuthorizationPolicy may target.
@@ -58,6 +62,10 @@ pub struct Objects {
     pub service_accounts: BTreeSet<(String, String)>,
     /// The pods of each namespace that has Servers.
     pub pods: BTreeMap<String, Vec<Pod>>,
+    pub meta_routes: Vec<Object>,
+    /// The Services of the namespaces MetaRoutes name parents or backends in, by (namespace,
+    /// name).
+    pub services: BTreeMap<(String, String), Service>,
 }
 
 /// The category: the checks of the cluster's policy objects, or a line that says there is
@@ -74,7 +82,7 @@ pub async fn policy(ctx: &Ctx) -> Category {
     }
 }
 
-/// Reads what the checks need; `None` when none of the five policy kinds is served.
+/// Reads what the checks need; `None` when none of the six policy kinds is served.
 async fn read(ctx: &Ctx) -> Result<Option<Objects>, Check> {
     let mut served = false;
     let mut lists = Vec::new();
@@ -84,6 +92,7 @@ async fn read(ctx: &Ctx) -> Result<Option<Objects>, Check> {
         ("HTTPLocalRateLimitPolicy", "httplocalratelimitpolicies"),
         ("MeshTLSAuthentication", "meshtlsauthentications"),
         ("NetworkAuthentication", "networkauthentications"),
+        ("MetaRoute", "metaroutes"),
     ] {
         let list = list(ctx, POLICY_GROUP, kind, plural, None).await?;
         served |= list.is_some();
@@ -92,8 +101,8 @@ async fn read(ctx: &Ctx) -> Result<Option<Objects>, Check> {
     if !served {
         return Ok(None);
     }
-    let [servers, authorization_policies, rate_limits, mesh_tls, networks] =
-        <[Vec<Object>; 5]>::try_from(lists).unwrap_or_default();
+    let [servers, authorization_policies, rate_limits, mesh_tls, networks, meta_routes] =
+        <[Vec<Object>; 6]>::try_from(lists).unwrap_or_default();
     let mut objects = Objects {
         authentications: [
             ("MeshTLSAuthentication", mesh_tls),
@@ -108,6 +117,7 @@ async fn read(ctx: &Ctx) -> Result<Option<Objects>, Check> {
         servers,
         authorization_policies,
         rate_limits,
+        meta_routes,
         ..Objects::default()
     };
 
@@ -149,6 +159,27 @@ async fn read(ctx: &Ctx) -> Result<Option<Objects>, Check> {
             objects
                 .routes
                 .insert((kind.to_string(), route.namespace, route.name));
+        }
+    }
+    let service_namespaces: BTreeSet<String> = objects
+        .meta_routes
+        .iter()
+        .flat_map(|route| {
+            let parents = service_refs(&route.spec["parentRefs"], &route.namespace);
+            let backends = meta_rules(route)
+                .flat_map(|rule| service_refs(&rule["backendRefs"], &route.namespace));
+            parents
+                .chain(backends)
+                .map(|s| s.r.namespace)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for ns in service_namespaces {
+        let api: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+        let services = ctx.call(READ, api.list(&ListParams::default())).await?;
+        for svc in services.items {
+            let name = svc.metadata.name.clone().unwrap_or_default();
+            objects.services.insert((ns.clone(), name), svc);
         }
     }
     for ns in account_namespaces {
@@ -214,6 +245,7 @@ pub fn checks(objects: &Objects) -> Vec<Check> {
         authorization_targets(objects),
         authentications(objects),
         rate_limit_targets(objects),
+        meta_routes(objects),
     ]
 }
 
@@ -426,6 +458,125 @@ fn rate_limit_targets(objects: &Objects) -> Check {
     )
 }
 
+/// The references of a `parentRefs` or `backendRefs` list, with the core group as `""` and
+/// the kind `Service` when unset (the CRD's defaults; the folder source has none).
+fn service_refs<'a>(list: &'a Value, namespace: &'a str) -> impl Iterator<Item = ServiceRef> + 'a {
+    list.as_array().into_iter().flatten().map(move |v| {
+        let mut r = reference(v, namespace);
+        if r.kind.is_empty() {
+            r.kind = "Service".into();
+        }
+        ServiceRef {
+            port: v["port"].as_u64().and_then(|p| u16::try_from(p).ok()),
+            r,
+        }
+    })
+}
+
+/// A reference to a Service port (a MetaRoute's parent or backend).
+#[derive(Clone, Debug)]
+struct ServiceRef {
+    r: Ref,
+    /// None: every port.
+    port: Option<u16>,
+}
+
+/// The rules of a MetaRoute.
+fn meta_rules(route: &Object) -> impl Iterator<Item = &Value> {
+    route.spec["rules"].as_array().into_iter().flatten()
+}
+
+fn meta_routes(objects: &Objects) -> Check {
+    let mut problems = Vec::new();
+    let codecs = mesh_api::codec_ports::CODECS
+        .map(|c| format!("{}{c}", mesh_api::codec_ports::CODEC_APP_PROTOCOL_PREFIX))
+        .join(" or ");
+    for route in &objects.meta_routes {
+        let id = format!("{}/{}", route.namespace, route.name);
+        for parent in service_refs(&route.spec["parentRefs"], &route.namespace) {
+            let r = &parent.r;
+            if (r.group.as_str(), r.kind.as_str()) != ("", "Service") {
+                problems.push(format!("{id}: parent {} is not a Service", group_kind(r)));
+                continue;
+            }
+            let Some(svc) = objects.services.get(&(r.namespace.clone(), r.name.clone())) else {
+                problems.push(format!(
+                    "{id}: parent Service {}/{} does not exist",
+                    r.namespace, r.name
+                ));
+                continue;
+            };
+            let ports = svc_ports(svc);
+            let codec = |p: &ServicePort| {
+                p.app_protocol
+                    .as_deref()
+                    .and_then(mesh_api::codec_ports::app_protocol_codec)
+                    .is_some()
+            };
+            match parent.port {
+                Some(port) => match ports.iter().find(|p| p.port == i32::from(port)) {
+                    None => problems.push(format!(
+                        "{id}: parent Service {}/{} has no port {port}",
+                        r.namespace, r.name
+                    )),
+                    Some(p) if !codec(p) => problems.push(format!(
+                        "{id}: port {port} of parent Service {}/{} is not a codec port \
+                         (appProtocol {}, not {codecs})",
+                        r.namespace,
+                        r.name,
+                        p.app_protocol.as_deref().unwrap_or("unset")
+                    )),
+                    Some(_) => {}
+                },
+                None if !ports.iter().any(codec) => problems.push(format!(
+                    "{id}: parent Service {}/{} has no codec port (appProtocol {codecs})",
+                    r.namespace, r.name
+                )),
+                None => {}
+            }
+        }
+        for backend in
+            meta_rules(route).flat_map(|rule| service_refs(&rule["backendRefs"], &route.namespace))
+        {
+            let r = &backend.r;
+            let port = backend.port.unwrap_or_default();
+            let exists = objects
+                .services
+                .get(&(r.namespace.clone(), r.name.clone()))
+                .is_some_and(|svc| {
+                    let headless =
+                        svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None");
+                    headless || svc_ports(svc).iter().any(|p| p.port == i32::from(port))
+                });
+            if !exists {
+                problems.push(format!(
+                    "{id}: backend Service {}/{} port {port} does not exist",
+                    r.namespace, r.name
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        return ok(META_ROUTES);
+    }
+    warn(
+        META_ROUTES,
+        problems.join("; "),
+        format!(
+            "a MetaRoute is served only on a Service port whose appProtocol is {codecs}, and a \
+             missing backend's share of requests fails: fix spec.parentRefs or backendRefs, or \
+             create the Service"
+        ),
+    )
+}
+
+fn svc_ports(svc: &Service) -> &[ServicePort] {
+    svc.spec
+        .as_ref()
+        .and_then(|s| s.ports.as_deref())
+        .unwrap_or_default()
+}
+
 /// `policy.mesh.io/Server`, or the kind alone for the core group.
 fn group_kind(r: &Ref) -> String {
     if r.group.is_empty() {
@@ -495,8 +646,18 @@ mod tests {
         .unwrap()
     }
 
+    fn service(namespace: &str, name: &str, ports: Value) -> ((String, String), Service) {
+        let svc = serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"ports": ports},
+        }))
+        .unwrap();
+        ((namespace.into(), name.into()), svc)
+    }
+
     /// The demo's objects: Server voting-grpc on the voting pods, a policy for it requiring a
-    /// MeshTLSAuthentication, a NetworkAuthentication and a ServiceAccount, and its rate limit.
+    /// MeshTLSAuthentication, a NetworkAuthentication and a ServiceAccount, and its rate limit;
+    /// a MetaRoute on the Redis port of Service redis (also a plain port) to Service cache.
     fn cluster() -> Objects {
         Objects {
             servers: vec![object(
@@ -535,6 +696,31 @@ mod tests {
                 vec![pod("demo", json!({"app": "voting"}), "grpc")],
             )]
             .into(),
+            meta_routes: vec![object(
+                "demo",
+                "sessions",
+                json!({
+                    "parentRefs": [{"group": "", "kind": "Service", "name": "redis", "port": 6379}],
+                    "rules": [
+                        {"matches": [{"metadata": [{"key": "key", "type": "Prefix", "value": "session:"}]}],
+                         "backendRefs": [{"name": "cache", "port": 6379}]},
+                        {},
+                    ],
+                }),
+            )],
+            services: [
+                service(
+                    "demo",
+                    "redis",
+                    json!([{"port": 6379, "appProtocol": "mesh.io/redis"}, {"port": 9000}]),
+                ),
+                service(
+                    "demo",
+                    "cache",
+                    json!([{"port": 6379, "appProtocol": "mesh.io/redis"}]),
+                ),
+            ]
+            .into(),
         }
     }
 
@@ -548,7 +734,8 @@ mod tests {
 
     /// Runs the checks on the demo's objects changed by `change`: the lines `failing` (0: the
     /// Servers, 1: the AuthorizationPolicy targets, 2: the authentications, 3: the rate limit
-    /// targets) come out as said, with what was found; every other line passes.
+    /// targets, 4: the MetaRoutes) come out as said, with what was found; every other line
+    /// passes.
     fn check(change: impl FnOnce(&mut Objects), failing: &[(usize, Outcome, &str)]) {
         let mut objects = cluster();
         change(&mut objects);
@@ -565,7 +752,7 @@ mod tests {
     #[test]
     fn the_demos_policy_passes() {
         let all: Vec<Outcome> = results(&cluster()).into_iter().map(|r| r.0).collect();
-        assert_eq!(all, [Outcome::Success; 4]);
+        assert_eq!(all, [Outcome::Success; 5]);
         assert!(checks(&Objects::default())
             .iter()
             .all(|c| c.result == Outcome::Success));
@@ -776,5 +963,111 @@ mod tests {
                 ),
             ],
         );
+    }
+
+    #[test]
+    fn meta_routes_on_what_is_not_a_codec_port_or_to_missing_backends_are_a_warning() {
+        use Outcome::Warning;
+        let parent = |o: &mut Objects, p: Value| o.meta_routes[0].spec["parentRefs"] = p;
+        check(
+            |o| parent(o, json!([{"kind": "Service", "name": "redis"}])),
+            &[],
+        );
+        check(
+            |o| parent(o, json!([{"group": "core", "name": "redis", "port": 6379}])),
+            &[],
+        );
+        check(
+            |o| {
+                parent(
+                    o,
+                    json!([{"kind": "Service", "name": "redsi", "port": 6379}]),
+                )
+            },
+            &[(
+                4,
+                Warning,
+                "demo/sessions: parent Service demo/redsi does not exist",
+            )],
+        );
+        check(
+            |o| {
+                parent(
+                    o,
+                    json!([{"kind": "Service", "name": "redis", "port": 9000}]),
+                )
+            },
+            &[(
+                4,
+                Warning,
+                "demo/sessions: port 9000 of parent Service demo/redis is not a codec port \
+                 (appProtocol unset, not mesh.io/redis or mesh.io/thrift)",
+            )],
+        );
+        check(
+            |o| {
+                parent(
+                    o,
+                    json!([{"kind": "Service", "name": "redis", "port": 6380}]),
+                )
+            },
+            &[(
+                4,
+                Warning,
+                "demo/sessions: parent Service demo/redis has no port 6380",
+            )],
+        );
+        check(
+            |o| {
+                let (key, svc) = service(
+                    "demo",
+                    "redis",
+                    json!([{"port": 6379, "appProtocol": "redis"}]),
+                );
+                o.services.insert(key, svc);
+                parent(o, json!([{"kind": "Service", "name": "redis"}]));
+            },
+            &[(
+                4,
+                Warning,
+                "demo/sessions: parent Service demo/redis has no codec port (appProtocol \
+                 mesh.io/redis or mesh.io/thrift)",
+            )],
+        );
+        check(
+            |o| {
+                parent(
+                    o,
+                    json!([{"group": "policy.mesh.io", "kind": "Server", "name": "redis"}]),
+                )
+            },
+            &[(
+                4,
+                Warning,
+                "demo/sessions: parent policy.mesh.io/Server is not a Service",
+            )],
+        );
+        // Backends: in the route's namespace unless it says otherwise, with the port.
+        let backends =
+            |o: &mut Objects, b: Value| o.meta_routes[0].spec["rules"][0]["backendRefs"] = b;
+        check(
+            |o| {
+                backends(
+                    o,
+                    json!([{"name": "cache", "port": 6379}, {"name": "gone", "port": 6379},
+                           {"name": "cache", "namespace": "shop", "port": 6379},
+                           {"name": "cache", "port": 6380}]),
+                )
+            },
+            &[(
+                4,
+                Warning,
+                "demo/sessions: backend Service demo/gone port 6379 does not exist; \
+                 demo/sessions: backend Service shop/cache port 6379 does not exist; \
+                 demo/sessions: backend Service demo/cache port 6380 does not exist",
+            )],
+        );
+        // No MetaRoutes, nothing to say.
+        check(|o| o.meta_routes.clear(), &[]);
     }
 }

@@ -48,10 +48,10 @@ const TEMPLATES: &[(&str, &str)] = &[
 ];
 
 /// The CustomResourceDefinitions the mesh reads, applied before the control plane: Gateway API's
-/// HTTPRoute and GRPCRoute (v1, standard channel), the mesh's own HTTPFault, and the inbound
-/// policy resources of `policy.mesh.io` (Linkerd's model: Server, AuthorizationPolicy,
-/// MeshTLSAuthentication, NetworkAuthentication, HTTPLocalRateLimitPolicy). Plain YAML, not
-/// templates.
+/// HTTPRoute and GRPCRoute (v1, standard channel), the mesh's own HTTPFault and MetaRoute, and
+/// the inbound policy resources of `policy.mesh.io` (Linkerd's model: Server,
+/// AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication, HTTPLocalRateLimitPolicy).
+/// Plain YAML, not templates.
 const CRDS: &[(&str, &str)] = &[
     (
         "httproutes.yaml",
@@ -85,6 +85,10 @@ const CRDS: &[(&str, &str)] = &[
         "httplocalratelimitpolicies.yaml",
         include_str!("../../../manifests/crds/httplocalratelimitpolicies.yaml"),
     ),
+    (
+        "metaroutes.yaml",
+        include_str!("../../../manifests/crds/metaroutes.yaml"),
+    ),
 ];
 
 /// The defaults `--set` overrides.
@@ -99,9 +103,9 @@ pub fn version() -> String {
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct InstallArgs {
     /// Prints only the CustomResourceDefinitions the mesh reads (HTTPRoute, GRPCRoute,
-    /// HTTPFault, and the inbound policy's Server, AuthorizationPolicy, MeshTLSAuthentication,
-    /// NetworkAuthentication and HTTPLocalRateLimitPolicy), without contacting a cluster:
-    /// `mesh install --crds | kubectl apply -f -`.
+    /// HTTPFault, the inbound policy's Server, AuthorizationPolicy, MeshTLSAuthentication,
+    /// NetworkAuthentication and HTTPLocalRateLimitPolicy, and MetaRoute), without contacting
+    /// a cluster: `mesh install --crds | kubectl apply -f -`.
     #[arg(long, conflicts_with_all = ["ha", "proxy_image", "controller_image", "image_tag", "set"])]
     pub crds: bool,
     /// Renders for high availability: 3 replicas of each controller spread over nodes, and
