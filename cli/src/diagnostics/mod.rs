@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use mesh_api::destination::{Endpoint, Update};
+use mesh_api::destination::{Endpoint, ProtocolHint, Update};
 use serde::Serialize;
 
 use crate::kube::ClusterArgs;
@@ -135,12 +135,7 @@ impl Answer {
                 dash(e.labels.get("pod").cloned()),
                 dash(workload(e)),
                 dash(e.identity.clone()),
-                dash(e.protocol_hint.map(|h| {
-                    serde_json::to_value(h)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_else(|| format!("{h:?}"))
-                })),
+                dash(e.protocol_hint.as_ref().map(hint)),
             ]);
         }
         table(&rows)
@@ -152,6 +147,14 @@ impl Answer {
         let mut text = serde_json::to_string_pretty(self).unwrap_or_default();
         text.push('\n');
         text
+    }
+}
+
+/// A protocol hint as the table shows it: `h2`, `codec:redis`.
+fn hint(h: &ProtocolHint) -> String {
+    match h {
+        ProtocolHint::H2 => "h2".into(),
+        ProtocolHint::Codec(codec) => format!("codec:{codec}"),
     }
 }
 
@@ -341,7 +344,7 @@ impl Source {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_api::destination::{Add, NoEndpoints, ProtocolHint, Remove};
+    use mesh_api::destination::{Add, NoEndpoints, Remove};
 
     fn endpoint(addr: &str, pod: &str, meshed: bool) -> Endpoint {
         Endpoint {
@@ -375,6 +378,30 @@ mod tests {
             "ADDRESS          WEIGHT  POD    WORKLOAD        IDENTITY                                             PROTOCOL-HINT\n\
              10.244.0.5:8080  10000   web-1  deployment/web  web.demo.serviceaccount.identity.mesh.cluster.local  h2\n\
              10.244.0.7:8080  10000   web-3  deployment/web  -                                                    -\n"
+        );
+    }
+
+    #[test]
+    fn a_codec_hint_names_its_codec() {
+        let mut redis = endpoint("10.244.0.9:6379", "redis-0", false);
+        redis.protocol_hint = Some(ProtocolHint::Codec("redis".into()));
+        let answer = Answer::new(
+            "redis.demo:6379",
+            Update::Add(Add {
+                endpoints: vec![redis],
+            }),
+        )
+        .unwrap();
+        let table = answer.table();
+        assert!(
+            table.lines().nth(1).unwrap().ends_with("  codec:redis"),
+            "{table}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&answer.json()).unwrap();
+        assert_eq!(
+            json["endpoints"][0]["protocolHint"],
+            serde_json::json!({"codec": "redis"}),
+            "{json}"
         );
     }
 
