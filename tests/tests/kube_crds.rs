@@ -4,14 +4,16 @@
 //! match; HTTPFaults), fill in the schema's defaults, refuse the wrong ones with the schema's
 //! message, and take a status report through the status subresource. The same for the inbound
 //! policy resources (Server, AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication,
-//! HTTPLocalRateLimitPolicy), which `mesh check`'s `mesh-policy` category then reads from the
-//! real API server.
+//! HTTPLocalRateLimitPolicy) and the MetaRoute, which `mesh check`'s `mesh-policy` category then
+//! reads from the real API server.
 //!
 //! Then the destination controller against that API server: `mesh-controller destination
 //! --source kube` on this machine, with the admin kubeconfig, reads routes that are valid,
 //! invalid, with a missing backend and with a missing HTTPFault; its outbound policy watch
 //! serves what it must (and never the invalid route), it writes each route's
-//! `status.parents[]` conditions, and both follow when the routes are fixed.
+//! `status.parents[]` conditions, and both follow when the routes are fixed. A Redis Service
+//! port (`appProtocol: mesh.io/redis`) gets its codec and its valid MetaRoute, never the one
+//! whose pattern does not compile.
 //!
 //! Run by `./scripts/test-kube` after the mesh's own tier (or `cargo test -p mesh-tests --test
 //! kube_crds -- --ignored` with `KUBECONFIG` set: it needs no images). The CRD tests work in
@@ -412,6 +414,19 @@ spec:
   overrides:
     - requestsPerSecond: 50
       clientRefs: [{kind: ServiceAccount, name: web}]
+---
+apiVersion: policy.mesh.io/v1alpha1
+kind: MetaRoute
+metadata: {name: sessions, namespace: crd-policy}
+spec:
+  parentRefs: [{kind: Service, name: redis, port: 6379}]
+  rules:
+    - matches:
+        - metadata: [{key: key, type: Prefix, value: "session:"}, {key: command, value: GET}]
+      backendRefs: [{name: redis-sessions, port: 6379}]
+      requestMutation: [{key: method, value: get_v2}]
+      timeout: 500ms
+    - {}
 "#;
 
 const SERVER: &str = "apiVersion: policy.mesh.io/v1alpha1\nkind: Server\n\
@@ -422,6 +437,8 @@ const MESH_TLS: &str = "apiVersion: policy.mesh.io/v1alpha1\nkind: MeshTLSAuthen
                         metadata: {name: bad, namespace: crd-policy}\nspec:";
 const NETWORK: &str = "apiVersion: policy.mesh.io/v1alpha1\nkind: NetworkAuthentication\n\
                        metadata: {name: bad, namespace: crd-policy}\nspec:";
+const META: &str = "apiVersion: policy.mesh.io/v1alpha1\nkind: MetaRoute\n\
+                    metadata: {name: bad, namespace: crd-policy}\nspec:";
 const RATE_LIMIT: &str = "apiVersion: policy.mesh.io/v1alpha1\nkind: HTTPLocalRateLimitPolicy\n\
                           metadata: {name: bad, namespace: crd-policy}\nspec:\n  \
                           targetRef: {group: policy.mesh.io, kind: Server, name: voting-grpc}";
@@ -544,6 +561,50 @@ const POLICY_REFUSED: &[(&str, &str, &str, &str)] = &[
         "\n  total: {requestsPerSecond: 10}\n  identity: {requestsPerSecond: 20}",
         "identity.requestsPerSecond cannot be more than total.requestsPerSecond",
     ),
+    (
+        "a MetaRoute without parentRefs",
+        META,
+        "\n  rules: [{}]",
+        "spec.parentRefs: Required value",
+    ),
+    (
+        "a MetaRoute with no parent",
+        META,
+        "\n  parentRefs: []",
+        "spec.parentRefs in body should have at least 1 items",
+    ),
+    (
+        "a Server as a MetaRoute's parent",
+        META,
+        "\n  parentRefs: [{kind: Server, name: redis}]",
+        "spec.parentRefs[0].kind: Unsupported value: \"Server\"",
+    ),
+    (
+        "a metadata match type of Glob",
+        META,
+        "\n  parentRefs: [{name: redis}]\n  \
+         rules: [{matches: [{metadata: [{key: key, type: Glob, value: a}]}]}]",
+        "spec.rules[0].matches[0].metadata[0].type: Unsupported value: \"Glob\"",
+    ),
+    (
+        "an empty metadata key",
+        META,
+        "\n  parentRefs: [{name: redis}]\n  \
+         rules: [{matches: [{metadata: [{key: \"\", value: a}]}]}]",
+        "spec.rules[0].matches[0].metadata[0].key in body should be at least 1 chars long",
+    ),
+    (
+        "a MetaRoute backend without a port",
+        META,
+        "\n  parentRefs: [{name: redis}]\n  rules: [{backendRefs: [{name: cache}]}]",
+        "spec.rules[0].backendRefs[0].port: Required value",
+    ),
+    (
+        "a MetaRoute timeout that is not a duration",
+        META,
+        "\n  parentRefs: [{name: redis}]\n  rules: [{timeout: 5 seconds}]",
+        "spec.rules[0].timeout in body should match",
+    ),
 ];
 
 #[tokio::test]
@@ -554,12 +615,15 @@ async fn the_policy_crds_accept_linkerds_model_and_refuse_the_rest() {
     cluster.namespaces = vec![POLICY_NS.into()];
 
     install_crds().await;
-    // The namespace, and the ServiceAccount the policy requires.
+    // The namespace, the ServiceAccount the policy requires, and the MetaRoute's parent (a
+    // Redis port; its backend redis-sessions is missing).
     kubectl_stdin(
         &["apply"],
         &format!(
             "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {POLICY_NS}}}\n---\n\
-             apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: web, namespace: {POLICY_NS}}}\n"
+             apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: web, namespace: {POLICY_NS}}}\n\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {{name: redis, namespace: {POLICY_NS}}}\n\
+             spec: {{ports: [{{port: 6379, appProtocol: mesh.io/redis}}]}}\n"
         ),
     );
 
@@ -570,7 +634,7 @@ async fn the_policy_crds_accept_linkerds_model_and_refuse_the_rest() {
     );
     let list: Value = serde_json::from_str(&out).expect("kubectl's JSON");
     let items = list["items"].as_array().expect("a List");
-    assert_eq!(items.len(), 9, "{out}");
+    assert_eq!(items.len(), 10, "{out}");
     let spec = |name: &str| {
         items
             .iter()
@@ -605,6 +669,23 @@ async fn the_policy_crds_accept_linkerds_model_and_refuse_the_rest() {
         spec("voting-rl")["overrides"][0]["clientRefs"][0],
         json!({"kind": "ServiceAccount", "name": "web"})
     );
+    let sessions = spec("sessions");
+    assert_eq!(
+        sessions["parentRefs"][0],
+        json!({"group": "", "kind": "Service", "name": "redis", "port": 6379}),
+        "the parent's defaults"
+    );
+    assert_eq!(
+        sessions["rules"][0]["matches"][0]["metadata"][1],
+        json!({"key": "command", "type": "Exact", "value": "GET"}),
+        "the match type's default"
+    );
+    assert_eq!(
+        sessions["rules"][0]["backendRefs"][0],
+        json!({"group": "", "kind": "Service", "name": "redis-sessions", "port": 6379, "weight": 1})
+    );
+    assert_eq!(sessions["rules"][0]["timeout"], "500ms");
+    assert_eq!(sessions["rules"][1], json!({}));
 
     // Refused, each with the schema's own message.
     for (what, head, rest, message) in POLICY_REFUSED {
@@ -630,10 +711,13 @@ async fn the_policy_crds_accept_linkerds_model_and_refuse_the_rest() {
         policies.contains("TARGET-KIND") && policies.contains("Namespace"),
         "{policies}"
     );
+    let meta = kubectl_ok(&["get", "mr", "-n", POLICY_NS]);
+    assert!(meta.contains("PARENTS") && meta.contains("redis"), "{meta}");
 
     // mesh check reads them from the API server: no pod runs in the namespace, so the Servers
-    // select none (a warning); the GRPCRoute does not exist; everything else does (the
-    // ServiceAccount too).
+    // select none (a warning); the GRPCRoute does not exist; the MetaRoute's backend does not
+    // exist (a warning); everything else does (the ServiceAccount and the MetaRoute's parent,
+    // a Redis port, too).
     let out = mesh(&["check", "-o", "json", "--check-timeout", "10s"]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
@@ -671,6 +755,13 @@ async fn the_policy_crds_accept_linkerds_model_and_refuse_the_rest() {
         let (_, found) = line(i);
         assert!(!found.contains("crd-policy/"), "{policy}");
     }
+    let (result, found) = line(4);
+    assert_eq!(result, "warning", "{policy}");
+    assert_eq!(
+        found,
+        "crd-policy/sessions: backend Service crd-policy/redis-sessions port 6379 does not exist",
+        "{policy}"
+    );
 
     kubectl_ok(&["delete", "namespace", POLICY_NS, "--wait=false"]);
     drop(cluster);
@@ -714,6 +805,7 @@ async fn install_crds() {
         "crd/meshtlsauthentications.policy.mesh.io",
         "crd/networkauthentications.policy.mesh.io",
         "crd/httplocalratelimitpolicies.policy.mesh.io",
+        "crd/metaroutes.policy.mesh.io",
     ]);
 }
 
@@ -803,6 +895,42 @@ spec:
   rules:
     - matches: [{path: {type: RegularExpression, value: "$PATTERN"}}]
       backendRefs: [{name: web-v2, port: 80}]
+"#;
+
+/// A Redis Service port (its appProtocol `mesh.io/redis`), its sessions Service, and MetaRoute
+/// `sessions` on it: a key prefix to redis-sessions, with a timeout.
+const REDIS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: redis, namespace: $NS}
+spec: {type: ClusterIP, selector: {app: redis}, ports: [{port: 6379, appProtocol: mesh.io/redis}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: redis-sessions, namespace: $NS}
+spec: {type: ClusterIP, selector: {app: redis-sessions}, ports: [{port: 6379}]}
+---
+apiVersion: policy.mesh.io/v1alpha1
+kind: MetaRoute
+metadata: {name: sessions, namespace: $NS}
+spec:
+  parentRefs: [{kind: Service, name: redis, port: 6379}]
+  rules:
+    - matches: [{metadata: [{key: key, type: Prefix, value: "session:"}]}]
+      backendRefs: [{name: redis-sessions, port: 6379}]
+      timeout: 500ms
+"#;
+
+/// A MetaRoute on the Redis port whose pattern does not compile, which the CRD cannot say: the
+/// controller never serves it.
+const BAD_META: &str = r#"
+apiVersion: policy.mesh.io/v1alpha1
+kind: MetaRoute
+metadata: {name: bad-meta, namespace: $NS}
+spec:
+  parentRefs: [{kind: Service, name: redis, port: 6379}]
+  rules:
+    - matches: [{metadata: [{key: key, type: RegularExpression, value: "user:(["}]}]
 "#;
 
 /// The HTTPFault the GRPCRoute names.
@@ -994,6 +1122,46 @@ async fn the_destination_controller_serves_valid_routes_and_reports_every_route_
         statuses[0]
     );
 
+    // 7. A Redis port and its MetaRoutes: the codec, the valid MetaRoute with its backend
+    //    resolved; never bad-meta, applied first (one watch of the kind: the controller has it
+    //    before sessions).
+    kubectl_stdin(&["apply"], &yaml(BAD_META));
+    kubectl_stdin(&["apply"], &yaml(REDIS));
+    let redis = format!("redis.{}.svc.cluster.local:6379", ns.0);
+    let mut meta = PolicyWatch::open(controller.addr, &redis, &ns.0);
+    let policy = meta
+        .until("the codec and MetaRoute sessions", |p| {
+            p.codec.as_deref() == Some("redis")
+                && p.meta_routes.iter().any(|r| r.name == "sessions")
+        })
+        .await;
+    let rule = &policy.meta_routes[0].rules[0];
+    assert_eq!(
+        (
+            rule.backends[0].authority.as_str(),
+            rule.backends[0].error.as_deref(),
+            rule.timeout_ms
+        ),
+        (
+            format!("redis-sessions.{}.svc.cluster.local:6379", ns.0).as_str(),
+            None,
+            Some(500)
+        ),
+        "{policy:#?}"
+    );
+    let mut now = PolicyWatch::open(controller.addr, &redis, &ns.0);
+    now.until("the current policy", |_| true).await;
+    assert!(
+        meta.seen
+            .iter()
+            .chain(&now.seen)
+            .all(|p| p.meta_routes.iter().all(|r| r.name != "bad-meta")),
+        "bad-meta was served: {:#?}",
+        meta.seen.iter().chain(&now.seen).collect::<Vec<_>>()
+    );
+
+    drop(now);
+    drop(meta);
     drop(watch);
     drop(controller);
     drop(ns);
