@@ -416,3 +416,221 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The framework on loopback with the Redis codec: a fake server that answers `ECHO x`
+    //! with `x` (after `DELAY ms x`: late), `MULTI` with `+OK`, and closes on `QUIT`; client
+    //! connections served by `serve::Serve` over an endpoint stack.
+
+    use super::*;
+    use crate::{
+        codec::{
+            meter::{Meter, Served},
+            redis::Redis,
+            serve::{ConnParams, NewServe},
+            Side,
+        },
+        connect::Connect,
+        drain::Drain,
+        metrics::{Metrics, Tls},
+        svc::{BoxIo, NewFn, Param},
+        tap::{TapConfig, Taps},
+    };
+    use std::{
+        sync::atomic::{AtomicUsize, Ordering},
+        time::Duration,
+    };
+    use tokio::net::{TcpListener, TcpStream};
+    use tower::{Layer, ServiceExt};
+
+    /// Serves the fake server; counts its connections.
+    async fn server() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counted = conns.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut io, _) = listener.accept().await.unwrap();
+                let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::spawn(async move {
+                    let mut codec = Redis.codec(Side::Client);
+                    let mut buf = BytesMut::new();
+                    loop {
+                        while let Ok(Some(req)) = codec.decode(&mut buf) {
+                            let words: Vec<String> = String::from_utf8_lossy(&req.bytes)
+                                .split("\r\n")
+                                .filter(|w| !w.is_empty() && !w.starts_with(['*', '$']))
+                                .flat_map(str::split_whitespace)
+                                .map(str::to_owned)
+                                .collect();
+                            let reply = match words[0].to_uppercase().as_str() {
+                                "ECHO" => format!("+{}\r\n", words[1]),
+                                "DELAY" => {
+                                    let ms = words[1].parse().unwrap();
+                                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                                    format!("+{}\r\n", words[2])
+                                }
+                                "CONN" => format!(":{n}\r\n"),
+                                "MULTI" => "+OK\r\n".to_owned(),
+                                "QUIT" => return,
+                                _ => "-ERR unknown\r\n".to_owned(),
+                            };
+                            io.write_all(reply.as_bytes()).await.unwrap();
+                        }
+                        if io.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, conns)
+    }
+
+    struct Target(SocketAddr);
+
+    impl Param<ConnParams> for Target {
+        fn param(&self) -> ConnParams {
+            ConnParams {
+                client: "127.0.0.1:1".parse().unwrap(),
+                orig_dst: self.0,
+                client_id: None,
+                protocol: Arc::new(Redis),
+                pin_first: false,
+            }
+        }
+    }
+
+    /// A proxy of one endpoint, `upstream`: each accepted client connection is served.
+    async fn proxy(upstream: SocketAddr) -> SocketAddr {
+        let metrics = Metrics::new(10, false);
+        let taps = Taps::new(&TapConfig::default(), None, metrics.clone());
+        let connect = Connect {
+            timeout: Duration::from_secs(5),
+            mark: None,
+        };
+        let client = NewClient::new(connect, Duration::from_secs(60), None, Drain::new());
+        let served = Arc::new(Served {
+            direction: crate::metrics::Direction::Outbound,
+            authority: "redis".into(),
+            target_addr: upstream,
+            dst: None,
+            tls: Tls::NoIdentity("disabled"),
+            server_id: None,
+        });
+        let endpoint = NewEndpoint::new(client).new_service(EndpointTarget {
+            addr: upstream,
+            server_id: None,
+            info: served.clone(),
+            protocol: Arc::new(Redis),
+            per_client: false,
+        });
+        let requests = Meter::new(
+            Pinned::layer().layer(endpoint),
+            metrics,
+            taps.clone(),
+            "redis",
+            (*served).clone(),
+        );
+        let serve = NewServe::layer(taps).layer(NewFn(move |_: Target| requests.clone()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (io, _) = listener.accept().await.unwrap();
+                let conn = serve.new_service(Target(upstream));
+                tokio::spawn(conn.oneshot(BoxIo::new(io)));
+            }
+        });
+        addr
+    }
+
+    /// Writes `requests` at once, reads until `replies` is what came back.
+    async fn exchange(io: &mut TcpStream, requests: &str, replies: &str) {
+        io.write_all(requests.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < replies.len() {
+            let mut chunk = [0; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), io.read(&mut chunk))
+                .await
+                .expect("replies within 5 s")
+                .unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(String::from_utf8_lossy(&got), replies);
+    }
+
+    #[tokio::test]
+    async fn pipelines_keep_their_order_and_clients_share_a_connection() {
+        let (upstream, conns) = server().await;
+        let proxy = proxy(upstream).await;
+        let mut a = TcpStream::connect(proxy).await.unwrap();
+        let mut b = TcpStream::connect(proxy).await.unwrap();
+        exchange(
+            &mut a,
+            "ECHO 1\r\nDELAY 50 2\r\n*2\r\n$4\r\nECHO\r\n$1\r\n3\r\n",
+            "+1\r\n+2\r\n+3\r\n",
+        )
+        .await;
+        exchange(&mut b, "ECHO 4\r\n", "+4\r\n").await;
+        assert_eq!(
+            conns.load(Ordering::SeqCst),
+            1,
+            "one shared upstream connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_transaction_pins_its_client_to_a_connection_of_its_own() {
+        let (upstream, conns) = server().await;
+        let proxy = proxy(upstream).await;
+        let mut a = TcpStream::connect(proxy).await.unwrap();
+        exchange(&mut a, "CONN\r\n", ":1\r\n").await;
+        // MULTI waits for the request before it; the ones after it wait for it.
+        exchange(
+            &mut a,
+            "DELAY 30 x\r\nMULTI\r\nCONN\r\nCONN\r\n",
+            "+x\r\n+OK\r\n:2\r\n:2\r\n",
+        )
+        .await;
+        let mut b = TcpStream::connect(proxy).await.unwrap();
+        exchange(&mut b, "CONN\r\n", ":1\r\n").await;
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_upstream_is_answered_in_the_protocol_and_replaced() {
+        let (upstream, _) = server().await;
+        let proxy = proxy(upstream).await;
+        let mut a = TcpStream::connect(proxy).await.unwrap();
+        exchange(&mut a, "ECHO 1\r\n", "+1\r\n").await;
+        // The server closes the shared connection without answering.
+        a.write_all(b"QUIT\r\n").await.unwrap();
+        let mut reply = [0; 256];
+        let n = a.read(&mut reply).await.unwrap();
+        let reply = String::from_utf8_lossy(&reply[..n]);
+        assert!(
+            reply.starts_with("-ERR mesh: upstream unavailable"),
+            "{reply}"
+        );
+        // The next request gets a new connection.
+        exchange(&mut a, "CONN\r\n", ":2\r\n").await;
+    }
+
+    #[tokio::test]
+    async fn a_malformed_frame_closes_its_own_connection_only() {
+        let (upstream, _) = server().await;
+        let proxy = proxy(upstream).await;
+        let mut good = TcpStream::connect(proxy).await.unwrap();
+        let mut bad = TcpStream::connect(proxy).await.unwrap();
+        exchange(&mut good, "ECHO 1\r\n", "+1\r\n").await;
+        bad.write_all(b"*2\r\n$-7\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), bad.read_to_end(&mut rest));
+        assert!(read.await.expect("closed within 5 s").is_ok());
+        exchange(&mut good, "ECHO 2\r\n", "+2\r\n").await;
+    }
+}
