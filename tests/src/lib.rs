@@ -3,6 +3,7 @@
 pub mod fixtures;
 pub mod kube;
 pub mod mtls;
+pub mod redis;
 pub mod state;
 pub mod web_mesh;
 
