@@ -49,7 +49,8 @@ impl Protocol for Thrift {
 /// One connection's codec.
 struct ThriftCodec {
     side: Side,
-    /// The protocol of the first frame decoded; later frames must be in the same one.
+    /// The protocol of the last frame decoded (what a local reply to a frame this codec did
+    /// not decode is written in).
     proto: Option<Proto>,
 }
 
@@ -60,8 +61,9 @@ impl Codec for ThriftCodec {
         };
         // Bytes that cannot start a message fail now, not after up to MAX_FRAME more.
         if let Some(&lead) = buf.get(PREFIX) {
-            let proto = Proto::sniff(lead).ok_or_else(|| not_thrift(&buf[PREFIX..]))?;
-            self.check_proto(proto)?;
+            // Each message in its own protocol: a connection between proxies carries many
+            // clients' messages, binary and compact alike.
+            Proto::sniff(lead).ok_or_else(|| not_thrift(&buf[PREFIX..]))?;
         }
         let end = PREFIX + len;
         if buf.len() < end {
@@ -75,7 +77,7 @@ impl Codec for ThriftCodec {
         // The sequence id's bits, as the compact protocol's unsigned varint carries them.
         let id = Some(header.seqid as u32);
         let metadata = metadata(header.name, header.mtype);
-        self.proto.get_or_insert(header.proto);
+        self.proto = Some(header.proto);
         Ok(Some(Frame {
             kind,
             id,
@@ -177,18 +179,6 @@ impl Codec for ThriftCodec {
 // === impl ThriftCodec ===
 
 impl ThriftCodec {
-    /// Fails when the connection already spoke another protocol.
-    fn check_proto(&self, proto: Proto) -> Result<(), CodecError> {
-        match self.proto {
-            Some(known) if known.family() != proto.family() => Err(malformed(format!(
-                "a {} protocol message on a {} protocol connection",
-                proto.family(),
-                known.family()
-            ))),
-            _ => Ok(()),
-        }
-    }
-
     /// The kind of a message read on this side, whose struct is `body`.
     fn kind(&self, header: &Header<'_>, body: &[u8]) -> Result<Kind, CodecError> {
         match (self.side, header.mtype) {
@@ -1086,23 +1076,18 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_keeps_its_protocol() {
+    fn each_message_is_read_in_its_own_protocol() {
+        // A connection between proxies carries many clients' calls, in either protocol.
         let mut codec = Thrift.codec(Side::Client);
         decode(&mut *codec, &binary(CALL, "add", 1, ARGS));
-        // Strict and old headers are one protocol.
         decode(&mut *codec, &old_binary(CALL, "add", 2, ARGS));
-        let switch = compact(CALL, "add", 3, COMPACT_ARGS);
-        // Refused from the message's first byte on.
-        let mut buf = BytesMut::from(&switch[..5]);
-        let err = codec.decode(&mut buf).unwrap_err().to_string();
-        assert!(err.contains("a compact protocol message on a binary protocol connection"));
-
-        let mut codec = Thrift.codec(Side::Client);
-        decode(&mut *codec, &compact(CALL, "add", 1, COMPACT_ARGS));
-        decode(&mut *codec, &compact(ONEWAY, "log", 2, COMPACT_ARGS));
-        let mut buf = BytesMut::from(&old_binary(CALL, "add", 3, ARGS)[..]);
-        let err = codec.decode(&mut buf).unwrap_err().to_string();
-        assert!(err.contains("a binary protocol message on a compact protocol connection"));
+        decode(&mut *codec, &compact(CALL, "add", 3, COMPACT_ARGS));
+        decode(&mut *codec, &binary(CALL, "add", 4, ARGS));
+        let mut buf = BytesMut::from(&[0, 0, 0, 5, 0x42, 1, 2, 3, 4][..]);
+        assert!(
+            codec.decode(&mut buf).is_err(),
+            "no protocol starts with 0x42"
+        );
     }
 
     #[test]
