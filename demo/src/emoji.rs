@@ -88,7 +88,7 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
 struct EmojiService;
 
 impl grpc::Unary for EmojiService {
-    fn call(&self, path: &str, request: Bytes) -> Result<Vec<u8>, Status> {
+    async fn call(&self, path: &str, request: Bytes) -> Result<Vec<u8>, Status> {
         use prost::Message;
         match path {
             LIST_ALL => {
@@ -195,13 +195,14 @@ mod tests {
         assert_eq!(shortcode(" joy "), ":joy:");
     }
 
-    #[test]
-    fn find_by_shortcode_answers_not_found() {
+    #[tokio::test]
+    async fn find_by_shortcode_answers_not_found() {
         let req = FindByShortcodeRequest {
             shortcode: ":nope:".into(),
         };
         let err = EmojiService
             .call(FIND_BY_SHORTCODE, req.encode_to_vec().into())
+            .await
             .unwrap_err();
         assert_eq!(err.code(), Code::NotFound);
         let req = FindByShortcodeRequest {
@@ -209,16 +210,18 @@ mod tests {
         };
         let rsp = EmojiService
             .call(FIND_BY_SHORTCODE, req.encode_to_vec().into())
+            .await
             .unwrap();
         let rsp = FindByShortcodeResponse::decode(&rsp[..]).unwrap();
         assert_eq!(rsp.emoji.unwrap().unicode, "😂");
     }
 
-    #[test]
-    fn malformed_protobuf_is_invalid_argument() {
+    #[tokio::test]
+    async fn malformed_protobuf_is_invalid_argument() {
         // A length-delimited field whose length runs past the end.
         let err = EmojiService
             .call(FIND_BY_SHORTCODE, Bytes::from_static(&[0x0a, 0x7f, b'x']))
+            .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
     }

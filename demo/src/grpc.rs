@@ -92,9 +92,14 @@ impl std::error::Error for Status {}
 
 /// A unary gRPC service: answers one request message (protobuf bytes, unframed) on a full
 /// method path (`/demo.Emoji/ListAll`) with one response message, or a status. An unknown path
-/// answers `Code::Unimplemented`.
+/// answers `Code::Unimplemented`. The answer may wait on a back end of the service's own
+/// (voting's Redis).
 pub trait Unary: Send + Sync + 'static {
-    fn call(&self, path: &str, request: Bytes) -> Result<Vec<u8>, Status>;
+    fn call(
+        &self,
+        path: &str,
+        request: Bytes,
+    ) -> impl Future<Output = Result<Vec<u8>, Status>> + Send;
 
     /// A status to answer the call `path` with instead of calling it, as a server that sheds
     /// load does: trailers-only (the status in the response headers, no message), the form a
@@ -161,7 +166,7 @@ async fn handle<U: Unary>(service: &U, req: Request<Incoming>) -> Response<GrpcB
     if let Some(status) = service.refuse(&path) {
         return trailers_only(&status);
     }
-    match service.call(&path, message) {
+    match service.call(&path, message).await {
         Ok(response) if response.len() > MAX_MESSAGE => trailers_only(&Status::new(
             Code::Internal,
             "the response is larger than the message limit",

@@ -1,5 +1,6 @@
 //! The demo application of `mesh demo`, in the spirit of Linkerd's emojivoto: two gRPC
-//! services, a web front end that calls them and a bot that votes through it.
+//! services, a web front end that calls them, a bot that votes through it, and the Redis that
+//! keeps the votes.
 //!
 //! Each part is a module with a `serve` (or `run`) function that takes a listener (or a
 //! target) and a shutdown future, so the parts can be embedded as well as run by the
@@ -23,5 +24,6 @@ pub mod bot;
 pub mod emoji;
 pub mod grpc;
 pub mod net;
+pub mod redis;
 pub mod voting;
 pub mod web;

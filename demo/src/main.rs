@@ -9,12 +9,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use mesh_demo_app::net::{Resolve, Target};
-use mesh_demo_app::{bot, emoji, voting, web};
+use mesh_demo_app::{bot, emoji, redis, voting, web};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-/// The demo application of `mesh demo`: emoji and voting gRPC services, a web front end, and a
-/// bot that votes through it. Every vote for the doughnut fails on purpose.
+/// The demo application of `mesh demo`: emoji and voting gRPC services, a web front end, a bot
+/// that votes through it, and the Redis that keeps the votes. Every vote for the doughnut fails
+/// on purpose.
 #[derive(Parser)]
 #[command(name = "mesh-demo-app", version)]
 struct Args {
@@ -47,6 +48,24 @@ enum Command {
         #[arg(long, value_name = "PERCENT", default_value_t = 0,
               value_parser = clap::value_parser!(u8).range(0..=100))]
         unavailable_percent: u8,
+        /// The Redis that keeps the votes: HOST:PORT or redis://HOST[:PORT]. While it cannot
+        /// be reached, votes and results fail with UNAVAILABLE.
+        #[arg(long, env = "MESH_DEMO_REDIS", default_value = voting::DEFAULT_REDIS)]
+        redis: String,
+        /// Connects to IP for HOST, keeping HOST as the name (like curl's --resolve).
+        #[arg(long, value_name = "HOST=IP", value_parser = Resolve::parse_entry)]
+        resolve: Vec<(String, IpAddr)>,
+        /// The bound on each Redis command, connecting included, in milliseconds.
+        #[arg(long, value_name = "MS",
+              default_value_t = voting::DEFAULT_REDIS_TIMEOUT.as_millis() as u64)]
+        redis_timeout_ms: u64,
+    },
+    /// Serves a small in-memory Redis (RESP2; strings and hashes, pipelining), where voting
+    /// keeps the votes.
+    Redis {
+        /// The port to listen on, on every address.
+        #[arg(long, default_value_t = redis::DEFAULT_PORT)]
+        port: u16,
     },
     /// Serves the web front end (HTML page and JSON API), calling the emoji and voting services.
     Web {
@@ -153,15 +172,32 @@ async fn run(command: Command, delay: Duration) -> anyhow::Result<()> {
             listen,
             fail,
             unavailable_percent,
+            redis,
+            resolve,
+            redis_timeout_ms,
         } => {
+            let redis = Target::redis(&redis, &Resolve::new(resolve)).context("--redis")?;
             let listener = bind(listen).await?;
             let fail = (fail != "none").then(|| emoji::shortcode(&fail));
-            tracing::info!(fail = ?fail, unavailable_percent, "voting: listening on {listen}");
+            tracing::info!(
+                fail = ?fail,
+                unavailable_percent,
+                redis = %redis,
+                "voting: listening on {listen}"
+            );
             let config = voting::Config {
                 fail,
                 unavailable_percent,
+                redis,
+                redis_timeout: Duration::from_millis(redis_timeout_ms.max(1)),
             };
             voting::serve(listener, config, shutdown).await;
+        }
+        Command::Redis { port } => {
+            let listen = SocketAddr::from(([0, 0, 0, 0], port));
+            let listener = bind(listen).await?;
+            tracing::info!("redis: listening on {listen}");
+            redis::serve(listener, shutdown).await;
         }
         Command::Web {
             listen,

@@ -54,13 +54,15 @@ impl Resolve {
 pub enum TargetError {
     #[error("{0:?} is not a URL: {1}")]
     Parse(String, http::uri::InvalidUri),
-    #[error("{0:?}: only http:// URLs with a host are supported")]
-    Unsupported(String),
+    #[error("{0:?}: only {1}:// URLs with a host are supported")]
+    Unsupported(String, &'static str),
 }
 
-/// A back end named by an `http://host[:port]` URL.
+/// A back end named by an `http://host[:port]` URL (or, for [`Target::redis`],
+/// `redis://host[:port]`).
 #[derive(Clone, Debug)]
 pub struct Target {
+    scheme: &'static str,
     authority: String,
     host: String,
     port: u16,
@@ -69,11 +71,29 @@ pub struct Target {
 
 impl Target {
     pub fn new(url: &str, resolve: &Resolve) -> Result<Target, TargetError> {
+        Target::parse(url, "http", 80, resolve)
+    }
+
+    /// A Redis server: `redis://host[:port]` or `host:port` (port 6379 by default).
+    pub fn redis(addr: &str, resolve: &Resolve) -> Result<Target, TargetError> {
+        if addr.contains("://") {
+            Target::parse(addr, "redis", 6379, resolve)
+        } else {
+            Target::parse(&format!("redis://{addr}"), "redis", 6379, resolve)
+        }
+    }
+
+    fn parse(
+        url: &str,
+        scheme: &'static str,
+        default_port: u16,
+        resolve: &Resolve,
+    ) -> Result<Target, TargetError> {
         let uri: Uri = url
             .parse()
             .map_err(|e| TargetError::Parse(url.to_owned(), e))?;
-        let unsupported = || TargetError::Unsupported(url.to_owned());
-        if uri.scheme_str() != Some("http") {
+        let unsupported = || TargetError::Unsupported(url.to_owned(), scheme);
+        if uri.scheme_str() != Some(scheme) {
             return Err(unsupported());
         }
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
@@ -93,8 +113,9 @@ impl Target {
         }
         let pinned = resolve.get(&host);
         Ok(Target {
+            scheme,
             authority: authority.as_str().to_owned(),
-            port: authority.port_u16().unwrap_or(80),
+            port: authority.port_u16().unwrap_or(default_port),
             host,
             pinned,
         })
@@ -141,8 +162,8 @@ impl Target {
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.pinned {
-            Some(ip) => write!(f, "http://{} (at {ip})", self.authority),
-            None => write!(f, "http://{}", self.authority),
+            Some(ip) => write!(f, "{}://{} (at {ip})", self.scheme, self.authority),
+            None => write!(f, "{}://{}", self.scheme, self.authority),
         }
     }
 }
@@ -240,6 +261,34 @@ mod tests {
         check_target("http://web/path", Err(()));
         check_target("http://user@web", Err(()));
         check_target("not a url", Err(()));
+    }
+
+    #[test]
+    fn redis_targets() {
+        let resolve = Resolve::new([Resolve::parse_entry("redis-svc=10.0.0.9").unwrap()]);
+        let check = |addr: &str, expected: Option<(&str, u16, &str)>| {
+            let got = Target::redis(addr, &resolve)
+                .ok()
+                .map(|t| (t.authority.clone(), t.port, t.to_string()));
+            let expected = expected.map(|(a, p, d)| (a.to_string(), p, d.to_string()));
+            assert_eq!(got, expected, "{addr}");
+        };
+        check(
+            "redis-svc:6379",
+            Some((
+                "redis-svc:6379",
+                6379,
+                "redis://redis-svc:6379 (at 10.0.0.9)",
+            )),
+        );
+        check(
+            "redis://cache:7000",
+            Some(("cache:7000", 7000, "redis://cache:7000")),
+        );
+        check("redis://cache", Some(("cache", 6379, "redis://cache")));
+        check("http://cache:6379", None);
+        check("cache:6379/0", None);
+        check("", None);
     }
 
     #[test]

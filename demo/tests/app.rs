@@ -10,7 +10,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_demo_app::net::{Resolve, Target};
-use mesh_demo_app::{bot, emoji, voting, web};
+use mesh_demo_app::{bot, emoji, redis, voting, web};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -60,8 +60,16 @@ async fn start_emoji() -> Running<()> {
     start_emoji_on(listener().await).await
 }
 
+/// A Redis for a voting service, serving until the test ends.
+async fn start_redis() -> Target {
+    let listener = listener().await;
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(redis::serve(listener, std::future::pending()));
+    Target::redis(&addr.to_string(), &Resolve::default()).unwrap()
+}
+
 async fn start_voting() -> Running<()> {
-    start_voting_with(voting::Config::default()).await
+    start_voting_with(voting::Config::new(start_redis().await)).await
 }
 
 async fn start_voting_with(config: voting::Config) -> Running<()> {
@@ -407,7 +415,7 @@ async fn a_doughnut_vote_fails_with_grpc_status_2() {
 async fn unavailable_calls_are_trailers_only_and_the_doughnut_is_not() {
     let voting = start_voting_with(voting::Config {
         unavailable_percent: 50,
-        ..voting::Config::default()
+        ..voting::Config::new(start_redis().await)
     })
     .await;
     // Every other call is refused: the first is answered, the second refused.
@@ -727,6 +735,63 @@ async fn a_back_end_that_does_not_answer_is_504() {
     assert_eq!(status, StatusCode::OK);
     accept.abort();
     web.stop().await;
+    emoji.stop().await;
+}
+
+/// voting keeps the votes in Redis: while Redis is away, votes and the leaderboard fail with
+/// UNAVAILABLE and voting goes on serving; once Redis is back, votes count again.
+#[tokio::test]
+async fn votes_fail_while_redis_is_away_and_count_once_it_is_back() {
+    // A port nobody listens on, for now.
+    let redis_addr = listener().await.local_addr().unwrap();
+    let target = Target::redis(&redis_addr.to_string(), &Resolve::default()).unwrap();
+    let emoji = start_emoji().await;
+    let voting = start_voting_with(voting::Config::new(target)).await;
+    let web = start_web(emoji.addr, voting.addr, Duration::from_secs(10)).await;
+    let vote = || {
+        http(
+            web.addr,
+            Version::Http1,
+            Method::POST,
+            "/api/vote?choice=joy",
+            "",
+        )
+    };
+    let (status, body) = vote().await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(body["grpc_status"], 14, "{body}");
+    let (status, body) = http(
+        web.addr,
+        Version::Http1,
+        Method::GET,
+        "/api/leaderboard",
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(body["grpc_status"], 14, "{body}");
+
+    let redis = TcpListener::bind(redis_addr).await.unwrap();
+    let (stop_redis, signal) = shutdown();
+    let redis = tokio::spawn(redis::serve(redis, signal));
+    let (status, body) = vote().await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, board) = http(
+        web.addr,
+        Version::Http1,
+        Method::GET,
+        "/api/leaderboard",
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{board}");
+    assert_eq!(board[0]["shortcode"], ":joy:", "{board}");
+    assert_eq!(board[0]["votes"], 1, "{board}");
+
+    let _ = stop_redis.send(());
+    tokio::time::timeout(HANG, redis).await.unwrap().unwrap();
+    web.stop().await;
+    voting.stop().await;
     emoji.stop().await;
 }
 

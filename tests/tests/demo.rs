@@ -323,6 +323,7 @@ fn tour(user: &User) {
     let _down = DownOnDrop(user);
     let up = user.ok(&["demo", "up", "--detach"]);
     assert!(up.contains("✔ starting pod vote-bot-1"), "{up}");
+    assert!(up.contains("✔ starting pod redis-1"), "{up}");
     assert!(up.contains("mesh viz stat deploy"), "{up}");
     let record = user.record();
     assert_eq!(record["ready"], true, "{record}");
@@ -350,6 +351,7 @@ fn tour(user: &User) {
         if failing && emoji["responses"].as_f64().unwrap_or(0.0) > 0.0 {
             assert_eq!(emoji["successRate"], 1.0, "emoji never fails: {emoji}");
             assert_eq!(row("voting")["meshedPods"], 1);
+            assert_eq!(row("redis")["meshedPods"], 1);
             break web;
         }
         assert!(Instant::now() < deadline, "web never failed in 60s: {stat}");
@@ -372,7 +374,12 @@ fn tour(user: &User) {
             )
         })
         .collect();
-    for pair in [("vote-bot", "web"), ("web", "emoji"), ("web", "voting")] {
+    for pair in [
+        ("vote-bot", "web"),
+        ("web", "emoji"),
+        ("web", "voting"),
+        ("voting", "redis"),
+    ] {
         assert!(
             pairs.contains(&(pair.0.into(), pair.1.into())),
             "no edge {pair:?} in {edges:#?}"
@@ -383,6 +390,16 @@ fn tour(user: &User) {
         web_to_voting["serverId"],
         "voting.demo.serviceaccount.identity.mesh.cluster.local"
     );
+    let voting_to_redis = edges.iter().find(|e| e["dst"]["name"] == "redis").unwrap();
+    assert_eq!(
+        voting_to_redis["serverId"],
+        "redis.demo.serviceaccount.identity.mesh.cluster.local"
+    );
+
+    // A vote as web (whom the policy lets call voting) is counted in Redis, through voting's
+    // proxy and redis's (whose policy lets only voting in).
+    let voted = user.ok(&["demo", "exec", "web-1", "--", "mesh-demo-app", "vote"]);
+    assert!(voted.contains("voted for :joy:"), "{voted}");
 
     // The failing method, with its grpc-status, in the tap of web.
     // (One vote in eight is for the doughnut, five votes a second: 8 s of tap misses it about

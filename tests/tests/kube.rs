@@ -66,7 +66,11 @@ async fn the_mesh_on_a_real_cluster() {
     let pods: Value =
         serde_json::from_str(&kubectl_ok(&["get", "pods", "-n", "demo", "-o", "json"])).unwrap();
     let pods = pods["items"].as_array().unwrap();
-    assert_eq!(pods.len(), 6, "emoji, voting, 2 × web, web-v2, vote-bot");
+    assert_eq!(
+        pods.len(),
+        7,
+        "emoji, voting, redis, 2 × web, web-v2, vote-bot"
+    );
     for pod in pods {
         let name = pod["metadata"]["name"].as_str().unwrap();
         let spec = &pod["spec"];
@@ -211,7 +215,12 @@ async fn viz_and_load(step: &impl Fn(&str)) {
         "web's success rate never showed the failing votes: {stat}"
     );
     // Every edge appears, mutual TLS, once both sides' proxies have been scraped.
-    let expected = [("vote-bot", "web"), ("web", "emoji"), ("web", "voting")];
+    let expected = [
+        ("vote-bot", "web"),
+        ("web", "emoji"),
+        ("web", "voting"),
+        ("voting", "redis"),
+    ];
     let mut edges = String::new();
     let all_secured = eventually(Duration::from_secs(120), || {
         let out = mesh(&["viz", "edges", "deploy", "-n", "demo"]);

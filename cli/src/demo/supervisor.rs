@@ -8,7 +8,8 @@
 //! |---|---|---|---|---|
 //! | `control` | | | | `mesh-controller destination` and `identity` (a CA made for the run) |
 //! | `emoji-1` | `emoji` | `emoji` | `emoji-svc:8080` | gRPC `demo.Emoji` |
-//! | `voting-1` | `voting` | `voting` | `voting-svc:8080` | gRPC `demo.Voting`; every doughnut vote fails, and 10 % of calls are refused with `UNAVAILABLE` |
+//! | `redis-1` | `redis` | `redis` | `redis-svc:6379` (`appProtocol: mesh.io/redis`) | the in-memory Redis that keeps the votes |
+//! | `voting-1` | `voting` | `voting` | `voting-svc:8080` | gRPC `demo.Voting`, counting in Redis; every doughnut vote fails, and 10 % of calls are refused with `UNAVAILABLE` |
 //! | `web-1`, `web-2` | `web` | `web` | `web-svc:80` | the HTTP front end, calling emoji and voting |
 //! | `web-v2-1` | `web-v2` | `web` | `web-v2:80` | the front end's canary (`--release v2`) |
 //! | `vote-bot-1` | `vote-bot` | `vote-bot` | | votes through `web-svc` a few times a second |
@@ -20,8 +21,13 @@
 //! [`ROUTES_FILE`] (written once, then the user's to edit): HTTPRoute `web-canary` sends 10 % of
 //! `web-svc`'s requests to `web-v2`, GRPCRoute `voting` retries `UNAVAILABLE` calls to voting.
 //! The inbound policy of [`POLICY_FILE`] (also the user's) lets only the `web` identity call
-//! voting and emoji, and limits emoji's rate: `mesh demo exec vote-bot-1 -- mesh-demo-app vote`
-//! is refused with `PERMISSION_DENIED`.
+//! voting and emoji, and only `voting` call Redis, and limits emoji's rate: `mesh demo exec
+//! vote-bot-1 -- mesh-demo-app vote` is refused with `PERMISSION_DENIED`.
+//!
+//! Redis's Service port says `appProtocol: mesh.io/redis`, so voting's proxy decodes its
+//! commands, and redis's proxy decodes them inbound (`MESH_PROXY_INBOUND_CODEC_PORTS`, what the
+//! injector sets from the annotation `config.mesh.io/codec-ports` in a cluster): `mesh viz top
+//! deploy/voting` shows `HINCRBY` and `HGETALL` beside the gRPC calls.
 
 use std::io::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -37,8 +43,10 @@ use crate::local::{self, Cluster, ControlOptions, ControlPlane, Pod, Proxy};
 
 /// The demo's Kubernetes namespace.
 const NAMESPACE: &str = "demo";
-/// The port every demo workload serves on.
+/// The port every demo workload but Redis serves on.
 const APP_PORT: u16 = 8080;
+/// Redis's port.
+const REDIS_PORT: u16 = 6379;
 /// The service network, routed out of every pod (where the proxies intercept it).
 const SERVICE_NETWORK: &str = "10.96.0.0/12";
 /// The socket mark of the proxies' own traffic in a user namespace, where they cannot have a
@@ -83,6 +91,8 @@ struct Service {
     name: &'static str,
     cluster_ip: Ipv4Addr,
     port: u16,
+    /// The port's name and `appProtocol` where it names one (`mesh.io/redis`).
+    app_protocol: Option<(&'static str, &'static str)>,
 }
 
 impl Service {
@@ -91,7 +101,11 @@ impl Service {
     }
 
     fn url(&self) -> String {
-        format!("http://{}:{}", self.host(), self.port)
+        format!("http://{}", self.addr())
+    }
+
+    fn addr(&self) -> String {
+        format!("{}:{}", self.host(), self.port)
     }
 
     fn resolve(&self) -> String {
@@ -103,51 +117,79 @@ const WEB_SVC: Service = Service {
     name: "web-svc",
     cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
     port: 80,
+    app_protocol: None,
 };
 const EMOJI_SVC: Service = Service {
     name: "emoji-svc",
     cluster_ip: Ipv4Addr::new(10, 96, 0, 11),
     port: APP_PORT,
+    app_protocol: None,
 };
 const VOTING_SVC: Service = Service {
     name: "voting-svc",
     cluster_ip: Ipv4Addr::new(10, 96, 0, 12),
     port: APP_PORT,
+    app_protocol: None,
+};
+const REDIS_SVC: Service = Service {
+    name: "redis-svc",
+    cluster_ip: Ipv4Addr::new(10, 96, 0, 14),
+    port: REDIS_PORT,
+    app_protocol: Some(("redis", "mesh.io/redis")),
 };
 const WEB_V2_SVC: Service = Service {
     name: "web-v2",
     cluster_ip: Ipv4Addr::new(10, 96, 0, 13),
     port: 80,
+    app_protocol: None,
 };
 
-/// A Deployment of the demo: its pods, their service account, and the Service that selects
-/// them (if any).
+/// A Deployment of the demo: its pods, their service account, the Service that selects them
+/// (if any) and the port its application serves on.
 struct Workload {
     name: &'static str,
     replicas: usize,
     account: &'static str,
     service: Option<&'static Service>,
+    port: u16,
+    /// `MESH_PROXY_INBOUND_CODEC_PORTS` of its proxies (in a cluster, the pod's annotation
+    /// `config.mesh.io/codec-ports`).
+    codec_ports: Option<&'static str>,
 }
 
 /// In the order they start: the bot last, once what it calls serves.
-const WORKLOADS: [Workload; 5] = [
+const WORKLOADS: [Workload; 6] = [
     Workload {
         name: "emoji",
         replicas: 1,
         account: "emoji",
         service: Some(&EMOJI_SVC),
+        port: APP_PORT,
+        codec_ports: None,
+    },
+    Workload {
+        name: "redis",
+        replicas: 1,
+        account: "redis",
+        service: Some(&REDIS_SVC),
+        port: REDIS_PORT,
+        codec_ports: Some("6379=redis"),
     },
     Workload {
         name: "voting",
         replicas: 1,
         account: "voting",
         service: Some(&VOTING_SVC),
+        port: APP_PORT,
+        codec_ports: None,
     },
     Workload {
         name: "web",
         replicas: 2,
         account: "web",
         service: Some(&WEB_SVC),
+        port: APP_PORT,
+        codec_ports: None,
     },
     // The canary: the same application and identity, its own Deployment and Service.
     Workload {
@@ -155,27 +197,36 @@ const WORKLOADS: [Workload; 5] = [
         replicas: 1,
         account: "web",
         service: Some(&WEB_V2_SVC),
+        port: APP_PORT,
+        codec_ports: None,
     },
     Workload {
         name: "vote-bot",
         replicas: 1,
         account: "vote-bot",
         service: None,
+        port: APP_PORT,
+        codec_ports: None,
     },
 ];
 
 impl Workload {
     /// `mesh-demo-app` arguments.
     fn args(&self) -> Vec<String> {
-        let listen = format!("0.0.0.0:{APP_PORT}");
+        let listen = format!("0.0.0.0:{}", self.port);
         let args: Vec<String> = match self.name {
             "emoji" => vec!["emoji".into(), "--listen".into(), listen],
+            "redis" => vec!["redis".into(), "--port".into(), self.port.to_string()],
             "voting" => vec![
                 "voting".into(),
                 "--listen".into(),
                 listen,
                 "--unavailable-percent".into(),
                 VOTING_UNAVAILABLE_PERCENT.into(),
+                "--redis".into(),
+                REDIS_SVC.addr(),
+                "--resolve".into(),
+                REDIS_SVC.resolve(),
             ],
             "web" | "web-v2" => vec![
                 "web".into(),
@@ -207,6 +258,32 @@ impl Workload {
 
     fn labels(&self) -> [(&'static str, &'static str); 1] {
         [("app", self.name)]
+    }
+
+    /// Its Service and the Service's EndpointSlice (of `pods`), as the destination controller
+    /// reads them; a port with an `appProtocol` has it, and its name, on both.
+    fn service_yaml(&self, pods: &[Pod]) -> Option<String> {
+        let svc = self.service?;
+        let yaml = local::service_yaml(
+            NAMESPACE,
+            svc.name,
+            svc.cluster_ip,
+            (svc.port, self.port),
+            &self.labels(),
+            pods,
+        );
+        let Some((port_name, protocol)) = svc.app_protocol else {
+            return Some(yaml);
+        };
+        // The port is named `http` on both documents; its `targetPort` only on the Service.
+        Some(
+            yaml.replace("{name: http, ", &format!("{{name: {port_name}, "))
+                .replacen(
+                    &format!("targetPort: {}}}", self.port),
+                    &format!("targetPort: {}, appProtocol: {protocol}}}", self.port),
+                    1,
+                ),
+        )
     }
 }
 
@@ -269,23 +346,15 @@ impl Demo {
             || {
                 control.write("namespace-demo.yaml", &namespace_yaml())?;
                 for w in &WORKLOADS {
-                    let Some(svc) = w.service else { continue };
                     let members: Vec<Pod> = pods
                         .iter()
                         .filter(|(pw, _)| pw.name == w.name)
                         .map(|(_, p)| p.clone())
                         .collect();
-                    control.write(
-                        &format!("svc-{}.yaml", svc.name),
-                        &local::service_yaml(
-                            NAMESPACE,
-                            svc.name,
-                            svc.cluster_ip,
-                            (svc.port, APP_PORT),
-                            &w.labels(),
-                            &members,
-                        ),
-                    )?;
+                    let (Some(svc), Some(yaml)) = (w.service, w.service_yaml(&members)) else {
+                        continue;
+                    };
+                    control.write(&format!("svc-{}.yaml", svc.name), &yaml)?;
                 }
                 Ok(())
             },
@@ -301,7 +370,7 @@ impl Demo {
         step(
             &format!(
                 "writing the inbound policy to state/{POLICY_FILE}: only identity web may call \
-                 voting and emoji; emoji limited to {} rps ({} per caller)",
+                 voting and emoji, only voting may call redis; emoji limited to {} rps ({} per caller)",
                 EMOJI_RATE_LIMIT.0, EMOJI_RATE_LIMIT.1
             ),
             || control.write(POLICY_FILE, &policy_yaml()),
@@ -324,6 +393,10 @@ impl Demo {
                         .enroll_in(pod, NAMESPACE, w.account, &w.labels(), Some(w.name))?;
                 if args.mode == Mode::UserNamespace {
                     opts.proxy_mark = Some(PROXY_MARK);
+                }
+                if let Some(ports) = w.codec_ports {
+                    opts.env
+                        .push(("MESH_PROXY_INBOUND_CODEC_PORTS".into(), ports.into()));
                 }
                 let proxy = pod.mesh(opts)?;
                 let app = start_app(pod, w)?;
@@ -348,7 +421,8 @@ impl Demo {
         };
         say(&format!(
             "\nThe demo is up ({:.1?}): namespace {NAMESPACE}, Deployments web (2 pods), its \
-             canary web-v2, emoji, voting and vote-bot, every hop mutual TLS. Pods:",
+             canary web-v2, emoji, voting, redis (voting's vote store) and vote-bot, every hop \
+             mutual TLS. Pods:",
             self.started.elapsed()
         ));
         for pod in self.cluster.pods() {
@@ -358,6 +432,7 @@ impl Demo {
             "\nSomething is failing. Find it:\n\
              \x20 {sudo}mesh viz stat deploy             golden metrics per Deployment\n\
              \x20 {sudo}mesh viz top deploy/web          live routes through web\n\
+             \x20 {sudo}mesh viz top deploy/voting       its gRPC calls and Redis commands\n\
              \x20 {sudo}mesh viz tap deploy/web          live requests (add --path /api/vote)\n\
              \x20 {sudo}mesh viz edges deploy            who talks to whom, with identities\n\
              \x20 {sudo}mesh viz dashboard               all of it at once\n\
@@ -365,7 +440,8 @@ impl Demo {
              \nTraffic policy (the routes are {routes}; edit them to move the split live):\n\
              \x20 {sudo}mesh viz routes deploy/vote-bot  web-svc's canary split (web-v2 {CANARY_PERCENT} % to start)\n\
              \x20 {sudo}mesh viz routes deploy/web       the voting route: retries recovering UNAVAILABLE\n\
-             \nWho may call what (the policy is {policy}): only web may call voting and emoji.\n\
+             \nWho may call what (the policy is {policy}):\n\
+             only web may call voting and emoji, and only voting may call redis.\n\
              \x20 {sudo}mesh demo exec vote-bot-1 -- mesh-demo-app vote   refused: PERMISSION_DENIED\n\
              \x20 {sudo}mesh viz authz deploy/voting     allowed and denied, per authorization\n\
              \n\x20 {sudo}mesh demo down                   stop it (or Ctrl-C here)\n",
@@ -466,13 +542,14 @@ fn start_app(pod: &Pod, w: &Workload) -> anyhow::Result<Child> {
         return Ok(child);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !listening(pod) {
+    while !listening(pod, w.port) {
         exited(&mut child)?;
         if Instant::now() >= deadline {
             let _ = child.kill();
             anyhow::bail!(
-                "mesh-demo-app {} does not listen on port {APP_PORT} after 10s",
-                w.name
+                "mesh-demo-app {} does not listen on port {} after 10s",
+                w.name,
+                w.port
             );
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -481,8 +558,8 @@ fn start_app(pod: &Pod, w: &Workload) -> anyhow::Result<Child> {
 }
 
 /// Whether something accepts connections on the pod's application port.
-fn listening(pod: &Pod) -> bool {
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, APP_PORT));
+fn listening(pod: &Pod, port: u16) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     pod.run_in(move || {
         std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
         Ok(())
@@ -646,14 +723,38 @@ fn policy_yaml() -> String {
          spec:\n\
          \x20 targetRef: {{group: policy.mesh.io, kind: Server, name: emoji-grpc}}\n\
          \x20 total: {{requestsPerSecond: {total}}}\n\
-         \x20 identity: {{requestsPerSecond: {per_caller}}}\n"
+         \x20 identity: {{requestsPerSecond: {per_caller}}}\n\
+         ---\n\
+         # redis's port: only voting may call it. No proxyProtocol (not opaque): the port's\n\
+         # codec (MESH_PROXY_INBOUND_CODEC_PORTS) decodes Redis's commands.\n\
+         apiVersion: policy.mesh.io/v1alpha1\n\
+         kind: MeshTLSAuthentication\n\
+         metadata: {{name: voting, namespace: {NAMESPACE}}}\n\
+         spec:\n\
+         \x20 identityRefs:\n\
+         \x20 - {{kind: ServiceAccount, name: voting}}\n\
+         ---\n\
+         apiVersion: policy.mesh.io/v1alpha1\n\
+         kind: Server\n\
+         metadata: {{name: redis, namespace: {NAMESPACE}}}\n\
+         spec:\n\
+         \x20 podSelector: {{matchLabels: {{app: redis}}}}\n\
+         \x20 port: {REDIS_PORT}\n\
+         ---\n\
+         apiVersion: policy.mesh.io/v1alpha1\n\
+         kind: AuthorizationPolicy\n\
+         metadata: {{name: redis-from-voting, namespace: {NAMESPACE}}}\n\
+         spec:\n\
+         \x20 targetRef: {{group: policy.mesh.io, kind: Server, name: redis}}\n\
+         \x20 requiredAuthenticationRefs:\n\
+         \x20 - {{group: policy.mesh.io, kind: MeshTLSAuthentication, name: voting}}\n"
     )
 }
 
 /// What `mesh demo exec` hands its command in `MESH_DEMO_RESOLVE`: the demo's Services as
 /// `HOST=IP` pairs, comma-separated (the pods have no DNS).
 pub fn resolve_env() -> String {
-    [&WEB_SVC, &EMOJI_SVC, &VOTING_SVC, &WEB_V2_SVC]
+    [&WEB_SVC, &EMOJI_SVC, &VOTING_SVC, &WEB_V2_SVC, &REDIS_SVC]
         .iter()
         .map(|s| s.resolve())
         .collect::<Vec<_>>()
@@ -702,18 +803,7 @@ response_total{direction="outbound",authority="x",classification="failure",statu
     fn the_routes_are_what_the_controller_serves() {
         use super::*;
         let mut texts = vec![routes_yaml()];
-        for w in &WORKLOADS {
-            if let Some(svc) = w.service {
-                texts.push(local::service_yaml(
-                    NAMESPACE,
-                    svc.name,
-                    svc.cluster_ip,
-                    (svc.port, APP_PORT),
-                    &w.labels(),
-                    &[],
-                ));
-            }
-        }
+        texts.extend(WORKLOADS.iter().filter_map(|w| w.service_yaml(&[])));
         check_routes(&texts);
     }
 
@@ -780,10 +870,20 @@ response_total{direction="outbound",authority="x",classification="failure",statu
 
         // Nothing else is routed: emoji keeps its default route.
         assert!(policy(&EMOJI_SVC).routes.is_empty());
+        assert_eq!(policy(&EMOJI_SVC).codec, None);
+
+        // Redis's port has no route, and the Redis codec once the controller reads a port's
+        // `appProtocol` (being written).
+        let redis = policy(&REDIS_SVC);
+        assert!(redis.routes.is_empty(), "{redis:?}");
+        assert!(
+            matches!(redis.codec.as_deref(), None | Some("redis")),
+            "{redis:?}"
+        );
     }
 
     /// The policy file as the destination controller reads it, beside the demo's pods: only
-    /// web may call voting and emoji, and emoji is rate-limited.
+    /// web may call voting and emoji, only voting may call redis, and emoji is rate-limited.
     #[test]
     fn the_policy_is_what_the_controller_serves() {
         check_policy(&super::policy_yaml());
@@ -802,19 +902,25 @@ response_total{direction="outbound",authority="x",classification="failure",statu
         use mesh_controller::source::folder::parse_yaml;
 
         let mut index = Index::new(IndexConfig::default());
-        let pods: String = ["emoji", "voting", "vote-bot", "web"]
-            .iter()
-            .enumerate()
-            .map(|(i, app)| {
-                format!(
-                    "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {app}-1, namespace: {NAMESPACE}, \
-                     labels: {{app: {app}}}}}\nspec: {{serviceAccountName: {app}, containers: \
-                     [{{name: app, image: app, ports: [{{name: grpc, containerPort: {APP_PORT}}}]}}]}}\n\
-                     status: {{podIP: 10.244.0.{}}}\n",
-                    i + 3
-                )
-            })
-            .collect();
+        let pods: String = [
+            ("emoji", "grpc", APP_PORT),
+            ("voting", "grpc", APP_PORT),
+            ("vote-bot", "grpc", APP_PORT),
+            ("web", "grpc", APP_PORT),
+            ("redis", "redis", REDIS_PORT),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, (app, port_name, port))| {
+            format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {app}-1, namespace: {NAMESPACE}, \
+                 labels: {{app: {app}}}}}\nspec: {{serviceAccountName: {app}, containers: \
+                 [{{name: app, image: app, ports: [{{name: {port_name}, containerPort: {port}}}]}}]}}\n\
+                 status: {{podIP: 10.244.0.{}}}\n",
+                i + 3
+            )
+        })
+        .collect();
         for text in [text, &pods] {
             let (objects, errors) = parse_yaml(text);
             assert!(errors.is_empty(), "{errors:?}\n{text}");
@@ -822,25 +928,45 @@ response_total{direction="outbound",authority="x",classification="failure",statu
                 index.apply(object);
             }
         }
-        let web = "web.demo.serviceaccount.identity.mesh.cluster.local";
-        for (pod, server, authz) in [
-            ("voting-1", "voting-grpc", "voting-from-web"),
-            ("emoji-1", "emoji-grpc", "emoji-from-web"),
+        let identity = |sa: &str| format!("{sa}.demo.serviceaccount.identity.mesh.cluster.local");
+        for (pod, port, server, protocol, authz, client) in [
+            (
+                "voting-1",
+                APP_PORT,
+                "voting-grpc",
+                ProxyProtocol::Grpc,
+                "voting-from-web",
+                "web",
+            ),
+            (
+                "emoji-1",
+                APP_PORT,
+                "emoji-grpc",
+                ProxyProtocol::Grpc,
+                "emoji-from-web",
+                "web",
+            ),
+            // No proxyProtocol (not opaque), so that the port's codec sees Redis's commands.
+            (
+                "redis-1",
+                REDIS_PORT,
+                "redis",
+                ProxyProtocol::Unknown,
+                "redis-from-voting",
+                "voting",
+            ),
         ] {
-            let policy = index.inbound_policy(NAMESPACE, pod, APP_PORT);
+            let policy = index.inbound_policy(NAMESPACE, pod, port);
             let name = policy.server.as_ref().map(|s| s.name.as_str());
             assert_eq!(name, Some(server), "{policy:?}");
-            assert_eq!(
-                (policy.protocol, policy.access),
-                (ProxyProtocol::Grpc, Access::Deny)
-            );
+            assert_eq!((policy.protocol, policy.access), (protocol, Access::Deny));
             assert_eq!(policy.authorizations.len(), 1, "{policy:?}");
             let a = &policy.authorizations[0];
             assert_eq!(a.name, authz);
             assert_eq!(
                 a.requires,
                 [Requirement::MeshTls {
-                    identities: vec![web.to_string()]
+                    identities: vec![identity(client)]
                 }]
             );
         }
@@ -866,9 +992,81 @@ response_total{direction="outbound",authority="x",classification="failure",statu
     fn the_objects_parse_as_kubernetes_objects() {
         let yaml = super::namespace_yaml();
         let (_, docs) = crate::manifest::parse(&yaml, "namespace").unwrap();
-        assert_eq!(docs.len(), 5);
+        assert_eq!(docs.len(), 6, "the Namespace and 5 ServiceAccounts");
         for doc in &docs {
             crate::manifest::check_typed(doc).unwrap();
         }
+    }
+
+    /// The cluster's demo has the local one's Redis: the Service's `appProtocol`, the pods'
+    /// codec annotation (what the local proxies get in `MESH_PROXY_INBOUND_CODEC_PORTS`), and
+    /// voting told where it is.
+    #[test]
+    fn the_cluster_demo_has_the_same_redis() {
+        use super::*;
+        let text = include_str!("../../../manifests/demo/demo.yaml");
+        let (_, docs) = crate::manifest::parse(text, "demo.yaml").unwrap();
+        let find = |kind: &str, name: &str| {
+            docs.iter()
+                .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+                .unwrap_or_else(|| panic!("no {kind} {name} in demo.yaml"))
+        };
+        let port = &find("Service", REDIS_SVC.name)["spec"]["ports"][0];
+        assert_eq!(port["port"], REDIS_SVC.port);
+        assert_eq!(port["appProtocol"], "mesh.io/redis");
+        let redis = WORKLOADS.iter().find(|w| w.name == "redis").unwrap();
+        let template = &find("Deployment", "redis")["spec"]["template"];
+        assert_eq!(
+            template["metadata"]["annotations"]["config.mesh.io/codec-ports"],
+            redis.codec_ports.unwrap()
+        );
+        assert_eq!(template["spec"]["containers"][0]["args"][0], "redis");
+        let voting = &find("Deployment", "voting")["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(voting["env"][0]["name"], "MESH_DEMO_REDIS");
+        assert_eq!(voting["env"][0]["value"], REDIS_SVC.addr());
+        for doc in docs
+            .iter()
+            .filter(|d| d["apiVersion"] == "v1" || d["apiVersion"] == "apps/v1")
+        {
+            crate::manifest::check_typed(doc).unwrap();
+        }
+    }
+
+    /// Redis's Service names its port `redis` with `appProtocol: mesh.io/redis`, and its
+    /// EndpointSlice names the port alike (the controller pairs them by name).
+    #[test]
+    fn the_redis_service_has_its_app_protocol() {
+        use super::*;
+        let pod = Pod {
+            name: "redis-1".into(),
+            netns: "demo-redis-1".into(),
+            ip: Ipv4Addr::new(10, 244, 0, 9),
+            log_dir: Default::default(),
+        };
+        let redis = WORKLOADS.iter().find(|w| w.name == "redis").unwrap();
+        let yaml = redis.service_yaml(&[pod]).unwrap();
+        let (_, docs) = crate::manifest::parse(&yaml, "redis").unwrap();
+        assert_eq!(docs.len(), 2, "{yaml}");
+        crate::manifest::check_typed(&docs[0]).unwrap();
+        let port = &docs[0]["spec"]["ports"][0];
+        assert_eq!(port["name"], "redis", "{yaml}");
+        assert_eq!(port["port"], 6379, "{yaml}");
+        assert_eq!(port["targetPort"], 6379, "{yaml}");
+        assert_eq!(port["appProtocol"], "mesh.io/redis", "{yaml}");
+        assert_eq!(docs[1]["ports"][0]["name"], "redis", "{yaml}");
+        assert_eq!(docs[1]["endpoints"][0]["addresses"][0], "10.244.0.9");
+        // The others are as local::service_yaml writes them.
+        let emoji = &WORKLOADS[0];
+        assert_eq!(
+            emoji.service_yaml(&[]).unwrap(),
+            local::service_yaml(
+                NAMESPACE,
+                "emoji-svc",
+                EMOJI_SVC.cluster_ip,
+                (8080, 8080),
+                &emoji.labels(),
+                &[]
+            )
+        );
     }
 }
