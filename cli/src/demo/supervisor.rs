@@ -872,14 +872,10 @@ response_total{direction="outbound",authority="x",classification="failure",statu
         assert!(policy(&EMOJI_SVC).routes.is_empty());
         assert_eq!(policy(&EMOJI_SVC).codec, None);
 
-        // Redis's port has no route, and the Redis codec once the controller reads a port's
-        // `appProtocol` (being written).
+        // Redis's port has the Redis codec (its `appProtocol`), and no route.
         let redis = policy(&REDIS_SVC);
+        assert_eq!(redis.codec.as_deref(), Some("redis"), "{redis:?}");
         assert!(redis.routes.is_empty(), "{redis:?}");
-        assert!(
-            matches!(redis.codec.as_deref(), None | Some("redis")),
-            "{redis:?}"
-        );
     }
 
     /// The policy file as the destination controller reads it, beside the demo's pods: only
