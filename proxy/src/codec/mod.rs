@@ -60,6 +60,13 @@ pub trait Codec: Send + 'static {
     /// `-ERR …`, a Thrift `TApplicationException`. `None` for a request that expects no
     /// response (a one-way message).
     fn local_reply(&self, request: &Frame, error: &LocalError) -> Option<Frame>;
+
+    /// The lane of a request: requests of different lanes never share an upstream
+    /// connection. A protocol whose servers read each connection in one variant (Thrift's
+    /// binary and compact) gives each variant its own lane; most have one.
+    fn lane(&self, _request: &Frame) -> u8 {
+        0
+    }
 }
 
 /// What a frame is.
@@ -256,6 +263,8 @@ impl CodecError {
 /// A request on its way through a request stack.
 pub struct Req {
     pub frame: Arc<Frame>,
+    /// Its [`Codec::lane`].
+    pub lane: u8,
     /// The client connection it came on.
     pub conn: Arc<serve::Conn>,
 }

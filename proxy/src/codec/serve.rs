@@ -42,8 +42,6 @@ pub struct Conn {
     pub tap: ConnTap,
     pushes: mpsc::Sender<Frame>,
     pinned: Mutex<Option<(Upstream, Arc<Served>)>>,
-    /// Every request goes on the connection the first one opened.
-    pin_first: bool,
 }
 
 impl Conn {
@@ -67,8 +65,6 @@ pub struct ConnParams {
     pub orig_dst: SocketAddr,
     pub client_id: Option<Arc<str>>,
     pub protocol: Arc<dyn Protocol>,
-    /// Inbound: every request on one application connection per client connection.
-    pub pin_first: bool,
 }
 
 /// Serves each client connection with the request stack `N` makes for its target.
@@ -145,7 +141,6 @@ where
         tap,
         pushes,
         pinned: Mutex::new(None),
-        pin_first: params.pin_first,
     });
     let mut codec = params.protocol.codec(Side::Client);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -156,7 +151,6 @@ where
     // A request that pins the connection is in flight: the next ones wait for it.
     let mut pinning = false;
     let mut reading = true;
-    let mut first = true;
     loop {
         // Hand on what can go.
         while in_flight.len() < MAX_IN_FLIGHT && (!pinning || in_flight.is_empty()) {
@@ -177,18 +171,18 @@ where
                 tracing::debug!(kind = ?frame.kind, "a client sent a frame that is no request");
                 continue;
             }
-            let pins = conn.pinned().is_none()
-                && (frame.session != Session::None || (conn.pin_first && first));
-            first = false;
+            let pins = conn.pinned().is_none() && frame.session != Session::None;
             if pins && !in_flight.is_empty() {
                 held = Some(frame);
                 pinning = true;
                 break;
             }
+            let lane = codec.lane(&frame);
             let frame = Arc::new(frame);
             let request = frame.clone();
             let call = svc.clone().oneshot(Req {
                 frame,
+                lane,
                 conn: conn.clone(),
             });
             in_flight.push_back(call.map(move |result| (result, request)));

@@ -133,6 +133,15 @@ impl Codec for ThriftCodec {
     /// An `EXCEPTION` message holding a `TApplicationException` (`INTERNAL_ERROR`, the message
     /// `mesh: <why>`), in the request's protocol, with the name and sequence id the client
     /// sent: the request's bytes, not an id or name the mesh set since.
+    /// Binary and compact messages never share an upstream connection: a server reads each
+    /// connection in one protocol.
+    fn lane(&self, request: &Frame) -> u8 {
+        match request.bytes.get(PREFIX).copied().and_then(Proto::sniff) {
+            Some(Proto::Compact) => 1,
+            _ => 0,
+        }
+    }
+
     fn local_reply(&self, request: &Frame, error: &LocalError) -> Option<Frame> {
         if request.kind != Kind::Request {
             return None;
@@ -241,14 +250,6 @@ impl Proto {
             0x00 => Some(Self::Binary { strict: false }),
             COMPACT_ID => Some(Self::Compact),
             _ => None,
-        }
-    }
-
-    /// What a connection must keep to: strict and old binary headers are one protocol.
-    fn family(self) -> &'static str {
-        match self {
-            Self::Binary { .. } => "binary",
-            Self::Compact => "compact",
         }
     }
 }

@@ -286,9 +286,6 @@ pub struct EndpointTarget {
     /// What the answers say about where they came from (metrics, tap).
     pub info: Arc<super::meter::Served>,
     pub protocol: Arc<dyn Protocol>,
-    /// Every client connection gets its own upstream connection (inbound: one application
-    /// connection per peer connection), instead of sharing the endpoint's.
-    pub per_client: bool,
 }
 
 /// Makes each endpoint's client.
@@ -303,14 +300,16 @@ impl NewEndpoint {
     }
 }
 
-/// Sends requests to one endpoint: on its shared connection (opened by the first request
-/// that needs it, again after it fails), or on a connection of the client's own when the
-/// request pins one.
+/// Sends requests to one endpoint: on its shared connection of the request's lane (opened by
+/// the first request that needs it, again after it fails), or on a connection of the client's
+/// own when the request pins one. Outbound, an endpoint's stack is shared by every client
+/// connection; inbound, each client connection (a peer proxy's) has its own, so the
+/// application sees one connection per peer connection and lane.
 #[derive(Clone)]
 pub struct Endpoint {
     target: EndpointTarget,
     client: NewClient,
-    shared: Arc<tokio::sync::Mutex<Option<Upstream>>>,
+    shared: Arc<tokio::sync::Mutex<Vec<(u8, Upstream)>>>,
 }
 
 impl<T: Into<EndpointTarget>> NewService<T> for NewEndpoint {
@@ -342,13 +341,14 @@ impl Endpoint {
         })
     }
 
-    async fn shared(&self) -> Result<Upstream, LocalError> {
+    async fn shared(&self, lane: u8) -> Result<Upstream, LocalError> {
         let mut shared = self.shared.lock().await;
-        if let Some(up) = shared.as_ref().filter(|up| !up.is_closed()) {
+        if let Some((_, up)) = shared.iter().find(|(l, up)| *l == lane && !up.is_closed()) {
             return Ok(up.clone());
         }
         let up = self.open(None).await?;
-        *shared = Some(up.clone());
+        shared.retain(|(l, _)| *l != lane);
+        shared.push((lane, up.clone()));
         Ok(up)
     }
 }
@@ -366,13 +366,12 @@ impl tower::Service<Req> for Endpoint {
         let this = self.clone();
         Box::pin(async move {
             let info = this.target.info.clone();
-            let pin = this.target.per_client || req.frame.session != Session::None;
-            let up = if pin {
+            let up = if req.frame.session != Session::None {
                 let up = this.open(Some(req.conn.pushes())).await?;
                 req.conn.pin(up.clone(), info.clone());
                 up
             } else {
-                this.shared().await?
+                this.shared(req.lane).await?
             };
             let frame = up.send(req.frame).await?;
             Ok(Answer { frame, info })
@@ -498,7 +497,6 @@ mod tests {
                 orig_dst: self.0,
                 client_id: None,
                 protocol: Arc::new(Redis),
-                pin_first: false,
             }
         }
     }
@@ -525,7 +523,6 @@ mod tests {
             server_id: None,
             info: served.clone(),
             protocol: Arc::new(Redis),
-            per_client: false,
         });
         let requests = Meter::new(
             Pinned::layer().layer(endpoint),

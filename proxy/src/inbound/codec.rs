@@ -1,9 +1,10 @@
 //! The codec stage of the inbound stack: a connection to a port of
 //! `MESH_PROXY_INBOUND_CODEC_PORTS` (the pod's `config.mesh.io/codec-ports`), once authorized
 //! as an opaque connection would be, has its requests decoded and each metered, checked against
-//! the port's rate limit, and sent to the application on a connection of its own (one
-//! application connection per client connection: a peer proxy's connection carries many
-//! clients' requests, in order).
+//! the port's rate limit, and sent to the application on connections of its own (one per lane,
+//! and one more per pinning request: a peer proxy's shared connection carries many clients'
+//! requests, in order; a pinned client's arrives on a connection of its own, pinning request
+//! first).
 //!
 //! | stage | target | layers, outer to inner |
 //! |---|---|---|
@@ -73,7 +74,6 @@ impl Param<ConnParams> for CodecConn {
                 Tls::NoIdentity(_) => None,
             },
             protocol: self.protocol.clone(),
-            pin_first: true,
         }
     }
 }
@@ -116,7 +116,6 @@ pub fn stack(
                 server_id: None,
                 info: Arc::new(served.clone()),
                 protocol: target.protocol.clone(),
-                per_client: true,
             });
             let limited = rate_limit
                 .layer(NewFn(move |_: InboundConn| {

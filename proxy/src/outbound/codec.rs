@@ -153,7 +153,6 @@ fn endpoint(ep: Endpoint, protocol: &Arc<dyn Protocol>) -> EndpointTarget {
             server_id: ep.server_id.clone(),
         }),
         protocol: protocol.clone(),
-        per_client: false,
     }
 }
 
@@ -219,7 +218,6 @@ impl Param<ConnParams> for CodecConn {
             orig_dst: self.conn.orig_dst,
             client_id: None,
             protocol: self.protocol.clone(),
-            pin_first: false,
         }
     }
 }
