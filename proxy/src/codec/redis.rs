@@ -848,6 +848,9 @@ fn session<A: AsRef<[u8]>>(command: &str, args: &[A]) -> Session {
         // Connection state.
         "MULTI" | "EXEC" | "DISCARD" | "WATCH" | "SELECT" | "AUTH" | "HELLO" | "CLIENT"
         | "READONLY" | "READWRITE" | "RESET" => Session::Pin,
+        // The server closes the connection that asks: never a shared one (client libraries
+        // send it when they close).
+        "QUIT" => Session::Pin,
         // Blocking: the connection waits for the answer, other requests must not queue on it.
         "BLPOP" | "BRPOP" | "BLMOVE" | "BRPOPLPUSH" | "BZPOPMIN" | "BZPOPMAX" | "BLMPOP"
         | "BZMPOP" | "WAIT" | "WAITAOF" => Session::Pin,
@@ -1488,6 +1491,7 @@ mod tests {
             ("READONLY", "READONLY", None, Pin),
             ("READWRITE", "READWRITE", None, Pin),
             ("RESET", "RESET", None, Pin),
+            ("QUIT", "QUIT", None, Pin),
             ("BLPOP a b 0", "BLPOP", Some("a"), Pin),
             ("BRPOP a 0", "BRPOP", Some("a"), Pin),
             ("BLMOVE a b LEFT LEFT 0", "BLMOVE", Some("a"), Pin),

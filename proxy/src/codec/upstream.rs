@@ -419,8 +419,9 @@ where
 #[cfg(test)]
 mod tests {
     //! The framework on loopback with the Redis codec: a fake server that answers `ECHO x`
-    //! with `x` (after `DELAY ms x`: late), `MULTI` with `+OK`, and closes on `QUIT`; client
-    //! connections served by `serve::Serve` over an endpoint stack.
+    //! with `x` (after `DELAY ms x`: late), `CONN` with its connection's number, `MULTI` with
+    //! `+OK`, closes on `DROP`, and answers `QUIT` then closes; client connections served by
+    //! `serve::Serve` over an endpoint stack.
 
     use super::*;
     use crate::{
@@ -473,7 +474,11 @@ mod tests {
                                 }
                                 "CONN" => format!(":{n}\r\n"),
                                 "MULTI" => "+OK\r\n".to_owned(),
-                                "QUIT" => return,
+                                "DROP" => return,
+                                "QUIT" => {
+                                    io.write_all(b"+OK\r\n").await.unwrap();
+                                    return;
+                                }
                                 _ => "-ERR unknown\r\n".to_owned(),
                             };
                             io.write_all(reply.as_bytes()).await.unwrap();
@@ -605,7 +610,7 @@ mod tests {
         let mut a = TcpStream::connect(proxy).await.unwrap();
         exchange(&mut a, "ECHO 1\r\n", "+1\r\n").await;
         // The server closes the shared connection without answering.
-        a.write_all(b"QUIT\r\n").await.unwrap();
+        a.write_all(b"DROP\r\n").await.unwrap();
         let mut reply = [0; 256];
         let n = a.read(&mut reply).await.unwrap();
         let reply = String::from_utf8_lossy(&reply[..n]);
@@ -629,5 +634,20 @@ mod tests {
         let read = tokio::time::timeout(Duration::from_secs(5), bad.read_to_end(&mut rest));
         assert!(read.await.expect("closed within 5 s").is_ok());
         exchange(&mut good, "ECHO 2\r\n", "+2\r\n").await;
+    }
+
+    #[tokio::test]
+    async fn quit_closes_its_client_and_not_the_shared_connection() {
+        let (upstream, _) = server().await;
+        let proxy = proxy(upstream).await;
+        let mut a = TcpStream::connect(proxy).await.unwrap();
+        let mut b = TcpStream::connect(proxy).await.unwrap();
+        exchange(&mut a, "CONN\r\n", ":1\r\n").await;
+        exchange(&mut b, "CONN\r\n", ":1\r\n").await;
+        exchange(&mut a, "QUIT\r\n", "+OK\r\n").await;
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), a.read_to_end(&mut rest));
+        assert!(read.await.expect("closed within 5 s").is_ok());
+        exchange(&mut b, "CONN\r\n", ":1\r\n").await;
     }
 }
