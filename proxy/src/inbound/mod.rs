@@ -174,7 +174,9 @@ pub fn stack(
     let by_codec = codecs.clone();
     let opaque = Stack::new(NewSelect::new(
         move |conn: &InboundConn| by_codec.get(conn.target.port()).is_some(),
-        codec::stack(codecs, client, metrics.clone(), taps.clone()),
+        Stack::new(codec::stack(codecs, client, metrics.clone(), taps.clone()))
+            .push(crate::transport::NewTcpMetrics::layer(metrics.clone()))
+            .into_inner(),
         forward,
     ))
     .push(NewAuthorizeTcp::layer())
