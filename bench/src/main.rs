@@ -1,4 +1,4 @@
-//! `mesh-bench`: the mesh proxy (and the pre-rebuild one) against direct calls and HAProxy on network-namespace pods (reported as ratios to the direct call), opaque TCP against twemproxy with redis-benchmark, discovery's propagation and memory, load balancing between equal endpoints and between a fast and a slow one, 50 HTTPRoutes on a Service against none, and 20 inbound AuthorizationPolicies on a Server against none.
+//! `mesh-bench`: the mesh proxy (and the pre-rebuild one) against direct calls and HAProxy on network-namespace pods (reported as ratios to the direct call), Redis (the proxy's codec and opaque TCP) against twemproxy with redis-benchmark, discovery's propagation and memory, load balancing between equal endpoints and between a fast and a slow one, 50 HTTPRoutes on a Service against none, and 20 inbound AuthorizationPolicies on a Server against none.
 //!
 //! ```text
 //! scripts/setup-bench.sh && cargo run --release -p mesh-bench -- --out BENCHMARKS.md   # just bench
@@ -47,9 +47,11 @@ use crate::testbed::{Scenario, Testbed};
 /// (outbound proxy), 2-hop (outbound and inbound proxy), 2-hop mTLS, each also through the
 /// pre-rebuild proxy ("(before)", see --baseline-proxy), haproxy and haproxy nbthread 1; then
 /// HTTP/1.1 at the fixed rate with more connections (--connections). The redis part measures
-/// redis-benchmark's round trips direct, through one meshed hop (current and pre-rebuild) and
-/// through twemproxy. The discovery part measures how fast an endpoint change reaches 1,000
-/// watchers of the destination controller, and the controller's memory with 10,000 endpoints.
+/// redis-benchmark's round trips, not pipelined and pipelined, direct, through twemproxy, through
+/// the proxy's Redis codec (one hop, and two hops with mutual TLS) and through one meshed hop
+/// that copies bytes (current and pre-rebuild). The discovery part measures how fast an
+/// endpoint change reaches 1,000 watchers of the destination controller, and the controller's
+/// memory with 10,000 endpoints.
 /// The balance part measures how the proxy splits requests between two equal endpoints at 2, 50
 /// and 2,000 req/s (the first for 40 s), and compares its split between a fast and a slow
 /// endpoint with round-robin's. The routes part measures p99 at the fixed rate and maximum
@@ -319,7 +321,12 @@ fn run(mut args: Args) -> anyhow::Result<()> {
                 baseline.as_ref().map_or("", |b| b.path.as_str())
             ),
         }
-        let testbed = Testbed::start(&args.haproxy, &proxy_env, baseline_program.as_deref())?;
+        let testbed = Testbed::start(
+            &args.haproxy,
+            &proxy_env,
+            baseline_program.as_deref(),
+            parts.contains(&Part::Redis),
+        )?;
         let measured = (|| {
             if parts.contains(&Part::Proxy) {
                 measurements = measure(&testbed, oha, &args, clock_ticks)?;

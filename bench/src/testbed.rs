@@ -17,6 +17,12 @@
 //!
 //! The `control` pod runs the destination and identity controllers for the mTLS pairs.
 //!
+//! With the redis part, two more pods serve its codec scenarios (see [`CodecPods`]):
+//! `client-codec`, meshed with discovery and identity, calls Redis through Services whose port
+//! says `appProtocol: mesh.io/redis`, one at [`REDIS_CODEC_CLUSTER_IP`] in front of the plain
+//! `server` pod and one at [`REDIS_CODEC_MESHED_CLUSTER_IP`] in front of `server-codec`, whose
+//! proxy decodes Redis inbound (`MESH_PROXY_INBOUND_CODEC_PORTS=6379=redis`).
+//!
 //! Everything lives in one [`Cluster`] on `10.244.0.0/16`; dropping the testbed stops the
 //! processes and servers, then the cluster removes the namespaces.
 
@@ -135,6 +141,7 @@ pub struct Testbed {
     mtls_client_proxy: Proxy,
     mtls_server_proxy: Proxy,
     before: Option<Before>,
+    codec: Option<Codec>,
     _servers: [Server; 3],
     control: ControlPlane,
     client: Pod,
@@ -158,20 +165,53 @@ struct Before {
     server: Pod,
 }
 
+/// The pods of the redis part's codec scenarios: a client meshed with discovery and identity,
+/// and a meshed server whose proxy decodes Redis on [`REDIS_PORT`] inbound.
+struct Codec {
+    client_proxy: Proxy,
+    server_proxy: Proxy,
+    client: Pod,
+    server: Pod,
+}
+
 /// The pods and processes the redis part uses: the server pod (where redis-server runs), the
-/// unmeshed client pod (redis-benchmark direct, and nutcracker), and the meshed client pods
-/// with their proxy's pid.
+/// unmeshed client pod (redis-benchmark direct, and nutcracker), the meshed client pods with
+/// their proxy's pid, and the codec scenarios' pods when the testbed has them.
 pub struct RedisPods<'a> {
     pub server: &'a Pod,
     pub client: &'a Pod,
     pub meshed: (&'a Pod, u32),
     pub before: Option<(&'a Pod, u32)>,
+    pub codec: Option<CodecPods<'a>>,
+}
+
+/// The codec scenarios' pods, their proxies, and the Services (with `appProtocol:
+/// mesh.io/redis` on port [`REDIS_PORT`]) that redis-benchmark calls.
+pub struct CodecPods<'a> {
+    /// Meshed with discovery and identity: its outbound proxy decodes what it sends to the
+    /// Services.
+    pub client: &'a Pod,
+    pub client_proxy: &'a Proxy,
+    /// Meshed with identity and `MESH_PROXY_INBOUND_CODEC_PORTS=6379=redis`; redis-server runs
+    /// here for the two-hop scenario.
+    pub server: &'a Pod,
+    pub server_proxy: &'a Proxy,
+    /// The Service in front of the plain `server` pod (one hop).
+    pub one_hop: SocketAddr,
+    /// The Service in front of [`CodecPods::server`] (two hops, mutual TLS).
+    pub two_hop: SocketAddr,
 }
 
 /// The mTLS server's service address (its proxies find it through discovery).
 pub const MTLS_CLUSTER_IP: [u8; 4] = [10, 96, 0, 20];
 /// The pre-rebuild mTLS server's service address.
 pub const MTLS_BEFORE_CLUSTER_IP: [u8; 4] = [10, 96, 0, 21];
+/// The Redis Service in front of the plain server pod, for the codec's one hop.
+pub const REDIS_CODEC_CLUSTER_IP: [u8; 4] = [10, 96, 0, 30];
+/// The Redis Service in front of the meshed `server-codec` pod, for the codec's two hops.
+pub const REDIS_CODEC_MESHED_CLUSTER_IP: [u8; 4] = [10, 96, 0, 31];
+/// The Redis port: the Services', and redis-server's in the server pods.
+pub const REDIS_PORT: u16 = 6379;
 
 /// HAProxy with its default threads.
 const HAPROXY: haproxy::Setup = haproxy::Setup {
@@ -194,11 +234,12 @@ impl Testbed {
     /// Builds the pods, starts the server application in the server pods, meshes the meshed
     /// ones (their proxies take `proxy_env`), and starts both HAProxies in the client pod. With
     /// `baseline`, the pre-rebuild proxy's pods too, meshed with that program and the same
-    /// environment.
+    /// environment; with `redis_codec`, the redis part's codec pods and Services.
     pub fn start(
         haproxy_program: &Path,
         proxy_env: &[(String, String)],
         baseline: Option<&Path>,
+        redis_codec: bool,
     ) -> anyhow::Result<Self> {
         let mut cluster = Cluster::new("bench").context("creating the benchmark's cluster")?;
         let server = cluster.add_pod("server")?;
@@ -249,6 +290,14 @@ impl Testbed {
             ),
         };
 
+        let codec = match redis_codec {
+            false => None,
+            true => Some(
+                Codec::start(&mut cluster, &control, proxy_env, &server)
+                    .context("meshing the redis codec's pods")?,
+            ),
+        };
+
         let upstream = SocketAddr::from((server.ip, server::PORT));
         let log_dir = cluster.log_dir();
         let haproxy = Haproxy::start(
@@ -277,6 +326,7 @@ impl Testbed {
             mtls_client_proxy: mtls.client,
             mtls_server_proxy: mtls.server,
             before,
+            codec,
             _servers: servers,
             control,
             client,
@@ -404,6 +454,14 @@ impl Testbed {
                 .before
                 .as_ref()
                 .map(|b| (&b.client, b.client_proxy.pid())),
+            codec: self.codec.as_ref().map(|c| CodecPods {
+                client: &c.client,
+                client_proxy: &c.client_proxy,
+                server: &c.server,
+                server_proxy: &c.server_proxy,
+                one_hop: SocketAddr::from((REDIS_CODEC_CLUSTER_IP, REDIS_PORT)),
+                two_hop: SocketAddr::from((REDIS_CODEC_MESHED_CLUSTER_IP, REDIS_PORT)),
+            }),
         }
     }
 
@@ -463,6 +521,84 @@ impl Before {
     }
 }
 
+// === impl Codec ===
+
+impl Codec {
+    /// Adds `client-codec` and `server-codec`, writes the Redis Services in front of `server`
+    /// (unmeshed) and of `server-codec`, and meshes both pods with discovery and identity; the
+    /// server's proxy decodes Redis on [`REDIS_PORT`] inbound.
+    fn start(
+        cluster: &mut Cluster,
+        control: &ControlPlane,
+        proxy_env: &[(String, String)],
+        server: &Pod,
+    ) -> anyhow::Result<Codec> {
+        let codec_server = cluster.add_pod("server-codec")?;
+        let client = cluster.add_pod("client-codec")?;
+        for (name, ip, pod) in [
+            ("redis-codec", REDIS_CODEC_CLUSTER_IP, server),
+            (
+                "redis-codec-meshed",
+                REDIS_CODEC_MESHED_CLUSTER_IP,
+                &codec_server,
+            ),
+        ] {
+            control.write(
+                &format!("{name}.yaml"),
+                &redis_service_yaml("bench", name, ip.into(), (&pod.name, pod.ip)),
+            )?;
+        }
+        let enroll = |pod: &Pod, sa: &str, extra: &[(&str, &str)]| {
+            let mut options = control.enroll(pod, "bench", sa, &[])?;
+            options.env.extend(proxy_env.iter().cloned());
+            options
+                .env
+                .extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            anyhow::Ok(options)
+        };
+        let inbound_codec = format!("{REDIS_PORT}=redis");
+        let server_proxy = codec_server
+            .mesh(enroll(
+                &codec_server,
+                "redis-server",
+                &[("MESH_PROXY_INBOUND_CODEC_PORTS", &inbound_codec)],
+            )?)
+            .context("meshing the redis codec's server pod")?;
+        client.route("10.96.0.0/12")?;
+        let client_proxy = client
+            .mesh(enroll(&client, "redis-client", &[])?)
+            .context("meshing the redis codec's client pod")?;
+        Ok(Codec {
+            client_proxy,
+            server_proxy,
+            client,
+            server: codec_server,
+        })
+    }
+}
+
+/// A Service `name` at `cluster_ip` whose port [`REDIS_PORT`] says `appProtocol: mesh.io/redis`,
+/// and its one EndpointSlice with the pod `(name, ip)` ready on that port (referenced by name:
+/// meshed if the control plane knows it as a meshed Pod, plain otherwise).
+pub fn redis_service_yaml(
+    namespace: &str,
+    name: &str,
+    cluster_ip: Ipv4Addr,
+    (pod, ip): (&str, Ipv4Addr),
+) -> String {
+    let port = format!("name: redis, port: {REDIS_PORT}, appProtocol: mesh.io/redis");
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\n\
+         spec: {{clusterIP: {cluster_ip}, ports: [{{{port}, targetPort: {REDIS_PORT}}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: {name}-1, namespace: {namespace}, \
+         labels: {{kubernetes.io/service-name: {name}}}}}\n\
+         addressType: IPv4\nports: [{{{port}}}]\nendpoints:\n\
+         - {{addresses: [\"{ip}\"], conditions: {{ready: true}}, \
+         targetRef: {{kind: Pod, name: {pod}, namespace: {namespace}}}}}\n"
+    )
+}
+
 /// The proxies of a meshed client and server with identity, the server behind a ClusterIP.
 struct MtlsPair {
     client: Proxy,
@@ -508,5 +644,68 @@ impl MtlsPair {
             .mesh(enroll(client_pod, client_sa)?)
             .with_context(|| format!("meshing the mTLS client pod {}", client_pod.name))?;
         Ok(MtlsPair { client, server })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_api::destination::ProtocolHint;
+    use mesh_controller::index::{Index, IndexConfig, Resolution, Target};
+    use mesh_controller::source::folder::parse_yaml;
+
+    /// The codec Services as the controller serves them: the codec in the outbound policy of
+    /// the ClusterIP, and on the endpoint, plain or meshed (with its identity).
+    #[test]
+    fn redis_services_carry_the_codec() {
+        let plain = Ipv4Addr::new(10, 244, 0, 2);
+        let meshed = Ipv4Addr::new(10, 244, 0, 9);
+        let yaml = format!(
+            "{}---\n{}---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: {{name: server-codec, namespace: bench}}\n\
+             spec: {{serviceAccountName: redis-server, containers: [{{name: app, image: app}}, \
+             {{name: mesh-proxy, image: mesh-proxy}}]}}\n\
+             status: {{phase: Running, podIP: \"{meshed}\"}}\n",
+            redis_service_yaml(
+                "bench",
+                "redis-codec",
+                REDIS_CODEC_CLUSTER_IP.into(),
+                ("server", plain)
+            ),
+            redis_service_yaml(
+                "bench",
+                "redis-codec-meshed",
+                REDIS_CODEC_MESHED_CLUSTER_IP.into(),
+                ("server-codec", meshed)
+            ),
+        );
+        let (objects, errors) = parse_yaml(&yaml);
+        assert!(errors.is_empty(), "{errors:?}");
+        let mut index = Index::new(IndexConfig::default());
+        objects.into_iter().for_each(|o| index.apply(o));
+        for (cluster_ip, endpoint, identity) in [
+            (REDIS_CODEC_CLUSTER_IP, plain, None),
+            (
+                REDIS_CODEC_MESHED_CLUSTER_IP,
+                meshed,
+                Some("redis-server.bench.serviceaccount.identity.mesh.cluster.local"),
+            ),
+        ] {
+            let target = Target::Addr(SocketAddr::from((cluster_ip, REDIS_PORT)));
+            let policy = index.outbound_policy(&target, Some("bench"));
+            assert_eq!(policy.codec.as_deref(), Some("redis"), "{policy:?}");
+            let Resolution::Endpoints(endpoints) = index.resolve(&target) else {
+                panic!("{cluster_ip:?} resolves to nothing");
+            };
+            let addrs: Vec<SocketAddr> = endpoints.keys().copied().collect();
+            assert_eq!(addrs, [SocketAddr::from((endpoint, REDIS_PORT))]);
+            let ep = &endpoints[&addrs[0]];
+            assert_eq!(
+                ep.protocol_hint,
+                Some(ProtocolHint::Codec("redis".into())),
+                "{ep:?}"
+            );
+            assert_eq!(ep.identity.as_deref(), identity, "{ep:?}");
+        }
     }
 }
