@@ -6,19 +6,15 @@
 //! The `method` label is bounded: each codec has at most [`MAX_METHODS`] method names; requests
 //! of any other are counted as `other` (a client cannot grow the label sets without bound).
 
-use super::{Answer, Frame, Kind, LocalError, Req};
+use super::{Answer, Frame, Kind, LocalError, Req, Served};
 use crate::{
-    discover::DstLabels,
-    metrics::{
-        Classification, CodecLabels, Direction, Metrics, RequestLabels, ResponseLabels, Tls,
-    },
+    metrics::{Classification, CodecLabels, Metrics, RequestLabels, ResponseLabels, Tls},
     svc::lock,
     tap::{RequestMeta, Taps},
 };
 use futures_util::future::BoxFuture;
 use std::{
     collections::HashMap,
-    net::SocketAddr,
     sync::{Arc, Mutex, OnceLock},
     task::{Context, Poll},
     time::Instant,
@@ -26,19 +22,6 @@ use std::{
 
 /// The most method names one codec's `method` label takes.
 pub const MAX_METHODS: usize = 128;
-
-/// Where a request went, as its metrics and tap events say.
-#[derive(Clone, Debug)]
-pub struct Served {
-    pub direction: Direction,
-    /// The `authority` label: the Service (outbound), the pod's address dialed (inbound).
-    pub authority: Arc<str>,
-    pub target_addr: SocketAddr,
-    pub dst: Option<Arc<DstLabels>>,
-    pub tls: Tls,
-    /// Outbound: the identity the endpoint proved.
-    pub server_id: Option<Arc<str>>,
-}
 
 /// Counts a client connection's requests; made per connection with `fallback`: the labels of
 /// a request the proxy answered itself.

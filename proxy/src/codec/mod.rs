@@ -260,6 +260,19 @@ impl CodecError {
     }
 }
 
+/// Where a request went, as its metrics and tap events say.
+#[derive(Clone, Debug)]
+pub struct Served {
+    pub direction: crate::metrics::Direction,
+    /// The `authority` label: the Service (outbound), the pod's address dialed (inbound).
+    pub authority: Arc<str>,
+    pub target_addr: std::net::SocketAddr,
+    pub dst: Option<Arc<crate::discover::DstLabels>>,
+    pub tls: crate::metrics::Tls,
+    /// Outbound: the identity the endpoint proved.
+    pub server_id: Option<Arc<str>>,
+}
+
 /// A request on its way through a request stack.
 pub struct Req {
     pub frame: Arc<Frame>,
@@ -273,7 +286,7 @@ pub struct Req {
 /// connection now streams), and where it was served.
 pub struct Answer {
     pub frame: Option<Frame>,
-    pub info: Arc<meter::Served>,
+    pub info: Arc<Served>,
 }
 
 /// A response is an endpoint's success for the balancer: a protocol error (`-ERR`) is the

@@ -1,27 +1,11 @@
-//! Outbound routing of a codec's requests by their metadata: the `MetaRoute`s of the Service
-//! (from its outbound policy), compiled once per policy; the first rule one of whose matches
-//! holds takes the request (routes in tie-break order, rules in order), its metadata
-//! mutations are applied, one of its backends is picked by weight, and the request waits at
-//! most the rule's timeout. No rule: the Service itself.
+//! Matching a codec's requests by their metadata: the `MetaRoute`s of a Service (from its
+//! outbound policy), compiled once per policy; the first rule one of whose matches holds
+//! takes the request (routes in tie-break order, rules in order). What a rule then does (its
+//! mutations, a backend by weight, its timeout) is the outbound router's (`outbound/codec.rs`).
 
-use super::{Answer, LocalError, Req};
-use crate::{
-    outbound::{
-        policy::{Compiled, PolicyWatch},
-        Logical, LogicalAddr,
-    },
-    svc::{Cache, NewService},
-};
-use futures_util::future::BoxFuture;
 use mesh_api::policy::{Backend, MetaMatchKind, MetaRoute};
 use regex::Regex;
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
-use tokio::sync::watch;
-use tower::ServiceExt;
+use std::time::Duration;
 
 /// The MetaRoutes of one policy, ready for matching.
 #[derive(Debug, Default)]
@@ -30,13 +14,15 @@ pub struct MetaTable {
 }
 
 #[derive(Debug)]
-struct MetaRule {
+pub struct MetaRule {
     /// Any of these; none: every request.
     matches: Vec<Vec<KeyMatch>>,
-    backends: Vec<Backend>,
+    pub backends: Vec<Backend>,
     total_weight: u64,
-    mutations: Vec<(String, String)>,
-    timeout: Option<Duration>,
+    /// Metadata keys set on the request.
+    pub mutations: Vec<(String, String)>,
+    /// How long the request may wait for its response.
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -99,7 +85,8 @@ impl MetaTable {
         Self { rules }
     }
 
-    fn select(&self, frame: &super::Frame) -> Option<&MetaRule> {
+    /// The rule that takes `frame`, if any.
+    pub fn select(&self, frame: &super::Frame) -> Option<&MetaRule> {
         self.rules.iter().find(|rule| {
             rule.matches.is_empty()
                 || rule.matches.iter().any(|keys| {
@@ -117,7 +104,7 @@ impl MetaTable {
 
 impl MetaRule {
     /// A backend by weight; `None` when every weight is 0.
-    fn pick(&self, roll: impl FnOnce(u64) -> u64) -> Option<&Backend> {
+    pub fn pick(&self, roll: impl FnOnce(u64) -> u64) -> Option<&Backend> {
         if self.total_weight == 0 {
             return None;
         }
@@ -130,107 +117,6 @@ impl MetaRule {
             at -= w;
         }
         None
-    }
-}
-
-/// Routes one logical destination's requests: by its policy's MetaRoutes to backends made by
-/// `N` (shared by every connection, forgotten when idle), else to the destination itself.
-pub struct Router<N: NewService<Logical>> {
-    /// Held, so that the policy is followed while connections use it.
-    _watch: Arc<PolicyWatch>,
-    policy: watch::Receiver<Option<Arc<Compiled>>>,
-    logical: Logical,
-    new_backend: N,
-    backends: Arc<Cache<LogicalAddr, N::Service>>,
-}
-
-impl<N: NewService<Logical> + Clone> Clone for Router<N> {
-    fn clone(&self) -> Self {
-        Self {
-            _watch: self._watch.clone(),
-            policy: self.policy.clone(),
-            logical: self.logical.clone(),
-            new_backend: self.new_backend.clone(),
-            backends: self.backends.clone(),
-        }
-    }
-}
-
-impl<N: NewService<Logical>> Router<N> {
-    pub fn new(
-        watch: Arc<PolicyWatch>,
-        logical: Logical,
-        new_backend: N,
-        backends: Arc<Cache<LogicalAddr, N::Service>>,
-    ) -> Self {
-        Self {
-            policy: watch.subscribe(),
-            _watch: watch,
-            logical,
-            new_backend,
-            backends,
-        }
-    }
-
-    fn backend(&self, addr: LogicalAddr) -> N::Service
-    where
-        N::Service: Clone + Send + Sync + 'static,
-    {
-        let logical = Logical {
-            addr: addr.clone(),
-            no_tls: self.logical.no_tls,
-        };
-        (*self
-            .backends
-            .get_or_insert_with(&addr, || self.new_backend.new_service(logical)))
-        .clone()
-    }
-}
-
-impl<N, S> tower::Service<Req> for Router<N>
-where
-    N: NewService<Logical, Service = S>,
-    S: tower::Service<Req, Response = Answer, Error = LocalError> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Answer;
-    type Error = LocalError;
-    type Future = BoxFuture<'static, Result<Answer, LocalError>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), LocalError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut req: Req) -> Self::Future {
-        let policy = self.policy.borrow().clone();
-        let rule = policy.as_deref().and_then(|p| p.meta.select(&req.frame));
-        let Some(rule) = rule else {
-            let backend = self.backend(self.logical.addr.clone());
-            return Box::pin(backend.oneshot(req));
-        };
-        let Some(backend) = rule.pick(|n| fastrand::u64(..n)) else {
-            return Box::pin(async { Err(LocalError::NoRoute) });
-        };
-        if backend.error.is_some() {
-            return Box::pin(async { Err(LocalError::NoRoute) });
-        }
-        if !rule.mutations.is_empty() {
-            let frame = Arc::make_mut(&mut req.frame);
-            for (key, value) in &rule.mutations {
-                frame.metadata.set(key.clone(), value.clone());
-            }
-        }
-        let timeout = rule.timeout;
-        let backend = self.backend(LogicalAddr::Name(backend.authority.as_str().into()));
-        let call = backend.oneshot(req);
-        Box::pin(async move {
-            match timeout {
-                Some(t) => tokio::time::timeout(t, call)
-                    .await
-                    .unwrap_or(Err(LocalError::Timeout)),
-                None => call.await,
-            }
-        })
     }
 }
 

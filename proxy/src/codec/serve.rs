@@ -25,7 +25,7 @@ use tokio::{
 };
 use tower::ServiceExt;
 
-use super::{meter::Served, Answer, Req, Session};
+use super::{Answer, Req, Served, Session};
 
 /// How many requests of one client connection may be in flight before it is read no more.
 const MAX_IN_FLIGHT: usize = 1024;

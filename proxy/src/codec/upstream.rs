@@ -284,7 +284,7 @@ pub struct EndpointTarget {
     /// The identity its proxy must prove (mutual TLS), when meshed.
     pub server_id: Option<Arc<str>>,
     /// What the answers say about where they came from (metrics, tap).
-    pub info: Arc<super::meter::Served>,
+    pub info: Arc<super::Served>,
     pub protocol: Arc<dyn Protocol>,
 }
 
@@ -426,10 +426,10 @@ mod tests {
     use super::*;
     use crate::{
         codec::{
-            meter::{Meter, Served},
+            meter::Meter,
             redis::Redis,
             serve::{ConnParams, NewServe},
-            Side,
+            Served, Side,
         },
         connect::Connect,
         drain::Drain,

@@ -15,10 +15,10 @@ use super::{authorize::NewRateLimit, InboundConn};
 use crate::{
     codec::{
         self,
-        meter::{Meter, Served},
+        meter::Meter,
         serve::{ConnParams, NewServe},
         upstream::{EndpointTarget, NewEndpoint, Pinned},
-        Protocol,
+        Protocol, Served,
     },
     http::client::NewClient,
     metrics::{Direction, Metrics, Tls},

@@ -9,20 +9,23 @@
 //! | stage | target | layers, outer to inner |
 //! |---|---|---|
 //! | connection | [`OutboundConn`] | the destination's codec, from its policy → serve: decode, answer in order (`codec::serve`) |
-//! | request | the connection | metrics and tap (`codec::meter`) → the pinned connection, if any (`codec::upstream::Pinned`) → MetaRoute: mutations, timeout, weighted backend (`codec::route`) |
+//! | request | the connection | metrics and tap (`codec::meter`) → the pinned connection, if any (`codec::upstream::Pinned`) → MetaRoute (matched by `codec::route`): mutations, timeout, weighted backend ([`Router`]) |
 //! | backend | [`Logical`] (shared, idle-evicted) | discovery → P2C peak-EWMA (`outbound::backend`) |
 //! | endpoint | [`Endpoint`] | the endpoint's shared connection, or a new one the request pins (`codec::upstream::Endpoint`) |
 
-use super::{backend::NewBackend, Endpoint, Logical, LogicalAddr, Names, OutboundConn, Policies};
+use super::{
+    backend::NewBackend,
+    policy::{Compiled, PolicyWatch},
+    Endpoint, Logical, LogicalAddr, Names, OutboundConn, Policies,
+};
 use crate::{
     balance::BalanceConfig,
     codec::{
         self,
-        meter::{Meter, Served},
-        route::Router,
+        meter::Meter,
         serve::{ConnParams, NewServe},
         upstream::{EndpointTarget, NewEndpoint, Pinned},
-        Protocol,
+        Answer, LocalError, Protocol, Req, Served,
     },
     discover::Resolver,
     http::client::NewClient,
@@ -30,12 +33,14 @@ use crate::{
     svc::{BoxError, BoxIo, Cache, ConnFuture, NewFn, NewService, Param},
     tap::Taps,
 };
+use futures_util::future::BoxFuture;
 use std::{
     collections::HashMap,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
+use tokio::sync::watch;
 use tower::{Layer, ServiceExt};
 
 /// Makes a codec's endpoint stacks from the balancer's endpoints.
@@ -285,5 +290,108 @@ impl Shared {
         let serve =
             NewServe::layer(self.taps.clone()).layer(NewFn(move |_: CodecConn| requests.clone()));
         Some(serve.new_service(target))
+    }
+}
+
+// === routing ===
+
+/// Routes one logical destination's requests: by its policy's MetaRoutes to backends made by
+/// `N` (shared by every connection, forgotten when idle), else to the destination itself.
+pub struct Router<N: NewService<Logical>> {
+    /// Held, so that the policy is followed while connections use it.
+    _watch: Arc<PolicyWatch>,
+    policy: watch::Receiver<Option<Arc<Compiled>>>,
+    logical: Logical,
+    new_backend: N,
+    backends: Arc<Cache<LogicalAddr, N::Service>>,
+}
+
+impl<N: NewService<Logical> + Clone> Clone for Router<N> {
+    fn clone(&self) -> Self {
+        Self {
+            _watch: self._watch.clone(),
+            policy: self.policy.clone(),
+            logical: self.logical.clone(),
+            new_backend: self.new_backend.clone(),
+            backends: self.backends.clone(),
+        }
+    }
+}
+
+impl<N: NewService<Logical>> Router<N> {
+    pub fn new(
+        watch: Arc<PolicyWatch>,
+        logical: Logical,
+        new_backend: N,
+        backends: Arc<Cache<LogicalAddr, N::Service>>,
+    ) -> Self {
+        Self {
+            policy: watch.subscribe(),
+            _watch: watch,
+            logical,
+            new_backend,
+            backends,
+        }
+    }
+
+    fn backend(&self, addr: LogicalAddr) -> N::Service
+    where
+        N::Service: Clone + Send + Sync + 'static,
+    {
+        let logical = Logical {
+            addr: addr.clone(),
+            no_tls: self.logical.no_tls,
+        };
+        (*self
+            .backends
+            .get_or_insert_with(&addr, || self.new_backend.new_service(logical)))
+        .clone()
+    }
+}
+
+impl<N, S> tower::Service<Req> for Router<N>
+where
+    N: NewService<Logical, Service = S>,
+    S: tower::Service<Req, Response = Answer, Error = LocalError> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Answer;
+    type Error = LocalError;
+    type Future = BoxFuture<'static, Result<Answer, LocalError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), LocalError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        let policy = self.policy.borrow().clone();
+        let rule = policy.as_deref().and_then(|p| p.meta.select(&req.frame));
+        let Some(rule) = rule else {
+            let backend = self.backend(self.logical.addr.clone());
+            return Box::pin(backend.oneshot(req));
+        };
+        let Some(backend) = rule.pick(|n| fastrand::u64(..n)) else {
+            return Box::pin(async { Err(LocalError::NoRoute) });
+        };
+        if backend.error.is_some() {
+            return Box::pin(async { Err(LocalError::NoRoute) });
+        }
+        if !rule.mutations.is_empty() {
+            let frame = Arc::make_mut(&mut req.frame);
+            for (key, value) in &rule.mutations {
+                frame.metadata.set(key.clone(), value.clone());
+            }
+        }
+        let timeout = rule.timeout;
+        let backend = self.backend(LogicalAddr::Name(backend.authority.as_str().into()));
+        let call = backend.oneshot(req);
+        Box::pin(async move {
+            match timeout {
+                Some(t) => tokio::time::timeout(t, call)
+                    .await
+                    .unwrap_or(Err(LocalError::Timeout)),
+                None => call.await,
+            }
+        })
     }
 }
