@@ -352,6 +352,8 @@ struct LoadPath<'a> {
 struct CodecCheck<'a> {
     client: &'a Proxy,
     server: Option<&'a Proxy>,
+    /// The pod redis-server runs in.
+    redis: &'a Pod,
 }
 
 /// What the proxies of a codec scenario counted: the client's outbound requests, and the
@@ -396,6 +398,7 @@ fn paths<'a>(
                 codec: Some(CodecCheck {
                     client: codec.client_proxy,
                     server: None,
+                    redis: pods.server,
                 }),
             });
             paths.push(LoadPath {
@@ -406,6 +409,7 @@ fn paths<'a>(
                 codec: Some(CodecCheck {
                     client: codec.client_proxy,
                     server: Some(codec.server_proxy),
+                    redis: codec.server,
                 }),
             });
         }
@@ -462,7 +466,14 @@ fn measure(
         let before = path.seen()?;
         let meter = Meter::start(clock_ticks, &path.watched)?;
         let started = Instant::now();
-        let csv = benchmark(path.pod, path.addr, plan.connections, requests, pipeline)?;
+        let csv = benchmark(
+            path.pod,
+            path.addr,
+            plan.connections,
+            requests,
+            pipeline,
+            &|| path.keep_diagnostics(what),
+        )?;
         let seconds = started.elapsed().as_secs_f64();
         let metered = meter.finish()?;
         let tests = parse_csv(&csv).with_context(|| format!("redis-benchmark's output: {csv}"))?;
@@ -514,7 +525,14 @@ impl LoadPath<'_> {
         let deadline = Instant::now() + IN_FORCE_TIMEOUT;
         loop {
             let before = self.seen()?;
-            benchmark(self.pod, self.addr, connections, WARM_UP_REQUESTS, pipeline)?;
+            benchmark(
+                self.pod,
+                self.addr,
+                connections,
+                WARM_UP_REQUESTS,
+                pipeline,
+                &|| self.keep_diagnostics("warm-up"),
+            )?;
             let (Some(before), Some(after)) = (before, self.seen()?) else {
                 return Ok(());
             };
@@ -539,6 +557,63 @@ impl LoadPath<'_> {
             None => None,
         };
         Ok(Some(Seen { client, server }))
+    }
+
+    /// For a codec scenario whose redis-benchmark is stuck, before it is killed: keeps each
+    /// proxy's log and `/metrics`, the sockets of the pods on the path (`ss -tnpoi`) and
+    /// redis-server's `INFO`, in a folder that outlives the pods, and says where.
+    fn keep_diagnostics(&self, what: &str) {
+        let Some(codec) = &self.codec else {
+            return;
+        };
+        let name: String = what
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let dir = std::env::temp_dir()
+            .join(format!("mesh-bench-redis-{}", std::process::id()))
+            .join(name);
+        let kept = (|| -> anyhow::Result<()> {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let write = |file: String, text: &str| {
+                std::fs::write(dir.join(&file), text)
+                    .with_context(|| format!("writing {file} in {}", dir.display()))
+            };
+            for proxy in self.proxies() {
+                let pod = &proxy.pod().name;
+                write(format!("{pod}-proxy.log"), &proxy.log())?;
+                let metrics = metrics(proxy).unwrap_or_else(|err| format!("{err:#}"));
+                write(format!("{pod}-proxy-metrics.txt"), &metrics)?;
+            }
+            let mut pods = vec![self.pod, codec.redis];
+            pods.extend(codec.server.map(Proxy::pod));
+            for pod in pods {
+                write(
+                    format!("{}-ss.txt", pod.name),
+                    &output(pod.command("ss").arg("-tnpoi")),
+                )?;
+            }
+            write(
+                format!("{}-redis-info.txt", codec.redis.name),
+                &output(
+                    codec
+                        .redis
+                        .command("timeout")
+                        .args(["5", "redis-cli", "-h", "127.0.0.1", "-p"])
+                        .arg(REDIS_PORT.to_string())
+                        .arg("INFO"),
+                ),
+            )?;
+            Ok(())
+        })();
+        match kept {
+            Ok(()) => eprintln!(
+                "mesh-bench: {what} is stuck: the proxies' logs and metrics, the pods' sockets \
+                 and redis-server's INFO are in {}",
+                dir.display()
+            ),
+            Err(err) => eprintln!("mesh-bench: keeping what explains {what}: {err:#}"),
+        }
     }
 
     /// The mesh proxies whose logs explain a failure of the codec scenarios.
@@ -612,6 +687,18 @@ fn metrics(proxy: &Proxy) -> anyhow::Result<String> {
         bail!("{}'s proxy answered {status} to /metrics", proxy.pod().name);
     }
     Ok(body)
+}
+
+/// What `command` printed (stdout, then stderr), or why it did not run.
+fn output(command: &mut Command) -> String {
+    match command.stdin(Stdio::null()).output() {
+        Ok(out) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(err) => format!("not run: {err}"),
+    }
 }
 
 /// The last `lines` lines of `text`.
@@ -1175,13 +1262,14 @@ fn short_version(line: &str) -> String {
 
 /// Runs `redis-benchmark` in `pod` against `addr` at `pipeline` and returns its CSV output;
 /// killed if it runs slower than [`SLOWEST_RATE`] (not pipelined) or
-/// [`SLOWEST_PIPELINED_RATE`].
+/// [`SLOWEST_PIPELINED_RATE`], after `stuck` has looked at what holds it up.
 fn benchmark(
     pod: &Pod,
     addr: SocketAddr,
     connections: u32,
     requests: u64,
     pipeline: u32,
+    stuck: &dyn Fn(),
 ) -> anyhow::Result<String> {
     let what = format!(
         "redis-benchmark -P {pipeline} against {addr} in pod {}",
@@ -1207,6 +1295,9 @@ fn benchmark(
             break status;
         }
         if crate::INTERRUPTED.load(Ordering::Relaxed) || Instant::now() >= deadline {
+            if !crate::INTERRUPTED.load(Ordering::Relaxed) {
+                stuck();
+            }
             // Our own child: kill it by its handle, then reap it.
             let _ = child.kill();
             let _ = child.wait();
