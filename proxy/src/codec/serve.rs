@@ -205,6 +205,7 @@ where
                     write_answer(&mut codec, &request, result, &mut wbuf);
                 }
                 io.write_all(&wbuf).await?;
+                io.flush().await?;
                 wbuf.clear();
             }
             Some(frame) = pushed.recv() => {
@@ -213,6 +214,7 @@ where
                     codec.encode(&frame, &mut wbuf)?;
                 }
                 io.write_all(&wbuf).await?;
+                io.flush().await?;
                 wbuf.clear();
             }
             () = closed(pinned.clone()), if pinned.is_some() => {
@@ -256,6 +258,7 @@ where
         write_answer(codec, &request, result, wbuf);
     }
     io.write_all(wbuf).await?;
+    io.flush().await?;
     wbuf.clear();
     let _ = io.shutdown().await;
     Ok(())

@@ -194,7 +194,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 }
             }
         }
+        // A TLS stream may keep what it encrypted until it is flushed.
         if let Err(e) = io.write_all(&buf).await {
+            return format!("writing: {e}");
+        }
+        if let Err(e) = io.flush().await {
             return format!("writing: {e}");
         }
         buf.clear();
