@@ -1,5 +1,6 @@
 //! End-to-end tests of the mesh on network-namespace pods (see `tests/tests/`); this library holds their shared helpers.
 
+pub mod capture;
 pub mod fixtures;
 pub mod kube;
 pub mod mtls;

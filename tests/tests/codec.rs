@@ -16,7 +16,6 @@
 //! whose server puts a marker before what it echoes) and `thrift-none` (.32) without endpoints.
 
 use std::collections::BTreeMap;
-use std::io::BufRead as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
@@ -27,6 +26,7 @@ use mesh_api::inject::CODEC_PORTS_ANNOTATION;
 use mesh_cli::local::{
     require_root, Cluster, ControlOptions, ControlPlane, MeshOptions, Pod, Proxy,
 };
+use mesh_tests::capture::{contains, Capture};
 use mesh_tests::fixtures::eventually;
 use mesh_tests::redis::{command, Conn, Value};
 use mesh_tests::{metric_sum, CLIENT_ID};
@@ -1114,55 +1114,6 @@ fn redis_key_prefix_routing() {
         &["direction=\"inbound\"", "codec=\"redis\"", "method=\"SET\""],
         2 + probe,
     );
-}
-
-/// `tcpdump` writing every packet of one of a pod's interfaces to a file until stopped.
-struct Capture {
-    child: Child,
-    file: PathBuf,
-}
-
-impl Capture {
-    fn start(pod: &Pod, interface: &str, file: PathBuf) -> Capture {
-        let mut child = pod
-            .command("tcpdump")
-            .args(["-i", interface])
-            .args([
-                "--immediate-mode",
-                "-U",
-                "-n",
-                "-s",
-                "0",
-                "-Z",
-                "root",
-                "-w",
-            ])
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tcpdump runs (scripts/test installs it)");
-        // It says "listening on <interface>" once the capture is on.
-        let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-        let mut line = String::new();
-        stderr.read_line(&mut line).expect("tcpdump's first line");
-        assert!(line.contains("listening"), "tcpdump: {line}");
-        Capture { child, file }
-    }
-
-    /// Stops the capture (SIGINT flushes it) and returns the bytes captured.
-    fn stop(mut self) -> Vec<u8> {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-        let _ = self.child.wait();
-        std::fs::read(&self.file).expect("the capture file")
-    }
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w == needle.as_bytes())
 }
 
 #[test]

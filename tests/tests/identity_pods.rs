@@ -3,17 +3,12 @@
 //! service accounts' tokens and talk mutual TLS. The wire is captured with tcpdump. Needs root.
 
 use mesh_cli::local::{require_root, Cluster, ControlOptions, ControlPlane, Pod, Proxy};
+use mesh_tests::capture::{contains, Capture};
 use mesh_tests::{
     http_get, metric_sum, raw_request, reach_service_by_name, serve_app, web_service, Load,
     APP_PORT, CLIENT_ID, CLUSTER_IP, SERVICE, WEB_ID,
 };
-use std::{
-    io::BufRead as _,
-    net::SocketAddr,
-    process::{Child, Stdio},
-    thread::JoinHandle,
-    time::Duration,
-};
+use std::{net::SocketAddr, thread::JoinHandle, time::Duration};
 
 /// A second port of the web pod that takes plaintext.
 const PLAIN_PORT: u16 = 8081;
@@ -73,65 +68,12 @@ fn mesh(name: &str, opts: ControlOptions) -> Mesh {
     }
 }
 
-/// `tcpdump` writing every packet of `pod`'s `eth0` to a file until dropped.
-struct Capture {
-    child: Child,
-    file: std::path::PathBuf,
-}
-
-impl Capture {
-    fn start(pod: &Pod, file: std::path::PathBuf) -> Capture {
-        let mut child = pod
-            .command("tcpdump")
-            // Immediate mode: every packet reaches the file at once, none wait in a buffer block
-            // that the stop would drop.
-            .args([
-                "-i",
-                "eth0",
-                "--immediate-mode",
-                "-U",
-                "-n",
-                "-s",
-                "0",
-                "-Z",
-                "root",
-                "-w",
-            ])
-            .arg(&file)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tcpdump runs (scripts/test installs it)");
-        // It says "listening on eth0" once the capture is on.
-        let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-        let mut line = String::new();
-        stderr.read_line(&mut line).expect("tcpdump's first line");
-        assert!(line.contains("listening"), "tcpdump: {line}");
-        Capture { child, file }
-    }
-
-    /// Stops the capture and returns the raw bytes captured.
-    fn stop(mut self) -> Vec<u8> {
-        std::thread::sleep(Duration::from_millis(200));
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-        let _ = self.child.wait();
-        std::fs::read(&self.file).expect("the capture file")
-    }
-}
-
-fn contains(haystack: &[u8], needle: &str) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w == needle.as_bytes())
-}
-
 #[test]
 fn meshed_pods_talk_mutual_tls_that_carries_each_identity_and_hides_the_traffic() {
     let mut m = mesh("mtls", ControlOptions::default());
     let outsider = m.cluster.add_pod("outsider").expect("outsider pod");
     let capture_dir = tempfile::tempdir().unwrap();
-    let capture = Capture::start(&m.web, capture_dir.path().join("web.pcap"));
+    let capture = Capture::start(&m.web, "eth0", capture_dir.path().join("web.pcap"));
 
     // A meshed call: the app sees the client's verified identity, not the forged header.
     let service = SocketAddr::from((CLUSTER_IP, 80));

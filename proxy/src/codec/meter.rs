@@ -35,6 +35,9 @@ struct Shared {
     metrics: Metrics,
     taps: Taps,
     codec: &'static str,
+    /// The `authority` label: what the client asked for (the Service dialed outbound, the
+    /// pod's address inbound), wherever a route sent it.
+    authority: Arc<str>,
     fallback: Arc<Served>,
 }
 
@@ -44,6 +47,7 @@ impl<S> Meter<S> {
         metrics: Metrics,
         taps: Taps,
         codec: &'static str,
+        authority: Arc<str>,
         fallback: Served,
     ) -> Self {
         Self {
@@ -52,6 +56,7 @@ impl<S> Meter<S> {
                 metrics,
                 taps,
                 codec,
+                authority,
                 fallback: Arc::new(fallback),
             }),
         }
@@ -86,8 +91,7 @@ where
             let method = method_label(shared.codec, request.method().unwrap_or("unknown"));
             let labels = RequestLabels {
                 direction: served.direction,
-                // What the client asked for, wherever a route sent it.
-                authority: shared.fallback.authority.clone(),
+                authority: shared.authority.clone(),
                 target_addr: served.target_addr,
                 dst: served.dst.clone(),
                 tls: served.tls.clone(),
@@ -124,7 +128,7 @@ where
             if shared.taps.is_active() {
                 tap(
                     &shared.taps,
-                    &shared.fallback.authority,
+                    &shared.authority,
                     &conn,
                     &served,
                     &request,
@@ -150,12 +154,11 @@ fn tap(
     success: bool,
 ) {
     let path = request.get("key").map(key_pattern).unwrap_or_default();
-    let fallback_authority = authority.to_string();
     let headers = http::HeaderMap::new();
     let meta = RequestMeta {
         direction: served.direction,
         method: request.method().unwrap_or("unknown"),
-        authority: &fallback_authority,
+        authority,
         path: &path,
         headers: &headers,
         client: conn.client,

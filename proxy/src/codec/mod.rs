@@ -264,8 +264,6 @@ impl CodecError {
 #[derive(Clone, Debug)]
 pub struct Served {
     pub direction: crate::metrics::Direction,
-    /// The `authority` label: the Service (outbound), the pod's address dialed (inbound).
-    pub authority: Arc<str>,
     pub target_addr: std::net::SocketAddr,
     pub dst: Option<Arc<crate::discover::DstLabels>>,
     pub tls: crate::metrics::Tls,

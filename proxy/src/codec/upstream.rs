@@ -521,7 +521,6 @@ mod tests {
         let client = NewClient::new(connect, Duration::from_secs(60), None, Drain::new());
         let served = Arc::new(Served {
             direction: crate::metrics::Direction::Outbound,
-            authority: "redis".into(),
             target_addr: upstream,
             dst: None,
             tls: Tls::NoIdentity("disabled"),
@@ -538,6 +537,7 @@ mod tests {
             metrics,
             taps.clone(),
             "redis",
+            "redis".into(),
             (*served).clone(),
         );
         let serve = NewServe::layer(taps).layer(NewFn(move |_: Target| requests.clone()));

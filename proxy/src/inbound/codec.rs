@@ -103,9 +103,9 @@ pub fn stack(
         let taps = taps.clone();
         NewFn(move |target: CodecConn| {
             let conn = &target.conn;
+            let authority = metrics.authority_label(&conn.orig_dst.to_string());
             let served = Served {
                 direction: Direction::Inbound,
-                authority: metrics.authority_label(&conn.orig_dst.to_string()),
                 target_addr: conn.target,
                 dst: None,
                 tls: conn.tls.clone(),
@@ -127,6 +127,7 @@ pub fn stack(
                 metrics.clone(),
                 taps.clone(),
                 target.protocol.name(),
+                authority,
                 served,
             )
         })

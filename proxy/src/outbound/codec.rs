@@ -151,7 +151,6 @@ fn endpoint(ep: Endpoint, protocol: &Arc<dyn Protocol>) -> EndpointTarget {
         server_id: ep.server_id.clone(),
         info: Arc::new(Served {
             direction: Direction::Outbound,
-            authority: Arc::from(""),
             target_addr: ep.addr,
             dst: ep.dst.clone(),
             tls,
@@ -259,9 +258,9 @@ impl Shared {
             ),
             _ => LogicalAddr::Addr(conn.orig_dst),
         };
+        let authority = self.metrics.authority_label(&logical.to_string());
         let fallback = Served {
             direction: Direction::Outbound,
-            authority: self.metrics.authority_label(&logical.to_string()),
             target_addr: conn.orig_dst,
             dst: None,
             tls: Tls::NoIdentity(self.no_tls),
@@ -281,6 +280,7 @@ impl Shared {
             self.metrics.clone(),
             self.taps.clone(),
             per.protocol.name(),
+            authority,
             fallback,
         );
         let target = CodecConn {
