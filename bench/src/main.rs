@@ -155,6 +155,11 @@ struct Args {
           value_parser = clap::value_parser!(u64).range(1_000..=10_000_000))]
     redis_requests: u64,
 
+    /// Redis: measure only these scenarios besides the direct baseline (comma-separated), e.g.
+    /// `--redis-scenarios twemproxy,codec` while tuning the codec.
+    #[arg(long, value_name = "SCENARIO", value_delimiter = ',')]
+    redis_scenarios: Vec<redis::Scenario>,
+
     /// Extra environment of the mesh proxies, `KEY=VALUE` (repeatable), e.g.
     /// `--proxy-env MESH_PROXY_WORKER_THREADS=1` to compare proxy settings.
     #[arg(long = "proxy-env", value_name = "KEY=VALUE", value_parser = parse_env)]
@@ -350,6 +355,7 @@ fn run(mut args: Args) -> anyhow::Result<()> {
                     rounds: args.rounds as usize,
                     cores: machine().cores,
                     baseline_path: baseline.as_ref().map_or(String::new(), |b| b.path.clone()),
+                    scenarios: args.redis_scenarios.clone(),
                 };
                 redis = Some(redis::run(&testbed, &plan, clock_ticks).context("redis")?);
             }

@@ -70,7 +70,7 @@ const LOG_TAIL_LINES: usize = 30;
 const CODEC: &str = "redis";
 
 /// What carries the round trips between redis-benchmark and redis-server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
 pub enum Scenario {
     /// The baseline: the unmeshed client pod to the server pod.
     Direct,
@@ -117,6 +117,8 @@ pub struct Plan {
     pub cores: usize,
     /// Where the pre-rebuild proxy was looked for, to say so when the testbed has none.
     pub baseline_path: String,
+    /// The scenarios to measure besides the direct baseline (all when empty).
+    pub scenarios: Vec<Scenario>,
 }
 
 impl Plan {
@@ -442,6 +444,18 @@ fn paths<'a>(
                 plan.baseline_path
             ),
         )),
+    }
+    if !plan.scenarios.is_empty() {
+        paths.retain(|path| {
+            let keep = path.scenario == Scenario::Direct || plan.scenarios.contains(&path.scenario);
+            if !keep {
+                missing.push((
+                    path.scenario,
+                    "not selected (--redis-scenarios)".to_string(),
+                ));
+            }
+            keep
+        });
     }
     (paths, missing)
 }
@@ -1035,7 +1049,7 @@ impl Results {
                     ms(m.median(|r| r.test(test).map_or(0.0, |t| t.p50_ms))),
                     ms(m.median(|r| r.test(test).map_or(0.0, |t| t.p99_ms))),
                     m.cpu_per_10k()
-                        .map_or("–".to_string(), |c| format!("{c:.2}")),
+                        .map_or("–".to_string(), |c| format!("{c:.3}")),
                 )?;
             }
         }
@@ -1593,14 +1607,14 @@ mod tests {
             .expect("writing to a String");
         for line in [
             "| direct | SET | 45,000 | 40,000–50,000 | 1.00× | 1.12× | 0.500 | 1.000 | – |",
-            "| 1-hop | GET | 40,000 | 40,000–40,000 | 0.73× | 1.33× | 0.400 | 0.900 | 0.20 |",
-            "| codec 1-hop | SET | 44,000 | 44,000–44,000 | 0.98× | 1.10× | 0.500 | 1.000 | 0.15 |",
-            "| codec 2-hop | GET | 27,500 | 27,500–27,500 | 0.50× | 0.92× | 0.400 | 0.900 | 0.30 |",
+            "| 1-hop | GET | 40,000 | 40,000–40,000 | 0.73× | 1.33× | 0.400 | 0.900 | 0.200 |",
+            "| codec 1-hop | SET | 44,000 | 44,000–44,000 | 0.98× | 1.10× | 0.500 | 1.000 | 0.150 |",
+            "| codec 2-hop | GET | 27,500 | 27,500–27,500 | 0.50× | 0.92× | 0.400 | 0.900 | 0.300 |",
             "### Round trips, not pipelined (-P 1)",
             "### Requests, pipelined (-P 16)",
             "| scenario | test | requests/s | range | × direct | × twemproxy | p50 ms | p99 ms \
              | proxy CPU s / 10k requests |",
-            "| twemproxy | SET | 200,000 | 200,000–200,000 | 0.50× | 1.00× | 0.500 | 1.000 | 0.05 |",
+            "| twemproxy | SET | 200,000 | 200,000–200,000 | 0.50× | 1.00× | 0.500 | 1.000 | 0.050 |",
             "**1-hop (before) was not measured**: no pre-rebuild proxy.",
             "**codec 1-hop (-P 16) failed** in round 2: not every request went through the \
              codec: the client proxy counted 0 SET requests with codec=\"redis\" of 50,000 sent.",
@@ -1742,6 +1756,7 @@ response_total{direction=\"outbound\",authority=\"10.96.0.30:6379\",target_addr=
             rounds: 2,
             cores: 2,
             baseline_path: String::new(),
+            scenarios: Vec::new(),
         };
         assert_eq!(
             PIPELINES.map(|p| plan.requests(p)),
