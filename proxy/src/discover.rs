@@ -143,6 +143,14 @@ impl Destination {
 
     /// The resolution once it is usable: waits while there is no answer yet, or while the
     /// service has no endpoints, for at most `timeout`; then returns what there is.
+    /// The endpoints, when there are some now (the usual case, answered without waiting).
+    pub fn endpoints_now(&self) -> Option<Arc<Vec<Endpoint>>> {
+        match &*self.state.borrow() {
+            Resolution::Endpoints(eps) if !eps.is_empty() => Some(eps.clone()),
+            _ => None,
+        }
+    }
+
     pub async fn ready(&self, timeout: Duration) -> Resolution {
         let usable = |r: &Resolution| match r {
             Resolution::Pending => false,

@@ -8,11 +8,14 @@
 
 use super::{Answer, Frame, Kind, LocalError, Req, Served};
 use crate::{
-    metrics::{Classification, CodecLabels, Metrics, RequestLabels, ResponseLabels, Tls},
+    metrics::{
+        Classification, CodecLabels, Metrics, RequestLabels, ResponseLabels, TargetMetrics, Tls,
+    },
     svc::lock,
     tap::{RequestMeta, Taps},
 };
 use futures_util::future::BoxFuture;
+use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, OnceLock},
@@ -39,7 +42,13 @@ struct Shared {
     /// pod's address inbound), wherever a route sent it.
     authority: Arc<str>,
     fallback: Arc<Served>,
+    /// The label sets this connection counted, at most [`CACHED_LABEL_SETS`]: a request
+    /// counts without hashing its labels.
+    handles: Mutex<Vec<Handles>>,
 }
+
+/// How many label sets a client connection keeps the metrics of.
+const CACHED_LABEL_SETS: usize = 32;
 
 impl<S> Meter<S> {
     pub fn new(
@@ -58,6 +67,7 @@ impl<S> Meter<S> {
                 codec,
                 authority,
                 fallback: Arc::new(fallback),
+                handles: Mutex::default(),
             }),
         }
     }
@@ -85,52 +95,27 @@ where
         Box::pin(async move {
             let result = call.await;
             let served = match &result {
-                Ok(answer) => answer.info.clone(),
-                Err(_) => shared.fallback.clone(),
-            };
-            let method = method_label(shared.codec, request.method().unwrap_or("unknown"));
-            let labels = RequestLabels {
-                direction: served.direction,
-                authority: shared.authority.clone(),
-                target_addr: served.target_addr,
-                dst: served.dst.clone(),
-                tls: served.tls.clone(),
-                codec: Some(CodecLabels {
-                    codec: shared.codec,
-                    method: method.clone(),
-                }),
+                Ok(answer) => &answer.info,
+                Err(_) => &shared.fallback,
             };
             let (success, error) = match &result {
                 Ok(Answer { frame: Some(f), .. }) => (f.kind != Kind::Error, None),
                 Ok(Answer { frame: None, .. }) => (true, None),
                 Err(e) => (false, Some(e.label())),
             };
-            let target = shared.metrics.target(served.direction, served.target_addr);
-            target.request_total(&labels).inc();
-            let elapsed = start.elapsed();
-            let expects = request.kind == Kind::Request;
-            if expects || error.is_some() {
-                let rsp = ResponseLabels {
-                    request: labels,
-                    classification: if success {
-                        Classification::Success
-                    } else {
-                        Classification::Failure
-                    },
-                    status_code: None,
-                    grpc_status: None,
-                    error,
-                };
-                let (total, latency) = target.response(&rsp);
-                total.inc();
-                latency.observe(elapsed.as_secs_f64() * 1e3);
-            }
+            let outcome = Outcome {
+                method: request.method().unwrap_or("unknown"),
+                expects: request.kind == Kind::Request || error.is_some(),
+                success,
+                error,
+            };
+            shared.count(served, &outcome, start.elapsed());
             if shared.taps.is_active() {
                 tap(
                     &shared.taps,
                     &shared.authority,
                     &conn,
-                    &served,
+                    served,
                     &request,
                     start,
                     &result,
@@ -139,6 +124,102 @@ where
             }
             result
         })
+    }
+}
+
+/// What a request's metrics depend on besides where it was served.
+struct Outcome<'a> {
+    method: &'a str,
+    /// It counts a response (a request that expects one, or one the proxy refused).
+    expects: bool,
+    success: bool,
+    error: Option<&'static str>,
+}
+
+/// The metrics of one label set, held by a client connection that counted it.
+struct Handles {
+    served: Arc<Served>,
+    method: Arc<str>,
+    expects: bool,
+    success: bool,
+    error: Option<&'static str>,
+    request_total: Counter,
+    response: Option<(Counter, Histogram)>,
+    /// Keeps the label sets in the families while the handles count.
+    _target: Arc<TargetMetrics>,
+}
+
+impl Handles {
+    fn matches(&self, served: &Arc<Served>, o: &Outcome<'_>) -> bool {
+        Arc::ptr_eq(&self.served, served)
+            && *self.method == *o.method
+            && self.expects == o.expects
+            && self.success == o.success
+            && self.error == o.error
+    }
+}
+
+impl Shared {
+    /// Counts a request (and its response): with the handles this connection already holds
+    /// for its label set, else looked up in the families (hashing every label) and kept.
+    fn count(&self, served: &Arc<Served>, outcome: &Outcome<'_>, elapsed: std::time::Duration) {
+        let mut handles = lock(&self.handles);
+        let i = match handles.iter().position(|h| h.matches(served, outcome)) {
+            Some(i) => i,
+            None => {
+                if handles.len() >= CACHED_LABEL_SETS {
+                    handles.clear();
+                }
+                handles.push(self.handles(served, outcome));
+                handles.len() - 1
+            }
+        };
+        let h = &handles[i];
+        h.request_total.inc();
+        if let Some((total, latency)) = &h.response {
+            total.inc();
+            latency.observe(elapsed.as_secs_f64() * 1e3);
+        }
+    }
+
+    fn handles(&self, served: &Arc<Served>, o: &Outcome<'_>) -> Handles {
+        let method = method_label(self.codec, o.method);
+        let labels = RequestLabels {
+            direction: served.direction,
+            authority: self.authority.clone(),
+            target_addr: served.target_addr,
+            dst: served.dst.clone(),
+            tls: served.tls.clone(),
+            codec: Some(CodecLabels {
+                codec: self.codec,
+                method: method.clone(),
+            }),
+        };
+        let target = self.metrics.target(served.direction, served.target_addr);
+        let request_total = target.request_total(&labels);
+        let response = o.expects.then(|| {
+            target.response(&ResponseLabels {
+                request: labels,
+                classification: if o.success {
+                    Classification::Success
+                } else {
+                    Classification::Failure
+                },
+                status_code: None,
+                grpc_status: None,
+                error: o.error,
+            })
+        });
+        Handles {
+            served: served.clone(),
+            method,
+            expects: o.expects,
+            success: o.success,
+            error: o.error,
+            request_total,
+            response,
+            _target: target,
+        }
     }
 }
 

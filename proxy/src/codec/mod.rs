@@ -18,6 +18,7 @@ pub mod thrift;
 pub mod upstream;
 
 use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
 use std::{borrow::Cow, fmt, sync::Arc};
 
 /// The longest frame a codec accepts (16 MiB): a request or response declaring more is a
@@ -139,16 +140,18 @@ impl Frame {
 /// A frame's metadata: string keys and values, few, in insertion order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Metadata {
-    entries: Vec<(Cow<'static, str>, String)>,
+    entries: SmallVec<[(Cow<'static, str>, Text); 3]>,
     /// Keys set since decoding (what `encode` writes back).
     changed: Vec<Cow<'static, str>>,
 }
 
 impl Metadata {
     /// Metadata as decoded: nothing counts as changed.
-    pub fn decoded(entries: Vec<(Cow<'static, str>, String)>) -> Self {
+    pub fn decoded<V: Into<Text>>(
+        entries: impl IntoIterator<Item = (Cow<'static, str>, V)>,
+    ) -> Self {
         Self {
-            entries,
+            entries: entries.into_iter().map(|(k, v)| (k, v.into())).collect(),
             changed: Vec::new(),
         }
     }
@@ -161,7 +164,7 @@ impl Metadata {
     }
 
     /// Sets `key` (a mutation: `encode` writes it back where the codec can).
-    pub fn set(&mut self, key: impl Into<Cow<'static, str>>, value: impl Into<String>) {
+    pub fn set(&mut self, key: impl Into<Cow<'static, str>>, value: impl Into<Text>) {
         let key = key.into();
         let value = value.into();
         match self.entries.iter_mut().find(|(k, _)| *k == key) {
@@ -180,6 +183,53 @@ impl Metadata {
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.entries.iter().map(|(k, v)| (k.as_ref(), v.as_str()))
+    }
+}
+
+/// A metadata value: UTF-8 text, usually a slice of the frame's own bytes (decoding a
+/// command's name and key copies nothing).
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Text(Bytes);
+
+impl Text {
+    /// `part` of `frame` (a slice of it, or a copy when it is not one), when it is UTF-8.
+    pub fn shared(frame: &Bytes, part: &[u8]) -> Option<Self> {
+        std::str::from_utf8(part).ok()?;
+        let (start, end) = (frame.as_ptr() as usize, part.as_ptr() as usize);
+        Some(Self(
+            if end >= start && end + part.len() <= start + frame.len() {
+                frame.slice_ref(part)
+            } else {
+                Bytes::copy_from_slice(part)
+            },
+        ))
+    }
+
+    pub const fn from_static(text: &'static str) -> Self {
+        Self(Bytes::from_static(text.as_bytes()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Every constructor checks (or is given) UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl From<String> for Text {
+    fn from(text: String) -> Self {
+        Self(Bytes::from(text.into_bytes()))
+    }
+}
+
+impl From<&str> for Text {
+    fn from(text: &str) -> Self {
+        Self(Bytes::copy_from_slice(text.as_bytes()))
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 

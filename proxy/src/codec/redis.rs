@@ -21,9 +21,10 @@
 //! time is read once, not again from its start on every call.
 
 use super::{
-    Codec, CodecError, Frame, Kind, LocalError, Metadata, Protocol, Session, Side, MAX_FRAME,
+    Codec, CodecError, Frame, Kind, LocalError, Metadata, Protocol, Session, Side, Text, MAX_FRAME,
 };
 use bytes::{Buf, Bytes, BytesMut};
+use smallvec::SmallVec;
 use std::borrow::Cow;
 
 /// The codec's name, in errors.
@@ -650,14 +651,22 @@ fn too_large(len: usize) -> CodecError {
 
 // === Commands ===
 
-/// A command frame: its `command`, first `key` and session.
+/// A command frame: its `command`, first `key` and session. The metadata are slices of
+/// `bytes` where they can be (an uppercase name, a short UTF-8 key): no copy.
 fn command<A: AsRef<[u8]>>(bytes: Bytes, args: &[A]) -> Frame {
-    let name = command_name(args);
-    let key = key_index(&name, args)
+    let name = command_text(&bytes, args);
+    let key = key_index(name.as_str(), args)
         .and_then(|at| args.get(at))
-        .map(|key| text(key.as_ref(), MAX_KEY));
-    let session = session(&name, args);
-    let mut entries = vec![(Cow::Borrowed("command"), name)];
+        .map(|key| {
+            let key = key.as_ref();
+            (key.len() <= MAX_KEY)
+                .then(|| Text::shared(&bytes, key))
+                .flatten()
+                .unwrap_or_else(|| text(key, MAX_KEY).into())
+        });
+    let session = session(name.as_str(), args);
+    let mut entries: SmallVec<[(Cow<'static, str>, Text); 3]> = SmallVec::new();
+    entries.push((Cow::Borrowed("command"), name));
     if let Some(key) = key {
         entries.push((Cow::Borrowed("key"), key));
     }
@@ -670,8 +679,23 @@ fn command<A: AsRef<[u8]>>(bytes: Bytes, args: &[A]) -> Frame {
     }
 }
 
+/// The command's name as [`command_name`] has it, sliced from `bytes` when it is already so.
+fn command_text<A: AsRef<[u8]>>(bytes: &Bytes, args: &[A]) -> Text {
+    if let Some(name) = args.first().map(AsRef::as_ref) {
+        if name.len() <= MAX_COMMAND && !name.iter().any(u8::is_ascii_lowercase) {
+            if let Some(text) = Text::shared(bytes, name) {
+                return text;
+            }
+        }
+    }
+    command_name(args).into()
+}
+
+/// A command's arguments: the usual few without an allocation.
+type Args<A> = SmallVec<[A; 8]>;
+
 /// The arguments of a whole command frame, array or inline.
-fn command_args(frame: &[u8]) -> Option<Vec<Cow<'_, [u8]>>> {
+fn command_args(frame: &[u8]) -> Option<Args<Cow<'_, [u8]>>> {
     if frame.first() == Some(&b'*') {
         let args = bulk_args(frame)?;
         return Some(args.into_iter().map(Cow::Borrowed).collect());
@@ -683,10 +707,10 @@ fn command_args(frame: &[u8]) -> Option<Vec<Cow<'_, [u8]>>> {
 }
 
 /// The arguments of a whole array of bulk strings.
-fn bulk_args(frame: &[u8]) -> Option<Vec<&[u8]>> {
+fn bulk_args(frame: &[u8]) -> Option<Args<&[u8]>> {
     let mut at = 0;
     let count = header(frame, &mut at, b'*')?;
-    let mut args = Vec::with_capacity(count.min(1024));
+    let mut args = Args::with_capacity(count.min(1024));
     for _ in 0..count {
         let len = header(frame, &mut at, b'$')?;
         let data = frame.get(at..at.checked_add(len)?)?;

@@ -123,7 +123,7 @@ impl MetaRule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{Frame, Kind, Metadata, Session};
+    use crate::codec::{Frame, Kind, Metadata, Session, Text};
     use mesh_api::policy::{MetaMatch, MetaRule as ApiRule, MetaValueMatch};
 
     fn frame(key: &str) -> Frame {
@@ -131,7 +131,7 @@ mod tests {
             kind: Kind::Request,
             id: None,
             metadata: Metadata::decoded(vec![
-                ("command".into(), "GET".into()),
+                ("command".into(), Text::from("GET")),
                 ("key".into(), key.into()),
             ]),
             session: Session::None,
@@ -191,7 +191,7 @@ mod tests {
     fn a_missing_key_never_matches_and_no_matches_match_all() {
         let t = MetaTable::new(&[route(MetaMatchKind::Prefix, "", "any")]);
         let mut f = frame("x");
-        f.metadata = Metadata::decoded(vec![("command".into(), "PING".into())]);
+        f.metadata = Metadata::decoded(vec![("command".into(), Text::from("PING"))]);
         assert!(t.select(&f).is_none());
         let all = MetaTable::new(&[MetaRoute {
             rules: vec![ApiRule {

@@ -9,14 +9,18 @@
 use super::{Codec, Frame, LocalError, Protocol, Side};
 use crate::{
     codec::upstream::Upstream,
-    svc::{lock, BoxError, BoxIo, ConnFuture, NewService},
+    svc::{BoxError, BoxIo, ConnFuture, NewService},
     tap::ConnTap,
 };
 use bytes::BytesMut;
-use futures_util::{stream::FuturesOrdered, FutureExt, StreamExt};
+use futures_util::{
+    future::{self, Either},
+    stream::FuturesOrdered,
+    FutureExt, StreamExt,
+};
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
 };
 use tokio::{
@@ -41,7 +45,8 @@ pub struct Conn {
     pub client_id: Option<Arc<str>>,
     pub tap: ConnTap,
     pushes: mpsc::Sender<Frame>,
-    pinned: Mutex<Option<(Upstream, Arc<Served>)>>,
+    /// Once a request pinned it, for the connection's life.
+    pinned: OnceLock<(Upstream, Arc<Served>)>,
 }
 
 impl Conn {
@@ -50,12 +55,13 @@ impl Conn {
         self.pushes.clone()
     }
 
+    /// Pins the connection to `upstream` (a connection stays pinned to its first).
     pub fn pin(&self, upstream: Upstream, served: Arc<Served>) {
-        *lock(&self.pinned) = Some((upstream, served));
+        let _ = self.pinned.set((upstream, served));
     }
 
-    pub fn pinned(&self) -> Option<(Upstream, Arc<Served>)> {
-        lock(&self.pinned).clone()
+    pub fn pinned(&self) -> Option<&(Upstream, Arc<Served>)> {
+        self.pinned.get()
     }
 }
 
@@ -128,7 +134,12 @@ where
     }
 }
 
-async fn serve<S>(mut io: BoxIo, params: ConnParams, tap: ConnTap, svc: S) -> Result<(), BoxError>
+async fn serve<S>(
+    mut io: BoxIo,
+    params: ConnParams,
+    tap: ConnTap,
+    mut svc: S,
+) -> Result<(), BoxError>
 where
     S: tower::Service<Req, Response = Answer, Error = LocalError> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -140,7 +151,7 @@ where
         client_id: params.client_id,
         tap,
         pushes,
-        pinned: Mutex::new(None),
+        pinned: OnceLock::new(),
     });
     let mut codec = params.protocol.codec(Side::Client);
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -171,7 +182,7 @@ where
                 tracing::debug!(kind = ?frame.kind, "a client sent a frame that is no request");
                 continue;
             }
-            let pins = conn.pinned().is_none() && frame.session != Session::None;
+            let pins = frame.session != Session::None && conn.pinned().is_none();
             if pins && !in_flight.is_empty() {
                 held = Some(frame);
                 pinning = true;
@@ -180,11 +191,16 @@ where
             let lane = codec.lane(&frame);
             let frame = Arc::new(frame);
             let request = frame.clone();
-            let call = svc.clone().oneshot(Req {
+            let req = Req {
                 frame,
                 lane,
                 conn: conn.clone(),
-            });
+            };
+            // The connection's own stack: ready at once but for backpressure.
+            let call = match svc.ready().await {
+                Ok(svc) => Either::Left(svc.call(req)),
+                Err(error) => Either::Right(future::ready(Err(error))),
+            };
             in_flight.push_back(call.map(move |result| (result, request)));
             if pins {
                 pinning = true;
@@ -194,7 +210,7 @@ where
         if !reading && in_flight.is_empty() && held.is_none() {
             break;
         }
-        let pinned = conn.pinned().map(|(up, _)| up);
+        let pinned = conn.pinned().map(|(up, _)| up.clone());
         let can_read = reading && held.is_none() && in_flight.len() < MAX_IN_FLIGHT;
         tokio::select! {
             biased;

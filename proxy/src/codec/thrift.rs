@@ -27,7 +27,7 @@
 //! THeader transport.
 
 use super::{
-    Codec, CodecError, Frame, Kind, LocalError, Metadata, Protocol, Session, Side, MAX_FRAME,
+    Codec, CodecError, Frame, Kind, LocalError, Metadata, Protocol, Session, Side, Text, MAX_FRAME,
 };
 use bytes::{BufMut, BytesMut};
 use std::borrow::Cow;
@@ -517,12 +517,12 @@ fn metadata(name: &[u8], mtype: MessageType) -> Metadata {
         .split_once(':')
         .map(|(service, _)| service.to_owned())
         .filter(|service| !service.is_empty());
-    let mut entries = Vec::with_capacity(3);
-    entries.push((Cow::Borrowed("method"), method));
+    let mut entries: Vec<(Cow<'static, str>, Text)> = Vec::with_capacity(3);
+    entries.push((Cow::Borrowed("method"), method.into()));
     if let Some(service) = service {
-        entries.push((Cow::Borrowed("service"), service));
+        entries.push((Cow::Borrowed("service"), service.into()));
     }
-    entries.push((Cow::Borrowed("type"), mtype.as_str().to_owned()));
+    entries.push((Cow::Borrowed("type"), Text::from_static(mtype.as_str())));
     Metadata::decoded(entries)
 }
 
@@ -1441,7 +1441,7 @@ mod tests {
         let request = Frame {
             kind: Kind::Request,
             id: Some(5),
-            metadata: Metadata::decoded(vec![("method".into(), "ping".into())]),
+            metadata: Metadata::decoded(vec![("method".into(), Text::from("ping"))]),
             session: Session::None,
             bytes: Bytes::new(),
         };

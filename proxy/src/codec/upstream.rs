@@ -16,7 +16,7 @@ use crate::{
     svc::{lock, NewService},
 };
 use bytes::BytesMut;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
@@ -37,6 +37,10 @@ const QUEUE: usize = 1024;
 const BATCH: usize = 128;
 /// The read buffer's growth step.
 const READ_CHUNK: usize = 16 * 1024;
+
+fn closed() -> LocalError {
+    LocalError::Unavailable("connection closed".into())
+}
 
 /// One upstream connection; clones share it.
 #[derive(Clone)]
@@ -118,10 +122,20 @@ impl Upstream {
     pub async fn send(&self, frame: Arc<Frame>) -> Reply {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Outgoing { frame, reply }).await.is_err() {
-            return Err(LocalError::Unavailable("connection closed".into()));
+            return Err(closed());
         }
-        rx.await
-            .unwrap_or_else(|_| Err(LocalError::Unavailable("connection closed".into())))
+        rx.await.unwrap_or_else(|_| Err(closed()))
+    }
+
+    /// Queues `frame` when the connection has room for it, without waiting.
+    fn try_queue(&self, frame: &Arc<Frame>) -> Option<oneshot::Receiver<Reply>> {
+        let permit = self.tx.try_reserve().ok()?;
+        let (reply, rx) = oneshot::channel();
+        permit.send(Outgoing {
+            frame: frame.clone(),
+            reply,
+        });
+        Some(rx)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -311,23 +325,29 @@ impl NewEndpoint {
 /// application sees one connection per peer connection and lane.
 #[derive(Clone)]
 pub struct Endpoint {
+    inner: Arc<EndpointInner>,
+}
+
+struct EndpointInner {
     target: EndpointTarget,
     client: NewClient,
-    shared: Arc<tokio::sync::Mutex<Vec<(u8, Upstream)>>>,
+    shared: tokio::sync::Mutex<Vec<(u8, Upstream)>>,
 }
 
 impl<T: Into<EndpointTarget>> NewService<T> for NewEndpoint {
     type Service = Endpoint;
     fn new_service(&self, target: T) -> Endpoint {
         Endpoint {
-            target: target.into(),
-            client: self.client.clone(),
-            shared: Default::default(),
+            inner: Arc::new(EndpointInner {
+                target: target.into(),
+                client: self.client.clone(),
+                shared: Default::default(),
+            }),
         }
     }
 }
 
-impl Endpoint {
+impl EndpointInner {
     /// Opens a connection to the endpoint (mutual TLS to a meshed one) and serves it.
     async fn open(&self, pushes: Option<mpsc::Sender<Frame>>) -> Result<Upstream, LocalError> {
         let t = &self.target;
@@ -355,20 +375,38 @@ impl Endpoint {
         shared.push((lane, up.clone()));
         Ok(up)
     }
+
+    /// Queues `frame` on the lane's open shared connection, when there is one with room
+    /// (and nobody is opening one): the usual case, without waiting.
+    fn queue(&self, frame: &Arc<Frame>, lane: u8) -> Option<oneshot::Receiver<Reply>> {
+        let shared = self.shared.try_lock().ok()?;
+        let (_, up) = shared
+            .iter()
+            .find(|(l, up)| *l == lane && !up.is_closed())?;
+        up.try_queue(frame)
+    }
 }
 
 impl tower::Service<Req> for Endpoint {
     type Response = Answer;
     type Error = LocalError;
-    type Future = BoxFuture<'static, Result<Answer, LocalError>>;
+    type Future = Either<Replied, BoxFuture<'static, Result<Answer, LocalError>>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), LocalError>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
+        if req.frame.session == Session::None {
+            if let Some(rx) = self.inner.queue(&req.frame, req.lane) {
+                return Either::Left(Replied {
+                    rx,
+                    info: Some(self.inner.target.info.clone()),
+                });
+            }
+        }
+        let this = self.inner.clone();
+        Either::Right(Box::pin(async move {
             let info = this.target.info.clone();
             let up = if req.frame.session != Session::None {
                 let up = this.open(Some(req.conn.pushes())).await?;
@@ -379,6 +417,29 @@ impl tower::Service<Req> for Endpoint {
             };
             let frame = up.send(req.frame).await?;
             Ok(Answer { frame, info })
+        }))
+    }
+}
+
+/// The answer to a request queued on a connection.
+pub struct Replied {
+    rx: oneshot::Receiver<Reply>,
+    info: Option<Arc<super::Served>>,
+}
+
+impl std::future::Future for Replied {
+    type Output = Result<Answer, LocalError>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let reply = std::task::ready!(std::pin::Pin::new(&mut self.rx).poll(cx));
+        let info = self
+            .info
+            .take()
+            .expect("a future is not polled once it is ready");
+        Poll::Ready(match reply {
+            Ok(Ok(frame)) => Ok(Answer { frame, info }),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(closed()),
         })
     }
 }
@@ -403,19 +464,19 @@ where
 {
     type Response = Answer;
     type Error = LocalError;
-    type Future = BoxFuture<'static, Result<Answer, LocalError>>;
+    type Future = Either<BoxFuture<'static, Result<Answer, LocalError>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LocalError>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        match req.conn.pinned() {
-            Some((up, info)) => Box::pin(async move {
+        match req.conn.pinned().cloned() {
+            Some((up, info)) => Either::Left(Box::pin(async move {
                 let frame = up.send(req.frame).await?;
                 Ok(Answer { frame, info })
-            }),
-            None => Box::pin(self.inner.call(req)),
+            })),
+            None => Either::Right(self.inner.call(req)),
         }
     }
 }

@@ -150,6 +150,15 @@ where
     }
 
     fn call(&mut self, req: R) -> Self::Future {
+        // The usual case: endpoints are known; the balancer is always ready.
+        let now = self
+            .shared
+            .destination
+            .as_ref()
+            .and_then(|d| d.endpoints_now());
+        if let Some(endpoints) = now {
+            return self.shared.balance(&endpoints).call(req);
+        }
         let shared = self.shared.clone();
         Box::pin(async move {
             let resolution = match &shared.destination {

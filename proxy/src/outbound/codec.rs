@@ -33,7 +33,7 @@ use crate::{
     svc::{BoxError, BoxIo, Cache, ConnFuture, NewFn, NewService, Param},
     tap::Taps,
 };
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use std::{
     collections::HashMap,
     sync::Arc,
@@ -41,7 +41,7 @@ use std::{
     time::Duration,
 };
 use tokio::sync::watch;
-use tower::{Layer, ServiceExt};
+use tower::{util::Oneshot, Layer, ServiceExt};
 
 /// Makes a codec's endpoint stacks from the balancer's endpoints.
 #[derive(Clone)]
@@ -304,6 +304,9 @@ pub struct Router<N: NewService<Logical>> {
     logical: Logical,
     new_backend: N,
     backends: Arc<Cache<LogicalAddr, N::Service>>,
+    /// The backend of requests no MetaRoute matches, held once used (the common case costs
+    /// no lookup in `backends`).
+    default: Option<Arc<N::Service>>,
 }
 
 impl<N: NewService<Logical> + Clone> Clone for Router<N> {
@@ -314,6 +317,7 @@ impl<N: NewService<Logical> + Clone> Clone for Router<N> {
             logical: self.logical.clone(),
             new_backend: self.new_backend.clone(),
             backends: self.backends.clone(),
+            default: self.default.clone(),
         }
     }
 }
@@ -331,21 +335,20 @@ impl<N: NewService<Logical>> Router<N> {
             logical,
             new_backend,
             backends,
+            default: None,
         }
     }
 
-    fn backend(&self, addr: LogicalAddr) -> N::Service
+    fn backend(&self, addr: LogicalAddr) -> Arc<N::Service>
     where
-        N::Service: Clone + Send + Sync + 'static,
+        N::Service: Send + Sync + 'static,
     {
         let logical = Logical {
             addr: addr.clone(),
             no_tls: self.logical.no_tls,
         };
-        (*self
-            .backends
-            .get_or_insert_with(&addr, || self.new_backend.new_service(logical)))
-        .clone()
+        self.backends
+            .get_or_insert_with(&addr, || self.new_backend.new_service(logical))
     }
 }
 
@@ -357,7 +360,7 @@ where
 {
     type Response = Answer;
     type Error = LocalError;
-    type Future = BoxFuture<'static, Result<Answer, LocalError>>;
+    type Future = Either<Oneshot<S, Req>, BoxFuture<'static, Result<Answer, LocalError>>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), LocalError>> {
         Poll::Ready(Ok(()))
@@ -367,14 +370,17 @@ where
         let policy = self.policy.borrow().clone();
         let rule = policy.as_deref().and_then(|p| p.meta.select(&req.frame));
         let Some(rule) = rule else {
-            let backend = self.backend(self.logical.addr.clone());
-            return Box::pin(backend.oneshot(req));
+            let backend = match &self.default {
+                Some(backend) => backend,
+                None => self.default.insert(self.backend(self.logical.addr.clone())),
+            };
+            return Either::Left((**backend).clone().oneshot(req));
         };
         let Some(backend) = rule.pick(|n| fastrand::u64(..n)) else {
-            return Box::pin(async { Err(LocalError::NoRoute) });
+            return Either::Right(Box::pin(async { Err(LocalError::NoRoute) }));
         };
         if backend.error.is_some() {
-            return Box::pin(async { Err(LocalError::NoRoute) });
+            return Either::Right(Box::pin(async { Err(LocalError::NoRoute) }));
         }
         if !rule.mutations.is_empty() {
             let frame = Arc::make_mut(&mut req.frame);
@@ -384,14 +390,14 @@ where
         }
         let timeout = rule.timeout;
         let backend = self.backend(LogicalAddr::Name(backend.authority.as_str().into()));
-        let call = backend.oneshot(req);
-        Box::pin(async move {
+        let call = (*backend).clone().oneshot(req);
+        Either::Right(Box::pin(async move {
             match timeout {
                 Some(t) => tokio::time::timeout(t, call)
                     .await
                     .unwrap_or(Err(LocalError::Timeout)),
                 None => call.await,
             }
-        })
+        }))
     }
 }
