@@ -22,3 +22,8 @@ pub mod policy;
 pub mod tap;
 pub mod viz;
 mod wire;
+
+/// The line framing every JSON-lines watch reads with, for the fuzz targets (`fuzz/`): not a
+/// stable API.
+#[doc(hidden)]
+pub use wire::{LineDecoder, TooLong};

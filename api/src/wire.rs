@@ -30,23 +30,24 @@ pub(crate) async fn error_text(body: Incoming, limit: usize) -> String {
 
 /// The current line is longer than [`MAX_LINE`].
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct TooLong;
+pub struct TooLong;
 
 /// Splits a byte stream into lines, whatever the frame boundaries; skips blank lines.
 #[derive(Default)]
-pub(crate) struct LineDecoder {
+pub struct LineDecoder {
     buf: BytesMut,
     /// How far `buf` is known to hold no newline.
     scanned: usize,
 }
 
 impl LineDecoder {
-    pub(crate) fn push(&mut self, data: &[u8]) {
+    /// Appends bytes read from the stream.
+    pub fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
     }
 
     /// The next complete, non-blank line (without its newline), if one is buffered.
-    pub(crate) fn next_line(&mut self) -> Result<Option<Bytes>, TooLong> {
+    pub fn next_line(&mut self) -> Result<Option<Bytes>, TooLong> {
         loop {
             let Some(pos) = self.buf[self.scanned..].iter().position(|b| *b == b'\n') else {
                 self.scanned = self.buf.len();

@@ -157,6 +157,25 @@ where
     }
 
     fn call(&mut self, io: BoxIo) -> ConnFuture {
+        self.serve(io)
+    }
+}
+
+impl<S> ServeHttp<S>
+where
+    S: tower::Service<Request<BoxBody>, Response = Response<BoxBody>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    /// Serves one connection, as [`tower::Service::call`] does a socket's: any byte stream
+    /// will do (the fuzz targets serve connections held in memory).
+    pub fn serve<I>(&mut self, io: I) -> ConnFuture
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
         let service = self.service.clone();
         let info = self.conn.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
