@@ -22,6 +22,12 @@ bench *args:
     ./scripts/setup-bench.sh
     cargo run --release -p mesh-bench -- --out BENCHMARKS.md {{args}}
 
+# Fuzzing with AFL++ (cargo-afl, installed when missing): every target 10 minutes, one at a time,
+# written to RELIABILITY.md (about 80 minutes); `just fuzz --time 2m codec` one target, `just fuzz
+# --ci` each ~15 s on its seeds, as scripts/test does. Crashing inputs are kept in fuzz/crashes/.
+fuzz *args:
+    ./scripts/fuzz {{args}}
+
 # Formatting and lints, as CI would want them.
 lint:
     cargo fmt --all -- --check
