@@ -491,14 +491,23 @@ impl Scan {
         if let Some(at) = find_crlf(rest) {
             self.searched = 0;
             let end = from + at;
-            return Ok(Some((&buf[self.pos + 1..end], end + 2)));
+            let body = &buf[self.pos + 1..end];
+            // The same bound as on a partial line: where the reads cut a stream must not
+            // change how it is framed.
+            if is_short(ty) && !is_short_line(body) {
+                return Err(malformed(format!(
+                    "'{}' line longer than {MAX_SHORT_LINE} bytes or not a number",
+                    ty.escape_ascii()
+                )));
+            }
+            return Ok(Some((body, end + 2)));
         }
         // The last byte may be the CR of a CRLF still to come.
         self.searched = buf.len().saturating_sub(1).max(self.pos + 1);
         if is_short(ty) {
             let partial = buf.get(self.pos + 1..).unwrap_or_default();
             let body = partial.strip_suffix(b"\r").unwrap_or(partial);
-            if body.len() > MAX_SHORT_LINE || !body.iter().all(|&b| is_short_line_byte(b)) {
+            if !is_short_line(body) {
                 return Err(malformed(format!(
                     "'{}' line not ended by CRLF",
                     ty.escape_ascii()
@@ -555,6 +564,12 @@ impl Scan {
 /// Types whose line is a length or a short scalar: a long line without CRLF is an error early.
 fn is_short(ty: u8) -> bool {
     b"$*%~>|!=;:#_.".contains(&ty)
+}
+
+/// A short type's line (or what came of it yet): at most [`MAX_SHORT_LINE`] bytes of a number
+/// or a flag.
+fn is_short_line(body: &[u8]) -> bool {
+    body.len() <= MAX_SHORT_LINE && body.iter().all(|&b| is_short_line_byte(b))
 }
 
 fn is_short_line_byte(b: u8) -> bool {
@@ -1008,6 +1023,40 @@ fn hex(b: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `scripts/fuzz` (codec target; fuzz/crashes/codec/redis-long-integer-reply-split):
+    /// an integer reply whose line is longer than a short line was a frame when it came in one
+    /// read and refused when it came in two.
+    #[test]
+    fn redis_long_integer_reply_split() {
+        let stream = format!("+OK\r\n:{}42\r\n", "0".repeat(70));
+        let decode = |cuts: &[usize]| {
+            let mut codec = RedisCodec::new(Side::Server);
+            let mut buf = BytesMut::new();
+            let mut frames = 0;
+            let mut from = 0;
+            for &to in cuts.iter().chain([stream.len()].iter()) {
+                buf.extend_from_slice(&stream.as_bytes()[from..to]);
+                from = to;
+                loop {
+                    match codec.decode(&mut buf) {
+                        Ok(Some(_)) => frames += 1,
+                        Ok(None) => break,
+                        Err(_) => return (frames, true),
+                    }
+                }
+            }
+            (frames, false)
+        };
+        assert_eq!(
+            decode(&[]),
+            (1, true),
+            "whole: +OK, then the long integer refused"
+        );
+        for cut in 1..stream.len() {
+            assert_eq!(decode(&[cut]), decode(&[]), "cut at {cut}");
+        }
+    }
     use std::sync::Arc;
 
     fn codec(side: Side) -> Box<dyn Codec> {
