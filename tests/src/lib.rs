@@ -5,6 +5,7 @@ pub mod fixtures;
 pub mod kube;
 pub mod mtls;
 pub mod redis;
+pub mod reliability;
 pub mod state;
 pub mod web_mesh;
 
