@@ -2,6 +2,7 @@
 
 pub mod capture;
 pub mod fixtures;
+pub mod h2raw;
 pub mod kube;
 pub mod mtls;
 pub mod redis;
