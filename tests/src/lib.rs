@@ -197,6 +197,44 @@ pub struct Load(std::process::Child);
 pub struct LoadResult {
     pub servers: std::collections::BTreeMap<String, u64>,
     pub failures: std::collections::BTreeMap<String, u64>,
+    /// Requests sent (in the open loop: due), each either answered or failed.
+    pub sent: u64,
+    /// Latency percentiles of the answered requests, ms: p50, p99, max.
+    pub latency_ms: [f64; 3],
+    /// When the failures happened, ms after the start, with their reasons (the first 1,000).
+    pub failed_at_ms: Vec<(u64, String)>,
+}
+
+impl LoadResult {
+    /// Requests answered 200.
+    pub fn answered(&self) -> u64 {
+        self.servers.values().sum()
+    }
+
+    /// Requests that failed.
+    pub fn lost(&self) -> u64 {
+        self.failures.values().sum()
+    }
+
+    /// The failures as one line: `3 (failed: status 503 ×2, failed: connect ×1; at 1200–1450 ms)`,
+    /// or `0`.
+    pub fn losses(&self) -> String {
+        if self.lost() == 0 {
+            return "0".into();
+        }
+        let reasons: Vec<String> = self
+            .failures
+            .iter()
+            .map(|(reason, n)| format!("{reason} ×{n}"))
+            .collect();
+        let first = self.failed_at_ms.first().map(|f| f.0).unwrap_or(0);
+        let last = self.failed_at_ms.last().map(|f| f.0).unwrap_or(0);
+        format!(
+            "{} ({}; at {first}–{last} ms)",
+            self.lost(),
+            reasons.join(", ")
+        )
+    }
 }
 
 impl Load {
@@ -221,6 +259,30 @@ impl Load {
         Ok(Load(child))
     }
 
+    /// Starts `mesh_load` in `pod` as an open loop: a GET of `url` every 1/`rate` s for
+    /// `duration`, on up to `connections` connections; the requests still unanswered 5 s after
+    /// the end count as lost.
+    pub fn start_rate(
+        pod: &Pod,
+        mesh_load: &str,
+        url: &str,
+        rate: u32,
+        connections: usize,
+        duration: Duration,
+    ) -> anyhow::Result<Load> {
+        let child = pod
+            .command(mesh_load)
+            .arg(url)
+            .args(["--rate", &rate.to_string()])
+            .args(["--concurrency", &connections.to_string()])
+            .args(["--duration-ms", &duration.as_millis().to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting mesh-load")?;
+        Ok(Load(child))
+    }
+
     /// Waits for the run to end and reads its report.
     pub fn finish(self) -> anyhow::Result<LoadResult> {
         let out = self.0.wait_with_output().context("waiting for mesh-load")?;
@@ -237,9 +299,13 @@ impl Load {
                 })
                 .unwrap_or_default()
         };
+        let latency = |p: &str| json["latency_ms"][p].as_f64().unwrap_or(0.0);
         Ok(LoadResult {
             servers: map("servers"),
             failures: map("failures"),
+            sent: json["sent"].as_u64().unwrap_or(0),
+            latency_ms: [latency("p50"), latency("p99"), latency("max")],
+            failed_at_ms: serde_json::from_value(json["failed_at_ms"].clone()).unwrap_or_default(),
         })
     }
 }

@@ -135,7 +135,9 @@ fn finish_load(
     std::collections::BTreeMap<String, u64>,
     std::collections::BTreeMap<String, u64>,
 ) {
-    let LoadResult { servers, failures } = load.finish().expect("mesh-load runs");
+    let LoadResult {
+        servers, failures, ..
+    } = load.finish().expect("mesh-load runs");
     (servers, failures)
 }
 
