@@ -6,9 +6,11 @@
 //! gives its identity), and a `kubernetes.io/service-account-token` Secret per service account,
 //! whose token the pod's proxy presents for its certificate.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -43,9 +45,18 @@ pub struct ControlOptions {
 #[derive(Debug)]
 pub struct ControlPlane {
     pod: Pod,
+    /// The folder `start` was given: `state/`, `ca/` and the controllers' logs.
+    dir: PathBuf,
     state: PathBuf,
+    leaf_lifetime: Option<Duration>,
+    /// The trust anchors the proxies are given, PEM: the anchor, then the next one if any.
     trust_anchors_pem: String,
     issuer: ca::CertAndKey,
+    /// The issuer under the next trust anchor, which [`ControlPlane::rotate_issuer`] switches to.
+    next_issuer: Option<ca::CertAndKey>,
+    /// Each service account's token, by namespace and name: every pod of an account presents
+    /// the same one, as pods mounting the account's token Secret do.
+    tokens: Mutex<HashMap<(String, String), String>>,
     destination: Child,
     identity: Child,
 }
@@ -55,22 +66,14 @@ impl ControlPlane {
     /// waits until they serve.
     pub fn start(pod: &Pod, dir: &Path, opts: &ControlOptions) -> anyhow::Result<ControlPlane> {
         let state = dir.join("state");
-        let ca_dir = dir.join("ca");
-        for d in [&state, &ca_dir] {
+        for d in [&state, &dir.join("ca")] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
         let anchor = ca::new_trust_anchor(TRUST_DOMAIN, ANCHOR_LIFETIME)?;
         let issuer = ca::new_issuer(&anchor, TRUST_DOMAIN, ISSUER_LIFETIME)?;
-        let write = |name: &str, text: &str| -> anyhow::Result<PathBuf> {
-            let path = ca_dir.join(name);
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-            Ok(path)
-        };
-        let anchors = write("trust-anchors.pem", &anchor.cert_pem)?;
-        let issuer_cert = write("issuer.crt", &issuer.cert_pem)?;
-        let issuer_key = write("issuer.key", &issuer.key_pem)?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&issuer_key, std::fs::Permissions::from_mode(0o600))?;
+        write_ca_file(dir, "trust-anchors.pem", &anchor.cert_pem)?;
+        write_ca_file(dir, "issuer.crt", &issuer.cert_pem)?;
+        write_ca_file(dir, "issuer.key", &issuer.key_pem)?;
 
         // The control pod's own object, as a cluster lists its controllers' pods.
         std::fs::write(
@@ -84,64 +87,96 @@ impl ControlPlane {
                 state.display()
             )
         })?;
-        let source = format!("dir:{}", state.display());
-        let log = |name: &str| std::fs::File::create(dir.join(name));
-        let destination = pod
-            .command(binary("mesh-controller")?)
-            .args(["destination", "--listen"])
-            .arg(format!("0.0.0.0:{DESTINATION_PORT}"))
-            .args(["--source", &source])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log("destination.log")?)
-            .spawn()
-            .context("starting mesh-controller destination")?;
-        let mut identity_cmd = pod.command(binary("mesh-controller")?);
-        identity_cmd
-            .args(["identity", "--listen"])
-            .arg(format!("0.0.0.0:{IDENTITY_PORT}"))
-            .args(["--source", &source])
-            .arg("--issuer-cert")
-            .arg(&issuer_cert)
-            .arg("--issuer-key")
-            .arg(&issuer_key)
-            .arg("--trust-anchors")
-            .arg(&anchors)
-            .args(["--trust-domain", TRUST_DOMAIN]);
-        if let Some(lifetime) = opts.leaf_lifetime {
-            identity_cmd
-                .arg("--leaf-lifetime")
-                .arg(format!("{}s", lifetime.as_secs().max(1)));
-        }
-        let identity = match identity_cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log("identity.log")?)
-            .spawn()
-        {
+        let destination = spawn_destination(pod, dir, &state)?;
+        let identity = match spawn_identity(pod, dir, &state, opts.leaf_lifetime) {
             Ok(child) => child,
             Err(e) => {
                 let mut destination = destination;
                 let _ = destination.kill();
                 let _ = destination.wait();
-                return Err(e).context("starting mesh-controller identity");
+                return Err(e);
             }
         };
         let mut control = ControlPlane {
             pod: pod.clone(),
+            dir: dir.to_path_buf(),
             state,
+            leaf_lifetime: opts.leaf_lifetime,
             trust_anchors_pem: anchor.cert_pem,
             issuer,
+            next_issuer: None,
+            tokens: Mutex::default(),
             destination,
             identity,
         };
-        let deadline = Duration::from_secs(20);
-        pod.wait_http_ok(control.destination_addr(), "/ready", deadline)
-            .map_err(|e| e.context(control.log_tail(dir, "destination.log")))?;
-        control
-            .wait_identity(deadline)
-            .map_err(|e| e.context(control.log_tail(dir, "identity.log")))?;
+        control.wait_destination()?;
+        control.wait_identity_up()?;
         Ok(control)
+    }
+
+    /// Kills the destination controller (SIGKILL, as a crash), leaves it down for `outage`, and
+    /// starts it again on the same state folder; returns once it serves. Proxies keep what they
+    /// last resolved and reconnect.
+    pub fn restart_destination(&mut self, outage: Duration) -> anyhow::Result<()> {
+        let _ = self.destination.kill();
+        let _ = self.destination.wait();
+        std::thread::sleep(outage);
+        self.destination = spawn_destination(&self.pod, &self.dir, &self.state)?;
+        self.wait_destination()
+    }
+
+    /// Kills the identity controller (SIGKILL, as a crash), leaves it down for `outage`, and
+    /// starts it again with the CA files of `ca/` (the current issuer); returns once it accepts
+    /// connections. Proxies keep their certificates and retry their renewals.
+    pub fn restart_identity(&mut self, outage: Duration) -> anyhow::Result<()> {
+        let _ = self.identity.kill();
+        let _ = self.identity.wait();
+        std::thread::sleep(outage);
+        self.identity = spawn_identity(&self.pod, &self.dir, &self.state, self.leaf_lifetime)?;
+        self.wait_identity_up()
+    }
+
+    /// Prepares a trust-anchor rotation: makes a second trust anchor and an issuer under it, and
+    /// adds the anchor to the bundle (`ca/trust-anchors.pem` and what [`ControlPlane::enroll`]
+    /// gives proxies from now on), so proxies trust both chains from the start. The identity
+    /// controller keeps signing with the current issuer until [`ControlPlane::rotate_issuer`].
+    pub fn add_next_trust_anchor(&mut self) -> anyhow::Result<()> {
+        if self.next_issuer.is_some() {
+            bail!("a next trust anchor is already prepared");
+        }
+        let anchor = ca::new_trust_anchor(TRUST_DOMAIN, ANCHOR_LIFETIME)?;
+        let issuer = ca::new_issuer(&anchor, TRUST_DOMAIN, ISSUER_LIFETIME)?;
+        let bundle = trust_bundle(&self.trust_anchors_pem, &anchor.cert_pem);
+        write_ca_file(&self.dir, "trust-anchors.pem", &bundle)?;
+        self.trust_anchors_pem = bundle;
+        self.next_issuer = Some(issuer);
+        Ok(())
+    }
+
+    /// Switches the identity controller to the issuer under the next trust anchor (see
+    /// [`ControlPlane::add_next_trust_anchor`]): writes it to `ca/` and restarts the controller,
+    /// which signs every certificate from then on under the new anchor. Proxies renew onto the
+    /// new chain on their schedule; certificates already issued stay valid under the old anchor.
+    pub fn rotate_issuer(&mut self) -> anyhow::Result<()> {
+        let Some(next) = self.next_issuer.take() else {
+            bail!("no next trust anchor: call add_next_trust_anchor first");
+        };
+        write_ca_file(&self.dir, "issuer.crt", &next.cert_pem)?;
+        write_ca_file(&self.dir, "issuer.key", &next.key_pem)?;
+        self.issuer = next;
+        self.restart_identity(Duration::ZERO)
+    }
+
+    fn wait_destination(&self) -> anyhow::Result<()> {
+        self.pod
+            .wait_http_ok(self.destination_addr(), "/ready", START_TIMEOUT)
+            .map_err(|e| e.context(self.log_tail(&self.dir, "destination.log")))
+    }
+
+    fn wait_identity_up(&mut self) -> anyhow::Result<()> {
+        let dir = self.dir.clone();
+        self.wait_identity(START_TIMEOUT)
+            .map_err(|e| e.context(self.log_tail(&dir, "identity.log")))
     }
 
     fn log_tail(&self, dir: &Path, name: &str) -> String {
@@ -252,15 +287,28 @@ impl ControlPlane {
             )?;
         }
         let identity = Identity::new(service_account, namespace, TRUST_DOMAIN)?;
-        let token = ca::random_token();
         self.write(
             &format!("pod-{namespace}-{}.yaml", pod.name),
             &pod_yaml(pod, namespace, service_account, labels, deployment),
         )?;
-        self.write(
-            &format!("sa-{namespace}-{service_account}.yaml"),
-            &token_secret_yaml(namespace, service_account, &token),
-        )?;
+        // The account's token: made, and its Secret written, by the first pod enrolled with it;
+        // a new token would refuse the renewals of the account's pods enrolled before.
+        let token = {
+            let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+            let key = (namespace.to_string(), service_account.to_string());
+            match tokens.get(&key) {
+                Some(token) => token.clone(),
+                None => {
+                    let token = ca::random_token();
+                    self.write(
+                        &format!("sa-{namespace}-{service_account}.yaml"),
+                        &token_secret_yaml(namespace, service_account, &token),
+                    )?;
+                    tokens.insert(key, token.clone());
+                    token
+                }
+            }
+        };
         // The proxy's own pod, for the labels of its side of tap events.
         let mut env = vec![
             (
@@ -288,6 +336,84 @@ impl ControlPlane {
             ..MeshOptions::default()
         })
     }
+}
+
+/// How long a controller may take to serve after it starts.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Starts `mesh-controller destination` in `pod` on the state folder, its log appended to
+/// `dir/destination.log`.
+fn spawn_destination(pod: &Pod, dir: &Path, state: &Path) -> anyhow::Result<Child> {
+    pod.command(binary("mesh-controller")?)
+        .args(["destination", "--listen"])
+        .arg(format!("0.0.0.0:{DESTINATION_PORT}"))
+        .args(["--source", &format!("dir:{}", state.display())])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(append_log(dir, "destination.log")?)
+        .spawn()
+        .context("starting mesh-controller destination")
+}
+
+/// Starts `mesh-controller identity` in `pod` with the CA files of `dir/ca`, its log appended to
+/// `dir/identity.log`.
+fn spawn_identity(
+    pod: &Pod,
+    dir: &Path,
+    state: &Path,
+    leaf_lifetime: Option<Duration>,
+) -> anyhow::Result<Child> {
+    let ca_dir = dir.join("ca");
+    let mut cmd = pod.command(binary("mesh-controller")?);
+    cmd.args(["identity", "--listen"])
+        .arg(format!("0.0.0.0:{IDENTITY_PORT}"))
+        .args(["--source", &format!("dir:{}", state.display())])
+        .arg("--issuer-cert")
+        .arg(ca_dir.join("issuer.crt"))
+        .arg("--issuer-key")
+        .arg(ca_dir.join("issuer.key"))
+        .arg("--trust-anchors")
+        .arg(ca_dir.join("trust-anchors.pem"))
+        .args(["--trust-domain", TRUST_DOMAIN]);
+    if let Some(lifetime) = leaf_lifetime {
+        cmd.arg("--leaf-lifetime")
+            .arg(format!("{}s", lifetime.as_secs().max(1)));
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(append_log(dir, "identity.log")?)
+        .spawn()
+        .context("starting mesh-controller identity")
+}
+
+fn append_log(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
+    let path = dir.join(name);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))
+}
+
+/// Writes one file of `dir/ca` atomically (a restarting controller never reads half of it),
+/// readable by its owner only (it may be a key).
+fn write_ca_file(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("ca").join(name);
+    let tmp = dir.join("ca").join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("setting the mode of {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A PEM bundle of `anchors` followed by `next`.
+fn trust_bundle(anchors: &str, next: &str) -> String {
+    let mut bundle = anchors.trim_end().to_string();
+    bundle.push('\n');
+    bundle.push_str(next.trim_end());
+    bundle.push('\n');
+    bundle
 }
 
 impl Drop for ControlPlane {
@@ -568,6 +694,27 @@ mod tests {
         let slice: EndpointSlice =
             serde_json::from_value(parse(&empty)[1].clone()).expect("a slice");
         assert!(slice.endpoints.is_empty());
+    }
+
+    #[test]
+    fn the_next_trust_anchor_joins_the_bundle_after_the_first() {
+        let first = ca::new_trust_anchor(TRUST_DOMAIN, ANCHOR_LIFETIME).unwrap();
+        let next = ca::new_trust_anchor(TRUST_DOMAIN, ANCHOR_LIFETIME).unwrap();
+        let bundle = trust_bundle(&first.cert_pem, &next.cert_pem);
+        let certs = ca::certs_from_pem(&bundle, "the bundle").unwrap();
+        let expect = |pem: &str| ca::certs_from_pem(pem, "an anchor").unwrap().remove(0);
+        assert_eq!(certs, vec![expect(&first.cert_pem), expect(&next.cert_pem)]);
+        // A leaf of the next anchor's issuer verifies against the bundle, as proxies check it.
+        let issuer = ca::new_issuer(&next, TRUST_DOMAIN, ISSUER_LIFETIME).unwrap();
+        let signer = ca::Signer::from_pem(&issuer.cert_pem, &issuer.key_pem).unwrap();
+        let id = Identity::new("web", "demo", TRUST_DOMAIN).unwrap();
+        let (leaf, _) = signer
+            .issue_with_key(&ca::LeafNames::identity(&id), Duration::from_secs(60))
+            .unwrap();
+        let chain = ca::certs_from_pem(&leaf.chain_pem, "the chain").unwrap();
+        let now = std::time::SystemTime::now();
+        ca::verify_chain(&chain, &certs, &id.dns_name(), now).unwrap();
+        assert!(ca::verify_chain(&chain, &certs[..1], &id.dns_name(), now).is_err());
     }
 
     #[test]
