@@ -986,6 +986,22 @@ pub struct AuthzMetrics {
     pub tcp_deny_total: Family<AuthzLabels, Counter>,
     pub tcp_audit_total: Family<AuthzLabels, Counter>,
     pub ratelimit_total: Family<RateLimitLabels, Counter>,
+    /// `inbound_http_client_id_removed_total{tls}`: requests that arrived with a
+    /// `mesh-client-id` of their own (removed, or replaced by the proven identity).
+    pub client_id_removed_total: Family<ClientIdLabels, Counter>,
+}
+
+/// Labels of a request whose own `mesh-client-id` the proxy removed: whether its connection
+/// was mutual TLS (`tls="true"`: replaced by the proven identity) or not (`tls="false"`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ClientIdLabels {
+    pub tls: bool,
+}
+
+impl EncodeLabelSet for ClientIdLabels {
+    fn encode(&self, mut e: LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        label(&mut e, "tls", if self.tls { "true" } else { "false" })
+    }
 }
 
 impl std::fmt::Debug for AuthzMetrics {
@@ -1010,6 +1026,11 @@ impl AuthzMetrics {
             "inbound_http_local_ratelimit",
             "Inbound requests refused by a local rate limit (429, gRPC RESOURCE_EXHAUSTED)",
             self.ratelimit_total.clone(),
+        );
+        registry.register(
+            "inbound_http_client_id_removed",
+            "Inbound requests that arrived with a mesh-client-id header of their own, removed (or replaced by the identity the client proved): only the pod's own proxy sets it",
+            self.client_id_removed_total.clone(),
         );
     }
 }

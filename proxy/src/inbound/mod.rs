@@ -12,7 +12,8 @@
 //! Before all of them, the port's inbound policy is looked up ([`policy`]: the first connection
 //! to a port waits for the controller's answer, bounded).
 //!
-//! HTTP, per request: errors become responses → `mesh-client-id` set from the proven identity
+//! HTTP, per request: errors become responses → a `mesh-client-id` the client sent is counted
+//! ([`client_id`]) → `mesh-client-id` set from the proven identity
 //! → HTTP/1 restored from a peer proxy's HTTP/2 (`mesh-orig-proto`) → metrics, classification
 //! and tap → authorization ([`authorize`]) → local rate limit ([`ratelimit`]'s limiters) → hop-by-hop
 //! headers → the application's client (shared per port). A connection whose authorization is
@@ -22,6 +23,7 @@
 //! the application.
 
 pub mod authorize;
+pub mod client_id;
 pub mod codec;
 pub mod policy;
 pub mod ratelimit;
@@ -157,6 +159,9 @@ pub fn stack(
         .push(NewMeter::layer(metrics.clone(), taps.clone(), Record::All))
         .push(headers::downgrade())
         .push(headers::client_id())
+        .push(client_id::layer(
+            metrics.authz.client_id_removed_total.clone(),
+        ))
         .push(ForEachLayer(RespondLayer))
         .push(NewServeHttp::layer(http.clone(), drain, taps.clone()))
         .push(crate::transport::NewTcpMetrics::layer(metrics.clone()))
