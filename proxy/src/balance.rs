@@ -443,12 +443,83 @@ impl<B> Outcome for http::Response<B> {
     }
 }
 
+/// A request the balancer may send to a second endpoint when the first refused it unsent (it
+/// could not connect, or the connection went away before the request was written): nothing of it
+/// reached the first endpoint, so sending it elsewhere is safe whatever its method. Only a request
+/// that is cheap to copy is kept for that: one without a body (a GET, most of the time).
+pub trait Resend<E>: Sized {
+    /// A copy of the request to send elsewhere; `None` when it is not kept.
+    fn resend(&self) -> Option<Self>;
+    /// Whether `error` says the request never reached the endpoint.
+    fn unsent(error: &E) -> bool;
+}
+
+impl Resend<crate::svc::BoxError> for http::Request<crate::svc::BoxBody> {
+    fn resend(&self) -> Option<Self> {
+        use http_body::Body as _;
+        if !self.body().is_end_stream() {
+            return None;
+        }
+        let mut copy = http::Request::new(crate::svc::BoxBody::new(http_body_util::Empty::<
+            bytes::Bytes,
+        >::new()));
+        *copy.method_mut() = self.method().clone();
+        *copy.uri_mut() = self.uri().clone();
+        *copy.version_mut() = self.version();
+        *copy.headers_mut() = self.headers().clone();
+        *copy.extensions_mut() = self.extensions().clone();
+        Some(copy)
+    }
+
+    fn unsent(error: &crate::svc::BoxError) -> bool {
+        use crate::http::client::UpstreamError;
+        let mut e: Option<&(dyn std::error::Error + 'static)> = Some(&**error);
+        while let Some(err) = e {
+            // The endpoint's metrics layer wraps what it counted; its `source` skips the
+            // wrapped error itself.
+            if let Some(recorded) = err.downcast_ref::<crate::http::errors::Recorded>() {
+                e = Some(&*recorded.0);
+                continue;
+            }
+            if let Some(up) = err.downcast_ref::<UpstreamError>() {
+                // Not `Request`: that one may have reached the endpoint.
+                return matches!(
+                    up,
+                    UpstreamError::Connect { .. }
+                        | UpstreamError::ConnectTimeout { .. }
+                        | UpstreamError::Tls { .. }
+                        | UpstreamError::Handshake { .. }
+                );
+            }
+            if let Some(h2) = err.downcast_ref::<h2::Error>() {
+                if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                    return true;
+                }
+            }
+            e = err.source();
+        }
+        false
+    }
+}
+
+/// A codec's request is pinned to its upstream connection's order: never sent twice.
+impl Resend<crate::codec::LocalError> for crate::codec::Req {
+    fn resend(&self) -> Option<Self> {
+        None
+    }
+
+    fn unsent(_: &crate::codec::LocalError) -> bool {
+        false
+    }
+}
+
 impl<S, Req> tower::Service<Req> for Balance<S>
 where
-    S: tower::Service<Req> + Clone + Send + 'static,
-    S::Response: Outcome,
+    S: tower::Service<Req> + Clone + Send + Sync + 'static,
+    S::Response: Outcome + Send,
+    S::Error: Send,
     S::Future: Send + 'static,
-    Req: Send + 'static,
+    Req: Resend<S::Error> + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -461,6 +532,9 @@ where
         std::task::Poll::Ready(Ok(()))
     }
 
+    /// Sends `req` to the endpoint [`pick`] chooses; if that one refused it unsent (see
+    /// [`Resend`]), once more to another endpoint.
+    ///
     /// # Panics
     /// When the set is empty: the caller answers that case (no endpoints) itself.
     fn call(&mut self, req: Req) -> Self::Future {
@@ -473,16 +547,71 @@ where
             |n| fastrand::usize(..n),
         )
         .expect("the caller checks that there are endpoints");
-        let mut in_flight = state.start(now);
-        let mut svc = svc.clone();
+        let in_flight = state.start(now);
+        let svc = svc.clone();
+        // A copy only where there is another endpoint to send it to.
+        let again = (self.endpoints.len() > 1)
+            .then(|| req.resend())
+            .flatten()
+            .map(|again| (again, self.clone(), state.clone()));
         let config = self.config.clone();
         Box::pin(async move {
-            let result = tower::ServiceExt::oneshot(&mut svc, req).await;
-            let success = matches!(&result, Ok(rsp) if rsp.is_success());
-            in_flight.record(&config, success, Instant::now());
-            result
+            let result = send(svc, req, in_flight, &config).await;
+            let (again, balance, failed) = match (result, again) {
+                (Err(error), Some(again)) if Req::unsent(&error) => again,
+                (result, _) => return result,
+            };
+            balance.send_elsewhere(&failed, again).await
         })
     }
+}
+
+impl<S: Clone> Balance<S> {
+    /// Sends `req` to an endpoint other than `failed`, picked the same way.
+    async fn send_elsewhere<Req>(
+        &self,
+        failed: &Arc<EndpointState>,
+        req: Req,
+    ) -> Result<S::Response, S::Error>
+    where
+        S: tower::Service<Req>,
+        S::Response: Outcome,
+    {
+        let others: Vec<&(Arc<EndpointState>, S)> = self
+            .endpoints
+            .iter()
+            .filter(|(state, _)| !Arc::ptr_eq(failed, state))
+            .collect();
+        let now = Instant::now();
+        let (state, svc) = pick(
+            &others,
+            |e| &e.0,
+            &self.config,
+            now,
+            |n| fastrand::usize(..n),
+        )
+        .copied()
+        .expect("the caller resends only where the set has another endpoint");
+        tracing::debug!(endpoint = %state.addr, "sending a request refused unsent elsewhere");
+        send(svc.clone(), req, state.start(now), &self.config).await
+    }
+}
+
+/// Sends `req` to `svc`, and records its outcome on the endpoint.
+async fn send<S, Req>(
+    svc: S,
+    req: Req,
+    mut in_flight: InFlight,
+    config: &BalanceConfig,
+) -> Result<S::Response, S::Error>
+where
+    S: tower::Service<Req>,
+    S::Response: Outcome,
+{
+    let result = tower::ServiceExt::oneshot(svc, req).await;
+    let success = matches!(&result, Ok(rsp) if rsp.is_success());
+    in_flight.record(config, success, Instant::now());
+    result
 }
 
 #[cfg(test)]
@@ -1107,6 +1236,142 @@ mod tests {
         }
 
         const OK: Option<StatusCode> = Some(StatusCode::OK);
+
+        impl Resend<&'static str> for () {
+            fn resend(&self) -> Option<Self> {
+                None
+            }
+            fn unsent(_: &&'static str) -> bool {
+                false
+            }
+        }
+
+        impl Resend<Infallible> for () {
+            fn resend(&self) -> Option<Self> {
+                None
+            }
+            fn unsent(_: &Infallible) -> bool {
+                false
+            }
+        }
+
+        /// An HTTP endpoint that fails every request with `error` (`None`: answers 200).
+        #[derive(Clone)]
+        struct Http {
+            error: Option<fn() -> crate::svc::BoxError>,
+            calls: Arc<AtomicUsize>,
+        }
+
+        impl Service<http::Request<crate::svc::BoxBody>> for Http {
+            type Response = Response<()>;
+            type Error = crate::svc::BoxError;
+            type Future = Ready<Result<Response<()>, crate::svc::BoxError>>;
+
+            fn poll_ready(
+                &mut self,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Result<(), crate::svc::BoxError>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+
+            fn call(&mut self, _: http::Request<crate::svc::BoxBody>) -> Self::Future {
+                self.calls.fetch_add(1, Ordering::Relaxed);
+                ready(match self.error {
+                    Some(error) => Err(error()),
+                    None => Ok(Response::new(())),
+                })
+            }
+        }
+
+        /// Sends 20 requests (with `body`, or none) over a failing endpoint (`error`) and a
+        /// healthy one: how many were answered, and how many the failing one got.
+        async fn resent(
+            error: fn() -> crate::svc::BoxError,
+            body: Option<&'static str>,
+        ) -> (usize, usize) {
+            let config = BalanceConfig {
+                failures_to_eject: 1000,
+                ..BalanceConfig::default()
+            };
+            let states = endpoints(2, &config, Instant::now());
+            let failing = Http {
+                error: Some(error),
+                calls: Arc::default(),
+            };
+            let healthy = Http {
+                error: None,
+                calls: Arc::default(),
+            };
+            let calls = failing.calls.clone();
+            let set = vec![(states[0].clone(), failing), (states[1].clone(), healthy)];
+            let mut balance = Balance::new(set.into(), Arc::new(config));
+            let mut answered = 0;
+            for _ in 0..20 {
+                let body = match body {
+                    Some(b) => crate::svc::BoxBody::new(http_body_util::Full::new(
+                        bytes::Bytes::from_static(b.as_bytes()),
+                    )),
+                    None => crate::svc::BoxBody::new(http_body_util::Empty::<bytes::Bytes>::new()),
+                };
+                let req = http::Request::get("http://web/").body(body).unwrap();
+                if balance.ready().await.unwrap().call(req).await.is_ok() {
+                    answered += 1;
+                }
+            }
+            (answered, calls.load(Ordering::Relaxed))
+        }
+
+        fn refused() -> crate::svc::BoxError {
+            crate::http::client::UpstreamError::Connect {
+                target: SocketAddr::from(([10, 0, 0, 1], 8000)),
+                source: std::io::ErrorKind::ConnectionRefused.into(),
+            }
+            .into()
+        }
+
+        /// As the endpoint's metrics layer returns it.
+        fn refused_and_recorded() -> crate::svc::BoxError {
+            crate::http::errors::Recorded(refused()).into()
+        }
+
+        fn reset_after_sending() -> crate::svc::BoxError {
+            crate::http::errors::Recorded(
+                crate::http::client::UpstreamError::Request {
+                    target: SocketAddr::from(([10, 0, 0, 1], 8000)),
+                    source: std::io::Error::from(std::io::ErrorKind::ConnectionReset).into(),
+                }
+                .into(),
+            )
+            .into()
+        }
+
+        #[tokio::test]
+        async fn a_request_refused_unsent_goes_to_another_endpoint() {
+            for error in [refused as fn() -> _, refused_and_recorded] {
+                let (answered, failing) = resent(error, None).await;
+                assert!(failing > 0, "the failing endpoint gets its turns");
+                assert_eq!(
+                    answered, 20,
+                    "every request refused unsent is sent elsewhere"
+                );
+            }
+        }
+
+        #[tokio::test]
+        async fn a_request_with_a_body_or_that_may_have_been_sent_is_not_sent_twice() {
+            for (error, body) in [
+                (refused as fn() -> _, Some("a body")),
+                (reset_after_sending, None),
+            ] {
+                let (answered, failing) = resent(error, body).await;
+                assert!(failing > 0, "the failing endpoint gets its turns");
+                assert_eq!(
+                    answered,
+                    20 - failing,
+                    "{body:?}: each of its failures stands"
+                );
+            }
+        }
 
         #[tokio::test]
         async fn requests_go_to_the_endpoint_services_of_the_set() {

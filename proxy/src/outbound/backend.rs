@@ -137,7 +137,7 @@ where
     N: NewService<Endpoint, Service = S> + Send + Sync + 'static,
     S: tower::Service<R, Response = Rsp, Error = E> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
-    R: Routed + Send + 'static,
+    R: Routed + crate::balance::Resend<E> + Send + 'static,
     Rsp: crate::balance::Outcome + Send + 'static,
     E: From<NoEndpoints> + Send + 'static,
 {
