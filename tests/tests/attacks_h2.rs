@@ -610,8 +610,11 @@ struct Run<T> {
 impl<T> Run<T> {
     /// The part of the figure every attack has.
     fn summary(&self) -> String {
-        let during = if self.during.samples.is_empty() {
-            "none answered".to_string()
+        // A request that failed counts as slower than any answer: with 1% or more failed, the
+        // p99 is no answer.
+        let requests = self.during.samples.len() + self.during.failures.len();
+        let during = if self.during.failures.len() * 100 > requests {
+            "no answer".to_string()
         } else {
             ms(self.during.p99())
         };
@@ -621,12 +624,12 @@ impl<T> Run<T> {
             None => "0 failed".to_string(),
         };
         format!(
-            "peak RSS +{}, CPU {:.2} s, other client p99 {} → {} ({} requests during, {failed})",
+            "peak RSS +{}, CPU {:.2} s, other client p99 {} → {} ({requests} requests during, \
+             {failed})",
             mb(self.rss_growth_kb),
             self.cpu.as_secs_f64(),
             ms(self.before.p99()),
             during,
-            self.during.samples.len(),
         )
     }
 
