@@ -25,6 +25,18 @@ use std::{
 };
 use tower::ServiceExt;
 
+/// The most streams an HTTP/2 client may have open on one connection (SETTINGS_MAX_CONCURRENT_
+/// STREAMS); h2 refuses more with REFUSED_STREAM, and ends the connection with GOAWAY
+/// ENHANCE_YOUR_CALM after 1,024 such refusals. Hyper's default today, set here because hyper
+/// does not promise to keep it.
+pub const HTTP2_MAX_CONCURRENT_STREAMS: u32 = 200;
+
+/// The most response bytes one HTTP/2 stream may have queued in the proxy while the client does
+/// not read them (hyper's default: 400 KiB). With [`HTTP2_MAX_CONCURRENT_STREAMS`], what a
+/// client that never reads its socket makes one connection hold: 200 × 64 KiB = 12.5 MiB, not
+/// 78 MiB (issue 17: 100 such streams took the proxy's RSS up by 33 MB).
+pub const HTTP2_MAX_SEND_BUF_BYTES: usize = 64 << 10;
+
 /// Limits of the HTTP servers.
 #[derive(Clone, Debug)]
 pub struct HttpSettings {
@@ -203,7 +215,9 @@ where
                 let mut builder = conn::http2::Builder::new(TokioExecutor::new());
                 builder
                     .timer(TokioTimer::new())
-                    .max_header_list_size(settings.max_header_bytes.try_into().unwrap_or(u32::MAX));
+                    .max_header_list_size(settings.max_header_bytes.try_into().unwrap_or(u32::MAX))
+                    .max_concurrent_streams(HTTP2_MAX_CONCURRENT_STREAMS)
+                    .max_send_buf_size(HTTP2_MAX_SEND_BUF_BYTES);
                 let conn = builder.serve_connection(io, service);
                 tokio::pin!(conn);
                 tokio::select! {
@@ -219,10 +233,17 @@ where
                 }
             } else {
                 let mut builder = conn::http1::Builder::new();
+                // `max_header_size` is the limit on a head; `max_buf_size` alone is not one: a
+                // read may fill the buffer past it, and a head that then parses is served.
+                // `half_close`: a client may shut down its writing side once its request is
+                // sent (`shutdown(SHUT_WR)`, as HTTP/1.0 clients and many scripts do) and still
+                // reads the answer; without it hyper drops the request in flight at the EOF.
                 builder
                     .timer(TokioTimer::new())
                     .header_read_timeout(settings.header_read_timeout)
-                    .max_buf_size(settings.max_header_bytes);
+                    .max_buf_size(settings.max_header_bytes)
+                    .max_header_size(settings.max_header_bytes)
+                    .half_close(true);
                 let conn = builder.serve_connection(io, service).with_upgrades();
                 tokio::pin!(conn);
                 tokio::select! {
@@ -300,7 +321,8 @@ mod tests {
     }
 
     /// A request stack that answers with what it knows of the request: its version, its
-    /// connection (client, original destination, client identity) and its body; `/fail` fails.
+    /// connection (client, original destination, client identity) and its body; `/fail` fails,
+    /// `/slow` answers 200 ms after the body ended.
     async fn echo(req: Request<BoxBody>) -> Result<Response<BoxBody>, BoxError> {
         if req.uri().path() == "/fail" {
             return Err("the stack failed".into());
@@ -312,7 +334,12 @@ mod tests {
             .expect("the server notes where a request arrived")
             .conn
             .clone();
+        let slow = req.uri().path() == "/slow";
         let body = req.into_body().collect().await?.to_bytes();
+        if slow {
+            // Answers after the client's EOF has arrived (the half-close test).
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let seen = format!(
             "{version:?} {} {} {:?} {}",
             conn.client,
@@ -432,6 +459,69 @@ mod tests {
         }
     }
 
+    /// Regression (issue 17, HTTP/1 attacks): a client that shut down its writing side after
+    /// a whole request (`shutdown(SHUT_WR)`, as HTTP/1.0 clients and scripts do) got no answer:
+    /// hyper's HTTP/1 server, without `half_close`, aborted the request in flight at the EOF.
+    #[tokio::test]
+    async fn a_half_closed_http1_client_still_gets_its_answer() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let drain = Drain::new();
+        let tls = Tls::NoIdentity(NO_TLS_DISABLED);
+        let (mut io, _, _) = connect(Protocol::HTTP1, tls, &drain).await;
+        io.write_all(b"POST /slow HTTP/1.1\r\nhost: web\r\ncontent-length: 5\r\n\r\nhello")
+            .await
+            .unwrap();
+        io.shutdown().await.unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), io.read_to_string(&mut answer))
+            .await
+            .expect("answered or closed within the deadline")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer:?}");
+        assert!(answer.ends_with(" hello"), "{answer:?}");
+    }
+
+    /// Regression (issue 17, HTTP/1 attacks): a 100 KiB HTTP/1 head was served under a 64 KiB
+    /// `max_header_bytes`: `max_buf_size` bounds the buffer only while the head is incomplete,
+    /// and the read that grows the buffer past it (its capacity doubles) brought the rest in.
+    #[tokio::test]
+    async fn an_http1_head_over_the_limit_is_refused_with_431() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let settings = HttpSettings {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 << 10,
+        };
+        let taps = Taps::new(&TapConfig::default(), None, Metrics::new(10, false));
+        let layer = NewServeHttp::layer(settings, Drain::new(), taps);
+        let serve = tower::Layer::layer(&layer, NewFn(|_: Conn| tower::service_fn(echo)));
+        let target = Conn {
+            protocol: Protocol::HTTP1,
+            client: "127.0.0.1:40000".parse().unwrap(),
+            orig_dst: orig_dst(),
+            tls: Tls::NoIdentity(NO_TLS_DISABLED),
+            close: CloseSignal::never(),
+        };
+        // The whole head is there before the server reads, as from a fast client.
+        let (mut client, io) = tokio::io::duplex(1 << 20);
+        let head = format!(
+            "GET /x HTTP/1.1\r\nhost: web\r\nconnection: close\r\nx-long: {}\r\n\r\n",
+            "a".repeat(100 << 10)
+        );
+        client.write_all(head.as_bytes()).await.unwrap();
+        tokio::spawn(serve.new_service(target).serve(io));
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut answer))
+            .await
+            .expect("answered or closed within the deadline")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 431 "),
+            "{}",
+            &answer[..answer.len().min(200)]
+        );
+    }
+
     #[tokio::test]
     async fn an_idle_connection_closes_once_draining_starts() {
         for protocol in PROTOCOLS {
@@ -471,5 +561,35 @@ mod tests {
                 .unwrap();
             assert!(!drain.is_draining(), "only this connection closed");
         }
+    }
+
+    /// Issue 17, HTTP/2 attacks: the proxy tells an HTTP/2 client its stream limit in its first
+    /// SETTINGS frame (SETTINGS_MAX_CONCURRENT_STREAMS), rather than relying on hyper's default.
+    #[tokio::test]
+    async fn an_http2_client_is_told_the_stream_limit() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let drain = Drain::new();
+        let tls = Tls::NoIdentity(NO_TLS_DISABLED);
+        let (mut io, _, _) = connect(Protocol::HTTP2, tls, &drain).await;
+        // The preface and an empty SETTINGS frame.
+        io.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        let mut head = [0u8; 9];
+        tokio::time::timeout(Duration::from_secs(10), io.read_exact(&mut head))
+            .await
+            .expect("the server's SETTINGS within the deadline")
+            .unwrap();
+        assert_eq!(
+            head[3], 0x4,
+            "the server's first frame is SETTINGS: {head:?}"
+        );
+        let mut payload = vec![0u8; u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize];
+        io.read_exact(&mut payload).await.unwrap();
+        let max_streams = payload
+            .chunks_exact(6)
+            .find(|p| p[..2] == [0, 0x3])
+            .map(|p| u32::from_be_bytes([p[2], p[3], p[4], p[5]]));
+        assert_eq!(max_streams, Some(HTTP2_MAX_CONCURRENT_STREAMS));
     }
 }
