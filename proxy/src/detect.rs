@@ -72,6 +72,10 @@ impl Recognizers {
         Self(self.0.iter().cloned().chain(more).collect())
     }
 
+    fn has(&self, protocol: Protocol) -> bool {
+        self.0.iter().any(|r| r.protocol() == protocol)
+    }
+
     /// Decides the protocol from the bytes read so far, or `None` when more bytes are needed:
     /// the first protocol (in order) that claims them; opaque once every protocol said no.
     /// Protocols must not claim each other's bytes: a codec's short command (`PING` with no
@@ -175,7 +179,8 @@ pub async fn detect<I: AsyncRead + Unpin>(
 impl Recognizers {
     /// Reads from `io` until a protocol is decided, `capacity` bytes were read, the peer closes,
     /// or `timeout` passes. Undecided input is opaque, except a plausible HTTP/1 request line
-    /// that fills the whole buffer: that is HTTP/1, so the HTTP server can refuse it as too long.
+    /// that fills the whole buffer (HTTP/1, so the HTTP server can refuse it as too long) or is
+    /// still unfinished at the timeout (HTTP/1, so the HTTP server's header timeout applies).
     pub async fn detect<I: AsyncRead + Unpin>(
         &self,
         io: &mut I,
@@ -205,8 +210,21 @@ impl Recognizers {
                 Ok(Err(e)) => return Err(e),
             };
             if let Some(fallback) = fallback {
+                // A request line begun but not ended when the time is up is HTTP/1 still: as
+                // opaque TCP it would reach the application past the HTTP stack (its header
+                // read timeout, the removal of a client's own `mesh-client-id`, per-route
+                // authorization), for any client that drips its first line slowly enough.
+                // Silence stays opaque: a client of a server-speaks-first protocol sends nothing.
+                let protocol = if fallback == Fallback::Timeout
+                    && self.has(Protocol::HTTP1)
+                    && http1_prefix_plausible(&buf)
+                {
+                    Protocol::HTTP1
+                } else {
+                    Protocol::OPAQUE
+                };
                 return Ok(Detected {
-                    protocol: Protocol::OPAQUE,
+                    protocol,
                     prefix: buf.freeze(),
                     fallback: Some(fallback),
                 });
@@ -419,7 +437,7 @@ async fn sniff(
     {
         Ok(d) => {
             if let Some(fallback) = d.fallback {
-                tracing::debug!(%client, ?fallback, "no protocol detected; forwarding as opaque TCP");
+                tracing::debug!(%client, ?fallback, protocol = d.protocol.name(), "detection ended undecided");
             }
             (d.protocol, d.prefix)
         }
@@ -581,6 +599,33 @@ mod tests {
             (d.protocol, d.fallback, d.prefix.len()),
             (Protocol::OPAQUE, Some(Fallback::Timeout), 0)
         );
+    }
+
+    /// Regression (issue 17, HTTP/1 attacks): a request line dripped slower than the timeout
+    /// went to the application as opaque TCP, past the HTTP stack (its header read timeout,
+    /// the removal of a client's own `mesh-client-id`). Unfinished, it is HTTP/1 still; bytes
+    /// that cannot begin a request line stay opaque.
+    #[tokio::test]
+    async fn a_request_line_unfinished_at_the_timeout_is_http1() {
+        use tokio::io::AsyncWriteExt;
+        for (sent, expected) in [
+            (&b"GET /spo"[..], Protocol::HTTP1),
+            (b"G", Protocol::HTTP1),
+            // The start of a TLS record header: undecided, but no request line.
+            (b"\x16\x03\x01", Protocol::OPAQUE),
+        ] {
+            let (mut client, mut server) = tokio::io::duplex(64);
+            client.write_all(sent).await.unwrap();
+            let d = detect(&mut server, Duration::from_millis(20), 1024)
+                .await
+                .unwrap();
+            assert_eq!(
+                (d.protocol, d.fallback, &d.prefix[..]),
+                (expected, Some(Fallback::Timeout), sent),
+                "{:?}",
+                String::from_utf8_lossy(sent)
+            );
+        }
     }
 
     #[tokio::test]

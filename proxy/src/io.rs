@@ -41,6 +41,11 @@ impl<T: AsyncRead> AsyncRead for PrefixedIo<T> {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            if this.prefix.is_empty() {
+                // Frees the detection buffer (8 KiB) rather than keeping it for the life of
+                // the connection: an idle connection holds what hyper holds, no more.
+                *this.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         this.io.poll_read(cx, buf)

@@ -73,6 +73,17 @@ impl From<crate::connect::ConnectError> for UpstreamError {
 }
 
 impl UpstreamError {
+    /// Whether sending the request failed because its body did (hyper's "error from user's
+    /// Body stream"): the client broke it off or sent it malformed, not the upstream's fault.
+    pub fn request_body_failed(&self) -> bool {
+        match self {
+            Self::Request { source, .. } => source
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(|e| e.is_user() && std::error::Error::source(e).is_some()),
+            _ => false,
+        }
+    }
+
     /// The `error` metric label for this failure.
     pub fn label(&self) -> &'static str {
         match self {

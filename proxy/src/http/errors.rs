@@ -95,6 +95,13 @@ impl Failure {
             (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
         } else if error.is::<InvalidBackend>() {
             (StatusCode::INTERNAL_SERVER_ERROR, "invalid_backend")
+        } else if error
+            .downcast_ref::<UpstreamError>()
+            .is_some_and(UpstreamError::request_body_failed)
+        {
+            // The client's own body broke off or was malformed (a bad chunk line): its fault,
+            // not the application's.
+            (StatusCode::BAD_REQUEST, "request_body")
         } else if let Some(upstream) = error.downcast_ref::<UpstreamError>() {
             let status = match upstream {
                 UpstreamError::ConnectTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -292,6 +299,54 @@ mod tests {
             "connect",
         );
         check("anything else".into(), 502, "upstream");
+    }
+
+    /// Regression (issue 17, HTTP/1 attacks): a request whose body the client broke (a malformed
+    /// chunk line) was answered 502, blaming the application; it is the client's 400.
+    #[tokio::test]
+    async fn a_request_body_that_fails_is_the_clients_400() {
+        use http_body_util::{BodyExt as _, StreamBody};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (io, _) = listener.accept().await.unwrap();
+            let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async {
+                let _ = req.into_body().collect().await;
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+                .await;
+        });
+        let io = tokio::net::TcpStream::connect(target).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let chunks: Vec<Result<hyper::body::Frame<Bytes>, BoxError>> = vec![
+            Ok(hyper::body::Frame::data(Bytes::from_static(b"hello"))),
+            Err("invalid chunk size line".into()),
+        ];
+        let body = BoxBody::new(StreamBody::new(futures_util::stream::iter(chunks)));
+        let error = sender
+            .send_request(Request::post("/").body(body).unwrap())
+            .await
+            .expect_err("the body failed");
+        let error: BoxError = Box::new(UpstreamError::Request {
+            target,
+            source: error.into(),
+        });
+        let failure = Failure::of(&*error);
+        assert_eq!(
+            (failure.status.as_u16(), failure.label),
+            (400, "request_body")
+        );
+        let other: BoxError = Box::new(UpstreamError::Request {
+            target,
+            source: "connection reset".into(),
+        });
+        assert_eq!(Failure::of(&*other).status.as_u16(), 502);
     }
 
     #[tokio::test]
