@@ -438,6 +438,22 @@ fn origin_form(uri: Uri) -> Result<Uri, http::Error> {
     })?)
 }
 
+/// How many response bytes one stream of an upstream HTTP/2 connection may have in flight to
+/// the proxy before the proxy's client reads them (hyper's default: 2 MiB).
+pub const HTTP2_STREAM_WINDOW: u32 = 128 << 10;
+
+/// The same for the whole connection (hyper's default: 5 MiB): as many stream windows as one
+/// client connection may have streams ([`HTTP2_MAX_CONCURRENT_STREAMS`]), 25 MiB. Streams whose
+/// clients do not read hold their window's worth of the connection's; with hyper's defaults three
+/// such streams filled it, and every other client's responses on the shared connection (the
+/// inbound proxy's one connection to its application) waited with them (issue 17). Now no one
+/// client connection can fill it alone; clients that together hold more stalled streams than it
+/// has windows still can.
+///
+/// [`HTTP2_MAX_CONCURRENT_STREAMS`]: super::server::HTTP2_MAX_CONCURRENT_STREAMS
+pub const HTTP2_CONNECTION_WINDOW: u32 =
+    HTTP2_STREAM_WINDOW * super::server::HTTP2_MAX_CONCURRENT_STREAMS;
+
 async fn http2_handshake<I>(
     io: I,
     target: SocketAddr,
@@ -448,6 +464,8 @@ where
     let (sender, connection) = conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
         .handshake(TokioIo::new(io))
         .await
         .map_err(|source| UpstreamError::Handshake { target, source })?;
