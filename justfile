@@ -46,3 +46,8 @@ images *args:
 images-engine engine="podman" registry="ghcr.io/mesh":
     {{engine}} build -f images/proxy.Containerfile -t {{registry}}/proxy:v$(cargo pkgid -p mesh-cli | sed 's/.*[#@]//') .
     {{engine}} build -f images/controller.Containerfile -t {{registry}}/controller:v$(cargo pkgid -p mesh-cli | sed 's/.*[#@]//') .
+
+# The reliability suite of issue 17 (attacks, chaos under load, resources; root, pods) against
+# the release build, written to RELIABILITY.md; `just reliability chaos` runs one test file.
+reliability *tests:
+    ./scripts/reliability {{tests}}

@@ -8,7 +8,7 @@
 //! refused, so the proxy answers 502 (HTTP) or closes (opaque) at once. After the idle timeouts
 //! the `target_addr` label values and the size of `/metrics` must be back near where they
 //! started; a second burst of 10,000 new destinations must reuse the first burst's memory rather
-//! than add to it.
+//! than add to it. The figures go to RELIABILITY.md's "Resources" (issue 17).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use mesh_cli::local::{require_root, Cluster, MeshOptions, Pod, Proxy};
-use mesh_tests::{fixtures::eventually, serve_app, TIMEOUT};
+use mesh_tests::reliability::mb;
+use mesh_tests::{fixtures::eventually, record, serve_app, TIMEOUT};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// How long an unused destination's state and its metric label sets are kept.
@@ -119,6 +120,29 @@ fn ten_thousand_destinations_leave_metrics_and_memory_bounded() {
         ));
     }
     eprintln!("took {:?}", started.elapsed());
+    record!(
+        "Resources",
+        "10,000 distinct outbound destinations, twice",
+        format!(
+            "target_addr values {} → {} after a burst → {} idle; /metrics {} → {} → {} bytes; \
+             RSS {} → {} (first burst idle) → {} (second burst idle)",
+            baseline.targets.len(),
+            after_first.targets.len(),
+            idle_second.targets.len(),
+            baseline.metrics_bytes,
+            after_first.metrics_bytes,
+            idle_second.metrics_bytes,
+            mb(baseline.rss_kb),
+            mb(idle_first.rss_kb),
+            mb(idle_second.rss_kb),
+        ),
+        format!(
+            "forgotten when idle (≤ {TARGET_SLACK} values above the baseline, /metrics ≤ 2× + 4 \
+             KiB); the second burst reuses the first's memory (RSS ≤ +{RSS_SLACK_PERCENT}% or \
+             +8 MB)"
+        ),
+        failures.is_empty()
+    );
     assert!(
         failures.is_empty(),
         "{} destinations per burst were not forgotten:\n- {}",
