@@ -18,7 +18,6 @@ use std::{
     time::Duration,
 };
 use tokio::io::AsyncReadExt;
-use tower::ServiceExt;
 
 /// A connection whose TLS is decided: terminated mutual TLS with the identity the client
 /// proved, or no mesh identity and why.
@@ -59,31 +58,33 @@ pub struct TerminateConfig {
 
 /// Terminates mutual TLS addressed to the proxy's identity, then serves what it carries with
 /// `M`; any other TLS is served, as it is, by `P`.
+///
+/// Its parts are shared (`Arc`): each connection's future holds them while it reads the hello.
 #[derive(Clone)]
 pub struct NewTerminate<M, P> {
-    config: TerminateConfig,
-    meshed: M,
-    passthrough: P,
+    config: Arc<TerminateConfig>,
+    meshed: Arc<M>,
+    passthrough: Arc<P>,
 }
 
 impl<M, P> NewTerminate<M, P> {
     pub fn new(config: TerminateConfig, meshed: M, passthrough: P) -> Self {
         Self {
-            config,
-            meshed,
-            passthrough,
+            config: Arc::new(config),
+            meshed: Arc::new(meshed),
+            passthrough: Arc::new(passthrough),
         }
     }
 }
 
 pub struct Terminate<T, M, P> {
     target: Option<T>,
-    config: TerminateConfig,
-    meshed: M,
-    passthrough: P,
+    config: Arc<TerminateConfig>,
+    meshed: Arc<M>,
+    passthrough: Arc<P>,
 }
 
-impl<T, M: Clone, P: Clone> NewService<T> for NewTerminate<M, P> {
+impl<T, M, P> NewService<T> for NewTerminate<M, P> {
     type Service = Terminate<T, M, P>;
     fn new_service(&self, target: T) -> Self::Service {
         Terminate {
@@ -98,9 +99,9 @@ impl<T, M: Clone, P: Clone> NewService<T> for NewTerminate<M, P> {
 impl<T, M, MS, P, PS> tower::Service<BoxIo> for Terminate<T, M, P>
 where
     T: Param<ClientAddr> + Send + 'static,
-    M: NewService<Decided<T>, Service = MS> + Clone + Send + 'static,
+    M: NewService<Decided<T>, Service = MS> + Send + Sync + 'static,
     MS: tower::Service<BoxIo, Response = (), Error = BoxError, Future = ConnFuture> + Send,
-    P: NewService<T, Service = PS> + Clone + Send + 'static,
+    P: NewService<T, Service = PS> + Send + Sync + 'static,
     PS: tower::Service<BoxIo, Response = (), Error = BoxError, Future = ConnFuture> + Send,
 {
     type Response = ();
@@ -124,7 +125,7 @@ where
             let (hello, read) = read_client_hello(&mut io, &config).await;
             let io = BoxIo::new(PrefixedIo::new(read.freeze(), io));
             if hello != Hello::ServerName(Some(config.identity.name().to_string())) {
-                return passthrough.new_service(target).oneshot(io).await;
+                return crate::svc::serve_conn(passthrough.new_service(target), io).await;
             }
             let acceptor = tokio_rustls::TlsAcceptor::from(config.identity.server_config());
             let tls = match tokio::time::timeout(config.timeout, acceptor.accept(io)).await {
@@ -150,7 +151,7 @@ where
                 parent: target,
                 tls: Tls::Established(client_id),
             };
-            meshed.new_service(target).oneshot(BoxIo::new(tls)).await
+            crate::svc::serve_conn(meshed.new_service(target), BoxIo::new(tls)).await
         })
     }
 }
@@ -263,6 +264,7 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
     use tokio::sync::mpsc;
+    use tower::ServiceExt;
 
     /// Both ends of a connection over 127.0.0.1: (client, server).
     async fn tcp_pair() -> (TcpStream, TcpStream) {

@@ -210,14 +210,17 @@ where
         let close = self.close.wait();
         let settings = self.settings.clone();
         let http2 = self.protocol == Protocol::HTTP2;
-        Box::pin(async move {
-            if http2 {
-                let mut builder = conn::http2::Builder::new(TokioExecutor::new());
-                builder
-                    .timer(TokioTimer::new())
-                    .max_header_list_size(settings.max_header_bytes.try_into().unwrap_or(u32::MAX))
-                    .max_concurrent_streams(HTTP2_MAX_CONCURRENT_STREAMS)
-                    .max_send_buf_size(HTTP2_MAX_SEND_BUF_BYTES);
+        // Two futures, each boxed on its own: one async block for both protocols would be as
+        // large as an HTTP/2 connection's state for every HTTP/1 connection too (issue 17:
+        // 10,000 idle HTTP/1 connections).
+        if http2 {
+            let mut builder = conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .max_header_list_size(settings.max_header_bytes.try_into().unwrap_or(u32::MAX))
+                .max_concurrent_streams(HTTP2_MAX_CONCURRENT_STREAMS)
+                .max_send_buf_size(HTTP2_MAX_SEND_BUF_BYTES);
+            Box::pin(async move {
                 let conn = builder.serve_connection(io, service);
                 tokio::pin!(conn);
                 tokio::select! {
@@ -231,19 +234,22 @@ where
                         conn.await?
                     }
                 }
-            } else {
-                let mut builder = conn::http1::Builder::new();
-                // `max_header_size` is the limit on a head; `max_buf_size` alone is not one: a
-                // read may fill the buffer past it, and a head that then parses is served.
-                // `half_close`: a client may shut down its writing side once its request is
-                // sent (`shutdown(SHUT_WR)`, as HTTP/1.0 clients and many scripts do) and still
-                // reads the answer; without it hyper drops the request in flight at the EOF.
-                builder
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(settings.header_read_timeout)
-                    .max_buf_size(settings.max_header_bytes)
-                    .max_header_size(settings.max_header_bytes)
-                    .half_close(true);
+                Ok(())
+            })
+        } else {
+            let mut builder = conn::http1::Builder::new();
+            // `max_header_size` is the limit on a head; `max_buf_size` alone is not one: a
+            // read may fill the buffer past it, and a head that then parses is served.
+            // `half_close`: a client may shut down its writing side once its request is
+            // sent (`shutdown(SHUT_WR)`, as HTTP/1.0 clients and many scripts do) and still
+            // reads the answer; without it hyper drops the request in flight at the EOF.
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(settings.header_read_timeout)
+                .max_buf_size(settings.max_header_bytes)
+                .max_header_size(settings.max_header_bytes)
+                .half_close(true);
+            Box::pin(async move {
                 let conn = builder.serve_connection(io, service).with_upgrades();
                 tokio::pin!(conn);
                 tokio::select! {
@@ -257,9 +263,9 @@ where
                         conn.await?
                     }
                 }
-            }
-            Ok(())
-        })
+                Ok(())
+            })
+        }
     }
 }
 

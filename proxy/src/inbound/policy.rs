@@ -34,7 +34,6 @@ use std::{
     time::Duration,
 };
 use tokio::sync::watch;
-use tower::ServiceExt;
 
 use super::ratelimit::RateLimiter;
 
@@ -280,14 +279,15 @@ impl<T: Param<ClientAddr>> Param<ClientAddr> for Policied<T> {
 #[derive(Clone)]
 pub struct NewPortPolicy<N> {
     policies: PortPolicies,
-    inner: N,
+    /// Shared: each connection's future holds it while the port's policy is looked up.
+    inner: Arc<N>,
 }
 
 impl<N> NewPortPolicy<N> {
     pub fn layer(policies: PortPolicies) -> impl tower::Layer<N, Service = Self> + Clone {
         tower::layer::layer_fn(move |inner| Self {
             policies: policies.clone(),
-            inner,
+            inner: Arc::new(inner),
         })
     }
 }
@@ -295,10 +295,10 @@ impl<N> NewPortPolicy<N> {
 pub struct PortPolicyService<T, N> {
     target: Option<T>,
     policies: PortPolicies,
-    inner: N,
+    inner: Arc<N>,
 }
 
-impl<T, N: Clone> NewService<T> for NewPortPolicy<N> {
+impl<T, N> NewService<T> for NewPortPolicy<N> {
     type Service = PortPolicyService<T, N>;
     fn new_service(&self, target: T) -> Self::Service {
         PortPolicyService {
@@ -312,7 +312,7 @@ impl<T, N: Clone> NewService<T> for NewPortPolicy<N> {
 impl<T, N, S> tower::Service<BoxIo> for PortPolicyService<T, N>
 where
     T: Param<OrigDst> + Send + 'static,
-    N: NewService<Policied<T>, Service = S> + Clone + Send + 'static,
+    N: NewService<Policied<T>, Service = S> + Send + Sync + 'static,
     S: tower::Service<BoxIo, Response = (), Error = BoxError, Future = ConnFuture> + Send,
 {
     type Response = ();
@@ -332,11 +332,10 @@ where
         let inner = self.inner.clone();
         Box::pin(async move {
             let OrigDst(dst) = parent.param();
-            let policy = policies.get(dst.port()).await;
-            inner
-                .new_service(Policied { parent, policy })
-                .oneshot(io)
-                .await
+            // Boxed: its state (a watch, a timer) is needed only until the policy is in, not
+            // in the connection's future for its whole life.
+            let policy = Box::pin(policies.get(dst.port())).await;
+            crate::svc::serve_conn(inner.new_service(Policied { parent, policy }), io).await
         })
     }
 }
