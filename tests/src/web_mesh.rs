@@ -20,6 +20,26 @@ pub const CLUSTER_IP: [u8; 4] = [10, 96, 0, 10];
 /// The web pods' application port.
 pub const APP_PORT: u16 = 8080;
 
+/// Meshes `client` as Deployment `client` of namespace `demo` (service account `client`,
+/// identity from `control`), resolving [`SERVICE`] to [`CLUSTER_IP`] and routing the Service
+/// range through its link: the client pod of this mesh and of the chaos suites.
+pub fn mesh_client(control: &ControlPlane, client: &Pod) -> Proxy {
+    client
+        .set_hosts(&[(IpAddr::from(CLUSTER_IP), SERVICE)])
+        .expect("hosts file");
+    client.route("10.96.0.0/12").expect("service route");
+    let opts = control
+        .enroll_in(
+            client,
+            "demo",
+            "client",
+            &[("app", "client")],
+            Some("client"),
+        )
+        .expect("enroll client");
+    client.mesh(opts).expect("mesh client")
+}
+
 /// The running mesh; dropping it ends every pod.
 pub struct WebMesh {
     /// Mutable, for suites that add pods of their own.
@@ -70,20 +90,7 @@ impl WebMesh {
                 .expect("enroll web");
             web_proxies.push(web.mesh(opts).expect("mesh web"));
         }
-        client
-            .set_hosts(&[(IpAddr::from(CLUSTER_IP), SERVICE)])
-            .expect("hosts file");
-        client.route("10.96.0.0/12").expect("service route");
-        let opts = control
-            .enroll_in(
-                &client,
-                "demo",
-                "client",
-                &[("app", "client")],
-                Some("client"),
-            )
-            .expect("enroll client");
-        let client_proxy = client.mesh(opts).expect("mesh client");
+        let client_proxy = mesh_client(&control, &client);
         WebMesh {
             cluster,
             control,

@@ -14,7 +14,7 @@
 //! `MESH_CHAOS_SECS` (default 20) is the length of the churn runs; `scripts/reliability` may set
 //! 60. The tests of this file run one at a time (a lock), since each loads the machine.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
@@ -25,6 +25,7 @@ use hyper_util::rt::TokioIo;
 use mesh_cli::local::{
     require_root, service_yaml, Cluster, ControlOptions, ControlPlane, MeshOptions, Pod, Proxy,
 };
+use mesh_tests::web_mesh::mesh_client;
 use mesh_tests::{fixtures, record, Load, LoadResult, APP_PORT, CLUSTER_IP, SERVICE};
 use nix::sys::signal::Signal;
 
@@ -441,20 +442,7 @@ impl Chaos {
             server.up(AppKind::Healthy).expect("server pod up");
             servers.push(server);
         }
-        client
-            .set_hosts(&[(IpAddr::from(CLUSTER_IP), SERVICE)])
-            .expect("hosts file");
-        client.route("10.96.0.0/12").expect("service route");
-        let opts = control
-            .enroll_in(
-                &client,
-                "demo",
-                "client",
-                &[("app", "client")],
-                Some("client"),
-            )
-            .expect("enroll client");
-        let client_proxy = client.mesh(opts).expect("mesh client");
+        let client_proxy = mesh_client(&control, &client);
         let chaos = Chaos {
             control,
             servers,

@@ -5,7 +5,7 @@
 //! certificates live 10 s, and the identity controller switches to an issuer under a new trust
 //! anchor. Every check's target is 0 requests lost. Needs root.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use mesh_cli::local::{
     require_root, service_yaml, Cluster, ControlOptions, ControlPlane, Pod, Proxy,
 };
 use mesh_tests::fixtures::eventually;
+use mesh_tests::web_mesh::mesh_client;
 use mesh_tests::{
     http_get, metric_sum, raw_request, record, serve_app, Load, LoadResult, APP_PORT, CLIENT_ID,
     CLUSTER_IP, SERVICE, WEB_ID,
@@ -84,20 +85,7 @@ fn mesh(name: &str, leaf_lifetime: Option<Duration>, next_anchor: bool) -> Mesh 
             .expect("enroll web");
         web_proxies.push(web.mesh(opts).expect("mesh web"));
     }
-    client
-        .set_hosts(&[(IpAddr::from(CLUSTER_IP), SERVICE)])
-        .expect("hosts file");
-    client.route("10.96.0.0/12").expect("service route");
-    let opts = control
-        .enroll_in(
-            &client,
-            "demo",
-            "client",
-            &[("app", "client")],
-            Some("client"),
-        )
-        .expect("enroll client");
-    let client_proxy = client.mesh(opts).expect("mesh client");
+    let client_proxy = mesh_client(&control, &client);
     let m = Mesh {
         control,
         webs,
