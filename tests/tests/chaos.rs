@@ -91,11 +91,12 @@ fn endpoint_churn_graceful() {
 ///
 /// What the client's proxy can save: a request that could not connect to the dead pod (or whose
 /// connection went away before it was written) never left, and its balancer sends it to another
-/// endpoint; failure accrual then ejects the dead endpoint until its withdrawal. What it cannot:
-/// the requests in flight on the killed pod when it died (reset or cut mid-stream; the pod may
-/// have acted on them, and with no retry policy on the route, as in Linkerd, even a GET is not
-/// retried). The assertion holds the losses to those: no more per kill than the requests that can
-/// be in flight on one pod (rate × p99 / pods, × 2, at least 5).
+/// endpoint; a GET in flight on the killed pod (its connection reset or gone before an answer)
+/// goes once to another endpoint too, as a safe method may; failure accrual then ejects the dead
+/// endpoint until its withdrawal. The target is 0 lost (before the balancer resent safe
+/// requests, 220 of 120,000 GETs were lost in 60 s); the assertion allows no more per kill than
+/// the requests that can be in flight on one pod (rate × p99 / pods, × 2, at least 5), what a
+/// loaded machine might still lose when a resent request meets the next kill.
 #[test]
 fn endpoint_churn_killed() {
     let _serial = serial();
@@ -107,16 +108,16 @@ fn endpoint_churn_killed() {
         SECTION,
         "endpoint churn, killed (SIGKILL 1 pod per second before its withdrawal)",
         format!(
-            "{}; {}; {:.1} lost a kill: the requests in flight on the killed pod (allowed ≤ {per_kill} a kill, {bound} in all)",
+            "{}; {}; {:.1} lost a kill (asserted: ≤ {per_kill} a kill, {bound} in all)",
             churn.load_figure(),
             churn.rotations_figure(),
             lost(result) as f64 / churn.events_ms.len().max(1) as f64,
         ),
-        "lost only the requests in flight on a killed pod",
-        lost(result) <= bound
+        "0 lost",
+        lost(result) == 0
     );
     assert!(
-        passed,
+        passed || lost(result) <= bound,
         "losses beyond the requests in flight at the kills: {} (bound {bound})",
         result.losses()
     );
@@ -244,8 +245,10 @@ fn upstream_resets_connections() {
         "an upstream resetting 1 in 3 connections",
         format!(
             "{}; the resetting pod got ≈ {} requests (answered {bad}), ≈ {resets} of them reset; \
-             not retried (no retry policy on the default route) nor avoided (not 7 failures in a \
-             row): the target is missed",
+             each answered 502 by that pod's inbound proxy, whose connection to its app was reset \
+             (the inbound proxy does not resend; the client's balancer resends a GET only when \
+             its own connection failed, and the default route has no retry policy), nor avoided \
+             (not 7 failures in a row): the target is missed",
             load_figure(&result, rate, duration),
             thousands(to_bad),
         ),
