@@ -26,7 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_cli::local::{require_root, Cluster, MeshOptions, Pod, Proxy};
 use mesh_tests::h2raw::{self, Conn, Seen};
 use mesh_tests::record;
-use mesh_tests::reliability::Usage;
+use mesh_tests::reliability::{thousands, Usage};
 
 const SECTION: &str = "HTTP/2 attacks";
 /// The application's port on the server pod, which its inbound proxy intercepts.
@@ -947,19 +947,6 @@ fn mb_bytes(bytes: u64) -> String {
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
-/// `1234567` → `1,234,567`.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn median(values: &[u64]) -> u64 {

@@ -25,6 +25,7 @@ use hyper_util::rt::TokioIo;
 use mesh_cli::local::{
     require_root, service_yaml, Cluster, ControlOptions, ControlPlane, MeshOptions, Pod, Proxy,
 };
+use mesh_tests::reliability::thousands;
 use mesh_tests::web_mesh::mesh_client;
 use mesh_tests::{fixtures, record, Load, LoadResult, APP_PORT, CLUSTER_IP, SERVICE};
 use nix::sys::signal::Signal;
@@ -796,29 +797,4 @@ fn lost(result: &LoadResult) -> u64 {
 fn in_flight_per_pod(result: &LoadResult, duration: Duration, pods: usize) -> u64 {
     let rate = result.sent as f64 / duration.as_secs_f64();
     (rate * result.latency_ms[1] / 1000.0 / pods as f64 * 2.0).ceil() as u64
-}
-
-/// `12345` as `12,345`.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-#[test]
-fn thousands_are_separated() {
-    for (n, s) in [
-        (0, "0"),
-        (999, "999"),
-        (1000, "1,000"),
-        (120_000, "120,000"),
-    ] {
-        assert_eq!(thousands(n), s);
-    }
 }

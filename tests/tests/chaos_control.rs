@@ -15,6 +15,7 @@ use mesh_cli::local::{
     require_root, service_yaml, Cluster, ControlOptions, ControlPlane, Pod, Proxy,
 };
 use mesh_tests::fixtures::eventually;
+use mesh_tests::reliability::thousands;
 use mesh_tests::web_mesh::mesh_client;
 use mesh_tests::{
     http_get, metric_sum, raw_request, record, serve_app, Load, LoadResult, APP_PORT, CLIENT_ID,
@@ -208,19 +209,6 @@ fn poll(within: Duration, mut f: impl FnMut() -> bool) -> bool {
         .build()
         .expect("a runtime");
     rt.block_on(eventually(within, || std::future::ready(f())))
-}
-
-/// `12345` as `12,345`.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// The figure's load part: `2,000 req/s × 30 s (achieved 1,987 req/s, p99 12 ms): 60,000
