@@ -230,8 +230,17 @@ fn figure(result: &LoadResult, what: &str) -> String {
     )
 }
 
+/// The tests of this file load the machine (2,000 requests a second, or 10,000 connections)
+/// and measure what it does: one at a time, also under a plain `cargo test`.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn destination_controller_restart_under_load_loses_nothing() {
+    let _serial = serial();
     let mut m = mesh("chaos-dst", None, false);
     let outage = Duration::from_secs(5);
     let result = under_load(&m.client, || {
@@ -273,6 +282,7 @@ fn destination_controller_restart_under_load_loses_nothing() {
 
 #[test]
 fn identity_controller_restart_under_load_loses_nothing() {
+    let _serial = serial();
     // Certificates of 20 s renew every ~14 s: the restart falls between renewals of every proxy,
     // the next renewal needs the restarted controller, and a 3 s outage leaves 6 s to spare.
     let mut m = mesh("chaos-id", Some(Duration::from_secs(20)), false);
@@ -319,6 +329,7 @@ fn identity_controller_restart_under_load_loses_nothing() {
 
 #[test]
 fn certificates_of_ten_seconds_rotate_under_load_without_a_loss() {
+    let _serial = serial();
     let m = mesh("chaos-rot", Some(Duration::from_secs(10)), false);
     let before: Vec<u64> = m.proxies().iter().map(|(_, p)| renewals(p)).collect();
     let result = under_load(&m.client, || {});
@@ -351,6 +362,7 @@ fn certificates_of_ten_seconds_rotate_under_load_without_a_loss() {
 
 #[test]
 fn a_trust_anchor_rotation_under_load_loses_nothing_and_ends_on_the_new_anchor() {
+    let _serial = serial();
     let mut m = mesh("chaos-ta", Some(Duration::from_secs(10)), true);
     let anchors = ca::certs_from_pem(m.control.trust_anchors_pem(), "the bundle").expect("pem");
     assert_eq!(

@@ -33,8 +33,17 @@ const PER_CONNECTION_CEILING_BYTES: u64 = 24 << 10;
 /// The app's port on the server pod.
 const APP_PORT: u16 = 8080;
 
+/// The tests of this file load the machine (2,000 requests a second, or 10,000 connections)
+/// and measure what it does: one at a time, also under a plain `cargo test`.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn ten_thousand_idle_inbound_connections() {
+    let _serial = serial();
     require_root().expect("end-to-end tests need root and network namespaces");
     let mut cluster = Cluster::new("idle-in").expect("cluster");
     let server = cluster.add_pod("server").expect("server pod");
@@ -62,6 +71,7 @@ fn ten_thousand_idle_inbound_connections() {
 
 #[test]
 fn ten_thousand_idle_outbound_connections_over_mutual_tls() {
+    let _serial = serial();
     let mesh = WebMesh::start("idle-out");
     let addr = SocketAddr::from((CLUSTER_IP, 80));
     let idle = hold_idle(&mesh.client, &mesh.client_proxy, addr, SERVICE);
@@ -98,6 +108,7 @@ fn soak_rate() -> u32 {
 
 #[test]
 fn soak_with_mutual_tls_keeps_memory_and_files_flat() {
+    let _serial = serial();
     let mesh = WebMesh::start("soak");
     let (secs, rate) = (soak_secs(), soak_rate());
     let url = format!("http://{SERVICE}/");
