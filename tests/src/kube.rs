@@ -95,6 +95,13 @@ pub fn kubectl_ok(args: &[&str]) -> String {
 
 /// `kubectl ARGS -f -` with `yaml` on stdin, e.g. `&["apply"]`; panics with stderr when it fails.
 pub fn kubectl_stdin(args: &[&str], yaml: &str) -> String {
+    ok(
+        &format!("kubectl {} -f -", args.join(" ")),
+        kubectl_stdin_output(args, yaml),
+    )
+}
+
+fn kubectl_stdin_output(args: &[&str], yaml: &str) -> Output {
     let mut child = Command::new("kubectl")
         .args(args)
         .args(["-f", "-"])
@@ -109,10 +116,30 @@ pub fn kubectl_stdin(args: &[&str], yaml: &str) -> String {
         .expect("stdin")
         .write_all(yaml.as_bytes())
         .expect("write to kubectl");
-    ok(
-        &format!("kubectl {} -f -", args.join(" ")),
-        child.wait_with_output().expect("kubectl ends"),
-    )
+    child.wait_with_output().expect("kubectl ends")
+}
+
+/// `kubectl delete --ignore-not-found --wait=false -f -` of `yaml`, where a kind whose CRD is
+/// not installed (a fresh cluster, before `mesh install`) counts as nothing to delete: kubectl
+/// fails those objects with "resource mapping not found … ensure CRDs are installed first".
+/// Any other failure panics.
+pub fn kubectl_delete_if_present(yaml: &str) {
+    let out = kubectl_stdin_output(&["delete", "--ignore-not-found", "--wait=false"], yaml);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let other: Vec<&str> = stderr
+        .lines()
+        .filter(|l| {
+            !l.trim().is_empty()
+                && !l.contains("resource mapping not found")
+                && !l.contains("ensure CRDs are installed first")
+        })
+        .collect();
+    assert!(
+        out.status.success() || other.is_empty(),
+        "kubectl delete --ignore-not-found --wait=false -f - failed ({}):\n{}\n{stderr}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// The `mesh` binary this workspace built.

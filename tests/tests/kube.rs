@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use mesh_tests::fixtures::eventually;
 use mesh_tests::kube::{
-    gone, kubectl, kubectl_ok, kubectl_stdin, mesh, mesh_ok, rolled_out, Cluster,
+    gone, kubectl, kubectl_delete_if_present, kubectl_ok, kubectl_stdin, mesh, mesh_ok, rolled_out,
+    Cluster,
 };
 use serde_json::Value;
 
@@ -182,11 +183,9 @@ async fn the_mesh_on_a_real_cluster() {
 /// Removes the demo, viz and the control plane if an earlier (failed) run left them, and waits
 /// until their namespaces are gone.
 async fn clean_slate() {
-    let delete =
-        |yaml: &str| kubectl_stdin(&["delete", "--ignore-not-found", "--wait=false"], yaml);
-    delete(DEMO);
-    delete(&mesh_ok(&["viz", "uninstall"]));
-    delete(&mesh_ok(&["uninstall"]));
+    kubectl_delete_if_present(DEMO);
+    kubectl_delete_if_present(&mesh_ok(&["viz", "uninstall"]));
+    kubectl_delete_if_present(&mesh_ok(&["uninstall"]));
     for ns in ["demo", "mesh-viz", "mesh"] {
         gone(ns, Duration::from_secs(180)).await;
     }
