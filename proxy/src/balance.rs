@@ -483,14 +483,7 @@ impl Resend<crate::svc::BoxError> for http::Request<crate::svc::BoxBody> {
 
     fn unsent(error: &crate::svc::BoxError) -> bool {
         use crate::http::client::UpstreamError;
-        let mut e: Option<&(dyn std::error::Error + 'static)> = Some(&**error);
-        while let Some(err) = e {
-            // The endpoint's metrics layer wraps what it counted; its `source` skips the
-            // wrapped error itself.
-            if let Some(recorded) = err.downcast_ref::<crate::http::errors::Recorded>() {
-                e = Some(&*recorded.0);
-                continue;
-            }
+        for err in causes(error) {
             if let Some(up) = err.downcast_ref::<UpstreamError>() {
                 // Not `Request`: that one may have reached the endpoint.
                 return matches!(
@@ -506,10 +499,24 @@ impl Resend<crate::svc::BoxError> for http::Request<crate::svc::BoxBody> {
                     return true;
                 }
             }
-            e = err.source();
         }
         false
     }
+}
+
+/// `error` and its sources, outermost first. The endpoint's metrics layer wraps what it counted
+/// in `Recorded`, whose `source` skips the wrapped error itself: this yields it.
+fn causes(
+    error: &crate::svc::BoxError,
+) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    let first: &(dyn std::error::Error + 'static) = &**error;
+    std::iter::successors(Some(first), |err| {
+        match err.downcast_ref::<crate::http::errors::Recorded>() {
+            Some(recorded) => Some(&*recorded.0),
+            None => err.source(),
+        }
+    })
+    .filter(|err| !err.is::<crate::http::errors::Recorded>())
 }
 
 /// A safe method (GET, HEAD, OPTIONS, TRACE: RFC 9110 §9.2.1) whose connection was reset or
@@ -527,13 +534,8 @@ fn reset_before_answer(method: &http::Method, error: &crate::svc::BoxError) -> b
     if !safe {
         return false;
     }
-    let mut e: Option<&(dyn std::error::Error + 'static)> = Some(&**error);
     let mut sending = false;
-    while let Some(err) = e {
-        if let Some(recorded) = err.downcast_ref::<crate::http::errors::Recorded>() {
-            e = Some(&*recorded.0);
-            continue;
-        }
+    for err in causes(error) {
         if let Some(up) = err.downcast_ref::<UpstreamError>() {
             if !matches!(up, UpstreamError::Request { .. }) || up.request_body_failed() {
                 return false;
@@ -565,7 +567,6 @@ fn reset_before_answer(method: &http::Method, error: &crate::svc::BoxError) -> b
                 return true;
             }
         }
-        e = err.source();
     }
     false
 }
