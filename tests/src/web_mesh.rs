@@ -20,6 +20,29 @@ pub const CLUSTER_IP: [u8; 4] = [10, 96, 0, 10];
 /// The web pods' application port.
 pub const APP_PORT: u16 = 8080;
 
+/// Service `web-svc` of namespace `demo` ([`CLUSTER_IP`], port 80 to [`APP_PORT`]) with `pods`
+/// as its endpoints.
+pub fn web_svc(pods: &[Pod]) -> String {
+    service_yaml(
+        "demo",
+        "web-svc",
+        CLUSTER_IP.into(),
+        (80, APP_PORT),
+        &[("app", "web")],
+        pods,
+    )
+}
+
+/// Serves the test app on `web` and meshes it as a pod of Deployment `web` (service account
+/// `web`, identity from `control`): the app's thread and the proxy.
+pub fn mesh_web(control: &ControlPlane, web: &Pod) -> (JoinHandle<anyhow::Result<()>>, Proxy) {
+    let app = serve_app(web, APP_PORT, Duration::ZERO, &web.name).expect("web app");
+    let opts = control
+        .enroll_in(web, "demo", "web", &[("app", "web")], Some("web"))
+        .expect("enroll web");
+    (app, web.mesh(opts).expect("mesh web"))
+}
+
 /// Meshes `client` as Deployment `client` of namespace `demo` (service account `client`,
 /// identity from `control`), resolving [`SERVICE`] to [`CLUSTER_IP`] and routing the Service
 /// range through its link: the client pod of this mesh and of the chaos suites.
@@ -69,27 +92,9 @@ impl WebMesh {
         let control = ControlPlane::start(&control_pod, dir.path(), &ControlOptions::default())
             .expect("control plane");
         control
-            .write(
-                "web-svc.yaml",
-                &service_yaml(
-                    "demo",
-                    "web-svc",
-                    CLUSTER_IP.into(),
-                    (80, APP_PORT),
-                    &[("app", "web")],
-                    &webs,
-                ),
-            )
+            .write("web-svc.yaml", &web_svc(&webs))
             .expect("service");
-        let mut apps = Vec::new();
-        let mut web_proxies = Vec::new();
-        for web in &webs {
-            apps.push(serve_app(web, APP_PORT, Duration::ZERO, &web.name).expect("web app"));
-            let opts = control
-                .enroll_in(web, "demo", "web", &[("app", "web")], Some("web"))
-                .expect("enroll web");
-            web_proxies.push(web.mesh(opts).expect("mesh web"));
-        }
+        let (apps, web_proxies) = webs.iter().map(|web| mesh_web(&control, web)).unzip();
         let client_proxy = mesh_client(&control, &client);
         WebMesh {
             cluster,

@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use hyper_util::rt::TokioIo;
 use mesh_cli::local::{
-    require_root, service_yaml, Cluster, ControlOptions, ControlPlane, MeshOptions, Pod, Proxy,
+    require_root, Cluster, ControlOptions, ControlPlane, MeshOptions, Pod, Proxy,
 };
 use mesh_tests::reliability::thousands;
-use mesh_tests::web_mesh::mesh_client;
-use mesh_tests::{fixtures, record, Load, LoadResult, APP_PORT, CLUSTER_IP, SERVICE};
+use mesh_tests::web_mesh::{mesh_client, web_svc};
+use mesh_tests::{fixtures, record, Load, LoadResult, APP_PORT, SERVICE};
 use nix::sys::signal::Signal;
 
 const SECTION: &str = "Chaos under load";
@@ -480,17 +480,7 @@ impl Chaos {
             .map(|i| self.servers[*i].pod.clone())
             .collect();
         self.control
-            .write(
-                "web-svc.yaml",
-                &service_yaml(
-                    "demo",
-                    "web-svc",
-                    CLUSTER_IP.into(),
-                    (80, APP_PORT),
-                    &[("app", "web")],
-                    &pods,
-                ),
-            )
+            .write("web-svc.yaml", &web_svc(&pods))
             .expect("writing the Service");
     }
 

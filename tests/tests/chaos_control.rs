@@ -11,15 +11,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mesh_api::identity::ca;
-use mesh_cli::local::{
-    require_root, service_yaml, Cluster, ControlOptions, ControlPlane, Pod, Proxy,
-};
+use mesh_cli::local::{require_root, Cluster, ControlOptions, ControlPlane, Pod, Proxy};
 use mesh_tests::fixtures::eventually;
 use mesh_tests::reliability::thousands;
-use mesh_tests::web_mesh::mesh_client;
+use mesh_tests::web_mesh::{mesh_client, mesh_web, web_svc};
 use mesh_tests::{
-    http_get, metric_sum, raw_request, record, serve_app, Load, LoadResult, APP_PORT, CLIENT_ID,
-    CLUSTER_IP, SERVICE, WEB_ID,
+    http_get, metric_sum, raw_request, record, Load, LoadResult, APP_PORT, CLIENT_ID, CLUSTER_IP,
+    SERVICE, WEB_ID,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
@@ -77,15 +75,7 @@ fn mesh(name: &str, leaf_lifetime: Option<Duration>, next_anchor: bool) -> Mesh 
     control
         .write("web-svc.yaml", &web_svc(&webs))
         .expect("service");
-    let mut apps = Vec::new();
-    let mut web_proxies = Vec::new();
-    for web in &webs {
-        apps.push(serve_app(web, APP_PORT, Duration::ZERO, &web.name).expect("web app"));
-        let opts = control
-            .enroll_in(web, "demo", "web", &[("app", "web")], Some("web"))
-            .expect("enroll web");
-        web_proxies.push(web.mesh(opts).expect("mesh web"));
-    }
+    let (apps, web_proxies) = webs.iter().map(|web| mesh_web(&control, web)).unzip();
     let client_proxy = mesh_client(&control, &client);
     let m = Mesh {
         control,
@@ -109,17 +99,6 @@ fn mesh(name: &str, leaf_lifetime: Option<Duration>, next_anchor: bool) -> Mesh 
         assert!(answered_by(&web.name), "{} never answers", web.name);
     }
     m
-}
-
-fn web_svc(webs: &[Pod]) -> String {
-    service_yaml(
-        "demo",
-        "web-svc",
-        CLUSTER_IP.into(),
-        (80, APP_PORT),
-        &[("app", "web")],
-        webs,
-    )
 }
 
 impl Mesh {
