@@ -28,6 +28,19 @@ impl<T> PrefixedIo<T> {
     pub fn get_ref(&self) -> &T {
         &self.io
     }
+
+    /// The connection with `bytes` to be read before anything not yet read.
+    pub fn prepend(mut self, bytes: Bytes) -> Self {
+        self.prefix = if self.prefix.is_empty() {
+            bytes
+        } else {
+            let mut joined = bytes::BytesMut::with_capacity(bytes.len() + self.prefix.len());
+            joined.extend_from_slice(&bytes);
+            joined.extend_from_slice(&self.prefix);
+            joined.freeze()
+        };
+        self
+    }
 }
 
 impl<T: AsyncRead> AsyncRead for PrefixedIo<T> {

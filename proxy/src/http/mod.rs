@@ -1,7 +1,8 @@
 //! HTTP in both stacks, one concern per module:
 //!
 //! - [`server`]: serves a detected HTTP/1 or HTTP/2 connection with hyper, boxes each request's
-//!   body and notes when and on which connection the request arrived.
+//!   body and notes when and on which connection the request arrived; [`idle`]: an idle HTTP/1
+//!   connection waits for its next request without hyper's buffers.
 //! - [`errors`]: turns every error below into the response the client gets (502/503/504 with
 //!   `mesh-proxy-error`).
 //! - [`headers`]: hop-by-hop headers, `mesh-client-id`, and HTTP/1↔HTTP/2 between proxies
@@ -20,6 +21,7 @@ pub mod client;
 pub mod errors;
 pub mod filters;
 pub mod headers;
+pub mod idle;
 pub mod matches;
 pub mod pool;
 pub mod replay;

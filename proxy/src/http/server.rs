@@ -3,7 +3,7 @@
 //! connection's request stack. On shutdown, in-flight requests finish and the connection is
 //! closed gracefully.
 
-use super::errors::Failure;
+use super::{errors::Failure, idle};
 use crate::{
     detect::Protocol,
     drain::Drain,
@@ -186,34 +186,18 @@ where
     /// will do (the fuzz targets serve connections held in memory).
     pub fn serve<I>(&mut self, io: I) -> ConnFuture
     where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Readiness + Send + Unpin + 'static,
     {
-        let service = self.service.clone();
-        let info = self.conn.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let req = req.map(BoxBody::new);
-            let mut req = req;
-            req.extensions_mut().insert(Received {
-                at: Instant::now(),
-                conn: info.clone(),
-            });
-            let rsp: BoxFuture<'static, Result<Response<BoxBody>, Infallible>> =
-                Box::pin(service.clone().oneshot(req).map(|result| {
-                    // The stack answers its errors itself (`errors::RespondLayer`); one that
-                    // still gets here is answered the same way.
-                    Ok(result.unwrap_or_else(|error| Failure::of(&*error).response(false)))
-                }));
-            rsp
-        });
-        let io = TokioIo::new(io);
         let drain = self.drain.clone();
         let close = self.close.wait();
         let settings = self.settings.clone();
-        let http2 = self.protocol == Protocol::HTTP2;
         // Two futures, each boxed on its own: one async block for both protocols would be as
         // large as an HTTP/2 connection's state for every HTTP/1 connection too (issue 17:
         // 10,000 idle HTTP/1 connections).
-        if http2 {
+        if self.protocol == Protocol::HTTP2 {
+            let service =
+                self.hyper_service(|body: Incoming| (BoxBody::new(body), ()), |rsp, ()| rsp);
+            let io = TokioIo::new(io);
             let mut builder = conn::http2::Builder::new(TokioExecutor::new());
             builder
                 .timer(TokioTimer::new())
@@ -237,6 +221,21 @@ where
                 Ok(())
             })
         } else {
+            // Every request and response tells `watch` whether the connection is idle, so that
+            // it can wait for the next request without hyper's buffers (`idle`).
+            let watch = Arc::new(idle::Watch::default());
+            let service = self.hyper_service(
+                {
+                    let watch = watch.clone();
+                    move |body: Incoming| {
+                        let (body, finished) = watch.request(body);
+                        (BoxBody::new(body), finished)
+                    }
+                },
+                |rsp: Response<BoxBody>, finished| {
+                    rsp.map(|body| idle::ResponseBody::new(body, finished))
+                },
+            );
             let mut builder = conn::http1::Builder::new();
             // `max_header_size` is the limit on a head; `max_buf_size` alone is not one: a
             // read may fill the buffer past it, and a head that then parses is served.
@@ -249,23 +248,91 @@ where
                 .max_buf_size(settings.max_header_bytes)
                 .max_header_size(settings.max_header_bytes)
                 .half_close(true);
-            Box::pin(async move {
-                let conn = builder.serve_connection(io, service).with_upgrades();
-                tokio::pin!(conn);
+            let stop = Box::pin(async move {
                 tokio::select! {
-                    res = conn.as_mut() => res?,
-                    () = drain.signaled() => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await?
-                    }
-                    () = close => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await?
-                    }
+                    () = drain.signaled() => {}
+                    () = close => {}
                 }
-                Ok(())
-            })
+            });
+            Box::pin(idle::serve(
+                builder,
+                io,
+                service,
+                watch,
+                settings.header_read_timeout,
+                stop,
+            ))
         }
+    }
+
+    /// The connection's requests as hyper calls them: `request` boxes a request's body (and
+    /// says what the response needs to know of it), `response` wraps the stack's answer.
+    fn hyper_service<B, X>(
+        &self,
+        request: impl Fn(Incoming) -> (BoxBody, X) + Send + Sync + Unpin + 'static,
+        response: impl Fn(Response<BoxBody>, X) -> Response<B> + Send + Sync + Clone + Unpin + 'static,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Error = Infallible,
+        Future = BoxFuture<'static, Result<Response<B>, Infallible>>,
+    > + Unpin
+           + Send
+           + 'static
+    where
+        X: Send + 'static,
+        B: http_body::Body + Send + 'static,
+    {
+        // Boxed, so that the service (and hyper's connection) is `Unpin` whatever `S` is.
+        let service = Box::new(self.service.clone());
+        let info = self.conn.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let (parts, body) = req.into_parts();
+            let (body, x) = request(body);
+            let mut req = Request::from_parts(parts, body);
+            req.extensions_mut().insert(Received {
+                at: Instant::now(),
+                conn: info.clone(),
+            });
+            let response = response.clone();
+            let rsp: BoxFuture<'static, Result<Response<B>, Infallible>> =
+                Box::pin((*service).clone().oneshot(req).map(move |result| {
+                    // The stack answers its errors itself (`errors::RespondLayer`); one that
+                    // still gets here is answered the same way.
+                    let rsp = result.unwrap_or_else(|error| Failure::of(&*error).response(false));
+                    Ok(response(rsp, x))
+                }));
+            rsp
+        })
+    }
+}
+
+/// A connection whose readiness to be read can be awaited without reading it: what lets an
+/// idle HTTP/1 connection wait for its next request without hyper's buffers (`idle`).
+pub trait Readiness {
+    /// Whether it can: a connection that cannot is never parked.
+    const PARKS: bool;
+
+    /// Ready once there is something to read (bytes, the end, or an error).
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+}
+
+/// A socket, bare or under TLS: the reader above it found nothing to read (a TLS stream reads
+/// its socket until it would block), so the socket's readiness is the connection's.
+impl Readiness for BoxIo {
+    const PARKS: bool = true;
+
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        crate::svc::Socket::tcp(self).poll_read_ready(cx)
+    }
+}
+
+/// A connection held in memory (tests, fuzzing): never parked.
+impl Readiness for tokio::io::DuplexStream {
+    const PARKS: bool = false;
+
+    fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
