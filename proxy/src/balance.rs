@@ -435,11 +435,27 @@ impl<S> Balance<S> {
 /// Whether a response counts as a success for the balancer.
 pub trait Outcome {
     fn is_success(&self) -> bool;
+
+    /// Whether the endpoint's proxy says the request may go to another endpoint
+    /// (`mesh-proxy-unanswered`): its application never got it (whatever the request), or reset
+    /// the connection before answering it (a `safe` request only).
+    fn resendable(&self, _safe: bool) -> bool {
+        false
+    }
 }
 
 impl<B> Outcome for http::Response<B> {
     fn is_success(&self) -> bool {
         !self.status().is_server_error()
+    }
+
+    fn resendable(&self, safe: bool) -> bool {
+        use crate::http::errors::Unanswered;
+        match crate::http::errors::unanswered(self) {
+            Some(Unanswered::Unsent) => true,
+            Some(Unanswered::Reset) => safe,
+            None => false,
+        }
     }
 }
 
@@ -457,6 +473,13 @@ pub trait Resend<E>: Sized {
     /// the first one, and for some requests also when it may have.
     fn may_resend(&self, error: &E) -> bool {
         Self::unsent(error)
+    }
+
+    /// Whether the request asks for nothing to change at the endpoint: then it may go to
+    /// another endpoint when the first one's proxy says its application reset the connection
+    /// before answering ([`Outcome::resendable`]).
+    fn safe(&self) -> bool {
+        false
     }
 }
 
@@ -477,98 +500,32 @@ impl Resend<crate::svc::BoxError> for http::Request<crate::svc::BoxBody> {
         Some(copy)
     }
 
+    /// A safe request whose connection was reset or closed before any answer came: it may
+    /// have reached the endpoint, but it asks for nothing to change there, so the proxy sends it
+    /// elsewhere, once, rather than answer 502 for an endpoint that dropped its connections
+    /// (issue 17: an upstream resetting one connection in three lost a third of the GETs of a
+    /// default route). Requests with a body are never copied (see [`Resend::resend`]).
     fn may_resend(&self, error: &crate::svc::BoxError) -> bool {
-        Self::unsent(error) || reset_before_answer(self.method(), error)
+        Self::unsent(error)
+            || safe(self.method()) && crate::http::errors::reset_before_answer(&**error)
+    }
+
+    fn safe(&self) -> bool {
+        safe(self.method())
     }
 
     fn unsent(error: &crate::svc::BoxError) -> bool {
-        use crate::http::client::UpstreamError;
-        for err in causes(error) {
-            if let Some(up) = err.downcast_ref::<UpstreamError>() {
-                // Not `Request`: that one may have reached the endpoint.
-                return matches!(
-                    up,
-                    UpstreamError::Connect { .. }
-                        | UpstreamError::ConnectTimeout { .. }
-                        | UpstreamError::Tls { .. }
-                        | UpstreamError::Handshake { .. }
-                );
-            }
-            if let Some(h2) = err.downcast_ref::<h2::Error>() {
-                if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
-                    return true;
-                }
-            }
-        }
-        false
+        crate::http::errors::unsent(&**error)
     }
 }
 
-/// `error` and its sources, outermost first. The endpoint's metrics layer wraps what it counted
-/// in `Recorded`, whose `source` skips the wrapped error itself: this yields it.
-fn causes(
-    error: &crate::svc::BoxError,
-) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
-    let first: &(dyn std::error::Error + 'static) = &**error;
-    std::iter::successors(Some(first), |err| {
-        match err.downcast_ref::<crate::http::errors::Recorded>() {
-            Some(recorded) => Some(&*recorded.0),
-            None => err.source(),
-        }
-    })
-    .filter(|err| !err.is::<crate::http::errors::Recorded>())
-}
-
-/// A safe method (GET, HEAD, OPTIONS, TRACE: RFC 9110 §9.2.1) whose connection was reset or
-/// closed before any answer came: the request may have reached the endpoint, but it asks
-/// for nothing to change there, and a client may retry it (RFC 9110 §9.2.2), so the proxy
-/// does, once, rather than answer 502 for an endpoint that dropped its connections (issue
-/// 17: an upstream resetting one connection in three lost a third of the GETs of a default
-/// route). Requests with a body are never copied (see [`Resend::resend`]).
-fn reset_before_answer(method: &http::Method, error: &crate::svc::BoxError) -> bool {
-    use crate::http::client::UpstreamError;
-    let safe = matches!(
+/// A safe method (GET, HEAD, OPTIONS, TRACE: RFC 9110 §9.2.1): one that asks for nothing to
+/// change at the endpoint, which a client may retry (RFC 9110 §9.2.2).
+fn safe(method: &http::Method) -> bool {
+    matches!(
         *method,
         http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::TRACE
-    );
-    if !safe {
-        return false;
-    }
-    let mut sending = false;
-    for err in causes(error) {
-        if let Some(up) = err.downcast_ref::<UpstreamError>() {
-            if !matches!(up, UpstreamError::Request { .. }) || up.request_body_failed() {
-                return false;
-            }
-            sending = true;
-        } else if sending {
-            if let Some(h) = err.downcast_ref::<hyper::Error>() {
-                if h.is_incomplete_message() || h.is_canceled() {
-                    return true;
-                }
-            }
-            let io = err
-                .downcast_ref::<std::io::Error>()
-                .or_else(|| err.downcast_ref::<h2::Error>().and_then(h2::Error::get_io));
-            if let Some(io) = io {
-                use std::io::ErrorKind::*;
-                if matches!(
-                    io.kind(),
-                    ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
-                ) {
-                    return true;
-                }
-            }
-            // The peer's HTTP/2 connection went away (GOAWAY) with the request on it.
-            if err
-                .downcast_ref::<h2::Error>()
-                .is_some_and(h2::Error::is_go_away)
-            {
-                return true;
-            }
-        }
-    }
-    false
+    )
 }
 
 /// A codec's request is pinned to its upstream connection's order: never sent twice.
@@ -628,6 +585,9 @@ where
             let result = send(svc, req, in_flight, &config).await;
             let (again, balance, failed) = match (result, again) {
                 (Err(error), Some(again)) if again.0.may_resend(&error) => again,
+                // The endpoint's proxy answered for its application, which reset the
+                // connection before an answer (the same case one hop further).
+                (Ok(rsp), Some(again)) if rsp.resendable(again.0.safe()) => again,
                 (result, _) => return result,
             };
             balance.send_elsewhere(&failed, again).await
@@ -1445,6 +1405,75 @@ mod tests {
                     answered, 20,
                     "{method}: every reset request is sent elsewhere"
                 );
+            }
+        }
+
+        /// An endpoint whose proxy answers every request 502 `mesh-proxy-unanswered` (its
+        /// application reset the connection first, or refused it), and a healthy one.
+        #[tokio::test]
+        async fn a_safe_request_its_endpoints_proxy_says_was_unanswered_goes_elsewhere() {
+            #[derive(Clone)]
+            struct Unanswered(Arc<AtomicUsize>, fn() -> crate::svc::BoxError);
+            impl Service<http::Request<crate::svc::BoxBody>> for Unanswered {
+                type Response = Response<()>;
+                type Error = crate::svc::BoxError;
+                type Future = Ready<Result<Response<()>, crate::svc::BoxError>>;
+                fn poll_ready(
+                    &mut self,
+                    _: &mut std::task::Context<'_>,
+                ) -> std::task::Poll<Result<(), crate::svc::BoxError>> {
+                    std::task::Poll::Ready(Ok(()))
+                }
+                fn call(&mut self, _: http::Request<crate::svc::BoxBody>) -> Self::Future {
+                    self.0.fetch_add(1, Ordering::Relaxed);
+                    let failure = crate::http::errors::Failure::of(&*(self.1)());
+                    assert!(failure.unanswered.is_some(), "the upstream never answered");
+                    ready(Ok(failure.response(false).map(|_| ())))
+                }
+            }
+            for (method, error, resent) in [
+                (http::Method::GET, reset_after_sending as fn() -> _, true),
+                (http::Method::HEAD, reset_after_sending, true),
+                (http::Method::POST, reset_after_sending, false),
+                // Its application never got it: whatever the method.
+                (http::Method::POST, refused, true),
+            ] {
+                let config = BalanceConfig {
+                    failures_to_eject: 1000,
+                    ..BalanceConfig::default()
+                };
+                let states = endpoints(2, &config, Instant::now());
+                let (bad, good) = (Arc::default(), Arc::default());
+                let set = vec![
+                    (
+                        states[0].clone(),
+                        tower::util::Either::Left(Unanswered(Arc::clone(&bad), error)),
+                    ),
+                    (
+                        states[1].clone(),
+                        tower::util::Either::Right(Http {
+                            error: None,
+                            calls: Arc::clone(&good),
+                        }),
+                    ),
+                ];
+                let mut balance = Balance::new(set.into(), Arc::new(config));
+                let mut ok = 0;
+                for _ in 0..20 {
+                    let req = http::Request::builder()
+                        .method(method.clone())
+                        .uri("http://web/")
+                        .body(crate::svc::BoxBody::empty())
+                        .unwrap();
+                    let rsp = balance.ready().await.unwrap().call(req).await.unwrap();
+                    if rsp.status() == StatusCode::OK {
+                        ok += 1;
+                    }
+                }
+                let bad = bad.load(Ordering::Relaxed);
+                assert!(bad > 0, "the unanswering endpoint gets its turns");
+                let expected = if resent { 20 } else { 20 - bad };
+                assert_eq!(ok, expected, "{method}: resent elsewhere: {resent}");
             }
         }
 

@@ -6,7 +6,7 @@
 //! [`UpstreamError`] …); [`Failure::of`] reads the status and the metric label off them, so the
 //! metrics layer that records a failure and this layer that answers it always agree.
 
-use super::{client::UpstreamError, PROXY_ERROR_HEADER};
+use super::{client::UpstreamError, PROXY_ERROR_HEADER, PROXY_UNANSWERED_HEADER};
 use crate::svc::{BoxBody, BoxError};
 use bytes::Bytes;
 use futures_util::{future, FutureExt};
@@ -70,6 +70,29 @@ pub struct Failure {
     pub label: &'static str,
     /// What the client reads in `mesh-proxy-error` and the body.
     pub message: String,
+    /// The upstream never answered: the response says why in `mesh-proxy-unanswered`, and the
+    /// client's proxy may send the request to another endpoint ([`unanswered`]).
+    pub unanswered: Option<Unanswered>,
+}
+
+/// Why the upstream never answered a request, as `mesh-proxy-unanswered` says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unanswered {
+    /// `unsent`: the request never reached it (no connection, or the connection was refused
+    /// or went away before the request was written): any request may go elsewhere.
+    Unsent,
+    /// `reset`: the request was written on a connection that was reset or closed before any
+    /// answer came: it may have arrived, so only a safe request goes elsewhere.
+    Reset,
+}
+
+impl Unanswered {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Unsent => "unsent",
+            Self::Reset => "reset",
+        }
+    }
 }
 
 impl Failure {
@@ -111,20 +134,124 @@ impl Failure {
         } else {
             (StatusCode::BAD_GATEWAY, "upstream")
         };
+        let unanswered = if unsent(error) {
+            Some(Unanswered::Unsent)
+        } else if reset_before_answer(error) {
+            Some(Unanswered::Reset)
+        } else {
+            None
+        };
         Self {
             status,
             label,
             message: error_chain(error),
+            unanswered,
         }
     }
 
     /// The response the client gets; a gRPC client gets its status in gRPC's terms.
     pub fn response(&self, grpc: bool) -> Response<BoxBody> {
-        if grpc {
+        let mut rsp = if grpc {
             grpc_error_response(grpc_code(self.status), &self.message)
         } else {
             error_response(self.status, &self.message)
+        };
+        if let Some(why) = self.unanswered {
+            rsp.headers_mut().insert(
+                PROXY_UNANSWERED_HEADER,
+                HeaderValue::from_static(why.as_str()),
+            );
         }
+        rsp
+    }
+}
+
+/// `error` and its sources, outermost first. The endpoint's metrics layer wraps what it counted
+/// in [`Recorded`], whose `source` skips the wrapped error itself: this yields it.
+pub fn causes<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |err| match err.downcast_ref::<Recorded>() {
+        Some(recorded) => Some(&*recorded.0),
+        None => err.source(),
+    })
+    .filter(|err| !err.is::<Recorded>())
+}
+
+/// Whether `error` says the request was written on a connection that was reset or closed
+/// before any answer came: the endpoint may have got it, and never answered. (Not a request
+/// body that failed: that is the client's.)
+pub fn reset_before_answer(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut sending = false;
+    for err in causes(error) {
+        if let Some(up) = err.downcast_ref::<UpstreamError>() {
+            if !matches!(up, UpstreamError::Request { .. }) || up.request_body_failed() {
+                return false;
+            }
+            sending = true;
+        } else if sending {
+            if let Some(h) = err.downcast_ref::<hyper::Error>() {
+                if h.is_incomplete_message() || h.is_canceled() {
+                    return true;
+                }
+            }
+            let io = err
+                .downcast_ref::<std::io::Error>()
+                .or_else(|| err.downcast_ref::<h2::Error>().and_then(h2::Error::get_io));
+            if let Some(io) = io {
+                use std::io::ErrorKind::*;
+                if matches!(
+                    io.kind(),
+                    ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+                ) {
+                    return true;
+                }
+            }
+            // The peer's HTTP/2 connection went away (GOAWAY) with the request on it.
+            if err
+                .downcast_ref::<h2::Error>()
+                .is_some_and(h2::Error::is_go_away)
+            {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Whether `error` says the request never reached the upstream: it could not connect (or
+/// not within the connect timeout, or not over TLS), or the upstream refused the stream
+/// (HTTP/2 `REFUSED_STREAM`). Not a failure while sending: that one may have reached it.
+pub fn unsent(error: &(dyn std::error::Error + 'static)) -> bool {
+    for err in causes(error) {
+        if let Some(up) = err.downcast_ref::<UpstreamError>() {
+            return matches!(
+                up,
+                UpstreamError::Connect { .. }
+                    | UpstreamError::ConnectTimeout { .. }
+                    | UpstreamError::Tls { .. }
+                    | UpstreamError::Handshake { .. }
+            );
+        }
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            if h2.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// Why a peer proxy's error response says its upstream never answered the request
+/// ([`Failure::unanswered`]), if it does.
+pub fn unanswered<B>(rsp: &Response<B>) -> Option<Unanswered> {
+    if !rsp.status().is_server_error() {
+        return None;
+    }
+    match rsp.headers().get(PROXY_UNANSWERED_HEADER)?.as_bytes() {
+        b"unsent" => Some(Unanswered::Unsent),
+        b"reset" => Some(Unanswered::Reset),
+        _ => None,
     }
 }
 
@@ -299,6 +426,38 @@ mod tests {
             "connect",
         );
         check("anything else".into(), 502, "upstream");
+    }
+
+    /// A request that never reached the upstream is answered `mesh-proxy-unanswered: unsent`,
+    /// one written on a connection reset or closed before an answer `reset`; one the upstream
+    /// answered badly is neither.
+    #[test]
+    fn a_reset_before_an_answer_is_said_unanswered() {
+        let target: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let sent =
+            |source: BoxError| -> BoxError { Box::new(UpstreamError::Request { target, source }) };
+        let reset = || std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        for (error, unanswered) in [
+            (sent(reset().into()), Some(Unanswered::Reset)),
+            (
+                sent(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+                Some(Unanswered::Reset),
+            ),
+            (sent("the server answered garbage".into()), None),
+            (
+                Box::new(UpstreamError::Connect {
+                    target,
+                    source: reset(),
+                }),
+                Some(Unanswered::Unsent),
+            ),
+        ] {
+            let message = error.to_string();
+            let recorded: BoxError = Box::new(Recorded(error));
+            let rsp = Failure::of(&*recorded).response(false);
+            assert_eq!(rsp.status(), StatusCode::BAD_GATEWAY);
+            assert_eq!(super::unanswered(&rsp), unanswered, "{message}");
+        }
     }
 
     /// Regression (issue 17, HTTP/1 attacks): a request whose body the client broke (a malformed

@@ -39,6 +39,12 @@ pub use server::HttpSettings;
 /// The header on responses the proxy made itself, saying why forwarding failed.
 pub const PROXY_ERROR_HEADER: &str = "mesh-proxy-error";
 
+/// The header on an error response the proxy made because its upstream never answered the
+/// request: `unsent` (it never got it) or `reset` (the connection was reset or closed before an
+/// answer). The client's proxy may then send the request to another endpoint: any request when
+/// `unsent`, a safe one when `reset` (`balance::Resend`).
+pub const PROXY_UNANSWERED_HEADER: &str = "mesh-proxy-unanswered";
+
 /// The request header carrying the client's verified identity to the application (inbound).
 pub const CLIENT_ID_HEADER: &str = "mesh-client-id";
 
