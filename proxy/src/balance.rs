@@ -1288,6 +1288,9 @@ mod tests {
         #[derive(Clone)]
         struct Http {
             error: Option<fn() -> crate::svc::BoxError>,
+            /// Answers the error as the endpoint's proxy would (`Failure::response`) rather
+            /// than failing with it.
+            proxied: bool,
             calls: Arc<AtomicUsize>,
         }
 
@@ -1306,6 +1309,10 @@ mod tests {
             fn call(&mut self, _: http::Request<crate::svc::BoxBody>) -> Self::Future {
                 self.calls.fetch_add(1, Ordering::Relaxed);
                 ready(match self.error {
+                    Some(error) if self.proxied => {
+                        let failure = crate::http::errors::Failure::of(&*error());
+                        Ok(failure.response(false).map(|_| ()))
+                    }
                     Some(error) => Err(error()),
                     None => Ok(Response::new(())),
                 })
@@ -1334,10 +1341,12 @@ mod tests {
             let states = endpoints(2, &config, Instant::now());
             let failing = Http {
                 error: Some(error),
+                proxied: false,
                 calls: Arc::default(),
             };
             let healthy = Http {
                 error: None,
+                proxied: false,
                 calls: Arc::default(),
             };
             let calls = failing.calls.clone();
@@ -1412,25 +1421,6 @@ mod tests {
         /// application reset the connection first, or refused it), and a healthy one.
         #[tokio::test]
         async fn a_safe_request_its_endpoints_proxy_says_was_unanswered_goes_elsewhere() {
-            #[derive(Clone)]
-            struct Unanswered(Arc<AtomicUsize>, fn() -> crate::svc::BoxError);
-            impl Service<http::Request<crate::svc::BoxBody>> for Unanswered {
-                type Response = Response<()>;
-                type Error = crate::svc::BoxError;
-                type Future = Ready<Result<Response<()>, crate::svc::BoxError>>;
-                fn poll_ready(
-                    &mut self,
-                    _: &mut std::task::Context<'_>,
-                ) -> std::task::Poll<Result<(), crate::svc::BoxError>> {
-                    std::task::Poll::Ready(Ok(()))
-                }
-                fn call(&mut self, _: http::Request<crate::svc::BoxBody>) -> Self::Future {
-                    self.0.fetch_add(1, Ordering::Relaxed);
-                    let failure = crate::http::errors::Failure::of(&*(self.1)());
-                    assert!(failure.unanswered.is_some(), "the upstream never answered");
-                    ready(Ok(failure.response(false).map(|_| ())))
-                }
-            }
             for (method, error, resent) in [
                 (http::Method::GET, reset_after_sending as fn() -> _, true),
                 (http::Method::HEAD, reset_after_sending, true),
@@ -1443,18 +1433,23 @@ mod tests {
                     ..BalanceConfig::default()
                 };
                 let states = endpoints(2, &config, Instant::now());
-                let (bad, good) = (Arc::default(), Arc::default());
+                let bad = Arc::default();
                 let set = vec![
                     (
                         states[0].clone(),
-                        tower::util::Either::Left(Unanswered(Arc::clone(&bad), error)),
+                        Http {
+                            error: Some(error),
+                            proxied: true,
+                            calls: Arc::clone(&bad),
+                        },
                     ),
                     (
                         states[1].clone(),
-                        tower::util::Either::Right(Http {
+                        Http {
                             error: None,
-                            calls: Arc::clone(&good),
-                        }),
+                            proxied: false,
+                            calls: Arc::default(),
+                        },
                     ),
                 ];
                 let mut balance = Balance::new(set.into(), Arc::new(config));

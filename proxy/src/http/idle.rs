@@ -410,6 +410,13 @@ mod tests {
         seen
     }
 
+    /// Sends `GET path` and reads its answer.
+    async fn get(client: &mut TcpStream, path: &str) -> String {
+        let request = format!("GET {path} HTTP/1.1\r\nhost: a\r\n\r\n");
+        client.write_all(request.as_bytes()).await.unwrap();
+        read_answers(client, 1).await
+    }
+
     /// Whether the last of `n` answers has its whole body (`content-length`).
     fn complete(seen: &str, n: usize) -> bool {
         let Some(last) = seen.split("HTTP/1.1 200 OK").nth(n) else {
@@ -442,11 +449,7 @@ mod tests {
     async fn a_keep_alive_connection_parks_between_requests_and_serves_each() {
         let mut s = server(Duration::from_secs(30)).await;
         for i in 1..=3 {
-            s.client
-                .write_all(format!("GET /slow{i} HTTP/1.1\r\nhost: a\r\n\r\n").as_bytes())
-                .await
-                .unwrap();
-            let answer = read_answers(&mut s.client, 1).await;
+            let answer = get(&mut s.client, &format!("/slow{i}")).await;
             assert!(answer.ends_with(&format!("/slow{i} 0")), "{answer}");
             parked_at_least(&s.watch, i).await;
         }
@@ -504,11 +507,7 @@ mod tests {
     #[tokio::test]
     async fn a_parked_connection_closes_at_the_idle_timeout() {
         let mut s = server(Duration::from_millis(200)).await;
-        s.client
-            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-            .await
-            .unwrap();
-        read_answers(&mut s.client, 1).await;
+        get(&mut s.client, "/").await;
         let mut buf = [0u8; 64];
         let read = tokio::time::timeout(Duration::from_secs(5), s.client.read(&mut buf))
             .await
@@ -521,11 +520,7 @@ mod tests {
     #[tokio::test]
     async fn stop_closes_a_parked_connection_and_lets_a_request_in_flight_finish() {
         let mut s = server(Duration::from_secs(30)).await;
-        s.client
-            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-            .await
-            .unwrap();
-        read_answers(&mut s.client, 1).await;
+        get(&mut s.client, "/").await;
         parked_at_least(&s.watch, 1).await;
         let _ = s.stop.take().unwrap().send(());
         let mut buf = [0u8; 64];
