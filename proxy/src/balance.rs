@@ -450,12 +450,7 @@ impl<B> Outcome for http::Response<B> {
     }
 
     fn resendable(&self, safe: bool) -> bool {
-        use crate::http::errors::Unanswered;
-        match crate::http::errors::unanswered(self) {
-            Some(Unanswered::Unsent) => true,
-            Some(Unanswered::Reset) => safe,
-            None => false,
-        }
+        crate::http::errors::unanswered(self).is_some_and(|why| why.allows(safe))
     }
 }
 
@@ -506,8 +501,7 @@ impl Resend<crate::svc::BoxError> for http::Request<crate::svc::BoxBody> {
     /// (issue 17: an upstream resetting one connection in three lost a third of the GETs of a
     /// default route). Requests with a body are never copied (see [`Resend::resend`]).
     fn may_resend(&self, error: &crate::svc::BoxError) -> bool {
-        Self::unsent(error)
-            || safe(self.method()) && crate::http::errors::reset_before_answer(&**error)
+        crate::http::errors::Unanswered::of(&**error).is_some_and(|why| why.allows(self.safe()))
     }
 
     fn safe(&self) -> bool {

@@ -87,6 +87,25 @@ pub enum Unanswered {
 }
 
 impl Unanswered {
+    /// Why `error` says the upstream never answered, if it does.
+    pub fn of(error: &(dyn std::error::Error + 'static)) -> Option<Self> {
+        if unsent(error) {
+            Some(Self::Unsent)
+        } else if reset_before_answer(error) {
+            Some(Self::Reset)
+        } else {
+            None
+        }
+    }
+
+    /// Whether a request may go to another endpoint: any when unsent, a safe one when reset.
+    pub fn allows(self, safe: bool) -> bool {
+        match self {
+            Self::Unsent => true,
+            Self::Reset => safe,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Self::Unsent => "unsent",
@@ -134,13 +153,7 @@ impl Failure {
         } else {
             (StatusCode::BAD_GATEWAY, "upstream")
         };
-        let unanswered = if unsent(error) {
-            Some(Unanswered::Unsent)
-        } else if reset_before_answer(error) {
-            Some(Unanswered::Reset)
-        } else {
-            None
-        };
+        let unanswered = Unanswered::of(error);
         Self {
             status,
             label,
@@ -181,7 +194,7 @@ pub fn causes<'a>(
 /// Whether `error` says the request was written on a connection that was reset or closed
 /// before any answer came: the endpoint may have got it, and never answered. (Not a request
 /// body that failed: that is the client's.)
-pub fn reset_before_answer(error: &(dyn std::error::Error + 'static)) -> bool {
+fn reset_before_answer(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut sending = false;
     for err in causes(error) {
         if let Some(up) = err.downcast_ref::<UpstreamError>() {
