@@ -259,7 +259,10 @@ where
                 io,
                 service,
                 watch,
-                settings.header_read_timeout,
+                idle::Idle {
+                    park_after: idle::Idle::PARK_AFTER,
+                    timeout: settings.header_read_timeout,
+                },
                 stop,
             ))
         }
