@@ -21,7 +21,7 @@ use crate::{
     metrics::{
         Classification, Direction, Metrics, RequestLabels, ResponseLabels, TargetMetrics, Tls,
     },
-    svc::{lock, BoxBody, BoxError, NewService, Param},
+    svc::{lock, BoxBody, BoxError, Cache, NewService, Param},
     tap::{RequestMeta, Tapped, Taps},
 };
 use bytes::Bytes;
@@ -35,7 +35,7 @@ use std::{
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 /// Decides a response's class from its status and, for gRPC, its `grpc-status`.
@@ -227,7 +227,7 @@ impl<B: Body<Data = Bytes>> Body for MeteredBody<B> {
 type ResponseFuture = BoxFuture<'static, Result<Response<BoxBody>, BoxError>>;
 
 /// What the metrics layer labels a request with, from its target.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct MeterTarget {
     pub direction: Direction,
     /// The `target_addr` label; `None`: where the client's connection was going.
@@ -261,6 +261,10 @@ pub struct NewMeter<N> {
     metrics: Metrics,
     taps: Taps,
     record: Record,
+    /// One [`MeterShared`] per target, shared by the services built for it while any lives:
+    /// the inbound stack is built per connection, and each connection of a client to a port
+    /// would otherwise hold its own copy and its own handle maps (≈1.2 kB).
+    shared: Arc<Cache<MeterTarget, MeterShared>>,
     inner: N,
 }
 
@@ -270,10 +274,14 @@ impl<N> NewMeter<N> {
         taps: Taps,
         record: Record,
     ) -> impl tower::Layer<N, Service = Self> + Clone {
+        // Dropped at the first sweep that finds a target unheld: the target's label sets
+        // (`TargetMetrics`) then age out on their own idle timeout as before.
+        let shared = Cache::new(Duration::ZERO);
         tower::layer::layer_fn(move |inner| Self {
             metrics: metrics.clone(),
             taps: taps.clone(),
             record,
+            shared: shared.clone(),
             inner,
         })
     }
@@ -314,21 +322,20 @@ impl<T: Param<MeterTarget>, N: NewService<T>> NewService<T> for NewMeter<N> {
     fn new_service(&self, target: T) -> Self::Service {
         let meter_target: MeterTarget = target.param();
         let inner = self.inner.new_service(target);
-        let target = meter_target;
-        let labels = target
-            .target_addr
-            .map(|addr| self.metrics.target(target.direction, addr));
-        Meter {
-            shared: Arc::new(MeterShared {
-                target,
+        let shared = self.shared.get_or_insert_with(&meter_target, || {
+            let labels = meter_target
+                .target_addr
+                .map(|addr| self.metrics.target(meter_target.direction, addr));
+            MeterShared {
+                target: meter_target.clone(),
                 labels,
                 metrics: self.metrics.clone(),
                 taps: self.taps.clone(),
                 record: self.record,
                 handles: Mutex::default(),
-            }),
-            inner,
-        }
+            }
+        });
+        Meter { shared, inner }
     }
 }
 
@@ -625,6 +632,30 @@ mod tests {
         let taps = Taps::new(&Default::default(), None, m.clone());
         let layer = NewMeter::layer(m.clone(), taps, record);
         tower::Layer::layer(&layer, inner).new_service(target())
+    }
+
+    #[tokio::test]
+    async fn the_services_of_one_target_share_its_meter_while_any_lives() {
+        let m = Metrics::new(10, false);
+        let taps = Taps::new(&Default::default(), None, m.clone());
+        let inner = crate::svc::NewFn(|_: MeterTarget| ());
+        let new = tower::Layer::layer(&NewMeter::layer(m.clone(), taps, Record::All), inner);
+        let (a, b) = (new.new_service(target()), new.new_service(target()));
+        assert!(Arc::ptr_eq(&a.shared, &b.shared), "one target, one meter");
+        let other = MeterTarget {
+            tls: Tls::Established("web.ns.serviceaccount.identity.mesh.local".into()),
+            ..target()
+        };
+        let c = new.new_service(other);
+        assert!(
+            !Arc::ptr_eq(&a.shared, &c.shared),
+            "another client identity"
+        );
+        // Once none holds it, a sweep forgets it, and the next service has a new one.
+        let first = Arc::downgrade(&a.shared);
+        drop((a, b));
+        new.shared.sweep(std::time::Instant::now());
+        assert!(first.upgrade().is_none());
     }
 
     fn request() -> Request<BoxBody> {
