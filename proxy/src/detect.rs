@@ -346,7 +346,7 @@ where
         let target = self.target.clone();
         let config = self.config.clone();
         let inner = self.inner.clone();
-        Box::pin(async move {
+        crate::svc::then_serve(async move {
             let OrigDst(orig_dst) = target.param();
             let opaque = config.opaque_ports.contains(orig_dst.port());
             let (protocol, prefix) = match (opaque, config.opaque_tls_peek) {
@@ -365,7 +365,7 @@ where
             } else {
                 BoxIo::new(PrefixedIo::new(prefix, io))
             };
-            crate::svc::serve_conn(inner.new_service(Detect::new(target, protocol)), io).await
+            crate::svc::call_conn(inner.new_service(Detect::new(target, protocol)), io).await
         })
     }
 }

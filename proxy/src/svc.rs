@@ -78,24 +78,55 @@ impl http_body::Body for BoxBody {
 /// The future of a connection-level service: it serves the whole connection.
 pub type ConnFuture = BoxFuture<'static, Result<(), BoxError>>;
 
-/// Serves a connection with `svc` and lets go of the service once it is called: the service
-/// (often a stack's worth of handles) lives on the heap only until then, and what stays for the
-/// connection's life is its future, not a copy of the service beside it (issue 17: kilobytes in
-/// each of 10,000 idle connections).
-/// (Not an `async fn`: its future would hold `svc` by value, as an argument, before boxing it.)
-pub fn serve_conn<S>(
-    svc: S,
-    io: BoxIo,
-) -> impl std::future::Future<Output = Result<(), BoxError>> + Send
+/// A connection served in two steps: `setup` (reading its ClientHello, detecting its protocol,
+/// waiting for its port's policy) gives the connection's future, which then runs alone. The
+/// setup's state (its target, its configuration, whatever it awaited, the service it called) is
+/// freed once it is done, not held for the connection's life: each connection-level stage
+/// would otherwise keep ≈500 B in every one of 10,000 idle connections (issue 17).
+pub fn then_serve<F>(setup: F) -> ConnFuture
 where
-    S: tower::Service<BoxIo, Response = (), Error = BoxError, Future = ConnFuture> + Send,
+    F: std::future::Future<Output = Result<ConnFuture, BoxError>> + Send + 'static,
 {
-    let mut svc = Box::new(svc);
-    async move {
-        std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
-        let conn = svc.call(io);
-        drop(svc);
-        conn.await
+    Box::pin(ThenServe::Setup(Box::pin(setup)))
+}
+
+/// Calls `svc` for a connection once it is ready, and lets go of it: what stays is the
+/// connection's future, not a copy of the service (often a stack's worth of handles) beside it.
+pub async fn call_conn<S>(mut svc: S, io: BoxIo) -> Result<ConnFuture, BoxError>
+where
+    S: tower::Service<BoxIo, Response = (), Error = BoxError, Future = ConnFuture>,
+{
+    std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
+    Ok(svc.call(io))
+}
+
+/// A connection that is done as soon as its setup is: refused, say, once it has been counted.
+pub fn conn_done() -> ConnFuture {
+    Box::pin(std::future::ready(Ok(())))
+}
+
+enum ThenServe {
+    Setup(BoxFuture<'static, Result<ConnFuture, BoxError>>),
+    Serve(ConnFuture),
+}
+
+impl std::future::Future for ThenServe {
+    type Output = Result<(), BoxError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            match this {
+                ThenServe::Setup(setup) => {
+                    let conn = std::task::ready!(setup.as_mut().poll(cx))?;
+                    *this = ThenServe::Serve(conn);
+                }
+                ThenServe::Serve(conn) => return conn.as_mut().poll(cx),
+            }
+        }
     }
 }
 
@@ -626,6 +657,35 @@ pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_connection_lets_go_of_its_setup_once_it_is_served() {
+        // The setup holds `state` (as a stage holds its target and configuration) and hands
+        // over a connection that waits for `finish`.
+        let state = Arc::new(());
+        let held = state.clone();
+        let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+        let mut conn = then_serve(async move {
+            let _held = held;
+            tokio::task::yield_now().await;
+            let conn: ConnFuture = Box::pin(async move {
+                let _ = finished.await;
+                Ok(())
+            });
+            Ok(conn)
+        });
+        let mut poll = || futures_util::FutureExt::now_or_never(&mut conn);
+        assert!(poll().is_none(), "setting up");
+        assert_eq!(Arc::strong_count(&state), 2);
+        assert!(poll().is_none(), "serving");
+        assert_eq!(Arc::strong_count(&state), 1, "the setup's state is freed");
+        finish.send(()).unwrap();
+        assert!(matches!(poll(), Some(Ok(()))));
+
+        // A setup that fails is the connection's error.
+        let failed = then_serve(async { Err::<ConnFuture, BoxError>("refused".into()) });
+        assert_eq!(failed.await.unwrap_err().to_string(), "refused");
+    }
 
     #[tokio::test]
     async fn a_cache_forgets_entries_nobody_holds() {

@@ -120,12 +120,12 @@ where
         let config = self.config.clone();
         let meshed = self.meshed.clone();
         let passthrough = self.passthrough.clone();
-        Box::pin(async move {
+        crate::svc::then_serve(async move {
             let ClientAddr(client) = target.param();
             let (hello, read) = read_client_hello(&mut io, &config).await;
             let io = BoxIo::new(PrefixedIo::new(read.freeze(), io));
             if hello != Hello::ServerName(Some(config.identity.name().to_string())) {
-                return crate::svc::serve_conn(passthrough.new_service(target), io).await;
+                return crate::svc::call_conn(passthrough.new_service(target), io).await;
             }
             let acceptor = tokio_rustls::TlsAcceptor::from(config.identity.server_config());
             let tls = match tokio::time::timeout(config.timeout, acceptor.accept(io)).await {
@@ -133,25 +133,25 @@ where
                 Ok(Err(error)) => {
                     tracing::info!(%client, %error, "mutual TLS handshake failed");
                     config.refuse.count("tls_handshake");
-                    return Ok(());
+                    return Ok(crate::svc::conn_done());
                 }
                 Err(_) => {
                     tracing::info!(%client, "mutual TLS handshake timed out");
                     config.refuse.count("tls_handshake");
-                    return Ok(());
+                    return Ok(crate::svc::conn_done());
                 }
             };
             let Some(client_id) = identity::peer_identity(tls.get_ref().1.peer_certificates())
             else {
                 tracing::info!(%client, "the client's certificate names no mesh identity");
                 config.refuse.count("no_client_identity");
-                return Ok(());
+                return Ok(crate::svc::conn_done());
             };
             let target = Decided {
                 parent: target,
                 tls: Tls::Established(client_id),
             };
-            crate::svc::serve_conn(meshed.new_service(target), BoxIo::new(tls)).await
+            crate::svc::call_conn(meshed.new_service(target), BoxIo::new(tls)).await
         })
     }
 }

@@ -15,7 +15,6 @@ use std::{
     time::Duration,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tower::ServiceExt;
 
 /// The client's address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,8 +98,10 @@ impl Listen {
                     let Some(target) = self.admit(&stream, client) else {
                         continue;
                     };
-                    let conn: ConnFuture =
-                        Box::pin(stack.new_service(target).oneshot(BoxIo::new(stream)));
+                    let conn = crate::svc::then_serve(crate::svc::call_conn(
+                        stack.new_service(target),
+                        BoxIo::new(stream),
+                    ));
                     drain.spawn(async move {
                         if let Err(error) = conn.await {
                             tracing::debug!(direction, %client, %error, "connection failed");
@@ -259,6 +260,7 @@ mod tests {
     use super::*;
     use crate::svc::NewFn;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tower::ServiceExt;
 
     #[derive(Clone)]
     struct Target(TcpLabels);

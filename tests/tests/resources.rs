@@ -58,9 +58,7 @@ fn ten_thousand_idle_inbound_connections() {
         &proxy,
         addr,
         SERVICE_HOST_NONE,
-        "an inbound connection holds ≈3 kB more than an outbound one (heaptrack, release): its \
-         own request stack (metrics with their handle maps, authorization, rate limit) and the \
-         port policy's per-connection state; hyper's buffers are not held while idle",
+        "what each connection holds is measured by heaptrack",
     );
     record!(
         "Resources",

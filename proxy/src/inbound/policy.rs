@@ -55,11 +55,17 @@ pub struct PolicyConfig {
     pub metrics: AuthzMetrics,
 }
 
-/// The policy watches of every inbound port, shared by the inbound stack.
+/// The policy watches of every inbound port, shared by the inbound stack (a clone is an `Arc`:
+/// each connection's future holds one until its port's policy is in).
 #[derive(Clone)]
-pub struct PortPolicies {
+pub struct PortPolicies(Arc<Policies>);
+
+struct Policies {
     config: PolicyConfig,
     default: Arc<PortPolicy>,
+    /// Without a controller, every port's handle: one channel that never changes, shared by
+    /// every connection (a channel per connection held ≈340 B each).
+    fixed: PolicyHandle,
     cache: Arc<Cache<u16, PortWatch>>,
 }
 
@@ -101,23 +107,25 @@ impl PortPolicies {
             &config.metrics,
             None,
         ));
-        Self {
+        Self(Arc::new(Policies {
             cache: Cache::new(config.idle_timeout),
+            fixed: PolicyHandle::fixed(default.clone()),
             default,
             config,
-        }
+        }))
     }
 
     /// The policy of `port`: the first connection to a port waits (bounded) for the
     /// controller's first answer.
     pub async fn get(&self, port: u16) -> PolicyHandle {
-        let (Some(controller), Some(pod)) = (&self.config.controller, &self.config.pod) else {
-            return PolicyHandle::fixed(self.default.clone());
+        let this = &*self.0;
+        let (Some(controller), Some(pod)) = (&this.config.controller, &this.config.pod) else {
+            return this.fixed.clone();
         };
-        let watch = self.cache.get_or_insert_with(&port, || {
+        let watch = this.cache.get_or_insert_with(&port, || {
             let (tx, state) = watch::channel(None);
             let task = tokio::spawn(follow(
-                self.config.clone(),
+                this.config.clone(),
                 controller.clone(),
                 pod.clone(),
                 port,
@@ -131,20 +139,20 @@ impl PortPolicies {
         let mut state = watch.state.clone();
         if state.borrow().is_none() {
             let first = state.wait_for(Option::is_some);
-            if tokio::time::timeout(self.config.first_timeout, first)
+            if tokio::time::timeout(this.config.first_timeout, first)
                 .await
                 .is_err()
             {
                 tracing::warn!(
                     port,
-                    default = %self.config.default,
+                    default = %this.config.default,
                     "no inbound policy from the controller yet: the default policy applies"
                 );
             }
         }
         PolicyHandle {
             state,
-            default: self.default.clone(),
+            default: this.default.clone(),
             _watch: Some(watch),
         }
     }
@@ -203,7 +211,7 @@ async fn follow(
 
 impl PolicyHandle {
     /// A policy that never changes (no controller).
-    pub fn fixed(policy: Arc<PortPolicy>) -> Self {
+    fn fixed(policy: Arc<PortPolicy>) -> Self {
         let (_, state) = watch::channel(Some(policy.clone()));
         Self {
             state,
@@ -330,12 +338,10 @@ where
             .expect("a connection's service serves it once");
         let policies = self.policies.clone();
         let inner = self.inner.clone();
-        Box::pin(async move {
+        crate::svc::then_serve(async move {
             let OrigDst(dst) = parent.param();
-            // Boxed: its state (a watch, a timer) is needed only until the policy is in, not
-            // in the connection's future for its whole life.
-            let policy = Box::pin(policies.get(dst.port())).await;
-            crate::svc::serve_conn(inner.new_service(Policied { parent, policy }), io).await
+            let policy = policies.get(dst.port()).await;
+            crate::svc::call_conn(inner.new_service(Policied { parent, policy }), io).await
         })
     }
 }
