@@ -558,7 +558,7 @@ struct Entry<V> {
 
 impl<K: Eq + Hash + Clone + Send + 'static, V: Send + Sync + 'static> Cache<K, V> {
     /// A cache whose sweeper runs every `idle / 4` (at least every 100 ms, at most every 5 s)
-    /// from its first entry for as long as the cache lives.
+    /// while it has entries: an empty cache wakes nobody.
     pub fn new(idle: Duration) -> Arc<Self> {
         Arc::new_cyclic(|this| Self {
             entries: Mutex::default(),
@@ -611,11 +611,32 @@ impl<K: Eq + Hash + Clone + Send + 'static, V: Send + Sync + 'static> Cache<K, V
 
     /// Drops the entries nobody held for the idle timeout; returns how many it dropped.
     pub fn sweep(&self, now: Instant) -> usize {
+        self.sweep_locked(&mut lock(&self.entries), now)
+    }
+
+    /// The sweeper's sweep: also whether it stops (the cache is empty), decided under the lock
+    /// that a new entry takes to start one, so that one sweeper runs while there are entries.
+    fn sweep_or_stop(&self, now: Instant) -> (usize, bool) {
+        let mut entries = lock(&self.entries);
+        let dropped = self.sweep_locked(&mut entries, now);
+        let stop = entries.is_empty();
+        if stop {
+            self.sweeping
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        (dropped, stop)
+    }
+
+    // Dropped under the lock, so that a value made again for the same key cannot overlap the
+    // end of the one it replaces (a `TargetMetrics` removing label sets, say).
+    fn sweep_locked(
+        &self,
+        entries: &mut std::collections::HashMap<K, Entry<V>>,
+        now: Instant,
+    ) -> usize {
         let idle = self.idle;
         let mut dropped = 0;
-        // Dropped under the lock, so that a value made again for the same key cannot overlap
-        // the end of the one it replaces (a `TargetMetrics` removing label sets, say).
-        lock(&self.entries).retain(|_, entry| {
+        entries.retain(|_, entry| {
             if Arc::strong_count(&entry.value) > 1 {
                 entry.unheld_since = None;
                 return true;
@@ -641,9 +662,12 @@ where
     loop {
         ticks.tick().await;
         let Some(cache) = cache.upgrade() else { return };
-        let dropped = cache.sweep(Instant::now());
+        let (dropped, stop) = cache.sweep_or_stop(Instant::now());
         if dropped > 0 {
             tracing::debug!(dropped, left = cache.len(), "dropped idle cache entries");
+        }
+        if stop {
+            return;
         }
     }
 }
@@ -715,6 +739,30 @@ mod tests {
         );
         assert_eq!(cache.sweep(t1 + Duration::from_secs(122)), 1);
         assert!(cache.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_cache_sweeps_only_while_it_has_entries() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let cache: Arc<Cache<u32, ()>> = Cache::new(Duration::ZERO);
+        async fn emptied(cache: &Cache<u32, ()>) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !cache.is_empty() || cache.sweeping.load(Relaxed) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the sweeper did not empty the cache"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        assert!(!cache.sweeping.load(Relaxed), "no entry, no sweeper");
+        drop(cache.get_or_insert_with(&1, || ()));
+        assert!(cache.sweeping.load(Relaxed));
+        emptied(&cache).await;
+        // The next entry starts a sweeper again, which drops it too.
+        drop(cache.get_or_insert_with(&2, || ()));
+        assert!(cache.sweeping.load(Relaxed));
+        emptied(&cache).await;
     }
 
     #[test]
