@@ -87,7 +87,10 @@ pub fn then_serve<F>(setup: F) -> ConnFuture
 where
     F: std::future::Future<Output = Result<ConnFuture, BoxError>> + Send + 'static,
 {
-    Box::pin(ThenServe::Setup(Box::pin(setup)))
+    // Boxed on its own, so that `try_flatten` (which drops the first future for the second)
+    // frees the setup's state; the connection's future then runs alone.
+    use futures_util::{FutureExt, TryFutureExt};
+    Box::pin(setup.boxed().try_flatten())
 }
 
 /// Calls `svc` for a connection once it is ready, and lets go of it: what stays is the
@@ -103,31 +106,6 @@ where
 /// A connection that is done as soon as its setup is: refused, say, once it has been counted.
 pub fn conn_done() -> ConnFuture {
     Box::pin(std::future::ready(Ok(())))
-}
-
-enum ThenServe {
-    Setup(BoxFuture<'static, Result<ConnFuture, BoxError>>),
-    Serve(ConnFuture),
-}
-
-impl std::future::Future for ThenServe {
-    type Output = Result<(), BoxError>;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        let this = self.get_mut();
-        loop {
-            match this {
-                ThenServe::Setup(setup) => {
-                    let conn = std::task::ready!(setup.as_mut().poll(cx))?;
-                    *this = ThenServe::Serve(conn);
-                }
-                ThenServe::Serve(conn) => return conn.as_mut().poll(cx),
-            }
-        }
-    }
 }
 
 /// A target's parameter of type `P`, as one layer needs it.
