@@ -543,7 +543,12 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = futures_util::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+    /// Without a copy to send elsewhere (one endpoint, or a request that cannot be copied:
+    /// every codec request), the request's own future; boxed only to resend.
+    type Future = futures_util::future::Either<
+        Sent<tower::util::Oneshot<S, Req>>,
+        futures_util::future::BoxFuture<'static, Result<S::Response, S::Error>>,
+    >;
 
     fn poll_ready(
         &mut self,
@@ -558,6 +563,7 @@ where
     /// # Panics
     /// When the set is empty: the caller answers that case (no endpoints) itself.
     fn call(&mut self, req: Req) -> Self::Future {
+        use futures_util::future::Either;
         let now = Instant::now();
         let (state, svc) = pick(
             &self.endpoints,
@@ -568,24 +574,23 @@ where
         )
         .expect("the caller checks that there are endpoints");
         let in_flight = state.start(now);
-        let svc = svc.clone();
         // A copy only where there is another endpoint to send it to.
-        let again = (self.endpoints.len() > 1)
-            .then(|| req.resend())
-            .flatten()
-            .map(|again| (again, self.clone(), state.clone()));
-        let config = self.config.clone();
-        Box::pin(async move {
-            let result = send(svc, req, in_flight, &config).await;
-            let (again, balance, failed) = match (result, again) {
-                (Err(error), Some(again)) if again.0.may_resend(&error) => again,
+        let again = (self.endpoints.len() > 1).then(|| req.resend()).flatten();
+        let Some(again) = again else {
+            return Either::Left(send(svc.clone(), req, in_flight, &self.config));
+        };
+        let sent = send(svc.clone(), req, in_flight, &self.config);
+        let (balance, failed) = (self.clone(), state.clone());
+        Either::Right(Box::pin(async move {
+            let again = match sent.await {
+                Err(error) if again.may_resend(&error) => again,
                 // The endpoint's proxy answered for its application, which reset the
                 // connection before an answer (the same case one hop further).
-                (Ok(rsp), Some(again)) if rsp.resendable(again.0.safe()) => again,
-                (result, _) => return result,
+                Ok(rsp) if rsp.resendable(again.safe()) => again,
+                result => return result,
             };
             balance.send_elsewhere(&failed, again).await
-        })
+        }))
     }
 }
 
@@ -620,21 +625,52 @@ impl<S: Clone> Balance<S> {
     }
 }
 
-/// Sends `req` to `svc`, and records its outcome on the endpoint.
-async fn send<S, Req>(
+/// Sends `req` to `svc`; its outcome is recorded on the endpoint when it completes.
+fn send<S, Req>(
     svc: S,
     req: Req,
-    mut in_flight: InFlight,
-    config: &BalanceConfig,
-) -> Result<S::Response, S::Error>
+    in_flight: InFlight,
+    config: &Arc<BalanceConfig>,
+) -> Sent<tower::util::Oneshot<S, Req>>
 where
     S: tower::Service<Req>,
-    S::Response: Outcome,
 {
-    let result = tower::ServiceExt::oneshot(svc, req).await;
-    let success = matches!(&result, Ok(rsp) if rsp.is_success());
-    in_flight.record(config, success, Instant::now());
-    result
+    Sent {
+        call: tower::util::Oneshot::new(svc, req),
+        in_flight,
+        config: config.clone(),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request sent to an endpoint: when it completes, its round trip and outcome are
+    /// recorded on the endpoint (a request dropped before that leaves only its pending count,
+    /// which [`InFlight`] gives back).
+    pub struct Sent<F> {
+        #[pin]
+        call: F,
+        in_flight: InFlight,
+        config: Arc<BalanceConfig>,
+    }
+}
+
+impl<F, Rsp, E> std::future::Future for Sent<F>
+where
+    F: std::future::Future<Output = Result<Rsp, E>>,
+    Rsp: Outcome,
+{
+    type Output = Result<Rsp, E>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.call.poll(cx));
+        let success = matches!(&result, Ok(rsp) if rsp.is_success());
+        this.in_flight.record(this.config, success, Instant::now());
+        std::task::Poll::Ready(result)
+    }
 }
 
 #[cfg(test)]

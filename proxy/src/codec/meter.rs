@@ -14,7 +14,6 @@ use crate::{
     svc::lock,
     tap::{RequestMeta, Taps},
 };
-use futures_util::future::BoxFuture;
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 use std::{
     collections::HashMap,
@@ -80,7 +79,7 @@ where
 {
     type Response = Answer;
     type Error = LocalError;
-    type Future = BoxFuture<'static, Result<Answer, LocalError>>;
+    type Future = Metered<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), LocalError>> {
         self.inner.poll_ready(cx)
@@ -88,42 +87,71 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let start = Instant::now();
-        let shared = self.shared.clone();
         let request = req.frame.clone();
-        let conn = req.conn.clone();
-        let call = self.inner.call(req);
-        Box::pin(async move {
-            let result = call.await;
-            let served = match &result {
-                Ok(answer) => &answer.info,
-                Err(_) => &shared.fallback,
-            };
-            let (success, error) = match &result {
-                Ok(Answer { frame: Some(f), .. }) => (f.kind != Kind::Error, None),
-                Ok(Answer { frame: None, .. }) => (true, None),
-                Err(e) => (false, Some(e.label())),
-            };
-            let outcome = Outcome {
-                method: request.method().unwrap_or("unknown"),
-                expects: request.kind == Kind::Request || error.is_some(),
+        // Tap sees the requests that start while it is on.
+        let conn = self.shared.taps.is_active().then(|| req.conn.clone());
+        Metered {
+            call: self.inner.call(req),
+            start,
+            shared: self.shared.clone(),
+            request,
+            conn,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request on its way: counted, and tapped, when it completes.
+    pub struct Metered<F> {
+        #[pin]
+        call: F,
+        start: Instant,
+        shared: Arc<Shared>,
+        request: Arc<Frame>,
+        conn: Option<Arc<super::serve::Conn>>,
+    }
+}
+
+impl<F> std::future::Future for Metered<F>
+where
+    F: std::future::Future<Output = Result<Answer, LocalError>>,
+{
+    type Output = Result<Answer, LocalError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.call.poll(cx));
+        let shared = &**this.shared;
+        let served = match &result {
+            Ok(answer) => &answer.info,
+            Err(_) => &shared.fallback,
+        };
+        let (success, error) = match &result {
+            Ok(Answer { frame: Some(f), .. }) => (f.kind != Kind::Error, None),
+            Ok(Answer { frame: None, .. }) => (true, None),
+            Err(e) => (false, Some(e.label())),
+        };
+        let request = &**this.request;
+        let outcome = Outcome {
+            method: request.method().unwrap_or("unknown"),
+            expects: request.kind == Kind::Request || error.is_some(),
+            success,
+            error,
+        };
+        shared.count(served, &outcome, this.start.elapsed());
+        if let Some(conn) = this.conn {
+            tap(
+                &shared.taps,
+                &shared.authority,
+                conn,
+                served,
+                request,
+                *this.start,
+                &result,
                 success,
-                error,
-            };
-            shared.count(served, &outcome, start.elapsed());
-            if shared.taps.is_active() {
-                tap(
-                    &shared.taps,
-                    &shared.authority,
-                    &conn,
-                    served,
-                    &request,
-                    start,
-                    &result,
-                    success,
-                );
-            }
-            result
-        })
+            );
+        }
+        Poll::Ready(result)
     }
 }
 

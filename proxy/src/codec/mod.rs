@@ -18,7 +18,6 @@ pub mod thrift;
 pub mod upstream;
 
 use bytes::{Bytes, BytesMut};
-use smallvec::SmallVec;
 use std::{borrow::Cow, fmt, sync::Arc};
 
 /// The longest frame a codec accepts (16 MiB): a request or response declaring more is a
@@ -137,10 +136,12 @@ impl Frame {
     }
 }
 
-/// A frame's metadata: string keys and values, few, in insertion order.
+/// A frame's metadata: string keys and values, few, in insertion order. Kept on the heap:
+/// a frame (a response above all, which usually has none) moves through every layer of a
+/// request stack, and a small frame moves cheaply.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Metadata {
-    entries: SmallVec<[(Cow<'static, str>, Text); 3]>,
+    entries: Vec<(Cow<'static, str>, Text)>,
     /// Keys set since decoding (what `encode` writes back).
     changed: Vec<Cow<'static, str>>,
 }

@@ -680,7 +680,7 @@ fn command<A: AsRef<[u8]>>(bytes: Bytes, args: &[A]) -> Frame {
                 .unwrap_or_else(|| text(key, MAX_KEY).into())
         });
     let session = session(name.as_str(), args);
-    let mut entries: SmallVec<[(Cow<'static, str>, Text); 3]> = SmallVec::new();
+    let mut entries: Vec<(Cow<'static, str>, Text)> = Vec::with_capacity(2);
     entries.push((Cow::Borrowed("command"), name));
     if let Some(key) = key {
         entries.push((Cow::Borrowed("key"), key));

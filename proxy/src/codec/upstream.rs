@@ -20,7 +20,10 @@ use futures_util::future::{BoxFuture, Either};
 use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     task::{Context, Poll},
 };
 use tokio::{
@@ -47,6 +50,8 @@ fn closed() -> LocalError {
 pub struct Upstream {
     tx: mpsc::Sender<Outgoing>,
     closed: watch::Receiver<bool>,
+    /// Set with `closed`: read by every request that looks for an open connection.
+    is_closed: Arc<AtomicBool>,
 }
 
 struct Outgoing {
@@ -98,6 +103,8 @@ impl Upstream {
     {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (closed_tx, closed) = watch::channel(false);
+        let is_closed = Arc::new(AtomicBool::new(false));
+        let set_closed = is_closed.clone();
         let pending = Arc::new(Mutex::new(Pending::default()));
         let (read, write) = tokio::io::split(io);
         let writer = protocol.codec(Side::Server);
@@ -113,9 +120,14 @@ impl Upstream {
             tracing::debug!(codec = name, %why, "upstream connection closed");
             lock(&pending).fail(&why);
             write_task.abort();
+            set_closed.store(true, Ordering::Release);
             let _ = closed_tx.send(true);
         });
-        Self { tx, closed }
+        Self {
+            tx,
+            closed,
+            is_closed,
+        }
     }
 
     /// Sends `frame` and waits for its response.
@@ -139,7 +151,7 @@ impl Upstream {
     }
 
     pub fn is_closed(&self) -> bool {
-        *self.closed.borrow() || self.tx.is_closed()
+        self.is_closed.load(Ordering::Acquire) || self.tx.is_closed()
     }
 
     /// Resolves once the connection has closed.
@@ -331,7 +343,12 @@ pub struct Endpoint {
 struct EndpointInner {
     target: EndpointTarget,
     client: NewClient,
-    shared: tokio::sync::Mutex<Vec<(u8, Upstream)>>,
+    /// The shared connection of each lane: looked up by every request, under a lock held
+    /// for no await.
+    shared: Mutex<Vec<(u8, Upstream)>>,
+    /// Held while a shared connection is opened: one at a time, so that requests that find
+    /// none wait for the one being opened rather than each opening their own.
+    opening: tokio::sync::Mutex<()>,
 }
 
 impl<T: Into<EndpointTarget>> NewService<T> for NewEndpoint {
@@ -342,6 +359,7 @@ impl<T: Into<EndpointTarget>> NewService<T> for NewEndpoint {
                 target: target.into(),
                 client: self.client.clone(),
                 shared: Default::default(),
+                opening: Default::default(),
             }),
         }
     }
@@ -365,21 +383,34 @@ impl EndpointInner {
         })
     }
 
+    /// The lane's open shared connection, if there is one.
+    fn open_shared(&self, lane: u8) -> Option<Upstream> {
+        lock(&self.shared)
+            .iter()
+            .find(|(l, up)| *l == lane && !up.is_closed())
+            .map(|(_, up)| up.clone())
+    }
+
     async fn shared(&self, lane: u8) -> Result<Upstream, LocalError> {
-        let mut shared = self.shared.lock().await;
-        if let Some((_, up)) = shared.iter().find(|(l, up)| *l == lane && !up.is_closed()) {
-            return Ok(up.clone());
+        if let Some(up) = self.open_shared(lane) {
+            return Ok(up);
+        }
+        let _opening = self.opening.lock().await;
+        // Another request may have opened it meanwhile.
+        if let Some(up) = self.open_shared(lane) {
+            return Ok(up);
         }
         let up = self.open(None).await?;
+        let mut shared = lock(&self.shared);
         shared.retain(|(l, _)| *l != lane);
         shared.push((lane, up.clone()));
         Ok(up)
     }
 
-    /// Queues `frame` on the lane's open shared connection, when there is one with room
-    /// (and nobody is opening one): the usual case, without waiting.
+    /// Queues `frame` on the lane's open shared connection, when there is one with room:
+    /// the usual case, without waiting.
     fn queue(&self, frame: &Arc<Frame>, lane: u8) -> Option<oneshot::Receiver<Reply>> {
-        let shared = self.shared.try_lock().ok()?;
+        let shared = lock(&self.shared);
         let (_, up) = shared
             .iter()
             .find(|(l, up)| *l == lane && !up.is_closed())?;

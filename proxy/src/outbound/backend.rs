@@ -14,7 +14,7 @@ use crate::{
     http::{errors::NoEndpoints, server::Received},
     svc::{lock, BoxBody, Cache, NewService},
 };
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use http::Request;
 use std::{
     collections::HashMap,
@@ -143,7 +143,10 @@ where
 {
     type Response = Rsp;
     type Error = E;
-    type Future = BoxFuture<'static, Result<Rsp, E>>;
+    /// The balancer's own future in the usual case (endpoints known); boxed while they are
+    /// awaited.
+    type Future =
+        Either<<Balance<S> as tower::Service<R>>::Future, BoxFuture<'static, Result<Rsp, E>>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), E>> {
         Poll::Ready(Ok(()))
@@ -157,10 +160,10 @@ where
             .as_ref()
             .and_then(|d| d.endpoints_now());
         if let Some(endpoints) = now {
-            return self.shared.balance(&endpoints).call(req);
+            return Either::Left(self.shared.balance(&endpoints).call(req));
         }
         let shared = self.shared.clone();
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let resolution = match &shared.destination {
                 Some(destination) => destination.ready(shared.failfast).await,
                 None => Resolution::Unknown,
@@ -177,7 +180,7 @@ where
                 }
                 Resolution::Endpoints(endpoints) => shared.balance(&endpoints).oneshot(req).await,
             }
-        })
+        }))
     }
 }
 
