@@ -211,6 +211,9 @@ where
             break;
         }
         let pinned = conn.pinned().map(|(up, _)| up.clone());
+        // Only a pinned upstream pushes frames: the connection waits for them once one of
+        // its requests pins (or is pinning) it.
+        let may_push = pinned.is_some() || pinning;
         let can_read = reading && held.is_none() && in_flight.len() < MAX_IN_FLIGHT;
         tokio::select! {
             biased;
@@ -224,7 +227,7 @@ where
                 io.flush().await?;
                 wbuf.clear();
             }
-            Some(frame) = pushed.recv() => {
+            Some(frame) = pushed.recv(), if may_push => {
                 codec.encode(&frame, &mut wbuf)?;
                 while let Ok(frame) = pushed.try_recv() {
                     codec.encode(&frame, &mut wbuf)?;
