@@ -154,14 +154,18 @@ where
 
     fn call(&mut self, req: R) -> Self::Future {
         // The usual case: endpoints are known; the balancer is always ready.
-        let now = self
-            .shared
-            .destination
-            .as_ref()
-            .and_then(|d| d.endpoints_now());
-        if let Some(endpoints) = now {
-            return Either::Left(self.shared.balance(&endpoints).call(req));
+        let mut req = Some(req);
+        if let Some(destination) = &self.shared.destination {
+            let shared = &self.shared;
+            let called = destination.with_endpoints(|endpoints| {
+                let req = req.take().expect("called once");
+                shared.with_balance(endpoints, |balance| balance.call(req))
+            });
+            if let Some(call) = called {
+                return Either::Left(call);
+            }
         }
+        let req = req.expect("not sent");
         let shared = self.shared.clone();
         Either::Right(Box::pin(async move {
             let resolution = match &shared.destination {
@@ -192,10 +196,19 @@ where
     /// The balancer over `endpoints`: the current one, or a new one that keeps the stacks of
     /// the endpoints that stayed.
     fn balance(&self, endpoints: &Arc<Vec<discover::Endpoint>>) -> Balance<S> {
+        self.with_balance(endpoints, |balance| balance.clone())
+    }
+
+    /// `f` of the balancer over `endpoints`, in place (as [`Self::balance`]).
+    fn with_balance<R>(
+        &self,
+        endpoints: &Arc<Vec<discover::Endpoint>>,
+        f: impl FnOnce(&mut Balance<S>) -> R,
+    ) -> R {
         let mut current = lock(&self.current);
-        if let Some((from, balance)) = current.as_ref() {
+        if let Some((from, balance)) = current.as_mut() {
             if Arc::ptr_eq(from, endpoints) {
-                return balance.clone();
+                return f(balance);
             }
         }
         let old: HashMap<Endpoint, S> = current
@@ -219,8 +232,8 @@ where
             })
             .collect();
         let balance = Balance::new(set, self.config.clone());
-        *current = Some((endpoints.clone(), balance.clone()));
-        balance
+        let (_, balance) = current.insert((endpoints.clone(), balance));
+        f(balance)
     }
 
     fn endpoint(&self, ep: &discover::Endpoint) -> Endpoint {

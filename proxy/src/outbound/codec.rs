@@ -33,7 +33,10 @@ use crate::{
     svc::{BoxError, BoxIo, Cache, ConnFuture, NewFn, NewService, Param},
     tap::Taps,
 };
-use futures_util::future::{BoxFuture, Either};
+use futures_util::{
+    future::{BoxFuture, Either},
+    FutureExt,
+};
 use std::{
     collections::HashMap,
     sync::Arc,
@@ -41,7 +44,7 @@ use std::{
     time::Duration,
 };
 use tokio::sync::watch;
-use tower::{util::Oneshot, Layer, ServiceExt};
+use tower::{Layer, ServiceExt};
 
 /// Makes a codec's endpoint stacks from the balancer's endpoints.
 #[derive(Clone)]
@@ -301,19 +304,26 @@ pub struct Router<N: NewService<Logical>> {
     /// Held, so that the policy is followed while connections use it.
     _watch: Arc<PolicyWatch>,
     policy: watch::Receiver<Option<Arc<Compiled>>>,
+    /// The policy as last seen: read again only when it changed.
+    current: Option<Arc<Compiled>>,
     logical: Logical,
     new_backend: N,
     backends: Arc<Cache<LogicalAddr, N::Service>>,
-    /// The backend of requests no MetaRoute matches, held once used (the common case costs
-    /// no lookup in `backends`).
-    default: Option<Arc<N::Service>>,
+    /// The backend of requests no MetaRoute matches, once used: held (so that the cache
+    /// keeps it), and a handle of this router's own that requests are sent on without a
+    /// lookup or a copy.
+    default: Option<(Arc<N::Service>, N::Service)>,
 }
 
-impl<N: NewService<Logical> + Clone> Clone for Router<N> {
+impl<N: NewService<Logical> + Clone> Clone for Router<N>
+where
+    N::Service: Clone,
+{
     fn clone(&self) -> Self {
         Self {
             _watch: self._watch.clone(),
             policy: self.policy.clone(),
+            current: self.current.clone(),
             logical: self.logical.clone(),
             new_backend: self.new_backend.clone(),
             backends: self.backends.clone(),
@@ -329,8 +339,11 @@ impl<N: NewService<Logical>> Router<N> {
         new_backend: N,
         backends: Arc<Cache<LogicalAddr, N::Service>>,
     ) -> Self {
+        let mut policy = watch.subscribe();
+        let current = policy.borrow_and_update().clone();
         Self {
-            policy: watch.subscribe(),
+            current,
+            policy,
             _watch: watch,
             logical,
             new_backend,
@@ -360,21 +373,36 @@ where
 {
     type Response = Answer;
     type Error = LocalError;
-    type Future = Either<Oneshot<S, Req>, BoxFuture<'static, Result<Answer, LocalError>>>;
+    /// The default backend's own future (the usual case), or a routed request's.
+    type Future = Either<S::Future, BoxFuture<'static, Result<Answer, LocalError>>>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), LocalError>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, mut req: Req) -> Self::Future {
-        let policy = self.policy.borrow().clone();
-        let rule = policy.as_deref().and_then(|p| p.meta.select(&req.frame));
+        if self.policy.has_changed().unwrap_or(false) {
+            self.current = self.policy.borrow_and_update().clone();
+        }
+        let rule = self
+            .current
+            .as_deref()
+            .and_then(|p| p.meta.select(&req.frame));
         let Some(rule) = rule else {
-            let backend = match &self.default {
-                Some(backend) => backend,
-                None => self.default.insert(self.backend(self.logical.addr.clone())),
+            let (_, backend) = match &mut self.default {
+                Some(default) => default,
+                None => {
+                    let held = self.backend(self.logical.addr.clone());
+                    let own = (*held).clone();
+                    self.default.insert((held, own))
+                }
             };
-            return Either::Left((**backend).clone().oneshot(req));
+            // A backend is ready at once but for backpressure, which it says here.
+            return match backend.ready().now_or_never() {
+                Some(Ok(backend)) => Either::Left(backend.call(req)),
+                Some(Err(error)) => Either::Right(Box::pin(async { Err(error) })),
+                None => Either::Right(Box::pin(backend.clone().oneshot(req))),
+            };
         };
         let Some(backend) = rule.pick(|n| fastrand::u64(..n)) else {
             return Either::Right(Box::pin(async { Err(LocalError::NoRoute) }));
@@ -388,9 +416,11 @@ where
                 frame.metadata.set(key.clone(), value.clone());
             }
         }
-        let timeout = rule.timeout;
-        let backend = self.backend(LogicalAddr::Name(backend.authority.as_str().into()));
-        let call = (*backend).clone().oneshot(req);
+        let (timeout, addr) = (
+            rule.timeout,
+            LogicalAddr::Name(backend.authority.as_str().into()),
+        );
+        let call = (*self.backend(addr)).clone().oneshot(req);
         Either::Right(Box::pin(async move {
             match timeout {
                 Some(t) => tokio::time::timeout(t, call)
