@@ -431,3 +431,178 @@ where
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The MetaRoute router on loopback: a Redis client connection served through it, with
+    //! backends that answer with their own name.
+
+    use super::*;
+    use crate::{
+        codec::{redis::Redis, Frame, Kind, Metadata, Session},
+        metrics::Direction,
+        tap::TapConfig,
+    };
+    use mesh_api::policy::{
+        Backend as MetaBackend, MetaMatch, MetaMatchKind, MetaRoute, MetaRule, MetaValueMatch,
+        OutboundPolicy,
+    };
+    use std::net::SocketAddr;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+    };
+
+    /// Backends that answer every request with `+<their logical address>`.
+    #[derive(Clone)]
+    struct NewNamed;
+
+    #[derive(Clone)]
+    struct Named(Arc<str>);
+
+    impl NewService<Logical> for NewNamed {
+        type Service = Named;
+        fn new_service(&self, logical: Logical) -> Named {
+            Named(logical.addr.to_string().into())
+        }
+    }
+
+    impl tower::Service<Req> for Named {
+        type Response = Answer;
+        type Error = LocalError;
+        type Future = futures_util::future::Ready<Result<Answer, LocalError>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), LocalError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Req) -> Self::Future {
+            let frame = Frame {
+                kind: Kind::Response,
+                id: None,
+                metadata: Metadata::default(),
+                session: Session::None,
+                bytes: format!("+{}\r\n", self.0).into_bytes().into(),
+            };
+            futures_util::future::ready(Ok(Answer {
+                frame: Some(frame),
+                info: Arc::new(Served {
+                    direction: Direction::Outbound,
+                    target_addr: "127.0.0.1:6379".parse().unwrap(),
+                    dst: None,
+                    tls: Tls::NoIdentity("test"),
+                    server_id: None,
+                }),
+            }))
+        }
+    }
+
+    struct Target;
+
+    impl Param<ConnParams> for Target {
+        fn param(&self) -> ConnParams {
+            ConnParams {
+                client: "127.0.0.1:1".parse().unwrap(),
+                orig_dst: "10.0.0.1:6379".parse().unwrap(),
+                client_id: None,
+                protocol: Arc::new(Redis),
+            }
+        }
+    }
+
+    /// `session:*` keys to `sessions`.
+    fn sessions_route() -> OutboundPolicy {
+        OutboundPolicy {
+            codec: Some("redis".into()),
+            meta_routes: vec![MetaRoute {
+                namespace: "demo".into(),
+                name: "sessions".into(),
+                rules: vec![MetaRule {
+                    matches: vec![MetaMatch {
+                        metadata: vec![MetaValueMatch {
+                            key: "key".into(),
+                            kind: MetaMatchKind::Prefix,
+                            value: "session:".into(),
+                        }],
+                    }],
+                    backends: vec![MetaBackend {
+                        authority: "sessions.demo.svc.cluster.local:6379".into(),
+                        namespace: "demo".into(),
+                        name: "sessions".into(),
+                        port: 6379,
+                        weight: 1,
+                        error: None,
+                    }],
+                    ..Default::default()
+                }],
+            }],
+            ..OutboundPolicy::default()
+        }
+    }
+
+    /// One command on `io`, and its one-line reply.
+    async fn ask(io: &mut TcpStream, command: &str) -> String {
+        io.write_all(format!("{command}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        while !reply.ends_with(b"\r\n") {
+            let mut byte = [0];
+            assert_eq!(io.read(&mut byte).await.unwrap(), 1, "the proxy closed");
+            reply.push(byte[0]);
+        }
+        String::from_utf8(reply).unwrap().trim_end().to_owned()
+    }
+
+    #[tokio::test]
+    async fn an_open_connection_follows_a_policy_update() {
+        let (update, policy) =
+            watch::channel(Some(Arc::new(Compiled::new(OutboundPolicy::default()))));
+        let logical = Logical {
+            addr: LogicalAddr::Name("main.demo.svc.cluster.local:6379".into()),
+            no_tls: "test",
+        };
+        let router = Router::new(
+            PolicyWatch::following(policy),
+            logical,
+            NewNamed,
+            Cache::new(Duration::from_secs(60)),
+        );
+        let metrics = Metrics::new(10, false);
+        let taps = Taps::new(&TapConfig::default(), None, metrics.clone());
+        let serve = NewServe::layer(taps).layer(NewFn(move |_: Target| router.clone()));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (io, _) = listener.accept().await.unwrap();
+            serve.new_service(Target).oneshot(BoxIo::new(io)).await
+        });
+        let mut io = TcpStream::connect(addr).await.unwrap();
+
+        assert_eq!(
+            ask(&mut io, "GET session:1").await,
+            "+main.demo.svc.cluster.local:6379",
+            "no MetaRoute yet: the Service itself"
+        );
+        update
+            .send(Some(Arc::new(Compiled::new(sessions_route()))))
+            .unwrap();
+        assert_eq!(
+            ask(&mut io, "GET session:1").await,
+            "+sessions.demo.svc.cluster.local:6379",
+            "the same connection's next request follows the new MetaRoute"
+        );
+        assert_eq!(
+            ask(&mut io, "GET user:1").await,
+            "+main.demo.svc.cluster.local:6379"
+        );
+        update
+            .send(Some(Arc::new(Compiled::new(OutboundPolicy::default()))))
+            .unwrap();
+        assert_eq!(
+            ask(&mut io, "GET session:1").await,
+            "+main.demo.svc.cluster.local:6379",
+            "and leaves it once the route is gone"
+        );
+    }
+}

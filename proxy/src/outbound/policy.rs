@@ -145,6 +145,17 @@ impl Compiled {
 }
 
 #[cfg(test)]
+impl PolicyWatch {
+    /// A watch that follows a test's own channel.
+    pub fn following(state: watch::Receiver<Option<Arc<Compiled>>>) -> Arc<Self> {
+        Arc::new(Self {
+            state,
+            task: tokio::spawn(async {}),
+        })
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use mesh_api::policy::{Match, PathMatch, Route, Rule, ValueMatch, ValueMatchKind};
