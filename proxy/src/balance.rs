@@ -576,10 +576,10 @@ where
         let in_flight = state.start(now);
         // A copy only where there is another endpoint to send it to.
         let again = (self.endpoints.len() > 1).then(|| req.resend()).flatten();
-        let Some(again) = again else {
-            return Either::Left(send(svc.clone(), req, in_flight, &self.config));
-        };
         let sent = send(svc.clone(), req, in_flight, &self.config);
+        let Some(again) = again else {
+            return Either::Left(sent);
+        };
         let (balance, failed) = (self.clone(), state.clone());
         Either::Right(Box::pin(async move {
             let again = match sent.await {

@@ -131,32 +131,19 @@ impl Resolver {
 }
 
 impl Destination {
-    /// The resolution now.
-    pub fn current(&self) -> Resolution {
-        self.state.borrow().clone()
-    }
-
     /// A receiver of the resolution's changes.
     pub fn subscribe(&self) -> watch::Receiver<Resolution> {
         self.state.clone()
     }
 
+    /// The resolution now, read in place: its read lock is held while the `Ref` lives (a
+    /// request's balancer is picked under it; never held across an await).
+    pub fn now(&self) -> watch::Ref<'_, Resolution> {
+        self.state.borrow()
+    }
+
     /// The resolution once it is usable: waits while there is no answer yet, or while the
     /// service has no endpoints, for at most `timeout`; then returns what there is.
-    /// The endpoints, when there are some now (the usual case, answered without waiting).
-    pub fn endpoints_now(&self) -> Option<Arc<Vec<Endpoint>>> {
-        self.with_endpoints(Arc::clone)
-    }
-
-    /// `f` of the endpoints, when there are some now, read in place (no copy of the set's
-    /// handle: what every request of a balanced backend does).
-    pub fn with_endpoints<R>(&self, f: impl FnOnce(&Arc<Vec<Endpoint>>) -> R) -> Option<R> {
-        match &*self.state.borrow() {
-            Resolution::Endpoints(eps) if !eps.is_empty() => Some(f(eps)),
-            _ => None,
-        }
-    }
-
     pub async fn ready(&self, timeout: Duration) -> Resolution {
         let usable = |r: &Resolution| match r {
             Resolution::Pending => false,

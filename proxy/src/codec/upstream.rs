@@ -20,16 +20,14 @@ use futures_util::future::{BoxFuture, Either};
 use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
     task::{Context, Poll},
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    sync::{mpsc, oneshot, watch},
+    sync::{mpsc, oneshot},
 };
+use tokio_util::sync::CancellationToken;
 
 /// What a request waits for: the response (`None` for a request that expects none).
 pub type Reply = Result<Option<Frame>, LocalError>;
@@ -49,9 +47,9 @@ fn closed() -> LocalError {
 #[derive(Clone)]
 pub struct Upstream {
     tx: mpsc::Sender<Outgoing>,
-    closed: watch::Receiver<bool>,
-    /// Set with `closed`: read by every request that looks for an open connection.
-    is_closed: Arc<AtomicBool>,
+    /// Cancelled once the connection has closed: read by every request that looks for an
+    /// open connection, awaited by a client connection pinned to it.
+    closed: CancellationToken,
 }
 
 struct Outgoing {
@@ -102,9 +100,8 @@ impl Upstream {
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let (closed_tx, closed) = watch::channel(false);
-        let is_closed = Arc::new(AtomicBool::new(false));
-        let set_closed = is_closed.clone();
+        let closed = CancellationToken::new();
+        let set_closed = closed.clone();
         let pending = Arc::new(Mutex::new(Pending::default()));
         let (read, write) = tokio::io::split(io);
         let writer = protocol.codec(Side::Server);
@@ -120,14 +117,9 @@ impl Upstream {
             tracing::debug!(codec = name, %why, "upstream connection closed");
             lock(&pending).fail(&why);
             write_task.abort();
-            set_closed.store(true, Ordering::Release);
-            let _ = closed_tx.send(true);
+            set_closed.cancel();
         });
-        Self {
-            tx,
-            closed,
-            is_closed,
-        }
+        Self { tx, closed }
     }
 
     /// Sends `frame` and waits for its response.
@@ -151,13 +143,12 @@ impl Upstream {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.is_closed.load(Ordering::Acquire) || self.tx.is_closed()
+        self.closed.is_cancelled() || self.tx.is_closed()
     }
 
     /// Resolves once the connection has closed.
     pub async fn closed(&self) {
-        let mut closed = self.closed.clone();
-        let _ = closed.wait_for(|c| *c).await;
+        self.closed.cancelled().await
     }
 }
 
@@ -383,21 +374,21 @@ impl EndpointInner {
         })
     }
 
-    /// The lane's open shared connection, if there is one.
-    fn open_shared(&self, lane: u8) -> Option<Upstream> {
+    /// `f` of the lane's open shared connection, if there is one (under the list's lock).
+    fn with_open<R>(&self, lane: u8, f: impl FnOnce(&Upstream) -> R) -> Option<R> {
         lock(&self.shared)
             .iter()
             .find(|(l, up)| *l == lane && !up.is_closed())
-            .map(|(_, up)| up.clone())
+            .map(|(_, up)| f(up))
     }
 
     async fn shared(&self, lane: u8) -> Result<Upstream, LocalError> {
-        if let Some(up) = self.open_shared(lane) {
+        if let Some(up) = self.with_open(lane, Upstream::clone) {
             return Ok(up);
         }
         let _opening = self.opening.lock().await;
         // Another request may have opened it meanwhile.
-        if let Some(up) = self.open_shared(lane) {
+        if let Some(up) = self.with_open(lane, Upstream::clone) {
             return Ok(up);
         }
         let up = self.open(None).await?;
@@ -410,11 +401,7 @@ impl EndpointInner {
     /// Queues `frame` on the lane's open shared connection, when there is one with room:
     /// the usual case, without waiting.
     fn queue(&self, frame: &Arc<Frame>, lane: u8) -> Option<oneshot::Receiver<Reply>> {
-        let shared = lock(&self.shared);
-        let (_, up) = shared
-            .iter()
-            .find(|(l, up)| *l == lane && !up.is_closed())?;
-        up.try_queue(frame)
+        self.with_open(lane, |up| up.try_queue(frame)).flatten()
     }
 }
 

@@ -154,18 +154,17 @@ where
 
     fn call(&mut self, req: R) -> Self::Future {
         // The usual case: endpoints are known; the balancer is always ready.
-        let mut req = Some(req);
         if let Some(destination) = &self.shared.destination {
-            let shared = &self.shared;
-            let called = destination.with_endpoints(|endpoints| {
-                let req = req.take().expect("called once");
-                shared.with_balance(endpoints, |balance| balance.call(req))
-            });
-            if let Some(call) = called {
-                return Either::Left(call);
+            // Read in place, under the resolution's read lock: no copy of the set's handle.
+            if let Resolution::Endpoints(endpoints) = &*destination.now() {
+                if !endpoints.is_empty() {
+                    let call = self
+                        .shared
+                        .with_balance(endpoints, |balance| balance.call(req));
+                    return Either::Left(call);
+                }
             }
         }
-        let req = req.expect("not sent");
         let shared = self.shared.clone();
         Either::Right(Box::pin(async move {
             let resolution = match &shared.destination {
