@@ -35,7 +35,7 @@
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicU32, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -97,6 +97,10 @@ pub struct EndpointState {
     passed_over: AtomicU32,
     rtt: Mutex<Rtt>,
     health: Mutex<Health>,
+    /// Whether `health` is other than healthy (failures counted, or an ejection set): while
+    /// not, a success changes nothing there and an ejection check has nothing to read, so
+    /// neither takes the lock (every request's answer is a success, usually).
+    troubled: AtomicBool,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -150,6 +154,7 @@ impl EndpointState {
                 next_ejection: config.min_ejection,
                 ..Health::default()
             }),
+            troubled: AtomicBool::new(false),
         })
     }
 
@@ -165,6 +170,9 @@ impl EndpointState {
 
     /// Whether the endpoint is ejected at `now`.
     pub fn is_ejected(&self, now: Instant) -> bool {
+        if !self.troubled.load(Ordering::Acquire) {
+            return false;
+        }
         lock(&self.health)
             .ejected_until
             .is_some_and(|until| now < until)
@@ -194,14 +202,19 @@ impl EndpointState {
     }
 
     fn observe_outcome(&self, config: &BalanceConfig, success: bool, now: Instant) {
+        if success && !self.troubled.load(Ordering::Acquire) {
+            return;
+        }
         let mut health = lock(&self.health);
         if success {
             *health = Health {
                 next_ejection: config.min_ejection,
                 ..Health::default()
             };
+            self.troubled.store(false, Ordering::Release);
             return;
         }
+        self.troubled.store(true, Ordering::Release);
         health.consecutive_failures += 1;
         let probing = health.ejected_until.is_some_and(|until| now >= until);
         if health.consecutive_failures >= config.failures_to_eject || probing {
