@@ -358,6 +358,19 @@ pub fn by_name(name: &str) -> Option<Arc<dyn Protocol>> {
     }
 }
 
+/// How much a connection's read buffer takes at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Makes room in `buf` to read into: up to a chunk, once less than half of one is free. Its
+/// frames share it until the requests they belong to complete, so a buffer made room in is a
+/// new allocation: it is made once every few reads, not before each one.
+fn make_room(buf: &mut BytesMut) {
+    let free = buf.capacity() - buf.len();
+    if free < READ_CHUNK / 2 {
+        buf.reserve(READ_CHUNK - free);
+    }
+}
+
 #[cfg(test)]
 #[rustfmt::skip]
 mod tests {

@@ -19,7 +19,10 @@ use futures_util::{
     FutureExt, StreamExt,
 };
 use std::{
+    collections::VecDeque,
+    future::{poll_fn, Future},
     net::SocketAddr,
+    pin::{pin, Pin},
     sync::{Arc, OnceLock},
     task::{Context, Poll},
 };
@@ -35,7 +38,6 @@ use super::{Answer, Req, Served, Session};
 const MAX_IN_FLIGHT: usize = 1024;
 /// How many frames a pinned upstream may push before the client's connection is written.
 const PUSHES: usize = 256;
-const READ_CHUNK: usize = 16 * 1024;
 
 /// One client connection, as its requests see it.
 pub struct Conn {
@@ -154,9 +156,9 @@ where
         pinned: OnceLock::new(),
     });
     let mut codec = params.protocol.codec(Side::Client);
-    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
-    let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
-    let mut in_flight = FuturesOrdered::new();
+    let mut rbuf = BytesMut::with_capacity(super::READ_CHUNK);
+    let mut wbuf = BytesMut::with_capacity(super::READ_CHUNK);
+    let mut in_flight = pin!(Ordered::new());
     // A decoded request that waits for the ones before it.
     let mut held: Option<Frame> = None;
     // A request that pins the connection is in flight: the next ones wait for it.
@@ -173,7 +175,7 @@ where
                     Ok(None) => break,
                     Err(error) => {
                         tracing::info!(client = %conn.client, %error, "closing the connection");
-                        flush(&mut io, &mut codec, &mut in_flight, &mut wbuf).await?;
+                        flush(&mut io, &mut codec, in_flight.as_mut(), &mut wbuf).await?;
                         return Ok(());
                     }
                 },
@@ -201,7 +203,9 @@ where
                 Ok(svc) => Either::Left(svc.call(req)),
                 Err(error) => Either::Right(future::ready(Err(error))),
             };
-            in_flight.push_back(call.map(move |result| (result, request)));
+            in_flight
+                .as_mut()
+                .push_back(call.map(move |result| (result, request)));
             if pins {
                 pinning = true;
                 break;
@@ -217,10 +221,10 @@ where
         let can_read = reading && held.is_none() && in_flight.len() < MAX_IN_FLIGHT;
         tokio::select! {
             biased;
-            Some((result, request)) = in_flight.next(), if !in_flight.is_empty() => {
+            Some((result, request)) = in_flight.as_mut().next(), if !in_flight.is_empty() => {
                 write_answer(&mut codec, &request, result, &mut wbuf);
                 // Whatever else is ready goes in the same write.
-                while let Some(Some((result, request))) = in_flight.next().now_or_never() {
+                while let Some(Some((result, request))) = in_flight.as_mut().next().now_or_never() {
                     write_answer(&mut codec, &request, result, &mut wbuf);
                 }
                 io.write_all(&wbuf).await?;
@@ -241,14 +245,14 @@ where
                 while let Ok(frame) = pushed.try_recv() {
                     codec.encode(&frame, &mut wbuf)?;
                 }
-                flush(&mut io, &mut codec, &mut in_flight, &mut wbuf).await?;
+                flush(&mut io, &mut codec, in_flight.as_mut(), &mut wbuf).await?;
                 return Ok(());
             }
             read = io.read_buf(&mut rbuf), if can_read => {
                 if read? == 0 {
                     reading = false;
                 }
-                rbuf.reserve(READ_CHUNK.saturating_sub(rbuf.capacity() - rbuf.len()));
+                super::make_room(&mut rbuf);
             }
         }
     }
@@ -267,13 +271,13 @@ async fn closed(upstream: Option<Upstream>) {
 async fn flush<F>(
     io: &mut BoxIo,
     codec: &mut Box<dyn Codec>,
-    in_flight: &mut FuturesOrdered<F>,
+    mut in_flight: Pin<&mut Ordered<F>>,
     wbuf: &mut BytesMut,
 ) -> Result<(), BoxError>
 where
-    F: std::future::Future<Output = (Result<Answer, LocalError>, Arc<Frame>)>,
+    F: Future<Output = (Result<Answer, LocalError>, Arc<Frame>)>,
 {
-    while let Some((result, request)) = in_flight.next().await {
+    while let Some((result, request)) = in_flight.as_mut().next().await {
         write_answer(codec, &request, result, wbuf);
     }
     io.write_all(wbuf).await?;
@@ -281,6 +285,74 @@ where
     wbuf.clear();
     let _ = io.shutdown().await;
     Ok(())
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's requests in flight, answered in the order they came. The oldest is
+    /// polled in place: a client that waits for each answer (the usual case) never reaches
+    /// the `FuturesOrdered`, where each request is a task of its own (an allocation, and a
+    /// wake-up through its queue); the requests after the oldest go there.
+    struct Ordered<F: Future> {
+        #[pin]
+        head: Option<F>,
+        // Answers of `rest` that came before `head`'s, in order.
+        early: VecDeque<F::Output>,
+        rest: FuturesOrdered<F>,
+    }
+}
+
+impl<F: Future> Ordered<F> {
+    fn new() -> Self {
+        Self {
+            head: None,
+            early: VecDeque::new(),
+            rest: FuturesOrdered::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.head.is_some()) + self.early.len() + self.rest.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push_back(self: Pin<&mut Self>, call: F) {
+        let mut this = self.project();
+        if this.head.is_none() && this.early.is_empty() && this.rest.is_empty() {
+            this.head.set(Some(call));
+        } else {
+            this.rest.push_back(call);
+        }
+    }
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
+        let mut this = self.project();
+        if let Some(head) = this.head.as_mut().as_pin_mut() {
+            if let Poll::Ready(out) = head.poll(cx) {
+                this.head.set(None);
+                return Poll::Ready(Some(out));
+            }
+            // The ones after it go on meanwhile; their answers wait their turn.
+            while !this.rest.is_empty() {
+                let Poll::Ready(Some(out)) = this.rest.poll_next_unpin(cx) else {
+                    break;
+                };
+                this.early.push_back(out);
+            }
+            return Poll::Pending;
+        }
+        match this.early.pop_front() {
+            Some(out) => Poll::Ready(Some(out)),
+            None => this.rest.poll_next_unpin(cx),
+        }
+    }
+
+    /// The next answer, in order (`None` once none is in flight).
+    async fn next(mut self: Pin<&mut Self>) -> Option<F::Output> {
+        poll_fn(|cx| self.as_mut().poll_next(cx)).await
+    }
 }
 
 /// Appends the response to `request`, or its local reply.
@@ -302,5 +374,110 @@ fn write_answer(
     };
     if let Err(error) = codec.encode(&frame, wbuf) {
         tracing::warn!(%error, "a response could not be written");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::sync::oneshot;
+
+    /// A request in flight: answered with what `rx` gets; `done` says it completed.
+    async fn answer(rx: oneshot::Receiver<u32>, done: Arc<AtomicBool>) -> u32 {
+        let n = rx.await.unwrap();
+        done.store(true, Ordering::SeqCst);
+        n
+    }
+
+    type Call = (oneshot::Sender<u32>, Arc<AtomicBool>);
+
+    fn push<F>(
+        in_flight: Pin<&mut Ordered<F>>,
+        calls: &mut Vec<Call>,
+        f: fn(oneshot::Receiver<u32>, Arc<AtomicBool>) -> F,
+    ) where
+        F: Future<Output = u32>,
+    {
+        let (tx, rx) = oneshot::channel();
+        let done = Arc::new(AtomicBool::new(false));
+        in_flight.push_back(f(rx, done.clone()));
+        calls.push((tx, done));
+    }
+
+    /// The next answer if one is ready now.
+    fn ready<F: Future<Output = u32>>(in_flight: Pin<&mut Ordered<F>>) -> Option<u32> {
+        in_flight.next().now_or_never().flatten()
+    }
+
+    #[test]
+    fn answers_come_in_the_order_of_their_requests() {
+        let mut in_flight = pin!(Ordered::new());
+        let mut calls = Vec::new();
+        for _ in 0..3 {
+            push(in_flight.as_mut(), &mut calls, answer);
+        }
+        assert_eq!(in_flight.len(), 3);
+        let mut calls = calls.into_iter().map(|(tx, _)| tx);
+        let (first, second, third) = (calls.next(), calls.next(), calls.next());
+        third.unwrap().send(3).unwrap();
+        second.unwrap().send(2).unwrap();
+        assert_eq!(
+            ready(in_flight.as_mut()),
+            None,
+            "the oldest is not answered"
+        );
+        first.unwrap().send(1).unwrap();
+        assert_eq!(ready(in_flight.as_mut()), Some(1));
+        assert_eq!(ready(in_flight.as_mut()), Some(2));
+        assert_eq!(ready(in_flight.as_mut()), Some(3));
+        assert!(in_flight.is_empty());
+    }
+
+    #[test]
+    fn the_requests_after_the_oldest_go_on_while_it_waits() {
+        let mut in_flight = pin!(Ordered::new());
+        let mut calls = Vec::new();
+        for _ in 0..2 {
+            push(in_flight.as_mut(), &mut calls, answer);
+        }
+        let (first, first_done) = calls.remove(0);
+        let (second, second_done) = calls.remove(0);
+        second.send(2).unwrap();
+        assert_eq!(ready(in_flight.as_mut()), None);
+        // Polled, and so complete (its latency recorded), though its answer waits its turn.
+        assert!(second_done.load(Ordering::SeqCst));
+        assert!(!first_done.load(Ordering::SeqCst));
+        assert_eq!(in_flight.len(), 2);
+        first.send(1).unwrap();
+        assert_eq!(ready(in_flight.as_mut()), Some(1));
+        assert_eq!(ready(in_flight.as_mut()), Some(2));
+    }
+
+    #[test]
+    fn a_request_after_a_burst_waits_for_the_burst() {
+        let mut in_flight = pin!(Ordered::new());
+        let mut calls = Vec::new();
+        for _ in 0..2 {
+            push(in_flight.as_mut(), &mut calls, answer);
+        }
+        let mut senders = calls.into_iter().map(|(tx, _)| tx);
+        let (a, b) = (senders.next().unwrap(), senders.next().unwrap());
+        a.send(1).unwrap();
+        assert_eq!(ready(in_flight.as_mut()), Some(1));
+        // The oldest is answered and one is still in flight: a new request goes after it.
+        let mut calls = Vec::new();
+        push(in_flight.as_mut(), &mut calls, answer);
+        calls.remove(0).0.send(3).unwrap();
+        assert_eq!(ready(in_flight.as_mut()), None);
+        b.send(2).unwrap();
+        assert_eq!(ready(in_flight.as_mut()), Some(2));
+        assert_eq!(ready(in_flight.as_mut()), Some(3));
+        assert!(in_flight.is_empty());
+        // Empty again: the next one is the oldest, polled in place.
+        let mut calls = Vec::new();
+        push(in_flight.as_mut(), &mut calls, answer);
+        calls.remove(0).0.send(4).unwrap();
+        assert_eq!(ready(in_flight.as_mut()), Some(4));
     }
 }

@@ -36,8 +36,6 @@ pub type Reply = Result<Option<Frame>, LocalError>;
 const QUEUE: usize = 1024;
 /// How many queued requests are written with one write.
 const BATCH: usize = 128;
-/// The read buffer's growth step.
-const READ_CHUNK: usize = 16 * 1024;
 
 fn closed() -> LocalError {
     LocalError::Unavailable("connection closed".into())
@@ -158,7 +156,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut rx: mpsc::Receiver<Outgoing>,
     pending: &Mutex<Pending>,
 ) -> String {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut buf = BytesMut::with_capacity(super::READ_CHUNK);
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         if rx.recv_many(&mut batch, BATCH).await == 0 {
@@ -228,7 +226,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     pending: &Mutex<Pending>,
     pushes: Option<mpsc::Sender<Frame>>,
 ) -> String {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut buf = BytesMut::with_capacity(super::READ_CHUNK);
     let mut streaming = false;
     loop {
         loop {
@@ -255,7 +253,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
             }
         }
-        buf.reserve(READ_CHUNK);
+        super::make_room(&mut buf);
         match io.read_buf(&mut buf).await {
             Ok(0) => return "closed by the server".into(),
             Ok(_) => {}
