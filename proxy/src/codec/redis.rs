@@ -25,7 +25,7 @@ use super::{
 };
 use bytes::{Buf, Bytes, BytesMut};
 use smallvec::SmallVec;
-use std::borrow::Cow;
+use std::{borrow::Cow, ops::Range};
 
 /// The codec's name, in errors.
 const CODEC: &str = "redis";
@@ -107,6 +107,18 @@ impl RedisCodec {
             };
 
             if first == b'*' {
+                // The usual case, a whole command in the buffer: read in one pass. Anything
+                // else (a part, an empty or a malformed command) is the scan's to frame.
+                if self.scan.pos == start {
+                    let whole = bulk_prefix(&buf[start..])
+                        .filter(|(args, len)| !args.is_empty() && start + len <= MAX_FRAME);
+                    if let Some((args, len)) = whole {
+                        self.scan.reset(0);
+                        let bytes = take(buf, start, start + len);
+                        let args: Args<&[u8]> = args.into_iter().map(|at| &bytes[at]).collect();
+                        return Ok(Some(command(bytes.clone(), &args)));
+                    }
+                }
                 let Some(end) = self.scan.scan(buf)? else {
                     return Ok(None);
                 };
@@ -723,20 +735,26 @@ fn command_args(frame: &[u8]) -> Option<Args<Cow<'_, [u8]>>> {
 
 /// The arguments of a whole array of bulk strings.
 fn bulk_args(frame: &[u8]) -> Option<Args<&[u8]>> {
+    let (args, len) = bulk_prefix(frame)?;
+    (len == frame.len()).then(|| args.into_iter().map(|at| &frame[at]).collect())
+}
+
+/// Where the arguments are of the array of bulk strings at the front of `buf`, and its
+/// length, when it is whole there.
+fn bulk_prefix(buf: &[u8]) -> Option<(Args<Range<usize>>, usize)> {
     let mut at = 0;
-    let count = header(frame, &mut at, b'*')?;
+    let count = header(buf, &mut at, b'*')?;
     let mut args = Args::with_capacity(count.min(1024));
     for _ in 0..count {
-        let len = header(frame, &mut at, b'$')?;
-        let data = frame.get(at..at.checked_add(len)?)?;
-        at += len;
-        if frame.get(at..at + 2)? != b"\r\n" {
+        let len = header(buf, &mut at, b'$')?;
+        let end = at.checked_add(len)?;
+        if buf.get(end..end.checked_add(2)?)? != b"\r\n" {
             return None;
         }
-        at += 2;
-        args.push(data);
+        args.push(at..end);
+        at = end + 2;
     }
-    (at == frame.len()).then_some(args)
+    Some((args, at))
 }
 
 /// The count of a `ty` line at `at`, moving `at` past it.
@@ -745,7 +763,8 @@ fn header(frame: &[u8], at: &mut usize, ty: u8) -> Option<usize> {
     if rest.first() != Some(&ty) {
         return None;
     }
-    let end = find_crlf(rest)?;
+    // A count is short: what has no line end soon is no count.
+    let end = find_crlf(&rest[..rest.len().min(MAX_SHORT_LINE + 3)])?;
     let count = usize::try_from(parse_count(rest.get(1..end)?)?).ok()?;
     *at += end + 2;
     Some(count)

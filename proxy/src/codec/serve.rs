@@ -345,6 +345,7 @@ impl<F: Future> Ordered<F> {
         }
         match this.early.pop_front() {
             Some(out) => Poll::Ready(Some(out)),
+            None if this.rest.is_empty() => Poll::Ready(None),
             None => this.rest.poll_next_unpin(cx),
         }
     }
