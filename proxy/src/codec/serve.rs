@@ -393,17 +393,15 @@ mod tests {
 
     type Call = (oneshot::Sender<u32>, Arc<AtomicBool>);
 
-    fn push<F>(
+    /// Starts a request answered by `answer`: what answers it, and whether it completed.
+    fn push<F: Future<Output = u32>>(
         in_flight: Pin<&mut Ordered<F>>,
-        calls: &mut Vec<Call>,
-        f: fn(oneshot::Receiver<u32>, Arc<AtomicBool>) -> F,
-    ) where
-        F: Future<Output = u32>,
-    {
+        answer: fn(oneshot::Receiver<u32>, Arc<AtomicBool>) -> F,
+    ) -> Call {
         let (tx, rx) = oneshot::channel();
         let done = Arc::new(AtomicBool::new(false));
-        in_flight.push_back(f(rx, done.clone()));
-        calls.push((tx, done));
+        in_flight.push_back(answer(rx, done.clone()));
+        (tx, done)
     }
 
     /// The next answer if one is ready now.
@@ -414,21 +412,16 @@ mod tests {
     #[test]
     fn answers_come_in_the_order_of_their_requests() {
         let mut in_flight = pin!(Ordered::new());
-        let mut calls = Vec::new();
-        for _ in 0..3 {
-            push(in_flight.as_mut(), &mut calls, answer);
-        }
+        let [first, second, third] = [(); 3].map(|()| push(in_flight.as_mut(), answer).0);
         assert_eq!(in_flight.len(), 3);
-        let mut calls = calls.into_iter().map(|(tx, _)| tx);
-        let (first, second, third) = (calls.next(), calls.next(), calls.next());
-        third.unwrap().send(3).unwrap();
-        second.unwrap().send(2).unwrap();
+        third.send(3).unwrap();
+        second.send(2).unwrap();
         assert_eq!(
             ready(in_flight.as_mut()),
             None,
             "the oldest is not answered"
         );
-        first.unwrap().send(1).unwrap();
+        first.send(1).unwrap();
         assert_eq!(ready(in_flight.as_mut()), Some(1));
         assert_eq!(ready(in_flight.as_mut()), Some(2));
         assert_eq!(ready(in_flight.as_mut()), Some(3));
@@ -438,12 +431,8 @@ mod tests {
     #[test]
     fn the_requests_after_the_oldest_go_on_while_it_waits() {
         let mut in_flight = pin!(Ordered::new());
-        let mut calls = Vec::new();
-        for _ in 0..2 {
-            push(in_flight.as_mut(), &mut calls, answer);
-        }
-        let (first, first_done) = calls.remove(0);
-        let (second, second_done) = calls.remove(0);
+        let (first, first_done) = push(in_flight.as_mut(), answer);
+        let (second, second_done) = push(in_flight.as_mut(), answer);
         second.send(2).unwrap();
         assert_eq!(ready(in_flight.as_mut()), None);
         // Polled, and so complete (its latency recorded), though its answer waits its turn.
@@ -458,27 +447,20 @@ mod tests {
     #[test]
     fn a_request_after_a_burst_waits_for_the_burst() {
         let mut in_flight = pin!(Ordered::new());
-        let mut calls = Vec::new();
-        for _ in 0..2 {
-            push(in_flight.as_mut(), &mut calls, answer);
-        }
-        let mut senders = calls.into_iter().map(|(tx, _)| tx);
-        let (a, b) = (senders.next().unwrap(), senders.next().unwrap());
+        let [a, b] = [(); 2].map(|()| push(in_flight.as_mut(), answer).0);
         a.send(1).unwrap();
         assert_eq!(ready(in_flight.as_mut()), Some(1));
         // The oldest is answered and one is still in flight: a new request goes after it.
-        let mut calls = Vec::new();
-        push(in_flight.as_mut(), &mut calls, answer);
-        calls.remove(0).0.send(3).unwrap();
+        let (c, _) = push(in_flight.as_mut(), answer);
+        c.send(3).unwrap();
         assert_eq!(ready(in_flight.as_mut()), None);
         b.send(2).unwrap();
         assert_eq!(ready(in_flight.as_mut()), Some(2));
         assert_eq!(ready(in_flight.as_mut()), Some(3));
         assert!(in_flight.is_empty());
         // Empty again: the next one is the oldest, polled in place.
-        let mut calls = Vec::new();
-        push(in_flight.as_mut(), &mut calls, answer);
-        calls.remove(0).0.send(4).unwrap();
+        let (d, _) = push(in_flight.as_mut(), answer);
+        d.send(4).unwrap();
         assert_eq!(ready(in_flight.as_mut()), Some(4));
     }
 }
