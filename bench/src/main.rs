@@ -212,7 +212,7 @@ const SLOW_DELAY: Duration = Duration::from_millis(10);
 /// to each endpoint for round-robin).
 const BALANCE_CONNECTIONS: u32 = 16;
 
-/// Set by Ctrl-C: the benchmark stops before its next run and removes its pods.
+/// Set by Ctrl-C or SIGTERM: the benchmark stops before its next run and removes its pods.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 fn main() -> ExitCode {
@@ -660,23 +660,36 @@ fn measure_round(
 
 // === helpers ===
 
-/// Catches Ctrl-C on a thread of its own: the first sets [`INTERRUPTED`] (the load generator,
-/// the proxies and HAProxy get it from the terminal too and stop), a second exits at once.
+/// Catches Ctrl-C and SIGTERM on a thread of its own: the first sets [`INTERRUPTED`] (with
+/// Ctrl-C the load generator, the proxies and HAProxy get it from the terminal too and stop; a
+/// load run a SIGTERM interrupts ends by itself, bounded as every run is), a second exits at
+/// once.
 fn watch_interrupts() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("building the signal runtime")?;
+    let mut term = rt
+        .block_on(async { signal(SignalKind::terminate()) })
+        .context("listening for SIGTERM")?;
     std::thread::spawn(move || {
         rt.block_on(async {
-            if tokio::signal::ctrl_c().await.is_err() {
-                return;
+            tokio::select! {
+                interrupt = tokio::signal::ctrl_c() => {
+                    if interrupt.is_err() {
+                        return;
+                    }
+                }
+                _ = term.recv() => {}
             }
             INTERRUPTED.store(true, Ordering::Relaxed);
             eprintln!("mesh-bench: interrupted: removing the pods (Ctrl-C again to quit now)");
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
             }
+            std::process::exit(130);
         });
     });
     Ok(())
