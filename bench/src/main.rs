@@ -665,30 +665,32 @@ fn measure_round(
 /// load run a SIGTERM interrupts ends by itself, bounded as every run is), a second exits at
 /// once.
 fn watch_interrupts() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    /// The next Ctrl-C or SIGTERM.
+    async fn either(interrupt: &mut Signal, terminate: &mut Signal) {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("building the signal runtime")?;
-    let mut term = rt
-        .block_on(async { signal(SignalKind::terminate()) })
-        .context("listening for SIGTERM")?;
+    let (mut interrupt, mut terminate) = rt
+        .block_on(async {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+            ))
+        })
+        .context("listening for Ctrl-C and SIGTERM")?;
     std::thread::spawn(move || {
         rt.block_on(async {
-            tokio::select! {
-                interrupt = tokio::signal::ctrl_c() => {
-                    if interrupt.is_err() {
-                        return;
-                    }
-                }
-                _ = term.recv() => {}
-            }
+            either(&mut interrupt, &mut terminate).await;
             INTERRUPTED.store(true, Ordering::Relaxed);
             eprintln!("mesh-bench: interrupted: removing the pods (Ctrl-C again to quit now)");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+            either(&mut interrupt, &mut terminate).await;
             std::process::exit(130);
         });
     });

@@ -319,8 +319,9 @@ impl<F: Future> Ordered<F> {
     }
 
     fn push_back(self: Pin<&mut Self>, call: F) {
+        let oldest = self.is_empty();
         let mut this = self.project();
-        if this.head.is_none() && this.early.is_empty() && this.rest.is_empty() {
+        if oldest {
             this.head.set(Some(call));
         } else {
             this.rest.push_back(call);
