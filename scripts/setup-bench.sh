@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what `mesh-bench` needs: the load generator `oha` (from crates.io, into a project-local
+# Installs what `mesh-bench` needs: what its pods need (iproute2, iptables for mesh-init: the
+# project's scripts/setup); the load generator `oha` (from crates.io, into a project-local
 # root); from Debian, `haproxy` (the peer proxy), `redis-server` and `redis-tools` (the server and
 # `redis-benchmark` of the opaque-TCP part) and `nutcracker` (twemproxy, the peer of that part);
 # and the pre-rebuild mesh proxy, built from a pinned commit by scripts/bench-baseline.sh.
@@ -49,6 +50,9 @@ debian_package() {
         fi
     fi
 }
+
+# --- what the bench's pods need: ip netns and veth, mesh-init's iptables (scripts/setup) ---
+"$root/scripts/setup" >&2
 
 # --- Debian packages ---
 debian_package haproxy haproxy haproxy
