@@ -849,8 +849,8 @@ impl Results {
                         }
                     }
                     match (self.find(a, pipeline), self.find(b, pipeline)) {
-                        (Some(x), Some(y)) => {
-                            let (x, y) = (x.rps(test), y.rps(test));
+                        (Some(a), Some(b)) => {
+                            let (x, y) = (a.rps(test), b.rps(test));
                             let mut cell = format!(
                                 "{} vs {} {}/s ({})",
                                 thousands(x),
@@ -861,6 +861,10 @@ impl Results {
                             if target {
                                 write!(cell, ": {}", crate::report::met(x >= y))
                                     .expect("writing to a String");
+                                // As in the other parts: a verdict the noise could turn.
+                                if a.overlaps(b, test) {
+                                    cell.push_str(" (the rounds' ranges overlap)");
+                                }
                             }
                             cell
                         }
@@ -1091,6 +1095,14 @@ impl Measured {
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), t| {
                 (lo.min(t.rps), hi.max(t.rps))
             })
+    }
+
+    /// Whether both were measured in more than one round and their rounds' requests per
+    /// second of `test` span ranges that overlap: which of the two is faster is then within
+    /// the noise.
+    fn overlaps(&self, other: &Self, test: &str) -> bool {
+        let (a, b) = (self.spread(test), other.spread(test));
+        self.rounds.len() > 1 && other.rounds.len() > 1 && a.0 <= b.1 && b.0 <= a.1
     }
 
     fn median(&self, value: impl Fn(&Round) -> f64) -> f64 {
@@ -1479,6 +1491,51 @@ mod tests {
             pipeline,
             rounds,
         }
+    }
+
+    #[test]
+    fn a_verdict_says_when_the_rounds_overlap() {
+        let results = Results {
+            requests: 10_000,
+            pipelined_requests: 50_000,
+            connections: 50,
+            versions: vec![],
+            scenarios: vec![
+                measured(
+                    Scenario::Twemproxy,
+                    1,
+                    vec![
+                        round(40_000.0, 30_000.0, Some(0.2)),
+                        round(50_000.0, 30_000.0, Some(0.2)),
+                    ],
+                ),
+                // SET: 45,000–55,000 against 40,000–50,000, within the noise; GET: every
+                // round below every round of twemproxy.
+                measured(
+                    Scenario::Codec,
+                    1,
+                    vec![
+                        round(45_000.0, 20_000.0, Some(0.2)),
+                        round(55_000.0, 25_000.0, Some(0.2)),
+                    ],
+                ),
+            ],
+            missing: vec![],
+            failed: vec![],
+            redone: 0,
+        };
+        let verdicts = results.verdicts();
+        let (_, cells) = verdicts
+            .iter()
+            .find(|(n, _)| n == "round trips per second of codec 1-hop at least twemproxy's (-P 1)")
+            .expect("the row");
+        assert_eq!(
+            cells,
+            &[
+                "50,000 vs 45,000 round trips/s (1.11×): met (the rounds' ranges overlap)",
+                "22,500 vs 30,000 round trips/s (0.75×): **not met**"
+            ]
+        );
     }
 
     #[test]
