@@ -613,10 +613,9 @@ impl Results {
 
     /// The targets: (target, measured, verdict).
     pub fn verdicts(&self) -> Vec<(String, String, String)> {
-        let overlap = |a: (f64, f64), b: (f64, f64)| a.0 <= b.1 && b.0 <= a.1;
         let noise = |a: &Measurement, b: &Measurement, value: &dyn Fn(&Round) -> f64| {
-            if a.rounds.len() > 1 && overlap(a.spread(value), b.spread(value)) {
-                " (the rounds' ranges overlap)"
+            if a.rounds.len() > 1 && crate::report::overlap(a.spread(value), b.spread(value)) {
+                crate::report::OVERLAP
             } else {
                 ""
             }

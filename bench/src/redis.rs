@@ -863,7 +863,7 @@ impl Results {
                                     .expect("writing to a String");
                                 // As in the other parts: a verdict the noise could turn.
                                 if a.overlaps(b, test) {
-                                    cell.push_str(" (the rounds' ranges overlap)");
+                                    cell.push_str(crate::report::OVERLAP);
                                 }
                             }
                             cell
@@ -1101,8 +1101,9 @@ impl Measured {
     /// second of `test` span ranges that overlap: which of the two is faster is then within
     /// the noise.
     fn overlaps(&self, other: &Self, test: &str) -> bool {
-        let (a, b) = (self.spread(test), other.spread(test));
-        self.rounds.len() > 1 && other.rounds.len() > 1 && a.0 <= b.1 && b.0 <= a.1
+        self.rounds.len() > 1
+            && other.rounds.len() > 1
+            && crate::report::overlap(self.spread(test), other.spread(test))
     }
 
     fn median(&self, value: impl Fn(&Round) -> f64) -> f64 {

@@ -460,7 +460,6 @@ impl Report {
                 let (a_rps, b_rps) = (a_max.rps(), b_max.rps());
                 let (a_p99, b_p99) = (a_rate.p99_ms(), b_rate.p99_ms());
                 // Say when the rounds of the two overlap: the verdict is then within noise.
-                let overlap = |a: (f64, f64), b: (f64, f64)| a.0 <= b.1 && b.0 <= a.1;
                 let mut noise = Vec::new();
                 if a_max.rounds.len() > 1
                     && overlap(a_max.spread(Round::rps), b_max.spread(Round::rps))
@@ -1155,6 +1154,15 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
         (values[mid - 1] + values[mid]) / 2.0
     }
 }
+
+/// Whether two spreads (lowest, highest) over rounds overlap: which of two scenarios is ahead is
+/// then within the noise.
+pub(crate) fn overlap(a: (f64, f64), b: (f64, f64)) -> bool {
+    a.0 <= b.1 && b.0 <= a.1
+}
+
+/// What a verdict within the noise says after it.
+pub(crate) const OVERLAP: &str = " (the rounds' ranges overlap)";
 
 pub(crate) fn met(ok: bool) -> &'static str {
     if ok {
